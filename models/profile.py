@@ -1,0 +1,119 @@
+"""An identity's own baseline: what it normally does, learned from its windows.
+
+Scores are relative to this baseline, so that "40 secret reads" is alarming for a
+key that reads one secret an hour and routine for a vault sync job. The profile
+is bounded (capped counters) and is built by folding window aggregates in time
+order, the same way in the training job and (later) in streaming state.
+"""
+from __future__ import annotations
+
+import datetime
+import math
+from typing import Dict, Iterable, List
+
+from transforms.aggregate import WindowAggregate
+
+MAX_SEEN = {'actions': 512, 'resources': 2048, 'networks': 64, 'agents': 32, 'regions': 32}
+TRACKED_CATEGORIES = (
+    'secret_access', 'credential_create', 'privilege_change', 'config_change',
+    'notify', 'message_publish', 'data_read', 'data_write', 'enumerate', 'delete',
+    'defense_evasion', 'resource_sharing', 'remote_execution', 'compute_launch')
+
+
+def hour_of(t: float) -> int:
+  return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).hour
+
+
+def _prune(counts: Dict[str, int], cap: int) -> None:
+  """Keeps the most frequent ``cap`` keys once a counter grows 25% past its cap."""
+  if len(counts) > cap * 1.25:
+    keep = sorted(counts.items(), key=lambda kv: -kv[1])[:cap]
+    counts.clear()
+    counts.update(keep)
+
+
+class IdentityProfile:
+  """Bounded running statistics of one identity's past windows."""
+
+  def __init__(self):
+    self.windows = 0
+    self.first_seen = float('inf')
+    self.last_seen = float('-inf')
+    # log1p(event count) per window: per hour of day and overall (n, sum, sum of squares)
+    self.hourly: List[List[float]] = [[0.0, 0.0, 0.0] for _ in range(24)]
+    self.overall = [0.0, 0.0, 0.0]
+    self.category_max: Dict[str, int] = {}
+    self.category_events: Dict[str, int] = {}
+    self.events = 0
+    self.errors = 0
+    self.max_distinct_actions = 0
+    self.max_distinct_resources = 0
+    self.sensitive_events = 0
+    self.seen: Dict[str, Dict[str, int]] = {k: {} for k in MAX_SEEN}
+
+  # -- building ---------------------------------------------------------------
+  def update(self, agg: WindowAggregate, window_end: float) -> 'IdentityProfile':
+    from transforms.taxonomy import SENSITIVE_CATEGORIES
+    self.windows += 1
+    self.first_seen = min(self.first_seen, agg.first_time)
+    self.last_seen = max(self.last_seen, agg.last_time)
+    x = math.log1p(agg.count)
+    for stats in (self.hourly[hour_of(window_end - 1)], self.overall):
+      stats[0] += 1
+      stats[1] += x
+      stats[2] += x * x
+    for cat, n in agg.categories.items():
+      if n > self.category_max.get(cat, 0):
+        self.category_max[cat] = n
+      self.category_events[cat] = self.category_events.get(cat, 0) + n
+      if cat in SENSITIVE_CATEGORIES:
+        self.sensitive_events += n
+    self.events += agg.count
+    self.errors += agg.errors
+    self.max_distinct_actions = max(self.max_distinct_actions, len(agg.actions))
+    self.max_distinct_resources = max(self.max_distinct_resources, len(agg.resources))
+    for field, cap in MAX_SEEN.items():
+      seen = self.seen[field]
+      for k, v in getattr(agg, field).items():
+        seen[k] = seen.get(k, 0) + v
+      _prune(seen, cap)
+    return self
+
+  @classmethod
+  def build(cls, windows: Iterable) -> 'IdentityProfile':
+    profile = cls()
+    for w in windows:
+      profile.update(w.agg, w.window_end)
+    return profile
+
+  # -- reading ----------------------------------------------------------------
+  def volume_baseline(self, hour: int, shrink: float = 4.0):
+    """Mean and spread of log1p(events per window) at this hour, shrunk to the overall."""
+    n, s, ss = self.overall
+    if n == 0:
+      return 0.0, 1.0
+    mu_all = s / n
+    var_all = max(ss / n - mu_all * mu_all, 0.0)
+    hn, hs, hss = self.hourly[hour]
+    mu_h = hs / hn if hn else mu_all
+    var_h = max(hss / hn - mu_h * mu_h, 0.0) if hn else var_all
+    w = hn / (hn + shrink)
+    mu = w * mu_h + (1 - w) * mu_all
+    var = w * var_h + (1 - w) * var_all
+    return mu, max(math.sqrt(var), 0.5)
+
+  def sensitive_share(self) -> float:
+    return self.sensitive_events / self.events if self.events else 0.0
+
+  def error_ratio(self) -> float:
+    return self.errors / self.events if self.events else 0.0
+
+  # -- persistence ------------------------------------------------------------
+  def to_dict(self) -> dict:
+    return {k: v for k, v in self.__dict__.items()}
+
+  @classmethod
+  def from_dict(cls, d: dict) -> 'IdentityProfile':
+    p = cls()
+    p.__dict__.update(d)
+    return p

@@ -1,0 +1,194 @@
+"""The `postauth` command: generate, train, run, demo."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from typing import List, Optional
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from pipeline import options as opts
+from pipeline import summary
+
+USAGE = """postauth <command> [flags]
+
+commands:
+  generate  write a labelled CloudTrail sample (history/, live/, inventory.csv, labels.json)
+  train     batch Beam job: history -> versioned model directory
+  run       the detection pipeline (batch, or --streaming) -> findings
+  demo      generate, train and run the streaming detection on the sample, then summarise
+
+`postauth <command> --help` lists each command's flags; train and run accept any
+Beam pipeline option too (--runner, --direct_num_workers, --project, ...)."""
+
+
+def _help(command: str) -> str:
+  parser = argparse.ArgumentParser(prog=f'postauth {command}', add_help=False,
+                                   description='Any Apache Beam pipeline option is accepted as well.')
+  for cls in opts.ALL_OPTIONS:
+    if command == 'train' and cls is opts.DetectOptions:
+      group = parser.add_argument_group('model and inventory')
+      group.add_argument('--inventory', help='Identity inventory CSV.')
+      group.add_argument('--model-dir', help='Where to write the model version.')
+      continue
+    if command == 'run' and cls is opts.TrainOptions:
+      continue
+    cls._add_argparse_args(parser.add_argument_group(cls.__name__))
+  parser.add_argument('--streaming', action='store_true',
+                      help='Run as a streaming job (files are replayed with an advancing watermark).')
+  parser.add_argument('--runner', help='Beam runner (default DirectRunner).')
+  return parser.format_help()
+
+
+def pipeline_options(argv: List[str]) -> PipelineOptions:
+  options = PipelineOptions(argv)
+  std = options.view_as(StandardOptions)
+  if not std.runner:
+    std.runner = 'DirectRunner'
+  return options
+
+
+def _run_pipeline(build, options: PipelineOptions):
+  p = beam.Pipeline(options=options)
+  build(p)
+  result = p.run()
+  result.wait_until_finish()
+  return result
+
+
+def cmd_generate(argv: List[str]) -> int:
+  from pipeline.generate import DEFAULT_END, generate
+  ap = argparse.ArgumentParser(prog='postauth generate')
+  ap.add_argument('--out', required=True)
+  ap.add_argument('--identities', type=int, default=200)
+  ap.add_argument('--days', type=int, default=7)
+  ap.add_argument('--seed', type=int, default=7)
+  ap.add_argument('--end', default=DEFAULT_END, help='Exclusive end date (UTC) of the sample.')
+  a = ap.parse_args(argv)
+  counts = generate(a.out, a.identities, a.days, a.seed, a.end)
+  print(json.dumps(counts))
+  return 0
+
+
+def train(argv: List[str]) -> dict:
+  from pipeline.train import build_training
+  options = pipeline_options(argv)
+  det = options.view_as(opts.DetectOptions)
+  opts.validate_train(options, det.model_dir, det.inventory)
+  result = _run_pipeline(lambda p: build_training(p, options, det.inventory, det.model_dir), options)
+  from models.artifact import resolve_version
+  return {'version': resolve_version(det.model_dir) if options.view_as(opts.TrainOptions).promote else None,
+          'counters': summary.counters(result)}
+
+
+def run(argv: List[str]) -> dict:
+  from pipeline.detect import build_detection, dead_letter_path
+  from transforms.sinks import compact_parts
+  from models.model import DetectionModel
+  options = pipeline_options(argv)
+  opts.validate_run(options)
+  det = options.view_as(opts.DetectOptions)
+  # Fail before submitting if the model is missing or does not verify.
+  DetectionModel.load(det.model_dir, det.model_version)
+  streaming = options.view_as(StandardOptions).streaming
+  result = _run_pipeline(lambda p: build_detection(p, options), options)
+  if streaming:
+    compact_parts(det.findings, key='finding_id')
+    compact_parts(dead_letter_path(options))
+  return {'findings': det.findings, 'dead_letters': dead_letter_path(options),
+          'counters': summary.counters(result)}
+
+
+def cmd_train(argv: List[str]) -> int:
+  t0 = time.time()
+  out = train(argv)
+  print(f'trained model {out["version"]} in {time.time() - t0:.1f}s; '
+        + summary.render_counters(out['counters']))
+  return 0
+
+
+def cmd_run(argv: List[str]) -> int:
+  t0 = time.time()
+  out = run(argv)
+  findings = summary.read_findings(out['findings'])
+  print(summary.render(findings, top=10))
+  print(f'\n{summary.render_counters(out["counters"])}')
+  print(f'findings: {out["findings"]}\ndead letters: {out["dead_letters"]}\n'
+        f'run time {time.time() - t0:.1f}s')
+  return 0
+
+
+def cmd_demo(argv: List[str]) -> int:
+  from pipeline.generate import generate
+  ap = argparse.ArgumentParser(prog='postauth demo')
+  ap.add_argument('--out', default='out')
+  ap.add_argument('--identities', type=int, default=200)
+  ap.add_argument('--days', type=int, default=7)
+  ap.add_argument('--seed', type=int, default=7)
+  ap.add_argument('--batch', action='store_true', help='Run detection in batch mode instead of streaming.')
+  ap.add_argument('--top', type=int, default=8)
+  a, beam_args = ap.parse_known_args(argv)
+  out = os.path.abspath(a.out)
+  sample, model_dir = os.path.join(out, 'sample'), os.path.join(out, 'model')
+  findings = os.path.join(out, 'findings.jsonl')
+  timings = {}
+  t = time.time()
+  counts = generate(sample, a.identities, a.days, a.seed)
+  timings['generate'] = time.time() - t
+  print(f'[1/3] generated {counts["identities"]} identities, {counts["history_events"]} history '
+        f'and {counts["live_events"]} live CloudTrail events, {counts["labels"]} injected attacks '
+        f'-> {sample} ({timings["generate"]:.1f}s)', flush=True)
+  t = time.time()
+  trained = train([f'--events={sample}/history/*', f'--inventory={sample}/inventory.csv',
+                   f'--model-dir={model_dir}'] + beam_args)
+  timings['train'] = time.time() - t
+  print(f'[2/3] trained model {trained["version"]} on {trained["counters"].get("training_windows", 0)} '
+        f'identity-windows ({timings["train"]:.1f}s)', flush=True)
+  t = time.time()
+  mode = [] if a.batch else ['--streaming']
+  ran = run([f'--events={sample}/live/*', f'--inventory={sample}/inventory.csv',
+             f'--model-dir={model_dir}', f'--findings={findings}'] + mode + beam_args)
+  timings['detect'] = time.time() - t
+  print(f'[3/3] ran detection ({"batch" if a.batch else "streaming replay"}) '
+        f'({timings["detect"]:.1f}s)\n', flush=True)
+  found = summary.read_findings(findings)
+  print(summary.render(found, top=a.top))
+  with open(os.path.join(sample, 'labels.json')) as f:
+    labels = json.load(f)
+  hit = {l['identity'] for l in labels} & {f['identity'] for f in found[:len(labels)]}
+  print(f'\ninjected attacks among the top {len(labels)} findings: {len(hit)}/{len(labels)}')
+  print(summary.render_counters(ran['counters']))
+  print(f'findings: {findings}\ndead letters: {ran["dead_letters"]}\nmodel: {model_dir}')
+  print('time: ' + ', '.join(f'{k} {v:.1f}s' for k, v in timings.items())
+        + f', total {sum(timings.values()):.1f}s')
+  return 0
+
+
+COMMANDS = {'generate': cmd_generate, 'train': cmd_train, 'run': cmd_run, 'demo': cmd_demo}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if not argv or argv[0] in ('-h', '--help') or argv[0] not in COMMANDS:
+    print(USAGE)
+    return 0 if not argv or argv[0] in ('-h', '--help') else 2
+  command, rest = argv[0], argv[1:]
+  if command in ('train', 'run') and ('-h' in rest or '--help' in rest):
+    print(_help(command))
+    return 0
+  logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s')
+  from models.artifact import ArtifactError
+  try:
+    return COMMANDS[command](rest)
+  except (opts.OptionsError, ArtifactError) as e:
+    print(f'postauth {command}: error: {e}', file=sys.stderr)
+    return 2
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,106 @@
+"""Every postauth flag, as PipelineOptions subclasses (so Dataflow templates and
+``--help`` see them), plus validation that fails before a job is submitted."""
+from __future__ import annotations
+
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+
+class EventOptions(PipelineOptions):
+  """Where events come from and how they are read."""
+
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    parser.add_argument('--events', dest='events', default=None,
+                        help='Glob of event files (local, gs://, s3:// through Beam FileSystems).')
+    parser.add_argument('--format', dest='format', default=None,
+                        help='Force a log format instead of detecting it per record (e.g. cloudtrail).')
+    parser.add_argument('--taxonomy-file', dest='taxonomy_files', action='append', default=None,
+                        help='Extra CSV (provider,service,action,category) extending the action taxonomy; repeatable.')
+    parser.add_argument('--dead-letters', dest='dead_letters', default=None,
+                        help='JSON-lines path for records that could not be parsed '
+                             '(default: dead-letter.jsonl beside the findings or model).')
+
+
+class WindowOptions(PipelineOptions):
+  """Event-time windowing per identity."""
+
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    parser.add_argument('--window-size', dest='window_size', type=int, default=3600,
+                        help='Sliding window length in seconds (default 3600).')
+    parser.add_argument('--window-period', dest='window_period', type=int, default=900,
+                        help='Sliding window period in seconds; must divide the size (default 900).')
+    parser.add_argument('--allowed-lateness', dest='allowed_lateness', type=int, default=0,
+                        help='Seconds after the watermark during which late events still update '
+                             'their windows (default 0: late events are dropped by Beam).')
+
+
+class DetectOptions(PipelineOptions):
+  """The detection job: model, inventory, findings."""
+
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    parser.add_argument('--inventory', dest='inventory', default=None,
+                        help='Identity inventory CSV (identity,identity_type,owner,team,environment,...).')
+    parser.add_argument('--model-dir', dest='model_dir', default=None,
+                        help='Model directory written by `postauth train` (uses its LATEST version).')
+    parser.add_argument('--model-version', dest='model_version', default=None,
+                        help='Score with this version instead of LATEST.')
+    parser.add_argument('--findings', dest='findings', default=None,
+                        help='JSON-lines path for findings.')
+    parser.add_argument('--threshold', dest='threshold', type=float, default=3.0,
+                        help='Calibrated score at which a window becomes a finding '
+                             '(3 = rarer than 1 in 1,000 training windows of its cohort).')
+    parser.add_argument('--replay-step', dest='replay_step', type=int, default=900,
+                        help='With --streaming over files: event-time seconds released per watermark step.')
+
+
+class TrainOptions(PipelineOptions):
+  """The training job."""
+
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    parser.add_argument('--train-config', dest='train_config', default=None,
+                        help='JSON file of hyperparameters (see models.model.TrainConfig).')
+    parser.add_argument('--no-promote', dest='promote', action='store_false', default=True,
+                        help='Write the new version without pointing LATEST at it.')
+
+
+class OptionsError(ValueError):
+  """An invalid flag combination, reported before any job is submitted."""
+
+
+def validate_window(options: PipelineOptions) -> None:
+  w = options.view_as(WindowOptions)
+  if w.window_size <= 0 or w.window_period <= 0:
+    raise OptionsError('--window-size and --window-period must be positive')
+  if w.window_size % w.window_period:
+    raise OptionsError(f'--window-period ({w.window_period}) must divide --window-size ({w.window_size})')
+  if w.allowed_lateness < 0:
+    raise OptionsError('--allowed-lateness must be >= 0')
+
+
+def validate_run(options: PipelineOptions) -> None:
+  e, d = options.view_as(EventOptions), options.view_as(DetectOptions)
+  missing = [flag for flag, value in (('--events', e.events), ('--inventory', d.inventory),
+                                      ('--model-dir', d.model_dir), ('--findings', d.findings))
+             if not value]
+  if missing:
+    raise OptionsError('postauth run needs ' + ', '.join(missing))
+  validate_window(options)
+  if options.view_as(StandardOptions).streaming and d.replay_step <= 0:
+    raise OptionsError('--replay-step must be positive')
+
+
+def validate_train(options: PipelineOptions, model_dir: str, inventory: str) -> None:
+  e = options.view_as(EventOptions)
+  missing = [flag for flag, value in (('--events', e.events), ('--inventory', inventory),
+                                      ('--model-dir', model_dir)) if not value]
+  if missing:
+    raise OptionsError('postauth train needs ' + ', '.join(missing))
+  if options.view_as(StandardOptions).streaming:
+    raise OptionsError('postauth train is a batch job: drop --streaming')
+  validate_window(options)
+
+
+ALL_OPTIONS = (EventOptions, WindowOptions, DetectOptions, TrainOptions)

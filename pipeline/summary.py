@@ -1,0 +1,48 @@
+"""Readable run summaries: counters from Beam metrics and the top findings in words."""
+from __future__ import annotations
+
+import json
+from typing import Dict, List
+
+from apache_beam.metrics.metric import MetricsFilter
+
+COUNTERS = ('records_read', 'events_parsed', 'dead_lettered', 'identity_windows',
+            'windows_scored', 'windows_anomalous', 'findings', 'training_windows',
+            'windows_unregistered_identity')
+
+
+def counters(result) -> Dict[str, int]:
+  """postauth's Beam counters from a finished pipeline result (committed values)."""
+  out: Dict[str, int] = {}
+  for c in result.metrics().query(MetricsFilter().with_namespace('postauth'))['counters']:
+    # The streaming DirectRunner reports some counters only as attempted.
+    value = max(c.committed or 0, c.attempted or 0)
+    out[c.key.metric.name] = out.get(c.key.metric.name, 0) + int(value or 0)
+  return out
+
+
+def read_findings(path: str) -> List[dict]:
+  with open(path) as f:
+    findings = [json.loads(line) for line in f if line.strip()]
+  return sorted(findings, key=lambda f: (-f['score'], f['identity'], f['window_start']))
+
+
+def render(findings: List[dict], top: int = 10) -> str:
+  lines = []
+  by_severity: Dict[str, int] = {}
+  for f in findings:
+    by_severity[f['severity']] = by_severity.get(f['severity'], 0) + 1
+  lines.append(f'{len(findings)} findings ' + json.dumps(by_severity, sort_keys=True))
+  for rank, f in enumerate(findings[:top], 1):
+    who = f['identity'].rsplit('/', 1)[-1]
+    lines.append(f'\n#{rank} {f["severity"].upper():8s} score {f["score"]:.2f}  {who}  '
+                 f'({f["identity_type"]}, team {f["team"] or "?"}, {f["environment"] or "?"})')
+    lines.append(f'   {f["window_start"]} -> {f["window_end"]}  {f["event_count"]} events  '
+                 f'model {f["model_version"]}  id {f["finding_id"]}')
+    for r in f['reasons'][:4]:
+      lines.append(f'   - {r["detail"]}')
+  return '\n'.join(lines)
+
+
+def render_counters(c: Dict[str, int]) -> str:
+  return ', '.join(f'{k}={c[k]}' for k in COUNTERS if k in c)

@@ -1,0 +1,164 @@
+"""What one identity did in one window, as a bounded, mergeable summary.
+
+The summary keeps counts, not events: per action, category, resource, network,
+user-agent family and region, each capped so a noisy identity cannot grow it
+without bound. It is the accumulator of ``WindowAggregateFn``; panes of a sliding
+window merge into it, and the features of ``models.features`` read it.
+"""
+from __future__ import annotations
+
+import ipaddress
+from typing import Dict, Iterable, Optional
+
+import apache_beam as beam
+
+from transforms.event import Event
+
+MAX_KEYS = 256  # distinct values kept per field; beyond it, counted in *_overflow
+
+
+def network_of(ip: str) -> str:
+  """The /24 (IPv4) or /48 (IPv6) a source address belongs to; hostnames as-is."""
+  if not ip:
+    return ''
+  try:
+    addr = ipaddress.ip_address(ip)
+  except ValueError:
+    return ip.lower()[:128]  # e.g. "ec2.amazonaws.com" for AWS-internal calls
+  prefix = 24 if addr.version == 4 else 48
+  return str(ipaddress.ip_network(f'{ip}/{prefix}', strict=False))
+
+
+def agent_family(user_agent: str) -> str:
+  """Product, major version and OS of a user agent: upgrades stay in their family."""
+  if not user_agent:
+    return ''
+  first = user_agent.split(' ', 1)[0]
+  product, _, version = first.partition('/')
+  major = version.split('.', 1)[0] if version else ''
+  lowered = user_agent.lower()
+  os_name = next((o for o in ('macos', 'darwin', 'windows', 'linux') if o in lowered), '')
+  return f'{product}/{major} {os_name}'.strip()[:128]
+
+
+def _bump(counts: Dict[str, int], key: str, n: int = 1) -> int:
+  """Adds to a capped counter; returns how much did not fit."""
+  if key in counts or len(counts) < MAX_KEYS:
+    counts[key] = counts.get(key, 0) + n
+    return 0
+  return n
+
+
+class WindowAggregate:
+  """Mergeable per-identity-window counts."""
+
+  __slots__ = ('count', 'errors', 'read_only', 'actions', 'action_category',
+               'categories', 'resources', 'networks', 'agents', 'regions',
+               'panes', 'first_time', 'last_time', 'overflow', 'identity_type')
+
+  def __init__(self):
+    self.count = 0
+    self.errors = 0
+    self.read_only = 0
+    self.actions: Dict[str, int] = {}  # "service:Action" -> events
+    self.action_category: Dict[str, str] = {}
+    self.categories: Dict[str, int] = {}
+    self.resources: Dict[str, int] = {}
+    self.networks: Dict[str, int] = {}
+    self.agents: Dict[str, int] = {}
+    self.regions: Dict[str, int] = {}
+    self.panes: Dict[int, int] = {}  # pane start (s) -> events, for exact unions of windows
+    self.first_time = float('inf')
+    self.last_time = float('-inf')
+    self.overflow = 0
+    self.identity_type = ''
+
+  def add(self, e: Event, pane_seconds: Optional[int] = None) -> 'WindowAggregate':
+    self.count += 1
+    if not e.success:
+      self.errors += 1
+    if e.read_only:
+      self.read_only += 1
+    action = f'{e.service}:{e.action}'
+    spill = _bump(self.actions, action)
+    if not spill:
+      self.action_category[action] = e.category
+    self.overflow += spill
+    self.categories[e.category] = self.categories.get(e.category, 0) + 1
+    if e.resource:
+      self.overflow += _bump(self.resources, e.resource)
+    self.overflow += _bump(self.networks, network_of(e.source_ip))
+    self.overflow += _bump(self.agents, agent_family(e.user_agent))
+    self.overflow += _bump(self.regions, e.region)
+    if pane_seconds:
+      pane = int(e.event_time // pane_seconds * pane_seconds)
+      self.panes[pane] = self.panes.get(pane, 0) + 1
+    self.first_time = min(self.first_time, e.event_time)
+    self.last_time = max(self.last_time, e.event_time)
+    self.identity_type = self.identity_type or e.identity_type
+    return self
+
+  def merge(self, other: 'WindowAggregate') -> 'WindowAggregate':
+    self.count += other.count
+    self.errors += other.errors
+    self.read_only += other.read_only
+    for field in ('actions', 'categories', 'resources', 'networks', 'agents', 'regions'):
+      mine = getattr(self, field)
+      for k, v in getattr(other, field).items():
+        if field == 'categories':
+          mine[k] = mine.get(k, 0) + v
+        else:
+          self.overflow += _bump(mine, k, v)
+    for k, v in other.action_category.items():
+      if k in self.actions:
+        self.action_category[k] = v
+    for k, v in other.panes.items():
+      self.panes[k] = self.panes.get(k, 0) + v
+    self.first_time = min(self.first_time, other.first_time)
+    self.last_time = max(self.last_time, other.last_time)
+    self.overflow += other.overflow
+    self.identity_type = self.identity_type or other.identity_type
+    return self
+
+  def to_dict(self) -> dict:
+    return {k: getattr(self, k) for k in self.__slots__}
+
+  @classmethod
+  def from_dict(cls, d: dict) -> 'WindowAggregate':
+    agg = cls()
+    for k in cls.__slots__:
+      if k in d:
+        setattr(agg, k, d[k])
+    agg.panes = {int(k): v for k, v in agg.panes.items()}
+    return agg
+
+  def __eq__(self, other):
+    return isinstance(other, WindowAggregate) and self.to_dict() == other.to_dict()
+
+  def __repr__(self):
+    return f'WindowAggregate(count={self.count}, actions={len(self.actions)})'
+
+
+class WindowAggregateFn(beam.CombineFn):
+  """Events -> WindowAggregate; also merges pane aggregates into window aggregates."""
+
+  def __init__(self, pane_seconds: Optional[int] = None):
+    self._pane_seconds = pane_seconds
+
+  def create_accumulator(self) -> WindowAggregate:
+    return WindowAggregate()
+
+  def add_input(self, acc: WindowAggregate, element) -> WindowAggregate:
+    if isinstance(element, WindowAggregate):
+      return acc.merge(element)
+    return acc.add(element, self._pane_seconds)
+
+  def merge_accumulators(self, accs: Iterable[WindowAggregate]) -> WindowAggregate:
+    accs = iter(accs)
+    first = next(accs)
+    for a in accs:
+      first.merge(a)
+    return first
+
+  def extract_output(self, acc: WindowAggregate) -> WindowAggregate:
+    return acc

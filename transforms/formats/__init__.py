@@ -1,0 +1,25 @@
+"""Log formats postauth reads, behind one interface.
+
+A format is an object with ``name``, ``sniff(record) -> bool`` and
+``parse(record, raw_ref, taxonomy) -> Event`` (raising ``ParseError``). Adding a
+format means adding a module here and listing it in ``FORMATS``.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+from transforms.formats.base import ParseError, RecordFormat
+from transforms.formats.cloudtrail import CloudTrail
+
+FORMATS: List[RecordFormat] = [CloudTrail()]
+BY_NAME: Dict[str, RecordFormat] = {f.name: f for f in FORMATS}
+
+
+def detect(record: dict) -> Optional[RecordFormat]:
+  for fmt in FORMATS:
+    if fmt.sniff(record):
+      return fmt
+  return None
+
+
+__all__ = ['BY_NAME', 'FORMATS', 'ParseError', 'RecordFormat', 'detect']

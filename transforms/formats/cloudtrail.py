@@ -1,0 +1,114 @@
+"""AWS CloudTrail records (S3 delivery files, JSON lines, EventBridge/Lake envelopes)."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from transforms.event import Event
+from transforms.formats.base import ParseError, parse_time, text
+
+# requestParameters keys that name the resource an action touched, in order of
+# preference. CloudTrail has no uniform resource field.
+_RESOURCE_KEYS = (
+    'secretId', 'name', 'bucketName', 'key', 'tableName', 'functionName',
+    'roleName', 'userName', 'policyArn', 'topicArn', 'queueUrl', 'keyId',
+    'service', 'cluster', 'taskDefinition', 'repositoryName', 'stackName',
+    'instanceId', 'snapshotId', 'imageId', 'trailName', 'logGroupName',
+    'destination', 'streamName', 'modelId', 'parameterName')
+
+
+def canonical_identity(ui: dict) -> str:
+  """The stable identity behind a CloudTrail principal.
+
+  An assumed-role session becomes its role ARN (sessions are ephemeral, the
+  role is what the inventory knows); an access key stays with its IAM user.
+  """
+  kind = ui.get('type')
+  if kind == 'AssumedRole':
+    issuer = (ui.get('sessionContext') or {}).get('sessionIssuer') or {}
+    if isinstance(issuer, dict) and issuer.get('arn'):
+      return text(issuer['arn'])
+    arn = text(ui.get('arn'))
+    # arn:aws:sts::ACCT:assumed-role/ROLE/SESSION -> arn:aws:iam::ACCT:role/ROLE
+    if ':assumed-role/' in arn:
+      head, _, rest = arn.partition(':assumed-role/')
+      role = rest.split('/')[0]
+      return head.replace(':sts:', ':iam:') + ':role/' + role
+    return arn
+  if kind == 'AWSService':
+    return 'aws-service:' + text(ui.get('invokedBy') or ui.get('principalId'))
+  arn = text(ui.get('arn'))
+  if arn:
+    return arn
+  return text(ui.get('principalId'))
+
+
+def _resource(record: dict) -> str:
+  params = record.get('requestParameters')
+  if isinstance(params, dict):
+    bucket = params.get('bucketName')
+    key = params.get('key')
+    if isinstance(bucket, str) and isinstance(key, str):
+      return f'arn:aws:s3:::{bucket}/{key}'[:512]
+    for k in _RESOURCE_KEYS:
+      v = params.get(k)
+      if isinstance(v, str) and v:
+        return v[:512]
+  resources = record.get('resources')
+  if isinstance(resources, list) and resources and isinstance(resources[0], dict):
+    return text(resources[0].get('ARN') or resources[0].get('arn'))
+  return ''
+
+
+def _read_only(record: dict, category: str) -> bool:
+  value: Optional[Any] = record.get('readOnly')
+  if isinstance(value, bool):
+    return value
+  if isinstance(value, str):
+    return value.lower() == 'true'
+  return category in ('data_read', 'enumerate')
+
+
+class CloudTrail:
+  name = 'cloudtrail'
+
+  def sniff(self, record: dict) -> bool:
+    if 'eventSource' in record and 'eventName' in record:
+      return True
+    detail = record.get('detail')
+    return isinstance(detail, dict) and 'eventSource' in detail
+
+  def parse(self, record: dict, raw_ref: str, taxonomy) -> Event:
+    if 'eventSource' not in record and isinstance(record.get('detail'), dict):
+      record = record['detail']  # EventBridge / CloudTrail Lake envelope
+    ui = record.get('userIdentity')
+    if not isinstance(ui, dict):
+      raise ParseError('missing userIdentity')
+    identity = canonical_identity(ui)
+    if not identity:
+      raise ParseError('missing identity (no arn or principalId)')
+    event_time = parse_time(record.get('eventTime') or record.get('@timestamp'))
+    service = text(record.get('eventSource')).replace('.amazonaws.com', '')
+    action = text(record.get('eventName'))
+    if not service or not action:
+      raise ParseError('missing eventSource or eventName')
+    category = taxonomy.categorize('aws', service, action)
+    error_code = text(record.get('errorCode'))
+    return Event(
+        event_id=text(record.get('eventID')) or raw_ref,
+        event_time=event_time,
+        identity=identity,
+        identity_type=text(ui.get('type')),
+        principal_raw=text(ui.get('arn') or ui.get('principalId')),
+        session_id=text(ui.get('accessKeyId')),
+        provider='aws',
+        service=service,
+        action=action,
+        category=category,
+        resource=_resource(record),
+        region=text(record.get('awsRegion')),
+        source_ip=text(record.get('sourceIPAddress')),
+        user_agent=text(record.get('userAgent')),
+        success=not error_code,
+        error_code=error_code,
+        read_only=_read_only(record, category),
+        raw_ref=raw_ref)

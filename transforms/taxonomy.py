@@ -1,0 +1,97 @@
+"""Action taxonomy: provider action -> abuse-relevant category.
+
+The mapping is data (``taxonomy/<provider>.csv`` plus verb-prefix rules in
+``taxonomy/prefixes.csv``) so a security team can review it and extend it with
+its own file instead of editing code.
+"""
+from __future__ import annotations
+
+import csv
+import fnmatch
+import io
+import os
+from importlib import resources
+from typing import Dict, Iterable, List, Optional, Tuple
+
+CATEGORIES = (
+    'secret_access', 'credential_create', 'privilege_change', 'config_change',
+    'data_read', 'data_write', 'message_publish', 'notify', 'enumerate',
+    'defense_evasion', 'resource_sharing', 'remote_execution',
+    'compute_launch', 'delete', 'auth_other')
+
+# Categories whose use by a non-human identity matters most to a responder.
+SENSITIVE_CATEGORIES = (
+    'secret_access', 'credential_create', 'privilege_change', 'config_change',
+    'notify', 'message_publish', 'defense_evasion', 'resource_sharing',
+    'remote_execution')
+
+# A single event in one of these can be an incident on its own.
+HIGH_IMPACT_CATEGORIES = (
+    'credential_create', 'privilege_change', 'defense_evasion',
+    'resource_sharing', 'remote_execution')
+
+
+def _rows(text: str) -> Iterable[dict]:
+  lines = [l for l in text.splitlines() if l.strip() and not l.startswith('#')]
+  return csv.DictReader(io.StringIO('\n'.join(lines)))
+
+
+def _package_text(name: str) -> str:
+  return resources.files('transforms').joinpath('taxonomy', name).read_text()
+
+
+class Taxonomy:
+  """Looks up categories; exact rows, then globs, then verb prefixes."""
+
+  def __init__(self, extra_files: Optional[List[str]] = None):
+    self._exact: Dict[Tuple[str, str, str], str] = {}
+    self._globs: List[Tuple[str, str, str, str]] = []
+    self._cache: Dict[Tuple[str, str, str], str] = {}
+    for provider in ('aws',):
+      self._load_table(provider, _package_text(f'{provider}.csv'))
+    for path in extra_files or ():
+      with open(path) as f:
+        self._load_table(None, f.read())
+    prefixes = [(r['verb'].lower(), r['category'])
+                for r in _rows(_package_text('prefixes.csv'))]
+    self._prefixes = sorted(prefixes, key=lambda p: -len(p[0]))
+
+  def _load_table(self, default_provider: Optional[str], text: str) -> None:
+    for row in _rows(text):
+      provider = row.get('provider') or default_provider or 'aws'
+      category = row['category'].strip()
+      if category not in CATEGORIES:
+        raise ValueError(f'unknown category {category!r} in taxonomy row {row}')
+      key = (provider, row['service'].strip().lower(), row['action'].strip())
+      if '*' in key[2] or '?' in key[2]:
+        self._globs.insert(0, (*key, category))  # later files override
+      else:
+        self._exact[key] = category
+        self._exact[(key[0], key[1], key[2].lower())] = category
+
+  def categorize(self, provider: str, service: str, action: str) -> str:
+    key = (provider, service.lower(), action)
+    cached = self._cache.get(key)
+    if cached is not None:
+      return cached
+    category = (self._exact.get(key) or
+                self._exact.get((provider, key[1], action.lower())) or
+                self._glob(provider, key[1], action) or
+                self._prefix(action))
+    if len(self._cache) < 100_000:
+      self._cache[key] = category
+    return category
+
+  def _glob(self, provider: str, service: str, action: str) -> Optional[str]:
+    for g_provider, g_service, pattern, category in self._globs:
+      if (g_provider == provider and g_service == service and
+          fnmatch.fnmatchcase(action, pattern)):
+        return category
+    return None
+
+  def _prefix(self, action: str) -> str:
+    lowered = action.lower()
+    for verb, category in self._prefixes:
+      if lowered.startswith(verb):
+        return category
+    return 'auth_other'
