@@ -88,7 +88,7 @@ def train(argv: List[str]) -> dict:
 
 def run(argv: List[str]) -> dict:
   from pipeline.detect import build_detection, dead_letter_path
-  from transforms.sinks import compact_parts
+  from transforms.sinks import clear_parts, compact_parts
   from models.model import DetectionModel
   options = pipeline_options(argv)
   opts.validate_run(options)
@@ -96,6 +96,9 @@ def run(argv: List[str]) -> dict:
   # Fail before submitting if the model is missing or does not verify.
   DetectionModel.load(det.model_dir, det.model_version)
   streaming = options.view_as(StandardOptions).streaming
+  if streaming:
+    clear_parts(det.findings)
+    clear_parts(dead_letter_path(options))
   result = _run_pipeline(lambda p: build_detection(p, options), options)
   if streaming:
     compact_parts(det.findings, key='finding_id')

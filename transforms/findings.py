@@ -1,19 +1,27 @@
 """Anomalous windows -> findings: overlapping windows of one identity become one finding.
 
 Sliding windows overlap, so one burst of activity makes several consecutive
-windows anomalous. Re-windowing the anomalous windows into ``Sessions`` with a
-gap of one window size merges exactly the windows that overlap (their ends are
-less than a window size apart), in batch and streaming alike.
+windows anomalous. A stateful DoFn per identity collects a run of overlapping
+anomalous windows and emits it as one finding when an event-time timer says the
+run can no longer grow: once the watermark passes the last window's end plus
+one window size, no window overlapping it can still arrive. (Sessions windows
+express the same merge, but the streaming DirectRunner fired and re-merged them
+more than once, emitting partial and duplicated findings; explicit state and a
+timer emit each run exactly once on every runner.)
 """
 from __future__ import annotations
 
 import datetime
 import hashlib
+import typing
 from typing import Dict, Iterable, List
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
+from apache_beam.coders import PickleCoder
 from apache_beam.transforms import window
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.transforms.userstate import BagStateSpec, TimerSpec, on_timer
 from apache_beam.utils.timestamp import Duration
 
 SEVERITY_ORDER = {'low': 0, 'medium': 1, 'high': 2, 'critical': 3}
@@ -28,25 +36,11 @@ def finding_id(identity: str, start: float, end: float) -> str:
   return hashlib.sha256(f'{identity}|{start:.0f}|{end:.0f}'.encode()).hexdigest()[:24]
 
 
-class MergeWindowsFn(beam.CombineFn):
-  """Folds overlapping scored windows into one: widest span, top score, all reasons."""
-
-  def create_accumulator(self) -> List[Dict]:
-    return []
-
-  def add_input(self, acc: List[Dict], element: Dict) -> List[Dict]:
-    acc.append(element)
-    return acc
-
-  def merge_accumulators(self, accs: Iterable[List[Dict]]) -> List[Dict]:
-    return [e for a in accs for e in a]
-
-  def extract_output(self, acc: List[Dict]) -> Dict:
-    return to_finding(acc)
-
-
 def to_finding(windows: List[Dict]) -> Dict:
-  windows = sorted(windows, key=lambda w: (w['window_start'], -w['score']))
+  unique: Dict[tuple, Dict] = {}
+  for w in windows:  # a window re-scored after late data replaces its earlier version
+    unique[(w['window_start'], w['window_end'])] = w
+  windows = sorted(unique.values(), key=lambda w: w['window_start'])
   top = max(windows, key=lambda w: (w['score'], -w['window_start']))
   start = min(w['window_start'] for w in windows)
   end = max(w['window_end'] for w in windows)
@@ -83,6 +77,63 @@ def to_finding(windows: List[Dict]) -> Dict:
   }
 
 
+def split_runs(windows: List[Dict]) -> List[List[Dict]]:
+  """Groups windows into runs where each window overlaps the run so far."""
+  runs: List[List[Dict]] = []
+  end = float('-inf')
+  for w in sorted(windows, key=lambda w: (w['window_start'], w['window_end'])):
+    if not runs or w['window_start'] >= end:
+      runs.append([])
+      end = float('-inf')
+    runs[-1].append(w)
+    end = max(end, w['window_end'])
+  return runs
+
+
+def _run_end(run: List[Dict]) -> float:
+  return max(w['window_end'] for w in run)
+
+
+class _MergeRunsFn(beam.DoFn):
+  """(identity, scored window) -> one finding per run of overlapping windows.
+
+  Windows may arrive in any order (batch) or in watermark order (streaming); a
+  run is emitted when the watermark passes its last end plus one window size.
+  """
+
+  PENDING = BagStateSpec('pending', PickleCoder())
+  FLUSH = TimerSpec('flush', TimeDomain.WATERMARK)
+
+  def __init__(self, window_size: int):
+    self._size = window_size
+    self.findings = Metrics.counter('postauth', 'findings')
+
+  def process(self, kv, pending=beam.DoFn.StateParam(PENDING),
+              flush=beam.DoFn.TimerParam(FLUSH)):
+    _, scored = kv
+    pending.add(scored)
+    runs = split_runs(list(pending.read()))
+    flush.set(min(_run_end(r) for r in runs) + self._size)
+
+  @on_timer(FLUSH)
+  def emit(self, fired=beam.DoFn.TimestampParam, pending=beam.DoFn.StateParam(PENDING),
+           flush=beam.DoFn.TimerParam(FLUSH)):
+    runs = split_runs(list(pending.read()))
+    pending.clear()
+    later = []
+    for run in runs:
+      if _run_end(run) + self._size <= fired:
+        self.findings.inc()
+        yield to_finding(run)
+      else:
+        later.append(run)
+    for run in later:
+      for w in run:
+        pending.add(w)
+    if later:
+      flush.set(min(_run_end(r) for r in later) + self._size)
+
+
 class MergeOverlappingWindows(beam.PTransform):
   """Scored-window dicts -> one finding dict per identity and run of overlapping windows."""
 
@@ -92,15 +143,9 @@ class MergeOverlappingWindows(beam.PTransform):
     self._lateness = allowed_lateness
 
   def expand(self, scored):
-    count = Metrics.counter('postauth', 'findings')
-
-    def emit(kv):
-      count.inc()
-      return kv[1]
-
     return (scored
-            | 'RunsOfWindows' >> beam.WindowInto(
-                window.Sessions(self._size), allowed_lateness=Duration(seconds=self._lateness))
-            | 'KeyByIdentity' >> beam.Map(lambda w: (w['identity'], w))
-            | 'MergeRuns' >> beam.CombinePerKey(MergeWindowsFn())
-            | 'Findings' >> beam.Map(emit))
+            | 'GlobalWindow' >> beam.WindowInto(
+                window.GlobalWindows(), allowed_lateness=Duration(seconds=self._lateness))
+            | 'KeyByIdentity' >> beam.Map(lambda w: (w['identity'], w)).with_output_types(
+                typing.Tuple[str, typing.Any])
+            | 'MergeRuns' >> beam.ParDo(_MergeRunsFn(self._size)))

@@ -1,14 +1,15 @@
 """Score identity-windows in batches with the detection model, loaded once per worker.
 
-Batches are formed with ``GroupIntoBatches`` keyed by (cohort, shard), not with
-``BatchElements``: in streaming, a window's results leave the GroupByKey one key
-(identity) per bundle, and BatchElements never batches across bundles, so every
-model call would score a single window. Keyed batching gathers the windows of
-all identities of a cohort that close together into one vectorised call, in
-streaming and batch alike, while the shard keeps the work spread over workers.
+Bounded input is batched with ``BatchElements``. Unbounded input is batched with
+``GroupIntoBatches`` keyed by (cohort, shard): in streaming, a window's results
+leave the GroupByKey one key (identity) per bundle and BatchElements never
+batches across bundles, so every model call would score a single window; keyed
+batching gathers the windows of all identities of a cohort that close together
+into one vectorised call, while the shard spreads the work over workers.
 """
 from __future__ import annotations
 
+import typing
 import zlib
 from typing import List, Optional, Tuple
 
@@ -94,8 +95,13 @@ class ScoreWindows(beam.PTransform):
       window, context = element
       return (context.get('identity_type', ''), zlib.crc32(window.identity.encode()) % shards), element
 
+    if enriched.is_bounded:
+      return (enriched
+              | 'BatchWindows' >> beam.BatchElements(min_batch_size=64, max_batch_size=self._max)
+              | 'ScoreBatch' >> beam.ParDo(self._fn))
     return (enriched
-            | 'KeyByCohortShard' >> beam.Map(key)
+            | 'KeyByCohortShard' >> beam.Map(key).with_output_types(
+                typing.Tuple[typing.Tuple[str, int], typing.Any])
             | 'BatchPerCohort' >> beam.GroupIntoBatches(
                 self._max, max_buffering_duration_secs=self._buffering)
             | 'DropKeys' >> beam.Values()

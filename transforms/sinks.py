@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
 from typing import List
 
 import apache_beam as beam
@@ -41,6 +42,11 @@ class WriteJsonLines(beam.PTransform):
                 path=parts_dir(self._path),
                 file_naming=fileio.default_file_naming(prefix, '.jsonl'),
                 shards=1))
+
+
+def clear_parts(path: str) -> None:
+  """Removes part files of an earlier streaming run to the same path."""
+  shutil.rmtree(parts_dir(path), ignore_errors=True)
 
 
 def compact_parts(path: str, key: str = '') -> int:

@@ -1,0 +1,29 @@
+"""postauth: catch abuse of non-human identities after they authenticate (Apache Beam).
+
+Packaged the Beam way (setup.py) so Dataflow workers get the code with --setup_file.
+"""
+import setuptools
+
+setuptools.setup(
+    name='postauth',
+    version='0.1.0',
+    description='Apache Beam pipeline that detects abuse of non-human identities from post-auth activity',
+    python_requires='>=3.10',
+    packages=setuptools.find_packages(include=['pipeline', 'pipeline.*', 'transforms', 'transforms.*',
+                                               'models', 'models.*']),
+    package_data={'transforms': ['taxonomy/*.csv']},
+    install_requires=[
+        'apache-beam==2.77.0',
+        'google-cloud-pubsub>=2.20,<3',
+        'fastavro>=1.9',
+        'scikit-learn>=1.5,<1.10',
+        'numpy>=1.26',
+        'orjson>=3.9',
+        'skops>=0.10',
+    ],
+    extras_require={
+        'gcp': ['apache-beam[gcp]==2.77.0'],
+        'test': ['pytest>=8', 'hypothesis>=6.100'],
+    },
+    entry_points={'console_scripts': ['postauth=pipeline.cli:main']},
+)
