@@ -241,8 +241,9 @@ def _hour_factor(who: Identity, t: float) -> float:
 
 
 class Simulator:
-  def __init__(self, rng: np.random.Generator):
+  def __init__(self, rng: np.random.Generator, rate_scale: float = 1.0):
     self.rng = rng
+    self.rate_scale = rate_scale
     self.writer = Writer(rng)
 
   def _pick(self, calls: Sequence[Call]) -> Tuple[Call, str]:
@@ -261,7 +262,7 @@ class Simulator:
     rng = self.rng
     calls = calls or who.calls + who.extra_calls
     hours = np.arange(start, end, HOUR)
-    lam = np.array([who.rate * _hour_factor(who, t) for t in hours]) * volume / who.burst
+    lam = np.array([who.rate * _hour_factor(who, t) for t in hours]) * volume * self.rate_scale / who.burst
     sessions = rng.poisson(lam)
     starts = np.repeat(hours, sessions) + rng.uniform(0, HOUR, int(sessions.sum()))
     if who.burst == 1:
@@ -397,13 +398,13 @@ def _days(end: str, days: int) -> List[float]:
 
 
 def generate(out_dir: str, identities: int = 200, days: int = 7, seed: int = 7,
-             end: str = DEFAULT_END) -> Dict[str, int]:
+             end: str = DEFAULT_END, rate_scale: float = 0.4) -> Dict[str, int]:
   """Writes the sample; returns counts for the caller to report."""
   if days < 2:
     raise ValueError('need at least 2 days: history and a live day')
   rng = np.random.default_rng(seed)
   fleet = _fleet(identities, rng)
-  sim = Simulator(rng)
+  sim = Simulator(rng, rate_scale)
   starts = _days(end, days)
   os.makedirs(os.path.join(out_dir, 'history'), exist_ok=True)
   os.makedirs(os.path.join(out_dir, 'live'), exist_ok=True)

@@ -23,6 +23,9 @@ def canonical_identity(ui: dict) -> str:
   role is what the inventory knows); an access key stays with its IAM user.
   """
   kind = ui.get('type')
+  for field in ('arn', 'principalId', 'type'):
+    if ui.get(field) is not None and not isinstance(ui.get(field), str):
+      raise ParseError(f'userIdentity.{field}: expected a string, got {type(ui.get(field)).__name__}')
   if kind == 'AssumedRole':
     issuer = (ui.get('sessionContext') or {}).get('sessionIssuer') or {}
     if isinstance(issuer, dict) and issuer.get('arn'):

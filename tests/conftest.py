@@ -1,0 +1,40 @@
+"""Shared fixtures: a small generated sample and a model trained on it, built once per session."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+SHARED_DATA = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data'))
+FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures')
+
+
+def shared_data(*parts: str) -> str:
+  path = os.path.join(SHARED_DATA, *parts)
+  if not os.path.exists(path):
+    pytest.skip(f'real sample {path} is absent (../shared/data is provided beside the project)')
+  return path
+
+
+@pytest.fixture(scope='session')
+def sample(tmp_path_factory):
+  from pipeline.generate import generate
+  out = str(tmp_path_factory.mktemp('sample'))
+  counts = generate(out, identities=60, days=4, seed=11)
+  with open(os.path.join(out, 'labels.json')) as f:
+    labels = json.load(f)
+  with open(os.path.join(out, 'benign.json')) as f:
+    benign = json.load(f)
+  return {'dir': out, 'counts': counts, 'labels': labels, 'benign': benign,
+          'inventory': os.path.join(out, 'inventory.csv')}
+
+
+@pytest.fixture(scope='session')
+def model_dir(sample, tmp_path_factory):
+  from pipeline.cli import train
+  model = str(tmp_path_factory.mktemp('model'))
+  out = train([f'--events={sample["dir"]}/history/*', f'--inventory={sample["inventory"]}',
+               f'--model-dir={model}', '--runner=FnApiRunner'])
+  assert out['version']
+  return model
