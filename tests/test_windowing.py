@@ -1,0 +1,116 @@
+"""Per-identity sliding windows: TestStream semantics, late data, batch == streaming."""
+from __future__ import annotations
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.testing.test_stream import TestStream
+from apache_beam.testing.util import assert_that, equal_to
+from apache_beam.transforms.window import TimestampedValue
+
+from transforms.event import Event
+from transforms.windowing import IdentityWindows
+
+T0 = 1_800_000_000  # aligned to 15 min and 1 h
+
+
+def ev(identity: str, t: float, action: str = 'GetObject') -> Event:
+  return Event(f'{identity}-{t}-{action}', float(t), identity, 'AssumedRole', identity, '', 'aws', 's3',
+               action, 'data_read', f'b/{action}', 'us-east-1', '10.0.0.1', 'ua/1', True, '', True, 'x#0')
+
+
+def summary(w):
+  return (w.identity, int(w.window_start - T0), int(w.window_end - T0), w.agg.count)
+
+
+def streaming_options():
+  o = PipelineOptions()
+  o.view_as(StandardOptions).streaming = True
+  return o
+
+
+def run_stream(stream, lateness=0):
+  p = beam.Pipeline(runner='BundleBasedDirectRunner', options=streaming_options())
+  out = (p | stream | IdentityWindows(3600, 900, allowed_lateness=lateness)
+         | beam.Map(summary))
+  return p, out
+
+
+def test_out_of_order_events_land_in_their_event_time_windows():
+  stream = (TestStream()
+            .advance_watermark_to(T0)
+            .add_elements([TimestampedValue(ev('a', T0 + 1000), T0 + 1000),
+                           TimestampedValue(ev('a', T0 + 100), T0 + 100),  # earlier, arrives later
+                           TimestampedValue(ev('b', T0 + 200), T0 + 200)])
+            .advance_watermark_to_infinity())
+  p, out = run_stream(stream)
+  # a: event at +100 in windows ending 900..3600; event at +1000 in windows ending 1800..4500
+  expected = [('a', e - 3600, e, n) for e, n in ((900, 1), (1800, 2), (2700, 2), (3600, 2), (4500, 1))]
+  expected += [('b', e - 3600, e, 1) for e in (900, 1800, 2700, 3600)]
+  assert_that(out, equal_to(expected))
+  p.run().wait_until_finish()
+
+
+def test_late_event_is_dropped_without_allowed_lateness():
+  stream = (TestStream()
+            .advance_watermark_to(T0)
+            .add_elements([TimestampedValue(ev('a', T0 + 100), T0 + 100)])
+            .advance_watermark_to(T0 + 5 * 3600)
+            .add_elements([TimestampedValue(ev('a', T0 + 200), T0 + 200)])  # 5 h late
+            .advance_watermark_to_infinity())
+  p, out = run_stream(stream)
+  assert_that(out, equal_to([('a', e - 3600, e, 1) for e in (900, 1800, 2700, 3600)]))
+  p.run().wait_until_finish()
+
+
+def test_late_event_within_allowed_lateness_updates_its_windows():
+  stream = (TestStream()
+            .advance_watermark_to(T0)
+            .add_elements([TimestampedValue(ev('a', T0 + 100), T0 + 100)])
+            .advance_watermark_to(T0 + 3600 + 60)  # all four windows have fired on time
+            .add_elements([TimestampedValue(ev('a', T0 + 200), T0 + 200)])  # late, within 2 h
+            .advance_watermark_to_infinity())
+  p, out = run_stream(stream, lateness=7200)
+  on_time = [('a', e - 3600, e, 1) for e in (900, 1800, 2700, 3600)]
+  refired = [('a', e - 3600, e, 2) for e in (900, 1800, 2700, 3600)]  # accumulating: whole window
+  assert_that(out, equal_to(on_time + refired))
+  p.run().wait_until_finish()
+
+
+def oracle_windows(events, size=3600, period=900):
+  """Plain-Python sliding windows: (identity, start, end, count, actions) for non-empty windows."""
+  out = {}
+  for e in events:
+    last_start = int(e.event_time // period) * period
+    for start in range(last_start - size + period, last_start + 1, period):
+      key = (e.identity, float(start), float(start + size))
+      count, actions = out.get(key, (0, {}))
+      actions = dict(actions)
+      actions[f's3:{e.action}'] = actions.get(f's3:{e.action}', 0) + 1
+      out[key] = (count + 1, actions)
+  return [k + (c, tuple(sorted(a.items()))) for k, (c, a) in out.items()]
+
+
+def full(w):
+  return (w.identity, w.window_start, w.window_end, w.agg.count, tuple(sorted(w.agg.actions.items())))
+
+
+def test_batch_keyed_path_and_streaming_path_give_the_same_windows():
+  import random
+  rng = random.Random(3)
+  events = [ev(rng.choice('abc'), T0 + rng.uniform(0, 4 * 3600), rng.choice(['GetObject', 'PutObject']))
+            for _ in range(300)]
+  expected = oracle_windows(events)
+  assert len(expected) > 40
+  batch = beam.Pipeline(runner='FnApiRunner')
+  b = (batch | beam.Create([TimestampedValue(e, e.event_time) for e in events])
+       | 'W' >> IdentityWindows(3600, 900) | beam.Map(full))
+  assert_that(b, equal_to(expected))
+  batch.run().wait_until_finish()
+  stream = TestStream().advance_watermark_to(T0)
+  for e in sorted(events, key=lambda e: e.event_time):
+    stream.add_elements([TimestampedValue(e, e.event_time)])
+  stream.advance_watermark_to_infinity()
+  sp = beam.Pipeline(runner='BundleBasedDirectRunner', options=streaming_options())
+  s = sp | stream | 'W' >> IdentityWindows(3600, 900) | beam.Map(full)
+  assert_that(s, equal_to(expected))
+  sp.run().wait_until_finish()
