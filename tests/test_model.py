@@ -1,0 +1,111 @@
+"""Features, model round trip, tamper refusal, finding merge."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from models.artifact import ArtifactError
+from models.calibration import Calibration
+from models.features import FEATURE_NAMES, INDEX, feature_vector
+from models.model import DetectionModel, TrainConfig
+from models.profile import IdentityProfile
+from transforms.aggregate import WindowAggregate
+from transforms.findings import split_runs, to_finding
+from transforms.windowing import IdentityWindow
+from test_windowing import T0, ev
+
+
+def agg_of(events):
+  a = WindowAggregate()
+  for e in events:
+    a.add(e, 900)
+  return a
+
+
+def test_features_are_relative_to_the_identity_profile():
+  routine = [ev('a', T0 + i * 60, 'GetObject') for i in range(5)]
+  profile = IdentityProfile()
+  for d in range(3):
+    profile.update(agg_of([e._replace(event_time=e.event_time + d * 86400) for e in routine]),
+                   T0 + d * 86400 + 3600)
+  same = feature_vector(agg_of(routine), profile, T0 + 3 * 86400 + 3600)
+  assert same[INDEX['novel_action_share']] == 0 and same[INDEX['novel_high_impact_events']] == 0
+  key = ev('a', T0 + 100, 'CreateAccessKey')._replace(service='iam', category='credential_create')
+  risky = feature_vector(agg_of(routine + [key]), profile, T0 + 3 * 86400 + 3600)
+  assert risky[INDEX['novel_high_impact_events']] > 0
+  assert risky[INDEX['excess_credential_create']] > 0
+  burst = feature_vector(agg_of(routine * 10), profile, T0 + 3 * 86400 + 3600)
+  assert burst[INDEX['volume_z']] > 2 and burst[INDEX['excess_data_read']] > 1
+
+
+def test_profile_stays_bounded():
+  profile = IdentityProfile()
+  for i in range(50):
+    events = [ev('a', T0 + i * 3600 + k, f'Get{i}_{k}')._replace(resource=f'r/{i}/{k}') for k in range(200)]
+    profile.update(agg_of(events), T0 + i * 3600 + 3600)
+  assert len(profile.seen['actions']) <= 512 * 1.25
+  assert len(profile.seen['resources']) <= 2048 * 1.25
+  assert len(json.dumps(profile.to_dict())) < 200_000
+
+
+def test_calibration_is_monotonic_and_extrapolates():
+  raw = np.random.default_rng(0).normal(size=5000)
+  cal = Calibration.fit(raw)
+  grid = np.linspace(-3, 8, 50)
+  scores = cal.score(grid)
+  assert np.all(np.diff(scores) >= -1e-9)
+  assert cal.score(np.array([raw.max() + 3]))[0] > cal.score(np.array([raw.max()]))[0] > 3
+
+
+def _tiny_model():
+  rng = np.random.default_rng(1)
+  x = np.abs(rng.normal(0, 0.1, size=(400, len(FEATURE_NAMES))))
+  return DetectionModel.fit({'api_key': x}, {'a': IdentityProfile()},
+                            TrainConfig(n_estimators=20, min_cohort_windows=100), (T0, T0 + 86400))
+
+
+def test_round_trip_gives_identical_scores(tmp_path):
+  model = _tiny_model()
+  model.save(str(tmp_path))
+  loaded = DetectionModel.load(str(tmp_path))
+  assert loaded.version == model.version
+  windows = [IdentityWindow('a', T0, T0 + 3600, agg_of([ev('a', T0 + k) for k in range(n)])) for n in (1, 5, 50)]
+  s1, _, x1 = model.score(windows, ['api_key'] * 3)
+  s2, _, x2 = loaded.score(windows, ['api_key'] * 3)
+  np.testing.assert_array_equal(s1, s2)
+  np.testing.assert_array_equal(x1, x2)
+  with open(tmp_path / model.version / 'manifest.json') as f:
+    manifest = json.load(f)
+  assert set(manifest['files']) >= {'forest-api_key.skops', 'forest-_global.skops', 'profiles.json.gz'}
+  assert manifest['feature_names'] == list(FEATURE_NAMES) and 'scikit_learn' in manifest['libraries']
+
+
+def test_tampered_artifact_is_refused_by_name(tmp_path):
+  model = _tiny_model()
+  model.save(str(tmp_path))
+  forest = tmp_path / model.version / 'forest-api_key.skops'
+  forest.write_bytes(forest.read_bytes() + b'x')
+  with pytest.raises(ArtifactError, match='forest-api_key.skops'):
+    DetectionModel.load(str(tmp_path))
+
+
+def _scored(start, score, identity='a'):
+  return {'identity': identity, 'window_start': T0 + start, 'window_end': T0 + start + 3600,
+          'score': score, 'severity': 'low', 'model_version': 'v', 'cohort': 'c', 'score_forest': score,
+          'score_rarity': 0.0, 'reasons': [{'feature': 'f', 'value': 1, 'baseline': 0, 'detail': 'd'}],
+          'panes': {str(T0 + start + k * 900): 1 for k in range(4)}, 'event_count': 4,
+          'context': {'identity_type': 'api_key', 'owner': 'o', 'team': 't', 'environment': 'prod'}}
+
+
+def test_overlapping_windows_merge_into_one_deterministic_finding():
+  windows = [_scored(0, 3.5), _scored(900, 5.0), _scored(1800, 4.0), _scored(8 * 3600, 3.2)]
+  runs = split_runs(list(reversed(windows)))
+  assert [len(r) for r in runs] == [3, 1]
+  f = to_finding(runs[0])
+  assert (f['score'], f['windows'], f['event_count']) == (5.0, 3, 6)  # union of 6 panes
+  assert f['window_end'] > f['window_start']
+  assert to_finding(list(reversed(runs[0])))['finding_id'] == f['finding_id']
+  assert to_finding(runs[1])['finding_id'] != f['finding_id']
