@@ -47,7 +47,7 @@ class Taxonomy:
     self._exact: Dict[Tuple[str, str, str], str] = {}
     self._globs: List[Tuple[str, str, str, str]] = []
     self._cache: Dict[Tuple[str, str, str], str] = {}
-    for provider in ('aws',):
+    for provider in ('aws', 'gcp', 'k8s'):
       self._load_table(provider, _package_text(f'{provider}.csv'))
     for path in extra_files or ():
       with open(path) as f:
@@ -63,8 +63,8 @@ class Taxonomy:
       if category not in CATEGORIES:
         raise ValueError(f'unknown category {category!r} in taxonomy row {row}')
       key = (provider, row['service'].strip().lower(), row['action'].strip())
-      if '*' in key[2] or '?' in key[2]:
-        self._globs.insert(0, (*key, category))  # later files override
+      if any(c in key[1] + key[2] for c in '*?['):  # a glob in service (k8s API groups) or action
+        self._globs.insert(0, (key[0], key[1], key[2].lower(), category))  # later rows override
       else:
         self._exact[key] = category
         self._exact[(key[0], key[1], key[2].lower())] = category
@@ -83,14 +83,16 @@ class Taxonomy:
     return category
 
   def _glob(self, provider: str, service: str, action: str) -> Optional[str]:
+    lowered = action.lower()  # case-blind like the exact rows (SetIamPolicy, setIamPolicy)
     for g_provider, g_service, pattern, category in self._globs:
-      if (g_provider == provider and g_service == service and
-          fnmatch.fnmatchcase(action, pattern)):
+      if (g_provider == provider and fnmatch.fnmatchcase(service, g_service) and
+          fnmatch.fnmatchcase(lowered, pattern)):
         return category
     return None
 
   def _prefix(self, action: str) -> str:
-    lowered = action.lower()
+    # Dotted names (GCP 'v1.compute.instances.insert') end with their verb.
+    lowered = action.lower().rpartition('.')[2]
     for verb, category in self._prefixes:
       if lowered.startswith(verb):
         return category

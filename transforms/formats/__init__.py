@@ -10,8 +10,11 @@ from typing import Dict, List, Optional
 
 from transforms.formats.base import ParseError, RecordFormat
 from transforms.formats.cloudtrail import CloudTrail
+from transforms.formats.gcp_audit import GcpAudit
+from transforms.formats.k8s_audit import K8sAudit
+from transforms.formats.ocsf import Ocsf
 
-FORMATS: List[RecordFormat] = [CloudTrail()]
+FORMATS: List[RecordFormat] = [CloudTrail(), GcpAudit(), K8sAudit(), Ocsf()]
 BY_NAME: Dict[str, RecordFormat] = {f.name: f for f in FORMATS}
 
 
