@@ -140,11 +140,15 @@ class DetectionModel:
   def cohort_for(self, identity_type: str) -> str:
     return identity_type if identity_type in self.forests else GLOBAL
 
-  def features(self, windows: Sequence) -> np.ndarray:
-    return np.vstack([feature_vector(w.agg, self.profiles.get(w.identity), w.window_end)
-                      for w in windows]) if windows else np.zeros((0, len(FEATURE_NAMES)))
+  def features(self, windows: Sequence, profiles: Optional[Sequence[IdentityProfile]] = None) -> np.ndarray:
+    """Feature matrix; ``profiles`` (live per-identity history) default to the trained ones."""
+    if profiles is None:
+      profiles = [self.profiles.get(w.identity) for w in windows]
+    return np.vstack([feature_vector(w.agg, p, w.window_end)
+                      for w, p in zip(windows, profiles)]) if windows else np.zeros((0, len(FEATURE_NAMES)))
 
-  def score(self, windows: Sequence, cohorts: Sequence[str]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+  def score(self, windows: Sequence, cohorts: Sequence[str],
+            profiles: Optional[Sequence[IdentityProfile]] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Calibrated scores (higher = more anomalous), their two components, and features.
 
     Two detectors per cohort, both calibrated to -log10(rarity among training
@@ -153,7 +157,7 @@ class DetectionModel:
     CreateAccessKey, which a forest cannot see if that feature never varied in
     training). The score is the larger of the two.
     """
-    x = self.features(windows)
+    x = self.features(windows, profiles)
     components = np.zeros((len(windows), 2))
     cohorts = np.asarray([self.cohort_for(c) for c in cohorts])
     for cohort in set(cohorts.tolist()):
@@ -164,13 +168,15 @@ class DetectionModel:
           self.distributions[cohort].rarity(x[idx]))
     return components.max(axis=1), components, x
 
-  def explain(self, window, cohort: str, x: np.ndarray, top: int = 4) -> List[Dict]:
+  def explain(self, window, cohort: str, x: np.ndarray, top: int = 4,
+              profile: Optional[IdentityProfile] = None) -> List[Dict]:
     """The features that make this window rare for its cohort, in a responder's words."""
     cohort = self.cohort_for(cohort)
     tail = self.distributions[cohort].tail_probability(x[None, :])[0]
     order = np.argsort(tail, kind='stable')
     reasons = []
-    profile = self.profiles.get(window.identity)
+    if profile is None:
+      profile = self.profiles.get(window.identity)
     for i in order[:top]:
       if tail[i] > 0.05 or x[i] <= 0:
         break

@@ -79,6 +79,34 @@ class IdentityProfile:
       _prune(seen, cap)
     return self
 
+  def merge(self, other: 'IdentityProfile') -> 'IdentityProfile':
+    """Folds another profile (e.g. one day's windows) into this one; same result as updating
+    with its windows one by one, except that seen-set pruning happens once at the end."""
+    if not other.windows:
+      return self
+    self.windows += other.windows
+    self.first_seen = min(self.first_seen, other.first_seen)
+    self.last_seen = max(self.last_seen, other.last_seen)
+    for mine, theirs in zip(self.hourly + [self.overall], other.hourly + [other.overall]):
+      for i in range(3):
+        mine[i] += theirs[i]
+    for cat, n in other.category_max.items():
+      if n > self.category_max.get(cat, 0):
+        self.category_max[cat] = n
+    for cat, n in other.category_events.items():
+      self.category_events[cat] = self.category_events.get(cat, 0) + n
+    self.events += other.events
+    self.errors += other.errors
+    self.sensitive_events += other.sensitive_events
+    self.max_distinct_actions = max(self.max_distinct_actions, other.max_distinct_actions)
+    self.max_distinct_resources = max(self.max_distinct_resources, other.max_distinct_resources)
+    for field, cap in MAX_SEEN.items():
+      seen = self.seen[field]
+      for k, v in other.seen[field].items():
+        seen[k] = seen.get(k, 0) + v
+      _prune(seen, cap)
+    return self
+
   @classmethod
   def build(cls, windows: Iterable) -> 'IdentityProfile':
     profile = cls()

@@ -89,7 +89,7 @@ def train(argv: List[str]) -> dict:
 
 
 def run(argv: List[str]) -> dict:
-  from pipeline.detect import build_detection, dead_letter_path
+  from pipeline.detect import build_detection, dead_letter_path, suppressed_path
   from transforms.sinks import clear_parts, compact_parts
   from models.model import DetectionModel
   options = pipeline_options(argv)
@@ -101,17 +101,21 @@ def run(argv: List[str]) -> dict:
   if streaming:
     clear_parts(det.findings)
     clear_parts(dead_letter_path(options))
+    clear_parts(suppressed_path(options))
   result = _run_pipeline(lambda p: build_detection(p, options), options)
   if streaming:
     compact_parts(det.findings, key='finding_id')
     compact_parts(dead_letter_path(options))
+    compact_parts(suppressed_path(options), key='finding_id')
   counters = summary.counters(result)
   if streaming:
     # The streaming DirectRunner commits counters of its first bundle only (checked with a
     # bare TestStream + counter pipeline on Beam 2.77): report what the sinks received instead.
     counters = {'findings': _count_lines(det.findings),
-                'dead_lettered': _count_lines(dead_letter_path(options))}
-  return {'findings': det.findings, 'dead_letters': dead_letter_path(options), 'counters': counters}
+                'dead_lettered': _count_lines(dead_letter_path(options)),
+                'findings_suppressed': _count_lines(suppressed_path(options))}
+  return {'findings': det.findings, 'dead_letters': dead_letter_path(options),
+          'suppressed': suppressed_path(options), 'counters': counters}
 
 
 def _count_lines(path: str) -> int:

@@ -392,6 +392,18 @@ def _legitimate_change(sim: Simulator, fleet: List[Identity], day0: float, histo
   return out
 
 
+def expected_services(who: Identity) -> List[str]:
+  """What the owning team declared the identity uses: its routine services (sts for everyone)."""
+  return sorted({c.service for c in who.calls} | {'sts'})
+
+
+def expected_actions(who: Identity) -> List[str]:
+  """CI accounts declare their actions too (push images, read caches); others only services."""
+  if who.kind != 'ci':
+    return []
+  return ['ecr:*', 's3:GetObject', 's3:PutObject', 'sts:GetCallerIdentity']
+
+
 def _days(end: str, days: int) -> List[float]:
   last = datetime.datetime.fromisoformat(end).replace(tzinfo=datetime.timezone.utc).timestamp() - DAY
   return [last - (days - 1 - d) * DAY for d in range(days)]
@@ -439,9 +451,15 @@ def generate(out_dir: str, identities: int = 200, days: int = 7, seed: int = 7,
       counts['history_events'] += len(records)
   with open(os.path.join(out_dir, 'inventory.csv'), 'w', newline='') as f:
     w = csv.writer(f)
-    w.writerow(['identity', 'identity_type', 'owner', 'team', 'environment', 'criticality', 'display_name'])
+    w.writerow(['identity', 'identity_type', 'owner', 'team', 'environment', 'criticality',
+                'expected_services', 'expected_actions', 'created_at', 'last_rotated_at', 'status',
+                'display_name'])
     for who in fleet:
-      w.writerow([who.canonical, who.identity_type, who.owner, who.team, who.environment, who.criticality, who.name])
+      created = starts[0] - DAY * (30 + zlib.crc32(who.name.encode()) % 400)
+      w.writerow([who.canonical, who.identity_type, who.owner, who.team, who.environment,
+                  who.criticality, ';'.join(expected_services(who)), ';'.join(expected_actions(who)),
+                  iso(created), iso(created + DAY * (zlib.crc32(who.arn.encode()) % 30)), 'active',
+                  who.name])
   with open(os.path.join(out_dir, 'labels.json'), 'w') as f:
     json.dump(labels, f, indent=1)
   with open(os.path.join(out_dir, 'benign.json'), 'w') as f:

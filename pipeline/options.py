@@ -53,6 +53,24 @@ class DetectOptions(PipelineOptions):
                              '(3 = rarer than 1 in 1,000 training windows of its cohort).')
     parser.add_argument('--replay-step', dest='replay_step', type=int, default=900,
                         help='With --streaming over files: event-time seconds released per watermark step.')
+    parser.add_argument('--inventory-refresh', dest='inventory_refresh', type=float, default=300.0,
+                        help='Streaming from an unbounded source: re-read the inventory every N seconds '
+                             '(default 300; 0 reads it once). A file replay reads it once.')
+    parser.add_argument('--allowlist', dest='allowlist', default=None,
+                        help='JSON/JSON-lines allow-list of {identity, rule, action, resource, expires, '
+                             'reason} entries whose matching reasons are suppressed (and counted).')
+    parser.add_argument('--suppressed', dest='suppressed', default=None,
+                        help='JSON-lines path for wholly suppressed findings '
+                             '(default: suppressed.jsonl beside the findings).')
+    parser.add_argument('--dedup-period', dest='dedup_period', type=float, default=21600.0,
+                        help='Seconds within which repeats of the same identity and reasons fold into '
+                             'one finding with an occurrence count (default 21600; 0 disables).')
+    parser.add_argument('--disable-rule', dest='disabled_rules', action='append', default=None,
+                        help='Turn off a deterministic rule (out_of_scope, disabled_identity_active, '
+                             'dormant_identity_revived, credential_created_by_nhi, '
+                             'privilege_change_by_nhi, unregistered_identity); repeatable.')
+    parser.add_argument('--dormant-days', dest='dormant_days', type=float, default=30.0,
+                        help='Silence, in days, after which activity raises dormant_identity_revived (default 30).')
 
 
 class TrainOptions(PipelineOptions):
@@ -90,6 +108,18 @@ def validate_run(options: PipelineOptions) -> None:
   validate_window(options)
   if options.view_as(StandardOptions).streaming and d.replay_step <= 0:
     raise OptionsError('--replay-step must be positive')
+  from transforms.rules import ALL_RULE_NAMES
+  unknown = [r for r in d.disabled_rules or () if r not in ALL_RULE_NAMES]
+  if unknown:
+    raise OptionsError(f'--disable-rule: unknown rule(s) {unknown}; known: {list(ALL_RULE_NAMES)}')
+  if d.dedup_period < 0 or d.inventory_refresh < 0 or d.dormant_days <= 0:
+    raise OptionsError('--dedup-period and --inventory-refresh must be >= 0, --dormant-days > 0')
+  if d.allowlist:
+    from transforms.triage import load_allowlist
+    try:
+      load_allowlist(d.allowlist)
+    except (OSError, ValueError) as e:
+      raise OptionsError(f'--allowlist: {e}') from e
 
 
 def validate_train(options: PipelineOptions, model_dir: str, inventory: str) -> None:

@@ -21,6 +21,7 @@ from apache_beam.transforms import window
 
 from models.features import feature_vector
 from models.model import DetectionModel, TrainConfig
+from models.history import IdentityHistory
 from models.profile import IdentityProfile
 from pipeline.options import EventOptions, TrainOptions, WindowOptions
 from transforms.inventory import ReadInventory, context_for
@@ -36,9 +37,11 @@ PROFILES = 'profiles'
 class WalkIdentityHistory(beam.DoFn):
   """(identity, its windows) -> (cohort, feature vector) per trainable window, and its profile.
 
-  Day by day: windows of day D are featurised against the profile of days < D,
-  then folded into it. The first ``warmup_days`` only build the profile.
-  GroupByKey is right here (not a CombineFn) because the walk needs order.
+  The same fold as live scoring (``models.history.IdentityHistory``): windows of
+  day D are featurised against the profile of days < D, which then absorbs day
+  D. Windows with fewer than ``warmup_days`` days of history behind them only
+  build the profile, exactly as the live scorer skips them. GroupByKey is right
+  here (not a CombineFn) because the walk needs order.
   """
 
   def __init__(self, warmup_days: int):
@@ -47,25 +50,15 @@ class WalkIdentityHistory(beam.DoFn):
 
   def process(self, kv, inventory):
     identity, windows = kv
-    windows: List[IdentityWindow] = sorted(windows, key=lambda w: w.window_end)
+    windows: List[IdentityWindow] = sorted(windows, key=lambda w: (w.window_end, w.window_start))
     cohort = context_for(identity, windows[0].agg.identity_type, inventory)['identity_type']
-    profile = IdentityProfile()
-    first_day = int(windows[0].window_start // DAY)
-    pending: List[IdentityWindow] = []
-    current = None
+    history = IdentityHistory()
     for w in windows:
-      day = int((w.window_end - 1) // DAY)
-      if day != current:
-        for seen in pending:
-          profile.update(seen.agg, seen.window_end)
-        pending, current = [], day
-      if profile.windows and day - first_day >= self._warmup:
+      before = history.observe(w.agg, w.window_end)
+      if before.windows and history.days_of_history(w.window_end) >= self._warmup:
         self.vectors.inc()
-        yield cohort, feature_vector(w.agg, profile, w.window_end)
-      pending.append(w)
-    for seen in pending:
-      profile.update(seen.agg, seen.window_end)
-    yield beam.pvalue.TaggedOutput(PROFILES, (identity, profile))
+        yield cohort, feature_vector(w.agg, before, w.window_end)
+    yield beam.pvalue.TaggedOutput(PROFILES, (identity, history.final_profile()))
 
 
 class _FitAndSave(beam.DoFn):

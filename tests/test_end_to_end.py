@@ -37,7 +37,8 @@ def _assert_attacks_on_top(rows, sample):
   for f in rows:
     assert REQUIRED <= set(f)
     assert f['severity'] in ('low', 'medium', 'high', 'critical')
-    assert f['reasons'] and all({'feature', 'value', 'baseline', 'detail'} <= set(r) for r in f['reasons'])
+    assert f['reasons'] and all({'feature', 'value', 'baseline', 'detail'} <= set(r)
+                                or {'rule', 'detail', 'severity'} <= set(r) for r in f['reasons'])
   # legitimate change never outranks an attack
   attack_floor = min(f['score'] for f in top)
   for b in sample['benign']:

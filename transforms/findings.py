@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import typing
-from typing import Dict, Iterable, List
+from typing import Dict, Iterable, List, Tuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -36,12 +36,53 @@ def finding_id(identity: str, start: float, end: float) -> str:
   return hashlib.sha256(f'{identity}|{start:.0f}|{end:.0f}'.encode()).hexdigest()[:24]
 
 
+SEVERITIES = ('low', 'medium', 'high', 'critical')
+RAISING_CRITICALITY = ('critical', 'high')
+LOWERING_CRITICALITY = ('low',)
+LOWER_ENVIRONMENTS = ('dev', 'development', 'test', 'testing', 'sandbox', 'lab')
+
+
+def max_severity(levels: Iterable[str]) -> str:
+  levels = [l for l in levels if l in SEVERITY_ORDER]
+  return max(levels, key=SEVERITY_ORDER.get) if levels else 'low'
+
+
+def contextual_severity(detected: str, context: Dict) -> Tuple[str, Dict[str, str]]:
+  """The detectors' severity moved one step up for critical identities, one down for
+  low-criticality or dev/test/sandbox ones: the same anomaly matters more on a
+  prod payment key than on a sandbox bot. Returns the level and how it was reached."""
+  level = SEVERITY_ORDER[detected]
+  basis = {'detected': detected}
+  criticality = (context.get('criticality') or '').lower()
+  environment = (context.get('environment') or '').lower()
+  if criticality in RAISING_CRITICALITY:
+    level += 1
+    basis['criticality'] = f'+1 ({criticality})'
+  elif criticality in LOWERING_CRITICALITY:
+    level -= 1
+    basis['criticality'] = f'-1 ({criticality})'
+  if environment in LOWER_ENVIRONMENTS:
+    level -= 1
+    basis['environment'] = f'-1 ({environment})'
+  return SEVERITIES[max(0, min(level, len(SEVERITIES) - 1))], basis
+
+
+def _reason_key(r: Dict) -> str:
+  return r.get('rule') or r.get('feature', '')
+
+
+def _public(r: Dict) -> Dict:
+  if 'rule' in r:
+    return {k: r[k] for k in ('rule', 'detail', 'severity', 'actions') if k in r}
+  return {k: r[k] for k in ('feature', 'value', 'baseline', 'detail', 'actions') if k in r}
+
+
 def to_finding(windows: List[Dict]) -> Dict:
   unique: Dict[tuple, Dict] = {}
   for w in windows:  # a window re-scored after late data replaces its earlier version
     unique[(w['window_start'], w['window_end'])] = w
   windows = sorted(unique.values(), key=lambda w: w['window_start'])
-  top = max(windows, key=lambda w: (w['score'], -w['window_start']))
+  top = max(windows, key=lambda w: (w['score'], len(w.get('rules', ())), -w['window_start']))
   start = min(w['window_start'] for w in windows)
   end = max(w['window_end'] for w in windows)
   panes: Dict[str, int] = {}
@@ -49,23 +90,39 @@ def to_finding(windows: List[Dict]) -> Dict:
     panes.update(w['panes'])
   reasons, seen = [], set()
   for w in sorted(windows, key=lambda w: -w['score']):
-    for r in w['reasons']:
-      if r['feature'] not in seen and r['detail'] not in seen:
-        seen.update((r['feature'], r['detail']))
-        reasons.append({k: r[k] for k in ('feature', 'value', 'baseline', 'detail')})
+    for r in list(w.get('rules', ())) + list(w['reasons']):
+      key = _reason_key(r)
+      if key not in seen and r['detail'] not in seen:
+        seen.update((key, r['detail']))
+        reasons.append(_public(r))
   ctx = top['context']
+  detected = max_severity([w['severity'] for w in windows if w.get('model_flagged', True)] +
+                          [r['severity'] for r in reasons if 'rule' in r])
+  severity, basis = contextual_severity(detected, ctx)
+  actions: Dict[str, int] = {}
+  resources: Dict[str, int] = {}
+  for w in windows:
+    for a, n in w.get('actions', {}).items():
+      actions[a] = max(actions.get(a, 0), n)
+    for r, n in w.get('resources', {}).items():
+      resources[r] = max(resources.get(r, 0), n)
   return {
       'finding_id': finding_id(top['identity'], start, end),
+      'kind': 'anomaly' if any(w.get('model_flagged', True) for w in windows) else 'rule',
       'identity': top['identity'],
       'identity_type': ctx.get('identity_type', ''),
       'window_start': rfc3339(start),
       'window_end': rfc3339(end),
-      'score': top['score'],
+      'score': max(w['score'] for w in windows),
       'score_components': {'isolation_forest': top['score_forest'], 'feature_rarity': top['score_rarity']},
-      'severity': top['severity'],
+      'severity': severity,
+      'severity_basis': basis,
       'model_version': top['model_version'],
       'cohort': top['cohort'],
       'reasons': reasons,
+      'rules': sorted({r['rule'] for r in reasons if 'rule' in r}),
+      'actions': dict(sorted(actions.items(), key=lambda kv: -kv[1])[:10]),
+      'resources': dict(sorted(resources.items(), key=lambda kv: -kv[1])[:10]),
       'event_count': sum(panes.values()),
       'windows': len(windows),
       'peak_window': [rfc3339(top['window_start']), rfc3339(top['window_end'])],
@@ -74,6 +131,42 @@ def to_finding(windows: List[Dict]) -> Dict:
       'environment': ctx.get('environment', ''),
       'criticality': ctx.get('criticality', ''),
       'registered': ctx.get('registered', 'false') == 'true',
+      'occurrences': 1,
+  }
+
+
+def unregistered_finding(window, context: Dict) -> Dict:
+  """A shadow NHI: active in telemetry, absent from the inventory (once per identity and day)."""
+  agg = window.agg
+  day = rfc3339(window.window_end - 1)[:10]
+  top = sorted(agg.actions, key=lambda a: -agg.actions[a])[:5]
+  severity, basis = contextual_severity('medium', context)
+  return {
+      'finding_id': hashlib.sha256(f'{window.identity}|unregistered|{day}'.encode()).hexdigest()[:24],
+      'kind': 'rule',
+      'identity': window.identity,
+      'identity_type': context.get('identity_type', ''),
+      'window_start': rfc3339(window.window_start),
+      'window_end': rfc3339(window.window_end),
+      'score': 0.0,
+      'score_components': {},
+      'severity': severity,
+      'severity_basis': basis,
+      'model_version': '',
+      'cohort': '',
+      'reasons': [{'rule': 'unregistered_identity', 'severity': 'medium', 'actions': top,
+                   'detail': f'identity is not in the inventory (no owner, no declared scope); '
+                             f'first seen on {day} with {agg.count} calls: '
+                             + ', '.join(f'{a} x{agg.actions[a]}' for a in top)}],
+      'rules': ['unregistered_identity'],
+      'actions': {a: agg.actions[a] for a in top},
+      'resources': dict(sorted(agg.resources.items(), key=lambda kv: -kv[1])[:10]),
+      'event_count': agg.count,
+      'windows': 1,
+      'peak_window': [rfc3339(window.window_start), rfc3339(window.window_end)],
+      'owner': '', 'team': '', 'environment': '', 'criticality': '',
+      'registered': False,
+      'occurrences': 1,
   }
 
 

@@ -20,46 +20,66 @@ from apache_beam.utils import shared
 
 EPSILON = 1e-6
 
+import numpy as np
+
+from models.features import FEATURE_NAMES
 from models.model import DetectionModel, severity_of
-
-
-class _ModelHolder:
-  """Weak-referenceable wrapper so ``shared.Shared`` can cache the model per process."""
-
-  def __init__(self, model: DetectionModel):
-    self.model = model
+from transforms import rules
+from transforms.history import WindowInContext
+from transforms.model_cache import acquire_model
+from transforms.rules import RuleConfig
 
 
 class ScoreBatchFn(beam.DoFn):
-  """A batch of (IdentityWindow, context) -> scored windows at or above ``threshold``."""
+  """A batch of WindowInContext -> scored-window dicts for windows the model or a rule flags.
+
+  The model scores a window only once its identity has ``warmup_days`` of
+  history (as in training); rules judge every window.
+  """
 
   def __init__(self, model_dir: str, threshold: float, version: Optional[str] = None,
-               shared_handle: Optional[shared.Shared] = None):
+               rules: Optional[RuleConfig] = None, shared_handle: Optional[shared.Shared] = None):
     self._model_dir = model_dir
     self._version = version
     self._threshold = threshold
+    self._rules = rules or RuleConfig()
     self._shared = shared_handle or shared.Shared()
     self.scored = Metrics.counter('postauth', 'windows_scored')
+    self.warming = Metrics.counter('postauth', 'windows_warming_up')
     self.anomalous = Metrics.counter('postauth', 'windows_anomalous')
+    self.ruled = Metrics.counter('postauth', 'windows_rule_fired')
     self.batch_size = Metrics.distribution('postauth', 'score_batch_size')
 
   def setup(self):
-    key = f'{self._model_dir}@{self._version or "LATEST"}'
-    self._model = self._shared.acquire(
-        lambda: _ModelHolder(DetectionModel.load(self._model_dir, self._version)), tag=key).model
+    self._model = acquire_model(self._shared, self._model_dir, self._version)
 
-  def process(self, batch: List[Tuple]):
+  def process(self, batch: List[WindowInContext]):
     model = self._model
-    windows = [w for w, _ in batch]
-    cohorts = [ctx.get('identity_type', '') for _, ctx in batch]
-    scores, components, x = model.score(windows, cohorts)
-    self.scored.inc(len(batch))
-    self.batch_size.update(len(batch))
-    for i, (w, ctx) in enumerate(batch):
+    warmup = int(model.manifest.get('hyperparameters', {}).get('warmup_days', 1))
+    ready = [i for i, item in enumerate(batch) if item.history_days >= warmup]
+    self.warming.inc(len(batch) - len(ready))
+    scores = np.zeros(len(batch))
+    components = np.zeros((len(batch), 2))
+    x = np.zeros((len(batch), len(FEATURE_NAMES)))
+    cohorts = [item.context.get('identity_type', '') for item in batch]
+    if ready:
+      s, c, f = model.score([batch[i].window for i in ready], [cohorts[i] for i in ready],
+                            [batch[i].history for i in ready])
+      scores[ready], components[ready], x[ready] = s, c, f
+      self.scored.inc(len(ready))
+      self.batch_size.update(len(ready))
+    for i, item in enumerate(batch):
+      w, ctx = item.window, item.context
       score = float(scores[i])
-      if score < self._threshold:
+      flagged = score >= self._threshold
+      fired = rules.evaluate(w, ctx, item.history, self._rules)
+      if not flagged and not fired:
         continue
-      self.anomalous.inc()
+      if flagged:
+        self.anomalous.inc()
+      if fired:
+        self.ruled.inc()
+      agg = w.agg
       yield TimestampedValue({
           'identity': w.identity,
           'window_start': w.window_start,
@@ -67,23 +87,28 @@ class ScoreBatchFn(beam.DoFn):
           'score': round(score, 3),
           'score_forest': round(float(components[i, 0]), 3),
           'score_rarity': round(float(components[i, 1]), 3),
+          'model_flagged': flagged,
           'severity': severity_of(score) or 'low',
           'model_version': model.version,
           'cohort': model.cohort_for(cohorts[i]),
-          'reasons': model.explain(w, cohorts[i], x[i]),
-          'panes': {str(k): v for k, v in w.agg.panes.items()},
-          'event_count': w.agg.count,
+          'reasons': model.explain(w, cohorts[i], x[i], profile=item.history) if flagged else [],
+          'rules': fired,
+          'actions': dict(sorted(agg.actions.items(), key=lambda kv: -kv[1])[:10]),
+          'resources': dict(sorted(agg.resources.items(), key=lambda kv: -kv[1])[:10]),
+          'panes': {str(k): v for k, v in agg.panes.items()},
+          'event_count': agg.count,
           'context': ctx,
       }, w.window_end - EPSILON)
 
 
 class ScoreWindows(beam.PTransform):
-  """(IdentityWindow, context) -> scored-window dicts above the threshold."""
+  """WindowInContext -> scored-window dicts the model (above the threshold) or a rule flags."""
 
   def __init__(self, model_dir: str, threshold: float, version: Optional[str] = None,
-               max_batch_size: int = 4096, shards: int = 1, max_buffering_seconds: float = 5.0):
+               max_batch_size: int = 4096, shards: int = 1, max_buffering_seconds: float = 5.0,
+               rules: Optional[RuleConfig] = None, shared_handle: Optional[shared.Shared] = None):
     super().__init__()
-    self._fn = ScoreBatchFn(model_dir, threshold, version)
+    self._fn = ScoreBatchFn(model_dir, threshold, version, rules, shared_handle)
     self._max = max_batch_size
     self._shards = shards
     self._buffering = max_buffering_seconds
@@ -92,8 +117,8 @@ class ScoreWindows(beam.PTransform):
     shards = self._shards
 
     def key(element):
-      window, context = element
-      return (context.get('identity_type', ''), zlib.crc32(window.identity.encode()) % shards), element
+      return ((element.context.get('identity_type', ''),
+               zlib.crc32(element.window.identity.encode()) % shards), element)
 
     if enriched.is_bounded:
       return (enriched

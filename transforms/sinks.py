@@ -50,7 +50,8 @@ def clear_parts(path: str) -> None:
 
 
 def compact_parts(path: str, key: str = '') -> int:
-  """Joins streaming part files into ``path``; with ``key``, keeps the last line per key."""
+  """Joins streaming part files into ``path``; with ``key``, keeps one line per key: the
+  latest version (highest ``occurrences``, as re-emitted by deduplication)."""
   files = sorted(glob.glob(os.path.join(parts_dir(path), '*.jsonl')))
   lines: List[str] = []
   by_key = {}
@@ -61,11 +62,14 @@ def compact_parts(path: str, key: str = '') -> int:
         if not line:
           continue
         if key:
-          by_key[json.loads(line)[key]] = line
+          record = json.loads(line)
+          rank = record.get('occurrences', 1) if isinstance(record, dict) else 1
+          if record[key] not in by_key or rank >= by_key[record[key]][0]:
+            by_key[record[key]] = (rank, line)
         else:
           lines.append(line)
   if key:
-    lines = list(by_key.values())
+    lines = [line for _, line in by_key.values()]
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, 'w') as f:
     for line in lines:

@@ -1,0 +1,145 @@
+"""Deterministic detections beside the model: explicit, explainable, each one switchable.
+
+A rule looks at one identity-window, the identity's inventory row and its history
+before the window's day, and returns a reason ``{"rule", "detail", "severity",
+"actions"}`` or nothing. Rules catch what needs no statistics ("a disabled key
+made calls", "a CI account changed IAM policies") and keep working for
+identities too new for the model.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from typing import Callable, Dict, List, Optional, Sequence
+
+from transforms.inventory import matches_any
+from transforms.taxonomy import HIGH_IMPACT_CATEGORIES, SENSITIVE_CATEGORIES
+
+DAY = 86400.0
+INACTIVE_STATUSES = ('disabled', 'inactive', 'suspended', 'deleted', 'decommissioned', 'revoked')
+HUMAN_TYPES = ('human', 'user')
+READ_CATEGORIES = ('data_read', 'enumerate', 'auth_other')
+
+
+@dataclasses.dataclass
+class RuleConfig:
+  """Which rules run and their parameters (flags of ``postauth run``)."""
+  disabled: Sequence[str] = ()
+  dormant_days: float = 30.0
+
+  def enabled(self, name: str) -> bool:
+    return name not in self.disabled
+
+
+def _actions_in(agg, categories: Sequence[str]) -> List[str]:
+  return sorted((a for a, c in agg.action_category.items() if c in categories),
+                key=lambda a: -agg.actions.get(a, 0))
+
+
+def _listing(agg, actions: List[str], limit: int = 5) -> str:
+  shown = ', '.join(f'{a} x{agg.actions.get(a, 0)}' for a in actions[:limit])
+  more = f' and {len(actions) - limit} more' if len(actions) > limit else ''
+  return shown + more
+
+
+def out_of_scope(window, context: Dict, history, config: RuleConfig) -> Optional[Dict]:
+  """Actions or services outside the inventory's expected patterns."""
+  services, actions = context.get('expected_services') or [], context.get('expected_actions') or []
+  if not services and not actions:
+    return None
+  agg = window.agg
+  outside = []
+  for action in agg.actions:
+    service = action.partition(':')[0]
+    if services and not matches_any(service, services):
+      outside.append(action)
+    elif actions and not matches_any(action, actions):
+      outside.append(action)
+  if not outside:
+    return None
+  outside.sort(key=lambda a: -agg.actions[a])
+  cats = {agg.action_category.get(a, '') for a in outside}
+  if cats & set(HIGH_IMPACT_CATEGORIES) or cats & set(SENSITIVE_CATEGORIES):
+    severity = 'high'
+  elif cats <= set(READ_CATEGORIES):
+    severity = 'low'
+  else:
+    severity = 'medium'
+  declared = ', '.join((services + actions)[:6])
+  return {'rule': 'out_of_scope', 'severity': severity, 'actions': outside[:20],
+          'detail': f'{_listing(agg, outside)} outside the declared scope ({declared})'}
+
+
+def disabled_identity_active(window, context: Dict, history, config: RuleConfig) -> Optional[Dict]:
+  """An identity the inventory marks disabled made successful calls."""
+  status = context.get('status', '')
+  agg = window.agg
+  if status not in INACTIVE_STATUSES or agg.count - agg.errors <= 0:
+    return None
+  return {'rule': 'disabled_identity_active', 'severity': 'critical', 'actions': list(agg.actions)[:20],
+          'detail': f'inventory status is {status!r} but {agg.count - agg.errors} calls succeeded '
+                    f'({_listing(agg, sorted(agg.actions, key=lambda a: -agg.actions[a]), 3)})'}
+
+
+def dormant_identity_revived(window, context: Dict, history, config: RuleConfig) -> Optional[Dict]:
+  """First activity after a long silence (an abandoned key is a favourite target)."""
+  last = history.last_seen if history is not None else float('-inf')
+  if last == float('-inf') or last == float('inf'):
+    return None
+  gap = window.agg.first_time - last
+  if gap < config.dormant_days * DAY:
+    return None
+  agg = window.agg
+  sensitive = _actions_in(agg, SENSITIVE_CATEGORIES)
+  when = datetime.datetime.fromtimestamp(last, datetime.timezone.utc).strftime('%Y-%m-%d')
+  return {'rule': 'dormant_identity_revived', 'severity': 'high' if sensitive else 'medium',
+          'actions': sorted(agg.actions, key=lambda a: -agg.actions[a])[:20],
+          'detail': f'active again after {gap / DAY:.0f} days of silence (last seen {when}); '
+                    f'{agg.count} calls' + (f', sensitive: {_listing(agg, sensitive, 3)}' if sensitive else '')}
+
+
+def _nhi_category_rule(name: str, category: str, what: str):
+  def rule(window, context: Dict, history, config: RuleConfig) -> Optional[Dict]:
+    if context.get('identity_type', '') in HUMAN_TYPES:
+      return None
+    agg = window.agg
+    n = agg.categories.get(category, 0)
+    if not n:
+      return None
+    actions = _actions_in(agg, (category,))
+    before = history.category_max.get(category, 0) if history is not None else 0
+    first = before == 0
+    return {'rule': name, 'severity': 'high' if first else 'low', 'actions': actions[:20],
+            'detail': f'non-human identity {what}: {_listing(agg, actions)}'
+                      + ('; never before' if first else f'; routine (up to {before} per window before)')}
+  rule.__name__ = name
+  rule.__doc__ = f'A non-human identity {what}.'
+  return rule
+
+
+credential_created_by_nhi = _nhi_category_rule(
+    'credential_created_by_nhi', 'credential_create', 'created credentials (keys, tokens, passwords)')
+privilege_change_by_nhi = _nhi_category_rule(
+    'privilege_change_by_nhi', 'privilege_change', 'changed privileges (policies, role bindings)')
+
+RULES: Dict[str, Callable] = {
+    'out_of_scope': out_of_scope,
+    'disabled_identity_active': disabled_identity_active,
+    'dormant_identity_revived': dormant_identity_revived,
+    'credential_created_by_nhi': credential_created_by_nhi,
+    'privilege_change_by_nhi': privilege_change_by_nhi,
+}
+# Raised by the history step, not per window: see transforms/history.py.
+UNREGISTERED = 'unregistered_identity'
+ALL_RULE_NAMES = tuple(RULES) + (UNREGISTERED,)
+
+
+def evaluate(window, context: Dict, history, config: RuleConfig) -> List[Dict]:
+  """Every enabled rule that fires on this window, as reasons."""
+  fired = []
+  for name, rule in RULES.items():
+    if config.enabled(name):
+      reason = rule(window, context, history, config)
+      if reason is not None:
+        fired.append(reason)
+  return fired
