@@ -12,7 +12,7 @@ import gzip
 import io
 import typing
 import zlib
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Tuple
 
 import fastavro
 import orjson
@@ -46,47 +46,67 @@ def _json_default(value: Any) -> Any:
   return str(value)
 
 
-def split_avro(data: bytes, source: str, max_record_bytes: int = 1 << 20) -> Iterator[RawRecord]:
-  """Records of an Avro container file, block by block.
+SYNC_SIZE = 16  # an Avro header ends with the file's sync marker, repeated after every block
 
-  Each record's ``raw`` is its JSON form (what a dead letter shows, and what a
-  replay re-decodes). A block that does not decode becomes one dead letter with
-  that block's bytes; damage that breaks the block framing ends the file with
-  one dead letter holding every byte from there on. Nothing raises.
+
+def _avro_blocks(data: bytes) -> Iterator[Tuple[int, int, Any, str]]:
+  """(start, end, block or None, error) over an Avro container's blocks.
+
+  After a block that cannot be read (bad length, codec error, missing sync
+  marker) reading resumes after the next sync marker, so one damaged block
+  costs that block only.
   """
   fo = io.BytesIO(data)
   try:
     blocks = iter(fastavro.block_reader(fo))
   except Exception as e:  # fastavro raises many types on a bad header
-    yield RawRecord(data, None, f'corrupt Avro header: {type(e).__name__}: {e}'[:300], f'{source}#0')
+    yield 0, len(data), None, f'corrupt Avro header: {type(e).__name__}: {e}'
     return
-  index = 0
-  good_end = fo.tell()  # end of the header, then of the last block read
+  header_end = fo.tell()
+  sync = data[header_end - SYNC_SIZE:header_end]
+  shift = 0  # offset of the current reader's data within ``data``
+  good_end = header_end
   while True:
     try:
       block = next(blocks)
     except StopIteration:
       return
     except Exception as e:
-      yield RawRecord(data[good_end:], None,
-                      f'corrupt Avro block at byte {good_end}: {type(e).__name__}: {e}'[:300],
-                      f'{source}#{index}')
-      return
-    good_end = block.offset + block.size
+      found = data.find(sync, good_end)
+      end = len(data) if found < 0 else found + SYNC_SIZE
+      yield good_end, end, None, f'corrupt Avro block at byte {good_end}: {type(e).__name__}: {e}'
+      if end >= len(data):
+        return
+      shift = end - header_end
+      blocks = iter(fastavro.block_reader(io.BytesIO(data[:header_end] + data[end:])))
+      good_end = end
+      continue
+    start, good_end = block.offset + shift, block.offset + block.size + shift
+    yield start, good_end, block, ''
+
+
+def split_avro(data: bytes, source: str, max_record_bytes: int = 1 << 20) -> Iterator[RawRecord]:
+  """Records of an Avro container file, block by block.
+
+  Each record's ``raw`` is its JSON form (what a dead letter shows, and what a
+  replay re-decodes). A damaged header or block becomes one dead letter holding
+  its bytes; the blocks after it are still read. Nothing raises.
+  """
+  index = 0
+  for start, end, block, error in _avro_blocks(data):
     records = None
-    # Every record takes at least a byte: a larger count is a damaged header
-    # that would otherwise spin on an empty buffer.
-    if block.num_records > len(block.bytes_.getvalue()) + 1:
-      error = f'{block.num_records} records in a block of {block.size} bytes'
-    else:
-      try:
-        records = list(block)
-        error = ''
-      except Exception as e:
-        error = f'{type(e).__name__}: {e}'
+    if block is not None:
+      # Every record takes at least a byte: a larger count is a damaged block
+      # header that would otherwise spin on an empty buffer.
+      if block.num_records > len(block.bytes_.getvalue()) + 1:
+        error = f'corrupt Avro block at byte {start}: {block.num_records} records in {end - start} bytes'
+      else:
+        try:
+          records = list(block)
+        except Exception as e:
+          error = f'corrupt Avro block at byte {start}: {type(e).__name__}: {e}'
     if records is None:
-      yield RawRecord(data[block.offset:good_end], None,
-                      f'corrupt Avro block at byte {block.offset}: {error}'[:300], f'{source}#{index}')
+      yield RawRecord(data[start:end], None, error[:300], f'{source}#{index}')
       index += 1
       continue
     for record in records:
