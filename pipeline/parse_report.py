@@ -107,6 +107,9 @@ def to_markdown(rows: List[dict], root: str = '') -> str:
       sets[top][k] += r[k]
     set_categories[top].update(r['categories'])
   lines = ['# Parse report', '',
+           'Same code as the Beam parse step (`split_records` + `RecordParser`), file by file. Rows of '
+           "Panther's rule-test files are unwrapped to the raw `log` they carry. `unknown format` means "
+           'no parser recognised the record (e.g. Azure logs, which postauth does not read).', '',
            f'{len(rows)} files, {total["records"]} records: {total["parsed"]} parsed, '
            f'{total["dead_lettered"]} dead-lettered.', '',
            '## By set', '', '| set | records | parsed | dead-lettered | categories |',
