@@ -75,9 +75,12 @@ def test_forced_format_and_option_errors(tmp_path, capsys):
                       '--format=k8s_audit')
   assert code == 0 and s['parsed'] == 0 and s['dead_lettered'] == s['read'] == 5
   assert {d['reason'] for d in read_dead(out)} == {'k8s_audit: missing user'}
+  extra = tmp_path / 'ours.csv'
+  extra.write_text('provider,service,action,category\naws,ecs,UpdateService,remote_execution\n')
   code, s = parse_cli(capsys, f'--events={FIXTURES}/cloudtrail_delivery.json', f'--out={out}',
-                      '--format=cloudtrail')
+                      '--format=cloudtrail', f'--taxonomy-file={extra}')
   assert (s['parsed'], s['by_format']) == (3, {'cloudtrail': 3})
+  assert s['by_category'] == {'defense_evasion': 1, 'remote_execution': 1, 'secret_access': 1}
   assert cli.main(['parse', f'--events={FIXTURES}/*', f'--out={out}', '--format=syslog', RUNNER]) == 2
   assert "'syslog' is not one of canonical, cloudtrail" in capsys.readouterr().err
   assert cli.main(['parse', f'--events={FIXTURES}/*']) == 2
