@@ -38,7 +38,7 @@ def _microsecond_fraction(text: str) -> str:
 
 
 def parse_time(value: Any) -> float:
-  """RFC 3339 string (0-9+ fraction digits, Z or offset) -> epoch seconds, rejecting absurd values."""
+  """RFC 3339 string (any number of fraction digits, Z or offset) -> epoch seconds, rejecting absurd values."""
   if not isinstance(value, str) or not value:
     raise ParseError(f'missing or non-string time: {value!r}'[:200])
   text = value.strip()
