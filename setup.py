@@ -11,7 +11,7 @@ setuptools.setup(
     python_requires='>=3.10',
     packages=setuptools.find_packages(include=['pipeline', 'pipeline.*', 'transforms', 'transforms.*',
                                                'models', 'models.*']),
-    package_data={'transforms': ['taxonomy/*.csv']},
+    package_data={'transforms': ['taxonomy/*.csv', 'schemas/*.avsc']},
     install_requires=[
         'apache-beam==2.77.0',
         'google-cloud-pubsub>=2.20,<3',

@@ -22,6 +22,7 @@ commands:
   train     batch Beam job: history -> versioned model directory
   run       the detection pipeline (batch, or --streaming) -> findings
   demo      generate, train and run the streaming detection on the sample, then summarise
+  parse     batch Beam job: log files -> canonical events (Avro) + dead letters, JSON summary
 
 `postauth <command> --help` lists each command's flags; train and run accept any
 Beam pipeline option too (--runner, --direct_num_workers, --project, ...)."""
@@ -188,7 +189,13 @@ def cmd_demo(argv: List[str]) -> int:
   return 0
 
 
-COMMANDS = {'generate': cmd_generate, 'train': cmd_train, 'run': cmd_run, 'demo': cmd_demo}
+def cmd_parse(argv: List[str]) -> int:
+  from pipeline.parse_job import main as parse_main
+  return parse_main(argv)
+
+
+COMMANDS = {'generate': cmd_generate, 'train': cmd_train, 'run': cmd_run, 'demo': cmd_demo,
+            'parse': cmd_parse}
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -1,6 +1,7 @@
 """Parsing: canonical events from CloudTrail, and nothing lost on bad input."""
 from __future__ import annotations
 
+import glob
 import gzip
 import json
 import os
@@ -15,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import FIXTURES, shared_data
+from test_canonical import avro_bytes, fixture_events
 from transforms.event import Event
 from transforms.parse import ParseFiles, RecordParser
 from transforms.records import split_records
@@ -140,39 +142,135 @@ REAL_RECORD = {
     'awsRegion': 'us-east-1', 'sourceIPAddress': '10.0.0.1', 'userAgent': 'x',
     'requestParameters': {'bucketName': 'b', 'key': 'k'}, 'eventID': 'id'}
 
-values = st.one_of(st.none(), st.integers(), st.floats(allow_nan=True), st.text(max_size=20),
+
+def _seed_records():
+  """Records that parse, by the format that parsed them: the fixtures of every format, plus
+  canonical events (as JSON objects; the same events go into the Avro seeds)."""
+  seeds = {'cloudtrail': [REAL_RECORD]}
+  for path in sorted(glob.glob(os.path.join(FIXTURES, '*'))):
+    with open(path, 'rb') as f:
+      for r in split_records(f.read(), path):
+        fmt, out = PARSER.parse_with_format(r)
+        if isinstance(out, Event):
+          seeds.setdefault(fmt, []).append(r.obj)
+  seeds['canonical'] = [e._asdict() for e in fixture_events()]
+  return seeds
+
+
+SEEDS = _seed_records()
+EVENTS = fixture_events()
+
+values = st.one_of(st.none(), st.booleans(), st.integers(), st.integers(-2 ** 70, 2 ** 70),
+                   st.floats(allow_nan=True), st.text(max_size=20),
+                   st.sampled_from(['2024-03-05T10:15:30.123456789Z', '1970-01-01T00:00:00Z', '9999-12-31T23:59:59Z',
+                                    'system:serviceaccount:ns:sa', 'data_read', 'ResponseStarted']),
                    st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=5), st.integers(), max_size=3))
 
 
+def _paths(obj, prefix=()):
+  """Every key path in a record, nested objects included."""
+  for k, v in obj.items():
+    yield prefix + (k,)
+    if isinstance(v, dict):
+      yield from _paths(v, prefix + (k,))
+
+
 @st.composite
-def mutated_files(draw):
-  records = []
+def mutated_json(draw, fmt):
+  """1-4 records of one format, fields dropped or retyped, bytes spliced in, maybe gzipped."""
+  records, intact = [], []
   for _ in range(draw(st.integers(1, 4))):
-    rec = json.loads(json.dumps(REAL_RECORD))
-    for _ in range(draw(st.integers(0, 3))):
-      path = draw(st.sampled_from([('eventTime',), ('userIdentity',), ('userIdentity', 'arn'),
-                                   ('userIdentity', 'sessionContext'), ('eventSource',),
-                                   ('eventName',), ('requestParameters',), ('sourceIPAddress',)]))
+    rec = json.loads(json.dumps(draw(st.sampled_from(SEEDS[fmt]))))
+    changes = draw(st.integers(0, 3))
+    for _ in range(changes):
+      paths = list(_paths(rec))
+      if not paths:
+        break
+      path = draw(st.sampled_from(paths))
       target = rec
       for k in path[:-1]:
-        target = target if not isinstance(target.get(k), dict) else target[k]
+        target = target[k]
       if draw(st.booleans()):
         target.pop(path[-1], None)
       else:
         target[path[-1]] = draw(values)
-    records.append(json.dumps(rec).encode())
+    records.append(json.dumps(rec).encode())  # big ints and NaN too, as other writers emit them
+    intact.append(changes == 0)
   data = b'\n'.join(records)
-  cut = draw(st.integers(0, len(data)))
-  garbage = draw(st.binary(max_size=8))
-  return data[:cut] + garbage + data[cut:] if draw(st.booleans()) else data
+  spliced = draw(st.booleans())
+  if spliced:
+    cut = draw(st.integers(0, len(data)))
+    data = data[:cut] + draw(st.binary(max_size=8)) + data[cut:]
+  if draw(st.integers(0, 4)) == 0:
+    data = gzip.compress(data)
+    if draw(st.booleans()):
+      data = data[:draw(st.integers(0, len(data)))]
+      spliced = True
+  return data, (None if spliced else intact)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@st.composite
+def mutated_avro(draw):
+  """An Avro container of canonical events, maybe cut, with bytes flipped or inserted."""
+  events = draw(st.lists(st.sampled_from(EVENTS), min_size=1, max_size=8))
+  data = bytearray(avro_bytes(events, codec=draw(st.sampled_from(['null', 'deflate'])),
+                              sync_interval=draw(st.sampled_from([300, 16000]))))
+  damaged = False
+  for _ in range(draw(st.integers(0, 3))):
+    damaged = True
+    op, pos = draw(st.sampled_from(['flip', 'cut', 'insert'])), draw(st.integers(0, len(data) - 1))
+    if op == 'flip':
+      data[pos] ^= draw(st.integers(1, 255))
+    elif op == 'cut':
+      data = data[:max(pos, 4)]
+    else:
+      data[pos:pos] = draw(st.binary(min_size=1, max_size=8))
+  return bytes(data), (None if damaged else events)
+
+
+@st.composite
+def mutated_files(draw):
+  kind = draw(st.sampled_from(sorted(SEEDS) + ['avro']))
+  if kind == 'avro':
+    data, expected = draw(mutated_avro())
+  else:
+    data, expected = draw(mutated_json(kind))
+  return kind, data, expected
+
+
+def test_seeds_cover_every_format():
+  assert set(SEEDS) == {'cloudtrail', 'gcp_audit', 'k8s_audit', 'ocsf', 'canonical'}
+  assert all(len(v) >= 3 for v in SEEDS.values())
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated_files())
-def test_mutations_never_raise_and_never_lose_records(data):
-  records = list(split_records(data, 'fuzz'))
+def test_mutations_never_raise_and_never_lose_records(case):
+  kind, data, expected = case
+  records = list(split_records(data, 'fuzz'))  # must not raise
   outcomes = [PARSER.parse(r) for r in records]  # must not raise
-  assert all(isinstance(o, (Event, str)) for o in outcomes)
+  assert all(isinstance(o, (Event, str)) and o for o in outcomes)
+  assert all(not r.error or r.raw is not None for r in records)
+  if kind == 'avro':
+    if expected is not None:  # an intact container gives back exactly its events
+      assert outcomes == expected
+    else:
+      assert outcomes or len(data) <= 4 or not data.startswith(b'Obj\x01')
+    return
+  if data[:2] == b'\x1f\x8b':
+    try:
+      data = gzip.decompress(data)
+    except Exception:
+      assert len(records) == 1 and records[0].error.startswith('corrupt gzip')
+      return
+  if expected is not None:  # no byte damage: one outcome per record, intact ones parse
+    assert len(outcomes) == len(expected)
+    for ok, out in zip(expected, outcomes):
+      assert isinstance(out, Event) or not ok, out
   nonblank = [l for l in data.strip().split(b'\n') if l.strip()]
-  if data[:2] != b'\x1f\x8b' and not data.strip().startswith((b'{', b'[')):
+  try:
+    whole = orjson.loads(data.strip())
+  except orjson.JSONDecodeError:
+    whole = None
+  if whole is None and not data.startswith(b'Obj\x01'):  # JSON lines: one record per line
     assert len(records) == len(nonblank)

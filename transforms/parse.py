@@ -7,7 +7,7 @@ so a record is parsed the same way whichever path it took.
 from __future__ import annotations
 
 import json
-from typing import Iterable, List, Optional, Union
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 
 import apache_beam as beam
 from apache_beam.io import fileio
@@ -23,6 +23,10 @@ from transforms.taxonomy import Taxonomy
 
 DEAD_LETTER = 'dead_letter'
 NAMESPACE = 'postauth'
+# Parsed events per format and per category; counter names are the format and
+# category names (dynamic, so a new format or taxonomy category needs no change).
+FORMAT_NAMESPACE = 'postauth.format'
+CATEGORY_NAMESPACE = 'postauth.category'
 
 
 def dead_letter(reason: str, ref: str, raw: Union[bytes, str], stage: str = 'parse') -> str:
@@ -46,19 +50,23 @@ class RecordParser:
     self.forced = formats.BY_NAME[format_name] if format_name else None
 
   def parse(self, record: RawRecord) -> Union[Event, str]:
+    return self.parse_with_format(record)[1]
+
+  def parse_with_format(self, record: RawRecord) -> Tuple[str, Union[Event, str]]:
+    """(format name or '', Event or dead-letter reason)."""
     if record.obj is None and not record.error:
       record = decode(record.raw, record.ref)  # records that travelled as bytes only
     if record.error:
-      return record.error
+      return '', record.error
     fmt = self.forced or formats.detect(record.obj)
     if fmt is None:
-      return 'unknown format'
+      return '', 'unknown format'
     try:
-      return fmt.parse(record.obj, record.ref, self.taxonomy)
+      return fmt.name, fmt.parse(record.obj, record.ref, self.taxonomy)
     except formats.ParseError as e:
-      return f'{fmt.name}: {e}'
+      return fmt.name, f'{fmt.name}: {e}'
     except (TypeError, AttributeError, KeyError, ValueError) as e:
-      return f'{fmt.name}: malformed record ({type(e).__name__}: {e})'[:300]
+      return fmt.name, f'{fmt.name}: malformed record ({type(e).__name__}: {e})'[:300]
 
 
 class _ParseFn(beam.DoFn):
@@ -73,13 +81,23 @@ class _ParseFn(beam.DoFn):
 
   def setup(self):
     self._parser = RecordParser(self._format_name, self._taxonomy_files)
+    self._by_format: Dict[str, Any] = {}  # counters of this DoFn instance, by name
+    self._by_category: Dict[str, Any] = {}
+
+  def _count(self, cache: Dict[str, Any], namespace: str, name: str) -> None:
+    counter = cache.get(name)
+    if counter is None:
+      counter = cache[name] = Metrics.counter(namespace, name)
+    counter.inc()
 
   def _emit(self, records: Iterable[RawRecord]):
     for record in records:
       self.read.inc()
-      result = self._parser.parse(record)
+      fmt, result = self._parser.parse_with_format(record)
       if isinstance(result, Event):
         self.parsed.inc()
+        self._count(self._by_format, FORMAT_NAMESPACE, fmt)
+        self._count(self._by_category, CATEGORY_NAMESPACE, result.category)
         yield TimestampedValue(result, result.event_time)
       else:
         self.dead.inc()

@@ -14,7 +14,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.transforms.window import TimestampedValue
 
-from transforms.formats.base import MIN_TIME, ParseError, parse_time
+from transforms.formats.base import MIN_TIME, ParseError, check_time, parse_time
 from transforms.parse import read_all
 from transforms.records import RawRecord, split_records
 
@@ -25,6 +25,16 @@ _TIME_FIELDS = ('eventTime', '@timestamp', 'timestamp', 'time', 'stageTimestamp'
 def record_time(record: RawRecord) -> float:
   """Best-effort event time used only to order the replay (the parser decides for real)."""
   obj = record.obj or {}
+  try:
+    return check_time(obj.get('event_time'))  # canonical events (JSON lines, Avro files)
+  except ParseError:
+    pass
+  ocsf_ms = obj.get('time')
+  if 'class_uid' in obj and isinstance(ocsf_ms, (int, float)) and not isinstance(ocsf_ms, bool):
+    try:
+      return check_time(ocsf_ms / 1000.0)  # OCSF: epoch milliseconds
+    except ParseError:
+      pass
   detail = obj.get('detail') if isinstance(obj.get('detail'), dict) else {}
   for source in (obj, detail):
     for field in _TIME_FIELDS:

@@ -9,12 +9,14 @@ from __future__ import annotations
 from typing import Dict, List, Optional
 
 from transforms.formats.base import ParseError, RecordFormat
+from transforms.formats.canonical import Canonical
 from transforms.formats.cloudtrail import CloudTrail
 from transforms.formats.gcp_audit import GcpAudit
 from transforms.formats.k8s_audit import K8sAudit
 from transforms.formats.ocsf import Ocsf
 
-FORMATS: List[RecordFormat] = [CloudTrail(), GcpAudit(), K8sAudit(), Ocsf()]
+# canonical: postauth's own events (JSON lines, or records of its Avro files).
+FORMATS: List[RecordFormat] = [CloudTrail(), GcpAudit(), K8sAudit(), Ocsf(), Canonical()]
 BY_NAME: Dict[str, RecordFormat] = {f.name: f for f in FORMATS}
 
 

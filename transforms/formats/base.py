@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime
+import re
 from typing import Any, Protocol
 
 from transforms.event import Event
@@ -26,8 +27,18 @@ class RecordFormat(Protocol):
     ...
 
 
+# RFC 3339 allows any number of fraction digits; K8s, GCP and Panther exports
+# write 0 to 9. Python 3.11's fromisoformat takes them all, 3.10's only 3 or 6:
+# on failure the fraction is cut or padded to microseconds and parsed again.
+_FRACTION = re.compile(r'(\d\d:\d\d:\d\d)\.(\d+)')
+
+
+def _microsecond_fraction(text: str) -> str:
+  return _FRACTION.sub(lambda m: m.group(1) + '.' + (m.group(2) + '000000')[:6], text, count=1)
+
+
 def parse_time(value: Any) -> float:
-  """RFC 3339 string -> epoch seconds, rejecting absurd values."""
+  """RFC 3339 string (any number of fraction digits, Z or offset) -> epoch seconds, rejecting absurd values."""
   if not isinstance(value, str) or not value:
     raise ParseError(f'missing or non-string time: {value!r}'[:200])
   text = value.strip()
@@ -35,14 +46,26 @@ def parse_time(value: Any) -> float:
     text = text[:-1] + '+00:00'
   try:
     parsed = datetime.datetime.fromisoformat(text)
-  except ValueError as e:
-    raise ParseError(f'unparseable time {value!r}'[:200]) from e
+  except ValueError:
+    try:
+      parsed = datetime.datetime.fromisoformat(_microsecond_fraction(text))
+    except ValueError as e:
+      raise ParseError(f'unparseable time {value!r}'[:200]) from e
   if parsed.tzinfo is None:
     parsed = parsed.replace(tzinfo=datetime.timezone.utc)
   seconds = parsed.timestamp()
   if not MIN_TIME <= seconds < MAX_TIME:
-    raise ParseError(f'absurd time {value!r}')
+    raise ParseError(f'absurd time {value!r}'[:200])
   return seconds
+
+
+def check_time(seconds: Any) -> float:
+  """Epoch seconds as a float, rejecting non-numbers, NaN and values outside 2000-2100."""
+  if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+    raise ParseError(f'expected epoch seconds, got {seconds!r}'[:200])
+  if not MIN_TIME <= seconds < MAX_TIME:  # NaN fails both comparisons
+    raise ParseError(f'absurd time {seconds!r}'[:200])
+  return float(seconds)
 
 
 def text(value: Any, limit: int = 512) -> str:

@@ -101,7 +101,7 @@ class CloudTrail:
         event_time=event_time,
         identity=identity,
         identity_type=text(ui.get('type')),
-        principal_raw=text(ui.get('arn') or ui.get('principalId')),
+        principal_raw=text(ui.get('arn') or ui.get('principalId') or ui.get('invokedBy')),
         session_id=text(ui.get('accessKeyId')),
         provider='aws',
         service=service,

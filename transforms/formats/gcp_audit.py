@@ -4,9 +4,8 @@ from __future__ import annotations
 import re
 
 from transforms.event import Event
-from transforms.formats.base import ParseError, text
+from transforms.formats.base import ParseError, parse_time, text
 from transforms.formats.k8s_audit import identity_type as k8s_identity_type
-from transforms.formats.k8s_audit import parse_rfc3339
 
 READ_CATEGORIES = ('data_read', 'enumerate', 'secret_access')
 _VERSION = re.compile(r'^(v\d+\w*|beta\d*|alpha\d*)$')
@@ -84,7 +83,7 @@ class GcpAudit:
     if not isinstance(auth, dict):
       raise ParseError('missing protoPayload.authenticationInfo')
     identity, kind = _identity(auth)
-    event_time = parse_rfc3339(record.get('timestamp') or record.get('receiveTimestamp'))
+    event_time = parse_time(record.get('timestamp') or record.get('receiveTimestamp'))
     action = text(payload.get('methodName'))
     if not action:
       raise ParseError('missing protoPayload.methodName')

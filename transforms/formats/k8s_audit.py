@@ -1,7 +1,6 @@
 """Kubernetes audit.k8s.io Events (API-server audit backend, EKS/GKE/AKS exports)."""
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from transforms.event import Event
@@ -11,18 +10,6 @@ from transforms.formats.base import ParseError, parse_time, text
 # so that one call is one event (a watch or exec also logs ResponseStarted).
 COUNTED_STAGE = 'ResponseComplete'
 READ_VERBS = ('get', 'list', 'watch')
-
-# K8s, GCP and Panther exports write 2 to 9 fraction digits; Python 3.10's
-# fromisoformat only takes 3 or 6.
-_FRACTION = re.compile(r'(\d\d:\d\d:\d\d)\.(\d+)')
-
-
-def parse_rfc3339(value: Any) -> float:
-  """parse_time, with the fraction of a second cut or padded to microseconds."""
-  if isinstance(value, str):
-    value = _FRACTION.sub(lambda m: m.group(1) + '.' + (m.group(2) + '000000')[:6], value, count=1)
-  return parse_time(value)
-
 
 def identity_type(username: str) -> str:
   """What kind of principal a Kubernetes username is (also used for GKE in GCP logs)."""
@@ -115,9 +102,9 @@ class K8sAudit:
     verb = text(record.get('verb'), 50)
     if not verb:
       raise ParseError('missing verb')
-    event_time = parse_rfc3339(record.get('stageTimestamp') or
-                               record.get('requestReceivedTimestamp') or
-                               record.get('timestamp'))
+    event_time = parse_time(record.get('stageTimestamp') or
+                            record.get('requestReceivedTimestamp') or
+                            record.get('timestamp'))
     service, action, resource = _action_and_resource(record, verb)
     category = taxonomy.categorize('k8s', service, action)
     success, error_code = _outcome(record)
