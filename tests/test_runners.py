@@ -7,9 +7,7 @@ result is compared with the FnApiRunner's on the same input.
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import pathlib
 import socket
 import subprocess
