@@ -11,7 +11,9 @@ setuptools.setup(
     python_requires='>=3.10',
     packages=setuptools.find_packages(include=['pipeline', 'pipeline.*', 'transforms', 'transforms.*',
                                                'models', 'models.*']),
-    package_data={'transforms': ['taxonomy/*.csv', 'schemas/*.avsc']},
+    # Data files shipped with the code (tests/test_packaging.py checks every one gets installed).
+    package_data={'transforms': ['taxonomy/*.csv', 'schemas/*.avsc'],
+                  '': ['*.json', '*.avsc', 'schemas/*.json', 'schemas/*.avsc']},
     install_requires=[
         'apache-beam==2.77.0',
         'google-cloud-pubsub>=2.20,<3',
@@ -23,7 +25,9 @@ setuptools.setup(
     ],
     extras_require={
         'gcp': ['apache-beam[gcp]==2.77.0'],
-        'test': ['pytest>=8', 'hypothesis>=6.100'],
+        # setuptools>=70.1 builds wheels itself: the packaging test installs the --setup_file
+        # sdist offline (--no-build-isolation), as the venv's bundled setuptools 65 cannot.
+        'test': ['pytest>=8', 'hypothesis>=6.100', 'setuptools>=70.1'],
     },
     entry_points={'console_scripts': ['postauth=pipeline.cli:main']},
 )

@@ -40,8 +40,7 @@ class TrainConfig:
   def from_file(cls, path: Optional[str]) -> 'TrainConfig':
     if not path:
       return cls()
-    with open(path) as f:
-      return cls(**json.load(f))
+    return cls(**json.loads(artifact._read(path)))  # FileSystems: a gs:// config works too
 
 
 def severity_of(score: float) -> Optional[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from typing import Dict, List
 
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 
 COUNTERS = ('records_read', 'events_parsed', 'dead_lettered', 'identity_windows',
@@ -22,8 +23,8 @@ def counters(result) -> Dict[str, int]:
 
 
 def read_findings(path: str) -> List[dict]:
-  with open(path) as f:
-    findings = [json.loads(line) for line in f if line.strip()]
+  with FileSystems.open(path, compression_type='uncompressed') as f:  # gs:// / s3:// findings too
+    findings = [json.loads(line) for line in f.read().decode('utf-8').splitlines() if line.strip()]
   return sorted(findings, key=lambda f: (-f['score'], f['identity'], f['window_start']))
 
 

@@ -13,6 +13,8 @@ import os
 from importlib import resources
 from typing import Dict, Iterable, List, Optional, Tuple
 
+from apache_beam.io.filesystems import FileSystems
+
 CATEGORIES = (
     'secret_access', 'credential_create', 'privilege_change', 'config_change',
     'data_read', 'data_write', 'message_publish', 'notify', 'enumerate',
@@ -49,9 +51,9 @@ class Taxonomy:
     self._cache: Dict[Tuple[str, str, str], str] = {}
     for provider in ('aws', 'gcp', 'k8s'):
       self._load_table(provider, _package_text(f'{provider}.csv'))
-    for path in extra_files or ():
-      with open(path) as f:
-        self._load_table(None, f.read())
+    for path in extra_files or ():  # through FileSystems: gs:// and s3:// work on workers
+      with FileSystems.open(path, compression_type='uncompressed') as f:
+        self._load_table(None, f.read().decode('utf-8-sig'))
     prefixes = [(r['verb'].lower(), r['category'])
                 for r in _rows(_package_text('prefixes.csv'))]
     self._prefixes = sorted(prefixes, key=lambda p: -len(p[0]))
