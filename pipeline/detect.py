@@ -13,7 +13,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.utils import shared
 
-from pipeline.options import DetectOptions, EventOptions, WindowOptions
+from pipeline.options import DetectOptions, EventOptions, WindowOptions, disabled_rules
 from transforms.findings import MergeOverlappingWindows
 from transforms.history import UNREGISTERED as UNREGISTERED_TAG
 from transforms.history import TrackHistory
@@ -53,7 +53,7 @@ def build_detection(p: beam.Pipeline, options: PipelineOptions) -> Dict[str, bea
   # an unbounded source re-reads it every --inventory-refresh seconds.
   refresh = det.inventory_refresh if streaming and not replay else 0
   inventory = p | 'Inventory' >> InventorySnapshots(det.inventory, refresh)
-  disabled = det.disabled_rules or []
+  disabled = disabled_rules(options)
   model_handle = shared.Shared()  # one model per worker for history and scoring
   rule_config = RuleConfig(disabled=disabled, dormant_days=det.dormant_days)
   judged = (parsed.events

@@ -65,10 +65,10 @@ class DetectOptions(PipelineOptions):
     parser.add_argument('--dedup-period', dest='dedup_period', type=float, default=21600.0,
                         help='Seconds within which repeats of the same identity and reasons fold into '
                              'one finding with an occurrence count (default 21600; 0 disables).')
-    parser.add_argument('--disable-rule', dest='disabled_rules', action='append', default=None,
-                        help='Turn off a deterministic rule (out_of_scope, disabled_identity_active, '
-                             'dormant_identity_revived, credential_created_by_nhi, '
-                             'privilege_change_by_nhi, unregistered_identity); repeatable.')
+    parser.add_argument('--disable-rules', dest='disabled_rules', default=None,
+                        help='Comma-separated deterministic rules to turn off (out_of_scope, '
+                             'disabled_identity_active, dormant_identity_revived, credential_created_by_nhi, '
+                             'privilege_change_by_nhi, unregistered_identity).')
     parser.add_argument('--dormant-days', dest='dormant_days', type=float, default=30.0,
                         help='Silence, in days, after which activity raises dormant_identity_revived (default 30).')
 
@@ -98,6 +98,11 @@ def validate_window(options: PipelineOptions) -> None:
     raise OptionsError('--allowed-lateness must be >= 0')
 
 
+def disabled_rules(options: PipelineOptions) -> list:
+  value = options.view_as(DetectOptions).disabled_rules or ''
+  return [r.strip() for r in value.split(',') if r.strip()]
+
+
 def validate_run(options: PipelineOptions) -> None:
   e, d = options.view_as(EventOptions), options.view_as(DetectOptions)
   missing = [flag for flag, value in (('--events', e.events), ('--inventory', d.inventory),
@@ -109,12 +114,12 @@ def validate_run(options: PipelineOptions) -> None:
   if options.view_as(StandardOptions).streaming and d.replay_step <= 0:
     raise OptionsError('--replay-step must be positive')
   from transforms.rules import ALL_RULE_NAMES
-  unknown = [r for r in d.disabled_rules or () if r not in ALL_RULE_NAMES]
+  unknown = [r for r in disabled_rules(options) if r not in ALL_RULE_NAMES]
   if unknown:
-    raise OptionsError(f'--disable-rule: unknown rule(s) {unknown}; known: {list(ALL_RULE_NAMES)}')
+    raise OptionsError(f'--disable-rules: unknown rule(s) {unknown}; known: {list(ALL_RULE_NAMES)}')
   if d.dedup_period < 0 or d.inventory_refresh < 0 or d.dormant_days <= 0:
     raise OptionsError('--dedup-period and --inventory-refresh must be >= 0, --dormant-days > 0')
-  if d.allowlist:
+  if d.allowlist and '://' not in d.allowlist:  # remote files are checked by the job itself
     from transforms.triage import load_allowlist
     try:
       load_allowlist(d.allowlist)
