@@ -6,6 +6,7 @@ batched scoring -> overlapping anomalous windows merged into findings -> sinks.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Dict
 
@@ -52,6 +53,13 @@ def build_detection(p: beam.Pipeline, options: PipelineOptions) -> Dict[str, bea
   # A bounded replay reads the inventory once (a periodic re-read never ends);
   # an unbounded source re-reads it every --inventory-refresh seconds.
   refresh = det.inventory_refresh if streaming and not replay else 0
+  runner = str(options.view_as(StandardOptions).runner or 'DirectRunner')
+  if refresh and 'Direct' in runner:
+    # The DirectRunner releases a global-window side input only at the end of
+    # input, so a periodically refreshed inventory would block the job forever.
+    logging.warning('%s: the inventory is read once (--inventory-refresh needs Dataflow, '
+                    'Flink or another runner with triggered side inputs)', runner)
+    refresh = 0
   inventory = p | 'Inventory' >> InventorySnapshots(det.inventory, refresh)
   disabled = disabled_rules(options)
   model_handle = shared.Shared()  # one model per worker for history and scoring
