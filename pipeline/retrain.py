@@ -35,8 +35,10 @@ not read it, so it is not in the manifest). Then versions beyond ``--keep`` are
 pruned. Exit code: 0 promoted or unchanged, 3 refused by the gate, 2 errors.
 
 The comparison is only fair when the current model did not train on the
-held-back days; ``current_saw_holdout`` says when it did (e.g. a model trained
-by hand on all history), in which case its profiles already know that slice.
+held-back days; ``current_may_have_seen_holdout`` says when its training window
+reaches into them (e.g. a model trained by hand on all history; a window ending
+after the slice starts may or may not hold held-back events), in which case its
+profiles may already know that slice.
 """
 from __future__ import annotations
 
@@ -447,7 +449,7 @@ def retrain(argv: List[str], run_pipeline) -> Dict:
       'candidate': candidate,
       'current': current,
       'current_error': current_error,
-      'current_saw_holdout': bool(current_window and current_window[1] > evaluation['bounds']['holdout_start']),
+      'current_may_have_seen_holdout': bool(current_window and current_window[1] > evaluation['bounds']['holdout_start']),
       'threshold': det.threshold,
       'slices': {'train': [evaluation['bounds']['train_start'], evaluation['bounds']['holdout_start']],
                  'holdout': [evaluation['bounds']['holdout_start'], evaluation['bounds']['end']]},
