@@ -85,6 +85,9 @@ class TrainConfig:
     if unknown:
       raise ConfigError(f'{source}: unknown keys {unknown}; known keys: {sorted(known)}')
     config = cls(**data)
+    if isinstance(config.max_features, int) and not isinstance(config.max_features, bool):
+      # JSON 1 is an int, and scikit-learn reads an int max_features as a feature *count*.
+      config.max_features = float(config.max_features)
     config.validate(source)
     return config
 

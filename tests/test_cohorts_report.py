@@ -90,6 +90,9 @@ def test_training_config_file_is_documented_and_validated(tmp_path):
   for key in keys:
     assert f'| `{key}` |' in section, f'{key} is not documented in README.md'
   bad = tmp_path / 'bad.json'
+  bad.write_text(json.dumps({'max_features': 1, 'team_cohorts': True}))
+  loaded = TrainConfig.from_file(str(bad))  # 1 means all features, not one feature
+  assert loaded.max_features == 1.0 and isinstance(loaded.max_features, float) and loaded.team_cohorts
   bad.write_text(json.dumps({'n_estimators': 10, 'trees': 5}))
   with pytest.raises(ConfigError, match="unknown keys \\['trees'\\]"):
     TrainConfig.from_file(str(bad))
