@@ -22,6 +22,7 @@ setuptools.setup(
         'numpy>=1.26',
         'orjson>=3.9',
         'skops>=0.10',
+        'matplotlib>=3.8',  # training report plot (models/report.py, Agg canvas only)
     ],
     extras_require={
         'gcp': ['apache-beam[gcp]==2.77.0'],

@@ -12,6 +12,7 @@ tampered or mismatched file is refused by name before it is parsed.
 """
 from __future__ import annotations
 
+import datetime
 import gzip
 import hashlib
 import io
@@ -66,6 +67,7 @@ def save_version(model_dir: str, version: str, files: Dict[str, bytes], metadata
     _write(_join(root, name), data)
     hashes[name] = hashlib.sha256(data).hexdigest()
   manifest = dict(metadata, version=version, files=hashes, libraries=library_versions())
+  manifest.setdefault('created', datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%S.%fZ'))
   _write(_join(root, MANIFEST), json.dumps(manifest, indent=1, sort_keys=True).encode())
   if promote:
     _write(_join(model_dir, LATEST), (version + '\n').encode())

@@ -43,6 +43,13 @@ class Calibration:
     p[tail] = (1.0 - TAIL_LEVEL) * np.exp(-(raw[tail] - self.tail_start) / self.mean_excess)
     return p
 
+  def raw_at(self, score: float) -> float:
+    """The raw score that calibrates to ``score``: the inverse of ``score`` (per-cohort thresholds)."""
+    p = 10.0 ** -float(score)
+    if p >= 1.0 - TAIL_LEVEL:
+      return float(np.interp(1.0 - p, QUANTILE_LEVELS, self.quantiles))
+    return self.tail_start + self.mean_excess * math.log((1.0 - TAIL_LEVEL) / p)
+
   def score(self, raw: np.ndarray) -> np.ndarray:
     return np.minimum(-np.log10(np.maximum(self.tail_probability(raw), 10 ** -MAX_SCORE)), MAX_SCORE)
 

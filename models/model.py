@@ -11,7 +11,10 @@ import datetime
 import hashlib
 import io
 import json
-from typing import Dict, List, Optional, Sequence, Tuple
+import logging
+import re
+import time
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import skops.io as sio
@@ -23,24 +26,86 @@ from models.features import FEATURE_NAMES, describe, feature_vector
 from models.profile import IdentityProfile
 
 GLOBAL = '_global'
+TEAM_SEP = '/'  # cohort "identity_type/team"
 SEVERITIES = (('critical', 6.5), ('high', 5.0), ('medium', 4.0), ('low', 3.0))
+_log = logging.getLogger('postauth.model')
+
+
+class ConfigError(ValueError):
+  """A training configuration file that cannot be used (unknown key, bad value)."""
+
+
+def cohort_key(identity_type: str, team: str = '') -> str:
+  """The finest cohort an identity belongs to: "identity_type/team", or the type alone."""
+  team = (team or '').strip()
+  return f'{identity_type}{TEAM_SEP}{team}' if team else identity_type
+
+
+def forest_file(cohort: str) -> str:
+  """File name of a cohort's forest; team names may hold any character, file names may not."""
+  if re.fullmatch(r'[A-Za-z0-9_.-]+', cohort):
+    return f'forest-{cohort}.skops'
+  slug = re.sub(r'[^A-Za-z0-9_.-]+', '_', cohort)[:60]
+  return f'forest-{slug}-{hashlib.sha256(cohort.encode()).hexdigest()[:8]}.skops'
 
 
 @dataclasses.dataclass
 class TrainConfig:
-  """Hyperparameters; loadable from a JSON file with the same keys."""
-  n_estimators: int = 100
-  max_samples: int = 512
-  max_features: float = 1.0
-  seed: int = 42
-  min_cohort_windows: int = 300  # smaller cohorts use the global model
+  """Hyperparameters; loadable from a JSON file with the same keys.
+
+  Every key is documented in README.md ("Training configuration") and shown in
+  config/train-config.example.json.
+  """
+  n_estimators: int = 100  # trees per cohort forest
+  max_samples: int = 512  # windows drawn per tree (capped at the cohort's size)
+  max_features: float = 1.0  # share of features drawn per tree
+  seed: int = 42  # random_state of every forest: same data + config = same model
+  min_cohort_windows: int = 300  # smaller cohorts use the next coarser model
   warmup_days: int = 1  # windows scored against at least this much history
+  team_cohorts: bool = False  # also train one model per (identity_type, team)
 
   @classmethod
   def from_file(cls, path: Optional[str]) -> 'TrainConfig':
     if not path:
       return cls()
-    return cls(**json.loads(artifact._read(path)))  # FileSystems: a gs:// config works too
+    from apache_beam.io.filesystems import FileSystems
+    try:
+      with FileSystems.open(path, compression_type='uncompressed') as f:
+        data = json.loads(f.read())
+    except Exception as e:  # unreadable or not JSON: say which file
+      raise ConfigError(f'--train-config {path}: {e}') from e
+    return cls.from_dict(data, source=path)
+
+  @classmethod
+  def from_dict(cls, data: Dict, source: str = 'config') -> 'TrainConfig':
+    if not isinstance(data, dict):
+      raise ConfigError(f'{source}: expected a JSON object of hyperparameters')
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+      raise ConfigError(f'{source}: unknown keys {unknown}; known keys: {sorted(known)}')
+    config = cls(**data)
+    if isinstance(config.max_features, int) and not isinstance(config.max_features, bool):
+      # JSON 1 is an int, and scikit-learn reads an int max_features as a feature *count*.
+      config.max_features = float(config.max_features)
+    config.validate(source)
+    return config
+
+  def validate(self, source: str = 'config') -> None:
+    checks = [
+        ('n_estimators', isinstance(self.n_estimators, int) and self.n_estimators >= 1, 'an integer >= 1'),
+        ('max_samples', isinstance(self.max_samples, int) and self.max_samples >= 2, 'an integer >= 2'),
+        ('max_features', isinstance(self.max_features, (int, float)) and 0 < self.max_features <= 1,
+         'a number in (0, 1]'),
+        ('seed', isinstance(self.seed, int) and not isinstance(self.seed, bool), 'an integer'),
+        ('min_cohort_windows', isinstance(self.min_cohort_windows, int) and self.min_cohort_windows >= 10,
+         'an integer >= 10'),
+        ('warmup_days', isinstance(self.warmup_days, int) and self.warmup_days >= 0, 'an integer >= 0'),
+        ('team_cohorts', isinstance(self.team_cohorts, bool), 'true or false'),
+    ]
+    for name, ok, expected in checks:
+      if not ok:
+        raise ConfigError(f'{source}: {name}={getattr(self, name)!r} must be {expected}')
 
 
 def severity_of(score: float) -> Optional[str]:
@@ -62,19 +127,44 @@ class DetectionModel:
     self.distributions = distributions
     self.profiles = profiles
     self.manifest = manifest
+    self.fit_seconds: Dict[str, float] = {}  # per cohort, set by fit (for the training report)
 
   # -- training ---------------------------------------------------------------
   @classmethod
   def fit(cls, cohort_features: Dict[str, np.ndarray], profiles: Dict[str, IdentityProfile],
           config: TrainConfig, training_window: Tuple[float, float],
           counts: Optional[Dict[str, int]] = None) -> 'DetectionModel':
-    all_x = np.vstack([x for x in cohort_features.values() if len(x)]) if cohort_features else np.zeros((0, len(FEATURE_NAMES)))
+    """Forests for the global cohort, each identity type and (``team_cohorts``) each team.
+
+    ``cohort_features`` is keyed by the finest cohort ("type/team" or "type"). A
+    cohort with fewer than ``min_cohort_windows`` windows gets no model of its
+    own and is scored by the next coarser one (team -> type -> global). Rows are
+    sorted first, so the model does not depend on the order the shuffle
+    delivered them in.
+    """
+    leaves = {k: _sorted_rows(np.asarray(x, dtype=np.float64).reshape(-1, len(FEATURE_NAMES)))
+              for k, x in sorted(cohort_features.items()) if len(x)}
+    all_x = np.vstack(list(leaves.values())) if leaves else np.zeros((0, len(FEATURE_NAMES)))
     if len(all_x) < 10:
       raise ValueError(f'only {len(all_x)} training windows: need more history')
+    by_type: Dict[str, List[np.ndarray]] = {}
+    for key, x in leaves.items():
+      by_type.setdefault(key.split(TEAM_SEP, 1)[0], []).append(x)
     groups = {GLOBAL: all_x}
-    groups.update({c: x for c, x in cohort_features.items() if len(x) >= config.min_cohort_windows})
+    for t, xs in by_type.items():
+      x = np.vstack(xs)
+      if len(x) >= config.min_cohort_windows:
+        groups[t] = x
+    if config.team_cohorts:
+      for key, x in leaves.items():
+        t = key.split(TEAM_SEP, 1)[0]
+        # A team that is its whole type would duplicate the type's model.
+        if TEAM_SEP in key and len(x) >= config.min_cohort_windows and len(x) < len(groups.get(t, ())):
+          groups[key] = x
     forests, calibrations, rarity_calibrations, distributions, sizes = {}, {}, {}, {}, {}
+    fit_seconds = {}
     for cohort, x in sorted(groups.items()):
+      t0 = time.perf_counter()
       forest = IsolationForest(n_estimators=config.n_estimators,
                                max_samples=min(config.max_samples, len(x)),
                                max_features=config.max_features, random_state=config.seed).fit(x)
@@ -84,6 +174,8 @@ class DetectionModel:
       distributions[cohort] = FeatureDistribution.fit(x)
       rarity_calibrations[cohort] = Calibration.fit(distributions[cohort].rarity(x))
       sizes[cohort] = len(x)
+      fit_seconds[cohort] = time.perf_counter() - t0
+      _log.info('fitted cohort %s: %d windows in %.1fs', cohort, len(x), fit_seconds[cohort])
     digest = hashlib.sha256(all_x.tobytes() + json.dumps(dataclasses.asdict(config)).encode()).hexdigest()
     end = datetime.datetime.fromtimestamp(training_window[1], datetime.timezone.utc)
     version = f'v{end:%Y%m%dT%H%M}-{digest[:10]}'
@@ -95,14 +187,20 @@ class DetectionModel:
         'hyperparameters': dataclasses.asdict(config),
         'counts': dict(counts or {}, identities=len(profiles), training_windows=len(all_x)),
         'severity_thresholds': dict(SEVERITIES),
+        'severity_levels': severity_levels(),
+        'cohort_files': {c: forest_file(c) for c in sorted(forests)},
     }
-    return cls(version, forests, calibrations, rarity_calibrations, distributions, profiles, manifest)
+    model = cls(version, forests, calibrations, rarity_calibrations, distributions, profiles, manifest)
+    model.fit_seconds.update(fit_seconds)
+    return model
 
   # -- persistence ------------------------------------------------------------
-  def save(self, model_dir: str, promote: bool = True) -> str:
-    files = {}
+  def save(self, model_dir: str, promote: bool = True,
+           extra_files: Optional[Dict[str, bytes]] = None) -> str:
+    """Writes the version; ``extra_files`` (the training report) join the manifest's hashes."""
+    files = dict(extra_files or {})
     for cohort, forest in self.forests.items():
-      files[f'forest-{cohort}.skops'] = sio.dumps(forest)
+      files[forest_file(cohort)] = sio.dumps(forest)
     files['calibration.json'] = json.dumps({
         c: {'calibration': self.calibrations[c].to_dict(),
             'rarity_calibration': self.rarity_calibrations[c].to_dict(),
@@ -120,7 +218,7 @@ class DetectionModel:
           f'this code computes {list(FEATURE_NAMES)}; retrain')
     forests = {}
     for cohort in manifest['cohorts']:
-      name = f'forest-{cohort}.skops'
+      name = manifest.get('cohort_files', {}).get(cohort, f'forest-{cohort}.skops')
       if name not in files:
         raise artifact.ArtifactError(f'{model_dir}/{manifest["version"]}/{name}: missing from manifest')
       forests[cohort] = sio.loads(files[name], trusted=artifact.SKOPS_TRUSTED)
@@ -136,7 +234,24 @@ class DetectionModel:
                profiles, manifest)
 
   # -- scoring ----------------------------------------------------------------
-  def cohort_for(self, identity_type: str) -> str:
+  def cohort_for(self, identity_type: Union[str, Dict[str, str]], team: Optional[str] = None) -> str:
+    """The most specific cohort with a model: "type/team", then "type", then global.
+
+    Accepts an identity type (with ``team``), a "type/team" key, or an inventory
+    context dict (``identity_type`` and ``team`` keys), so callers can pass the
+    enriched window's context as is.
+    """
+    if isinstance(identity_type, dict):
+      team = identity_type.get('team', '') if team is None else team
+      identity_type = identity_type.get('identity_type', '')
+    identity_type = identity_type or ''
+    if TEAM_SEP in identity_type:
+      identity_type, _, team_in_key = identity_type.partition(TEAM_SEP)
+      team = team if team is not None else team_in_key
+    if team:
+      key = cohort_key(identity_type, team)
+      if key in self.forests:
+        return key
     return identity_type if identity_type in self.forests else GLOBAL
 
   def features(self, windows: Sequence, profiles: Optional[Sequence[IdentityProfile]] = None) -> np.ndarray:
@@ -161,11 +276,18 @@ class DetectionModel:
     cohorts = np.asarray([self.cohort_for(c) for c in cohorts])
     for cohort in set(cohorts.tolist()):
       idx = np.flatnonzero(cohorts == cohort)
-      raw = -self.forests[cohort].score_samples(x[idx])
-      components[idx, 0] = self.calibrations[cohort].score(raw)
-      components[idx, 1] = self.rarity_calibrations[cohort].score(
-          self.distributions[cohort].rarity(x[idx]))
+      components[idx] = self.score_features(x[idx], cohort)[1]
     return components.max(axis=1), components, x
+
+  def score_features(self, x: np.ndarray, cohort: str) -> Tuple[np.ndarray, np.ndarray]:
+    """Calibrated scores and their (forest, rarity) components for a feature matrix of one cohort."""
+    cohort = self.cohort_for(cohort)
+    components = np.zeros((len(x), 2))
+    if len(x):
+      raw = -self.forests[cohort].score_samples(x)
+      components[:, 0] = self.calibrations[cohort].score(raw)
+      components[:, 1] = self.rarity_calibrations[cohort].score(self.distributions[cohort].rarity(x))
+    return components.max(axis=1), components
 
   def explain(self, window, cohort: str, x: np.ndarray, top: int = 4,
               profile: Optional[IdentityProfile] = None) -> List[Dict]:
@@ -183,6 +305,21 @@ class DetectionModel:
       reasons.append({'feature': FEATURE_NAMES[i], 'value': value, 'baseline': baseline,
                       'detail': detail, 'rarity': float(tail[i])})
     return reasons
+
+
+def severity_levels() -> Dict[str, Dict[str, float]]:
+  """What each severity threshold means, from the calibration: the same in every cohort.
+
+  A calibrated score s is -log10 of the share of a cohort's training windows that
+  scored as high, so a severity starting at s fires on 10**-s of normal windows,
+  in any cohort, whatever its size or raw score scale.
+  """
+  return {name: {'score': s, 'tail_probability': 10 ** -s, 'expected_per_1000_windows': 1000 * 10 ** -s}
+          for name, s in SEVERITIES}
+
+
+def _sorted_rows(x: np.ndarray) -> np.ndarray:
+  return x[np.lexsort(x.T[::-1])] if len(x) > 1 else x
 
 
 def _iso(t: float) -> str:

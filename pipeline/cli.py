@@ -23,6 +23,9 @@ commands:
   run       the detection pipeline (batch, or --streaming) -> findings
   demo      generate, train and run the streaming detection on the sample, then summarise
   parse     batch Beam job: log files -> canonical events (Avro) + dead letters, JSON summary
+  retrain   train a candidate on recent history, compare it with LATEST on held-back days,
+            promote only if not worse, keep the last K versions (prints the comparison as JSON)
+  rollback  point LATEST back at the previously promoted version (or --to VERSION); --list
 
 `postauth <command> --help` lists each command's flags; train and run accept any
 Beam pipeline option too (--runner, --direct_num_workers, --project, ...)."""
@@ -38,6 +41,8 @@ def _help(command: str) -> str:
       group.add_argument('--model-dir', help='Where to write the model version.')
       continue
     if command == 'run' and cls is opts.TrainOptions:
+      continue
+    if cls is opts.RetrainOptions:
       continue
     cls._add_argparse_args(parser.add_argument_group(cls.__name__))
   parser.add_argument('--streaming', action='store_true',
@@ -194,8 +199,35 @@ def cmd_parse(argv: List[str]) -> int:
   return parse_main(argv)
 
 
-COMMANDS = {'generate': cmd_generate, 'train': cmd_train, 'run': cmd_run, 'demo': cmd_demo,
-            'parse': cmd_parse}
+def cmd_retrain(argv: List[str]) -> int:
+  from pipeline.retrain import EXIT_REFUSED, retrain
+  comparison = retrain(argv, _run_pipeline)
+  print(json.dumps(comparison, indent=1, sort_keys=True))
+  return EXIT_REFUSED if comparison['decision'] == 'refused' else 0
+
+
+def cmd_rollback(argv: List[str]) -> int:
+  from models import registry
+  ap = argparse.ArgumentParser(prog='postauth rollback',
+                               description='Point LATEST back at the version promoted before the '
+                                           'current one (from HISTORY.jsonl), or at --to VERSION.')
+  ap.add_argument('--model-dir', required=True, help='Model directory (local, gs://, s3://).')
+  ap.add_argument('--to', default=None, help='Version to make live instead of the previous one.')
+  ap.add_argument('--reason', default='', help='Recorded in HISTORY.jsonl.')
+  ap.add_argument('--list', action='store_true',
+                  help='Only print the versions and the promotion history; change nothing.')
+  a = ap.parse_args(argv)
+  if a.list:
+    print(json.dumps({'live': registry.current(a.model_dir), 'versions': registry.list_versions(a.model_dir),
+                      'history': registry.history(a.model_dir)}, indent=1))
+    return 0
+  entry = registry.rollback(a.model_dir, a.to, a.reason)
+  print(json.dumps(entry, sort_keys=True))
+  return 0
+
+
+COMMANDS = {'parse': cmd_parse, 'generate': cmd_generate, 'train': cmd_train, 'run': cmd_run, 'demo': cmd_demo,
+            'retrain': cmd_retrain, 'rollback': cmd_rollback}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -207,11 +239,17 @@ def main(argv: Optional[List[str]] = None) -> int:
   if command in ('train', 'run') and ('-h' in rest or '--help' in rest):
     print(_help(command))
     return 0
+  if command == 'retrain' and ('-h' in rest or '--help' in rest):
+    from pipeline.retrain import help_text
+    print(help_text())
+    return 0
   logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s')
+  logging.getLogger('postauth').setLevel(logging.INFO)  # progress of long stages (train, retrain)
   from models.artifact import ArtifactError
+  from models.model import ConfigError
   try:
     return COMMANDS[command](rest)
-  except (opts.OptionsError, ArtifactError) as e:
+  except (opts.OptionsError, ArtifactError, ConfigError) as e:
     print(f'postauth {command}: error: {e}', file=sys.stderr)
     return 2
 

@@ -139,3 +139,34 @@ def validate_train(options: PipelineOptions, model_dir: str, inventory: str) -> 
 
 
 ALL_OPTIONS = (EventOptions, WindowOptions, DetectOptions, TrainOptions)
+
+
+class RetrainOptions(PipelineOptions):
+  """`postauth retrain`: train a candidate, compare it with the live model, promote if not worse."""
+
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    parser.add_argument('--days', dest='days', type=int, default=7,
+                        help='Days of history to train the candidate on, ending where the '
+                             'held-back slice starts (default 7).')
+    parser.add_argument('--holdout-days', dest='holdout_days', type=int, default=1,
+                        help='Most recent days held back from training to compare the candidate '
+                             'with the current model (default 1).')
+    parser.add_argument('--keep', dest='keep', type=int, default=5,
+                        help='Versions to keep after retraining; older ones are deleted, never the '
+                             'promoted one or its rollback target (default 5).')
+    parser.add_argument('--labels-file', dest='labels_file', default=None,
+                        help='JSON list of labelled cases {"identity", "start", "end"} (ISO-8601 or '
+                             'epoch seconds); `postauth retrain --labels FILE` is the same flag '
+                             '(Beam\'s Dataflow options already own --labels for job labels).')
+    parser.add_argument('--force', dest='force', action='store_true', default=False,
+                        help='Promote the candidate even if the gate refuses it (the comparison '
+                             'is still written, marked forced).')
+    parser.add_argument('--max-alert-increase', dest='max_alert_increase', type=float, default=0.10,
+                        help='Gate: the candidate\'s alert rate on clean held-back windows may exceed '
+                             'the current model\'s by this fraction (default 0.10) ...')
+    parser.add_argument('--alert-slack', dest='alert_slack', type=float, default=0.5,
+                        help='... plus this many alerts per 1,000 identity-windows (default 0.5).')
+
+
+ALL_OPTIONS = ALL_OPTIONS + (RetrainOptions,)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import time
 import typing
 from typing import Dict, Iterable, List, Optional
 
@@ -19,9 +20,11 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms import window
 
+from models import registry
+from models import report as training_report
 from models.features import feature_vector
-from models.model import DetectionModel, TrainConfig
 from models.history import IdentityHistory
+from models.model import DetectionModel, TrainConfig, cohort_key
 from models.profile import IdentityProfile
 from pipeline.options import EventOptions, TrainOptions, WindowOptions
 from transforms.inventory import ReadInventory, context_for
@@ -31,11 +34,16 @@ from transforms.windowing import IdentityWindow, IdentityWindows
 
 DAY = 86400
 PROFILES = 'profiles'
+MEMBERS = 'members'
+_log = logging.getLogger('postauth.train')
 
 
 @beam.typehints.with_output_types(typing.Tuple[str, typing.Any])
 class WalkIdentityHistory(beam.DoFn):
   """(identity, its windows) -> (cohort, feature vector) per trainable window, and its profile.
+
+  The cohort is the finest one ("identity_type/team" from the inventory);
+  ``DetectionModel.fit`` decides which cohorts get a model of their own.
 
   The same fold as live scoring (``models.history.IdentityHistory``): windows of
   day D are featurised against the profile of days < D, which then absorbs day
@@ -51,7 +59,8 @@ class WalkIdentityHistory(beam.DoFn):
   def process(self, kv, inventory):
     identity, windows = kv
     windows: List[IdentityWindow] = sorted(windows, key=lambda w: (w.window_end, w.window_start))
-    cohort = context_for(identity, windows[0].agg.identity_type, inventory)['identity_type']
+    context = context_for(identity, windows[0].agg.identity_type, inventory)
+    cohort = cohort_key(context['identity_type'], context.get('team', ''))
     history = IdentityHistory()
     for w in windows:
       before = history.observe(w.agg, w.window_end)
@@ -59,21 +68,50 @@ class WalkIdentityHistory(beam.DoFn):
         self.vectors.inc()
         yield cohort, feature_vector(w.agg, before, w.window_end)
     yield beam.pvalue.TaggedOutput(PROFILES, (identity, history.final_profile()))
+    yield beam.pvalue.TaggedOutput(MEMBERS, (cohort, 1))
 
 
 class _FitAndSave(beam.DoFn):
-  def __init__(self, model_dir: str, config: TrainConfig, promote: bool):
+  """Fits the cohort forests, writes the version with its training report, promotes it if asked."""
+
+  def __init__(self, model_dir: str, config: TrainConfig, promote: bool, started: float):
     self._model_dir = model_dir
     self._config = config
     self._promote = promote
+    self._started = started
 
-  def process(self, _, cohorts: Dict[str, List[np.ndarray]], profiles: Dict[str, IdentityProfile],
-              bounds: List[float]):
+  def process(self, bounds: List[float], cohorts: Dict[str, List[np.ndarray]],
+              profiles: Dict[str, IdentityProfile], members: Dict[str, int]):
+    t0 = time.time()
     features = {c: np.vstack(v) for c, v in cohorts.items()}
+    if not features:
+      raise ValueError('no training windows: --events matched no events, or none fall in the '
+                       'training period after the warm-up days')
+    _log.info('fitting: %d training windows of %d identities in %d cohorts, %s .. %s '
+              '(%.1fs since the job started)', sum(len(x) for x in features.values()),
+              len(profiles), len(features), _iso(bounds[0]), _iso(bounds[1]), t0 - self._started)
     model = DetectionModel.fit(features, profiles, self._config, (bounds[0], bounds[1]))
-    path = model.save(self._model_dir, promote=self._promote)
-    logging.info('saved model %s to %s', model.version, path)
+    t1 = time.time()
+    report = training_report.build(model, features, members, {'fit_seconds': t1 - t0})
+    png = training_report.plot_png(report)
+    t2 = time.time()
+    # Parse, window and walk ran before the fit: the time from building the job to the fit.
+    report['timings'].update(report_seconds=t2 - t1, seconds_before_fit=t0 - self._started)
+    path = model.save(self._model_dir, promote=False,
+                      extra_files=training_report.files(report, png=png))
+    if self._promote:
+      registry.promote(self._model_dir, model.version, reason='postauth train')
+    _log.info('saved model %s (%d cohort models) with its training report to %s in %.1fs; %s',
+              model.version, len(model.forests), path, time.time() - t0,
+              'promoted' if self._promote else 'not promoted')
     yield model.version
+
+
+def _iso(t: float) -> str:
+  try:
+    return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')
+  except (OverflowError, ValueError, OSError):
+    return str(t)
 
 
 class _Bounds(beam.CombineFn):
@@ -91,6 +129,36 @@ class _Bounds(beam.CombineFn):
     return acc
 
 
+class TrainModel(beam.PTransform):
+  """IdentityWindows in the global window -> the name of the saved model version (one element).
+
+  The part of training after windowing, shared by `postauth train` and `postauth retrain`.
+  """
+
+  def __init__(self, inventory: beam.PCollection, model_dir: str, config: TrainConfig,
+               promote: bool):
+    super().__init__()
+    self._inventory = inventory
+    self._model_dir = model_dir
+    self._config = config
+    self._promote = promote
+
+  def expand(self, windows):
+    walked = (windows
+              | 'KeyByIdentity' >> beam.Map(lambda w: (w.identity, w))
+              | 'GroupByIdentity' >> beam.GroupByKey()
+              | 'WalkHistory' >> beam.ParDo(WalkIdentityHistory(self._config.warmup_days),
+                                            beam.pvalue.AsDict(self._inventory)).with_outputs(
+                                                PROFILES, MEMBERS, main='vectors'))
+    cohorts = walked.vectors | 'GroupByCohort' >> beam.GroupByKey()
+    members = walked[MEMBERS] | 'IdentitiesPerCohort' >> beam.CombinePerKey(sum)
+    bounds = windows | 'TrainingWindow' >> beam.CombineGlobally(_Bounds())
+    return bounds | 'FitAndSave' >> beam.ParDo(
+        _FitAndSave(self._model_dir, self._config, self._promote, time.time()),
+        beam.pvalue.AsDict(cohorts), beam.pvalue.AsDict(walked[PROFILES]),
+        beam.pvalue.AsDict(members))
+
+
 def build_training(p: beam.Pipeline, options: PipelineOptions, inventory_path: str,
                    model_dir: str) -> Dict[str, beam.PCollection]:
   ev, win, tr = (options.view_as(EventOptions), options.view_as(WindowOptions),
@@ -101,20 +169,7 @@ def build_training(p: beam.Pipeline, options: PipelineOptions, inventory_path: s
              | 'IdentityWindows' >> IdentityWindows(win.window_size, win.window_period)
              | 'GlobalWindow' >> beam.WindowInto(window.GlobalWindows()))
   inventory = p | 'ReadInventory' >> ReadInventory(inventory_path)
-  walked = (windows
-            | 'KeyByIdentity' >> beam.Map(lambda w: (w.identity, w))
-            | 'GroupByIdentity' >> beam.GroupByKey()
-            | 'WalkHistory' >> beam.ParDo(WalkIdentityHistory(config.warmup_days),
-                                          beam.pvalue.AsDict(inventory)).with_outputs(
-                                              PROFILES, main='vectors'))
-  cohorts = walked.vectors | 'GroupByCohort' >> beam.GroupByKey()
-  bounds = windows | 'TrainingWindow' >> beam.CombineGlobally(_Bounds())
-  version = (p
-             | 'FitOnce' >> beam.Create([None])
-             | 'FitAndSave' >> beam.ParDo(
-                 _FitAndSave(model_dir, config, tr.promote),
-                 beam.pvalue.AsDict(cohorts), beam.pvalue.AsDict(walked[PROFILES]),
-                 beam.pvalue.AsSingleton(bounds)))
+  version = windows | 'Train' >> TrainModel(inventory, model_dir, config, tr.promote)
   dead_path = ev.dead_letters or os.path.join(model_dir, 'train-dead-letter.jsonl')
   parsed.dead_letter | 'WriteDeadLetters' >> WriteJsonLines(dead_path, streaming=False)
   return {'version': version, 'events': parsed.events, 'dead_letter': parsed.dead_letter}

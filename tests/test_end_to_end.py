@@ -119,3 +119,18 @@ def test_generate_contract(sample):
   for label in sample['labels']:
     assert set(label) == {'identity', 'scenario', 'start', 'end'}
     assert label['identity'].startswith('arn:aws:iam::') and label['start'].endswith('Z')
+
+
+def test_attack_findings_carry_rule_reasons_and_context(batch_run, sample):
+  """The deterministic rules fire on the attacks they describe, beside the model's score."""
+  rows, _ = batch_run
+  by_scenario = {}
+  for label in sample['labels']:
+    hits = [f for f in rows if f['identity'] == label['identity'] and _overlaps(f, label)]
+    by_scenario[label['scenario']] = set().union(*(set(f['rules']) for f in hits))
+  assert 'out_of_scope' in by_scenario['ci_deploys_to_prod']
+  assert {'privilege_change_by_nhi', 'credential_created_by_nhi'} <= by_scenario['automation_privilege_escalation']
+  assert {'credential_created_by_nhi', 'out_of_scope'} <= by_scenario['apikey_secret_sweep_and_rotation']
+  for f in rows:
+    assert f['severity_basis']['detected'] in ('low', 'medium', 'high', 'critical')
+    assert f['occurrences'] >= 1

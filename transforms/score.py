@@ -61,7 +61,7 @@ class ScoreBatchFn(beam.DoFn):
     scores = np.zeros(len(batch))
     components = np.zeros((len(batch), 2))
     x = np.zeros((len(batch), len(FEATURE_NAMES)))
-    cohorts = [item.context.get('identity_type', '') for item in batch]
+    cohorts = [item.context for item in batch]  # the model picks identity_type/team or a fallback
     if ready:
       s, c, f = model.score([batch[i].window for i in ready], [cohorts[i] for i in ready],
                             [batch[i].history for i in ready])
