@@ -65,7 +65,7 @@ from models.model import DetectionModel, TrainConfig
 from pipeline.options import (DetectOptions, EventOptions, OptionsError, RetrainOptions,
                               TrainOptions, WindowOptions, validate_window)
 from pipeline.train import TrainModel
-from transforms.inventory import EnrichWindows, ReadInventory
+from transforms.inventory import EnrichWindows, InventorySnapshots, ReadInventory
 from transforms.parse import ParseFiles
 from transforms.sinks import WriteJsonLines
 from transforms.windowing import IdentityWindows
@@ -348,7 +348,7 @@ def build_retrain(p: beam.Pipeline, options: PipelineOptions, current: Optional[
   candidate = windows.train | 'TrainCandidate' >> TrainModel(inventory, det.model_dir, config,
                                                              promote=False)
   evaluation = (windows[HOLDOUT]
-                | 'Enrich' >> EnrichWindows(inventory)
+                | 'Enrich' >> EnrichWindows(p | 'InventorySnapshot' >> InventorySnapshots(det.inventory))
                 | 'BatchHeldBack' >> beam.BatchElements(min_batch_size=64, max_batch_size=4096)
                 | 'ScoreBothModels' >> beam.ParDo(
                     EvaluateBatch(det.model_dir, current, det.threshold, labels),
