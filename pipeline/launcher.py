@@ -34,7 +34,7 @@ COMMANDS = ('run', 'train', 'retrain')
 COMMAND_PARAM = 'command'
 # `postauth retrain` flags (parsed by the retrain command itself, not a PipelineOptions class).
 # `labels_file`, not `labels`: Dataflow and Airflow's Beam hook both treat `labels` as job labels.
-RETRAIN_FLAGS = {'days': '--days', 'keep': '--keep', 'labels_file': '--labels'}
+RETRAIN_FLAGS = {'days': '--days', 'keep': '--keep', 'labels_file': '--labels-file'}
 TRUE, FALSE = ('true', '1', 'yes'), ('false', '0', 'no')
 
 

@@ -33,7 +33,7 @@ TEMPLATES = os.path.join(ROOT, 'templates')
 DATAFLOW = os.path.join(TEMPLATES, 'dataflow')
 SCHEDULING = os.path.join(TEMPLATES, 'scheduling')
 # `postauth retrain` as specified for the retrain command (issue 5).
-RETRAIN_FLAGS = {'--events', '--inventory', '--model-dir', '--days', '--keep', '--labels'}
+RETRAIN_FLAGS = {'--events', '--inventory', '--model-dir', '--days', '--keep', '--labels-file'}
 RETRAIN_REQUIRED = {'--events', '--inventory', '--model-dir'}
 
 
@@ -132,7 +132,7 @@ DATAFLOW_ARGS = [  # what the Flex Template launcher adds to the parameters
 
 def test_launcher_parses_template_parameters_into_pipeline_options(params):
   argv = [a for a in _template_argv(params)
-          if a.split('=')[0] not in ('--command', '--promote', '--taxonomy_files')]
+          if a.split('=')[0] not in ('--command', '--promote', '--force', '--taxonomy_files')]
   argv += ['--command=run', '--promote=false', '--taxonomy_files=gs://b/t1.csv,gs://b/t2.csv']
   command, postauth, beam_args = launcher.translate(argv + DATAFLOW_ARGS)
   assert command == 'run'
@@ -154,7 +154,8 @@ def test_launcher_parses_template_parameters_into_pipeline_options(params):
         assert got == (action.type or str)(values[dest]), dest
         assert type(got) is type(action.default if action.default is not None else ''), dest
   # retrain-only parameters become `postauth retrain` flags
-  assert {'--days=14', '--keep=5', '--labels=gs://my-bucket/postauth/labels.json'} <= set(postauth)
+  assert f'--days={values["days"]}' in postauth and f'--keep={values["keep"]}' in postauth
+  assert '--labels-file=gs://my-bucket/postauth/labels.json' in postauth
   # Dataflow's own options reach Beam untouched.
   assert options.view_as(StandardOptions).runner == 'DataflowRunner'
   gcp = options.view_as(GoogleCloudOptions)
