@@ -11,7 +11,7 @@ setuptools.setup(
     python_requires='>=3.10',
     packages=setuptools.find_packages(include=['pipeline', 'pipeline.*', 'transforms', 'transforms.*',
                                                'models', 'models.*']),
-    package_data={'transforms': ['taxonomy/*.csv']},
+    package_data={'transforms': ['taxonomy/*.csv', 'schemas/*.avsc', 'schemas/*.json']},
     install_requires=[
         'apache-beam==2.77.0',
         'google-cloud-pubsub>=2.20,<3',
@@ -23,7 +23,8 @@ setuptools.setup(
     ],
     extras_require={
         'gcp': ['apache-beam[gcp]==2.77.0'],
-        'test': ['pytest>=8', 'hypothesis>=6.100'],
+        # [gcp] in tests: the BigQuery sink's WriteToBigQuery is built (not run) in tests.
+        'test': ['pytest>=8', 'hypothesis>=6.100', 'apache-beam[gcp]==2.77.0'],
     },
     entry_points={'console_scripts': ['postauth=pipeline.cli:main']},
 )
