@@ -213,3 +213,14 @@ def test_streaming_avro_sink_writes_window_parts_and_compacts_them(tmp_path):
   assert [sorted(r['index'] for r in outputs.read_avro(x)) for x in parts] == [['0', '1', '2'], ['3', '4', '5']]
   assert outputs.compact_avro_parts(path, schema, key='index') == 6
   assert sorted(r['index'] for r in outputs.read_avro(path)) == ['0', '1', '2', '3', '4', '5']
+
+
+def test_run_help_lists_the_source_and_sink_options():
+  from pipeline.cli import _help
+  out = _help('run')
+  for flag in ('--subscription', '--topic', '--timestamp-attribute', '--dedup-seconds', '--sink',
+               '--dead-letters', '--publish-retries', '--publish-backoff', '--publish-timeout',
+               '--bigquery-method', '--direct-pubsub-watermark', '--watermark-max-delay',
+               '--watermark-idle-seconds', '--pubsub-max-messages'):
+    assert flag in out
+  assert '--subscription' not in _help('train')

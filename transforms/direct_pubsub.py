@@ -38,6 +38,7 @@ import logging
 import threading
 import time
 import weakref
+from typing import List
 
 from apache_beam.runners.direct.direct_runner import _DirectReadFromPubSub
 from apache_beam.runners.direct.transform_evaluator import (TransformEvaluatorRegistry,
@@ -51,14 +52,52 @@ from apache_beam import pvalue
 _LOG = logging.getLogger(__name__)
 
 
-class _SourceClock:
-  """Watermark state of one Pub/Sub read of one running pipeline."""
+class SourceClock:
+  """Watermark state of one Pub/Sub read of one running pipeline, and its policy."""
 
-  def __init__(self):
+  def __init__(self, max_delay: float, idle_seconds: float):
     self.lock = threading.Lock()
+    self.max_delay = max_delay
+    self.idle_seconds = idle_seconds
     self.watermark = MIN_TIMESTAMP
     self.newest = None  # newest event time read so far
     self.last_message = time.monotonic()
+
+  def advance(self, times: List[Timestamp], drained: bool, wall: float, monotonic: float) -> Timestamp:
+    """The watermark after a pull that returned messages stamped ``times``.
+
+    ``drained``: the pull returned fewer messages than asked, so no older message is
+    waiting. ``wall`` is the wall-clock time, ``monotonic`` a monotonic clock reading.
+    """
+    with self.lock:
+      now_bound = Timestamp.of(wall - self.max_delay)
+      if times:
+        newest = max(times)
+        self.newest = newest if self.newest is None else max(self.newest, newest)
+        self.last_message = monotonic
+      candidate = MIN_TIMESTAMP
+      if drained and self.newest is not None:
+        candidate = min(self.newest - self.max_delay, now_bound)
+      if not times and monotonic - self.last_message >= self.idle_seconds:
+        candidate = max(candidate, now_bound)
+      if candidate > self.watermark:
+        self.watermark = candidate
+      return self.watermark
+
+
+def _attribute_time(value):
+  """RFC 3339 or epoch milliseconds, as Beam reads timestamp attributes; None if absent or bad."""
+  if value is None:
+    return None
+  try:
+    return Timestamp(micros=int(value) * 1000)
+  except ValueError:
+    pass
+  try:
+    return Timestamp.from_rfc3339(value)
+  except ValueError:
+    _LOG.warning('timestamp attribute %r does not parse; using the publish time', value[:100])
+    return None
 
 
 def _settings(evaluation_context):
@@ -72,7 +111,7 @@ def _settings(evaluation_context):
 class EventTimePubSubReadEvaluator(_PubSubReadEvaluator):
   """Beam's DirectRunner Pub/Sub read with an event-time watermark (see the module docstring)."""
 
-  _clocks = weakref.WeakKeyDictionary()  # applied transform -> _SourceClock, like Beam's caches
+  _clocks = weakref.WeakKeyDictionary()  # applied transform -> SourceClock, like Beam's caches
   _clocks_lock = threading.Lock()
 
   @classmethod
@@ -101,15 +140,21 @@ class EventTimePubSubReadEvaluator(_PubSubReadEvaluator):
         cls._subscription_cache[transform] = name
       return name
 
-  def _clock(self) -> _SourceClock:
+  def _clock(self, settings) -> SourceClock:
     with self._clocks_lock:
       clock = self._clocks.get(self._applied_ptransform)
       if clock is None:
-        clock = self._clocks[self._applied_ptransform] = _SourceClock()
+        clock = self._clocks[self._applied_ptransform] = SourceClock(
+            settings.watermark_max_delay, settings.watermark_idle_seconds)
       return clock
 
   def _pull(self, max_messages: int):
-    """Beam's _read_from_pubsub with a configurable batch size."""
+    """Beam's _read_from_pubsub with a configurable batch size.
+
+    A timestamp attribute that does not parse falls back to the publish time (Beam's
+    evaluator raises and stops the job): the record's own event time, read by the
+    parser, decides its windows anyway.
+    """
     from apache_beam.io.gcp.pubsub import PubsubMessage
     attribute = self.source.timestamp_attribute
     client = self._get_subscriber_client(self._applied_ptransform)
@@ -117,16 +162,8 @@ class EventTimePubSubReadEvaluator(_PubSubReadEvaluator):
     out = []
     for received in response.received_messages:
       message = PubsubMessage._from_message(received.message)
-      if attribute and attribute in message.attributes:
-        value = message.attributes[attribute]
-        try:
-          ts = Timestamp(micros=int(value) * 1000)
-        except ValueError:
-          try:
-            ts = Timestamp.from_rfc3339(value)
-          except ValueError as e:
-            raise ValueError(f'Bad timestamp value: {e}') from e
-      else:
+      ts = _attribute_time(message.attributes.get(attribute)) if attribute else None
+      if ts is None:
         ts = Timestamp.from_utc_datetime(received.message.publish_time)
       out.append((ts, message))
     ack_ids = [r.ack_id for r in response.received_messages]
@@ -147,31 +184,14 @@ class EventTimePubSubReadEvaluator(_PubSubReadEvaluator):
         element = message if self.source.with_attributes else message.data
         bundle.output(GlobalWindows.windowed_value(element, timestamp=ts))
       bundles = [bundle]
-    watermark = self._advance(data, len(data) < max_messages, settings)
+    watermark = self._clock(settings).advance([ts for ts, _ in data], len(data) < max_messages,
+                                              time.time(), time.monotonic())
     if self._applied_ptransform.inputs:
       input_pvalue = self._applied_ptransform.inputs[0]
     else:
       input_pvalue = pvalue.PBegin(self._applied_ptransform.transform.pipeline)
     unprocessed = self._evaluation_context.create_bundle(input_pvalue)
     return TransformResult(self, bundles, [unprocessed], None, {None: watermark})
-
-  def _advance(self, data, drained: bool, settings) -> Timestamp:
-    clock = self._clock()
-    delay = settings.watermark_max_delay
-    now_bound = Timestamp.of(time.time() - delay)
-    with clock.lock:
-      if data:
-        newest = max(ts for ts, _ in data)
-        clock.newest = newest if clock.newest is None else max(clock.newest, newest)
-        clock.last_message = time.monotonic()
-      candidate = MIN_TIMESTAMP
-      if drained and clock.newest is not None:
-        candidate = min(clock.newest - delay, now_bound)
-      if not data and time.monotonic() - clock.last_message >= settings.watermark_idle_seconds:
-        candidate = max(candidate, now_bound)
-      if candidate > clock.watermark:
-        clock.watermark = candidate
-      return clock.watermark
 
 
 def install() -> None:

@@ -26,10 +26,9 @@ import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
-from apache_beam.transforms import window
 
 from transforms.parse import dead_letter
-from transforms.sinks import WriteJsonLines, clear_parts, compact_parts, parts_dir
+from transforms.sinks import WriteJsonLines, WriteParts, clear_parts, compact_parts, parts_dir
 
 SCHEMA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'schemas')
 FINDING, DEAD_LETTER = 'finding', 'dead_letter'
@@ -299,12 +298,8 @@ class WriteAvro(beam.PTransform):
       return records | 'WriteFile' >> beam.io.WriteToAvro(
           self._path, schema=self._schema, shard_name_template='', num_shards=1)
     schema = self._schema
-    prefix = os.path.basename(self._path).rsplit('.', 1)[0]
-    return (records
-            | 'PartWindows' >> beam.WindowInto(window.FixedWindows(self._part_window))
-            | 'WriteParts' >> fileio.WriteToFiles(
-                path=parts_dir(self._path), sink=lambda dest: AvroFileSink(schema),
-                file_naming=fileio.default_file_naming(prefix, '.avro'), shards=1))
+    return records | 'Parts' >> WriteParts(self._path, '.avro', lambda dest: AvroFileSink(schema),
+                                           self._part_window)
 
 
 def compact_avro_parts(path: str, schema: Dict, key: str = '') -> int:
