@@ -44,7 +44,9 @@ def build_detection(p: beam.Pipeline, options: PipelineOptions) -> Dict[str, bea
               | 'IdentityWindows' >> IdentityWindows(win.window_size, win.window_period,
                                                      win.allowed_lateness)
               | 'Enrich' >> EnrichWindows(inventory)
-              | 'Score' >> ScoreWindows(det.model_dir, det.threshold, det.model_version)
+              | 'Score' >> ScoreWindows(det.model_dir, det.threshold, det.model_version,
+                                       window_period=win.window_period,
+                                       allowed_lateness=win.allowed_lateness)
               | 'MergeOverlapping' >> MergeOverlappingWindows(win.window_size, win.allowed_lateness))
   undelivered = apply_sinks(findings, sink_specs(options), FINDING, streaming, options, 'WriteFindings')
   dead_letters = parsed.dead_letter
