@@ -18,7 +18,6 @@ import glob
 import json
 import os
 import re
-import shutil
 import typing
 from typing import Any, Dict, List, Optional
 
@@ -328,24 +327,26 @@ def read_avro(path: str) -> List[Dict]:
 
 
 def _local_files(options: PipelineOptions):
+  from pipeline.options import PubSubSourceOptions
+  ps = options.view_as(PubSubSourceOptions)
+  if ps.subscription or ps.topic:
+    return []  # an unbounded job: never clear what an earlier run wrote, nothing to compact
   specs = sink_specs(options) + [dead_letter_spec(options)]
   return [(s, FINDING if i < len(specs) - 1 else DEAD_LETTER) for i, s in enumerate(specs)
           if s.kind in ('jsonl', 'avro') and '://' not in s.target]
 
 
 def prepare_file_sinks(options: PipelineOptions) -> None:
-  """Removes part files an earlier streaming run left at the same local paths."""
+  """Removes part files an earlier bounded streaming replay left at the same local paths."""
   for spec, _ in _local_files(options):
     clear_parts(spec.target)
 
 
 def finish_file_sinks(options: PipelineOptions) -> Dict[str, int]:
-  """Compacts the parts of a finished (bounded) streaming run; returns records per path."""
+  """Compacts the parts of a finished (bounded) streaming replay; returns records per path."""
   out = {}
   for spec, kind in _local_files(options):
     key = 'finding_id' if kind == FINDING else ''
-    if not os.path.isdir(parts_dir(spec.target)):
-      os.makedirs(parts_dir(spec.target), exist_ok=True)
     if spec.kind == 'jsonl':
       out[spec.target] = compact_parts(spec.target, key=key)
     else:
@@ -361,10 +362,6 @@ def count_records(spec: SinkSpec) -> Optional[int]:
     return len(read_avro(spec.target))
   with open(spec.target) as f:
     return sum(1 for line in f if line.strip())
-
-
-def remove_parts(path: str) -> None:
-  shutil.rmtree(parts_dir(path), ignore_errors=True)
 
 
 # --- BigQuery ---------------------------------------------------------------------------------
