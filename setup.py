@@ -12,7 +12,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=['pipeline', 'pipeline.*', 'transforms', 'transforms.*',
                                                'models', 'models.*']),
     # Data files shipped with the code (tests/test_packaging.py checks every one gets installed).
-    package_data={'transforms': ['taxonomy/*.csv', 'schemas/*.avsc'],
+    package_data={'transforms': ['taxonomy/*.csv', 'schemas/*.avsc', 'schemas/*.json'],
                   '': ['*.json', '*.avsc', 'schemas/*.json', 'schemas/*.avsc']},
     install_requires=[
         'apache-beam==2.77.0',
@@ -28,7 +28,8 @@ setuptools.setup(
         'gcp': ['apache-beam[gcp]==2.77.0'],
         # setuptools>=70.1 builds wheels itself: the packaging test installs the --setup_file
         # sdist offline (--no-build-isolation), as the venv's bundled setuptools 65 cannot.
-        'test': ['pytest>=8', 'hypothesis>=6.100', 'setuptools>=70.1'],
+        # [gcp] in tests: the BigQuery sink's WriteToBigQuery is built (not run) in tests.
+        'test': ['pytest>=8', 'hypothesis>=6.100', 'setuptools>=70.1', 'apache-beam[gcp]==2.77.0'],
     },
     entry_points={'console_scripts': ['postauth=pipeline.cli:main']},
 )

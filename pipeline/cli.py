@@ -26,6 +26,7 @@ commands:
   retrain   train a candidate on recent history, compare it with LATEST on held-back days,
             promote only if not worse, keep the last K versions (prints the comparison as JSON)
   rollback  point LATEST back at the previously promoted version (or --to VERSION); --list
+  pubsub-server  start a local in-memory Pub/Sub server (Google's pstest) for the streaming path
 
 `postauth <command> --help` lists each command's flags; train and run accept any
 Beam pipeline option too (--runner, --direct_num_workers, --project, ...)."""
@@ -43,6 +44,8 @@ def _help(command: str) -> str:
     if command == 'run' and cls is opts.TrainOptions:
       continue
     if cls is opts.RetrainOptions:
+      continue
+    if command == 'train' and cls in (opts.PubSubSourceOptions, opts.SinkOptions):
       continue
     cls._add_argparse_args(parser.add_argument_group(cls.__name__))
   parser.add_argument('--streaming', action='store_true',
@@ -95,7 +98,8 @@ def train(argv: List[str]) -> dict:
 
 
 def run(argv: List[str]) -> dict:
-  from pipeline.detect import build_detection, dead_letter_path, suppressed_path
+  from pipeline.detect import build_detection, suppressed_path
+  from transforms import outputs
   from transforms.sinks import clear_parts, compact_parts
   from models.model import DetectionModel
   options = pipeline_options(argv)
@@ -104,23 +108,31 @@ def run(argv: List[str]) -> dict:
   # Fail before submitting if the model is missing or does not verify.
   DetectionModel.load(det.model_dir, det.model_version)
   streaming = options.view_as(StandardOptions).streaming
+  dead_letters = outputs.dead_letter_spec(options)
+  ps = options.view_as(opts.PubSubSourceOptions)
+  # A bounded replay into local files: clear earlier parts first, compact them after.
+  replay_to_local = (streaming and not (ps.subscription or ps.topic)
+                     and '://' not in suppressed_path(options))
   if streaming:
-    clear_parts(det.findings)
-    clear_parts(dead_letter_path(options))
-    clear_parts(suppressed_path(options))
+    outputs.prepare_file_sinks(options)
+    if replay_to_local:
+      clear_parts(suppressed_path(options))
   result = _run_pipeline(lambda p: build_detection(p, options), options)
   if streaming:
-    compact_parts(det.findings, key='finding_id')
-    compact_parts(dead_letter_path(options))
-    compact_parts(suppressed_path(options), key='finding_id')
+    outputs.finish_file_sinks(options)
+    if replay_to_local:
+      compact_parts(suppressed_path(options), key='finding_id')
   counters = summary.counters(result)
   if streaming:
     # The streaming DirectRunner commits counters of its first bundle only (checked with a
     # bare TestStream + counter pipeline on Beam 2.77): report what the sinks received instead.
-    counters = {'findings': _count_lines(det.findings),
-                'dead_lettered': _count_lines(dead_letter_path(options)),
-                'findings_suppressed': _count_lines(suppressed_path(options))}
-  return {'findings': det.findings, 'dead_letters': dead_letter_path(options),
+    files = [s for s in outputs.sink_specs(options) if outputs.count_records(s) is not None]
+    counters = {'findings': outputs.count_records(files[0])} if files else {}
+    if outputs.count_records(dead_letters) is not None:
+      counters['dead_lettered'] = outputs.count_records(dead_letters)
+    if os.path.exists(suppressed_path(options)):
+      counters['findings_suppressed'] = _count_lines(suppressed_path(options))
+  return {'findings': det.findings, 'dead_letters': dead_letters.target,
           'suppressed': suppressed_path(options), 'counters': counters}
 
 
@@ -140,8 +152,8 @@ def cmd_train(argv: List[str]) -> int:
 def cmd_run(argv: List[str]) -> int:
   t0 = time.time()
   out = run(argv)
-  findings = summary.read_findings(out['findings'])
-  print(summary.render(findings, top=10))
+  if out['findings']:
+    print(summary.render(summary.read_findings(out['findings']), top=10))
   print(f'\n{summary.render_counters(out["counters"])}')
   print(f'findings: {out["findings"]}\ndead letters: {out["dead_letters"]}\n'
         f'run time {time.time() - t0:.1f}s')
@@ -226,8 +238,13 @@ def cmd_rollback(argv: List[str]) -> int:
   return 0
 
 
+def cmd_pubsub_server(argv: List[str]) -> int:
+  from pipeline.local_pubsub import main as serve
+  return serve(argv)
+
+
 COMMANDS = {'parse': cmd_parse, 'generate': cmd_generate, 'train': cmd_train, 'run': cmd_run, 'demo': cmd_demo,
-            'retrain': cmd_retrain, 'rollback': cmd_rollback}
+            'retrain': cmd_retrain, 'rollback': cmd_rollback, 'pubsub-server': cmd_pubsub_server}
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -5,7 +5,6 @@ batched scoring -> overlapping anomalous windows merged into findings -> sinks.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import Dict
@@ -14,38 +13,49 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.utils import shared
 
-from pipeline.options import DetectOptions, EventOptions, WindowOptions, disabled_rules
+from pipeline.options import (DetectOptions, EventOptions, PubSubSourceOptions, WindowOptions,
+                              disabled_rules)
 from transforms.findings import MergeOverlappingWindows
 from transforms.history import UNREGISTERED as UNREGISTERED_TAG
 from transforms.history import TrackHistory
 from transforms.inventory import EnrichWindows, InventorySnapshots
+from transforms.outputs import (DEAD_LETTER, FINDING, SinkSpec, apply_sinks, dead_letter_spec,
+                                sink_specs)
 from transforms.rules import UNREGISTERED, RuleConfig
 from transforms.triage import SUPPRESSED, DeduplicateFindings, Suppress
 from transforms.parse import ParseFiles, ParseRecords
+from transforms.pubsub_source import ReadPubSubEvents
 from transforms.replay import ReplayFiles
 from transforms.score import ScoreWindows
-from transforms.sinks import WriteJsonLines
 from transforms.windowing import IdentityWindows
 
 
 def dead_letter_path(options: PipelineOptions) -> str:
-  ev, det = options.view_as(EventOptions), options.view_as(DetectOptions)
-  return ev.dead_letters or os.path.join(os.path.dirname(os.path.abspath(det.findings)),
-                                         'dead-letter.jsonl')
+  return dead_letter_spec(options).target
 
 
 def suppressed_path(options: PipelineOptions) -> str:
+  """--suppressed, else suppressed.jsonl beside the dead-letter file."""
   det = options.view_as(DetectOptions)
-  return det.suppressed or os.path.join(os.path.dirname(os.path.abspath(det.findings)),
-                                        'suppressed.jsonl')
+  if det.suppressed:
+    return det.suppressed
+  base = dead_letter_path(options)
+  if '://' in base:
+    return base.rsplit('/', 1)[0] + '/suppressed.jsonl'
+  return os.path.join(os.path.dirname(os.path.abspath(base)), 'suppressed.jsonl')
 
 
 def build_detection(p: beam.Pipeline, options: PipelineOptions) -> Dict[str, beam.PCollection]:
   ev, win, det = (options.view_as(EventOptions), options.view_as(WindowOptions),
                   options.view_as(DetectOptions))
   streaming = options.view_as(StandardOptions).streaming
+  ps = options.view_as(PubSubSourceOptions)
   replay = streaming and bool(ev.events)
-  if replay:
+  if streaming and (ps.subscription or ps.topic):
+    parsed = p | 'ReadPubSub' >> ReadPubSubEvents(
+        ps.subscription, ps.topic, ps.timestamp_attribute, ev.format, ev.taxonomy_files,
+        ps.dedup_seconds or win.window_size + win.allowed_lateness)
+  elif replay:
     records = p | 'ReplayFiles' >> ReplayFiles(ev.events, det.replay_step)
     parsed = records | 'ParseRecords' >> ParseRecords(ev.format, ev.taxonomy_files)
   else:
@@ -74,6 +84,8 @@ def build_detection(p: beam.Pipeline, options: PipelineOptions) -> Dict[str, bea
                                         shared_handle=model_handle))
   merged = (judged['windows']
             | 'Score' >> ScoreWindows(det.model_dir, det.threshold, det.model_version,
+                                      window_period=win.window_period,
+                                      allowed_lateness=win.allowed_lateness,
                                       rules=rule_config, shared_handle=model_handle)
             | 'MergeOverlapping' >> MergeOverlappingWindows(win.window_size, win.allowed_lateness))
   triaged = ((merged, judged[UNREGISTERED_TAG] | 'UnregisteredGlobal' >> beam.WindowInto(
@@ -81,12 +93,13 @@ def build_detection(p: beam.Pipeline, options: PipelineOptions) -> Dict[str, bea
              | 'AllFindings' >> beam.Flatten()
              | 'Suppress' >> Suppress(det.allowlist))
   findings = triaged.findings | 'Deduplicate' >> DeduplicateFindings(det.dedup_period)
-  (findings
-   | 'FindingsToJson' >> beam.Map(lambda f: json.dumps(f, sort_keys=True))
-   | 'WriteFindings' >> WriteJsonLines(det.findings, streaming))
-  (triaged[SUPPRESSED]
-   | 'SuppressedToJson' >> beam.Map(lambda f: json.dumps(f, sort_keys=True))
-   | 'WriteSuppressed' >> WriteJsonLines(suppressed_path(options), streaming))
-  parsed.dead_letter | 'WriteDeadLetters' >> WriteJsonLines(dead_letter_path(options), streaming)
-  return {'findings': findings, 'dead_letter': parsed.dead_letter, 'events': parsed.events,
+  undelivered = apply_sinks(findings, sink_specs(options), FINDING, streaming, options, 'WriteFindings')
+  apply_sinks(triaged[SUPPRESSED], [SinkSpec('jsonl', suppressed_path(options), suppressed_path(options))],
+              FINDING, streaming, options, 'WriteSuppressed')
+  dead_letters = parsed.dead_letter
+  if undelivered:
+    dead_letters = [dead_letters] + undelivered | 'AllDeadLetters' >> beam.Flatten()
+  apply_sinks(dead_letters, [dead_letter_spec(options)], DEAD_LETTER, streaming, options,
+              'WriteDeadLetters')
+  return {'findings': findings, 'dead_letter': dead_letters, 'events': parsed.events,
           'suppressed': triaged[SUPPRESSED]}

@@ -17,8 +17,9 @@ class EventOptions(PipelineOptions):
     parser.add_argument('--taxonomy-file', dest='taxonomy_files', action='append', default=None,
                         help='Extra CSV (provider,service,action,category) extending the action taxonomy; repeatable.')
     parser.add_argument('--dead-letters', dest='dead_letters', default=None,
-                        help='JSON-lines path for records that could not be parsed '
-                             '(default: dead-letter.jsonl beside the findings or model).')
+                        help='Sink for records that could not be parsed and findings that could not be '
+                             'delivered: a JSON-lines path, or any --sink URI (default: dead-letter.jsonl '
+                             'beside the findings or model).')
 
 
 class WindowOptions(PipelineOptions):
@@ -84,6 +85,63 @@ class TrainOptions(PipelineOptions):
                         help='Write the new version without pointing LATEST at it.')
 
 
+class PubSubSourceOptions(PipelineOptions):
+  """The streaming source: a Pub/Sub subscription or topic of raw log records (one per message)."""
+
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    parser.add_argument('--subscription', dest='subscription', default=None,
+                        help='With --streaming: read records from this Pub/Sub subscription '
+                             '(projects/P/subscriptions/S) instead of --events.')
+    parser.add_argument('--topic', dest='topic', default=None,
+                        help='With --streaming: read records from this Pub/Sub topic (projects/P/topics/T) '
+                             'through a temporary subscription instead of --events.')
+    parser.add_argument('--timestamp-attribute', dest='timestamp_attribute', default=None,
+                        help='Message attribute holding the event time (RFC 3339 or epoch millis); it '
+                             'drives the source watermark. Default: the publish time.')
+    parser.add_argument('--dedup-seconds', dest='dedup_seconds', type=int, default=0,
+                        help='Event-time span over which a redelivered or republished event (same '
+                             'event id) is dropped; 0 = window size + allowed lateness, the longest a '
+                             'duplicate could still change a window.')
+    parser.add_argument('--direct-pubsub-watermark', dest='direct_pubsub_watermark',
+                        choices=('event-time', 'wall-clock'), default='event-time',
+                        help='DirectRunner only: the Pub/Sub source watermark. event-time (default) '
+                             'follows --timestamp-attribute like Dataflow; wall-clock is Beam\'s local '
+                             'default (every record older than now is late).')
+    parser.add_argument('--watermark-max-delay', dest='watermark_max_delay', type=int, default=60,
+                        help='DirectRunner event-time watermark: seconds of event-time disorder '
+                             'tolerated (the watermark trails the newest event by this much).')
+    parser.add_argument('--watermark-idle-seconds', dest='watermark_idle_seconds', type=float,
+                        default=10.0,
+                        help='DirectRunner event-time watermark: after this many seconds without '
+                             'messages it advances to wall-clock time minus the max delay, closing '
+                             'every open window.')
+    parser.add_argument('--pubsub-max-messages', dest='pubsub_max_messages', type=int, default=500,
+                        help='DirectRunner: messages pulled per bundle.')
+
+
+class SinkOptions(PipelineOptions):
+  """Where findings go: any number of sinks chosen by URI."""
+
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    parser.add_argument('--sink', dest='sinks', action='append', default=None,
+                        help='Findings sink, repeatable or comma-separated: PATH.jsonl (JSON lines), '
+                             'PATH.avro (Avro), pubsub://projects/P/topics/T or projects/P/topics/T '
+                             '(one message per finding), bq://PROJECT:DATASET.TABLE (BigQuery). '
+                             '--findings PATH adds a JSON-lines sink.')
+    parser.add_argument('--publish-retries', dest='publish_retries', type=int, default=5,
+                        help='Pub/Sub sinks: attempts per message before it goes to the dead letters.')
+    parser.add_argument('--publish-backoff', dest='publish_backoff', type=float, default=0.5,
+                        help='Pub/Sub sinks: first retry delay in seconds, doubled per attempt.')
+    parser.add_argument('--publish-timeout', dest='publish_timeout', type=float, default=30.0,
+                        help='Pub/Sub sinks: seconds to wait for one publish attempt.')
+    parser.add_argument('--bigquery-method', dest='bigquery_method', default='STREAMING_INSERTS',
+                        choices=('STREAMING_INSERTS', 'FILE_LOADS', 'STORAGE_WRITE_API'),
+                        help='BigQuery sinks: WriteToBigQuery method (FILE_LOADS needs --temp_location '
+                             'on GCS; STORAGE_WRITE_API needs Beam\'s Java expansion service).')
+
+
 class OptionsError(ValueError):
   """An invalid flag combination, reported before any job is submitted."""
 
@@ -105,12 +163,17 @@ def disabled_rules(options: PipelineOptions) -> list:
 
 def validate_run(options: PipelineOptions) -> None:
   e, d = options.view_as(EventOptions), options.view_as(DetectOptions)
-  missing = [flag for flag, value in (('--events', e.events), ('--inventory', d.inventory),
-                                      ('--model-dir', d.model_dir), ('--findings', d.findings))
+  ps = options.view_as(PubSubSourceOptions)
+  missing = [flag for flag, value in (('--events', e.events or ps.subscription or ps.topic),
+                                      ('--inventory', d.inventory), ('--model-dir', d.model_dir),
+                                      ('--findings', d.findings or options.view_as(SinkOptions).sinks))
              if not value]
   if missing:
-    raise OptionsError('postauth run needs ' + ', '.join(missing))
+    raise OptionsError('postauth run needs ' + ', '.join(missing).replace(
+        '--events', '--events (or --subscription/--topic)').replace('--findings', '--findings (or --sink)'))
   validate_window(options)
+  from transforms.outputs import validate_io
+  validate_io(options)
   if options.view_as(StandardOptions).streaming and d.replay_step <= 0:
     raise OptionsError('--replay-step must be positive')
   from transforms.rules import ALL_RULE_NAMES
@@ -138,7 +201,8 @@ def validate_train(options: PipelineOptions, model_dir: str, inventory: str) -> 
   validate_window(options)
 
 
-ALL_OPTIONS = (EventOptions, WindowOptions, DetectOptions, TrainOptions)
+ALL_OPTIONS = (EventOptions, WindowOptions, DetectOptions, TrainOptions, PubSubSourceOptions,
+               SinkOptions)
 
 
 class RetrainOptions(PipelineOptions):

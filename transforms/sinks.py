@@ -4,6 +4,12 @@ Batch writes one file at exactly the requested path. Streaming cannot (the file
 is never "finished"), so it writes one file per event-time window and pane under
 ``<path>.parts/`` with ``fileio.WriteToFiles``; ``compact_parts`` joins them into
 the requested path when a bounded replay ends.
+
+Part windows accept late elements for a year (each late firing is its own pane
+file): findings leave the merge step from event-time timers, and the Python
+DirectRunner does not hold the watermark for pending timers, so after a large
+watermark step (a replay's idle advance) a finding can arrive behind the
+watermark; with the default lateness of 0 the file sink would drop it silently.
 """
 from __future__ import annotations
 
@@ -15,11 +21,46 @@ from typing import List
 
 import apache_beam as beam
 from apache_beam.io import fileio
-from apache_beam.transforms import window
+from apache_beam.transforms import trigger, window
+from apache_beam.utils.timestamp import Duration
+
+PART_LATENESS = Duration(seconds=365 * 86400)
 
 
 def parts_dir(path: str) -> str:
   return path + '.parts'
+
+
+def pane_file_naming(prefix: str, suffix: str):
+  """fileio naming with the pane index, so a late firing never overwrites the on-time file."""
+  def name(win, pane, shard_index, total_shards, compression, destination):
+    span = (f'{win.start.to_utc_datetime().isoformat()}-{win.end.to_utc_datetime().isoformat()}'
+            if isinstance(win, window.IntervalWindow) else 'global')
+    index = pane.index if pane is not None else 0
+    return f'{prefix}-{span}-pane{index:04d}-{shard_index or 0:05d}-of-{total_shards or 1:05d}{suffix}'
+  return name
+
+
+class WriteParts(beam.PTransform):
+  """Streaming: elements -> one file per event-time window and pane under ``<path>.parts/``."""
+
+  def __init__(self, path: str, suffix: str, sink=None, part_window_seconds: int = 3600):
+    super().__init__()
+    self._path, self._suffix, self._sink = path, suffix, sink
+    self._part_window = part_window_seconds
+
+  def expand(self, records):
+    prefix = os.path.basename(self._path).rsplit('.', 1)[0]
+    kwargs = {'sink': self._sink} if self._sink is not None else {}
+    return (records
+            | 'PartWindows' >> beam.WindowInto(
+                window.FixedWindows(self._part_window),
+                trigger=trigger.AfterWatermark(late=trigger.AfterCount(1)),
+                allowed_lateness=PART_LATENESS,
+                accumulation_mode=trigger.AccumulationMode.DISCARDING)
+            | 'WriteParts' >> fileio.WriteToFiles(
+                path=parts_dir(self._path), file_naming=pane_file_naming(prefix, self._suffix),
+                shards=1, max_writers_per_bundle=0, **kwargs))
 
 
 class WriteJsonLines(beam.PTransform):
@@ -35,13 +76,7 @@ class WriteJsonLines(beam.PTransform):
     if not self._streaming:
       return lines | 'WriteFile' >> beam.io.WriteToText(
           self._path, shard_name_template='', num_shards=1)
-    prefix = os.path.basename(self._path).rsplit('.', 1)[0]
-    return (lines
-            | 'PartWindows' >> beam.WindowInto(window.FixedWindows(self._part_window))
-            | 'WriteParts' >> fileio.WriteToFiles(
-                path=parts_dir(self._path),
-                file_naming=fileio.default_file_naming(prefix, '.jsonl'),
-                shards=1))
+    return lines | 'Parts' >> WriteParts(self._path, '.jsonl', part_window_seconds=self._part_window)
 
 
 def clear_parts(path: str) -> None:

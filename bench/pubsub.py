@@ -1,0 +1,244 @@
+"""The streaming path through a real Pub/Sub server: throughput and window-closing latency.
+
+    python bench/pubsub.py [--identities 100] [--days 4] [--speedup 3600]   (or: make bench-pubsub)
+
+Generates a labelled CloudTrail sample, trains a model, runs batch detection on the
+live day as the reference, starts the local Pub/Sub server (Google's pstest), then
+runs `postauth run --streaming --subscription ... --sink pubsub://...` on the
+DirectRunner twice:
+
+1. drain: the whole live day is published at once (timestamp attribute = eventTime);
+   the time until every batch finding is on the findings topic gives the messages/s
+   the pipeline sustains end to end (the idle advance that closes the last windows,
+   --watermark-idle-seconds, is subtracted);
+2. replay: the day is published in event-time order, `--speedup` event seconds per
+   real second, with no idle advance: each finding is emitted when a message moves
+   the event-time watermark past its close (run end + one window size); its latency
+   is the time from publishing that message to the finding arriving on the topic.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import glob
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
+sys.path.insert(0, ROOT)
+
+from pipeline import local_pubsub  # noqa: E402
+
+PROJECT = 'projects/postauth-local'
+
+
+def parse_time(text: str) -> float:
+  return datetime.datetime.strptime(text, '%Y-%m-%dT%H:%M:%SZ').replace(
+      tzinfo=datetime.timezone.utc).timestamp()
+
+
+class FindingsReader(threading.Thread):
+  """Pulls the findings topic's subscription continuously, stamping each arrival."""
+
+  def __init__(self, subscription: str):
+    super().__init__(daemon=True)
+    self.subscription = subscription
+    self.arrivals = []  # (arrival time, finding)
+    self.stop = threading.Event()
+
+  def run(self):
+    from google.cloud import pubsub_v1
+    with pubsub_v1.SubscriberClient() as client:
+      while not self.stop.is_set():
+        r = client.pull(subscription=self.subscription, max_messages=100, timeout=10)
+        now = time.time()
+        if r.received_messages:
+          client.acknowledge(subscription=self.subscription, ack_ids=[m.ack_id for m in r.received_messages])
+        self.arrivals += [(now, json.loads(m.message.data)) for m in r.received_messages]
+
+
+def topic_and_sub(kind: str):
+  tag = uuid.uuid4().hex[:6]
+  topic, sub = f'{PROJECT}/topics/{kind}-{tag}', f'{PROJECT}/subscriptions/{kind}-{tag}'
+  local_pubsub.create_topic(topic)
+  local_pubsub.create_subscription(sub, topic, ack_deadline_seconds=60)
+  return topic, sub
+
+
+def start_pipeline(server, sub, findings_topic, dl_topic, sample, model, extra):
+  cmd = [sys.executable, '-m', 'pipeline.cli', 'run', '--streaming', '--runner=BundleBasedDirectRunner',
+         f'--subscription={sub}', '--timestamp-attribute=eventTime', f'--sink=pubsub://{findings_topic}',
+         f'--dead-letters=pubsub://{dl_topic}', f'--inventory={sample}/inventory.csv',
+         f'--model-dir={model}'] + extra
+  return subprocess.Popen(cmd, cwd=ROOT, env=server.env(), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+
+
+def wait_ready(publisher, in_topic, dl_sub, at: str, timeout=180):
+  """Publishes a malformed probe and waits for its dead letter: the pipeline is pulling."""
+  from google.cloud import pubsub_v1
+  t0 = time.time()
+  publisher.publish(in_topic, b'probe: not a record', eventTime=at).result(10)
+  with pubsub_v1.SubscriberClient() as client:
+    while time.time() - t0 < timeout:
+      r = client.pull(subscription=dl_sub, max_messages=10, timeout=10)
+      if r.received_messages:
+        client.acknowledge(subscription=dl_sub, ack_ids=[m.ack_id for m in r.received_messages])
+        return time.time() - t0
+  raise RuntimeError('pipeline did not start pulling in time')
+
+
+def stop(proc):
+  proc.terminate()
+  try:
+    proc.wait(20)
+  except subprocess.TimeoutExpired:
+    proc.kill()
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument('--identities', type=int, default=100)
+  ap.add_argument('--days', type=int, default=4)
+  ap.add_argument('--speedup', type=float, default=1200.0,
+                  help='Event seconds per real second in the replay (keep the rate below the drain rate).')
+  ap.add_argument('--phases', default='drain,replay')
+  ap.add_argument('--idle', type=float, default=2.0, help='--watermark-idle-seconds for the drain run.')
+  ap.add_argument('--max-delay', type=int, default=60)
+  ap.add_argument('--tail', type=float, default=30.0, help='Seconds to keep reading after the replay.')
+  ap.add_argument('--work', default=None, help='Work directory; a sample and model already there are reused.')
+  a = ap.parse_args()
+  from pipeline.cli import run, train
+  from pipeline.generate import generate
+  work = a.work or tempfile.mkdtemp(prefix='postauth-bench-pubsub-')
+  sample, model = os.path.join(work, 'sample'), os.path.join(work, 'model')
+  if not os.path.exists(os.path.join(model, 'LATEST')):
+    generate(sample, a.identities, a.days, seed=7)
+    train([f'--events={sample}/history/*', f'--inventory={sample}/inventory.csv', f'--model-dir={model}',
+           '--runner=FnApiRunner'])
+  t = time.time()
+  run([f'--events={sample}/live/*', f'--inventory={sample}/inventory.csv', f'--model-dir={model}',
+       f'--findings={work}/batch.jsonl', '--runner=FnApiRunner'])
+  batch_seconds = time.time() - t
+  with open(f'{work}/batch.jsonl') as f:
+    expected = {json.loads(line)['finding_id'] for line in f}
+  records = []
+  for path in sorted(glob.glob(f'{sample}/live/*')):
+    with open(path) as f:
+      records += [json.loads(line) for line in f if line.strip()]
+  records.sort(key=lambda r: r['eventTime'])
+  bodies = [(json.dumps(r).encode(), r['eventTime']) for r in records]
+  first = datetime.datetime.fromtimestamp(parse_time(records[0]['eventTime']) - 3600,
+                                          datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')
+  identities = sum(1 for _ in open(f'{sample}/inventory.csv')) - 1
+  print(f'sample: {identities} inventory identities, {len(records)} live CloudTrail events, '
+        f'{len(expected)} batch findings (batch run {batch_seconds:.1f}s)', flush=True)
+
+  server = local_pubsub.LocalPubSub()
+  with server, local_pubsub.emulator_host(server.host):
+    from google.cloud import pubsub_v1
+    publisher = pubsub_v1.PublisherClient()
+
+    # 1. drain: everything at once
+    if 'drain' in a.phases:
+      drain_phase(a, server, publisher, bodies, expected, sample, model, first)
+    if 'replay' in a.phases:
+      replay_phase(a, server, publisher, bodies, records, sample, model, first, expected, work)
+  print(f'\nwork dir: {work}')
+
+
+def drain_phase(a, server, publisher, bodies, expected, sample, model, first):
+  in_topic, in_sub = topic_and_sub('cloudtrail')
+  out_topic, out_sub = topic_and_sub('findings')
+  dl_topic, dl_sub = topic_and_sub('deadletters')
+  proc = start_pipeline(server, in_sub, out_topic, dl_topic, sample, model,
+                        [f'--watermark-idle-seconds={a.idle}', f'--watermark-max-delay={a.max_delay}'])
+  try:
+    ready = wait_ready(publisher, in_topic, dl_sub, first)
+    reader = FindingsReader(out_sub)
+    reader.start()
+    t0 = time.time()
+    futures = [publisher.publish(in_topic, body, eventTime=ts) for body, ts in bodies]
+    for f in futures:
+      f.result(60)
+    published = time.time() - t0
+    deadline = t0 + 900
+    while time.time() < deadline and not expected <= {f['finding_id'] for _, f in reader.arrivals}:
+      time.sleep(0.2)
+    got = {f['finding_id'] for _, f in reader.arrivals}
+    last = max((t for t, f in reader.arrivals if f['finding_id'] in expected), default=float('nan'))
+  finally:
+    stop(proc)
+    reader.stop.set()
+  drain = last - t0 - a.idle
+  print(f'\n[drain] pipeline ready {ready:.1f}s after start; {len(bodies)} messages published in '
+        f'{published:.2f}s ({len(bodies) / published:.0f}/s); all {len(expected & got)}/{len(expected)} '
+        f'batch findings on the topic {last - t0:.1f}s after the first publish '
+        f'(extra findings: {len(got - expected)})')
+  print(f'[drain] sustained end to end: {len(bodies) / drain:.0f} messages/s '
+        f'({len(bodies)} messages in {drain:.1f}s, idle advance of {a.idle:.0f}s excluded)', flush=True)
+
+
+
+def replay_phase(a, server, publisher, bodies, records, sample, model, first, expected, work):
+  in_topic, in_sub = topic_and_sub('cloudtrail')
+  out_topic, out_sub = topic_and_sub('findings')
+  dl_topic, dl_sub = topic_and_sub('deadletters')
+  proc = start_pipeline(server, in_sub, out_topic, dl_topic, sample, model,
+                        ['--watermark-idle-seconds=100000', f'--watermark-max-delay={a.max_delay}'])
+  sent = []  # (event time, publish wall time)
+  try:
+    wait_ready(publisher, in_topic, dl_sub, first)
+    reader = FindingsReader(out_sub)
+    reader.start()
+    base_event = parse_time(records[0]['eventTime'])
+    t0 = time.time()
+    i = 0
+    while i < len(bodies):
+      now_event = base_event + (time.time() - t0) * a.speedup
+      batch = []
+      while i < len(bodies) and parse_time(bodies[i][1]) <= now_event:
+        batch.append(bodies[i])
+        i += 1
+      futures = [publisher.publish(in_topic, body, eventTime=ts) for body, ts in batch]
+      for f in futures:
+        f.result(60)
+      stamp = time.time()
+      sent += [(parse_time(ts), stamp) for _, ts in batch]
+      time.sleep(0.05)
+    replay_seconds = time.time() - t0
+    time.sleep(a.tail)
+  finally:
+    stop(proc)
+    reader.stop.set()
+  latencies = []
+  window = 3600
+  for arrival, f in reader.arrivals:
+    close = parse_time(f['window_end']) + window + a.max_delay
+    trigger = next((wall for ev, wall in sent if ev >= close), None)
+    if trigger is not None:
+      latencies.append(arrival - trigger)
+  latencies.sort()
+  with open(os.path.join(work, 'replay-findings.jsonl'), 'w') as f:
+    for arrival, finding in reader.arrivals:
+      f.write(json.dumps(dict(finding, _arrival=arrival)) + '\n')
+  ids = {f['finding_id'] for _, f in reader.arrivals}
+  print(f'\n[replay] {len(sent)} messages in event-time order at {a.speedup:.0f}x '
+        f'({len(sent) / replay_seconds:.0f} messages/s for {replay_seconds:.0f}s); '
+        f'{len(reader.arrivals)} findings ({len(ids & expected)} of the {len(expected)} batch findings, '
+        f'{len(ids - expected)} others), {len(latencies)} closed by a later message')
+  if latencies:
+    print(f'[replay] publish of the message that closes the window -> finding on the topic: '
+          f'min {latencies[0]:.2f}s, median {statistics.median(latencies):.2f}s, '
+          f'max {latencies[-1]:.2f}s')
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,226 @@
+"""Sinks chosen by URI: JSON lines, Avro (batch and windowed streaming), BigQuery schema and wiring."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+
+import apache_beam as beam
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.testing import test_stream
+from apache_beam.transforms.window import TimestampedValue
+
+from pipeline import options as opts
+from pipeline.cli import run
+from transforms import outputs
+from transforms.outputs import SinkSpec, parse_sink
+
+
+@pytest.mark.parametrize('uri,expected', [
+    ('out/findings.jsonl', SinkSpec('jsonl', 'out/findings.jsonl', 'out/findings.jsonl')),
+    ('gs://bucket/f/findings.avro', SinkSpec('avro', 'gs://bucket/f/findings.avro', 'gs://bucket/f/findings.avro')),
+    ('pubsub://projects/my-project/topics/findings',
+     SinkSpec('pubsub', 'projects/my-project/topics/findings', 'pubsub://projects/my-project/topics/findings')),
+    ('projects/my-project/topics/findings',
+     SinkSpec('pubsub', 'projects/my-project/topics/findings', 'projects/my-project/topics/findings')),
+    ('bq://my-project:security.findings',
+     SinkSpec('bigquery', 'my-project:security.findings', 'bq://my-project:security.findings')),
+    ('bq://my-project.security.findings',
+     SinkSpec('bigquery', 'my-project:security.findings', 'bq://my-project.security.findings')),
+])
+def test_sink_uris(uri, expected):
+  assert parse_sink(uri) == expected
+
+
+@pytest.mark.parametrize('uri,message', [
+    ('kafka://broker/topic', 'unknown scheme'),
+    ('out/findings.parquet', 'cannot tell its kind'),
+    ('pubsub://projects/x/topics/t', 'not a Pub/Sub topic'),
+    ('bq://my-project:only_dataset', 'not a BigQuery table'),
+])
+def test_bad_sink_uris_say_what_is_accepted(uri, message):
+  with pytest.raises(ValueError, match=message):
+    parse_sink(uri)
+
+
+def _options(*args):
+  return PipelineOptions(['--inventory=i.csv', '--model-dir=m', *args])
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--streaming', '--subscription=projects/my-project/subscriptions/s',
+      '--topic=projects/my-project/topics/t', '--findings=f.jsonl'], 'not both'),
+    (['--subscription=projects/my-project/subscriptions/s', '--findings=f.jsonl'], 'needs --streaming'),
+    (['--streaming', '--events=x', '--subscription=projects/my-project/subscriptions/s',
+      '--findings=f.jsonl'], 'not both'),
+    (['--events=x', '--timestamp-attribute=ts', '--findings=f.jsonl'], 'applies to a Pub/Sub source'),
+    (['--streaming', '--subscription=projects/x/subscriptions/s', '--findings=f.jsonl'],
+     'is not projects/PROJECT/subscriptions/NAME'),
+    (['--events=x', '--sink=kafka://b/t'], 'unknown scheme'),
+    (['--events=x', '--sink=bq://my-project:ds.t'], '--dead-letters is needed'),
+    (['--events=x', '--sink=bq://my-project:ds.t', '--dead-letters=dl.jsonl',
+      '--bigquery-method=FILE_LOADS'], '--temp_location'),
+    (['--events=x', '--findings=f.jsonl', '--dead-letters=f.jsonl'], 'also a findings sink'),
+    (['--events=x', '--findings=f.jsonl', '--publish-retries=0'], '--publish-retries'),
+    (['--events=x'], r'--findings \(or --sink\)'),
+    (['--streaming'], r'--events \(or --subscription/--topic\)'),
+])
+def test_invalid_source_and_sink_combinations_fail_before_submission(args, message):
+  with pytest.raises(opts.OptionsError, match=message):
+    opts.validate_run(_options(*args))
+
+
+def test_sinks_can_be_repeated_and_comma_separated():
+  o = _options('--events=x', '--findings=a.jsonl', '--sink=b.avro,projects/my-project/topics/alerts',
+               '--sink', 'a.jsonl', '--sink', 'bq://my-project:ds.t')
+  opts.validate_run(o)
+  assert [s.kind for s in outputs.sink_specs(o)] == ['jsonl', 'avro', 'pubsub', 'bigquery']
+  assert outputs.dead_letter_spec(o).target == os.path.abspath('dead-letter.jsonl')
+
+
+# --- a batch run writing JSON lines, Avro and Avro dead letters at once ----------------------
+
+@pytest.fixture(scope='module')
+def multi_sink_run(sample, model_dir, tmp_path_factory):
+  out = tmp_path_factory.mktemp('sinks')
+  events = out / 'events'
+  events.mkdir()
+  for path in glob.glob(os.path.join(sample['dir'], 'live', '*')):
+    shutil.copy(path, events)
+  (events / 'broken.jsonl').write_text('{"eventTime": "2026-11-05T01:00:00Z",\n[1, 2]\n')
+  result = run([f'--events={events}/*', f'--inventory={sample["inventory"]}', f'--model-dir={model_dir}',
+                f'--findings={out}/findings.jsonl', f'--sink={out}/findings.avro',
+                f'--dead-letters={out}/dead.avro', '--runner=FnApiRunner'])
+  with open(out / 'findings.jsonl') as f:
+    findings = [json.loads(line) for line in f]
+  return findings, outputs.read_avro(str(out / 'findings.avro')), outputs.read_avro(str(out / 'dead.avro')), result
+
+
+def test_avro_sink_holds_the_same_findings_as_json_lines(multi_sink_run):
+  findings, avro, _, _ = multi_sink_run
+  assert findings and len(avro) == len(findings)
+  by_id = {r['finding_id']: r for r in avro}
+  for f in findings:
+    r = by_id[f['finding_id']]
+    assert r['window_start'].strftime('%Y-%m-%dT%H:%M:%SZ') == f['window_start']
+    assert [t.strftime('%Y-%m-%dT%H:%M:%SZ') for t in r['peak_window']] == f['peak_window']
+    assert r['reasons'] == f['reasons']  # mixed int/float/str values survive the union type
+    assert {k: r[k] for k in ('score', 'severity', 'identity', 'event_count', 'registered')} == \
+        {k: f[k] for k in ('score', 'severity', 'identity', 'event_count', 'registered')}
+
+
+def test_dead_letters_go_to_their_own_avro_sink(multi_sink_run):
+  _, _, dead, result = multi_sink_run
+  assert len(dead) == 2
+  assert all(d['stage'] == 'parse' and d['reason'] and d['source'].endswith('broken.jsonl') for d in dead)
+  assert sorted(d['raw'] for d in dead) == ['[1, 2]', '{"eventTime": "2026-11-05T01:00:00Z",']
+  assert result['counters']['dead_lettered'] == 2
+
+
+def test_bigquery_schema_validates_every_produced_row(multi_sink_run):
+  from apache_beam.io.gcp import bigquery_tools
+  findings, _, dead, _ = multi_sink_run
+  schema = outputs.bigquery_schema('finding')
+  table_schema = bigquery_tools.get_bq_tableschema(schema)  # Beam's own parser accepts it
+  assert [f.name for f in table_schema.fields] == [f['name'] for f in schema['fields']]
+  rows = [outputs.finding_to_bigquery(f) for f in findings]
+  assert any(r['value_text'] for row in rows for r in row['reasons']), 'expected a text-valued reason'
+  for row in rows:
+    assert outputs.validate_bigquery_row(schema['fields'], row) == []
+    assert json.loads(json.dumps(row)) == row  # streaming inserts send JSON
+  dl_fields = outputs.bigquery_schema('dead_letter')['fields']
+  for d in dead:
+    assert outputs.validate_bigquery_row(dl_fields, d) == []
+
+
+def test_bigquery_row_validation_catches_type_and_mode_errors(multi_sink_run):
+  fields = outputs.bigquery_schema('finding')['fields']
+  good = outputs.finding_to_bigquery(multi_sink_run[0][0])
+  bad = dict(good, score='4.2', event_count=3.0, registered='true', window_start='yesterday')
+  bad.pop('identity')
+  bad['reasons'] = [dict(good['reasons'][0], value='12', feature=None)]
+  bad['score_components'] = {'isolation_forest': 1.0}
+  bad['extra'] = 1
+  errors = '\n'.join(outputs.validate_bigquery_row(fields, bad))
+  for expected in ('score: FLOAT got str', 'event_count: INTEGER got float', 'registered: BOOLEAN got str',
+                   "window_start: TIMESTAMP got 'yesterday'", 'identity: REQUIRED but missing',
+                   'reasons[0].value: FLOAT got str', 'reasons[0].feature: REQUIRED but missing',
+                   'score_components.feature_rarity: REQUIRED but missing', 'extra: not in the schema'):
+    assert expected in errors
+
+
+def _transforms(pipeline, cls):
+  found = []
+
+  def walk(node):
+    if isinstance(node.transform, cls):
+      found.append(node.transform)
+    for part in node.parts:
+      walk(part)
+  walk(pipeline.transforms_stack[0])
+  return found
+
+
+@pytest.mark.parametrize('streaming', [False, True])
+def test_bigquery_sinks_build_with_the_shipped_schema_and_dispositions(sample, model_dir, streaming):
+  from apache_beam.io.gcp.bigquery import WriteToBigQuery
+  from apache_beam.io.gcp.bigquery_tools import RetryStrategy
+  from apache_beam.io.gcp.pubsub import ReadFromPubSub
+  from pipeline.detect import build_detection
+  source = (['--streaming', '--subscription=projects/my-project/subscriptions/cloudtrail']
+            if streaming else [f'--events={sample["dir"]}/live/*'])
+  options = PipelineOptions([f'--inventory={sample["inventory"]}', f'--model-dir={model_dir}', *source,
+                             '--sink=bq://my-project:security.findings',
+                             '--dead-letters=bq://my-project:security.dead_letters'])
+  opts.validate_run(options)
+  p = beam.Pipeline(runner='BundleBasedDirectRunner', options=options)
+  build_detection(p, options)  # built, not run: BigQuery is not reachable here
+  writes = {str(w.table_reference.datasetId) + '.' + str(w.table_reference.tableId): w
+            for w in _transforms(p, WriteToBigQuery)}
+  assert set(writes) == {'security.findings', 'security.dead_letters'}
+  for name, kind, retry in (('security.findings', 'finding', RetryStrategy.RETRY_ON_TRANSIENT_ERROR),
+                            ('security.dead_letters', 'dead_letter', RetryStrategy.RETRY_ALWAYS)):
+    w = writes[name]
+    assert w.table_reference.projectId == 'my-project'
+    assert w.schema == outputs.bigquery_schema(kind)
+    assert (w.create_disposition, w.write_disposition, w.method) == (
+        'CREATE_IF_NEEDED', 'WRITE_APPEND', 'STREAMING_INSERTS')
+    assert w.insert_retry_strategy == retry
+  assert bool(_transforms(p, ReadFromPubSub)) == streaming
+
+
+# --- streaming: windowed Avro parts, compacted at the end of a bounded replay -----------------
+
+def test_streaming_avro_sink_writes_window_parts_and_compacts_them(tmp_path):
+  path = str(tmp_path / 'findings.avro')
+  schema = outputs.avro_schema('dead_letter')
+  rows = [{'stage': 'parse', 'reason': f'r{i}', 'source': 's', 'index': str(i), 'raw': 'x'} for i in range(6)]
+  t0 = 1_800_000_000
+  stream = (test_stream.TestStream()
+            .advance_watermark_to(t0)
+            .add_elements([TimestampedValue(r, t0 + 60 * int(r['index'])) for r in rows[:3]])
+            .advance_watermark_to(t0 + 3600)
+            .add_elements([TimestampedValue(r, t0 + 3600 + 60 * int(r['index'])) for r in rows[3:]])
+            .advance_watermark_to_infinity())
+  o = PipelineOptions()
+  o.view_as(StandardOptions).streaming = True
+  with beam.Pipeline(runner='BundleBasedDirectRunner', options=o) as p:
+    p | stream | outputs.WriteAvro(path, schema, streaming=True)
+  parts = sorted(glob.glob(path + '.parts/*.avro'))
+  assert len(parts) == 2  # one file per hourly window
+  assert [sorted(r['index'] for r in outputs.read_avro(x)) for x in parts] == [['0', '1', '2'], ['3', '4', '5']]
+  assert outputs.compact_avro_parts(path, schema, key='index') == 6
+  assert sorted(r['index'] for r in outputs.read_avro(path)) == ['0', '1', '2', '3', '4', '5']
+
+
+def test_run_help_lists_the_source_and_sink_options():
+  from pipeline.cli import _help
+  out = _help('run')
+  for flag in ('--subscription', '--topic', '--timestamp-attribute', '--dedup-seconds', '--sink',
+               '--dead-letters', '--publish-retries', '--publish-backoff', '--publish-timeout',
+               '--bigquery-method', '--direct-pubsub-watermark', '--watermark-max-delay',
+               '--watermark-idle-seconds', '--pubsub-max-messages'):
+    assert flag in out
+  assert '--subscription' not in _help('train')
