@@ -85,7 +85,7 @@ def test_metadata_has_every_option_and_nothing_else(metadata, params):
     assert p['regexes'] and all(isinstance(r, str) for r in p['regexes'])
   # What every command needs is required; the rest is optional.
   required = {n for n, p in params.items() if not p['isOptional']}
-  assert required == {'events', 'inventory', 'model_dir'}
+  assert required == {'inventory', 'model_dir'}  # events or a Pub/Sub source: checked at launch
 
 
 def test_metadata_regexes_accept_defaults_and_examples(params):
@@ -132,7 +132,8 @@ DATAFLOW_ARGS = [  # what the Flex Template launcher adds to the parameters
 
 def test_launcher_parses_template_parameters_into_pipeline_options(params):
   argv = [a for a in _template_argv(params)
-          if a.split('=')[0] not in ('--command', '--promote', '--force', '--taxonomy_files')]
+          if a.split('=')[0] not in ('--command', '--promote', '--force', '--taxonomy_files',
+                                     '--subscription', '--topic', '--timestamp_attribute')]
   argv += ['--command=run', '--promote=false', '--taxonomy_files=gs://b/t1.csv,gs://b/t2.csv']
   command, postauth, beam_args = launcher.translate(argv + DATAFLOW_ARGS)
   assert command == 'run'
@@ -148,6 +149,8 @@ def test_launcher_parses_template_parameters_into_pipeline_options(params):
       got = getattr(view, dest)
       if dest == 'taxonomy_files':
         assert got == ['gs://b/t1.csv', 'gs://b/t2.csv']
+      elif dest == 'sinks':  # comma-separated parameter -> one --sink per URI
+        assert got == values[dest].split(',') and len(got) == 2
       elif dest == 'promote':
         assert got is False
       else:
@@ -164,6 +167,14 @@ def test_launcher_parses_template_parameters_into_pipeline_options(params):
   assert options.view_as(SetupOptions).setup_file == '/template/setup.py'
   assert options.view_as(WorkerOptions).sdk_container_image.endswith('postauth:0.1.0')
   opts.validate_run(options)  # a complete `run` launch passes validation
+  # A streaming launch reads Pub/Sub instead of files.
+  stream = [a for a in argv if not a.startswith(('--events=', '--command='))] + [
+      '--command=run', f'--subscription={_example(params["subscription"], None)}',
+      f'--timestamp_attribute={_example(params["timestamp_attribute"], None)}']
+  command, postauth, beam_args = launcher.translate(stream + DATAFLOW_ARGS + ['--streaming'])
+  options = PipelineOptions(postauth + beam_args)
+  assert options.view_as(opts.PubSubSourceOptions).subscription.endswith('/subscriptions/cloudtrail')
+  opts.validate_run(options)
 
 
 def test_launcher_rejects_bad_parameters_before_submitting(capsys):

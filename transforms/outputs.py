@@ -204,6 +204,31 @@ def _number_or_text(value: Any):
   return None, None if value is None else str(value)
 
 
+def _rfc3339(t: datetime.datetime) -> str:
+  return t.astimezone(datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')
+
+
+def finding_from_avro(row: Dict) -> Dict:
+  """A record read from a findings Avro file -> the finding dict the JSON-lines sink writes."""
+  f = dict(row)
+  f['window_start'], f['window_end'] = _rfc3339(row['window_start']), _rfc3339(row['window_end'])
+  f['peak_window'] = [_rfc3339(t) for t in row.get('peak_window', [])]
+  for key in ('reasons', 'suppressed_reasons'):
+    f[key] = [{k: v for k, v in r.items() if v is not None and not (k == 'actions' and not v)}
+              for r in row.get(key) or []]
+  if not f['suppressed_reasons']:
+    del f['suppressed_reasons']
+  if row.get('last_occurrence'):
+    f['last_occurrence'] = _rfc3339(row['last_occurrence'])
+  else:
+    f.pop('last_occurrence', None)
+  if not f.get('occurrence_ids'):
+    f.pop('occurrence_ids', None)
+  if row.get('kind') == 'rule' and not row.get('model_version'):
+    f['score_components'] = {}  # an unregistered-identity finding has no model score
+  return f
+
+
 def _bigquery_reason(r: Dict) -> Dict:
   value, value_text = _number_or_text(r.get('value'))
   baseline, baseline_text = _number_or_text(r.get('baseline'))
