@@ -18,7 +18,7 @@ from pipeline.options import (DetectOptions, EventOptions, PubSubSourceOptions, 
 from transforms.findings import MergeOverlappingWindows
 from transforms.history import UNREGISTERED as UNREGISTERED_TAG
 from transforms.history import TrackHistory
-from transforms.inventory import EnrichWindows, InventorySnapshots
+from transforms.inventory import EnrichWindows, InventoryRefresh, InventorySnapshots
 from transforms.outputs import (DEAD_LETTER, FINDING, SinkSpec, apply_sinks, dead_letter_spec,
                                 sink_specs)
 from transforms.rules import UNREGISTERED, RuleConfig
@@ -26,7 +26,7 @@ from transforms.triage import SUPPRESSED, DeduplicateFindings, Suppress
 from transforms.parse import ParseFiles, ParseRecords
 from transforms.pubsub_source import ReadPubSubEvents
 from transforms.replay import ReplayFiles
-from transforms.score import ScoreWindows
+from transforms.score import ScoreWindows, WatchModelPointer
 from transforms.windowing import IdentityWindows
 
 
@@ -60,24 +60,36 @@ def build_detection(p: beam.Pipeline, options: PipelineOptions) -> Dict[str, bea
     parsed = records | 'ParseRecords' >> ParseRecords(ev.format, ev.taxonomy_files)
   else:
     parsed = p | 'ParseFiles' >> ParseFiles(ev.events, ev.format, ev.taxonomy_files)
-  # A bounded replay reads the inventory once (a periodic re-read never ends);
-  # an unbounded source re-reads it every --inventory-refresh seconds.
-  refresh = det.inventory_refresh if streaming and not replay else 0
+  # A bounded replay reads the inventory and the model once (a periodic re-read
+  # never ends); an unbounded source re-reads them every --inventory-refresh /
+  # --model-refresh seconds, taking effect mid-stream (transforms/updates.py).
+  live = streaming and not replay
   runner = str(options.view_as(StandardOptions).runner or 'DirectRunner')
-  if refresh and 'Direct' in runner:
-    # The DirectRunner releases a global-window side input only at the end of
-    # input, so a periodically refreshed inventory would block the job forever.
-    logging.warning('%s: the inventory is read once (--inventory-refresh needs Dataflow, '
-                    'Flink or another runner with triggered side inputs)', runner)
-    refresh = 0
-  inventory = p | 'Inventory' >> InventorySnapshots(det.inventory, refresh)
+  if live and 'Direct' in runner and (det.inventory_refresh > 0 or det.model_refresh > 0):
+    # The DirectRunner runs a Pub/Sub job on its BundleBasedDirectRunner, which in Beam 2.77
+    # cannot expand PeriodicImpulse ("ProcessKeyedElements/GroupByKey ... was not replaced as
+    # expected", reproduced with PeriodicImpulse + TestStream alone). Prism, Flink, Dataflow
+    # and the FnApiRunner run the refresh (tests/test_live_updates.py).
+    logging.warning('%s with Pub/Sub: the inventory and the model are read once '
+                    '(--inventory-refresh / --model-refresh need another runner)', runner)
+    live = False
+  inventory = p | 'Inventory' >> InventorySnapshots(det.inventory)
+  inventory_updates = None
+  if live and det.inventory_refresh > 0 and not det.inventory.startswith('bq://'):
+    # (a BigQuery inventory is read once: re-reading a table every few minutes costs queries)
+    refresh = InventoryRefresh(det.inventory, det.inventory_refresh)
+    inventory_updates = refresh.side_input(p | 'InventoryRefresh' >> refresh)
+  model_updates = None
+  if live and det.model_refresh > 0 and not det.model_version:
+    watch = WatchModelPointer(det.model_dir, det.model_refresh)
+    model_updates = watch.side_input(p | 'WatchModel' >> watch)
   disabled = disabled_rules(options)
   model_handle = shared.Shared()  # one model per worker for history and scoring
   rule_config = RuleConfig(disabled=disabled, dormant_days=det.dormant_days)
   judged = (parsed.events
             | 'IdentityWindows' >> IdentityWindows(win.window_size, win.window_period,
                                                    win.allowed_lateness)
-            | 'Enrich' >> EnrichWindows(inventory)
+            | 'Enrich' >> EnrichWindows(inventory, inventory_updates)
             | 'History' >> TrackHistory(det.model_dir, det.model_version,
                                         unregistered=UNREGISTERED not in disabled,
                                         period_seconds=win.window_period,
@@ -86,7 +98,8 @@ def build_detection(p: beam.Pipeline, options: PipelineOptions) -> Dict[str, bea
             | 'Score' >> ScoreWindows(det.model_dir, det.threshold, det.model_version,
                                       window_period=win.window_period,
                                       allowed_lateness=win.allowed_lateness,
-                                      rules=rule_config, shared_handle=model_handle)
+                                      rules=rule_config, shared_handle=model_handle,
+                                      model_updates=model_updates)
             | 'MergeOverlapping' >> MergeOverlappingWindows(win.window_size, win.allowed_lateness))
   triaged = ((merged, judged[UNREGISTERED_TAG] | 'UnregisteredGlobal' >> beam.WindowInto(
                  beam.transforms.window.GlobalWindows()))

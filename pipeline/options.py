@@ -57,6 +57,11 @@ class DetectOptions(PipelineOptions):
     parser.add_argument('--inventory-refresh', dest='inventory_refresh', type=float, default=300.0,
                         help='Streaming from an unbounded source: re-read the inventory every N seconds '
                              '(default 300; 0 reads it once). A file replay reads it once.')
+    parser.add_argument('--model-refresh', dest='model_refresh', type=float, default=300.0,
+                        help='Streaming from an unbounded source: re-read the model directory\'s LATEST '
+                             'pointer every N seconds and switch to a newly promoted version without a '
+                             'restart (default 300; 0 keeps the version loaded at start; ignored with '
+                             '--model-version).')
     parser.add_argument('--allowlist', dest='allowlist', default=None,
                         help='JSON/JSON-lines allow-list of {identity, rule, action, resource, expires, '
                              'reason} entries whose matching reasons are suppressed (and counted).')
@@ -180,8 +185,9 @@ def validate_run(options: PipelineOptions) -> None:
   unknown = [r for r in disabled_rules(options) if r not in ALL_RULE_NAMES]
   if unknown:
     raise OptionsError(f'--disable-rules: unknown rule(s) {unknown}; known: {list(ALL_RULE_NAMES)}')
-  if d.dedup_period < 0 or d.inventory_refresh < 0 or d.dormant_days <= 0:
-    raise OptionsError('--dedup-period and --inventory-refresh must be >= 0, --dormant-days > 0')
+  if d.dedup_period < 0 or d.inventory_refresh < 0 or d.model_refresh < 0 or d.dormant_days <= 0:
+    raise OptionsError('--dedup-period, --inventory-refresh and --model-refresh must be >= 0, '
+                       '--dormant-days > 0')
   if d.allowlist and '://' not in d.allowlist:  # remote files are checked by the job itself
     from transforms.triage import load_allowlist
     try:

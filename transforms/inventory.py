@@ -30,8 +30,9 @@ import apache_beam as beam
 import fastavro
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
-from apache_beam.transforms import trigger, window
-from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
+
+from transforms.updates import PeriodicReads
+from transforms.updates import newest as updates_newest
 
 REQUIRED = ('identity', 'identity_type', 'owner', 'team', 'environment')
 LIST_FIELDS = ('expected_actions', 'expected_services')
@@ -167,51 +168,37 @@ def matches_any(value: str, patterns: List[str]) -> bool:
   return any(fnmatch.fnmatchcase(lowered, p.lower()) for p in patterns)
 
 
-class _PassChangedSnapshots(beam.DoFn):
-  """Emits a re-read snapshot only when its content changed (one key: a handful of elements)."""
+class _InventoryReader:
+  """A picklable "read the inventory now" for ``PeriodicReads``; None when the read fails.
 
-  LAST = ReadModifyWriteStateSpec('last_digest', beam.coders.StrUtf8Coder())
+  A half-written file during an edit must not stop a streaming job: the failed
+  read is counted and the previous snapshot stays in use.
+  """
 
-  def process(self, kv, last=beam.DoFn.StateParam(LAST)):
-    _, snapshot = kv
-    if snapshot.digest != last.read():
-      last.write(snapshot.digest)
-      yield snapshot
-
-
-class _ReadSnapshotFn(beam.DoFn):
-  """An impulse -> the inventory read now; a failed re-read keeps the previous snapshot in use."""
-
-  def __init__(self, path: str, fail_on_error: bool):
+  def __init__(self, path: str):
     self._path = path
-    self._fail = fail_on_error
-    self.reads = Metrics.counter('postauth', 'inventory_reads')
-    self.errors = Metrics.counter('postauth', 'inventory_read_errors')
 
-  def process(self, _):
+  def __call__(self) -> Optional[Snapshot]:
     try:
       snapshot = read_snapshot(self._path)
-    except Exception:  # a half-written file during an edit must not stop a streaming job
-      self.errors.inc()
-      if self._fail:
-        raise
-      return
-    self.reads.inc()
-    yield snapshot
+    except Exception:  # pylint: disable=broad-except
+      Metrics.counter('postauth', 'inventory_read_errors').inc()
+      return None
+    Metrics.counter('postauth', 'inventory_reads').inc()
+    return snapshot
 
 
 class InventorySnapshots(beam.PTransform):
-  """Inventory -> snapshots in the global window, ready for ``beam.pvalue.AsList``.
+  """Inventory -> one snapshot in the global window, ready for ``beam.pvalue.AsList``.
 
-  ``refresh_seconds`` > 0 (streaming) re-reads the source on that period.
-  BigQuery tables (``bq://project:dataset.table``) are read with ReadFromBigQuery
-  once (batch); refresh them by pointing at an exported file instead.
+  BigQuery tables (``bq://project:dataset.table``) are read with ReadFromBigQuery;
+  files with FileSystems (local, gs://, s3://). A bad inventory fails the job
+  at start, before any event is judged against it.
   """
 
-  def __init__(self, path: str, refresh_seconds: float = 0.0):
+  def __init__(self, path: str):
     super().__init__()
     self._path = path
-    self._refresh = refresh_seconds
 
   def expand(self, pbegin):
     if self._path.startswith('bq://'):
@@ -222,38 +209,79 @@ class InventorySnapshots(beam.PTransform):
               | 'Gather' >> beam.GroupByKey()
               | 'ToSnapshot' >> beam.Map(lambda kv: snapshot_of(
                   ((r['identity'], r) for r in kv[1] if r['identity']), time.time())))
-    if self._refresh <= 0:
-      return (pbegin
-              | 'InventoryPath' >> beam.Create([None])
-              | 'ReadInventory' >> beam.ParDo(_ReadSnapshotFn(self._path, fail_on_error=True)))
-    from apache_beam.transforms.periodicsequence import PeriodicImpulse
+    path = self._path
     return (pbegin
-            | 'EveryRefresh' >> PeriodicImpulse(fire_interval=self._refresh)
-            | 'ReReadInventory' >> beam.ParDo(_ReadSnapshotFn(self._path, fail_on_error=False))
-            | 'OneKey' >> beam.Map(lambda s: ('inventory', s))
-            | 'OnlyChanges' >> beam.ParDo(_PassChangedSnapshots())
-            | 'GlobalRepeated' >> beam.WindowInto(
-                window.GlobalWindows(), trigger=trigger.Repeatedly(trigger.AfterCount(1)),
-                accumulation_mode=trigger.AccumulationMode.DISCARDING))
+            | 'InventoryPath' >> beam.Create([path])
+            | 'ReadInventory' >> beam.Map(read_snapshot))
+
+
+class InventoryRefresh(beam.PTransform):
+  """Streaming: the inventory re-read every ``refresh_seconds``, as a windowed side input.
+
+  See transforms/updates.py for why windowed rather than a triggered global
+  window: an edit takes effect within two periods on every runner, the
+  DirectRunner included, and the side input never holds a finding back.
+  """
+
+  def __init__(self, path: str, refresh_seconds: float, stop_after: Optional[float] = None):
+    super().__init__()
+    if path.startswith('bq://'):
+      raise InventoryError('--inventory-refresh re-reads files; export the BigQuery table to a '
+                           'file (or set --inventory-refresh 0)')
+    self._reads = PeriodicReads(_InventoryReader(path), refresh_seconds, stop_after)
+
+  def expand(self, pbegin):
+    return pbegin | 'ReReadInventory' >> self._reads
+
+  def side_input(self, reads: beam.PCollection):
+    return self._reads.as_side_input(reads)
+
+
+class _EnrichFn(beam.DoFn):
+  """IdentityWindow -> (IdentityWindow, context) from the newest inventory this worker has seen.
+
+  Order of preference: the re-read visible to this window, else the newest
+  re-read this DoFn instance saw before (a window whose side window is empty,
+  e.g. a failed re-read), else the snapshot read at start.
+  """
+
+  def __init__(self):
+    self.unregistered = Metrics.counter('postauth', 'windows_unregistered_identity')
+    self.updates_used = Metrics.counter('postauth', 'inventory_updates_applied')
+    self._last: Optional[Tuple[float, Snapshot]] = None
+
+  def process(self, w, base, updates=None):
+    snapshot = newest(base)
+    if updates is not None:
+      read = updates_newest(updates)
+      if read is not None and (self._last is None or read[0] > self._last[0]):
+        if self._last is None or read[1].digest != self._last[1].digest:
+          self.updates_used.inc()
+        self._last = read
+      if self._last is not None:
+        snapshot = self._last[1]
+    context = context_for(w.identity, w.agg.identity_type, snapshot.rows)
+    if context['registered'] == 'false':
+      self.unregistered.inc()
+    yield w, context
 
 
 class EnrichWindows(beam.PTransform):
-  """IdentityWindow -> (IdentityWindow, inventory context), the context from the newest snapshot."""
+  """IdentityWindow -> (IdentityWindow, inventory context).
 
-  def __init__(self, snapshots):
+  ``snapshots``: the start-up read (``InventorySnapshots``); ``updates``: the
+  side input of an ``InventoryRefresh`` (streaming), or None.
+  """
+
+  def __init__(self, snapshots, updates=None):
     super().__init__()
     self._snapshots = snapshots
+    self._updates = updates
 
   def expand(self, windows):
-    unregistered = Metrics.counter('postauth', 'windows_unregistered_identity')
-
-    def enrich(w, snapshots):
-      context = context_for(w.identity, w.agg.identity_type, newest(snapshots).rows)
-      if context['registered'] == 'false':
-        unregistered.inc()
-      return w, context
-
-    return windows | 'AttachInventory' >> beam.Map(enrich, beam.pvalue.AsList(self._snapshots))
+    extra = [] if self._updates is None else [self._updates]
+    return windows | 'AttachInventory' >> beam.ParDo(
+        _EnrichFn(), beam.pvalue.AsList(self._snapshots), *extra)
 
 
 class ReadInventory(beam.PTransform):

@@ -15,9 +15,10 @@ the GroupByKey). A GroupByKey holds the watermark on every runner.
 """
 from __future__ import annotations
 
+import logging
 import typing
 import zlib
-from typing import List, Optional, Tuple
+from typing import List, Optional, Set, Tuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -30,19 +31,59 @@ EPSILON = 1e-6
 
 import numpy as np
 
+from models import registry
+from models.artifact import ArtifactError
 from models.features import FEATURE_NAMES
 from models.model import DetectionModel, severity_of
 from transforms import rules
 from transforms.history import WindowInContext
 from transforms.model_cache import acquire_model
 from transforms.rules import RuleConfig
+from transforms.updates import PeriodicReads
+from transforms.updates import newest as newest_read
+
+
+class _PointerReader:
+  """A picklable "which version is promoted now" for ``PeriodicReads``; None when unreadable."""
+
+  def __init__(self, model_dir: str):
+    self._model_dir = model_dir
+
+  def __call__(self) -> Optional[str]:
+    try:
+      return registry.current(self._model_dir)
+    except Exception:  # pylint: disable=broad-except
+      Metrics.counter('postauth', 'model_pointer_read_errors').inc()
+      return None
+
+
+class WatchModelPointer(beam.PTransform):
+  """Streaming: the model directory's LATEST pointer, read every ``refresh_seconds``.
+
+  Beam's model-update side input pattern (``RunInference(model_metadata_pcoll=...)``)
+  in windowed form, see transforms/updates.py: a version promoted by
+  ``postauth retrain`` or ``rollback`` is scored with from the next windows on.
+  """
+
+  def __init__(self, model_dir: str, refresh_seconds: float, stop_after: Optional[float] = None):
+    super().__init__()
+    self._reads = PeriodicReads(_PointerReader(model_dir), refresh_seconds, stop_after)
+
+  def expand(self, pbegin):
+    return pbegin | 'ReadLatest' >> self._reads
+
+  def side_input(self, reads: beam.PCollection):
+    return self._reads.as_side_input(reads)
 
 
 class ScoreBatchFn(beam.DoFn):
   """A batch of WindowInContext -> scored-window dicts for windows the model or a rule flags.
 
   The model scores a window only once its identity has ``warmup_days`` of
-  history (as in training); rules judge every window.
+  history (as in training); rules judge every window. With a model-pointer side
+  input (streaming), a newly promoted version replaces the loaded one before
+  the batch is scored; a version that fails its manifest check is refused,
+  counted and logged, and the current model stays in use.
   """
 
   def __init__(self, model_dir: str, threshold: float, version: Optional[str] = None,
@@ -57,11 +98,31 @@ class ScoreBatchFn(beam.DoFn):
     self.anomalous = Metrics.counter('postauth', 'windows_anomalous')
     self.ruled = Metrics.counter('postauth', 'windows_rule_fired')
     self.batch_size = Metrics.distribution('postauth', 'score_batch_size')
+    self.swaps = Metrics.counter('postauth', 'model_swaps')
+    self.swap_errors = Metrics.counter('postauth', 'model_swap_errors')
 
   def setup(self):
     self._model = acquire_model(self._shared, self._model_dir, self._version)
+    self._refused: Set[str] = set()
 
-  def process(self, batch: List[WindowInContext]):
+  def _follow_pointer(self, pointer_reads) -> None:
+    read = newest_read(pointer_reads)
+    if read is None or read[1] == self._model.version or read[1] in self._refused:
+      return
+    try:
+      model = acquire_model(self._shared, self._model_dir, read[1])
+    except ArtifactError as e:
+      self._refused.add(read[1])
+      self.swap_errors.inc()
+      logging.error('model %s not loaded, keeping %s: %s', read[1], self._model.version, e)
+      return
+    logging.info('model swapped: %s -> %s', self._model.version, model.version)
+    self.swaps.inc()
+    self._model = model
+
+  def process(self, batch: List[WindowInContext], pointer_reads=None):
+    if pointer_reads is not None:
+      self._follow_pointer(pointer_reads)
     model = self._model
     warmup = int(model.manifest.get('hyperparameters', {}).get('warmup_days', 1))
     ready = [i for i, item in enumerate(batch) if item.history_days >= warmup]
@@ -115,9 +176,10 @@ class ScoreWindows(beam.PTransform):
   def __init__(self, model_dir: str, threshold: float, version: Optional[str] = None,
                max_batch_size: int = 4096, shards: int = 1, window_period: int = 900,
                allowed_lateness: int = 0, rules: Optional[RuleConfig] = None,
-               shared_handle: Optional[shared.Shared] = None):
+               shared_handle: Optional[shared.Shared] = None, model_updates=None):
     super().__init__()
     self._fn = ScoreBatchFn(model_dir, threshold, version, rules, shared_handle)
+    self._updates = [] if model_updates is None else [model_updates]
     self._max = max_batch_size
     self._shards = shards
     self._period = window_period
@@ -133,7 +195,7 @@ class ScoreWindows(beam.PTransform):
     if enriched.is_bounded:
       return (enriched
               | 'BatchWindows' >> beam.BatchElements(min_batch_size=64, max_batch_size=self._max)
-              | 'ScoreBatch' >> beam.ParDo(self._fn))
+              | 'ScoreBatch' >> beam.ParDo(self._fn, *self._updates))
     late = {}
     if self._lateness > 0:  # a late, re-fired window is scored again, alone (discarding)
       late = dict(trigger=trigger.AfterWatermark(late=trigger.AfterCount(1)),
@@ -154,4 +216,4 @@ class ScoreWindows(beam.PTransform):
                 accumulation_mode=trigger.AccumulationMode.DISCARDING, **late)
             | 'BatchPerCohort' >> beam.GroupByKey()
             | 'Batches' >> beam.FlatMap(batches)
-            | 'ScoreBatch' >> beam.ParDo(self._fn))
+            | 'ScoreBatch' >> beam.ParDo(self._fn, *self._updates))
