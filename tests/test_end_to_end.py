@@ -134,3 +134,19 @@ def test_attack_findings_carry_rule_reasons_and_context(batch_run, sample):
   for f in rows:
     assert f['severity_basis']['detected'] in ('low', 'medium', 'high', 'critical')
     assert f['occurrences'] >= 1
+
+
+def test_streaming_replay_keeps_a_finding_that_closes_after_the_last_event(sample, model_dir, tmp_path):
+  """The last records of the replay are an attack: its finding is emitted by the merge timer
+  after the data ends, during the replay's drain, and reaches the file sink."""
+  label = next(l for l in sample['labels'] if l['scenario'] == 'automation_privilege_escalation')
+  live = tmp_path / 'live'
+  live.mkdir()
+  with open(next(iter(sorted((p for p in os.scandir(os.path.join(sample['dir'], 'live'))),
+                             key=lambda e: e.name))).path) as src, open(live / 'tail.jsonl', 'w') as dst:
+    for line in src:
+      r = json.loads(line)
+      if r['eventTime'] >= label['start']:
+        dst.write(line)
+  rows, _ = _detect(dict(sample, dir=str(tmp_path)), model_dir, tmp_path, '--streaming')
+  assert any(f['identity'] == label['identity'] and _overlaps(f, label) for f in rows), rows
