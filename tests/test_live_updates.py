@@ -12,6 +12,7 @@ import threading
 import time
 
 import apache_beam as beam
+import pytest
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
@@ -163,3 +164,22 @@ def test_inventory_edit_takes_effect_mid_stream_without_restart(tmp_path):
   # Once the edit is visible it stays visible; before it, the start-up read applies.
   assert all(s == ('true', 'payments') for s in states[first_registered:]), rows
   assert all(s == ('false', '-') for s in states[:first_registered]), rows
+
+
+def test_a_worker_starting_after_a_bad_promotion_falls_back_to_the_previous_version(tmp_path):
+  from apache_beam.utils import shared
+  from models.artifact import ArtifactError
+  from models.model import DetectionModel
+  from transforms.model_cache import acquire_model
+  models = str(tmp_path / 'models')
+  v1, v2 = _save(models, 1), _save(models, 2)
+  registry.promote(models, v1)
+  registry.promote(models, v2)
+  victim = next(n for n in os.listdir(os.path.join(models, v2)) if n.endswith('.skops'))
+  with open(os.path.join(models, v2, victim), 'ab') as f:
+    f.write(b'tampered')
+  with pytest.raises(ArtifactError, match=victim):
+    DetectionModel.load(models)  # what `postauth run` checks at launch: refused
+  assert acquire_model(shared.Shared(), models).version == v1  # a worker keeps scoring
+  with pytest.raises(ArtifactError):
+    acquire_model(shared.Shared(), models, v2)  # a pinned version never falls back
