@@ -1,0 +1,236 @@
+"""Detection quality of a run against labelled attacks and benign changes (`postauth evaluate`).
+
+Pure Python: reads the findings a run wrote (JSON lines) and the generator's
+``labels.json`` / ``benign.json``, and measures what an on-call reader would ask:
+
+- per attack: detected?, rank of its best finding among all findings, severity,
+  time to detect (end of the first matching finding's window minus the attack's
+  start, in event time, i.e. the earliest moment a finding could exist);
+- precision@k over the ranked findings (k = number of attacks, and 10);
+- PR-AUC (average precision) over the findings as identity-window predictions;
+  an attack no finding matched is a positive never retrieved;
+- false alerts per 1,000 identity-days: findings overlapping no attack, over the
+  identity-days of the evaluated events;
+- per benign change: whether it stayed silent or at low severity.
+
+A finding *matches* a case when it is about the case's identity and its window
+overlaps the case's [start, end]. Findings are ranked by score, then severity.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
+
+SEVERITY_RANK = {'low': 0, 'medium': 1, 'high': 2, 'critical': 3}  # as transforms/findings.py
+DAY = 86400.0
+
+
+def parse_time(value) -> float:
+  """ISO-8601 (``...Z``) or epoch seconds -> epoch seconds."""
+  if isinstance(value, (int, float)):
+    return float(value)
+  text = str(value).replace('Z', '+00:00')
+  t = datetime.datetime.fromisoformat(text)
+  if t.tzinfo is None:
+    t = t.replace(tzinfo=datetime.timezone.utc)
+  return t.timestamp()
+
+
+def read_json_lines(path: str) -> List[dict]:
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def read_cases(path: Optional[str]) -> List[dict]:
+  """labels.json / benign.json: a JSON list of {identity, start, end, ...}."""
+  if not path:
+    return []
+  with open(path) as f:
+    data = json.load(f)
+  if isinstance(data, dict):
+    data = data.get('labels', [])
+  for i, case in enumerate(data):
+    missing = {'identity', 'start', 'end'} - set(case)
+    if missing:
+      raise ValueError(f'{path}[{i}] lacks {sorted(missing)}')
+  return data
+
+
+def rank_findings(findings: Iterable[dict]) -> List[dict]:
+  """Highest score first; severity, identity and window break ties (deterministic)."""
+  return sorted(findings, key=lambda f: (-float(f['score']), -SEVERITY_RANK.get(f.get('severity'), -1),
+                                         f['identity'], str(f['window_start'])))
+
+
+def matches(finding: dict, case: dict) -> bool:
+  return (finding['identity'] == case['identity']
+          and parse_time(finding['window_start']) <= parse_time(case['end'])
+          and parse_time(case['start']) <= parse_time(finding['window_end']))
+
+
+def case_name(case: dict, i: int) -> str:
+  return case.get('scenario') or case.get('change') or f'case-{i}'
+
+
+def scenario_recall(ranked: Sequence[dict], labels: Sequence[dict]) -> List[Dict]:
+  """Per attack: detected, rank (1-based) and severity of its best finding, time to detect."""
+  out = []
+  for i, label in enumerate(labels):
+    hits = [(r, f) for r, f in enumerate(ranked, 1) if matches(f, label)]
+    row = {'scenario': case_name(label, i), 'identity': label['identity'], 'detected': bool(hits),
+           'rank': None, 'score': None, 'severity': None, 'max_severity': None,
+           'time_to_detect_s': None, 'findings': len(hits)}
+    if hits:
+      rank, best = hits[0]
+      start = parse_time(label['start'])
+      first_end = min(parse_time(f['window_end']) for _, f in hits)
+      row.update(rank=rank, score=round(float(best['score']), 3), severity=best.get('severity'),
+                 max_severity=max((f.get('severity') for _, f in hits), key=lambda s: SEVERITY_RANK.get(s, -1)),
+                 time_to_detect_s=max(0.0, first_end - start))
+    out.append(row)
+  return out
+
+
+def precision_at(ranked: Sequence[dict], labels: Sequence[dict], k: int) -> Optional[float]:
+  """Share of the top k findings that match an attack (None when k is 0)."""
+  if k <= 0:
+    return None
+  top = ranked[:k]
+  return sum(1 for f in top if any(matches(f, l) for l in labels)) / k
+
+
+def average_precision(scores: Sequence[float], positive: Sequence[bool], missed: int = 0) -> Optional[float]:
+  """Area under the precision-recall curve as average precision (scikit-learn's step rule).
+
+  ``missed`` positives were never predicted (score -inf): they count in the recall
+  denominator and are never retrieved. Equal scores are one threshold.
+  """
+  total = sum(1 for p in positive if p) + missed
+  if total == 0:
+    return None
+  order = sorted(range(len(scores)), key=lambda i: -scores[i])
+  ap, tp, seen, prev_recall, i = 0.0, 0, 0, 0.0, 0
+  while i < len(order):
+    j = i
+    while j < len(order) and scores[order[j]] == scores[order[i]]:
+      tp += 1 if positive[order[j]] else 0
+      j += 1
+    seen = j
+    recall = tp / total
+    ap += (recall - prev_recall) * (tp / seen)
+    prev_recall, i = recall, j
+  return ap
+
+
+def identity_days_of_events(paths: Sequence[str]) -> Tuple[int, int, int]:
+  """(identity-days, identities, days) with activity in the event files, parsed as the job parses them."""
+  from pipeline.parse_report import file_records
+  from transforms.event import Event
+  from transforms.parse import RecordParser
+  parser = RecordParser(None, None)
+  pairs: Set[Tuple[str, int]] = set()
+  for path in paths:
+    for record in file_records(path):
+      _, event = parser.parse_with_format(record)
+      if isinstance(event, Event):
+        pairs.add((event.identity, int(event.event_time // DAY)))
+  return len(pairs), len({i for i, _ in pairs}), len({d for _, d in pairs})
+
+
+def benign_outcomes(ranked: Sequence[dict], benign: Sequence[dict]) -> List[Dict]:
+  """Per legitimate change: its findings' highest severity; ok if silent or low."""
+  out = []
+  for i, case in enumerate(benign):
+    hits = [(r, f) for r, f in enumerate(ranked, 1) if matches(f, case)]
+    worst = max((f.get('severity') for _, f in hits), key=lambda s: SEVERITY_RANK.get(s, -1), default=None)
+    out.append({'change': case_name(case, i), 'identity': case['identity'], 'findings': len(hits),
+                'max_severity': worst, 'best_rank': hits[0][0] if hits else None,
+                'expected': case.get('expected', 'low_or_none'),
+                'ok': worst is None or SEVERITY_RANK.get(worst, 0) <= SEVERITY_RANK['low']})
+  return out
+
+
+def evaluate(findings: Sequence[dict], labels: Sequence[dict], benign: Sequence[dict] = (),
+             identity_days: Optional[int] = None) -> Dict:
+  """Every metric of the module docstring as one JSON-ready dict."""
+  ranked = rank_findings(findings)
+  per_scenario = scenario_recall(ranked, labels)
+  positive = [any(matches(f, l) for l in labels) for f in ranked]
+  missed = sum(1 for s in per_scenario if not s['detected'])
+  false_alerts = [f for f, p in zip(ranked, positive) if not p]
+  by_severity = {s: sum(1 for f in false_alerts if f.get('severity') == s) for s in SEVERITY_RANK}
+  ap = average_precision([float(f['score']) for f in ranked], positive, missed)
+  detected = sum(1 for s in per_scenario if s['detected'])
+  report = {
+      'findings': len(ranked),
+      'attacks': len(labels),
+      'attacks_detected': detected,
+      'recall': round(detected / len(labels), 4) if labels else None,
+      'precision_at': {str(k): (None if p is None else round(p, 4)) for k in sorted({len(labels), 10})
+                       for p in [precision_at(ranked, labels, k)]},
+      'pr_auc': None if ap is None else round(ap, 4),
+      'false_alerts': len(false_alerts),
+      'false_alerts_by_severity': by_severity,
+      'identity_days': identity_days,
+      'false_alerts_per_1000_identity_days': (round(1000.0 * len(false_alerts) / identity_days, 2)
+                                              if identity_days else None),
+      'false_alerts_medium_or_above_per_1000_identity_days': (
+          round(1000.0 * sum(n for s, n in by_severity.items() if SEVERITY_RANK[s] >= 1) / identity_days, 2)
+          if identity_days else None),
+      'scenarios': per_scenario,
+      'benign': benign_outcomes(ranked, benign),
+  }
+  return report
+
+
+def _duration(seconds: Optional[float]) -> str:
+  if seconds is None:
+    return '-'
+  minutes = int(round(seconds / 60.0))
+  return f'{minutes // 60} h {minutes % 60:02d} min' if minutes >= 60 else f'{minutes} min'
+
+
+def to_markdown(report: Dict, title: str = '') -> str:
+  """The report as the README's tables."""
+  lines = [f'**{title}**', ''] if title else []
+  lines += ['| attack scenario | detected | rank | severity | score | time to detect |',
+            '| --- | --- | --- | --- | --- | --- |']
+  for s in report['scenarios']:
+    lines.append(f'| {s["scenario"]} | {"yes" if s["detected"] else "**no**"} | {s["rank"] or "-"} | '
+                 f'{s["severity"] or "-"} | {"-" if s["score"] is None else s["score"]} | '
+                 f'{_duration(s["time_to_detect_s"])} |')
+  if report['benign']:
+    lines += ['', '| benign change | findings | highest severity | best rank | low or silent |',
+              '| --- | --- | --- | --- | --- |']
+    for b in report['benign']:
+      lines.append(f'| {b["change"]} | {b["findings"]} | {b["max_severity"] or "-"} | {b["best_rank"] or "-"} | '
+                   f'{"yes" if b["ok"] else "**no**"} |')
+  p = report['precision_at']
+  lines += ['', '| metric | value |', '| --- | --- |',
+            f'| attacks detected | {report["attacks_detected"]}/{report["attacks"]} |']
+  lines += [f'| precision@{k} | {v} |' for k, v in p.items()]
+  lines += [f'| PR-AUC (average precision over findings) | {report["pr_auc"]} |',
+            f'| findings | {report["findings"]} ({report["false_alerts"]} overlap no attack: '
+            + ', '.join(f'{n} {s}' for s, n in report['false_alerts_by_severity'].items() if n) + ') |',
+            f'| identity-days evaluated | {report["identity_days"] if report["identity_days"] else "-"} |',
+            f'| false alerts per 1,000 identity-days (any severity) | '
+            f'{report["false_alerts_per_1000_identity_days"] if report["identity_days"] else "-"} |',
+            f'| false alerts per 1,000 identity-days (medium or above) | '
+            f'{report["false_alerts_medium_or_above_per_1000_identity_days"] if report["identity_days"] else "-"} |']
+  return '\n'.join(lines) + '\n'
+
+
+def evaluate_files(findings: str, labels: str, benign: Optional[str] = None,
+                   events: Sequence[str] = (), inventory_identity_days: Optional[int] = None) -> Dict:
+  """The report from files; identity-days from the events when given."""
+  identity_days, detail = inventory_identity_days, {}
+  if events:
+    identity_days, identities, days = identity_days_of_events(events)
+    detail = {'identities_active': identities, 'days': days}
+  report = evaluate(read_json_lines(findings), read_cases(labels), read_cases(benign), identity_days)
+  report['inputs'] = {'findings': os.path.abspath(findings), 'labels': os.path.abspath(labels),
+                      'benign': benign and os.path.abspath(benign), 'event_files': len(events), **detail}
+  return report
