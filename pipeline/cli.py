@@ -232,13 +232,15 @@ def cmd_evaluate(argv: List[str]) -> int:
                   help='Glob of the evaluated event files (repeatable): identity-days for the false-alert rate.')
   ap.add_argument('--identity-days', type=int, default=None,
                   help='Identity-days evaluated, when the events are not at hand.')
+  ap.add_argument('--window-size', type=float, default=3600.0,
+                  help='The run\'s --window-size in seconds (when a finding\'s first window closed).')
   ap.add_argument('--out', default=None, help='Write the report as JSON here.')
   ap.add_argument('--markdown', default=None, help='Write the tables as markdown here.')
   a = ap.parse_args(argv)
   paths = sorted({p for g in a.events for p in glob.glob(g)})
   if a.events and not paths:
     raise opts.OptionsError(f'--events {a.events} matches no file')
-  report = evaluate.evaluate_files(a.findings, a.labels, a.benign, paths, a.identity_days)
+  report = evaluate.evaluate_files(a.findings, a.labels, a.benign, paths, a.identity_days, a.window_size)
   md = evaluate.to_markdown(report)
   if a.out:
     with open(a.out, 'w') as f:

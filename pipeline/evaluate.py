@@ -75,21 +75,29 @@ def case_name(case: dict, i: int) -> str:
   return case.get('scenario') or case.get('change') or f'case-{i}'
 
 
-def scenario_recall(ranked: Sequence[dict], labels: Sequence[dict]) -> List[Dict]:
-  """Per attack: detected, rank (1-based) and severity of its best finding, time to detect."""
+def scenario_recall(ranked: Sequence[dict], labels: Sequence[dict], window_size: float = 3600.0) -> List[Dict]:
+  """Per attack: detected, rank (1-based) and severity of its best finding, time to detect.
+
+  ``time_to_detect_s`` ends at the first matching finding's ``window_end`` (a finding is
+  a merged run of windows, emitted once its run closes); ``time_to_first_window_s`` ends
+  when its first anomalous window closed (``window_start`` + ``window_size``), the
+  earliest a finding of that run could be raised.
+  """
   out = []
   for i, label in enumerate(labels):
     hits = [(r, f) for r, f in enumerate(ranked, 1) if matches(f, label)]
     row = {'scenario': case_name(label, i), 'identity': label['identity'], 'detected': bool(hits),
            'rank': None, 'score': None, 'severity': None, 'max_severity': None,
-           'time_to_detect_s': None, 'findings': len(hits)}
+           'time_to_detect_s': None, 'time_to_first_window_s': None, 'findings': len(hits)}
     if hits:
       rank, best = hits[0]
       start = parse_time(label['start'])
       first_end = min(parse_time(f['window_end']) for _, f in hits)
+      first_window = min(parse_time(f['window_start']) for _, f in hits) + window_size
       row.update(rank=rank, score=round(float(best['score']), 3), severity=best.get('severity'),
                  max_severity=max((f.get('severity') for _, f in hits), key=lambda s: SEVERITY_RANK.get(s, -1)),
-                 time_to_detect_s=max(0.0, first_end - start))
+                 time_to_detect_s=max(0.0, first_end - start),
+                 time_to_first_window_s=max(0.0, min(first_window, first_end) - start))
     out.append(row)
   return out
 
@@ -154,10 +162,10 @@ def benign_outcomes(ranked: Sequence[dict], benign: Sequence[dict]) -> List[Dict
 
 
 def evaluate(findings: Sequence[dict], labels: Sequence[dict], benign: Sequence[dict] = (),
-             identity_days: Optional[int] = None) -> Dict:
+             identity_days: Optional[int] = None, window_size: float = 3600.0) -> Dict:
   """Every metric of the module docstring as one JSON-ready dict."""
   ranked = rank_findings(findings)
-  per_scenario = scenario_recall(ranked, labels)
+  per_scenario = scenario_recall(ranked, labels, window_size)
   positive = [any(matches(f, l) for l in labels) for f in ranked]
   missed = sum(1 for s in per_scenario if not s['detected'])
   false_alerts = [f for f, p in zip(ranked, positive) if not p]
@@ -196,12 +204,13 @@ def _duration(seconds: Optional[float]) -> str:
 def to_markdown(report: Dict, title: str = '') -> str:
   """The report as the README's tables."""
   lines = [f'**{title}**', ''] if title else []
-  lines += ['| attack scenario | detected | rank | severity | score | time to detect |',
-            '| --- | --- | --- | --- | --- | --- |']
+  lines += ['| attack scenario | detected | rank | severity | score | time to detect (finding closed) | '
+            'first anomalous window closed |',
+            '| --- | --- | --- | --- | --- | --- | --- |']
   for s in report['scenarios']:
     lines.append(f'| {s["scenario"]} | {"yes" if s["detected"] else "**no**"} | {s["rank"] or "-"} | '
                  f'{s["severity"] or "-"} | {"-" if s["score"] is None else s["score"]} | '
-                 f'{_duration(s["time_to_detect_s"])} |')
+                 f'{_duration(s["time_to_detect_s"])} | {_duration(s["time_to_first_window_s"])} |')
   if report['benign']:
     lines += ['', '| benign change | findings | highest severity | best rank | low or silent |',
               '| --- | --- | --- | --- | --- |']
@@ -224,13 +233,14 @@ def to_markdown(report: Dict, title: str = '') -> str:
 
 
 def evaluate_files(findings: str, labels: str, benign: Optional[str] = None,
-                   events: Sequence[str] = (), inventory_identity_days: Optional[int] = None) -> Dict:
+                   events: Sequence[str] = (), inventory_identity_days: Optional[int] = None,
+                   window_size: float = 3600.0) -> Dict:
   """The report from files; identity-days from the events when given."""
   identity_days, detail = inventory_identity_days, {}
   if events:
     identity_days, identities, days = identity_days_of_events(events)
     detail = {'identities_active': identities, 'days': days}
-  report = evaluate(read_json_lines(findings), read_cases(labels), read_cases(benign), identity_days)
+  report = evaluate(read_json_lines(findings), read_cases(labels), read_cases(benign), identity_days, window_size)
   report['inputs'] = {'findings': os.path.abspath(findings), 'labels': os.path.abspath(labels),
                       'benign': benign and os.path.abspath(benign), 'event_files': len(events), **detail}
   return report

@@ -418,8 +418,11 @@ def _extra_identities(rng: np.random.Generator) -> Dict[str, Identity]:
        Call('s3', 'ListObjectsV2', ['partner-exports-prod'], 1)],
       rate=6.0, diurnal=False, networks=['10.40.12'], user_agent=UA_GO,
       key_id='AKIA' + ''.join('ABCDEFGHIJKLMNOPQRSTUVWXYZ234567'[int(x)] for x in rng.integers(0, 32, 16)))
+  # Its own inventory type (its own cohort, or the global one while it has too few windows):
+  # inside service_account, its close-day spikes lowered every service account's calibrated
+  # score (the CI deploy attack of the test sample went from 7.7 to 5.0).
   close = Identity(
-      'batch-payments-close-00', 'batch', 'service_account', f'arn:aws:iam::{ACCOUNT}:role/batch-payments-close-00',
+      'batch-payments-close-00', 'batch', 'batch_job', f'arn:aws:iam::{ACCOUNT}:role/batch-payments-close-00',
       'AssumedRole', 'payments', 'payments-finance@example.com', 'prod', 'high',
       [Call('athena', 'StartQueryExecution', ['finance-close'], 3, False, 'workGroup'),
        Call('athena', 'GetQueryResults', ['finance-close'], 4, param='workGroup'),
