@@ -271,13 +271,20 @@ def materialise_set(root: str, name: str, out_dir: str) -> Tuple[str, int]:
 
 
 def _attacker_identities(root: str, name: str) -> Set[str]:
-  """Identities the set's own labels name as attacker activity (otrf-aws: label 1)."""
+  """Identities (as the parser names them) of the events the set's labels mark as attacker activity.
+
+  Only otrf-aws labels events (``label`` 1, by ``eventID``); its labels name the session
+  ARN, the parser the role it assumed, so the events are parsed to match the findings.
+  """
   import csv
+  from pipeline.parse_report import report, sample_files
   path = os.path.join(root, name, 'labels.csv')
   if name != 'otrf-aws' or not os.path.exists(path):
     return set()
   with open(path) as f:
-    return {row['identity'] for row in csv.DictReader(f) if row.get('label') == '1'}
+    ids = {row['eventID'] for row in csv.DictReader(f) if row.get('label') == '1'}
+  return {e.identity for r in report(sample_files(os.path.join(root, name))) for e in r['events']
+          if e.event_id in ids}
 
 
 def summarise_real(name: str, findings: Sequence[dict], records: int, counters: Dict[str, int],
@@ -299,7 +306,7 @@ def summarise_real(name: str, findings: Sequence[dict], records: int, counters: 
                   'rules': f.get('rules') or []} for f in ranked[:3]]}
   if attackers:
     out['labelled_attacker_identities'] = len(attackers)
-    out['labelled_attacker_flagged'] = sum(1 for a in attackers if any(a in f['identity'] for f in ranked))
+    out['labelled_attacker_flagged'] = sum(1 for a in attackers if any(a == f['identity'] for f in ranked))
   return out
 
 

@@ -84,6 +84,11 @@ def test_no_findings_and_no_identity_days():
   assert ev.evaluate([], [])['pr_auc'] is None
 
 
+def _arn(record):
+  ui = record['userIdentity']
+  return ((ui.get('sessionContext') or {}).get('sessionIssuer') or {}).get('arn') or ui.get('arn')
+
+
 def test_scenario_library(tmp_path):
   counts = generate(str(tmp_path), identities=40, days=3, seed=5)
   labels = json.loads((tmp_path / 'labels.json').read_text())
@@ -103,12 +108,12 @@ def test_scenario_library(tmp_path):
   with gzip.open(tmp_path / 'history' / history[0]) as f:
     old = json.load(f)['Records']
   dormant = by['dormant_identity_revived']['identity']
-  assert old and {r['userIdentity']['arn'] for r in old} == {dormant}
+  assert old and {_arn(r) for r in old} == {dormant}
   for name in history[1:]:
     with gzip.open(tmp_path / 'history' / name) as f:
-      assert dormant not in {r['userIdentity']['arn'] for r in json.load(f)['Records']}
+      assert dormant not in {_arn(r) for r in json.load(f)['Records']}
   recon = [json.loads(line) for p in os.listdir(tmp_path / 'live') for line in open(tmp_path / 'live' / p)]
-  recon = [r for r in recon if r['userIdentity']['arn'] == by['reconnaissance_access_denied_sweep']['identity']
+  recon = [r for r in recon if _arn(r) == by['reconnaissance_access_denied_sweep']['identity']
            and by['reconnaissance_access_denied_sweep']['start'] <= r['eventTime'] <= by['reconnaissance_access_denied_sweep']['end']]
   denied = [r for r in recon if r.get('errorCode') == 'AccessDenied']
   assert len(denied) >= 40 and len({r['eventSource'] for r in denied}) >= 10
