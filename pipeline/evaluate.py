@@ -20,9 +20,8 @@ from __future__ import annotations
 
 import datetime
 import json
-import math
 import os
-from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 SEVERITY_RANK = {'low': 0, 'medium': 1, 'high': 2, 'critical': 3}  # as transforms/findings.py
 DAY = 86400.0
