@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install bench bench-model bench-pubsub clean pubsub-deps
+.PHONY: demo test install bench bench-model bench-pubsub evaluate clean pubsub-deps
 
 # The local Pub/Sub server (Google's pstest) builds from two Debian packages. Installed when
 # this user can (root or passwordless sudo, as in CI); a no-op when they are there. Without
@@ -39,6 +39,11 @@ test: $(STAMP) pubsub-deps
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+
+# Detection quality: sample -> train -> batch and streaming detection -> postauth evaluate,
+# plus detection over ../shared/data; writes out/evaluate/report.{json,md} (README tables).
+evaluate: $(STAMP)
+	$(BIN)/python bench/evaluate.py --out out/evaluate
 
 bench-model: $(STAMP)
 	$(BIN)/python bench/model.py

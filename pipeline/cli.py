@@ -22,6 +22,8 @@ commands:
   train     batch Beam job: history -> versioned model directory
   run       the detection pipeline (batch, or --streaming) -> findings
   demo      generate, train and run the streaming detection on the sample, then summarise
+  evaluate  detection quality of findings against labels.json/benign.json: per-attack recall, rank,
+            time to detect, precision@k, PR-AUC, false alerts per 1,000 identity-days
   parse     batch Beam job: log files -> canonical events (Avro) + dead letters, JSON summary
   retrain   train a candidate on recent history, compare it with LATEST on held-back days,
             promote only if not worse, keep the last K versions (prints the comparison as JSON)
@@ -160,8 +162,39 @@ def cmd_run(argv: List[str]) -> int:
   return 0
 
 
-def cmd_demo(argv: List[str]) -> int:
+def sample_run(out: str, identities: int = 200, days: int = 7, seed: int = 7, batch: bool = False,
+               beam_args: Optional[List[str]] = None, echo=print) -> dict:
+  """generate -> train -> run on a labelled sample under ``out``: what `demo` and the evaluation share."""
   from pipeline.generate import generate
+  beam_args = list(beam_args or [])
+  out = os.path.abspath(out)
+  sample, model_dir = os.path.join(out, 'sample'), os.path.join(out, 'model')
+  findings = os.path.join(out, 'findings.jsonl')
+  timings = {}
+  t = time.time()
+  counts = generate(sample, identities, days, seed)
+  timings['generate'] = time.time() - t
+  echo(f'[1/3] generated {counts["identities"]} identities, {counts["history_events"]} history '
+       f'and {counts["live_events"]} live CloudTrail events, {counts["labels"]} injected attacks '
+       f'-> {sample} ({timings["generate"]:.1f}s)')
+  t = time.time()
+  trained = train([f'--events={sample}/history/*', f'--inventory={sample}/inventory.csv',
+                   f'--model-dir={model_dir}'] + beam_args)
+  timings['train'] = time.time() - t
+  echo(f'[2/3] trained model {trained["version"]} on {trained["counters"].get("training_windows", 0)} '
+       f'identity-windows ({timings["train"]:.1f}s)')
+  t = time.time()
+  mode = [] if batch else ['--streaming']
+  ran = run([f'--events={sample}/live/*', f'--inventory={sample}/inventory.csv',
+             f'--model-dir={model_dir}', f'--findings={findings}'] + mode + beam_args)
+  timings['detect'] = time.time() - t
+  echo(f'[3/3] ran detection ({"batch" if batch else "streaming replay"}) '
+       f'({timings["detect"]:.1f}s)\n')
+  return {'sample': sample, 'model_dir': model_dir, 'findings': findings, 'counts': counts,
+          'trained': trained, 'ran': ran, 'timings': timings}
+
+
+def cmd_demo(argv: List[str]) -> int:
   ap = argparse.ArgumentParser(prog='postauth demo')
   ap.add_argument('--out', default='out')
   ap.add_argument('--identities', type=int, default=200)
@@ -170,39 +203,52 @@ def cmd_demo(argv: List[str]) -> int:
   ap.add_argument('--batch', action='store_true', help='Run detection in batch mode instead of streaming.')
   ap.add_argument('--top', type=int, default=8)
   a, beam_args = ap.parse_known_args(argv)
-  out = os.path.abspath(a.out)
-  sample, model_dir = os.path.join(out, 'sample'), os.path.join(out, 'model')
-  findings = os.path.join(out, 'findings.jsonl')
-  timings = {}
-  t = time.time()
-  counts = generate(sample, a.identities, a.days, a.seed)
-  timings['generate'] = time.time() - t
-  print(f'[1/3] generated {counts["identities"]} identities, {counts["history_events"]} history '
-        f'and {counts["live_events"]} live CloudTrail events, {counts["labels"]} injected attacks '
-        f'-> {sample} ({timings["generate"]:.1f}s)', flush=True)
-  t = time.time()
-  trained = train([f'--events={sample}/history/*', f'--inventory={sample}/inventory.csv',
-                   f'--model-dir={model_dir}'] + beam_args)
-  timings['train'] = time.time() - t
-  print(f'[2/3] trained model {trained["version"]} on {trained["counters"].get("training_windows", 0)} '
-        f'identity-windows ({timings["train"]:.1f}s)', flush=True)
-  t = time.time()
-  mode = [] if a.batch else ['--streaming']
-  ran = run([f'--events={sample}/live/*', f'--inventory={sample}/inventory.csv',
-             f'--model-dir={model_dir}', f'--findings={findings}'] + mode + beam_args)
-  timings['detect'] = time.time() - t
-  print(f'[3/3] ran detection ({"batch" if a.batch else "streaming replay"}) '
-        f'({timings["detect"]:.1f}s)\n', flush=True)
+  done = sample_run(a.out, a.identities, a.days, a.seed, a.batch, beam_args,
+                    echo=lambda line: print(line, flush=True))
+  findings, ran, timings = done['findings'], done['ran'], done['timings']
   found = summary.read_findings(findings)
   print(summary.render(found, top=a.top))
-  with open(os.path.join(sample, 'labels.json')) as f:
+  with open(os.path.join(done['sample'], 'labels.json')) as f:
     labels = json.load(f)
   hit = {l['identity'] for l in labels} & {f['identity'] for f in found[:len(labels)]}
   print(f'\ninjected attacks among the top {len(labels)} findings: {len(hit)}/{len(labels)}')
   print(summary.render_counters(ran['counters']))
-  print(f'findings: {findings}\ndead letters: {ran["dead_letters"]}\nmodel: {model_dir}')
+  print(f'findings: {findings}\ndead letters: {ran["dead_letters"]}\nmodel: {done["model_dir"]}')
   print('time: ' + ', '.join(f'{k} {v:.1f}s' for k, v in timings.items())
         + f', total {sum(timings.values()):.1f}s')
+  return 0
+
+
+def cmd_evaluate(argv: List[str]) -> int:
+  import glob
+  from pipeline import evaluate
+  ap = argparse.ArgumentParser(prog='postauth evaluate',
+                               description='Detection quality of a run\'s findings against labelled attacks '
+                                           'and benign changes (no Beam job: reads the files).')
+  ap.add_argument('--findings', required=True, help='Findings JSON lines written by `postauth run --findings`.')
+  ap.add_argument('--labels', required=True, help='labels.json: [{identity, scenario, start, end}].')
+  ap.add_argument('--benign', default=None, help='benign.json: legitimate changes that should stay low or silent.')
+  ap.add_argument('--events', action='append', default=[],
+                  help='Glob of the evaluated event files (repeatable): identity-days for the false-alert rate.')
+  ap.add_argument('--identity-days', type=int, default=None,
+                  help='Identity-days evaluated, when the events are not at hand.')
+  ap.add_argument('--window-size', type=float, default=3600.0,
+                  help='The run\'s --window-size in seconds (when a finding\'s first window closed).')
+  ap.add_argument('--out', default=None, help='Write the report as JSON here.')
+  ap.add_argument('--markdown', default=None, help='Write the tables as markdown here.')
+  a = ap.parse_args(argv)
+  paths = sorted({p for g in a.events for p in glob.glob(g)})
+  if a.events and not paths:
+    raise opts.OptionsError(f'--events {a.events} matches no file')
+  report = evaluate.evaluate_files(a.findings, a.labels, a.benign, paths, a.identity_days, a.window_size)
+  md = evaluate.to_markdown(report)
+  if a.out:
+    with open(a.out, 'w') as f:
+      json.dump(report, f, indent=1)
+  if a.markdown:
+    with open(a.markdown, 'w') as f:
+      f.write(md)
+  print(md)
   return 0
 
 
@@ -244,6 +290,7 @@ def cmd_pubsub_server(argv: List[str]) -> int:
 
 
 COMMANDS = {'parse': cmd_parse, 'generate': cmd_generate, 'train': cmd_train, 'run': cmd_run, 'demo': cmd_demo,
+            'evaluate': cmd_evaluate,
             'retrain': cmd_retrain, 'rollback': cmd_rollback, 'pubsub-server': cmd_pubsub_server}
 
 

@@ -1,9 +1,10 @@
 """A labelled CloudTrail sample: NHI fleets behaving normally, legitimate change, and attacks.
 
-Writes ``history/`` (CloudTrail S3 delivery files, gzipped ``{"Records": [...]}``),
+Writes ``history/`` (CloudTrail S3 delivery files, gzipped ``{"Records": [...]}``,
+one per day, plus the dormant key's single day of use 45 days before the live day),
 ``live/`` (the last day as CloudTrail JSON lines), ``inventory.csv``, ``labels.json``
-(the injected attacks) and ``benign.json`` (legitimate change on the last day that
-must not outrank the attacks). Deterministic for a given seed.
+(the nine injected attacks) and ``benign.json`` (legitimate change on the last day
+that should stay low or silent). Deterministic for a given seed.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ UA_BOTO = 'Boto3/1.34.69 md/Botocore#1.34.69 ua/2.0 os/linux#5.15.0 md/arch#x86_
 UA_JAVA = 'aws-sdk-java/2.25.16 Linux/5.10.213-201.855.amzn2.x86_64 OpenJDK_64-Bit_Server_VM/17.0.10'
 UA_GO = 'aws-sdk-go-v2/1.26.1 os/linux lang/go#1.22.1 md/GOOS#linux md/GOARCH#amd64'
 UA_CONSOLE = 'AWS Internal'
+UA_REUSE = 'aws-cli/1.29.62 Python/3.8.10 Windows/10 exe/AMD64 botocore/1.31.62'
 UA_ATTACKER = 'Boto3/1.28.0 md/Botocore#1.31.0 ua/2.0 os/macos#23.1.0 md/arch#arm64 lang/python#3.9.6'
 
 
@@ -288,12 +290,17 @@ class Simulator:
     return out
 
   def burst(self, who: Identity, start: float, minutes: float, calls: List[Tuple[Call, str]],
-            ip: Optional[str] = None, ua: Optional[str] = None, error: str = '') -> List[dict]:
-    """Calls spread evenly over a few minutes (an attack step or a deliberate change)."""
+            ip: Optional[str] = None, ua: Optional[str] = None, error: str = '',
+            errors: Optional[Sequence[str]] = None) -> List[dict]:
+    """Calls spread evenly over a few minutes (an attack step or a deliberate change).
+
+    ``errors`` gives each call its own errorCode ("" for success) instead of ``error``.
+    """
     out = []
     for k, (call, res) in enumerate(calls):
       ts = start + minutes * 60.0 * k / max(1, len(calls)) + float(self.rng.uniform(0, 2))
-      out.append(self.writer.record(who, ts, call, res, ip or self._ip(who), ua, error))
+      out.append(self.writer.record(who, ts, call, res, ip or self._ip(who), ua,
+                                    errors[k] if errors is not None else error))
     return out
 
 
@@ -392,6 +399,150 @@ def _legitimate_change(sim: Simulator, fleet: List[Identity], day0: float, histo
   return out
 
 
+# -- the wider scenario library --------------------------------------------------------
+# Drawn from their own random stream (``generate``'s seed, stream 2), after the five
+# attacks and the daily legitimate changes, so adding them leaves every other record of
+# a given seed as it was. Attacks use fleet identities free on the live day; the dormant
+# key and the month-end close job are identities of their own (``_extra_identities``).
+
+DORMANT_SILENCE_DAYS = 45  # the dormant key's one day of activity: this long before the live day
+
+
+def _extra_identities(rng: np.random.Generator) -> Dict[str, Identity]:
+  """A partner-export key abandoned after one day of use, and a finance month-end close job."""
+  dormant = Identity(
+      'svc-data-partner-export-00', 'apikey', 'api_key', f'arn:aws:iam::{ACCOUNT}:user/svc-data-partner-export-00',
+      'IAMUser', 'data', 'data-backend@example.com', 'prod', 'high',
+      [Call('s3', 'GetObject', [f'partner-exports-prod/outbound/{k}.csv' for k in range(12)], 4),
+       Call('s3', 'PutObject', [f'partner-exports-prod/outbound/{k}.csv' for k in range(12)], 2, False),
+       Call('s3', 'ListObjectsV2', ['partner-exports-prod'], 1)],
+      rate=6.0, diurnal=False, networks=['10.40.12'], user_agent=UA_GO,
+      key_id='AKIA' + ''.join('ABCDEFGHIJKLMNOPQRSTUVWXYZ234567'[int(x)] for x in rng.integers(0, 32, 16)))
+  # Its own inventory type (its own cohort, or the global one while it has too few windows):
+  # inside service_account, its close-day spikes lowered every service account's calibrated
+  # score (the CI deploy attack of the test sample went from 7.7 to 5.0).
+  close = Identity(
+      'batch-payments-close-00', 'batch', 'batch_job', f'arn:aws:iam::{ACCOUNT}:role/batch-payments-close-00',
+      'AssumedRole', 'payments', 'payments-finance@example.com', 'prod', 'high',
+      [Call('athena', 'StartQueryExecution', ['finance-close'], 3, False, 'workGroup'),
+       Call('athena', 'GetQueryResults', ['finance-close'], 4, param='workGroup'),
+       Call('s3', 'GetObject', [f'ledger-exports-prod/daily/part-{k:03d}.parquet' for k in range(30)], 4),
+       Call('s3', 'PutObject', [f'finance-reports-prod/close/report-{k}.csv' for k in range(6)], 1, False)],
+      rate=10.0, diurnal=True, networks=['10.41.7'], user_agent=UA_JAVA, burst=4)
+  return {'dormant': dormant, 'close': close}
+
+
+def month_end_close_day(day0: float) -> bool:
+  """A day of the month-end close calendar: the month's last workday and the next month's first four."""
+  d = datetime.datetime.fromtimestamp(day0, datetime.timezone.utc).date()
+  if d.weekday() >= 5:
+    return False
+  nxt = d + datetime.timedelta(days=1)
+  while nxt.weekday() >= 5:
+    nxt += datetime.timedelta(days=1)
+  if nxt.month != d.month:
+    return True  # workday -1
+  workday = sum(1 for k in range(1, d.day + 1) if d.replace(day=k).weekday() < 5)
+  return workday <= 4
+
+
+def _extra_routine(sim: Simulator, extras: Dict[str, Identity], day0: float) -> List[dict]:
+  """The extra identities' own days: the dormant key's single early day, the close job every day."""
+  out = []
+  close = extras['close']
+  out += sim.normal(close, day0, day0 + DAY)
+  if month_end_close_day(day0):  # the close runs the same queries, four times over, in office hours
+    out += sim.normal(close, day0 + 8 * HOUR, day0 + 20 * HOUR, volume=3.0)
+  return out
+
+
+def _dormant_history(sim: Simulator, extras: Dict[str, Identity], live_day0: float) -> Tuple[float, List[dict]]:
+  day0 = live_day0 - DORMANT_SILENCE_DAYS * DAY
+  return day0, sim.normal(extras['dormant'], day0 + 9 * HOUR, day0 + 17 * HOUR)
+
+
+def _free(fleet: List[Identity], kind: str, taken: set) -> Identity:
+  """The first identity of a kind not already in a live-day scenario."""
+  for w in fleet:
+    if w.kind == kind and w.canonical not in taken:
+      return w
+  return _first(fleet, kind)
+
+
+def _more_attacks(sim: Simulator, fleet: List[Identity], extras: Dict[str, Identity], day0: float,
+                  taken: set):
+  """Four more attacks on the live day, (records, label) pairs: recon, dormant, reuse, slow exfiltration."""
+  rng = sim.rng
+  out = []
+
+  def label(who, scenario, recs):
+    taken.add(who.canonical)
+    times = [r['eventTime'] for r in recs]
+    out.append((recs, {'identity': who.canonical, 'scenario': scenario, 'start': min(times), 'end': max(times)}))
+
+  # 6. Reconnaissance: a poisoned build step enumerates the account, mostly denied.
+  ci = _free(fleet, 'ci', taken)
+  probes = [('iam', 'ListUsers'), ('iam', 'ListRoles'), ('iam', 'ListPolicies'), ('iam', 'GetAccountAuthorizationDetails'),
+            ('s3', 'ListBuckets'), ('ec2', 'DescribeInstances'), ('ec2', 'DescribeSnapshots'), ('ec2', 'DescribeVpcs'),
+            ('rds', 'DescribeDBInstances'), ('rds', 'DescribeDBSnapshots'), ('lambda', 'ListFunctions20150331'),
+            ('secretsmanager', 'ListSecrets'), ('ssm', 'DescribeParameters'), ('kms', 'ListKeys'),
+            ('dynamodb', 'ListTables'), ('eks', 'ListClusters'), ('organizations', 'ListAccounts'),
+            ('cloudtrail', 'DescribeTrails'), ('guardduty', 'ListDetectors'), ('sns', 'ListTopics')]
+  calls, errors = [], []
+  for sweep in range(3):  # the tool retries its whole list three times
+    for service, action in probes:
+      calls.append((Call(service, action), ''))
+      allowed = service in ('s3', 'sts') or (service == 'ec2' and action == 'DescribeInstances')
+      errors.append('' if allowed else 'AccessDenied')
+  label(ci, 'reconnaissance_access_denied_sweep',
+        sim.burst(ci, day0 + 7.6 * HOUR, 14, calls, ua=UA_CLI, errors=errors))
+
+  # 7. A key abandoned 45 days ago is used again, from outside, for the data it used to move.
+  dormant = extras['dormant']
+  calls = [(Call('s3', 'ListBuckets'), '')] + [(Call('s3', 'ListObjectsV2'), 'partner-exports-prod')] * 2
+  calls += [(Call('s3', 'GetObject'), f'partner-exports-prod/outbound/{k}.csv') for k in range(12)]
+  calls += [(Call('secretsmanager', 'GetSecretValue', param='secretId'), 'prod/data/warehouse-readonly')]
+  label(dormant, 'dormant_identity_revived',
+        sim.burst(dormant, day0 + 19.7 * HOUR, 20, calls, ip='203.0.113.145', ua=UA_ATTACKER))
+
+  # 8. A leaked API key replayed from a new network and client: the same routine calls, same volume.
+  key = _free(fleet, 'apikey', taken)
+  label(key, 'credential_reuse_new_network_and_agent',
+        sim.normal(key, day0 + 18 * HOUR, day0 + 21 * HOUR, networks=['192.0.2'], ua=UA_REUSE))
+
+  # 9. Slow exfiltration: a workload reads a few objects of prefixes it never read, every hour for 7 h.
+  wl = _free(fleet, 'workload', taken)
+  prefixes = ['data-lake-prod/finance/ledger', 'data-lake-prod/customers/profiles', 'data-lake-prod/hr/payroll']
+  n = 28
+  times = np.sort(day0 + 9 * HOUR + rng.uniform(0, 7 * HOUR, n))
+  recs = []
+  for k, t in enumerate(times.tolist()):
+    res = f'{prefixes[k % len(prefixes)]}/2026/part-{k:05d}.parquet'
+    recs += sim.burst(wl, t, 0, [(Call('s3', 'GetObject'), res)])
+  label(wl, 'slow_exfiltration_new_prefixes', recs)
+  return out
+
+
+def _more_legitimate_change(sim: Simulator, fleet: List[Identity], extras: Dict[str, Identity], day0: float,
+                            taken: set):
+  """Two more legitimate changes of the live day, (records, note) pairs, expected low or silent."""
+  out = []
+  # A new release makes a workload use a service it never used: a queue it now publishes to.
+  wl = _free(fleet, 'workload', taken)
+  taken.add(wl.canonical)
+  queue = f'https://sqs.us-east-1.amazonaws.com/{ACCOUNT}/{wl.team}-events-{wl.environment}'
+  calls = [Call('sqs', 'SendMessage', [queue], 3, False, 'queueUrl'),
+           Call('sqs', 'GetQueueAttributes', [queue], 1, param='queueUrl')]
+  out.append((sim.normal(wl, day0 + 14 * HOUR, day0 + DAY, volume=0.4, calls=calls),
+              {'identity': wl.canonical, 'change': 'deploy_new_service_sqs', 'expected': 'low_or_none'}))
+  # The month-end close spike: four times the usual volume, as on every close day in its history.
+  close = extras['close']
+  if month_end_close_day(day0):
+    out.append(([], {'identity': close.canonical, 'change': 'month_end_close_spike', 'expected': 'none',
+                     'start': iso(day0 + 8 * HOUR), 'end': iso(day0 + 20 * HOUR)}))
+  return out
+
+
 def expected_services(who: Identity) -> List[str]:
   """What the owning team declared the identity uses: its routine services (sts for everyone)."""
   return sorted({c.service for c in who.calls} | {'sts'})
@@ -409,6 +560,14 @@ def _days(end: str, days: int) -> List[float]:
   return [last - (days - 1 - d) * DAY for d in range(days)]
 
 
+def _write_history(out_dir: str, day0: float, records: List[dict]) -> None:
+  """One day of history as a CloudTrail S3 delivery file (gzipped ``{"Records": [...]}``)."""
+  date = iso(day0)[:10]
+  path = os.path.join(out_dir, 'history', f'{ACCOUNT}_CloudTrail_us-east-1_{date.replace("-", "")}.json.gz')
+  with gzip.open(path, 'wb', compresslevel=3) as f:
+    f.write(orjson.dumps({'Records': records}))
+
+
 def generate(out_dir: str, identities: int = 200, days: int = 7, seed: int = 7,
              end: str = DEFAULT_END, rate_scale: float = 0.4) -> Dict[str, int]:
   """Writes the sample; returns counts for the caller to report."""
@@ -420,15 +579,22 @@ def generate(out_dir: str, identities: int = 200, days: int = 7, seed: int = 7,
   starts = _days(end, days)
   os.makedirs(os.path.join(out_dir, 'history'), exist_ok=True)
   os.makedirs(os.path.join(out_dir, 'live'), exist_ok=True)
-  counts = {'identities': len(fleet), 'history_events': 0, 'live_events': 0}
   labels, benign = [], []
+  sim2 = Simulator(np.random.default_rng([seed, 2]), rate_scale)  # the wider library's own stream
+  extras = _extra_identities(sim2.rng)
+  counts = {'identities': len(fleet) + len(extras), 'history_events': 0, 'live_events': 0}
+  old_day0, old_records = _dormant_history(sim2, extras, starts[-1])
+  _write_history(out_dir, old_day0, old_records)
+  counts['history_events'] += len(old_records)
   for d, day0 in enumerate(starts):
     live = d == days - 1
     records: List[dict] = []
     for who in fleet:
       records += sim.normal(who, day0, day0 + DAY)
+    taken = set()
     for recs, note in _legitimate_change(sim, fleet, day0, history=not live):
       records += recs
+      taken.add(note['identity'])
       if live:
         benign.append({**note, 'start': min(r['eventTime'] for r in recs) if recs else iso(day0),
                        'end': max(r['eventTime'] for r in recs) if recs else iso(day0)})
@@ -436,6 +602,15 @@ def generate(out_dir: str, identities: int = 200, days: int = 7, seed: int = 7,
       for recs, lab in _attacks(sim, fleet, day0):
         records += recs
         labels.append(lab)
+        taken.add(lab['identity'])
+      for recs, lab in _more_attacks(sim2, fleet, extras, day0, taken):
+        records += recs
+        labels.append(lab)
+      for recs, note in _more_legitimate_change(sim2, fleet, extras, day0, taken):
+        records += recs
+        benign.append({'start': min(r['eventTime'] for r in recs) if recs else iso(day0),
+                       'end': max(r['eventTime'] for r in recs) if recs else iso(day0), **note})
+    records += _extra_routine(sim2, extras, day0)
     records.sort(key=lambda r: r['eventTime'])
     date = iso(day0)[:10]
     if live:
@@ -445,17 +620,17 @@ def generate(out_dir: str, identities: int = 200, days: int = 7, seed: int = 7,
           f.write(orjson.dumps(r) + b'\n')
       counts['live_events'] += len(records)
     else:
-      path = os.path.join(out_dir, 'history', f'{ACCOUNT}_CloudTrail_us-east-1_{date.replace("-", "")}.json.gz')
-      with gzip.open(path, 'wb', compresslevel=3) as f:
-        f.write(orjson.dumps({'Records': records}))
+      _write_history(out_dir, day0, records)
       counts['history_events'] += len(records)
   with open(os.path.join(out_dir, 'inventory.csv'), 'w', newline='') as f:
     w = csv.writer(f)
     w.writerow(['identity', 'identity_type', 'owner', 'team', 'environment', 'criticality',
                 'expected_services', 'expected_actions', 'created_at', 'last_rotated_at', 'status',
                 'display_name'])
-    for who in fleet:
+    for who in fleet + list(extras.values()):
       created = starts[0] - DAY * (30 + zlib.crc32(who.name.encode()) % 400)
+      if who is extras['dormant']:
+        created = old_day0 - 400 * DAY
       w.writerow([who.canonical, who.identity_type, who.owner, who.team, who.environment,
                   who.criticality, ';'.join(expected_services(who)), ';'.join(expected_actions(who)),
                   iso(created), iso(created + DAY * (zlib.crc32(who.arn.encode()) % 30)), 'active',

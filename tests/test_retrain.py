@@ -73,7 +73,7 @@ def test_retrain_refuses_a_poisoned_candidate_promotes_a_good_one_and_rolls_back
   assert code == 3 and poisoned['decision'] == 'refused' and not poisoned['gate_passed']
   assert poisoned['slices'] == {'train': ['2026-11-02T00:00:00Z', '2026-11-05T00:00:00Z'],
                                 'holdout': ['2026-11-05T00:00:00Z', '2026-11-06T00:00:00Z']}
-  assert poisoned['current'] == live != poisoned['candidate'] and poisoned['labels_in_holdout'] == 5
+  assert poisoned['current'] == live != poisoned['candidate'] and poisoned['labels_in_holdout'] == len(sample['labels'])
   failed = [c['check'] for c in poisoned['checks'] if not c['passed']]
   assert failed == ['recall of labelled held-back cases >= current']
   current = poisoned['models']['current']

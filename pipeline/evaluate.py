@@ -1,0 +1,339 @@
+"""Detection quality of a run against labelled attacks and benign changes (`postauth evaluate`).
+
+Pure Python: reads the findings a run wrote (JSON lines) and the generator's
+``labels.json`` / ``benign.json``, and measures what an on-call reader would ask:
+
+- per attack: detected?, rank of its best finding among all findings, severity,
+  time to detect (end of the first matching finding's window minus the attack's
+  start, in event time, i.e. the earliest moment a finding could exist);
+- precision@k over the ranked findings (k = number of attacks, and 10);
+- PR-AUC (average precision) over the findings as identity-window predictions;
+  an attack no finding matched is a positive never retrieved;
+- false alerts per 1,000 identity-days: findings overlapping no attack, over the
+  identity-days of the evaluated events;
+- per benign change: whether it stayed silent or at low severity.
+
+A finding *matches* a case when it is about the case's identity and its window
+overlaps the case's [start, end]. Findings are ranked by score, then severity.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from typing import Dict, List, Optional, Sequence, Set, Tuple
+
+SEVERITY_RANK = {'low': 0, 'medium': 1, 'high': 2, 'critical': 3}  # as transforms/findings.py
+DAY = 86400.0
+
+
+def parse_time(value) -> float:
+  """ISO-8601 (``...Z``) or epoch seconds -> epoch seconds."""
+  if isinstance(value, (int, float)):
+    return float(value)
+  text = str(value).replace('Z', '+00:00')
+  t = datetime.datetime.fromisoformat(text)
+  if t.tzinfo is None:
+    t = t.replace(tzinfo=datetime.timezone.utc)
+  return t.timestamp()
+
+
+def read_json_lines(path: str) -> List[dict]:
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def read_cases(path: Optional[str]) -> List[dict]:
+  """labels.json / benign.json: a JSON list of {identity, start, end, ...}."""
+  if not path:
+    return []
+  with open(path) as f:
+    data = json.load(f)
+  if isinstance(data, dict):
+    data = data.get('labels', [])
+  for i, case in enumerate(data):
+    missing = {'identity', 'start', 'end'} - set(case)
+    if missing:
+      raise ValueError(f'{path}[{i}] lacks {sorted(missing)}')
+  return data
+
+
+def rank_findings(findings: Iterable[dict]) -> List[dict]:
+  """Highest score first; severity, identity and window break ties (deterministic)."""
+  return sorted(findings, key=lambda f: (-float(f['score']), -SEVERITY_RANK.get(f.get('severity'), -1),
+                                         f['identity'], str(f['window_start'])))
+
+
+def matches(finding: dict, case: dict) -> bool:
+  return (finding['identity'] == case['identity']
+          and parse_time(finding['window_start']) <= parse_time(case['end'])
+          and parse_time(case['start']) <= parse_time(finding['window_end']))
+
+
+def case_name(case: dict, i: int) -> str:
+  return case.get('scenario') or case.get('change') or f'case-{i}'
+
+
+def scenario_recall(ranked: Sequence[dict], labels: Sequence[dict], window_size: float = 3600.0) -> List[Dict]:
+  """Per attack: detected, rank (1-based) and severity of its best finding, time to detect.
+
+  ``time_to_detect_s`` ends at the first matching finding's ``window_end`` (a finding is
+  a merged run of windows, emitted once its run closes); ``time_to_first_window_s`` ends
+  when its first anomalous window closed (``window_start`` + ``window_size``), the
+  earliest a finding of that run could be raised.
+  """
+  out = []
+  for i, label in enumerate(labels):
+    hits = [(r, f) for r, f in enumerate(ranked, 1) if matches(f, label)]
+    row = {'scenario': case_name(label, i), 'identity': label['identity'], 'detected': bool(hits),
+           'rank': None, 'score': None, 'severity': None, 'max_severity': None,
+           'time_to_detect_s': None, 'time_to_first_window_s': None, 'findings': len(hits)}
+    if hits:
+      rank, best = hits[0]
+      start = parse_time(label['start'])
+      first_end = min(parse_time(f['window_end']) for _, f in hits)
+      first_window = min(parse_time(f['window_start']) for _, f in hits) + window_size
+      row.update(rank=rank, score=round(float(best['score']), 3), severity=best.get('severity'),
+                 max_severity=max((f.get('severity') for _, f in hits), key=lambda s: SEVERITY_RANK.get(s, -1)),
+                 time_to_detect_s=max(0.0, first_end - start),
+                 time_to_first_window_s=max(0.0, min(first_window, first_end) - start))
+    out.append(row)
+  return out
+
+
+def precision_at(ranked: Sequence[dict], labels: Sequence[dict], k: int) -> Optional[float]:
+  """Share of the top k findings that match an attack (None when k is 0)."""
+  if k <= 0:
+    return None
+  top = ranked[:k]
+  return sum(1 for f in top if any(matches(f, l) for l in labels)) / k
+
+
+def average_precision(scores: Sequence[float], positive: Sequence[bool], missed: int = 0) -> Optional[float]:
+  """Area under the precision-recall curve as average precision (scikit-learn's step rule).
+
+  ``missed`` positives were never predicted (score -inf): they count in the recall
+  denominator and are never retrieved. Equal scores are one threshold.
+  """
+  total = sum(1 for p in positive if p) + missed
+  if total == 0:
+    return None
+  order = sorted(range(len(scores)), key=lambda i: -scores[i])
+  ap, tp, seen, prev_recall, i = 0.0, 0, 0, 0.0, 0
+  while i < len(order):
+    j = i
+    while j < len(order) and scores[order[j]] == scores[order[i]]:
+      tp += 1 if positive[order[j]] else 0
+      j += 1
+    seen = j
+    recall = tp / total
+    ap += (recall - prev_recall) * (tp / seen)
+    prev_recall, i = recall, j
+  return ap
+
+
+def identity_days_of_events(paths: Sequence[str]) -> Tuple[int, int, int]:
+  """(identity-days, identities, days) with activity in the event files, parsed as the job parses them."""
+  from pipeline.parse_report import file_records
+  from transforms.event import Event
+  from transforms.parse import RecordParser
+  parser = RecordParser(None, None)
+  pairs: Set[Tuple[str, int]] = set()
+  for path in paths:
+    for record in file_records(path):
+      _, event = parser.parse_with_format(record)
+      if isinstance(event, Event):
+        pairs.add((event.identity, int(event.event_time // DAY)))
+  return len(pairs), len({i for i, _ in pairs}), len({d for _, d in pairs})
+
+
+def benign_outcomes(ranked: Sequence[dict], benign: Sequence[dict]) -> List[Dict]:
+  """Per legitimate change: its findings' highest severity; ok if silent or low."""
+  out = []
+  for i, case in enumerate(benign):
+    hits = [(r, f) for r, f in enumerate(ranked, 1) if matches(f, case)]
+    worst = max((f.get('severity') for _, f in hits), key=lambda s: SEVERITY_RANK.get(s, -1), default=None)
+    out.append({'change': case_name(case, i), 'identity': case['identity'], 'findings': len(hits),
+                'max_severity': worst, 'best_rank': hits[0][0] if hits else None,
+                'expected': case.get('expected', 'low_or_none'),
+                'ok': worst is None or SEVERITY_RANK.get(worst, 0) <= SEVERITY_RANK['low']})
+  return out
+
+
+def evaluate(findings: Sequence[dict], labels: Sequence[dict], benign: Sequence[dict] = (),
+             identity_days: Optional[int] = None, window_size: float = 3600.0) -> Dict:
+  """Every metric of the module docstring as one JSON-ready dict."""
+  ranked = rank_findings(findings)
+  per_scenario = scenario_recall(ranked, labels, window_size)
+  positive = [any(matches(f, l) for l in labels) for f in ranked]
+  missed = sum(1 for s in per_scenario if not s['detected'])
+  false_alerts = [f for f, p in zip(ranked, positive) if not p]
+  by_severity = {s: sum(1 for f in false_alerts if f.get('severity') == s) for s in SEVERITY_RANK}
+  ap = average_precision([float(f['score']) for f in ranked], positive, missed)
+  detected = sum(1 for s in per_scenario if s['detected'])
+  report = {
+      'findings': len(ranked),
+      'attacks': len(labels),
+      'attacks_detected': detected,
+      'recall': round(detected / len(labels), 4) if labels else None,
+      'precision_at': {str(k): (None if p is None else round(p, 4)) for k in sorted({len(labels), 10})
+                       for p in [precision_at(ranked, labels, k)]},
+      'pr_auc': None if ap is None else round(ap, 4),
+      'false_alerts': len(false_alerts),
+      'false_alerts_by_severity': by_severity,
+      'identity_days': identity_days,
+      'false_alerts_per_1000_identity_days': (round(1000.0 * len(false_alerts) / identity_days, 2)
+                                              if identity_days else None),
+      'false_alerts_medium_or_above_per_1000_identity_days': (
+          round(1000.0 * sum(n for s, n in by_severity.items() if SEVERITY_RANK[s] >= 1) / identity_days, 2)
+          if identity_days else None),
+      'scenarios': per_scenario,
+      'benign': benign_outcomes(ranked, benign),
+  }
+  return report
+
+
+def _duration(seconds: Optional[float]) -> str:
+  if seconds is None:
+    return '-'
+  minutes = int(round(seconds / 60.0))
+  return f'{minutes // 60} h {minutes % 60:02d} min' if minutes >= 60 else f'{minutes} min'
+
+
+def to_markdown(report: Dict, title: str = '') -> str:
+  """The report as the README's tables."""
+  lines = [f'**{title}**', ''] if title else []
+  lines += ['| attack scenario | detected | rank | severity | score | time to detect (finding closed) | '
+            'first anomalous window closed |',
+            '| --- | --- | --- | --- | --- | --- | --- |']
+  for s in report['scenarios']:
+    lines.append(f'| {s["scenario"]} | {"yes" if s["detected"] else "**no**"} | {s["rank"] or "-"} | '
+                 f'{s["severity"] or "-"} | {"-" if s["score"] is None else s["score"]} | '
+                 f'{_duration(s["time_to_detect_s"])} | {_duration(s["time_to_first_window_s"])} |')
+  if report['benign']:
+    lines += ['', '| benign change | findings | highest severity | best rank | low or silent |',
+              '| --- | --- | --- | --- | --- |']
+    for b in report['benign']:
+      lines.append(f'| {b["change"]} | {b["findings"]} | {b["max_severity"] or "-"} | {b["best_rank"] or "-"} | '
+                   f'{"yes" if b["ok"] else "**no**"} |')
+  p = report['precision_at']
+  lines += ['', '| metric | value |', '| --- | --- |',
+            f'| attacks detected | {report["attacks_detected"]}/{report["attacks"]} |']
+  lines += [f'| precision@{k} | {v} |' for k, v in p.items()]
+  lines += [f'| PR-AUC (average precision over findings) | {report["pr_auc"]} |',
+            f'| findings | {report["findings"]} ({report["false_alerts"]} overlap no attack: '
+            + ', '.join(f'{n} {s}' for s, n in report['false_alerts_by_severity'].items() if n) + ') |',
+            f'| identity-days evaluated | {report["identity_days"] if report["identity_days"] else "-"} |',
+            f'| false alerts per 1,000 identity-days (any severity) | '
+            f'{report["false_alerts_per_1000_identity_days"] if report["identity_days"] else "-"} |',
+            f'| false alerts per 1,000 identity-days (medium or above) | '
+            f'{report["false_alerts_medium_or_above_per_1000_identity_days"] if report["identity_days"] else "-"} |']
+  return '\n'.join(lines) + '\n'
+
+
+def evaluate_files(findings: str, labels: str, benign: Optional[str] = None,
+                   events: Sequence[str] = (), inventory_identity_days: Optional[int] = None,
+                   window_size: float = 3600.0) -> Dict:
+  """The report from files; identity-days from the events when given."""
+  identity_days, detail = inventory_identity_days, {}
+  if events:
+    identity_days, identities, days = identity_days_of_events(events)
+    detail = {'identities_active': identities, 'days': days}
+  report = evaluate(read_json_lines(findings), read_cases(labels), read_cases(benign), identity_days, window_size)
+  report['inputs'] = {'findings': os.path.abspath(findings), 'labels': os.path.abspath(labels),
+                      'benign': benign and os.path.abspath(benign), 'event_files': len(events), **detail}
+  return report
+
+
+# -- real samples ---------------------------------------------------------------------
+def real_sets(root: str) -> List[str]:
+  """The sample folders under ``root`` (../shared/data), each one evaluated on its own."""
+  return sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+
+
+def materialise_set(root: str, name: str, out_dir: str) -> Tuple[str, int]:
+  """A set's raw records as one JSON-lines file, the way `postauth run` reads logs.
+
+  Panther's rule-test rows are unwrapped to the log they carry (as the parse report
+  does); every other record is written as it was read. Returns (path, records).
+  """
+  from pipeline.parse_report import sample_files, file_records
+  os.makedirs(out_dir, exist_ok=True)
+  path = os.path.join(out_dir, f'{name}.jsonl')
+  n = 0
+  with open(path, 'wb') as f:
+    for src in sample_files(os.path.join(root, name)):
+      for record in file_records(src):
+        f.write(record.raw.replace(b'\n', b' ') + b'\n')
+        n += 1
+  return path, n
+
+
+def _attacker_identities(root: str, name: str) -> Set[str]:
+  """Identities (as the parser names them) of the events the set's labels mark as attacker activity.
+
+  Only otrf-aws labels events (``label`` 1, by ``eventID``); its labels name the session
+  ARN, the parser the role it assumed, so the events are parsed to match the findings.
+  """
+  import csv
+  from pipeline.parse_report import report, sample_files
+  path = os.path.join(root, name, 'labels.csv')
+  if name != 'otrf-aws' or not os.path.exists(path):
+    return set()
+  with open(path) as f:
+    ids = {row['eventID'] for row in csv.DictReader(f) if row.get('label') == '1'}
+  return {e.identity for r in report(sample_files(os.path.join(root, name))) for e in r['events']
+          if e.event_id in ids}
+
+
+def summarise_real(name: str, findings: Sequence[dict], records: int, counters: Dict[str, int],
+                   attackers: Set[str] = frozenset()) -> Dict:
+  """What a run flagged on one real set: findings by severity and kind, rules, identities."""
+  ranked = rank_findings(findings)
+  rules: Dict[str, int] = {}
+  for f in ranked:
+    for r in f.get('rules') or []:
+      rules[r] = rules.get(r, 0) + 1
+  flagged = sorted({f['identity'] for f in ranked})
+  out = {'set': name, 'records': records, 'parsed': counters.get('events_parsed'),
+         'dead_lettered': counters.get('dead_lettered', 0), 'findings': len(ranked),
+         'by_severity': {s: sum(1 for f in ranked if f.get('severity') == s) for s in SEVERITY_RANK},
+         'model_flagged': sum(1 for f in ranked if f.get('kind') == 'anomaly'),
+         'rules': dict(sorted(rules.items(), key=lambda kv: -kv[1])),
+         'identities_flagged': len(flagged),
+         'top': [{'identity': f['identity'], 'severity': f.get('severity'), 'score': round(float(f['score']), 3),
+                  'rules': f.get('rules') or []} for f in ranked[:3]]}
+  if attackers:
+    out['labelled_attacker_identities'] = len(attackers)
+    out['labelled_attacker_flagged'] = sum(1 for a in attackers if any(a == f['identity'] for f in ranked))
+  return out
+
+
+def real_markdown(rows: Sequence[Dict]) -> str:
+  lines = ['| set | records | parsed | findings (low/medium/high/critical) | model-flagged | rules fired | '
+           'identities flagged | labelled attacker flagged |',
+           '| --- | --- | --- | --- | --- | --- | --- | --- |']
+  for r in rows:
+    sev = '/'.join(str(r['by_severity'][s]) for s in SEVERITY_RANK)
+    rules = ', '.join(f'{k} {v}' for k, v in r['rules'].items()) or '-'
+    lab = (f'{r["labelled_attacker_flagged"]}/{r["labelled_attacker_identities"]}'
+           if 'labelled_attacker_identities' in r else '-')
+    lines.append(f'| {r["set"]} | {r["records"]} | {r["parsed"]} | {r["findings"]} ({sev}) | {r["model_flagged"]} | '
+                 f'{rules} | {r["identities_flagged"]} | {lab} |')
+  return '\n'.join(lines) + '\n'
+
+
+def evaluate_real(root: str, model_dir: str, inventory: str, out_dir: str,
+                  beam_args: Sequence[str] = ()) -> List[Dict]:
+  """Runs batch detection over every set under ``root`` with a trained model; per-set summaries."""
+  from pipeline.cli import run
+  rows = []
+  for name in real_sets(root):
+    path, records = materialise_set(root, name, os.path.join(out_dir, 'events'))
+    findings = os.path.join(out_dir, f'{name}.findings.jsonl')
+    ran = run([f'--events={path}', f'--inventory={inventory}', f'--model-dir={model_dir}',
+               f'--findings={findings}', f'--dead-letters={os.path.join(out_dir, name + ".dead-letter.jsonl")}']
+              + list(beam_args))
+    rows.append(summarise_real(name, read_json_lines(findings), records, ran['counters'],
+                               _attacker_identities(root, name)))
+  return rows
