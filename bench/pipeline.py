@@ -429,6 +429,8 @@ def report(res: Dict, n_hist: int, n_live: int, n_stream: int) -> None:
       ratio = stage_s[s] / limit_of[s] if limit_of[s] > 1e-4 else float('inf')
       print(f'  {STAGE_WORDS[s]:<50} {stage_s[s]:8.2f}s {limit_of[s]:7.3f}s {ratio:6.1f}x  '
             f'{stage_s[s] / total:5.0%}')
+    if any(v <= 0 for v in stage_s.values()):
+      print('  (a 0.00s stage: its cut was not slower than the one before; noise exceeds it at this size)')
     slowest = max(STAGES, key=lambda s: stage_s[s])
     print(f'  slowest stage: {STAGE_WORDS[slowest]} ({stage_s[slowest]:.1f}s of {total:.1f}s)')
     print('  limit detail: ' + ', '.join(f'{k} {v:.3f}s' for k, v in ls.items()))
@@ -455,8 +457,11 @@ def report(res: Dict, n_hist: int, n_live: int, n_stream: int) -> None:
           f'{peer["anomaly_detection"]:.2f} CPU s incl. Create, {peer_s:.2f} net = {w / peer_s:.0f} windows/cpu-s')
     if cuts_ok:
       ours = max(stage_s['score'], 1e-3)
-      print(f'  postauth score stage: {ours:.2f} CPU s for the same windows = {w / ours:.0f} windows/cpu-s;'
-            f' postauth score / peer score: {ours / peer_s:.2f}x the CPU time')
+      if stage_s['score'] < 0.05:
+        print('  postauth score stage below the resolution of cut differences here (use more events)')
+      else:
+        print(f'  postauth score stage: {ours:.2f} CPU s for the same windows = {w / ours:.0f} windows/cpu-s;'
+                f' postauth score / peer score: {ours / peer_s:.2f}x the CPU time')
       print(f'  limit score (features + forest + rules): {limit_of["score"]:.2f}s; '
             f'peer / limit: {peer_s / max(limit_of["score"], 1e-6):.1f}x')
       ingest = stage_s['parse'] + stage_s['windows'] + stage_s['enrich'] + stage_s['history']
