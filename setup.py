@@ -29,6 +29,8 @@ setuptools.setup(
         # setuptools>=70.1 builds wheels itself: the packaging test installs the --setup_file
         # sdist offline (--no-build-isolation), as the venv's bundled setuptools 65 cannot.
         # [gcp] in tests: the BigQuery sink's WriteToBigQuery is built (not run) in tests.
+        # bench/pipeline.py: Beam's AnomalyDetection peer (PyOD IForest) and the scaling plot.
+        'bench': ['pyod>=2', 'matplotlib>=3.7'],
         'test': ['pytest>=8', 'hypothesis>=6.100', 'setuptools>=70.1', 'apache-beam[gcp]==2.77.0'],
     },
     entry_points={'console_scripts': ['postauth=pipeline.cli:main']},
