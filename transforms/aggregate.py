@@ -7,6 +7,7 @@ window merge into it, and the features of ``models.features`` read it.
 """
 from __future__ import annotations
 
+import functools
 import ipaddress
 from typing import Dict, Iterable, Optional
 
@@ -17,6 +18,10 @@ from transforms.event import Event
 MAX_KEYS = 256  # distinct values kept per field; beyond it, counted in *_overflow
 
 
+# Pure functions of a value that repeats across events (an identity calls from a few
+# addresses with one client): memoised, bounded, per process. A cache, not state:
+# any worker computes the same answer.
+@functools.lru_cache(maxsize=1 << 16)
 def network_of(ip: str) -> str:
   """The /24 (IPv4) or /48 (IPv6) a source address belongs to; hostnames as-is."""
   if not ip:
@@ -29,6 +34,7 @@ def network_of(ip: str) -> str:
   return str(ipaddress.ip_network(f'{ip}/{prefix}', strict=False))
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def agent_family(user_agent: str) -> str:
   """Product, major version and OS of a user agent: upgrades stay in their family."""
   if not user_agent:
