@@ -5,15 +5,13 @@ Sources: CSV, JSON lines, Avro container files (fastavro), or a BigQuery table
 shape (``normalise``), so rules and findings read the same fields whatever the
 source.
 
-The side input is a stream of *snapshots* (the whole inventory, versioned by
-when it was read). A batch job reads it once. A streaming job re-reads it every
-``refresh_seconds`` (``PeriodicImpulse``) and passes a snapshot on only when its
-content changed, into a global window with a repeated trigger; consumers use the
-newest snapshot they can see, so an edited inventory takes effect without a
-restart. This is Beam's slowly-updating global-window side input pattern, for
-Dataflow and Flink; the DirectRunner releases a global-window side input only at
-the end of input (checked with TestStream on Beam 2.77), so on it the
-detection job reads the inventory once.
+The side input holds *snapshots* (the whole inventory, versioned by when it
+was read). Every job reads one at start (``InventorySnapshots``, global
+window); a streaming job from an unbounded source also re-reads it every
+``refresh_seconds`` (``InventoryRefresh``), a windowed side input that each
+identity-window sees from the last complete refresh period, so an edited
+inventory applies without a restart (see transforms/updates.py for why
+windowed, and for the one runner where it cannot run).
 """
 from __future__ import annotations
 
