@@ -3,7 +3,10 @@
 Beam's documented pattern re-reads a source with ``PeriodicImpulse`` into the
 global window with a repeated trigger. The Python DirectRunner releases such a
 side input only at the end of input (checked on Beam 2.77), so a streaming job
-on it never saw an update. The windowed form below works on every runner:
+on it never saw an update. The windowed form below needs no trigger support
+(FnApiRunner, Prism, Flink, Dataflow; the BundleBasedDirectRunner, which runs
+Pub/Sub and TestStream pipelines locally, cannot expand ``PeriodicImpulse`` at
+all in Beam 2.77, see pipeline/detect.py):
 
 * every ``period`` seconds the source is read, the read is stamped with the
   impulse time and put in a ``FixedWindows(period)`` window, so each side window
