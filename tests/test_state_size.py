@@ -6,13 +6,21 @@ regions must not grow its keyed state without limit: past the caps of
 """
 from __future__ import annotations
 
+import gzip
+import json
 import pickle
 
+import numpy as np
+import pytest
+
+from models.features import INDEX, feature_vector
 from models.history import DAY, IdentityHistory
-from models.profile import MAX_SEEN
+from models.model import DetectionModel
+from models.profile import HASHED_SEEN, MAX_SEEN, IdentityProfile
 from transforms.aggregate import WindowAggregate
 from transforms.event import Event
 from transforms.history import TrackHistoryFn
+from test_model import _tiny_model
 
 T0 = 1_800_000_000 - 1_800_000_000 % DAY
 
@@ -51,3 +59,59 @@ def test_state_stops_growing_past_the_caps():
   # About 6.7k capped keys of ~30 characters: well under 64 bytes per key.
   key_bound = sum(int(2 * 1.25 * c) for c in MAX_SEEN.values())
   assert size_10x < 64 * key_bound, size_10x
+
+
+def _saved_by_previous_code(profile_dict: dict, aggs) -> dict:
+  """A profile as models saved it before seen-sets were hashed: every field ``{string: count}``."""
+  old = dict(profile_dict, seen=dict(profile_dict['seen']))
+  for field in HASHED_SEEN:
+    counts: dict = {}
+    for agg in aggs:
+      for k, n in getattr(agg, field).items():
+        counts[k] = counts.get(k, 0) + n
+    old['seen'][field] = counts
+  return old
+
+
+class _OldProfile:
+  """Stands in for an IdentityProfile of the previous code when saving a model."""
+
+  def __init__(self, d: dict):
+    self._d = d
+
+  def to_dict(self) -> dict:
+    return self._d
+
+
+def test_models_saved_with_string_seen_sets_load_hashed_and_score_the_same(tmp_path):
+  windows = [(_window(w, [f'arn:aws:s3:::bucket-{w % 3}/key-{k}' for k in range(4)]), T0 + (w + 1) * 3600)
+             for w in range(12)]
+  profile = IdentityProfile()
+  for agg, end in windows:
+    profile.update(agg, end)
+  assert all(isinstance(k, int) for f in HASHED_SEEN for k in profile.seen[f])  # what the state holds
+  model = _tiny_model()
+  model.profiles = {'a': _OldProfile(_saved_by_previous_code(profile.to_dict(), [a for a, _ in windows]))}
+  model.save(str(tmp_path))
+  with gzip.open(tmp_path / model.version / 'profiles.json.gz') as f:
+    assert 'arn:aws:s3:::bucket-0/key-0' in json.load(f)['a']['seen']['resources']  # really the old format
+  loaded = DetectionModel.load(str(tmp_path)).profiles['a']
+  assert loaded.seen == profile.seen and loaded.windows == profile.windows
+  later = [_window(0, ['arn:aws:s3:::bucket-0/key-1', 'arn:aws:s3:::bucket-9/new']),
+           _window(1, ['arn:aws:s3:::bucket-1/key-2'])]
+  for agg in later:
+    x = feature_vector(agg, loaded, T0 + 2 * DAY)
+    np.testing.assert_array_equal(x, feature_vector(agg, profile, T0 + 2 * DAY))
+  assert feature_vector(later[0], loaded, T0 + 2 * DAY)[INDEX['novel_resources']] == pytest.approx(np.log1p(1))
+  # And the new format round-trips as it is (keys and their order).
+  again = IdentityProfile.from_dict(json.loads(json.dumps(profile.to_dict())))
+  assert list(again.seen['resources'].items()) == list(profile.seen['resources'].items())
+
+
+def _window(w: int, resources) -> WindowAggregate:
+  agg = WindowAggregate()
+  for i, r in enumerate(resources):
+    agg.add(Event(f'e{w}-{i}', T0 + w * 3600 + i, 'a', 'AssumedRole', 'a', '', 'aws', 's3',
+                  f'GetObject{w % 2}', 'data_read', r, 'us-east-1', '10.0.0.7', 'boto3/1.0', True, '',
+                  True, 'x#0'), 900)
+  return agg
