@@ -7,10 +7,12 @@ order, the same way in the training job and (later) in streaming state.
 """
 from __future__ import annotations
 
+import array
 import datetime
 import functools
 import hashlib
 import math
+import sys
 from typing import Any, Dict, Iterable, List
 
 from transforms.aggregate import WindowAggregate
@@ -46,6 +48,40 @@ def seen_key(value: str) -> int:
   """
   return int.from_bytes(hashlib.blake2b(value.encode('utf-8', 'surrogatepass'), digest_size=8).digest(),
                         'little', signed=True)
+
+
+def _hashed(kept) -> Dict[int, int]:
+  """A hashed seen-set from any form it was stored in, order kept (it breaks ties when pruning).
+
+  ``{key: count}`` (live, or pickled state written before seen-sets were hashed, whose
+  string keys are hashed here), ``[[key, count], ...]`` (profiles.json.gz) or packed bytes
+  (pickled state, see ``_pack``).
+  """
+  if isinstance(kept, tuple):
+    keys, counts = (array.array(code) for code in ('q', kept[2]))
+    keys.frombytes(kept[0])
+    counts.frombytes(kept[1])
+    if sys.byteorder == 'big':
+      keys.byteswap()
+      counts.byteswap()
+    return dict(zip(keys, counts))
+  seen: Dict[int, int] = {}
+  for k, n in (kept.items() if isinstance(kept, dict) else kept):
+    h = seen_key(k) if isinstance(k, str) else int(k)
+    seen[h] = seen.get(h, 0) + n
+  return seen
+
+
+def _pack(seen: Dict[int, int]) -> tuple:
+  """A hashed seen-set as (keys, counts, count typecode): 8 bytes a key and 1-2 a count
+  (a pickled dict takes ~12 a pair); little-endian, so state moves between machines."""
+  top = max(seen.values(), default=0)
+  code = next(c for c in 'BHIQ' if top < 1 << 8 * array.array(c).itemsize)
+  keys, counts = array.array('q', seen.keys()), array.array(code, seen.values())
+  if sys.byteorder == 'big':
+    keys.byteswap()
+    counts.byteswap()
+  return keys.tobytes(), counts.tobytes(), code
 
 
 def _prune(counts: Dict[str, int], cap: int) -> None:
@@ -185,15 +221,19 @@ class IdentityProfile:
     here, keeping their order (which decides ties when a set is pruned), so an old
     model's profiles judge windows as they did.
     """
-    p = cls()
-    p.__dict__.update({k: v for k, v in d.items() if k != 'seen'})
-    for field, kept in d.get('seen', {}).items():
-      if field not in HASHED_SEEN:
-        p.seen[field] = dict(kept)
-        continue
-      seen = p.seen[field]
-      pairs = kept.items() if isinstance(kept, dict) else kept
-      for k, n in pairs:
-        h = seen_key(k) if isinstance(k, str) else int(k)
-        seen[h] = seen.get(h, 0) + n
+    p = cls.__new__(cls)
+    p.__setstate__(d)
     return p
+
+  # Beam state pickles profiles (inside IdentityHistory): hashed seen-sets go packed.
+  def __getstate__(self) -> dict:
+    state = dict(self.__dict__)
+    state['seen'] = {f: _pack(s) if f in HASHED_SEEN else s for f, s in self.seen.items()}
+    return state
+
+  def __setstate__(self, state: dict) -> None:
+    """Also reads state pickled before seen-sets were hashed (string keys get hashed)."""
+    self.__init__()
+    self.__dict__.update({k: v for k, v in state.items() if k != 'seen'})
+    for field, kept in state.get('seen', {}).items():
+      self.seen[field] = _hashed(kept) if field in HASHED_SEEN else dict(kept)

@@ -115,3 +115,20 @@ def _window(w: int, resources) -> WindowAggregate:
                   f'GetObject{w % 2}', 'data_read', r, 'us-east-1', '10.0.0.7', 'boto3/1.0', True, '',
                   True, 'x#0'), 900)
   return agg
+
+
+def test_state_pickled_before_hashing_resumes_hashed(monkeypatch):
+  """A streaming job updated in place reads the keyed state the previous code wrote."""
+  aggs = [_window(w, [f'arn:aws:s3:::bucket-{w}/key-{k}' for k in range(3)]) for w in range(4)]
+  hist = IdentityHistory()
+  for w, agg in enumerate(aggs):
+    hist.observe(agg, T0 + (w + 1) * 3600)
+  old_state = _saved_by_previous_code(hist.today.to_dict(), aggs)
+  # The previous code had no __getstate__: pickle stored the instance __dict__ as is.
+  monkeypatch.setattr(IdentityProfile, '__getstate__', lambda self: old_state, raising=False)
+  stored = pickle.dumps(hist, protocol=pickle.HIGHEST_PROTOCOL)
+  assert b'arn:aws:s3:::bucket-3/key-2' in stored
+  monkeypatch.undo()
+  resumed = pickle.loads(stored)
+  assert resumed.today.seen == hist.today.seen
+  assert pickle.loads(pickle.dumps(resumed)).today.seen == hist.today.seen
