@@ -45,10 +45,11 @@ def _excess(value: float, most_before: float) -> float:
   return max(0.0, math.log1p(value) - math.log1p(most_before))
 
 
-def _share_unseen(counts: Dict[str, int], p: IdentityProfile, field: str, total: int) -> float:
+def _share_unseen(counts: Dict[str, int], p: IdentityProfile, field: str, total: int,
+                  unseen: Optional[List[str]] = None) -> float:
   if total <= 0:
     return 0.0
-  return sum(v for k, v in counts.items() if not p.knows(field, k)) / total
+  return sum(counts[k] for k in (p.unseen(field, counts) if unseen is None else unseen)) / total
 
 
 def feature_vector(agg: WindowAggregate, profile: Optional[IdentityProfile],
@@ -60,14 +61,15 @@ def feature_vector(agg: WindowAggregate, profile: Optional[IdentityProfile],
   x[0] = max(0.0, (math.log1p(agg.count) - mu) / sd)
   x[1] = _excess(len(agg.actions), p.max_distinct_actions)
   x[2] = _excess(len(agg.resources), p.max_distinct_resources)
-  novel = [a for a in agg.actions if not p.knows('actions', a)]
+  novel = p.unseen('actions', agg.actions)
   x[3] = sum(agg.actions[a] for a in novel) / max(agg.count, 1)
   x[4] = math.log1p(sum(1 for a in novel if agg.action_category.get(a) in SENSITIVE_CATEGORIES))
   x[5] = math.log1p(sum(agg.actions[a] for a in novel
                         if agg.action_category.get(a) in HIGH_IMPACT_CATEGORIES))
   resource_events = sum(agg.resources.values())
-  x[6] = _share_unseen(agg.resources, p, 'resources', resource_events)
-  x[7] = math.log1p(sum(1 for r in agg.resources if not p.knows('resources', r)))
+  novel_resources = p.unseen('resources', agg.resources)
+  x[6] = _share_unseen(agg.resources, p, 'resources', resource_events, novel_resources)
+  x[7] = math.log1p(len(novel_resources))
   x[8] = _share_unseen(agg.networks, p, 'networks', agg.count)
   x[9] = _share_unseen(agg.agents, p, 'agents', agg.count)
   x[10] = _share_unseen(agg.regions, p, 'regions', agg.count)

@@ -7,12 +7,11 @@ order, the same way in the training job and (later) in streaming state.
 """
 from __future__ import annotations
 
-import array
 import datetime
 import functools
 import hashlib
 import math
-import sys
+import struct
 from typing import Any, Dict, Iterable, List
 
 from transforms.aggregate import WindowAggregate
@@ -58,13 +57,9 @@ def _hashed(kept) -> Dict[int, int]:
   (pickled state, see ``_pack``).
   """
   if isinstance(kept, tuple):
-    keys, counts = (array.array(code) for code in ('q', kept[2]))
-    keys.frombytes(kept[0])
-    counts.frombytes(kept[1])
-    if sys.byteorder == 'big':
-      keys.byteswap()
-      counts.byteswap()
-    return dict(zip(keys, counts))
+    keys, counts, code = kept
+    n = len(keys) // 8
+    return dict(zip(struct.unpack(f'<{n}q', keys), struct.unpack(f'<{n}{code}', counts)))
   seen: Dict[int, int] = {}
   for k, n in (kept.items() if isinstance(kept, dict) else kept):
     h = seen_key(k) if isinstance(k, str) else int(k)
@@ -73,15 +68,12 @@ def _hashed(kept) -> Dict[int, int]:
 
 
 def _pack(seen: Dict[int, int]) -> tuple:
-  """A hashed seen-set as (keys, counts, count typecode): 8 bytes a key and 1-2 a count
-  (a pickled dict takes ~12 a pair); little-endian, so state moves between machines."""
+  """A hashed seen-set as (keys, counts, count format): 8 bytes a key and 1 (up to 8) a count,
+  where a pickled dict takes ~12 a pair; little-endian, so state moves between machines."""
   top = max(seen.values(), default=0)
-  code = next(c for c in 'BHIQ' if top < 1 << 8 * array.array(c).itemsize)
-  keys, counts = array.array('q', seen.keys()), array.array(code, seen.values())
-  if sys.byteorder == 'big':
-    keys.byteswap()
-    counts.byteswap()
-  return keys.tobytes(), counts.tobytes(), code
+  code = 'B' if top < 1 << 8 else 'H' if top < 1 << 16 else 'I' if top < 1 << 32 else 'Q'
+  n = len(seen)
+  return struct.pack(f'<{n}q', *seen), struct.pack(f'<{n}{code}', *seen.values()), code
 
 
 def _prune(counts: Dict[str, int], cap: int) -> None:
@@ -183,6 +175,13 @@ class IdentityProfile:
   def knows(self, field: str, value: str) -> bool:
     """Whether ``value`` (an action, resource, network, agent or region) is in the seen-set."""
     return (seen_key(value) if field in HASHED_SEEN else value) in self.seen[field]
+
+  def unseen(self, field: str, keys: Iterable[str]) -> List[str]:
+    """The keys (in their order) that are not in the seen-set: one pass for a window's features."""
+    seen = self.seen[field]
+    if field in HASHED_SEEN:
+      return [k for k in keys if seen_key(k) not in seen]
+    return [k for k in keys if k not in seen]
 
   def volume_baseline(self, hour: int, shrink: float = 4.0):
     """Mean and spread of log1p(events per window) at this hour, shrunk to the overall."""
