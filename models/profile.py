@@ -3,7 +3,9 @@
 Scores are relative to this baseline, so that "40 secret reads" is alarming for a
 key that reads one secret an hour and routine for a vault sync job. The profile
 is bounded (capped counters) and is built by folding window aggregates in time
-order, the same way in the training job and (later) in streaming state.
+order, the same way in the training job and (later) in streaming state. The
+seen-sets of actions and resources hold 64-bit hashes (``seen_key``), so the
+worst-case state does not grow with the length of ARNs or URLs.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ MAX_SEEN = {'actions': 512, 'resources': 2048, 'networks': 64, 'agents': 32, 're
 # a capped identity's state. Networks, agents and regions stay strings: explanations
 # name the usual ones ("usual: 10.0.0.0/24"), and their caps are small.
 HASHED_SEEN = ('actions', 'resources')
+PROFILE_FORMAT = 2  # 1: every seen-set as {string: count}; 2: HASHED_SEEN as 64-bit keys
 TRACKED_CATEGORIES = (
     'secret_access', 'credential_create', 'privilege_change', 'config_change',
     'notify', 'message_publish', 'data_read', 'data_write', 'enumerate', 'delete',
@@ -41,9 +44,10 @@ def seen_key(value: str) -> int:
   live state agree. Collisions: a seen-set holds at most 1.25 x 2,048 keys, so a
   never-seen key passes for seen with probability < 2,560 / 2**64 ~ 1.4e-16 per
   lookup, i.e. about once in 10**16 lookups: 10**8 lookups a day (100k identities,
-  96 windows, 10 resources each) would take ~10**8 days to hit one. Signed, so that
-  pickle stores it in 8 bytes (LONG1) rather than 9. Memoised: the same resources
-  recur across an identity's overlapping windows.
+  96 windows, 10 resources each) would take ~10**8 days to hit one, and its effect
+  would be one resource or action counted as familiar. Signed, to pack as '<q'.
+  Memoised (at most 65,536 strings, a few MB): the same resources recur across an
+  identity's overlapping windows, and the fold and the features both look them up.
   """
   return int.from_bytes(hashlib.blake2b(value.encode('utf-8', 'surrogatepass'), digest_size=8).digest(),
                         'little', signed=True)
@@ -205,20 +209,23 @@ class IdentityProfile:
     return self.errors / self.events if self.events else 0.0
 
   # -- persistence ------------------------------------------------------------
+  # Hashed seen-sets are stored apart from the string ones ("seen_hashed"), so that
+  # code from before hashing fails loudly (KeyError 'actions') on a newer profile
+  # instead of taking every resource for new; models also record PROFILE_FORMAT.
   def to_dict(self) -> dict:
     """JSON-ready: hashed seen-sets as ``[[key, count], ...]`` in their order (JSON keys are strings)."""
-    d: Dict[str, Any] = dict(self.__dict__)
-    d['seen'] = {f: [[k, n] for k, n in s.items()] if f in HASHED_SEEN else dict(s)
-                 for f, s in self.seen.items()}
+    d: Dict[str, Any] = {k: v for k, v in self.__dict__.items() if k != 'seen'}
+    d['seen'] = {f: dict(s) for f, s in self.seen.items() if f not in HASHED_SEEN}
+    d['seen_hashed'] = {f: [[k, n] for k, n in self.seen[f].items()] for f in HASHED_SEEN}
     return d
 
   @classmethod
   def from_dict(cls, d: dict) -> 'IdentityProfile':
     """Reads ``to_dict``'s output, and profiles saved before seen-sets were hashed.
 
-    Those hold ``{string: count}`` for every field: their hashed fields are hashed
-    here, keeping their order (which decides ties when a set is pruned), so an old
-    model's profiles judge windows as they did.
+    Those hold ``{string: count}`` for every field under "seen": their hashed fields
+    are hashed here, keeping their order (which decides ties when a set is pruned),
+    so an old model's profiles judge windows as they did.
     """
     p = cls.__new__(cls)
     p.__setstate__(d)
@@ -226,13 +233,14 @@ class IdentityProfile:
 
   # Beam state pickles profiles (inside IdentityHistory): hashed seen-sets go packed.
   def __getstate__(self) -> dict:
-    state = dict(self.__dict__)
-    state['seen'] = {f: _pack(s) if f in HASHED_SEEN else s for f, s in self.seen.items()}
+    state = {k: v for k, v in self.__dict__.items() if k != 'seen'}
+    state['seen'] = {f: s for f, s in self.seen.items() if f not in HASHED_SEEN}
+    state['seen_hashed'] = {f: _pack(self.seen[f]) for f in HASHED_SEEN}
     return state
 
   def __setstate__(self, state: dict) -> None:
     """Also reads state pickled before seen-sets were hashed (string keys get hashed)."""
     self.__init__()
-    self.__dict__.update({k: v for k, v in state.items() if k != 'seen'})
-    for field, kept in state.get('seen', {}).items():
+    self.__dict__.update({k: v for k, v in state.items() if k not in ('seen', 'seen_hashed')})
+    for field, kept in [*state.get('seen', {}).items(), *state.get('seen_hashed', {}).items()]:
       self.seen[field] = _hashed(kept) if field in HASHED_SEEN else dict(kept)

@@ -18,7 +18,8 @@ import pytest
 from models.features import INDEX, feature_vector
 from models.history import DAY, IdentityHistory
 from models.model import DetectionModel
-from models.profile import HASHED_SEEN, MAX_SEEN, IdentityProfile
+from models.artifact import ArtifactError
+from models.profile import HASHED_SEEN, MAX_SEEN, PROFILE_FORMAT, IdentityProfile
 from transforms.aggregate import WindowAggregate
 from transforms.event import Event
 from transforms.history import TrackHistoryFn
@@ -68,7 +69,8 @@ def test_state_stops_growing_past_the_caps():
 
 def _saved_by_previous_code(profile_dict: dict, aggs) -> dict:
   """A profile as models saved it before seen-sets were hashed: every field ``{string: count}``."""
-  old = dict(profile_dict, seen=dict(profile_dict['seen']))
+  old = {k: v for k, v in profile_dict.items() if k != 'seen_hashed'}
+  old['seen'] = dict(profile_dict['seen'])
   for field in HASHED_SEEN:
     counts: dict = {}
     for agg in aggs:
@@ -100,6 +102,10 @@ def test_models_saved_with_string_seen_sets_load_hashed_and_score_the_same(tmp_p
   model.save(str(tmp_path))
   with gzip.open(tmp_path / model.version / 'profiles.json.gz') as f:
     assert 'arn:aws:s3:::bucket-0/key-0' in json.load(f)['a']['seen']['resources']  # really the old format
+  manifest_path = tmp_path / model.version / 'manifest.json'
+  manifest = json.loads(manifest_path.read_text())
+  assert manifest.pop('profile_format') == PROFILE_FORMAT
+  manifest_path.write_text(json.dumps(manifest))  # as the previous code wrote it: no profile_format
   loaded = DetectionModel.load(str(tmp_path)).profiles['a']
   assert loaded.seen == profile.seen and loaded.windows == profile.windows
   later = [_window(0, ['arn:aws:s3:::bucket-0/key-1', 'arn:aws:s3:::bucket-9/new']),
@@ -111,6 +117,16 @@ def test_models_saved_with_string_seen_sets_load_hashed_and_score_the_same(tmp_p
   # And the new format round-trips as it is (keys and their order).
   again = IdentityProfile.from_dict(json.loads(json.dumps(profile.to_dict())))
   assert list(again.seen['resources'].items()) == list(profile.seen['resources'].items())
+
+
+def test_profiles_of_a_newer_format_are_refused_by_name(tmp_path):
+  model = _tiny_model()
+  model.save(str(tmp_path))
+  manifest_path = tmp_path / model.version / 'manifest.json'
+  manifest = json.loads(manifest_path.read_text())
+  manifest_path.write_text(json.dumps(dict(manifest, profile_format=PROFILE_FORMAT + 1)))
+  with pytest.raises(ArtifactError, match=f'profiles in format {PROFILE_FORMAT + 1}'):
+    DetectionModel.load(str(tmp_path))
 
 
 def _window(w: int, resources) -> WindowAggregate:
