@@ -74,12 +74,14 @@ def sample_histories(identities: int, days: int, rate_scale: float, window_size:
   return hists
 
 
-def greedy_identity(distinct: int, windows_per_day: int = 96, days: int = 2) -> IdentityHistory:
+def greedy_identity(distinct: int, windows_per_day: int = 96, days: int = 2,
+                    resource_chars: int = 0) -> IdentityHistory:
   """One identity that does ``distinct`` different things of each kind, spread over its windows.
 
   Each window uses fresh actions, resources, networks, agents and regions until ``distinct``
   of each have been used, so the history sees up to ``distinct`` distinct keys per field
-  (far past the caps when ``distinct`` is 10x them).
+  (far past the caps when ``distinct`` is 10x them). Resources are ~25 characters, or
+  ``resource_chars`` (an S3 object ARN is often ~100).
   """
   hist = IdentityHistory()
   total = windows_per_day * days
@@ -92,7 +94,8 @@ def greedy_identity(distinct: int, windows_per_day: int = 96, days: int = 2) -> 
     for i in range(per_window):
       k = (used + i) % distinct
       agg.add(Event(f'e{w}-{i}', end - 1, 'role/greedy', 'AssumedRole', 'role/greedy', '', 'aws',
-                    f'svc{k % 40}', f'Action{k}', 'data_read', f'bucket-{k}/object-{k}.json',
+                    f'svc{k % 40}', f'Action{k}', 'data_read',
+                    f'bucket-{k}/object-{k}.json'.rjust(resource_chars, 'p'),
                     f'region-{k % 100}', f'10.{k // 250 % 250}.{k % 250}.7',
                     f'agent{k}/1.{k} linux', True, '', True, 'x#0'))
     used += per_window
@@ -157,6 +160,9 @@ def main(argv: List[str] = None) -> int:
     figures.append((mult, size))
     print(f'  {distinct:>18,}  {mult:>14}  {size:>13,}  {seen_sizes(hist)}')
   big = figures[-1][1]
+  long_arns = len(encode(greedy_identity(res_cap * 10, resource_chars=100)))
+  print(f'  with 100-character resources at 10x: {long_arns:,} bytes (resources and actions are kept '
+        f'as 8-byte hashes, so the length of ARNs does not count)')
   capped = pickle.dumps(hist, protocol=pickle.HIGHEST_PROTOCOL)
   per_capped = python_bytes(lambda i: pickle.loads(capped), a.greedy_copies)
   print(f'  a capped history as Python objects: {per_capped:,.0f} B (tracemalloc, {a.greedy_copies} held); '

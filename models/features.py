@@ -45,10 +45,11 @@ def _excess(value: float, most_before: float) -> float:
   return max(0.0, math.log1p(value) - math.log1p(most_before))
 
 
-def _share_unseen(counts: Dict[str, int], seen: Dict[str, int], total: int) -> float:
+def _share_unseen(counts: Dict[str, int], p: IdentityProfile, field: str, total: int,
+                  unseen: Optional[List[str]] = None) -> float:
   if total <= 0:
     return 0.0
-  return sum(v for k, v in counts.items() if k not in seen) / total
+  return sum(counts[k] for k in (p.unseen(field, counts) if unseen is None else unseen)) / total
 
 
 def feature_vector(agg: WindowAggregate, profile: Optional[IdentityProfile],
@@ -60,18 +61,18 @@ def feature_vector(agg: WindowAggregate, profile: Optional[IdentityProfile],
   x[0] = max(0.0, (math.log1p(agg.count) - mu) / sd)
   x[1] = _excess(len(agg.actions), p.max_distinct_actions)
   x[2] = _excess(len(agg.resources), p.max_distinct_resources)
-  seen_actions = p.seen['actions']
-  novel = [a for a in agg.actions if a not in seen_actions]
+  novel = p.unseen('actions', agg.actions)
   x[3] = sum(agg.actions[a] for a in novel) / max(agg.count, 1)
   x[4] = math.log1p(sum(1 for a in novel if agg.action_category.get(a) in SENSITIVE_CATEGORIES))
   x[5] = math.log1p(sum(agg.actions[a] for a in novel
                         if agg.action_category.get(a) in HIGH_IMPACT_CATEGORIES))
   resource_events = sum(agg.resources.values())
-  x[6] = _share_unseen(agg.resources, p.seen['resources'], resource_events)
-  x[7] = math.log1p(sum(1 for r in agg.resources if r not in p.seen['resources']))
-  x[8] = _share_unseen(agg.networks, p.seen['networks'], agg.count)
-  x[9] = _share_unseen(agg.agents, p.seen['agents'], agg.count)
-  x[10] = _share_unseen(agg.regions, p.seen['regions'], agg.count)
+  novel_resources = p.unseen('resources', agg.resources)
+  x[6] = _share_unseen(agg.resources, p, 'resources', resource_events, novel_resources)
+  x[7] = math.log1p(len(novel_resources))
+  x[8] = _share_unseen(agg.networks, p, 'networks', agg.count)
+  x[9] = _share_unseen(agg.agents, p, 'agents', agg.count)
+  x[10] = _share_unseen(agg.regions, p, 'regions', agg.count)
   x[11] = max(0.0, agg.errors / max(agg.count, 1) - p.error_ratio())
   sensitive = sum(n for c, n in agg.categories.items() if c in SENSITIVE_CATEGORIES)
   x[12] = max(0.0, sensitive / max(agg.count, 1) - p.sensitive_share())
@@ -102,7 +103,7 @@ def describe(name: str, agg: WindowAggregate, profile: Optional[IdentityProfile]
     return (len(agg.resources), p.max_distinct_resources,
             f'{len(agg.resources)} distinct resources; never more than {p.max_distinct_resources} before')
   if name in ('novel_action_share', 'novel_sensitive_actions', 'novel_high_impact_events'):
-    novel = [a for a in agg.actions if a not in seen['actions']]
+    novel = [a for a in agg.actions if not p.knows('actions', a)]
     if name != 'novel_action_share':
       wanted = SENSITIVE_CATEGORIES if name == 'novel_sensitive_actions' else HIGH_IMPACT_CATEGORIES
       novel = [a for a in novel if agg.action_category.get(a) in wanted]
@@ -110,16 +111,16 @@ def describe(name: str, agg: WindowAggregate, profile: Optional[IdentityProfile]
     labelled = ', '.join(f'{a} ({agg.action_category.get(a, "?")}) x{agg.actions[a]}' for a in shown)
     return len(novel), 0, f'never-seen actions: {labelled}'
   if name in ('novel_resource_share', 'novel_resources'):
-    novel = [r for r in agg.resources if r not in seen['resources']]
-    examples = ', '.join(_top(agg.resources, lambda r: r not in seen['resources']))
+    novel = [r for r in agg.resources if not p.knows('resources', r)]
+    examples = ', '.join(_top(agg.resources, lambda r: not p.knows('resources', r)))
     return (len(novel), len(seen['resources']),
             f'{len(novel)} resources never touched before (of {len(agg.resources)}), e.g. {examples}')
   if name in ('new_network_share', 'new_agent_share', 'new_region_share'):
     field, what = {'new_network_share': ('networks', 'network'),
                    'new_agent_share': ('agents', 'user agent'),
                    'new_region_share': ('regions', 'region')}[name]
-    new = _top(getattr(agg, field), lambda k: k not in seen[field])
-    known = _top(seen[field], lambda k: True, 2)
+    new = _top(getattr(agg, field), lambda k: not p.knows(field, k))
+    known = _top(seen[field], lambda k: True, 2)  # strings: these fields are not hashed
     return (', '.join(new), ', '.join(known),
             f'calls from new {what} {", ".join(new)}; usual: {", ".join(known) or "none"}')
   if name == 'error_ratio_excess':

@@ -23,7 +23,7 @@ from sklearn.ensemble import IsolationForest
 from models import artifact
 from models.calibration import Calibration, FeatureDistribution
 from models.features import FEATURE_NAMES, describe, feature_vector
-from models.profile import IdentityProfile
+from models.profile import PROFILE_FORMAT, IdentityProfile
 
 GLOBAL = '_global'
 TEAM_SEP = '/'  # cohort "identity_type/team"
@@ -189,6 +189,7 @@ class DetectionModel:
         'severity_thresholds': dict(SEVERITIES),
         'severity_levels': severity_levels(),
         'cohort_files': {c: forest_file(c) for c in sorted(forests)},
+        'profile_format': PROFILE_FORMAT,
     }
     model = cls(version, forests, calibrations, rarity_calibrations, distributions, profiles, manifest)
     model.fit_seconds.update(fit_seconds)
@@ -207,7 +208,9 @@ class DetectionModel:
             'features': self.distributions[c].to_dict()} for c in self.forests}).encode()
     files['profiles.json.gz'] = artifact.dumps_json_gz(
         {k: p.to_dict() for k, p in sorted(self.profiles.items())})
-    return artifact.save_version(model_dir, self.version, files, self.manifest, promote)
+    # profiles.json.gz is written in this code's format, whatever the model was loaded from.
+    return artifact.save_version(model_dir, self.version, files,
+                                 dict(self.manifest, profile_format=PROFILE_FORMAT), promote)
 
   @classmethod
   def load(cls, model_dir: str, version: Optional[str] = None) -> 'DetectionModel':
@@ -216,6 +219,10 @@ class DetectionModel:
       raise artifact.ArtifactError(
           f'{model_dir}/{manifest.get("version")}: trained on features {manifest.get("feature_names")}, '
           f'this code computes {list(FEATURE_NAMES)}; retrain')
+    if manifest.get('profile_format', 1) > PROFILE_FORMAT:
+      raise artifact.ArtifactError(
+          f'{model_dir}/{manifest.get("version")}: profiles in format {manifest["profile_format"]}, '
+          f'this code reads up to {PROFILE_FORMAT}; upgrade postauth to load it')
     forests = {}
     for cohort in manifest['cohorts']:
       name = manifest.get('cohort_files', {}).get(cohort, f'forest-{cohort}.skops')

@@ -3,17 +3,29 @@
 Scores are relative to this baseline, so that "40 secret reads" is alarming for a
 key that reads one secret an hour and routine for a vault sync job. The profile
 is bounded (capped counters) and is built by folding window aggregates in time
-order, the same way in the training job and (later) in streaming state.
+order, the same way in the training job and (later) in streaming state. The
+seen-sets of actions and resources hold 64-bit hashes (``seen_key``), so the
+worst-case state does not grow with the length of ARNs or URLs.
 """
 from __future__ import annotations
 
 import datetime
+import functools
+import hashlib
 import math
-from typing import Dict, Iterable, List
+import struct
+from typing import Any, Dict, Iterable, List
 
 from transforms.aggregate import WindowAggregate
 
 MAX_SEEN = {'actions': 512, 'resources': 2048, 'networks': 64, 'agents': 32, 'regions': 32}
+# Seen-sets kept as 64-bit hashes of their keys, not the strings: the profile only
+# asks whether a key was seen and how many keys it keeps (explanations name keys
+# from the current window's aggregate), and long ARNs/URLs made these sets ~3/4 of
+# a capped identity's state. Networks, agents and regions stay strings: explanations
+# name the usual ones ("usual: 10.0.0.0/24"), and their caps are small.
+HASHED_SEEN = ('actions', 'resources')
+PROFILE_FORMAT = 2  # 1: every seen-set as {string: count}; 2: HASHED_SEEN as 64-bit keys
 TRACKED_CATEGORIES = (
     'secret_access', 'credential_create', 'privilege_change', 'config_change',
     'notify', 'message_publish', 'data_read', 'data_write', 'enumerate', 'delete',
@@ -22,6 +34,50 @@ TRACKED_CATEGORIES = (
 
 def hour_of(t: float) -> int:
   return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).hour
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def seen_key(value: str) -> int:
+  """The stable 64-bit key a hashed seen-set holds for ``value`` (blake2b, 8 bytes, signed).
+
+  Stable across processes and versions (unlike ``hash()``), so trained profiles and
+  live state agree. Collisions: a seen-set holds at most 1.25 x 2,048 keys, so a
+  never-seen key passes for seen with probability < 2,560 / 2**64 ~ 1.4e-16 per
+  lookup, i.e. about once in 10**16 lookups: 10**8 lookups a day (100k identities,
+  96 windows, 10 resources each) would take ~10**8 days to hit one, and its effect
+  would be one resource or action counted as familiar. Signed, to pack as '<q'.
+  Memoised (at most 65,536 strings, a few MB): the same resources recur across an
+  identity's overlapping windows, and the fold and the features both look them up.
+  """
+  return int.from_bytes(hashlib.blake2b(value.encode('utf-8', 'surrogatepass'), digest_size=8).digest(),
+                        'little', signed=True)
+
+
+def _hashed(kept) -> Dict[int, int]:
+  """A hashed seen-set from any form it was stored in, order kept (it breaks ties when pruning).
+
+  ``{key: count}`` (live, or pickled state written before seen-sets were hashed, whose
+  string keys are hashed here), ``[[key, count], ...]`` (profiles.json.gz) or packed bytes
+  (pickled state, see ``_pack``).
+  """
+  if isinstance(kept, tuple):
+    keys, counts, code = kept
+    n = len(keys) // 8
+    return dict(zip(struct.unpack(f'<{n}q', keys), struct.unpack(f'<{n}{code}', counts)))
+  seen: Dict[int, int] = {}
+  for k, n in (kept.items() if isinstance(kept, dict) else kept):
+    h = seen_key(k) if isinstance(k, str) else int(k)
+    seen[h] = seen.get(h, 0) + n
+  return seen
+
+
+def _pack(seen: Dict[int, int]) -> tuple:
+  """A hashed seen-set as (keys, counts, count format): 8 bytes a key and 1 (up to 8) a count,
+  where a pickled dict takes ~12 a pair; little-endian, so state moves between machines."""
+  top = max(seen.values(), default=0)
+  code = 'B' if top < 1 << 8 else 'H' if top < 1 << 16 else 'I' if top < 1 << 32 else 'Q'
+  n = len(seen)
+  return struct.pack(f'<{n}q', *seen), struct.pack(f'<{n}{code}', *seen.values()), code
 
 
 def _prune(counts: Dict[str, int], cap: int) -> None:
@@ -74,8 +130,13 @@ class IdentityProfile:
     self.max_distinct_resources = max(self.max_distinct_resources, len(agg.resources))
     for field, cap in MAX_SEEN.items():
       seen = self.seen[field]
-      for k, v in getattr(agg, field).items():
-        seen[k] = seen.get(k, 0) + v
+      if field in HASHED_SEEN:
+        for k, v in getattr(agg, field).items():
+          h = seen_key(k)
+          seen[h] = seen.get(h, 0) + v
+      else:
+        for k, v in getattr(agg, field).items():
+          seen[k] = seen.get(k, 0) + v
       _prune(seen, cap)
     return self
 
@@ -115,6 +176,17 @@ class IdentityProfile:
     return profile
 
   # -- reading ----------------------------------------------------------------
+  def knows(self, field: str, value: str) -> bool:
+    """Whether ``value`` (an action, resource, network, agent or region) is in the seen-set."""
+    return (seen_key(value) if field in HASHED_SEEN else value) in self.seen[field]
+
+  def unseen(self, field: str, keys: Iterable[str]) -> List[str]:
+    """The keys (in their order) that are not in the seen-set: one pass for a window's features."""
+    seen = self.seen[field]
+    if field in HASHED_SEEN:
+      return [k for k in keys if seen_key(k) not in seen]
+    return [k for k in keys if k not in seen]
+
   def volume_baseline(self, hour: int, shrink: float = 4.0):
     """Mean and spread of log1p(events per window) at this hour, shrunk to the overall."""
     n, s, ss = self.overall
@@ -137,11 +209,38 @@ class IdentityProfile:
     return self.errors / self.events if self.events else 0.0
 
   # -- persistence ------------------------------------------------------------
+  # Hashed seen-sets are stored apart from the string ones ("seen_hashed"), so that
+  # code from before hashing fails loudly (KeyError 'actions') on a newer profile
+  # instead of taking every resource for new; models also record PROFILE_FORMAT.
   def to_dict(self) -> dict:
-    return {k: v for k, v in self.__dict__.items()}
+    """JSON-ready: hashed seen-sets as ``[[key, count], ...]`` in their order (JSON keys are strings)."""
+    d: Dict[str, Any] = {k: v for k, v in self.__dict__.items() if k != 'seen'}
+    d['seen'] = {f: dict(s) for f, s in self.seen.items() if f not in HASHED_SEEN}
+    d['seen_hashed'] = {f: [[k, n] for k, n in self.seen[f].items()] for f in HASHED_SEEN}
+    return d
 
   @classmethod
   def from_dict(cls, d: dict) -> 'IdentityProfile':
-    p = cls()
-    p.__dict__.update(d)
+    """Reads ``to_dict``'s output, and profiles saved before seen-sets were hashed.
+
+    Those hold ``{string: count}`` for every field under "seen": their hashed fields
+    are hashed here, keeping their order (which decides ties when a set is pruned),
+    so an old model's profiles judge windows as they did.
+    """
+    p = cls.__new__(cls)
+    p.__setstate__(d)
     return p
+
+  # Beam state pickles profiles (inside IdentityHistory): hashed seen-sets go packed.
+  def __getstate__(self) -> dict:
+    state = {k: v for k, v in self.__dict__.items() if k != 'seen'}
+    state['seen'] = {f: s for f, s in self.seen.items() if f not in HASHED_SEEN}
+    state['seen_hashed'] = {f: _pack(self.seen[f]) for f in HASHED_SEEN}
+    return state
+
+  def __setstate__(self, state: dict) -> None:
+    """Also reads state pickled before seen-sets were hashed (string keys get hashed)."""
+    self.__init__()
+    self.__dict__.update({k: v for k, v in state.items() if k not in ('seen', 'seen_hashed')})
+    for field, kept in [*state.get('seen', {}).items(), *state.get('seen_hashed', {}).items()]:
+      self.seen[field] = _hashed(kept) if field in HASHED_SEEN else dict(kept)
