@@ -126,3 +126,46 @@ def _nodes(node):
   yield node
   for part in node.parts:
     yield from _nodes(part)
+
+
+
+def test_batch_window_shuffles_never_pickle_an_aggregate(monkeypatch):
+  """The bounded windowing step and a typed per-identity shuffle, with pickling of aggregates forbidden.
+
+  (Beam also encodes sampled elements of every PCollection to estimate sizes: those, too, must
+  find the compact coder, so the windowing step's outputs must all be typed.)
+  """
+  from apache_beam.testing.util import assert_that, equal_to
+
+  def refuse(self, protocol):
+    raise AssertionError('a WindowAggregate was pickled')
+
+  monkeypatch.setattr(WindowAggregate, '__reduce_ex__', refuse, raising=False)
+  encoded = []
+  real_encode = WindowAggregateCoder.encode
+  monkeypatch.setattr(WindowAggregateCoder, 'encode',
+                      lambda self, v: encoded.append(1) or real_encode(self, v))
+  events = [ev(T0 + 60.5 * i, ['GetObject', 'PutRolePolicy'][i % 2]) for i in range(40)]
+  with beam.Pipeline(runner='DirectRunner') as p:
+    per_identity = (p | beam.Create(events)
+                    | IdentityWindows(3600, 900)
+                    | beam.Map(lambda w: (w.identity, w)).with_output_types(
+                        typing.Tuple[str, IdentityWindow])
+                    | beam.GroupByKey())
+    assert_that(per_identity | beam.FlatMap(
+        lambda kv: [(w.window_end - T0, w.agg.count) for w in kv[1]]),
+                equal_to([(900.0, 15), (1800.0, 30), (2700.0, 40), (3600.0, 40), (4500.0, 25),
+                          (5400.0, 10)]))
+  assert encoded  # the shuffles went through the compact coder
+
+
+def test_history_shuffle_is_typed_for_the_identity_window_coder():
+  from transforms.history import TrackHistory
+  p = TestPipeline()
+  windows = (p | beam.Create([ev(T0 + 1.5, 'GetObject')]) | IdentityWindows(3600, 900)
+             | beam.Map(lambda w: (w, {'registered': 'true'})))
+  _ = windows | 'History' >> TrackHistory(None)
+  keyed = [pc for node in _nodes(p._root_transform()) for pc in node.outputs.values()
+           if node.full_label == 'History/KeyByIdentity']
+  coder = beam.coders.registry.get_coder(keyed[0].element_type)
+  assert isinstance(coder.coders()[1].coders()[0], IdentityWindowCoder)
