@@ -1,6 +1,7 @@
 """Bytes and encode+decode time of what the batch job shuffles per window: Beam's fallback vs ours.
 
     python bench/coder.py [--identities 100] [--days 2] [--repeat 5]
+    python bench/coder.py --versus /tmp/base [--rounds 4]   # end to end, against another checkout
 
 Builds realistic pane and window aggregates from a generated sample with the project's
 own code (RecordParser, WindowAggregate), then round-trips each through:
@@ -11,13 +12,20 @@ own code (RecordParser, WindowAggregate), then round-trips each through:
 
 A window crosses three shuffles in the batch job: its panes' accumulators (pane combine),
 its own accumulator (sliding merge) and the IdentityWindow (history); figures are per element.
+
+``--versus DIR`` runs the jobs of bench/pipeline.py (``postauth train``, ``postauth run`` and
+the run cut after windows / history) with this checkout's code and with DIR's (e.g.
+``git worktree add /tmp/base <commit>``), interleaved on one sample, and prints the CPU
+seconds of each (best of ``--rounds``): on a shared machine interleaving spreads the noise.
 """
 from __future__ import annotations
 
 import argparse
 import glob
+import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -83,12 +91,58 @@ def round_trip(coder: beam.coders.Coder, values: List, repeat: int) -> Dict[str,
   return {'us': best / len(values) * 1e6, 'bytes': size / len(values)}
 
 
+def job_cpu(checkout: str, spec: Dict) -> float:
+  """CPU seconds of one bench/pipeline.py job run with ``checkout``'s code, in its own process."""
+  scratch = tempfile.mkdtemp(prefix='scratch-', dir=spec['work'])
+  spec = dict(spec, scratch=scratch, window_size=3600)
+  env = dict(os.environ, PYTHONPATH=checkout)
+  out = subprocess.run([sys.executable, os.path.join(checkout, 'bench', 'pipeline.py'), '--job',
+                        json.dumps(spec)], env=env, cwd=scratch, capture_output=True, text=True)
+  shutil.rmtree(scratch, ignore_errors=True)
+  lines = [l for l in out.stdout.splitlines() if l.startswith('BENCH ')]
+  if out.returncode or not lines:
+    raise RuntimeError(f'{checkout}: {spec["kind"]} failed: {out.stderr[-2000:]}')
+  return json.loads(lines[-1][len('BENCH '):])['cpu']
+
+
+def versus(other: str, identities: int, rounds: int) -> None:
+  """Interleaved CPU seconds of the batch jobs, this checkout vs ``other``, on one sample."""
+  from pipeline.generate import generate
+  work = tempfile.mkdtemp(prefix='postauth-coder-ab-')
+  try:
+    counts = generate(work, identities, 3, 7, rate_scale=1.0)
+    print(f'sample: {identities} identities, {counts["history_events"]} history events, '
+          f'{counts["live_events"]} live events; best of {rounds} interleaved rounds, CPU s')
+    job_cpu(ROOT, {'kind': 'train', 'work': work})  # the model both runs read
+    jobs = {'train': {'kind': 'train', 'work': work},
+            'run': {'kind': 'run', 'work': work},
+            'run cut after windows': {'kind': 'cut', 'stage': 'windows', 'work': work},
+            'run cut after history': {'kind': 'cut', 'stage': 'history', 'work': work}}
+    best: Dict = {}
+    for _ in range(rounds):
+      for name, spec in jobs.items():
+        for label, checkout in (('other', other), ('this', ROOT)):
+          cpu = job_cpu(checkout, spec)
+          best[(name, label)] = min(best.get((name, label), float('inf')), cpu)
+    print(f'  {"job":<24} {"other":>7} {"this":>7} {"change":>7}')
+    for name in jobs:
+      a, b = best[(name, 'other')], best[(name, 'this')]
+      print(f'  {name:<24} {a:7.2f} {b:7.2f} {(b - a) / a:+7.1%}')
+  finally:
+    shutil.rmtree(work, ignore_errors=True)
+
+
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   ap.add_argument('--identities', type=int, default=100)
   ap.add_argument('--days', type=int, default=2)
   ap.add_argument('--repeat', type=int, default=5)
+  ap.add_argument('--versus', help='Another checkout: compare the batch jobs end to end.')
+  ap.add_argument('--rounds', type=int, default=4)
   a = ap.parse_args(argv)
+  if a.versus:
+    versus(os.path.abspath(a.versus), 200, a.rounds)  # the main sample of bench/pipeline.py
+    return 0
   panes, windows, n_events = sample_windows(a.identities, a.days)
   print(f'{n_events} events -> {len(panes)} pane aggregates, {len(windows)} identity-windows')
   fallback = beam.coders.registry.get_coder(typing.Any)
