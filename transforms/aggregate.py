@@ -151,7 +151,8 @@ class WindowAggregate:
 
 # -- compact shuffle encoding ----------------------------------------------------------------
 # Every batch window crosses three shuffles as a WindowAggregate (pane combine, sliding merge,
-# history); without a registered coder Beam pickles it (~1.1 kB, ~53 us a round trip).
+# history); without a registered coder Beam pickles it (bench/coder.py: ~0.6 kB, ~14 us a
+# round trip, against ~0.4 kB and ~6 us here).
 
 _JSON_LIST = 0x5b  # b"[": what every orjson encoding here starts with (a pickle starts with 0x80)
 
@@ -196,7 +197,7 @@ def dumps_or_pickle(value: Any, fields: List[Any]) -> bytes:
 
 
 class WindowAggregateCoder(beam.coders.Coder):
-  """A WindowAggregate as one orjson list: ~4x smaller and faster than Beam's pickle fallback.
+  """A WindowAggregate as one orjson list: ~2x faster and ~30% smaller than Beam's pickle fallback.
 
   Not deterministic (dicts keep insertion order): aggregates are values, never keys.
   """
