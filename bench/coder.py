@@ -13,8 +13,8 @@ own code (RecordParser, WindowAggregate), then round-trips each through:
 A window crosses three shuffles in the batch job: its panes' accumulators (pane combine),
 its own accumulator (sliding merge) and the IdentityWindow (history); figures are per element.
 
-``--versus DIR`` runs the jobs of bench/pipeline.py (``postauth train``, ``postauth run`` and
-the run cut after windows / history) with this checkout's code and with DIR's (e.g.
+``--versus DIR`` runs the jobs of bench/pipeline.py (``postauth train``, ``postauth run`` in
+process and on two FnApiRunner worker processes, and the run cut after windows / history) with this checkout's code and with DIR's (e.g.
 ``git worktree add /tmp/base <commit>``), interleaved on one sample, and prints the CPU
 seconds of each (best of ``--rounds``): on a shared machine interleaving spreads the noise.
 """
@@ -116,6 +116,9 @@ def versus(other: str, identities: int, rounds: int) -> None:
     job_cpu(ROOT, {'kind': 'train', 'work': work})  # the model both runs read
     jobs = {'train': {'kind': 'train', 'work': work},
             'run': {'kind': 'run', 'work': work},
+            'run FnApiRunner x2': {'kind': 'run', 'work': work, 'beam_args': [
+                '--runner=FnApiRunner', '--direct_num_workers=2',
+                '--direct_running_mode=multi_processing']},
             'run cut after windows': {'kind': 'cut', 'stage': 'windows', 'work': work},
             'run cut after history': {'kind': 'cut', 'stage': 'history', 'work': work}}
     best: Dict = {}
