@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install bench bench-pipeline bench-state bench-model bench-pubsub evaluate clean pubsub-deps
+.PHONY: demo test install bench bench-pipeline bench-state bench-coder bench-model bench-pubsub evaluate clean pubsub-deps
 
 # The local Pub/Sub server (Google's pstest) builds from two Debian packages. Installed when
 # this user can (root or passwordless sudo, as in CI); a no-op when they are there. Without
@@ -52,6 +52,10 @@ bench-pipeline: $(STAMP)
 
 bench-state: $(STAMP)
 	$(BIN)/python bench/state.py
+
+# Bytes and encode+decode time of the shuffle coders against Beam's pickle fallback.
+bench-coder: $(STAMP)
+	$(BIN)/python bench/coder.py
 
 bench-model: $(STAMP)
 	$(BIN)/python bench/model.py

@@ -114,7 +114,7 @@ def build_cut(p, options, stage: str) -> None:
   if STAGES.index(stage) >= STAGES.index('windows'):
     pc = pc | 'IdentityWindows' >> IdentityWindows(win.window_size, win.window_period)
   if STAGES.index(stage) >= STAGES.index('enrich'):
-    pc = pc | 'Enrich' >> EnrichWindows(p | 'Inventory' >> InventorySnapshots(det.inventory, 0))
+    pc = pc | 'Enrich' >> EnrichWindows(p | 'Inventory' >> InventorySnapshots(det.inventory))
   handle = shared.Shared()
   if STAGES.index(stage) >= STAGES.index('history'):
     pc = (pc | 'History' >> TrackHistory(det.model_dir, det.model_version,

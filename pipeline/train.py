@@ -145,7 +145,9 @@ class TrainModel(beam.PTransform):
 
   def expand(self, windows):
     walked = (windows
-              | 'KeyByIdentity' >> beam.Map(lambda w: (w.identity, w))
+              # Typed so the shuffle encodes windows with IdentityWindowCoder, not Beam's pickle.
+              | 'KeyByIdentity' >> beam.Map(lambda w: (w.identity, w)).with_output_types(
+                  typing.Tuple[str, IdentityWindow])
               | 'GroupByIdentity' >> beam.GroupByKey()
               | 'WalkHistory' >> beam.ParDo(WalkIdentityHistory(self._config.warmup_days),
                                             beam.pvalue.AsDict(self._inventory)).with_outputs(

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from typing import Dict, Iterable, Optional
+import itertools
+import math
+import pickle
+from typing import Any, Dict, Iterable, List, Optional
 
 import apache_beam as beam
+import orjson
 
 from transforms.event import Event
 
@@ -145,6 +149,79 @@ class WindowAggregate:
     return f'WindowAggregate(count={self.count}, actions={len(self.actions)})'
 
 
+# -- compact shuffle encoding ----------------------------------------------------------------
+# Every batch window crosses three shuffles as a WindowAggregate (pane combine, sliding merge,
+# history); without a registered coder Beam pickles it (bench/coder.py: ~0.6 kB, ~14 us a
+# round trip, against ~0.4 kB and ~6 us here).
+
+_JSON_LIST = 0x5b  # b"[": what every orjson encoding here starts with (a pickle starts with 0x80)
+
+
+def _time_out(t: Any) -> Any:
+  # orjson writes inf and nan as null: keep them (an empty aggregate's times are +-inf) as text.
+  return t if t.__class__ is not float or math.isfinite(t) else repr(t)
+
+
+def _time_in(t: Any) -> Any:
+  return float(t) if t.__class__ is str else t
+
+
+def aggregate_fields(a: WindowAggregate) -> List[Any]:
+  """A WindowAggregate as a JSON-able list (dicts with str keys as-is, panes as a flat list)."""
+  return [a.count, a.errors, a.read_only, a.overflow, _time_out(a.first_time),
+          _time_out(a.last_time), a.identity_type, a.actions, a.action_category, a.categories,
+          a.resources, a.networks, a.agents, a.regions,
+          list(itertools.chain.from_iterable(a.panes.items()))]
+
+
+def aggregate_from_fields(v: List[Any]) -> WindowAggregate:
+  """Inverse of aggregate_fields (no __init__: every slot is set here)."""
+  a = WindowAggregate.__new__(WindowAggregate)
+  (a.count, a.errors, a.read_only, a.overflow, first, last, a.identity_type, a.actions,
+   a.action_category, a.categories, a.resources, a.networks, a.agents, a.regions, panes) = v
+  a.first_time, a.last_time = _time_in(first), _time_in(last)
+  a.panes = dict(zip(panes[::2], panes[1::2]))
+  return a
+
+
+def dumps_or_pickle(value: Any, fields: List[Any]) -> bytes:
+  """orjson of ``fields``; a pickle of ``value`` if orjson cannot hold it exactly.
+
+  orjson refuses non-str dict keys, ints beyond 64 bits and unknown types (numpy scalars):
+  those rare aggregates are pickled whole, so decoding is exact either way.
+  """
+  try:
+    return orjson.dumps(fields)
+  except (TypeError, orjson.JSONEncodeError):
+    return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+class WindowAggregateCoder(beam.coders.Coder):
+  """A WindowAggregate as one orjson list: ~2x faster and ~30% smaller than Beam's pickle fallback.
+
+  Not deterministic (dicts keep insertion order): aggregates are values, never keys.
+  """
+
+  def encode(self, value: WindowAggregate) -> bytes:
+    return dumps_or_pickle(value, aggregate_fields(value))
+
+  def decode(self, encoded: bytes) -> WindowAggregate:
+    if encoded[0] != _JSON_LIST:
+      return pickle.loads(encoded)
+    return aggregate_from_fields(orjson.loads(encoded))
+
+  def is_deterministic(self) -> bool:
+    return False
+
+  def to_type_hint(self):
+    return WindowAggregate
+
+
+beam.coders.registry.register_coder(WindowAggregate, WindowAggregateCoder)
+
+
+# Typed so the combines' outputs (Tuple[key, WindowAggregate]) get WindowAggregateCoder downstream.
+@beam.typehints.with_output_types(WindowAggregate)
 class WindowAggregateFn(beam.CombineFn):
   """Events -> WindowAggregate; also merges pane aggregates into window aggregates."""
 
@@ -168,3 +245,7 @@ class WindowAggregateFn(beam.CombineFn):
 
   def extract_output(self, acc: WindowAggregate) -> WindowAggregate:
     return acc
+
+  def get_accumulator_coder(self) -> beam.coders.Coder:
+    # The accumulators are what the lifted combines shuffle: encode them compactly.
+    return WindowAggregateCoder()

@@ -120,8 +120,9 @@ class TrackHistory(beam.PTransform):
     self._unregistered = unregistered
 
   def expand(self, enriched):
+    # Typed so the shuffle encodes the window with IdentityWindowCoder, not Beam's pickle.
     keyed = enriched | 'KeyByIdentity' >> beam.Map(lambda wc: (wc[0].identity, wc)).with_output_types(
-        typing.Tuple[str, typing.Any])
+        typing.Tuple[str, typing.Tuple[IdentityWindow, typing.Any]])
     if enriched.is_bounded:
       walked = (keyed
                 | 'GroupByIdentity' >> beam.GroupByKey()

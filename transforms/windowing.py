@@ -16,15 +16,18 @@ paths emit identical ``IdentityWindow`` elements stamped at the window's end
 """
 from __future__ import annotations
 
+import pickle
 import typing
 
 import apache_beam as beam
+import orjson
 from apache_beam.metrics import Metrics
 from apache_beam.transforms import trigger, window
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration
 
-from transforms.aggregate import WindowAggregate, WindowAggregateFn
+from transforms.aggregate import (WindowAggregate, WindowAggregateFn, aggregate_fields,
+                                  aggregate_from_fields, dumps_or_pickle)
 from transforms.event import Event
 
 EPSILON = 1e-6  # the last instant (1 us) before a window's end: Beam's window.max_timestamp()
@@ -36,6 +39,35 @@ class IdentityWindow(typing.NamedTuple):
   window_start: float
   window_end: float
   agg: WindowAggregate
+
+
+class IdentityWindowCoder(beam.coders.Coder):
+  """An IdentityWindow as one orjson list (identity, bounds, then its aggregate's fields).
+
+  Without it Beam would pickle the tuple and its aggregate at the history shuffle.
+  """
+
+  def encode(self, value: IdentityWindow) -> bytes:
+    return dumps_or_pickle(value, [value.identity, value.window_start, value.window_end]
+                           + aggregate_fields(value.agg))
+
+  def decode(self, encoded: bytes) -> IdentityWindow:
+    if encoded[0] != 0x5b:  # not b'[': pickled (see dumps_or_pickle)
+      return pickle.loads(encoded)
+    v = orjson.loads(encoded)
+    return IdentityWindow(v[0], v[1], v[2], aggregate_from_fields(v[3:]))
+
+  def is_deterministic(self) -> bool:
+    return False
+
+  def to_type_hint(self):
+    return IdentityWindow
+
+
+beam.coders.registry.register_coder(IdentityWindow, IdentityWindowCoder)
+
+# (identity, pane or window start) -> aggregate: typed so shuffles use WindowAggregateCoder.
+_PANE_AGG = typing.Tuple[typing.Tuple[str, int], WindowAggregate]
 
 
 class _AttachWindow(beam.DoFn):
@@ -107,9 +139,11 @@ class IdentityWindows(beam.PTransform):
             lambda e: ((e.identity, int(e.event_time // period) * period), e)).with_output_types(
                 typing.Tuple[typing.Tuple[str, int], Event])
         | 'AggregatePanes' >> beam.CombinePerKey(WindowAggregateFn(period))
-        | 'PaneToWindows' >> beam.ParDo(_PaneToWindows(self.size, period))
+        | 'PaneToWindows' >> beam.ParDo(_PaneToWindows(self.size, period)).with_output_types(
+            _PANE_AGG)
         | 'MergePanes' >> beam.CombinePerKey(WindowAggregateFn())
-        | 'AttachWindow' >> beam.ParDo(_AttachKeyedWindow(self.size)))
+        | 'AttachWindow' >> beam.ParDo(_AttachKeyedWindow(self.size)).with_output_types(
+            IdentityWindow))
 
   def _windowed(self, events):
     pane_kwargs, slide_kwargs = {}, {}
@@ -129,4 +163,4 @@ class IdentityWindows(beam.PTransform):
         | 'SlidingWindows' >> beam.WindowInto(
             window.SlidingWindows(self.size, self.period), **slide_kwargs)
         | 'MergePanes' >> beam.CombinePerKey(WindowAggregateFn())
-        | 'AttachWindow' >> beam.ParDo(_AttachWindow()))
+        | 'AttachWindow' >> beam.ParDo(_AttachWindow()).with_output_types(IdentityWindow))

@@ -1,0 +1,171 @@
+"""WindowAggregateCoder and IdentityWindowCoder: exact round trips, and the shuffles use them."""
+from __future__ import annotations
+
+import math
+import typing
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.coders import coders
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.typehints.native_type_compatibility import convert_to_beam_type
+
+from transforms.aggregate import WindowAggregate, WindowAggregateCoder, WindowAggregateFn
+from transforms.event import Event
+from transforms.windowing import IdentityWindow, IdentityWindowCoder, IdentityWindows
+
+T0 = 1_800_000_000
+
+
+def ev(t: float, action: str, ok: bool = True, region: str = 'us-east-1',
+       ip: str = '10.0.0.1', ua: str = 'aws-cli/2.15.0 Python/3.11 Linux/6.1') -> Event:
+  return Event(f'e-{t}-{action}', t, 'role/a', 'AssumedRole', 'role/a/s', 'AKIA', 'aws', 's3', action,
+               'data_read' if action.startswith('Get') else 'privilege_change', f'arn:b/{action}',
+               region, ip, ua, ok, '' if ok else 'AccessDenied', action.startswith('Get'), 'f#0')
+
+
+def full_aggregate() -> WindowAggregate:
+  """Every field populated, with fractional times, unicode, errors and several panes."""
+  agg = WindowAggregate()
+  for i, (action, ok) in enumerate([('GetObject', True), ('PutRolePolicy', False),
+                                    ('GetObject', True), ('AttachRolePolicy', True)]):
+    agg.add(ev(T0 + 0.123456789 + 700 * i, action, ok, region=['us-east-1', 'eu-west-1'][i % 2],
+               ip=['10.0.0.1', '2001:db8::1', 'ec2.amazonaws.com'][i % 3],
+               ua='Boto3/1.34 Python/3.11 Linux' if i else 'é-agent/1 windows'), 900)
+  agg.overflow = 3
+  return agg
+
+
+def assert_exact(a: WindowAggregate, b: WindowAggregate) -> None:
+  assert a == b
+  for field in WindowAggregate.__slots__:
+    x, y = getattr(a, field), getattr(b, field)
+    assert type(x) is type(y), field
+    if isinstance(x, dict):
+      assert list(x.items()) == list(y.items()), field  # same keys, key types and order
+      assert [type(k) for k in x] == [type(k) for k in y], field
+
+
+def round_trip(coder, value):
+  return coder.decode(coder.encode(value))
+
+
+def test_full_aggregate_round_trips_exactly():
+  agg = full_aggregate()
+  assert all([agg.count, agg.errors, agg.read_only, agg.overflow, agg.actions, agg.action_category,
+              agg.categories, agg.resources, agg.networks, agg.agents, agg.regions, agg.panes,
+              agg.identity_type])
+  assert len(agg.panes) == 3 and math.modf(agg.first_time)[0] != 0
+  back = round_trip(WindowAggregateCoder(), agg)
+  assert_exact(agg, back)
+  assert back.first_time == T0 + 0.123456789 and all(type(k) is int for k in back.panes)
+  # The decoded aggregate is a live accumulator: merging into it works like the original.
+  assert_exact(back.merge(full_aggregate()), full_aggregate().merge(full_aggregate()))
+
+
+def test_empty_aggregate_keeps_its_infinite_times():
+  back = round_trip(WindowAggregateCoder(), WindowAggregate())
+  assert_exact(WindowAggregate(), back)
+  assert back.first_time == math.inf and back.last_time == -math.inf
+
+
+def test_values_orjson_cannot_hold_fall_back_to_pickle_exactly():
+  odd = full_aggregate()
+  odd.regions[None] = 1  # a non-str key
+  big = full_aggregate()
+  big.count = 1 << 70  # beyond 64 bits
+  numpy_count = full_aggregate()
+  numpy_count.errors = np.int64(2)
+  nan_time = full_aggregate()
+  nan_time.first_time = math.nan
+  for agg in (odd, big, numpy_count):
+    assert_exact(agg, round_trip(WindowAggregateCoder(), agg))
+  assert math.isnan(round_trip(WindowAggregateCoder(), nan_time).first_time)
+  assert WindowAggregateCoder().encode(full_aggregate())[:1] == b'['  # the usual case: orjson
+  assert WindowAggregateCoder().encode(odd)[:1] != b'['
+
+
+def test_identity_window_round_trips_alone_and_nested_in_the_history_shuffle_coder():
+  w = IdentityWindow('arn:aws:iam::1:role/ü', T0 - 3600.0, float(T0), full_aggregate())
+  back = round_trip(IdentityWindowCoder(), w)
+  assert type(back) is IdentityWindow and back == w
+  assert type(back.window_start) is float
+  assert_exact(w.agg, back.agg)
+  # The shape TrackHistory shuffles: (identity, (window, context)).
+  hint = typing.Tuple[str, typing.Tuple[IdentityWindow, typing.Any]]
+  coder = beam.coders.registry.get_coder(convert_to_beam_type(hint))
+  kv = ('arn:aws:iam::1:role/ü', (w, {'registered': 'false', 'owner': None, 'services': ['s3']}))
+  assert coder.decode(coder.encode(kv)) == kv
+  assert isinstance(coder, coders.TupleCoder) and isinstance(
+      coder.coders()[1].coders()[0], IdentityWindowCoder)
+
+
+def test_registry_and_combine_fn_use_the_compact_coders():
+  assert isinstance(beam.coders.registry.get_coder(WindowAggregate), WindowAggregateCoder)
+  assert isinstance(beam.coders.registry.get_coder(IdentityWindow), IdentityWindowCoder)
+  assert isinstance(WindowAggregateFn().get_accumulator_coder(), WindowAggregateCoder)
+  assert not WindowAggregateCoder().is_deterministic()  # aggregates are values, never keys
+
+
+def test_windowing_outputs_are_typed_for_the_coders():
+  for bounded in (True, False):
+    p = TestPipeline()
+    events = p | beam.Create([ev(T0 + 1.5, 'GetObject')])
+    if not bounded:
+      events.is_bounded = False
+    windows = events | IdentityWindows(3600, 900)
+    assert windows.element_type is IdentityWindow
+    # Every aggregate the windowing step hands on (to a shuffle or the next step) is typed.
+    typed = {node.full_label.split('/')[-1]: pc.element_type
+             for node in _nodes(p._root_transform()) for pc in node.outputs.values()
+             if node.full_label.split('/')[-1] in ('AggregatePanes', 'PaneToWindows', 'MergePanes')}
+    assert len(typed) == (3 if bounded else 2)
+    assert all(t.tuple_types[1] is WindowAggregate for t in typed.values()), typed
+
+def _nodes(node):
+  yield node
+  for part in node.parts:
+    yield from _nodes(part)
+
+
+
+def test_batch_window_shuffles_never_pickle_an_aggregate(monkeypatch):
+  """The bounded windowing step and a typed per-identity shuffle, with pickling of aggregates forbidden.
+
+  (Beam also encodes sampled elements of every PCollection to estimate sizes: those, too, must
+  find the compact coder, so the windowing step's outputs must all be typed.)
+  """
+  from apache_beam.testing.util import assert_that, equal_to
+
+  def refuse(self, protocol):
+    raise AssertionError('a WindowAggregate was pickled')
+
+  monkeypatch.setattr(WindowAggregate, '__reduce_ex__', refuse, raising=False)
+  encoded = []
+  real_encode = WindowAggregateCoder.encode
+  monkeypatch.setattr(WindowAggregateCoder, 'encode',
+                      lambda self, v: encoded.append(1) or real_encode(self, v))
+  events = [ev(T0 + 60.5 * i, ['GetObject', 'PutRolePolicy'][i % 2]) for i in range(40)]
+  with beam.Pipeline(runner='DirectRunner') as p:
+    per_identity = (p | beam.Create(events)
+                    | IdentityWindows(3600, 900)
+                    | beam.Map(lambda w: (w.identity, w)).with_output_types(
+                        typing.Tuple[str, IdentityWindow])
+                    | beam.GroupByKey())
+    assert_that(per_identity | beam.FlatMap(
+        lambda kv: [(w.window_end - T0, w.agg.count) for w in kv[1]]),
+                equal_to([(900.0, 15), (1800.0, 30), (2700.0, 40), (3600.0, 40), (4500.0, 25),
+                          (5400.0, 10)]))
+  assert encoded  # the shuffles went through the compact coder
+
+
+def test_history_shuffle_is_typed_for_the_identity_window_coder():
+  from transforms.history import TrackHistory
+  p = TestPipeline()
+  windows = (p | beam.Create([ev(T0 + 1.5, 'GetObject')]) | IdentityWindows(3600, 900)
+             | beam.Map(lambda w: (w, {'registered': 'true'})))
+  _ = windows | 'History' >> TrackHistory(None)
+  keyed = [pc for node in _nodes(p._root_transform()) for pc in node.outputs.values()
+           if node.full_label == 'History/KeyByIdentity']
+  coder = beam.coders.registry.get_coder(keyed[0].element_type)
+  assert isinstance(coder.coders()[1].coders()[0], IdentityWindowCoder)
