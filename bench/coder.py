@@ -38,41 +38,23 @@ sys.path[:] = [ROOT] + [p for p in sys.path if os.path.abspath(p or '.') != BENC
 
 import apache_beam as beam  # noqa: E402
 
-from transforms.aggregate import WindowAggregate, WindowAggregateCoder  # noqa: E402
-from transforms.windowing import IdentityWindow, IdentityWindowCoder  # noqa: E402
+from transforms.aggregate import WindowAggregateCoder  # noqa: E402
+from transforms.windowing import IdentityWindowCoder  # noqa: E402
 
 
 def sample_windows(identities: int, days: int, window_size: int = 3600, period: int = 900):
-  """(pane aggregates, IdentityWindows) of a generated sample, built like bench/pipeline.py's limit."""
+  """(pane aggregates, IdentityWindows, event count) of a generated sample, as bench/pipeline.py's limit builds them."""
+  from bench.pipeline import plain_parse, plain_windows
   from pipeline.generate import generate
-  from transforms.parse import RecordParser, read_all
-  from transforms.records import split_records
   work = tempfile.mkdtemp(prefix='postauth-coder-')
   try:
     generate(work, identities, days, 7)
-    parser = RecordParser()
-    events = []
-    for path in sorted(glob.glob(f'{work}/**/*', recursive=True)):
-      if os.path.isfile(path) and ('/history/' in path or '/live/' in path):
-        for rec in split_records(read_all(path), path):
-          e = parser.parse(rec)
-          if not isinstance(e, str):
-            events.append(e)
+    paths = [p for p in sorted(glob.glob(f'{work}/**/*', recursive=True))
+             if os.path.isfile(p) and ('/history/' in p or '/live/' in p)]
+    events = plain_parse(paths)
   finally:
     shutil.rmtree(work, ignore_errors=True)
-  panes: Dict = {}
-  for e in events:
-    key = (e.identity, int(e.event_time // period) * period)
-    agg = panes.get(key)
-    if agg is None:
-      agg = panes[key] = WindowAggregate()
-    agg.add(e, period)
-  wins: Dict = {}
-  for (identity, start), agg in panes.items():
-    for k in range(window_size // period):
-      acc = wins.setdefault((identity, start - k * period), WindowAggregate())
-      acc.merge(agg)
-  windows = [IdentityWindow(i, float(s), float(s + window_size), a) for (i, s), a in wins.items()]
+  panes, windows = plain_windows(events, window_size, period)
   return list(panes.values()), windows, len(events)
 
 

@@ -140,29 +140,24 @@ def _time(stages: Dict[str, float], name: str, t0: float) -> float:
   return t
 
 
-def limit(pattern: str, inventory: str, model_dir: str, window_size: int = 3600,
-          period: int = 900, features_out: Optional[str] = None) -> Dict:
-  """The batch detection job's work with the project's own code, in plain loops, no Beam."""
-  from models.features import feature_vector
-  from models.history import IdentityHistory
-  from models.model import DetectionModel
-  from transforms import rules
-  from transforms.aggregate import WindowAggregate
-  from transforms.inventory import context_for, read_snapshot
+def plain_parse(paths: List[str]) -> List:
+  """Every event the project's parser gets from the files, in plain loops (no Beam)."""
   from transforms.parse import RecordParser, read_all
   from transforms.records import split_records
-  from transforms.windowing import IdentityWindow
-  model = DetectionModel.load(model_dir)
-  stages: Dict[str, float] = {}
-  t = time.process_time()
   parser = RecordParser()
   events = []
-  for path in sorted(glob.glob(pattern)):
+  for path in paths:
     for rec in split_records(read_all(path), path):
       e = parser.parse(rec)
       if not isinstance(e, str):
         events.append(e)
-  t = _time(stages, 'parse', t)
+  return events
+
+
+def plain_windows(events: List, window_size: int = 3600, period: int = 900):
+  """(pane aggregates by (identity, pane start), IdentityWindows) as the windowing step builds them."""
+  from transforms.aggregate import WindowAggregate
+  from transforms.windowing import IdentityWindow
   panes: Dict = {}
   for e in events:
     key = (e.identity, int(e.event_time // period) * period)
@@ -179,6 +174,23 @@ def limit(pattern: str, inventory: str, model_dir: str, window_size: int = 3600,
         acc = wins[key] = WindowAggregate()
       acc.merge(agg)
   windows = [IdentityWindow(i, float(s), float(s + window_size), a) for (i, s), a in wins.items()]
+  return panes, windows
+
+
+def limit(pattern: str, inventory: str, model_dir: str, window_size: int = 3600,
+          period: int = 900, features_out: Optional[str] = None) -> Dict:
+  """The batch detection job's work with the project's own code, in plain loops, no Beam."""
+  from models.features import feature_vector
+  from models.history import IdentityHistory
+  from models.model import DetectionModel
+  from transforms import rules
+  from transforms.inventory import context_for, read_snapshot
+  model = DetectionModel.load(model_dir)
+  stages: Dict[str, float] = {}
+  t = time.process_time()
+  events = plain_parse(sorted(glob.glob(pattern)))
+  t = _time(stages, 'parse', t)
+  _, windows = plain_windows(events, window_size, period)
   t = _time(stages, 'windows', t)
   rows = read_snapshot(inventory).rows
   enriched = [(w, context_for(w.identity, w.agg.identity_type, rows)) for w in windows]
