@@ -3,6 +3,7 @@ deterministic rules, suppression and deduplication."""
 from __future__ import annotations
 
 import csv
+import functools
 import json
 
 import apache_beam as beam
@@ -23,8 +24,9 @@ from transforms.aggregate import WindowAggregate
 from transforms.event import Event
 from transforms.findings import contextual_severity, rfc3339
 from transforms.history import TrackHistory
-from transforms.inventory import (EnrichWindows, InventoryError, _InventoryReader, newest, normalise,
-                                  read_inventory, snapshot_of)
+from transforms.inventory import (EnrichWindows, InventoryError, newest, normalise, read_inventory,
+                                  read_snapshot, snapshot_of)
+from transforms.updates import _ReadNow
 from transforms.triage import DeduplicateFindings, Suppress, apply_allowlist, load_allowlist
 from transforms.windowing import EPSILON, IdentityWindow
 
@@ -112,7 +114,12 @@ def test_enrichment_uses_the_newest_snapshot_it_can_see():
 def test_inventory_reread_survives_a_half_written_edit(tmp_path):
   path = tmp_path / 'inv.csv'
   path.write_text('identity,identity_type,owner,team,environment\na,api_key,o,t1,prod\n')
-  reader = _InventoryReader(str(path))
+  read_now = _ReadNow(functools.partial(read_snapshot, str(path)), 'inventory')
+
+  def reader():  # what the periodic re-read emits: (read time, snapshot), or nothing
+    out = list(read_now.process(None, ts=1.0))
+    return out[0][1] if out else None
+
   first, again = reader(), reader()
   path.write_text('identity,identity_type,owner,team,environment\na,api_key,o,t2,prod\n')
   edited = reader()

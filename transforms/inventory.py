@@ -16,6 +16,7 @@ windowed, and for the one runner where it cannot run).
 from __future__ import annotations
 
 import csv
+import functools
 import fnmatch
 import hashlib
 import io
@@ -166,26 +167,6 @@ def matches_any(value: str, patterns: List[str]) -> bool:
   return any(fnmatch.fnmatchcase(lowered, p.lower()) for p in patterns)
 
 
-class _InventoryReader:
-  """A picklable "read the inventory now" for ``PeriodicReads``; None when the read fails.
-
-  A half-written file during an edit must not stop a streaming job: the failed
-  read is counted and the previous snapshot stays in use.
-  """
-
-  def __init__(self, path: str):
-    self._path = path
-
-  def __call__(self) -> Optional[Snapshot]:
-    try:
-      snapshot = read_snapshot(self._path)
-    except Exception:  # pylint: disable=broad-except
-      Metrics.counter('postauth', 'inventory_read_errors').inc()
-      return None
-    Metrics.counter('postauth', 'inventory_reads').inc()
-    return snapshot
-
-
 class InventorySnapshots(beam.PTransform):
   """Inventory -> one snapshot in the global window, ready for ``beam.pvalue.AsList``.
 
@@ -226,7 +207,8 @@ class InventoryRefresh(beam.PTransform):
     if path.startswith('bq://'):
       raise InventoryError('--inventory-refresh re-reads files; export the BigQuery table to a '
                            'file (or set --inventory-refresh 0)')
-    self._reads = PeriodicReads(_InventoryReader(path), refresh_seconds, stop_after)
+    self._reads = PeriodicReads(functools.partial(read_snapshot, path), refresh_seconds,
+                                'inventory', stop_after)
 
   def expand(self, pbegin):
     return pbegin | 'ReReadInventory' >> self._reads

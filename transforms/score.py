@@ -15,6 +15,7 @@ the GroupByKey). A GroupByKey holds the watermark on every runner.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import typing
 import zlib
@@ -43,20 +44,6 @@ from transforms.updates import PeriodicReads
 from transforms.updates import newest as newest_read
 
 
-class _PointerReader:
-  """A picklable "which version is promoted now" for ``PeriodicReads``; None when unreadable."""
-
-  def __init__(self, model_dir: str):
-    self._model_dir = model_dir
-
-  def __call__(self) -> Optional[str]:
-    try:
-      return registry.current(self._model_dir)
-    except Exception:  # pylint: disable=broad-except
-      Metrics.counter('postauth', 'model_pointer_read_errors').inc()
-      return None
-
-
 class WatchModelPointer(beam.PTransform):
   """Streaming: the model directory's LATEST pointer, read every ``refresh_seconds``.
 
@@ -67,7 +54,8 @@ class WatchModelPointer(beam.PTransform):
 
   def __init__(self, model_dir: str, refresh_seconds: float, stop_after: Optional[float] = None):
     super().__init__()
-    self._reads = PeriodicReads(_PointerReader(model_dir), refresh_seconds, stop_after)
+    self._reads = PeriodicReads(functools.partial(registry.current, model_dir), refresh_seconds,
+                                'model_pointer', stop_after)
 
   def expand(self, pbegin):
     return pbegin | 'ReadLatest' >> self._reads

@@ -24,10 +24,12 @@ inventory read at start, the model loaded in ``setup``), as Beam's own
 """
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, Callable, Iterable, Optional, Tuple
 
 import apache_beam as beam
+from apache_beam.metrics import Metrics
 from apache_beam.transforms import window
 from apache_beam.transforms.periodicsequence import PeriodicImpulse
 from apache_beam.utils.timestamp import Duration
@@ -58,30 +60,45 @@ class LaggedAsList(beam.pvalue.AsList):
 
 
 class _ReadNow(beam.DoFn):
-  """An impulse -> (read time, value); a read that returns None emits nothing."""
+  """An impulse -> (read time, value), counted as ``<name>_reads``; a None read emits nothing.
 
-  def __init__(self, read: Callable[[], Any]):
+  A read that raises (a half-written file during an edit, a storage hiccup)
+  emits nothing and is counted as ``<name>_read_errors``: the previous value
+  stays in use and the streaming job goes on.
+  """
+
+  def __init__(self, read: Callable[[], Any], name: str):
     self._read = read
+    self.reads = Metrics.counter('postauth', f'{name}_reads')
+    self.errors = Metrics.counter('postauth', f'{name}_read_errors')
 
   def process(self, impulse_time, ts=beam.DoFn.TimestampParam):
-    value = self._read()
+    try:
+      value = self._read()
+    except Exception:  # pylint: disable=broad-except
+      logging.warning('periodic read failed; keeping the previous value', exc_info=True)
+      self.errors.inc()
+      return
     if value is not None:
+      self.reads.inc()
       yield float(ts), value
 
 
 class PeriodicReads(beam.PTransform):
   """PBegin -> (read time, value) every ``period`` seconds, one read per ``FixedWindows(period)``.
 
-  ``read`` is a picklable callable; it should swallow its own transient errors
-  (return None) so a half-written file never stops a streaming job.
-  ``stop_after`` (seconds) ends the sequence, for tests and bounded demos.
+  ``read`` is a picklable callable (e.g. a ``functools.partial`` of a module
+  function); ``name`` prefixes its counters. ``stop_after`` (seconds) ends the
+  sequence, for tests and bounded demos.
   """
 
-  def __init__(self, read: Callable[[], Any], period: float, stop_after: Optional[float] = None):
+  def __init__(self, read: Callable[[], Any], period: float, name: str,
+               stop_after: Optional[float] = None):
     super().__init__()
     if period <= 0:
       raise ValueError('period must be > 0')
     self._read = read
+    self._name = name
     self._period = period
     self._stop_after = stop_after
 
@@ -92,7 +109,7 @@ class PeriodicReads(beam.PTransform):
       kwargs['stop_timestamp'] = start + self._stop_after
     return (pbegin
             | 'Every' >> PeriodicImpulse(start_timestamp=start, fire_interval=self._period, **kwargs)
-            | 'Read' >> beam.ParDo(_ReadNow(self._read))
+            | 'Read' >> beam.ParDo(_ReadNow(self._read, self._name))
             | 'OneReadPerWindow' >> beam.WindowInto(window.FixedWindows(self._period)))
 
   def as_side_input(self, reads: beam.PCollection) -> LaggedAsList:
