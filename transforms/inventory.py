@@ -143,12 +143,8 @@ def read_snapshot(path: str, version: Optional[float] = None) -> Snapshot:
 
 
 def newest(snapshots: Iterable[Snapshot]) -> Snapshot:
-  """The snapshot to use: the latest read (runners may show every fired pane of the side input)."""
-  best = None
-  for s in snapshots:
-    if best is None or s.version > best.version:
-      best = s
-  return best if best is not None else Snapshot(0.0, '', {})
+  """The latest read of those in view (``version``, a snapshot's first field, is its read time)."""
+  return updates_newest(snapshots) or Snapshot(0.0, '', {})
 
 
 def context_for(identity: str, log_type: str, inventory: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
@@ -198,8 +194,8 @@ class InventoryRefresh(beam.PTransform):
   """Streaming: the inventory re-read every ``refresh_seconds``, as a windowed side input.
 
   See transforms/updates.py for why windowed rather than a triggered global
-  window: an edit takes effect within two periods on every runner, the
-  DirectRunner included, and the side input never holds a finding back.
+  window (an edit takes effect within two periods and the side input never
+  holds a finding back) and for the runners it runs on.
   """
 
   def __init__(self, path: str, refresh_seconds: float, stop_after: Optional[float] = None):
