@@ -12,7 +12,7 @@ import ipaddress
 import itertools
 import math
 import pickle
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
 import apache_beam as beam
 import orjson
@@ -196,6 +196,13 @@ def dumps_or_pickle(value: Any, fields: List[Any]) -> bytes:
     return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
 
 
+def loads_or_unpickle(encoded: bytes, build: Callable[[List[Any]], Any]) -> Any:
+  """Inverse of dumps_or_pickle: ``build`` of the orjson list, or the pickled value itself."""
+  if encoded[0] != _JSON_LIST:
+    return pickle.loads(encoded)
+  return build(orjson.loads(encoded))
+
+
 class WindowAggregateCoder(beam.coders.Coder):
   """A WindowAggregate as one orjson list: ~2x faster and ~30% smaller than Beam's pickle fallback.
 
@@ -206,9 +213,7 @@ class WindowAggregateCoder(beam.coders.Coder):
     return dumps_or_pickle(value, aggregate_fields(value))
 
   def decode(self, encoded: bytes) -> WindowAggregate:
-    if encoded[0] != _JSON_LIST:
-      return pickle.loads(encoded)
-    return aggregate_from_fields(orjson.loads(encoded))
+    return loads_or_unpickle(encoded, aggregate_from_fields)
 
   def is_deterministic(self) -> bool:
     return False

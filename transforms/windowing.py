@@ -16,18 +16,16 @@ paths emit identical ``IdentityWindow`` elements stamped at the window's end
 """
 from __future__ import annotations
 
-import pickle
 import typing
 
 import apache_beam as beam
-import orjson
 from apache_beam.metrics import Metrics
 from apache_beam.transforms import trigger, window
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration
 
 from transforms.aggregate import (WindowAggregate, WindowAggregateFn, aggregate_fields,
-                                  aggregate_from_fields, dumps_or_pickle)
+                                  aggregate_from_fields, dumps_or_pickle, loads_or_unpickle)
 from transforms.event import Event
 
 EPSILON = 1e-6  # the last instant (1 us) before a window's end: Beam's window.max_timestamp()
@@ -52,10 +50,8 @@ class IdentityWindowCoder(beam.coders.Coder):
                            + aggregate_fields(value.agg))
 
   def decode(self, encoded: bytes) -> IdentityWindow:
-    if encoded[0] != 0x5b:  # not b'[': pickled (see dumps_or_pickle)
-      return pickle.loads(encoded)
-    v = orjson.loads(encoded)
-    return IdentityWindow(v[0], v[1], v[2], aggregate_from_fields(v[3:]))
+    return loads_or_unpickle(
+        encoded, lambda v: IdentityWindow(v[0], v[1], v[2], aggregate_from_fields(v[3:])))
 
   def is_deterministic(self) -> bool:
     return False
