@@ -12,7 +12,9 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from models.profile import IdentityProfile, hour_of
+from models.fleet import EMPTY as NO_FLEET
+from models.fleet import PeerView
+from models.profile import IdentityProfile, hour_of, resource_family
 from transforms.aggregate import WindowAggregate
 from transforms.taxonomy import HIGH_IMPACT_CATEGORIES, SENSITIVE_CATEGORIES
 
@@ -28,9 +30,12 @@ FEATURE_NAMES: Tuple[str, ...] = (
     'novel_action_share',
     'novel_sensitive_actions',
     'novel_high_impact_events',
-    'novel_resource_share',
+    'novel_rare_actions',
+    'novel_family_share',
     'novel_resources',
+    'novel_resource_families',
     'new_network_share',
+    'new_network_beside_usual',
     'new_agent_share',
     'new_region_share',
     'error_ratio_excess',
@@ -52,10 +57,37 @@ def _share_unseen(counts: Dict[str, int], p: IdentityProfile, field: str, total:
   return sum(counts[k] for k in (p.unseen(field, counts) if unseen is None else unseen)) / total
 
 
+# A new network's calls overlap the usual networks' calls by more than this (seconds):
+# used beside the usual workload (stolen credentials), not after it (a redeploy's cut-over).
+CONCURRENT_SECONDS = 300.0
+
+
+def concurrent_new_networks(agg: WindowAggregate, p: IdentityProfile) -> Tuple[List[str], List[str]]:
+  """(new networks used while a usual network was active in the window, those usual networks)."""
+  spans = getattr(agg, 'network_spans', None) or {}
+  usual = [n for n in agg.networks if p.knows('networks', n) and n in spans]
+  new = [n for n in agg.networks if not p.knows('networks', n) and n in spans]
+  beside, active = [], set()
+  for n in new:
+    lo, hi = spans[n]
+    for u in usual:
+      if min(hi, spans[u][1]) - max(lo, spans[u][0]) > CONCURRENT_SECONDS:
+        beside.append(n)
+        active.add(u)
+        break
+  return beside, sorted(active)
+
+
 def feature_vector(agg: WindowAggregate, profile: Optional[IdentityProfile],
-                   window_end: float) -> np.ndarray:
-  """The model input for one identity-window, against that identity's profile."""
+                   window_end: float, peers: Optional[PeerView] = None) -> np.ndarray:
+  """The model input for one identity-window, against that identity's profile and its peers.
+
+  ``peers`` (the fleet's use of each action, without this identity) makes a novel
+  sensitive action that many peers routinely make weaker evidence, and counts
+  novel actions that almost no identity of the fleet ever made.
+  """
   p = profile or IdentityProfile()
+  peers = peers or NO_FLEET.view('', None)
   x = np.zeros(len(FEATURE_NAMES), dtype=np.float64)
   mu, sd = p.volume_baseline(hour_of(window_end - 1))
   x[0] = max(0.0, (math.log1p(agg.count) - mu) / sd)
@@ -63,23 +95,33 @@ def feature_vector(agg: WindowAggregate, profile: Optional[IdentityProfile],
   x[2] = _excess(len(agg.resources), p.max_distinct_resources)
   novel = p.unseen('actions', agg.actions)
   x[3] = sum(agg.actions[a] for a in novel) / max(agg.count, 1)
-  x[4] = math.log1p(sum(1 for a in novel if agg.action_category.get(a) in SENSITIVE_CATEGORIES))
-  x[5] = math.log1p(sum(agg.actions[a] for a in novel
+  uncommon = [a for a in novel if not peers.common(a)]
+  x[4] = math.log1p(sum(1 for a in uncommon if agg.action_category.get(a) in SENSITIVE_CATEGORIES))
+  x[5] = math.log1p(sum(agg.actions[a] for a in uncommon
                         if agg.action_category.get(a) in HIGH_IMPACT_CATEGORIES))
+  x[6] = math.log1p(sum(1 for a in novel if peers.rare(a)))
   resource_events = sum(agg.resources.values())
-  novel_resources = p.unseen('resources', agg.resources)
-  x[6] = _share_unseen(agg.resources, p, 'resources', resource_events, novel_resources)
-  x[7] = math.log1p(len(novel_resources))
-  x[8] = _share_unseen(agg.networks, p, 'networks', agg.count)
-  x[9] = _share_unseen(agg.agents, p, 'agents', agg.count)
-  x[10] = _share_unseen(agg.regions, p, 'regions', agg.count)
-  x[11] = max(0.0, agg.errors / max(agg.count, 1) - p.error_ratio())
+  families = p.unseen_families(agg.resources)
+  if resource_events and families:
+    x[7] = sum(n for r, n in agg.resources.items() if _family_in(r, families)) / resource_events
+  x[8] = math.log1p(len(p.unseen('resources', agg.resources)))
+  x[9] = math.log1p(len(families))
+  x[10] = _share_unseen(agg.networks, p, 'networks', agg.count)
+  beside, _ = concurrent_new_networks(agg, p)
+  x[11] = sum(agg.networks[n] for n in beside) / max(agg.count, 1)
+  x[12] = _share_unseen(agg.agents, p, 'agents', agg.count)
+  x[13] = _share_unseen(agg.regions, p, 'regions', agg.count)
+  x[14] = max(0.0, agg.errors / max(agg.count, 1) - p.error_ratio())
   sensitive = sum(n for c, n in agg.categories.items() if c in SENSITIVE_CATEGORIES)
-  x[12] = max(0.0, sensitive / max(agg.count, 1) - p.sensitive_share())
+  x[15] = max(0.0, sensitive / max(agg.count, 1) - p.sensitive_share())
   base = len(FEATURE_NAMES) - len(EXCESS_CATEGORIES)
   for i, cat in enumerate(EXCESS_CATEGORIES):
     x[base + i] = _excess(agg.categories.get(cat, 0), p.category_max.get(cat, 0))
   return x
+
+
+def _family_in(resource: str, families: Dict[str, int]) -> bool:
+  return resource_family(resource) in families
 
 
 def _top(counts: Dict[str, int], keep, n: int = 3) -> List[str]:
@@ -87,10 +129,23 @@ def _top(counts: Dict[str, int], keep, n: int = 3) -> List[str]:
   return [k for k, _ in items[:n]]
 
 
+def peer_note(action: str, peers: PeerView) -> str:
+  """What the fleet says about an action: the absence a responder needs to see."""
+  if not peers.fleet.identities:
+    return ''
+  p, pn = peers.peers(action)
+  f, fn = peers.fleet_users(action)
+  kind = peers.identity_type or 'its type'
+  if p == 0:
+    return f'no other {kind} identity made it in the training history ({f} of {fn} in the fleet)'
+  return f'{p} of {pn} other {kind} identities made it ({f} of {fn} in the fleet)'
+
+
 def describe(name: str, agg: WindowAggregate, profile: Optional[IdentityProfile],
-             window_end: float) -> Tuple[object, object, str]:
+             window_end: float, peers: Optional[PeerView] = None) -> Tuple[object, object, str]:
   """(value, baseline, words) for one feature, in the terms a responder uses."""
   p = profile or IdentityProfile()
+  peers = peers or NO_FLEET.view('', None)
   seen = p.seen
   if name == 'volume_z':
     mu, _ = p.volume_baseline(hour_of(window_end - 1))
@@ -102,19 +157,35 @@ def describe(name: str, agg: WindowAggregate, profile: Optional[IdentityProfile]
   if name == 'distinct_resources_excess':
     return (len(agg.resources), p.max_distinct_resources,
             f'{len(agg.resources)} distinct resources; never more than {p.max_distinct_resources} before')
-  if name in ('novel_action_share', 'novel_sensitive_actions', 'novel_high_impact_events'):
+  if name in ('novel_action_share', 'novel_sensitive_actions', 'novel_high_impact_events',
+              'novel_rare_actions'):
     novel = [a for a in agg.actions if not p.knows('actions', a)]
-    if name != 'novel_action_share':
+    if name == 'novel_rare_actions':
+      novel = [a for a in novel if peers.rare(a)]
+    elif name != 'novel_action_share':
       wanted = SENSITIVE_CATEGORIES if name == 'novel_sensitive_actions' else HIGH_IMPACT_CATEGORIES
-      novel = [a for a in novel if agg.action_category.get(a) in wanted]
+      novel = [a for a in novel if agg.action_category.get(a) in wanted and not peers.common(a)]
     shown = sorted(novel, key=lambda a: -agg.actions[a])[:4]
     labelled = ', '.join(f'{a} ({agg.action_category.get(a, "?")}) x{agg.actions[a]}' for a in shown)
-    return len(novel), 0, f'never-seen actions: {labelled}'
-  if name in ('novel_resource_share', 'novel_resources'):
+    note = peer_note(shown[0], peers) if shown else ''
+    return len(novel), 0, f'never-seen actions: {labelled}' + (f'; {shown[0]}: {note}' if note else '')
+  if name in ('novel_family_share', 'novel_resource_families'):
+    families = p.unseen_families(agg.resources)
+    shown = sorted(families, key=lambda f: -families[f])[:3]
+    examples = ', '.join(_top(agg.resources, lambda r: _family_in(r, families)))
+    return (len(families), len(seen['families']),
+            f'{sum(families.values())} resources in {len(families)} kinds never touched before '
+            f'({", ".join(shown)}), e.g. {examples}')
+  if name == 'novel_resources':
     novel = [r for r in agg.resources if not p.knows('resources', r)]
     examples = ', '.join(_top(agg.resources, lambda r: not p.knows('resources', r)))
     return (len(novel), len(seen['resources']),
             f'{len(novel)} resources never touched before (of {len(agg.resources)}), e.g. {examples}')
+  if name == 'new_network_beside_usual':
+    beside, usual = concurrent_new_networks(agg, p)
+    return (', '.join(beside), ', '.join(usual),
+            f'calls from new network {", ".join(beside)} while the usual network {", ".join(usual)} '
+            f'was still active in the same window (a redeploy replaces the old network; this runs beside it)')
   if name in ('new_network_share', 'new_agent_share', 'new_region_share'):
     field, what = {'new_network_share': ('networks', 'network'),
                    'new_agent_share': ('agents', 'user agent'),

@@ -23,6 +23,7 @@ from sklearn.ensemble import IsolationForest
 from models import artifact
 from models.calibration import Calibration, FeatureDistribution
 from models.features import FEATURE_NAMES, describe, feature_vector
+from models.fleet import FleetProfile, PeerView
 from models.profile import PROFILE_FORMAT, IdentityProfile
 
 GLOBAL = '_global'
@@ -63,6 +64,8 @@ class TrainConfig:
   min_cohort_windows: int = 300  # smaller cohorts use the next coarser model
   warmup_days: int = 1  # windows scored against at least this much history
   team_cohorts: bool = False  # also train one model per (identity_type, team)
+  page_budget: float = 5.0  # pages (medium or above) per 1,000 identity-days the severity levels allow
+  holdout_days: int = 2  # last history days the levels are calibrated on, each scored by a model of the days before
 
   @classmethod
   def from_file(cls, path: Optional[str]) -> 'TrainConfig':
@@ -102,25 +105,41 @@ class TrainConfig:
          'an integer >= 10'),
         ('warmup_days', isinstance(self.warmup_days, int) and self.warmup_days >= 0, 'an integer >= 0'),
         ('team_cohorts', isinstance(self.team_cohorts, bool), 'true or false'),
+        ('page_budget', isinstance(self.page_budget, (int, float)) and not isinstance(self.page_budget, bool)
+         and self.page_budget > 0, 'a number > 0'),
+        ('holdout_days', isinstance(self.holdout_days, int) and self.holdout_days >= 0, 'an integer >= 0'),
     ]
     for name, ok, expected in checks:
       if not ok:
         raise ConfigError(f'{source}: {name}={getattr(self, name)!r} must be {expected}')
 
 
-def severity_of(score: float) -> Optional[str]:
-  for name, threshold in SEVERITIES:
-    if score >= threshold:
+def severity_of(score: float, thresholds: Optional[Dict[str, float]] = None) -> Optional[str]:
+  """The severity of a calibrated score: the model's budget-calibrated levels, else the defaults."""
+  levels = thresholds or dict(SEVERITIES)
+  for name, _ in SEVERITIES:
+    if score >= levels[name]:
       return name
   return None
+
+
+def levels_from_medium(medium: float) -> Dict[str, float]:
+  """Severity thresholds with medium (a page) at ``medium``: the default spacing above it, low unchanged."""
+  base = dict(SEVERITIES)
+  shift = max(0.0, medium - base['medium'])
+  return {'critical': base['critical'] + shift, 'high': base['high'] + shift, 'medium': base['medium'] + shift,
+          'low': base['low']}
 
 
 class DetectionModel:
   def __init__(self, version: str, forests: Dict[str, IsolationForest],
                calibrations: Dict[str, Calibration], rarity_calibrations: Dict[str, Calibration],
                distributions: Dict[str, FeatureDistribution],
-               profiles: Dict[str, IdentityProfile], manifest: Dict):
+               profiles: Dict[str, IdentityProfile], manifest: Dict,
+               fleet: Optional[FleetProfile] = None):
     self.version = version
+    self.fleet = fleet or FleetProfile()
+    self.thresholds = dict(manifest.get('severity_thresholds') or dict(SEVERITIES))
     self.forests = forests
     self.calibrations = calibrations
     self.rarity_calibrations = rarity_calibrations
@@ -133,7 +152,9 @@ class DetectionModel:
   @classmethod
   def fit(cls, cohort_features: Dict[str, np.ndarray], profiles: Dict[str, IdentityProfile],
           config: TrainConfig, training_window: Tuple[float, float],
-          counts: Optional[Dict[str, int]] = None) -> 'DetectionModel':
+          counts: Optional[Dict[str, int]] = None, fleet: Optional[FleetProfile] = None,
+          thresholds: Optional[Dict[str, float]] = None,
+          calibration_report: Optional[Dict] = None) -> 'DetectionModel':
     """Forests for the global cohort, each identity type and (``team_cohorts``) each team.
 
     ``cohort_features`` is keyed by the finest cohort ("type/team" or "type"). A
@@ -186,12 +207,13 @@ class DetectionModel:
         'training_window': [_iso(training_window[0]), _iso(training_window[1])],
         'hyperparameters': dataclasses.asdict(config),
         'counts': dict(counts or {}, identities=len(profiles), training_windows=len(all_x)),
-        'severity_thresholds': dict(SEVERITIES),
-        'severity_levels': severity_levels(),
+        'severity_thresholds': dict(thresholds or dict(SEVERITIES)),
+        'severity_levels': severity_levels(thresholds),
+        'page_calibration': calibration_report or {},
         'cohort_files': {c: forest_file(c) for c in sorted(forests)},
         'profile_format': PROFILE_FORMAT,
     }
-    model = cls(version, forests, calibrations, rarity_calibrations, distributions, profiles, manifest)
+    model = cls(version, forests, calibrations, rarity_calibrations, distributions, profiles, manifest, fleet)
     model.fit_seconds.update(fit_seconds)
     return model
 
@@ -208,6 +230,7 @@ class DetectionModel:
             'features': self.distributions[c].to_dict()} for c in self.forests}).encode()
     files['profiles.json.gz'] = artifact.dumps_json_gz(
         {k: p.to_dict() for k, p in sorted(self.profiles.items())})
+    files['fleet.json.gz'] = artifact.dumps_json_gz(self.fleet.to_dict())
     # profiles.json.gz is written in this code's format, whatever the model was loaded from.
     return artifact.save_version(model_dir, self.version, files,
                                  dict(self.manifest, profile_format=PROFILE_FORMAT), promote)
@@ -238,7 +261,8 @@ class DetectionModel:
                {c: Calibration.from_dict(cal[c]['calibration']) for c in forests},
                {c: Calibration.from_dict(cal[c]['rarity_calibration']) for c in forests},
                {c: FeatureDistribution.from_dict(cal[c]['features']) for c in forests},
-               profiles, manifest)
+               profiles, manifest,
+               FleetProfile.from_dict(artifact.loads_json_gz(files['fleet.json.gz'])) if 'fleet.json.gz' in files else None)
 
   # -- scoring ----------------------------------------------------------------
   def cohort_for(self, identity_type: Union[str, Dict[str, str]], team: Optional[str] = None) -> str:
@@ -261,12 +285,24 @@ class DetectionModel:
         return key
     return identity_type if identity_type in self.forests else GLOBAL
 
-  def features(self, windows: Sequence, profiles: Optional[Sequence[IdentityProfile]] = None) -> np.ndarray:
-    """Feature matrix; ``profiles`` (live per-identity history) default to the trained ones."""
+  def peers(self, identity: str, identity_type: str) -> PeerView:
+    """The fleet as this identity's peers see it (its own trained use not counted)."""
+    profile = self.profiles.get(identity)
+    return self.fleet.view(identity_type, None if profile is None else profile.seen['actions'])
+
+  def severity_of(self, score: float) -> Optional[str]:
+    return severity_of(score, self.thresholds)
+
+  def features(self, windows: Sequence, profiles: Optional[Sequence[IdentityProfile]] = None,
+               types: Optional[Sequence[str]] = None) -> np.ndarray:
+    """Feature matrix; ``profiles`` (live per-identity history) default to the trained ones,
+    ``types`` (inventory identity types, for peers) to the types the events carried."""
     if profiles is None:
       profiles = [self.profiles.get(w.identity) for w in windows]
-    return np.vstack([feature_vector(w.agg, p, w.window_end)
-                      for w, p in zip(windows, profiles)]) if windows else np.zeros((0, len(FEATURE_NAMES)))
+    if types is None:
+      types = [w.agg.identity_type for w in windows]
+    return np.vstack([feature_vector(w.agg, p, w.window_end, self.peers(w.identity, t))
+                      for w, p, t in zip(windows, profiles, types)]) if windows else np.zeros((0, len(FEATURE_NAMES)))
 
   def score(self, windows: Sequence, cohorts: Sequence[str],
             profiles: Optional[Sequence[IdentityProfile]] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -278,7 +314,7 @@ class DetectionModel:
     CreateAccessKey, which a forest cannot see if that feature never varied in
     training). The score is the larger of the two.
     """
-    x = self.features(windows, profiles)
+    x = self.features(windows, profiles, [_type_of(c) for c in cohorts])
     components = np.zeros((len(windows), 2))
     cohorts = np.asarray([self.cohort_for(c) for c in cohorts])
     for cohort in set(cohorts.tolist()):
@@ -299,6 +335,7 @@ class DetectionModel:
   def explain(self, window, cohort: str, x: np.ndarray, top: int = 4,
               profile: Optional[IdentityProfile] = None) -> List[Dict]:
     """The features that make this window rare for its cohort, in a responder's words."""
+    peers = self.peers(window.identity, _type_of(cohort))
     cohort = self.cohort_for(cohort)
     tail = self.distributions[cohort].tail_probability(x[None, :])[0]
     order = np.argsort(tail, kind='stable')
@@ -308,21 +345,29 @@ class DetectionModel:
     for i in order[:top]:
       if tail[i] > 0.05 or x[i] <= 0:
         break
-      value, baseline, detail = describe(FEATURE_NAMES[i], window.agg, profile, window.window_end)
+      value, baseline, detail = describe(FEATURE_NAMES[i], window.agg, profile, window.window_end,
+                                         peers)
       reasons.append({'feature': FEATURE_NAMES[i], 'value': value, 'baseline': baseline,
                       'detail': detail, 'rarity': float(tail[i])})
     return reasons
 
 
-def severity_levels() -> Dict[str, Dict[str, float]]:
+def _type_of(cohort: Union[str, Dict[str, str]]) -> str:
+  if isinstance(cohort, dict):
+    return cohort.get('identity_type', '')
+  return (cohort or '').split(TEAM_SEP, 1)[0]
+
+
+def severity_levels(thresholds: Optional[Dict[str, float]] = None) -> Dict[str, Dict[str, float]]:
   """What each severity threshold means, from the calibration: the same in every cohort.
 
   A calibrated score s is -log10 of the share of a cohort's training windows that
   scored as high, so a severity starting at s fires on 10**-s of normal windows,
   in any cohort, whatever its size or raw score scale.
   """
-  return {name: {'score': s, 'tail_probability': 10 ** -s, 'expected_per_1000_windows': 1000 * 10 ** -s}
-          for name, s in SEVERITIES}
+  levels = thresholds or dict(SEVERITIES)
+  return {name: {'score': levels[name], 'tail_probability': 10 ** -levels[name],
+                 'expected_per_1000_windows': 1000 * 10 ** -levels[name]} for name, _ in SEVERITIES}
 
 
 def _sorted_rows(x: np.ndarray) -> np.ndarray:

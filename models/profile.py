@@ -13,19 +13,22 @@ import datetime
 import functools
 import hashlib
 import math
+import re
 import struct
 from typing import Any, Dict, Iterable, List
 
 from transforms.aggregate import WindowAggregate
 
-MAX_SEEN = {'actions': 512, 'resources': 2048, 'networks': 64, 'agents': 32, 'regions': 32}
+MAX_SEEN = {'actions': 512, 'resources': 2048, 'families': 256, 'networks': 64, 'agents': 32,
+            'regions': 32}
 # Seen-sets kept as 64-bit hashes of their keys, not the strings: the profile only
 # asks whether a key was seen and how many keys it keeps (explanations name keys
 # from the current window's aggregate), and long ARNs/URLs made these sets ~3/4 of
 # a capped identity's state. Networks, agents and regions stay strings: explanations
 # name the usual ones ("usual: 10.0.0.0/24"), and their caps are small.
-HASHED_SEEN = ('actions', 'resources')
-PROFILE_FORMAT = 2  # 1: every seen-set as {string: count}; 2: HASHED_SEEN as 64-bit keys
+HASHED_SEEN = ('actions', 'resources', 'families')
+# 1: every seen-set as {string: count}; 2: HASHED_SEEN as 64-bit keys; 3: + resource families
+PROFILE_FORMAT = 3
 TRACKED_CATEGORIES = (
     'secret_access', 'credential_create', 'privilege_change', 'config_change',
     'notify', 'message_publish', 'data_read', 'data_write', 'enumerate', 'delete',
@@ -51,6 +54,47 @@ def seen_key(value: str) -> int:
   """
   return int.from_bytes(hashlib.blake2b(value.encode('utf-8', 'surrogatepass'), digest_size=8).digest(),
                         'little', signed=True)
+
+
+_TOKEN = re.compile(r'[-_.:]')
+_DIGITS = re.compile(r'[0-9]+')
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def resource_family(resource: str) -> str:
+  """The kind of a resource, from its naming pattern: new tables, partitions or objects of a known
+  family are routine change; a family the identity never touched is not.
+
+  - ``bucket/prefix/...key``: the bucket and first prefix (``bucket`` alone for ``bucket/key``),
+    digits folded and ``k=v`` partitions as ``k=*``;
+  - ARNs, URLs and other names: the first token of the name (``payments-orders-prod``,
+    ``arn:...:table/payments-refunds``, ``https://sqs.../payments-jobs`` -> ``payments``): the
+    namespace a team names its resources in, whatever the service;
+  - e-mail addresses: the domain.
+  """
+  if not resource:
+    return ''
+  if resource.startswith('arn:'):
+    parts = resource.split(':', 5)
+    rest = parts[5] if len(parts) > 5 else ''
+    rtype, _, name = rest.rpartition('/') if '/' in rest else ('', '', rest)
+    return _first_token(name)
+  if '://' in resource:
+    _, _, rest = resource.partition('://')
+    host, _, path = rest.partition('/')
+    return _first_token(path.rstrip('/').rsplit('/', 1)[-1]) or host
+  if '@' in resource and '/' not in resource:
+    return '@' + resource.rpartition('@')[2].lower()
+  if '/' in resource.strip('/'):
+    segments = [('=' in x and x.split('=', 1)[0] + '=*') or _DIGITS.sub('#', x)
+                for x in resource.strip('/').split('/')]
+    return '/'.join(segments[:2] if len(segments) >= 3 else segments[:1])
+  return _first_token(resource)
+
+
+def _first_token(name: str) -> str:
+  token = next((t for t in _TOKEN.split(name.strip('/')) if t), '')
+  return _DIGITS.sub('#', token)
 
 
 def _hashed(kept) -> Dict[int, int]:
@@ -130,7 +174,11 @@ class IdentityProfile:
     self.max_distinct_resources = max(self.max_distinct_resources, len(agg.resources))
     for field, cap in MAX_SEEN.items():
       seen = self.seen[field]
-      if field in HASHED_SEEN:
+      if field == 'families':
+        for k, v in agg.resources.items():
+          h = seen_key(resource_family(k))
+          seen[h] = seen.get(h, 0) + v
+      elif field in HASHED_SEEN:
         for k, v in getattr(agg, field).items():
           h = seen_key(k)
           seen[h] = seen.get(h, 0) + v
@@ -179,6 +227,16 @@ class IdentityProfile:
   def knows(self, field: str, value: str) -> bool:
     """Whether ``value`` (an action, resource, network, agent or region) is in the seen-set."""
     return (seen_key(value) if field in HASHED_SEEN else value) in self.seen[field]
+
+  def unseen_families(self, resources: Iterable[str]) -> Dict[str, int]:
+    """Resource families of ``resources`` this identity never touched: family -> resources in it."""
+    seen = self.seen['families']
+    out: Dict[str, int] = {}
+    for r in resources:
+      fam = resource_family(r)
+      if seen_key(fam) not in seen:
+        out[fam] = out.get(fam, 0) + 1
+    return out
 
   def unseen(self, field: str, keys: Iterable[str]) -> List[str]:
     """The keys (in their order) that are not in the seen-set: one pass for a window's features."""

@@ -110,7 +110,9 @@ def build(model: DetectionModel, leaves: Dict[str, np.ndarray], identities: Dict
       'totals': dict(counts or {}, identities=int(sum(identities.values())),
                      training_windows=int(len(all_x)), models=len(model.forests),
                      share_at_severity=_severity_share(combined_all)),
-      'severity_levels': severity_levels(),
+      'severity_levels': severity_levels(model.thresholds),
+      # the levels' page budget and the page rate expected per cohort (held-back days)
+      'page_calibration': model.manifest.get('page_calibration', {}),
       'cohorts': data,
       'models': models,
       'timings': dict(timings),

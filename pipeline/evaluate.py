@@ -153,11 +153,38 @@ def benign_outcomes(ranked: Sequence[dict], benign: Sequence[dict]) -> List[Dict
   for i, case in enumerate(benign):
     hits = [(r, f) for r, f in enumerate(ranked, 1) if matches(f, case)]
     worst = max((f.get('severity') for _, f in hits), key=lambda s: SEVERITY_RANK.get(s, -1), default=None)
-    out.append({'change': case_name(case, i), 'identity': case['identity'], 'findings': len(hits),
+    out.append({'change': case_name(case, i), 'kind': case.get('kind') or case_name(case, i),
+                'identity': case['identity'], 'findings': len(hits),
                 'max_severity': worst, 'best_rank': hits[0][0] if hits else None,
                 'expected': case.get('expected', 'low_or_none'),
                 'ok': worst is None or SEVERITY_RANK.get(worst, 0) <= SEVERITY_RANK['low']})
   return out
+
+
+def is_page(finding: dict) -> bool:
+  """A finding at medium or above pages a responder."""
+  return SEVERITY_RANK.get(finding.get('severity'), 0) >= SEVERITY_RANK['medium']
+
+
+def page_rates(ranked: Sequence[dict], labels: Sequence[dict], benign: Sequence[dict],
+               identity_days: Optional[int]) -> Dict:
+  """Pages (findings at medium or above) that match no attack, per 1,000 identity-days: overall,
+  per benign kind (a page matching a case of that kind), and unexplained (matching no case)."""
+  per_k = (lambda n: round(1000.0 * n / identity_days, 2) if identity_days else None)
+  false_pages = [f for f in ranked if is_page(f) and not any(matches(f, l) for l in labels)]
+  kinds: Dict[str, List[dict]] = {}
+  for i, case in enumerate(benign):
+    kinds.setdefault(case.get('kind') or case_name(case, i), []).append(case)
+  by_kind = {}
+  for kind, cases in sorted(kinds.items()):
+    paged = [f for f in false_pages if any(matches(f, c) for c in cases)]
+    by_kind[kind] = {'cases': len(cases), 'cases_paged': sum(1 for c in cases if any(matches(f, c) for f in paged)),
+                     'pages': len(paged), 'pages_per_1000_identity_days': per_k(len(paged))}
+  unexplained = [f for f in false_pages if not any(matches(f, c) for c in benign)]
+  return {'pages': len(false_pages), 'pages_per_1000_identity_days': per_k(len(false_pages)),
+          'by_kind': by_kind, 'unexplained': len(unexplained),
+          'unexplained_per_1000_identity_days': per_k(len(unexplained)),
+          'attacks_paged': sum(1 for l in labels if any(is_page(f) and matches(f, l) for f in ranked))}
 
 
 def evaluate(findings: Sequence[dict], labels: Sequence[dict], benign: Sequence[dict] = (),
@@ -189,6 +216,7 @@ def evaluate(findings: Sequence[dict], labels: Sequence[dict], benign: Sequence[
           if identity_days else None),
       'scenarios': per_scenario,
       'benign': benign_outcomes(ranked, benign),
+      'pages': page_rates(ranked, labels, benign, identity_days),
   }
   return report
 

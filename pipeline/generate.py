@@ -16,10 +16,12 @@ import json
 import os
 import uuid
 import zlib
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import orjson
+
+from pipeline.fleet_change import FleetChange
 
 ACCOUNT = '111122223333'
 PROD_ACCOUNT = '444455556666'
@@ -72,6 +74,12 @@ class Identity:
   burst: int = 1  # events per session (CI builds come in bursts)
   key_id: str = ''
   extra_calls: List[Call] = dataclasses.field(default_factory=list)  # legit change
+  created: Optional[float] = None  # set for identities that join during the sample
+  # key rotation jobs: whose keys they rotate, at what hour, every how many days
+  rotation_targets: Sequence[str] = ()
+  rotation_hour: float = 2.0
+  rotation_every: int = 2
+  rotation_phase: int = 0
 
   @property
   def canonical(self) -> str:
@@ -143,6 +151,7 @@ def _fleet(n: int, rng: np.random.Generator) -> List[Identity]:
             ('automation', 0.1), ('human', 0.05)]
   counts = {k: max(1, int(round(n * s))) for k, s in shares}
   counts['workload'] += n - sum(counts.values())
+  counts['rotator'] = max(1, n // 80)  # key rotation jobs (automation that rotates keys on a schedule)
   teams = ['payments', 'search', 'growth', 'platform', 'data', 'support', 'identity', 'ml']
   fleet: List[Identity] = []
   for kind, count in counts.items():
@@ -224,6 +233,18 @@ def _identity(kind: str, i: int, team: str, env: str, nets: List[str],
     return Identity(name, kind, 'service_account', f'arn:aws:iam::{ACCOUNT}:role/{name}', 'AssumedRole',
                     team, f'{team}-infra@example.com', 'prod', 'high', calls, rate=r(4, 10),
                     diurnal=False, networks=nets, user_agent=UA_GO, burst=int(rng.integers(8, 16)))
+  if kind == 'rotator':
+    name = f'automation-{team}-keyrotator-{i:02d}'
+    calls = [Call('iam', 'ListUsers', weight=1), Call('iam', 'GetAccessKeyLastUsed', [f'svc-{team}-api-{k:02d}' for k in range(6)], 2, param='userName'),
+             Call('secretsmanager', 'DescribeSecret', [f'rotated/svc-{team}-api-{k:02d}' for k in range(6)], 1, param='secretId')]
+    who = Identity(name, kind, 'service_account', f'arn:aws:iam::{ACCOUNT}:role/{name}', 'AssumedRole',
+                   team, f'{team}-infra@example.com', 'prod', 'high', calls, rate=r(1, 3),
+                   diurnal=False, networks=nets, user_agent=UA_GO, burst=int(rng.integers(3, 6)))
+    who.rotation_targets = [f'svc-{team}-api-{k:02d}' for k in range(6)] + [f'svc-{team}-batch-{k:02d}' for k in range(3)]
+    who.rotation_hour = float(rng.uniform(1, 5))
+    who.rotation_every = int(rng.integers(1, 3))
+    who.rotation_phase = int(rng.integers(0, who.rotation_every))
+    return who
   name = f'human-{team}-{i:02d}'
   calls = [Call('ec2', 'DescribeInstances', weight=3), Call('cloudwatch', 'GetMetricData', weight=3),
            Call('logs', 'FilterLogEvents', [f'/aws/{team}'], 2, param='logGroupName'),
@@ -368,35 +389,11 @@ def _attacks(sim: Simulator, fleet: List[Identity], day0: float):
   return out
 
 
-def _legitimate_change(sim: Simulator, fleet: List[Identity], day0: float, history: bool):
-  """Benign change an NHI fleet shows every day; (records, note) pairs."""
-  rng = sim.rng
-  out = []
-  attacked = {_first(fleet, k).name for k in ('ci', 'agent', 'apikey', 'automation')}
-  attacked.add(_first(fleet, 'workload', skip=1).name)
-  pool = [w for w in fleet if w.name not in attacked and w.kind != 'human']
-  picks = [pool[int(i)] for i in rng.choice(len(pool), size=min(len(pool), 6), replace=False)]
-  # A client upgrade adds a harmless read-only call and a new user agent, for good.
-  who = picks[0]
-  new_call = Call('sts', 'GetCallerIdentity', weight=1)
-  out.append((sim.normal(who, day0 + 9 * HOUR, day0 + DAY, calls=who.calls + [new_call], ua=UA_CLI_NEW),
-              {'identity': who.canonical, 'change': 'client_upgrade_new_readonly_call'}))
-  # A redeploy moves a workload onto a new subnet.
-  who = picks[1]
-  net = [f'10.{int(rng.integers(32, 64))}.{int(rng.integers(0, 255))}']
-  out.append((sim.normal(who, day0 + 11 * HOUR, day0 + DAY, networks=net),
-              {'identity': who.canonical, 'change': 'redeploy_new_network'}))
-  # A backfill runs the identity's routine calls at three times the volume for a few hours.
-  who = picks[2]
-  out.append((sim.normal(who, day0 + 1 * HOUR, day0 + 4 * HOUR, volume=3.0),
-              {'identity': who.canonical, 'change': 'backfill_3x_volume'}))
-  # A month-end style batch: more of the same reads on a new prefix.
-  who = picks[3]
-  read = next((c for c in who.calls if c.service == 's3'), who.calls[0])
-  extra = Call(read.service, read.action, [r.replace('/', '/month-end/', 1) for r in read.resources], 2, read.read_only, read.param)
-  out.append((sim.normal(who, day0 + 5 * HOUR, day0 + 8 * HOUR, volume=2.0, calls=who.calls + [extra]),
-              {'identity': who.canonical, 'change': 'batch_new_prefix'}))
-  return out
+def _attack_targets(fleet: List[Identity]) -> Set[str]:
+  """The identities the live day's first five attacks use (``_attacks``): no legitimate change on them."""
+  attacked = {_first(fleet, k).canonical for k in ('ci', 'agent', 'apikey', 'automation')}
+  attacked.add(_first(fleet, 'workload', skip=1).canonical)
+  return attacked
 
 
 # -- the wider scenario library --------------------------------------------------------
@@ -506,7 +503,9 @@ def _more_attacks(sim: Simulator, fleet: List[Identity], extras: Dict[str, Ident
         sim.burst(dormant, day0 + 19.7 * HOUR, 20, calls, ip='203.0.113.145', ua=UA_ATTACKER))
 
   # 8. A leaked API key replayed from a new network and client: the same routine calls, same volume.
-  key = _free(fleet, 'apikey', taken)
+  # (the busiest free key: a replay of a near-silent key's routine would be a handful of calls)
+  key = max((w for w in fleet if w.kind == 'apikey' and w.canonical not in taken),
+            key=lambda w: w.rate, default=_free(fleet, 'apikey', taken))
   label(key, 'credential_reuse_new_network_and_agent',
         sim.normal(key, day0 + 18 * HOUR, day0 + 21 * HOUR, networks=['192.0.2'], ua=UA_REUSE))
 
@@ -581,6 +580,8 @@ def generate(out_dir: str, identities: int = 200, days: int = 7, seed: int = 7,
   os.makedirs(os.path.join(out_dir, 'live'), exist_ok=True)
   labels, benign = [], []
   sim2 = Simulator(np.random.default_rng([seed, 2]), rate_scale)  # the wider library's own stream
+  sim3 = Simulator(np.random.default_rng([seed, 3]), rate_scale)  # everyday fleet change's own stream
+  change = FleetChange(sim3, _identity, Call, sim3.rng)
   extras = _extra_identities(sim2.rng)
   counts = {'identities': len(fleet) + len(extras), 'history_events': 0, 'live_events': 0}
   old_day0, old_records = _dormant_history(sim2, extras, starts[-1])
@@ -589,15 +590,17 @@ def generate(out_dir: str, identities: int = 200, days: int = 7, seed: int = 7,
   for d, day0 in enumerate(starts):
     live = d == days - 1
     records: List[dict] = []
+    # The live day's attack targets are chosen first and left out of the day's change.
+    taken = _attack_targets(fleet) if live else set()
+    changes, changed = change.day(fleet, day0, release=live, taken=taken)
     for who in fleet:
-      records += sim.normal(who, day0, day0 + DAY)
-    taken = set()
-    for recs, note in _legitimate_change(sim, fleet, day0, history=not live):
-      records += recs
-      taken.add(note['identity'])
+      if who.canonical not in changed or who.canonical in taken:
+        records += sim.normal(who, day0, day0 + DAY)
+    for c in changes:
+      records += c.records
       if live:
-        benign.append({**note, 'start': min(r['eventTime'] for r in recs) if recs else iso(day0),
-                       'end': max(r['eventTime'] for r in recs) if recs else iso(day0)})
+        benign.append(c.note)
+    taken |= changed
     if live:
       for recs, lab in _attacks(sim, fleet, day0):
         records += recs
@@ -629,6 +632,8 @@ def generate(out_dir: str, identities: int = 200, days: int = 7, seed: int = 7,
                 'display_name'])
     for who in fleet + list(extras.values()):
       created = starts[0] - DAY * (30 + zlib.crc32(who.name.encode()) % 400)
+      if who.created is not None:
+        created = who.created
       if who is extras['dormant']:
         created = old_day0 - 400 * DAY
       w.writerow([who.canonical, who.identity_type, who.owner, who.team, who.environment,
@@ -640,4 +645,6 @@ def generate(out_dir: str, identities: int = 200, days: int = 7, seed: int = 7,
   with open(os.path.join(out_dir, 'benign.json'), 'w') as f:
     json.dump(benign, f, indent=1)
   counts['labels'] = len(labels)
+  counts['identities'] = len(fleet) + len(extras)  # with the identities that joined
+  counts['benign_changes'] = len(benign)
   return counts

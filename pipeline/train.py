@@ -20,12 +20,15 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms import window
 
-from models import registry
+from models import budget, registry
 from models import report as training_report
 from models.features import feature_vector
+from models.fleet import FleetProfile, network_key
 from models.history import IdentityHistory
-from models.model import DetectionModel, TrainConfig, cohort_key
-from models.profile import IdentityProfile
+from models.model import SEVERITIES, DetectionModel, TrainConfig, cohort_key, levels_from_medium
+from models.profile import IdentityProfile, seen_key
+from transforms import rules
+from transforms.findings import SEVERITY_ORDER
 from pipeline.options import EventOptions, TrainOptions, WindowOptions
 from transforms.inventory import ReadInventory, context_for
 from transforms.parse import ParseFiles
@@ -38,35 +41,82 @@ MEMBERS = 'members'
 _log = logging.getLogger('postauth.train')
 
 
+def _actions_used(windows: Iterable[IdentityWindow]) -> set:
+  """The hashed actions (and networks) of an identity's windows: what the fleet table counts it with."""
+  used = set()
+  for w in windows:
+    used.update(seen_key(a) for a in w.agg.actions)
+    used.update(seen_key(network_key(n)) for n in w.agg.networks)
+  return used
+
+
+@beam.typehints.with_output_types(typing.Tuple[str, typing.Any])
+class ActionsPerIdentity(beam.DoFn):
+  """(identity, its windows) -> (identity_type, hashed actions it made): one identity of the fleet table."""
+
+  def process(self, kv, inventory):
+    identity, windows = kv
+    windows = list(windows)
+    yield context_for(identity, windows[0].agg.identity_type, inventory)['identity_type'], _actions_used(windows)
+
+
+class FleetTableFn(beam.CombineFn):
+  """(identity_type, actions) per identity -> the FleetProfile of the whole history."""
+
+  def create_accumulator(self) -> FleetProfile:
+    return FleetProfile()
+
+  def add_input(self, acc: FleetProfile, element) -> FleetProfile:
+    return acc.add(*element)
+
+  def merge_accumulators(self, accs) -> FleetProfile:
+    accs = iter(accs)
+    first = next(accs)
+    for a in accs:
+      first.merge(a)
+    return first
+
+  def extract_output(self, acc: FleetProfile) -> FleetProfile:
+    return acc
+
+
 @beam.typehints.with_output_types(typing.Tuple[str, typing.Any])
 class WalkIdentityHistory(beam.DoFn):
-  """(identity, its windows) -> (cohort, feature vector) per trainable window, and its profile.
+  """(identity, its windows) -> (cohort, (HeldOutWindow, feature vector)) per trainable window, and its profile.
 
   The cohort is the finest one ("identity_type/team" from the inventory);
   ``DetectionModel.fit`` decides which cohorts get a model of their own.
 
   The same fold as live scoring (``models.history.IdentityHistory``): windows of
   day D are featurised against the profile of days < D, which then absorbs day
-  D. Windows with fewer than ``warmup_days`` days of history behind them only
-  build the profile, exactly as the live scorer skips them. GroupByKey is right
+  D, and against the fleet's use of actions without this identity's own. Windows
+  with fewer than ``warmup_days`` days of history behind them only build the
+  profile, exactly as the live scorer skips them. Each vector carries whether a rule
+  would page on its window, for the page-budget calibration. GroupByKey is right
   here (not a CombineFn) because the walk needs order.
   """
 
   def __init__(self, warmup_days: int):
     self._warmup = warmup_days
+    self._rules = rules.RuleConfig()
     self.vectors = Metrics.counter('postauth', 'training_windows')
 
-  def process(self, kv, inventory):
+  def process(self, kv, inventory, fleet):
     identity, windows = kv
     windows: List[IdentityWindow] = sorted(windows, key=lambda w: (w.window_end, w.window_start))
     context = context_for(identity, windows[0].agg.identity_type, inventory)
     cohort = cohort_key(context['identity_type'], context.get('team', ''))
+    peers = fleet.view(context['identity_type'], _actions_used(windows))
+    page = SEVERITY_ORDER['medium']
     history = IdentityHistory()
     for w in windows:
       before = history.observe(w.agg, w.window_end)
       if before.windows and history.days_of_history(w.window_end) >= self._warmup:
         self.vectors.inc()
-        yield cohort, feature_vector(w.agg, before, w.window_end)
+        fired = rules.evaluate(w, context, before, self._rules, peers)
+        rule_page = any(SEVERITY_ORDER.get(r['severity'], 0) >= page for r in fired)
+        yield cohort, (budget.HeldOutWindow(identity, w.window_start, w.window_end, rule_page),
+                       feature_vector(w.agg, before, w.window_end, peers))
     yield beam.pvalue.TaggedOutput(PROFILES, (identity, history.final_profile()))
     yield beam.pvalue.TaggedOutput(MEMBERS, (cohort, 1))
 
@@ -80,17 +130,26 @@ class _FitAndSave(beam.DoFn):
     self._promote = promote
     self._started = started
 
-  def process(self, bounds: List[float], cohorts: Dict[str, List[np.ndarray]],
-              profiles: Dict[str, IdentityProfile], members: Dict[str, int]):
+  def process(self, bounds: List[float], cohorts: Dict[str, List], profiles: Dict[str, IdentityProfile],
+              members: Dict[str, int], fleet: FleetProfile):
     t0 = time.time()
-    features = {c: np.vstack(v) for c, v in cohorts.items()}
+    cohorts = {c: sorted(v, key=lambda wx: (wx[0].window_end, wx[0].identity, wx[0].window_start))
+               for c, v in cohorts.items()}
+    features = {c: np.vstack([x for _, x in v]) for c, v in cohorts.items()}
     if not features:
       raise ValueError('no training windows: --events matched no events, or none fall in the '
                        'training period after the warm-up days')
     _log.info('fitting: %d training windows of %d identities in %d cohorts, %s .. %s '
               '(%.1fs since the job started)', sum(len(x) for x in features.values()),
               len(profiles), len(features), _iso(bounds[0]), _iso(bounds[1]), t0 - self._started)
-    model = DetectionModel.fit(features, profiles, self._config, (bounds[0], bounds[1]))
+    window = (bounds[0], bounds[1])
+    default_medium = dict(SEVERITIES)['medium']
+    medium, calibration = budget.calibrate(
+        cohorts, self._config, lambda x, config: DetectionModel.fit(x, {}, config, window), default_medium)
+    _log.info('page budget %.1f per 1,000 identity-days: medium at %.2f (%s)', self._config.page_budget,
+              medium, {k: v for k, v in calibration.items() if k != 'per_cohort'})
+    model = DetectionModel.fit(features, profiles, self._config, window, fleet=fleet,
+                               thresholds=levels_from_medium(medium), calibration_report=calibration)
     t1 = time.time()
     report = training_report.build(model, features, members, {'fit_seconds': t1 - t0})
     png = training_report.plot_png(report)
@@ -144,13 +203,18 @@ class TrainModel(beam.PTransform):
     self._promote = promote
 
   def expand(self, windows):
-    walked = (windows
-              # Typed so the shuffle encodes windows with IdentityWindowCoder, not Beam's pickle.
-              | 'KeyByIdentity' >> beam.Map(lambda w: (w.identity, w)).with_output_types(
-                  typing.Tuple[str, IdentityWindow])
-              | 'GroupByIdentity' >> beam.GroupByKey()
+    by_identity = (windows
+                   # Typed so the shuffle encodes windows with IdentityWindowCoder, not Beam's pickle.
+                   | 'KeyByIdentity' >> beam.Map(lambda w: (w.identity, w)).with_output_types(
+                       typing.Tuple[str, IdentityWindow])
+                   | 'GroupByIdentity' >> beam.GroupByKey())
+    fleet = (by_identity
+             | 'ActionsPerIdentity' >> beam.ParDo(ActionsPerIdentity(), beam.pvalue.AsDict(self._inventory))
+             | 'FleetTable' >> beam.CombineGlobally(FleetTableFn()))
+    walked = (by_identity
               | 'WalkHistory' >> beam.ParDo(WalkIdentityHistory(self._config.warmup_days),
-                                            beam.pvalue.AsDict(self._inventory)).with_outputs(
+                                            beam.pvalue.AsDict(self._inventory),
+                                            beam.pvalue.AsSingleton(fleet)).with_outputs(
                                                 PROFILES, MEMBERS, main='vectors'))
     cohorts = walked.vectors | 'GroupByCohort' >> beam.GroupByKey()
     members = walked[MEMBERS] | 'IdentitiesPerCohort' >> beam.CombinePerKey(sum)
@@ -158,7 +222,7 @@ class TrainModel(beam.PTransform):
     return bounds | 'FitAndSave' >> beam.ParDo(
         _FitAndSave(self._model_dir, self._config, self._promote, time.time()),
         beam.pvalue.AsDict(cohorts), beam.pvalue.AsDict(walked[PROFILES]),
-        beam.pvalue.AsDict(members))
+        beam.pvalue.AsDict(members), beam.pvalue.AsSingleton(fleet))
 
 
 def build_training(p: beam.Pipeline, options: PipelineOptions, inventory_path: str,

@@ -64,7 +64,7 @@ class WindowAggregate:
 
   __slots__ = ('count', 'errors', 'read_only', 'actions', 'action_category',
                'categories', 'resources', 'networks', 'agents', 'regions',
-               'panes', 'first_time', 'last_time', 'overflow', 'identity_type')
+               'panes', 'first_time', 'last_time', 'overflow', 'identity_type', 'network_spans')
 
   def __init__(self):
     self.count = 0
@@ -82,6 +82,9 @@ class WindowAggregate:
     self.last_time = float('-inf')
     self.overflow = 0
     self.identity_type = ''
+    # network -> [first, last] event time: whether a new network was used *beside* the usual
+    # ones (stolen credentials) or after them (a redeploy); kept for the networks counted above.
+    self.network_spans: Dict[str, List[float]] = {}
 
   def add(self, e: Event, pane_seconds: Optional[int] = None) -> 'WindowAggregate':
     self.count += 1
@@ -97,7 +100,17 @@ class WindowAggregate:
     self.categories[e.category] = self.categories.get(e.category, 0) + 1
     if e.resource:
       self.overflow += _bump(self.resources, e.resource)
-    self.overflow += _bump(self.networks, network_of(e.source_ip))
+    net = network_of(e.source_ip)
+    spill = _bump(self.networks, net)
+    if not spill:
+      span = self.network_spans.get(net)
+      if span is None:
+        self.network_spans[net] = [e.event_time, e.event_time]
+      elif e.event_time < span[0]:
+        span[0] = e.event_time
+      elif e.event_time > span[1]:
+        span[1] = e.event_time
+    self.overflow += spill
     self.overflow += _bump(self.agents, agent_family(e.user_agent))
     self.overflow += _bump(self.regions, e.region)
     if pane_seconds:
@@ -124,6 +137,10 @@ class WindowAggregate:
         self.action_category[k] = v
     for k, v in other.panes.items():
       self.panes[k] = self.panes.get(k, 0) + v
+    for k, (lo, hi) in other.network_spans.items():
+      if k in self.networks:
+        span = self.network_spans.get(k)
+        self.network_spans[k] = [lo, hi] if span is None else [min(span[0], lo), max(span[1], hi)]
     self.first_time = min(self.first_time, other.first_time)
     self.last_time = max(self.last_time, other.last_time)
     self.overflow += other.overflow
@@ -140,6 +157,7 @@ class WindowAggregate:
       if k in d:
         setattr(agg, k, d[k])
     agg.panes = {int(k): v for k, v in agg.panes.items()}
+    agg.network_spans = {k: list(v) for k, v in (d.get('network_spans') or {}).items()}
     return agg
 
   def __eq__(self, other):
@@ -171,14 +189,15 @@ def aggregate_fields(a: WindowAggregate) -> List[Any]:
   return [a.count, a.errors, a.read_only, a.overflow, _time_out(a.first_time),
           _time_out(a.last_time), a.identity_type, a.actions, a.action_category, a.categories,
           a.resources, a.networks, a.agents, a.regions,
-          list(itertools.chain.from_iterable(a.panes.items()))]
+          list(itertools.chain.from_iterable(a.panes.items())), a.network_spans]
 
 
 def aggregate_from_fields(v: List[Any]) -> WindowAggregate:
   """Inverse of aggregate_fields (no __init__: every slot is set here)."""
   a = WindowAggregate.__new__(WindowAggregate)
   (a.count, a.errors, a.read_only, a.overflow, first, last, a.identity_type, a.actions,
-   a.action_category, a.categories, a.resources, a.networks, a.agents, a.regions, panes) = v
+   a.action_category, a.categories, a.resources, a.networks, a.agents, a.regions, panes) = v[:15]
+  a.network_spans = v[15] if len(v) > 15 else {}  # encoded before spans were kept: none
   a.first_time, a.last_time = _time_in(first), _time_in(last)
   a.panes = dict(zip(panes[::2], panes[1::2]))
   return a

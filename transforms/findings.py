@@ -50,7 +50,10 @@ def max_severity(levels: Iterable[str]) -> str:
 def contextual_severity(detected: str, context: Dict) -> Tuple[str, Dict[str, str]]:
   """The detectors' severity moved one step up for critical identities, one down for
   low-criticality or dev/test/sandbox ones: the same anomaly matters more on a
-  prod payment key than on a sandbox bot. Returns the level and how it was reached."""
+  prod payment key than on a sandbox bot. Context orders pages; it never makes one
+  or takes one away: evidence below medium stays below (a high-criticality identity's
+  routine oddity is not a page), evidence at medium or above stays at medium or above
+  (an attack on a sandbox key still pages). Returns the level and how it was reached."""
   level = SEVERITY_ORDER[detected]
   basis = {'detected': detected}
   criticality = (context.get('criticality') or '').lower()
@@ -64,7 +67,11 @@ def contextual_severity(detected: str, context: Dict) -> Tuple[str, Dict[str, st
   if environment in LOWER_ENVIRONMENTS:
     level -= 1
     basis['environment'] = f'-1 ({environment})'
-  return SEVERITIES[max(0, min(level, len(SEVERITIES) - 1))], basis
+  page = SEVERITY_ORDER['medium']
+  bounded = max(page, level) if SEVERITY_ORDER[detected] >= page else min(page - 1, level)
+  if bounded != level:
+    basis['bounded'] = 'evidence decides whether it pages; context only orders pages'
+  return SEVERITIES[max(0, min(bounded, len(SEVERITIES) - 1))], basis
 
 
 def _reason_key(r: Dict) -> str:

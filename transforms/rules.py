@@ -12,6 +12,7 @@ import dataclasses
 import datetime
 from typing import Callable, Dict, List, Optional, Sequence
 
+from models.features import concurrent_new_networks, peer_note
 from transforms.inventory import matches_any
 from transforms.taxonomy import HIGH_IMPACT_CATEGORIES, SENSITIVE_CATEGORIES
 
@@ -42,8 +43,16 @@ def _listing(agg, actions: List[str], limit: int = 5) -> str:
   return shown + more
 
 
-def out_of_scope(window, context: Dict, history, config: RuleConfig) -> Optional[Dict]:
-  """Actions or services outside the inventory's expected patterns."""
+def out_of_scope(window, context: Dict, history, config: RuleConfig, peers=None) -> Optional[Dict]:
+  """Actions or services outside the inventory's expected patterns.
+
+  How much it matters depends on what else is known: an action the identity already
+  made on earlier days is its routine and the declared scope is stale (low); a new
+  high-impact action, or a new sensitive one that its peers do not make or on
+  resources of a kind it never touched, is high; a new harmless one (reads, writes,
+  telemetry), or a sensitive one that is routine in the fleet on its own resources, is
+  low; the rest (deletes, launches) medium.
+  """
   services, actions = context.get('expected_services') or [], context.get('expected_actions') or []
   if not services and not actions:
     return None
@@ -58,19 +67,30 @@ def out_of_scope(window, context: Dict, history, config: RuleConfig) -> Optional
   if not outside:
     return None
   outside.sort(key=lambda a: -agg.actions[a])
-  cats = {agg.action_category.get(a, '') for a in outside}
-  if cats & set(HIGH_IMPACT_CATEGORIES) or cats & set(SENSITIVE_CATEGORIES):
+  new = [a for a in outside if history is None or not history.knows('actions', a)]
+  cats = {agg.action_category.get(a, '') for a in new}
+  own_resources = history is not None and history.windows and not history.unseen_families(agg.resources)
+  sensitive_new = [a for a in new if agg.action_category.get(a) in SENSITIVE_CATEGORIES]
+  routine_elsewhere = peers is not None and all(peers.common(a) for a in sensitive_new)
+  if cats & set(HIGH_IMPACT_CATEGORIES):
     severity = 'high'
-  elif cats <= set(READ_CATEGORIES):
-    severity = 'low'
-  else:
+  elif sensitive_new:
+    severity = 'low' if routine_elsewhere and own_resources else 'high'
+  elif cats & {'delete', 'compute_launch'}:
     severity = 'medium'
+  else:
+    severity = 'low'
   declared = ', '.join((services + actions)[:6])
+  why = ''
+  if not new:
+    why = '; all made on earlier days too (the declared scope looks stale)'
+  elif sensitive_new and severity == 'low':
+    why = '; routine for other identities of the fleet, on resources of kinds it already uses'
   return {'rule': 'out_of_scope', 'severity': severity, 'actions': outside[:20],
-          'detail': f'{_listing(agg, outside)} outside the declared scope ({declared})'}
+          'detail': f'{_listing(agg, outside)} outside the declared scope ({declared}){why}'}
 
 
-def disabled_identity_active(window, context: Dict, history, config: RuleConfig) -> Optional[Dict]:
+def disabled_identity_active(window, context: Dict, history, config: RuleConfig, peers=None) -> Optional[Dict]:
   """An identity the inventory marks disabled made successful calls."""
   status = context.get('status', '')
   agg = window.agg
@@ -81,7 +101,7 @@ def disabled_identity_active(window, context: Dict, history, config: RuleConfig)
                     f'({_listing(agg, sorted(agg.actions, key=lambda a: -agg.actions[a]), 3)})'}
 
 
-def dormant_identity_revived(window, context: Dict, history, config: RuleConfig) -> Optional[Dict]:
+def dormant_identity_revived(window, context: Dict, history, config: RuleConfig, peers=None) -> Optional[Dict]:
   """First activity after a long silence (an abandoned key is a favourite target)."""
   last = history.last_seen if history is not None else float('-inf')
   if last == float('-inf') or last == float('inf'):
@@ -98,8 +118,30 @@ def dormant_identity_revived(window, context: Dict, history, config: RuleConfig)
                     f'{agg.count} calls' + (f', sensitive: {_listing(agg, sensitive, 3)}' if sensitive else '')}
 
 
+def new_network_beside_usual(window, context: Dict, history, config: RuleConfig, peers=None) -> Optional[Dict]:
+  """Calls from a network no identity of the fleet ever used, while the usual network is still active.
+
+  Stolen credentials run beside the legitimate workload; a redeploy replaces it (the old
+  network stops when the new one starts) and moves within networks the fleet knows.
+  """
+  if history is None or not history.windows or peers is None or not peers.fleet.identities:
+    return None
+  beside, usual = concurrent_new_networks(window.agg, history)
+  unknown = [n for n in beside if peers.network_users(n)[0] == 0]
+  if not unknown:
+    return None
+  agg = window.agg
+  n = sum(agg.networks[x] for x in unknown)
+  new_agents = [a for a in agg.agents if not history.knows('agents', a)]
+  return {'rule': 'new_network_beside_usual', 'severity': 'high' if new_agents else 'medium',
+          'actions': sorted(agg.actions, key=lambda a: -agg.actions[a])[:20],
+          'detail': f'{n} calls from {", ".join(unknown)}, a network no identity of the fleet used before, '
+                    f'while its usual network {", ".join(usual)} was active in the same window'
+                    + (f'; with a new client {", ".join(new_agents)}' if new_agents else '')}
+
+
 def _nhi_category_rule(name: str, category: str, what: str):
-  def rule(window, context: Dict, history, config: RuleConfig) -> Optional[Dict]:
+  def rule(window, context: Dict, history, config: RuleConfig, peers=None) -> Optional[Dict]:
     if context.get('identity_type', '') in HUMAN_TYPES:
       return None
     agg = window.agg
@@ -109,9 +151,13 @@ def _nhi_category_rule(name: str, category: str, what: str):
     actions = _actions_in(agg, (category,))
     before = history.category_max.get(category, 0) if history is not None else 0
     first = before == 0
+    absence = ''
+    if first and peers is not None:
+      note = peer_note(actions[0], peers)
+      absence = f'; {actions[0]}: {note}' if note else ''
     return {'rule': name, 'severity': 'high' if first else 'low', 'actions': actions[:20],
             'detail': f'non-human identity {what}: {_listing(agg, actions)}'
-                      + ('; never before' if first else f'; routine (up to {before} per window before)')}
+                      + ('; never before' + absence if first else f'; routine (up to {before} per window before)')}
   rule.__name__ = name
   rule.__doc__ = f'A non-human identity {what}.'
   return rule
@@ -128,18 +174,19 @@ RULES: Dict[str, Callable] = {
     'dormant_identity_revived': dormant_identity_revived,
     'credential_created_by_nhi': credential_created_by_nhi,
     'privilege_change_by_nhi': privilege_change_by_nhi,
+    'new_network_beside_usual': new_network_beside_usual,
 }
 # Raised by the history step, not per window: see transforms/history.py.
 UNREGISTERED = 'unregistered_identity'
 ALL_RULE_NAMES = tuple(RULES) + (UNREGISTERED,)
 
 
-def evaluate(window, context: Dict, history, config: RuleConfig) -> List[Dict]:
-  """Every enabled rule that fires on this window, as reasons."""
+def evaluate(window, context: Dict, history, config: RuleConfig, peers=None) -> List[Dict]:
+  """Every enabled rule that fires on this window, as reasons (``peers``: the fleet's use of actions)."""
   fired = []
   for name, rule in RULES.items():
     if config.enabled(name):
-      reason = rule(window, context, history, config)
+      reason = rule(window, context, history, config, peers)
       if reason is not None:
         fired.append(reason)
   return fired

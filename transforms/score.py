@@ -35,7 +35,7 @@ import numpy as np
 from models import registry
 from models.artifact import ArtifactError
 from models.features import FEATURE_NAMES
-from models.model import DetectionModel, severity_of
+from models.model import DetectionModel
 from transforms import rules
 from transforms.history import WindowInContext
 from transforms.model_cache import acquire_model
@@ -129,7 +129,8 @@ class ScoreBatchFn(beam.DoFn):
       w, ctx = item.window, item.context
       score = float(scores[i])
       flagged = score >= self._threshold
-      fired = rules.evaluate(w, ctx, item.history, self._rules)
+      fired = rules.evaluate(w, ctx, item.history, self._rules,
+                             model.peers(w.identity, ctx.get('identity_type', '')))
       if not flagged and not fired:
         continue
       if flagged:
@@ -145,7 +146,7 @@ class ScoreBatchFn(beam.DoFn):
           'score_forest': round(float(components[i, 0]), 3),
           'score_rarity': round(float(components[i, 1]), 3),
           'model_flagged': flagged,
-          'severity': severity_of(score) or 'low',
+          'severity': model.severity_of(score) or 'low',
           'model_version': model.version,
           'cohort': model.cohort_for(cohorts[i]),
           'reasons': model.explain(w, cohorts[i], x[i], profile=item.history) if flagged else [],
