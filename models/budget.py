@@ -1,14 +1,15 @@
 """Severity levels from an alert budget, calibrated on held-back days of ordinary change.
 
 A finding at medium or above pages a responder, so the medium threshold is chosen for
-how many pages a fleet can take: ``page_budget`` pages per 1,000 identity-days. The
+how many pages a fleet can take: ``page_budget`` pages per 1,000 identity-days (``postauth train --page-budget``). The
 last ``holdout_days`` of the training history (which hold the fleet's everyday change:
 rollouts, redeploys, backfills, new resources, rotations) are each scored by a model
 fitted on the days before them, as the daily retrain would have scored them live. The
 windows are merged into findings as the detection job merges them (overlapping
 windows of an identity are one finding), and rules that would page count too. The
-lowest medium threshold (never below the default) that keeps pages within the budget
-is kept; high and critical keep their spacing above it.
+lowest medium threshold (never below the default) at which the held-back pages are not
+significantly above the budget (Poisson, 5%) is kept; high and critical keep their
+spacing above it.
 """
 from __future__ import annotations
 
@@ -50,16 +51,31 @@ def count_pages(rows: Sequence[Tuple[HeldOutWindow, float]], medium: float) -> T
   return sum(pages.values()), pages
 
 
-def calibrate(rows: Dict[str, List[Tuple[HeldOutWindow, np.ndarray]]], config,
+SIGNIFICANCE = 0.05  # raise the levels only when the held-back pages exceed the budget beyond chance
+
+
+def above_budget(pages: int, identity_days: int, budget: float) -> bool:
+  """Whether ``pages`` in ``identity_days`` exceed ``budget`` per 1,000 beyond Poisson chance.
+
+  A few hundred held-back identity-days expect about one page at a budget of 5: one
+  page more is no evidence the levels are too low, and raising them on it would trade
+  recall for noise in the estimate. P(N >= pages) under the budget's rate < 5%: above.
+  """
+  lam = budget * identity_days / 1000.0
+  below = sum(math.exp(-lam) * lam ** k / math.factorial(k) for k in range(pages))
+  return 1.0 - below < SIGNIFICANCE
+
+
+def calibrate(rows: Dict[str, List[Tuple[HeldOutWindow, np.ndarray]]], config, page_budget: float,
               fit: Callable[[Dict[str, np.ndarray], object], object],
               default_medium: float) -> Tuple[float, Dict]:
-  """(medium threshold, report) for ``config.page_budget`` from ``rows`` (cohort -> windows and features).
+  """(medium threshold, report) for ``page_budget`` from ``rows`` (cohort -> windows and features).
 
   ``fit(features_by_cohort, config)`` returns a model with ``score_features(x, cohort)``.
   """
   days = sorted({day_of(w.window_end) for items in rows.values() for w, _ in items})
   k = min(config.holdout_days, len(days) - 1)
-  report: Dict = {'page_budget_per_1000_identity_days': config.page_budget, 'holdout_days': k}
+  report: Dict = {'page_budget_per_1000_identity_days': page_budget, 'holdout_days': k}
   if k <= 0:
     report['calibrated'] = False
     report['why_not'] = f'{len(days)} training day(s): need more than holdout_days to hold any back'
@@ -91,7 +107,7 @@ def calibrate(rows: Dict[str, List[Tuple[HeldOutWindow, np.ndarray]]], config,
   candidates = sorted({default_medium} | {s for _, s in pairs if s > default_medium})
   medium = candidates[-1] + 1e-3
   for t in candidates:
-    if rate(count_pages(pairs, t)[0]) <= config.page_budget:
+    if not above_budget(count_pages(pairs, t)[0], len(identity_days), page_budget):
       medium = t
       break
   total, per_identity = count_pages(pairs, medium)
@@ -112,6 +128,7 @@ def calibrate(rows: Dict[str, List[Tuple[HeldOutWindow, np.ndarray]]], config,
       'expected_pages_per_1000_identity_days': round(rate(total), 2),
       'pages_per_1000_identity_days_at_default_levels': round(rate(default_total), 2),
       'rule_pages_per_1000_identity_days': round(rate(rule_pages), 2),
-      'within_budget': rate(total) <= config.page_budget,
+      'within_budget': rate(total) <= page_budget,
+      'significantly_above_budget': above_budget(total, len(identity_days), page_budget),
       'per_cohort': per_cohort})
   return medium, report

@@ -64,7 +64,6 @@ class TrainConfig:
   min_cohort_windows: int = 300  # smaller cohorts use the next coarser model
   warmup_days: int = 1  # windows scored against at least this much history
   team_cohorts: bool = False  # also train one model per (identity_type, team)
-  page_budget: float = 5.0  # pages (medium or above) per 1,000 identity-days the severity levels allow
   holdout_days: int = 2  # last history days the levels are calibrated on, each scored by a model of the days before
 
   @classmethod
@@ -105,8 +104,6 @@ class TrainConfig:
          'an integer >= 10'),
         ('warmup_days', isinstance(self.warmup_days, int) and self.warmup_days >= 0, 'an integer >= 0'),
         ('team_cohorts', isinstance(self.team_cohorts, bool), 'true or false'),
-        ('page_budget', isinstance(self.page_budget, (int, float)) and not isinstance(self.page_budget, bool)
-         and self.page_budget > 0, 'a number > 0'),
         ('holdout_days', isinstance(self.holdout_days, int) and self.holdout_days >= 0, 'an integer >= 0'),
     ]
     for name, ok, expected in checks:

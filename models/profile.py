@@ -302,3 +302,10 @@ class IdentityProfile:
     self.__dict__.update({k: v for k, v in state.items() if k not in ('seen', 'seen_hashed')})
     for field, kept in [*state.get('seen', {}).items(), *state.get('seen_hashed', {}).items()]:
       self.seen[field] = _hashed(kept) if field in HASHED_SEEN else dict(kept)
+    kept = state.get('seen', {}).get('resources')
+    if 'families' not in state.get('seen_hashed', {}) and isinstance(kept, dict):
+      # Saved before families were kept, with resources as strings: their families are known.
+      for r, n in kept.items():
+        if isinstance(r, str):
+          h = seen_key(resource_family(r))
+          self.seen['families'][h] = self.seen['families'].get(h, 0) + n

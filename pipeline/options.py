@@ -74,7 +74,7 @@ class DetectOptions(PipelineOptions):
     parser.add_argument('--disable-rules', dest='disabled_rules', default=None,
                         help='Comma-separated deterministic rules to turn off (out_of_scope, '
                              'disabled_identity_active, dormant_identity_revived, credential_created_by_nhi, '
-                             'privilege_change_by_nhi, unregistered_identity).')
+                             'privilege_change_by_nhi, new_network_beside_usual, unregistered_identity).')
     parser.add_argument('--dormant-days', dest='dormant_days', type=float, default=30.0,
                         help='Silence, in days, after which activity raises dormant_identity_revived (default 30).')
 
@@ -88,6 +88,9 @@ class TrainOptions(PipelineOptions):
                         help='JSON file of hyperparameters (see models.model.TrainConfig).')
     parser.add_argument('--no-promote', dest='promote', action='store_false', default=True,
                         help='Write the new version without pointing LATEST at it.')
+    parser.add_argument('--page-budget', dest='page_budget', type=float, default=5.0,
+                        help='Pages (findings at medium or above) per 1,000 identity-days the severity '
+                             'levels are calibrated to allow on held-back days (default 5).')
 
 
 class PubSubSourceOptions(PipelineOptions):
@@ -204,6 +207,8 @@ def validate_train(options: PipelineOptions, model_dir: str, inventory: str) -> 
     raise OptionsError('postauth train needs ' + ', '.join(missing))
   if options.view_as(StandardOptions).streaming:
     raise OptionsError('postauth train is a batch job: drop --streaming')
+  if options.view_as(TrainOptions).page_budget <= 0:
+    raise OptionsError('--page-budget must be > 0 (pages per 1,000 identity-days)')
   validate_window(options)
 
 

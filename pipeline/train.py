@@ -36,6 +36,7 @@ from transforms.sinks import WriteJsonLines
 from transforms.windowing import IdentityWindow, IdentityWindows
 
 DAY = 86400
+DEFAULT_PAGE_BUDGET = 5.0
 PROFILES = 'profiles'
 MEMBERS = 'members'
 _log = logging.getLogger('postauth.train')
@@ -124,7 +125,9 @@ class WalkIdentityHistory(beam.DoFn):
 class _FitAndSave(beam.DoFn):
   """Fits the cohort forests, writes the version with its training report, promotes it if asked."""
 
-  def __init__(self, model_dir: str, config: TrainConfig, promote: bool, started: float):
+  def __init__(self, model_dir: str, config: TrainConfig, promote: bool, started: float,
+               page_budget: float = DEFAULT_PAGE_BUDGET):
+    self._page_budget = page_budget
     self._model_dir = model_dir
     self._config = config
     self._promote = promote
@@ -145,8 +148,8 @@ class _FitAndSave(beam.DoFn):
     window = (bounds[0], bounds[1])
     default_medium = dict(SEVERITIES)['medium']
     medium, calibration = budget.calibrate(
-        cohorts, self._config, lambda x, config: DetectionModel.fit(x, {}, config, window), default_medium)
-    _log.info('page budget %.1f per 1,000 identity-days: medium at %.2f (%s)', self._config.page_budget,
+        cohorts, self._config, self._page_budget, lambda x, config: DetectionModel.fit(x, {}, config, window), default_medium)
+    _log.info('page budget %.1f per 1,000 identity-days: medium at %.2f (%s)', self._page_budget,
               medium, {k: v for k, v in calibration.items() if k != 'per_cohort'})
     model = DetectionModel.fit(features, profiles, self._config, window, fleet=fleet,
                                thresholds=levels_from_medium(medium), calibration_report=calibration)
@@ -195,8 +198,9 @@ class TrainModel(beam.PTransform):
   """
 
   def __init__(self, inventory: beam.PCollection, model_dir: str, config: TrainConfig,
-               promote: bool):
+               promote: bool, page_budget: float = DEFAULT_PAGE_BUDGET):
     super().__init__()
+    self._page_budget = page_budget
     self._inventory = inventory
     self._model_dir = model_dir
     self._config = config
@@ -220,7 +224,7 @@ class TrainModel(beam.PTransform):
     members = walked[MEMBERS] | 'IdentitiesPerCohort' >> beam.CombinePerKey(sum)
     bounds = windows | 'TrainingWindow' >> beam.CombineGlobally(_Bounds())
     return bounds | 'FitAndSave' >> beam.ParDo(
-        _FitAndSave(self._model_dir, self._config, self._promote, time.time()),
+        _FitAndSave(self._model_dir, self._config, self._promote, time.time(), self._page_budget),
         beam.pvalue.AsDict(cohorts), beam.pvalue.AsDict(walked[PROFILES]),
         beam.pvalue.AsDict(members), beam.pvalue.AsSingleton(fleet))
 
@@ -235,7 +239,9 @@ def build_training(p: beam.Pipeline, options: PipelineOptions, inventory_path: s
              | 'IdentityWindows' >> IdentityWindows(win.window_size, win.window_period)
              | 'GlobalWindow' >> beam.WindowInto(window.GlobalWindows()))
   inventory = p | 'ReadInventory' >> ReadInventory(inventory_path)
-  version = windows | 'Train' >> TrainModel(inventory, model_dir, config, tr.promote)
+  if tr.page_budget <= 0:
+    raise ValueError('--page-budget must be > 0')
+  version = windows | 'Train' >> TrainModel(inventory, model_dir, config, tr.promote, tr.page_budget)
   dead_path = ev.dead_letters or os.path.join(model_dir, 'train-dead-letter.jsonl')
   parsed.dead_letter | 'WriteDeadLetters' >> WriteJsonLines(dead_path, streaming=False)
   return {'version': version, 'events': parsed.events, 'dead_letter': parsed.dead_letter}

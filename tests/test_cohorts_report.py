@@ -117,8 +117,8 @@ def test_same_score_means_the_same_tail_probability_across_cohorts():
       # s = 3 lies beyond the 99th percentile: extrapolated from n/100 exceedances, so looser.
       tolerance = 1.6 if s < 3 else 2.5
       assert 10 ** -s / tolerance <= share <= 10 ** -s * tolerance, (n, scale, s, share)
-  # The whole model: cohorts 'big' (6,000 windows, scale 1) and 'small' (900 windows, scale 25).
-  shapes = {'big': (6000, 1.0, 0.0), 'small': (900, 25.0, 10.0)}
+  # The whole model: cohorts 'big' (6,000 windows, scale 1) and 'small' (1,500 windows, scale 25).
+  shapes = {'big': (6000, 1.0, 0.0), 'small': (1500, 25.0, 10.0)}
   model = DetectionModel.fit({c: _noise(rng, n, scale, shift) for c, (n, scale, shift) in shapes.items()},
                              {}, TrainConfig(n_estimators=60, min_cohort_windows=500), (T0, T0 + 86400))
   assert {'big', 'small'} <= set(model.forests)

@@ -148,14 +148,32 @@ def test_evaluate_command_on_the_sample(evaluated, sample):
   report, md = evaluated
   assert [s['scenario'] for s in report['scenarios']] == [l['scenario'] for l in sample['labels']]
   assert report['attacks'] == 9 and report['attacks_detected'] == 9  # every scenario found
-  # identity-days: every active identity of the one live day (60 fleet + 2 extra identities)
-  assert report['identity_days'] == report['inputs']['identities_active'] == 62
+  # identity-days: every active identity of the one live day (the fleet, the identities that
+  # joined it during the sample and the 2 extra identities), all in the inventory
+  with open(sample['inventory']) as f:
+    registered = sum(1 for _ in f) - 1
+  assert report['identity_days'] == report['inputs']['identities_active']
+  assert 60 < report['identity_days'] <= registered
   assert report['inputs']['days'] == 1
   assert 0 < report['pr_auc'] <= 1 and set(report['precision_at']) == {'9', '10'}
   month_end = next(b for b in report['benign'] if b['change'] == 'month_end_close_spike')
   assert month_end['ok']
   for s in report['scenarios']:
     assert s['scenario'] in md and s['rank'] >= 1 and s['time_to_detect_s'] >= s['time_to_first_window_s'] >= 0
+
+
+def test_every_attack_pages_and_no_everyday_change_does(evaluated, sample):
+  """Issue 12 on small data: each attack reaches medium, each benign kind stays below it."""
+  report, md = evaluated
+  kinds = {b['kind'] for b in report['benign']}
+  # the six kinds of everyday change are all on the release day (plus the two older cases)
+  assert {'rollout', 'redeploy', 'backfill', 'new_resources', 'key_rotation', 'new_identity'} <= kinds
+  for s in report['scenarios']:
+    assert s['max_severity'] in ('medium', 'high', 'critical'), s
+  assert report['pages']['attacks_paged'] == report['attacks']
+  paged = {k: v for k, v in report['pages']['by_kind'].items() if v['pages']}
+  assert not paged, paged
+  assert report['pages']['pages_per_1000_identity_days'] <= 5.0 * 3, report['pages']
 
 
 def test_evaluate_refuses_an_events_glob_matching_nothing(tmp_path, capsys):

@@ -16,6 +16,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 
 from models.features import feature_vector
+from models.fleet import FleetProfile
 from models.history import IdentityHistory
 from models.profile import IdentityProfile
 from pipeline.train import WalkIdentityHistory
@@ -207,9 +208,10 @@ def test_history_is_the_same_in_batch_streaming_and_training():
   walk = WalkIdentityHistory(warmup_days=1)
   trained = []
   for identity in ('a', 'b'):
-    for out in walk.process((identity, [w for w in windows if w.identity == identity]), inventory):
+    for out in walk.process((identity, [w for w in windows if w.identity == identity]), inventory,
+                            FleetProfile()):
       if not isinstance(out, beam.pvalue.TaggedOutput):
-        trained.append(tuple(out[1].round(9)))
+        trained.append(tuple(out[1][1].round(9)))
 
   def check(collected):
     # Windows of day 0 are judged against nothing; later days against the days before only.

@@ -85,8 +85,11 @@ def test_retrain_refuses_a_poisoned_candidate_promotes_a_good_one_and_rolls_back
   # 2. Clean history, another configuration (team cohorts, another seed): not worse -> promoted.
   teams_config = tmp_path / 'teams.json'
   teams_config.write_text(json.dumps({'n_estimators': 30, 'seed': 7, 'team_cohorts': True}))
+  # Team cohorts of a 60-identity fleet are small: on a release day of everyday change their
+  # candidate alerts ~25% more at --threshold 3 (low) than the type cohorts; an operator
+  # switching to them accepts that with --max-alert-increase.
   code, teams = _retrain(capsys, histories['clean'], sample, models, f'--train-config={teams_config}',
-                         '--keep=1')
+                         '--keep=1', '--max-alert-increase=0.3')
   assert code == 0 and teams['decision'] == 'promoted' and teams['gate_passed'], teams['checks']
   assert teams['models']['candidate']['recall'] == 1.0
   assert registry.current(models) == teams['candidate']

@@ -71,7 +71,7 @@ def _saved_by_previous_code(profile_dict: dict, aggs) -> dict:
   """A profile as models saved it before seen-sets were hashed: every field ``{string: count}``."""
   old = {k: v for k, v in profile_dict.items() if k != 'seen_hashed'}
   old['seen'] = dict(profile_dict['seen'])
-  for field in HASHED_SEEN:
+  for field in ('actions', 'resources'):  # the hashed fields of that time (no resource families)
     counts: dict = {}
     for agg in aggs:
       for k, n in getattr(agg, field).items():
