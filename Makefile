@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install bench bench-pipeline bench-state bench-coder bench-model bench-pubsub evaluate clean pubsub-deps
+.PHONY: demo test install bench bench-pages bench-pipeline bench-state bench-coder bench-model bench-pubsub evaluate clean pubsub-deps
 
 # The local Pub/Sub server (Google's pstest) builds from two Debian packages. Installed when
 # this user can (root or passwordless sudo, as in CI); a no-op when they are there. Without
@@ -44,6 +44,10 @@ bench: $(STAMP)
 # plus detection over ../shared/data; writes out/evaluate/report.{json,md} (README tables).
 evaluate: $(STAMP)
 	$(BIN)/python bench/evaluate.py --out out/evaluate
+
+# Pages per 1,000 identity-days over several generator seeds (everyday change + attacks).
+bench-pages: $(STAMP)
+	$(BIN)/python bench/pages.py --seeds 7,8,9
 
 # Per-stage throughput, the Beam-free limit, Beam's AnomalyDetection peer and scaling (needs [bench]).
 bench-pipeline: $(STAMP)
