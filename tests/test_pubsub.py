@@ -172,7 +172,8 @@ def test_streaming_pubsub_end_to_end(pubsub, sample, model_dir, tmp_path):
     latency = time.time() - t0
     dead_lines, avro_rows = [], []
     deadline = time.time() + 30
-    while time.time() < deadline and (len(dead_lines) < 2 or not avro_rows):
+    # (the file sink writes its findings on its own schedule: wait until it has all of them)
+    while time.time() < deadline and (len(dead_lines) < 2 or len(avro_rows) < len(messages)):
       dead_lines = [json.loads(line) for path in glob.glob(str(dead) + '.parts/*.jsonl')
                     for line in open(path) if line.strip()]
       avro_rows = [r for path in glob.glob(str(avro) + '.parts/*.avro') for r in read_avro(path)]
