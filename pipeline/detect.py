@@ -21,7 +21,8 @@ from transforms.history import TrackHistory
 from transforms.inventory import EnrichWindows, InventoryRefresh, InventorySnapshots
 from transforms.outputs import (DEAD_LETTER, FINDING, SinkSpec, apply_sinks, dead_letter_spec,
                                 sink_specs)
-from transforms.rules import UNREGISTERED, RuleConfig
+from transforms.fleet_notice import FleetChangeNotices
+from transforms.rules import FLEET_CHANGE, UNREGISTERED, RuleConfig
 from transforms.triage import SUPPRESSED, DeduplicateFindings, Suppress
 from transforms.parse import ParseFiles, ParseRecords
 from transforms.pubsub_source import ReadPubSubEvents
@@ -101,8 +102,12 @@ def build_detection(p: beam.Pipeline, options: PipelineOptions) -> Dict[str, bea
                                       rules=rule_config, shared_handle=model_handle,
                                       model_updates=model_updates)
             | 'MergeOverlapping' >> MergeOverlappingWindows(win.window_size, win.allowed_lateness))
-  triaged = ((merged, judged[UNREGISTERED_TAG] | 'UnregisteredGlobal' >> beam.WindowInto(
-                 beam.transforms.window.GlobalWindows()))
+  sources = [merged, judged[UNREGISTERED_TAG] | 'UnregisteredGlobal' >> beam.WindowInto(
+      beam.transforms.window.GlobalWindows())]
+  if FLEET_CHANGE not in disabled:
+    sources.append(judged['windows'] | 'FleetChanges' >> FleetChangeNotices(
+        det.model_dir, det.model_version, det.fleet_change_identities, model_handle))
+  triaged = (sources
              | 'AllFindings' >> beam.Flatten()
              | 'Suppress' >> Suppress(det.allowlist))
   findings = triaged.findings | 'Deduplicate' >> DeduplicateFindings(det.dedup_period)

@@ -74,7 +74,11 @@ class DetectOptions(PipelineOptions):
     parser.add_argument('--disable-rules', dest='disabled_rules', default=None,
                         help='Comma-separated deterministic rules to turn off (out_of_scope, '
                              'disabled_identity_active, dormant_identity_revived, credential_created_by_nhi, '
-                             'privilege_change_by_nhi, new_network_beside_usual, unregistered_identity).')
+                             'privilege_change_by_nhi, new_network_beside_usual, unregistered_identity, '
+                             'fleet_change).')
+    parser.add_argument('--fleet-change-identities', dest='fleet_change_identities', type=int, default=3,
+                        help='Identities of one type that must make the same new action on the same day '
+                             '(and at least 10%% of the type) for one fleet-change notice (default 3).')
     parser.add_argument('--dormant-days', dest='dormant_days', type=float, default=30.0,
                         help='Silence, in days, after which activity raises dormant_identity_revived (default 30).')
 
@@ -188,6 +192,8 @@ def validate_run(options: PipelineOptions) -> None:
   unknown = [r for r in disabled_rules(options) if r not in ALL_RULE_NAMES]
   if unknown:
     raise OptionsError(f'--disable-rules: unknown rule(s) {unknown}; known: {list(ALL_RULE_NAMES)}')
+  if d.fleet_change_identities < 1:
+    raise OptionsError('--fleet-change-identities must be >= 1 (disable with --disable-rules fleet_change)')
   if d.dedup_period < 0 or d.inventory_refresh < 0 or d.model_refresh < 0 or d.dormant_days <= 0:
     raise OptionsError('--dedup-period, --inventory-refresh and --model-refresh must be >= 0, '
                        '--dormant-days > 0')

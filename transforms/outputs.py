@@ -193,6 +193,7 @@ def finding_to_avro(f: Dict) -> Dict:
   row['occurrences'] = int(f.get('occurrences', 1))
   row['last_occurrence'] = _ts(f['last_occurrence']) if f.get('last_occurrence') else None
   row['occurrence_ids'] = list(f.get('occurrence_ids') or [])
+  row['identities'] = list(f.get('identities') or [])  # a fleet-change notice's identities
   return row
 
 
@@ -224,6 +225,8 @@ def finding_from_avro(row: Dict) -> Dict:
     f.pop('last_occurrence', None)
   if not f.get('occurrence_ids'):
     f.pop('occurrence_ids', None)
+  if not f.get('identities'):
+    f.pop('identities', None)
   if row.get('kind') == 'rule' and not row.get('model_version'):
     f['score_components'] = {}  # an unregistered-identity finding has no model score
   return f
@@ -263,6 +266,7 @@ def finding_to_bigquery(f: Dict) -> Dict:
       'criticality': f.get('criticality') or None, 'registered': bool(f.get('registered')),
       'occurrences': int(f.get('occurrences', 1)), 'last_occurrence': f.get('last_occurrence') or None,
       'occurrence_ids': list(f.get('occurrence_ids') or []),
+      'identities': list(f.get('identities') or []),
   }
 
 

@@ -178,7 +178,9 @@ RULES: Dict[str, Callable] = {
 }
 # Raised by the history step, not per window: see transforms/history.py.
 UNREGISTERED = 'unregistered_identity'
-ALL_RULE_NAMES = tuple(RULES) + (UNREGISTERED,)
+# Raised across identities, once per fleet change: see transforms/fleet_notice.py.
+FLEET_CHANGE = 'fleet_change'
+ALL_RULE_NAMES = tuple(RULES) + (UNREGISTERED, FLEET_CHANGE)
 
 
 def evaluate(window, context: Dict, history, config: RuleConfig, peers=None) -> List[Dict]:
