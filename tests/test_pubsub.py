@@ -378,7 +378,9 @@ def test_records_published_after_the_job_idled_are_scored_or_dead_lettered_as_la
     return [d for d in _parts(dead) if d['reason'] == 'late']
 
   try:
-    time.sleep(15)  # the job starts and idles, far longer than --watermark-idle-seconds
+    # The job starts (10-15 s here) and idles far longer than --watermark-idle-seconds: empty
+    # pulls return, so a source that advanced when idle would now run ahead of the records.
+    time.sleep(35)
     assert proc.poll() is None, _stop(proc)
     publish(fresh)
     wait_for('every fresh record in a finding', lambda: scored() >= len(fresh), 150)
