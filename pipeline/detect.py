@@ -24,8 +24,10 @@ from transforms.outputs import (DEAD_LETTER, FINDING, SinkSpec, apply_sinks, dea
 from transforms.fleet_notice import FleetChangeNotices
 from transforms.rules import FLEET_CHANGE, UNREGISTERED, RuleConfig
 from transforms.triage import SUPPRESSED, DeduplicateFindings, Suppress
+from transforms.lateness import LATE, LateEventGate, beam_lateness
+from transforms.parse import DEAD_LETTER as PARSE_DEAD_LETTER
 from transforms.parse import ParseFiles, ParseRecords
-from transforms.pubsub_source import ReadPubSubEvents
+from transforms.pubsub_source import ParsedStream, ReadPubSubEvents
 from transforms.replay import ReplayFiles
 from transforms.score import ScoreWindows, WatchModelPointer
 from transforms.windowing import IdentityWindows
@@ -52,13 +54,23 @@ def build_detection(p: beam.Pipeline, options: PipelineOptions) -> Dict[str, bea
   streaming = options.view_as(StandardOptions).streaming
   ps = options.view_as(PubSubSourceOptions)
   replay = streaming and bool(ev.events)
+  # Streaming: events later than --allowed-lateness are dead-lettered (reason "late") by
+  # LateEventGate before the windows; the windows keep state a margin longer, so what the
+  # gate lets through is not dropped silently (transforms/lateness.py).
+  lateness = beam_lateness(win.allowed_lateness) if streaming else 0
+  late = None
   if streaming and (ps.subscription or ps.topic):
     parsed = p | 'ReadPubSub' >> ReadPubSubEvents(
         ps.subscription, ps.topic, ps.timestamp_attribute, ev.format, ev.taxonomy_files,
-        ps.dedup_seconds or win.window_size + win.allowed_lateness)
+        ps.dedup_seconds or win.window_size + lateness, window_period=win.window_period,
+        allowed_lateness=win.allowed_lateness)
+    late = parsed.late
   elif replay:
     records = p | 'ReplayFiles' >> ReplayFiles(ev.events, det.replay_step)
-    parsed = records | 'ParseRecords' >> ParseRecords(ev.format, ev.taxonomy_files)
+    parsed = records | 'ParseRecords' >> ParseRecords(ev.format, ev.taxonomy_files, with_raw=True)
+    gated = parsed.events | 'LateEvents' >> LateEventGate(win.window_period, win.allowed_lateness)
+    parsed = ParsedStream(gated['events'], parsed[PARSE_DEAD_LETTER], gated[LATE])
+    late = parsed.late
   else:
     parsed = p | 'ParseFiles' >> ParseFiles(ev.events, ev.format, ev.taxonomy_files)
   # A bounded replay reads the inventory and the model once (a periodic re-read
@@ -88,8 +100,7 @@ def build_detection(p: beam.Pipeline, options: PipelineOptions) -> Dict[str, bea
   model_handle = shared.Shared()  # one model per worker for history and scoring
   rule_config = RuleConfig(disabled=disabled, dormant_days=det.dormant_days)
   judged = (parsed.events
-            | 'IdentityWindows' >> IdentityWindows(win.window_size, win.window_period,
-                                                   win.allowed_lateness)
+            | 'IdentityWindows' >> IdentityWindows(win.window_size, win.window_period, lateness)
             | 'Enrich' >> EnrichWindows(inventory, inventory_updates)
             | 'History' >> TrackHistory(det.model_dir, det.model_version,
                                         unregistered=UNREGISTERED not in disabled,
@@ -98,15 +109,15 @@ def build_detection(p: beam.Pipeline, options: PipelineOptions) -> Dict[str, bea
   merged = (judged['windows']
             | 'Score' >> ScoreWindows(det.model_dir, det.threshold, det.model_version,
                                       window_period=win.window_period,
-                                      allowed_lateness=win.allowed_lateness,
+                                      allowed_lateness=lateness,
                                       rules=rule_config, shared_handle=model_handle,
                                       model_updates=model_updates)
-            | 'MergeOverlapping' >> MergeOverlappingWindows(win.window_size, win.allowed_lateness))
+            | 'MergeOverlapping' >> MergeOverlappingWindows(win.window_size, lateness))
   sources = [merged, judged[UNREGISTERED_TAG] | 'UnregisteredGlobal' >> beam.WindowInto(
       beam.transforms.window.GlobalWindows())]
   if FLEET_CHANGE not in disabled:
     sources.append(judged['windows'] | 'FleetChanges' >> FleetChangeNotices(
-        det.model_dir, det.model_version, det.fleet_change_identities, model_handle))
+        det.model_dir, det.model_version, det.fleet_change_identities, model_handle, lateness))
   triaged = (sources
              | 'AllFindings' >> beam.Flatten()
              | 'Suppress' >> Suppress(det.allowlist))
@@ -115,9 +126,10 @@ def build_detection(p: beam.Pipeline, options: PipelineOptions) -> Dict[str, bea
   apply_sinks(triaged[SUPPRESSED], [SinkSpec('jsonl', suppressed_path(options), suppressed_path(options))],
               FINDING, streaming, options, 'WriteSuppressed')
   dead_letters = parsed.dead_letter
-  if undelivered:
-    dead_letters = [dead_letters] + undelivered | 'AllDeadLetters' >> beam.Flatten()
+  extra = ([late] if late is not None else []) + list(undelivered or [])
+  if extra:
+    dead_letters = [dead_letters] + extra | 'AllDeadLetters' >> beam.Flatten()
   apply_sinks(dead_letters, [dead_letter_spec(options)], DEAD_LETTER, streaming, options,
               'WriteDeadLetters')
-  return {'findings': findings, 'dead_letter': dead_letters, 'events': parsed.events,
+  return {'findings': findings, 'dead_letter': dead_letters, 'events': parsed.events, 'late': late,
           'suppressed': triaged[SUPPRESSED]}

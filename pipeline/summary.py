@@ -7,7 +7,7 @@ from typing import Dict, List
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 
-COUNTERS = ('records_read', 'events_parsed', 'dead_lettered', 'identity_windows',
+COUNTERS = ('records_read', 'events_parsed', 'dead_lettered', 'events_late', 'identity_windows',
             'windows_scored', 'windows_anomalous', 'findings', 'training_windows',
             'windows_unregistered_identity')
 

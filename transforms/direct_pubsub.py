@@ -21,7 +21,14 @@ reports, following the policy of Beam's Kafka
 * it never passes wall-clock time minus ``max_delay``;
 * when no message arrived for ``idle_seconds``, it advances to wall-clock time
   minus ``max_delay`` (the source is idle: nothing older is coming), which is
-  what closes the last windows at the end of a replay.
+  what closes the last windows at the end of a replay -- but only once a message
+  has been read (before that the watermark stays at its minimum: records published
+  to a job that idled since its start are on time, not all late), and at most
+  ``idle_limit`` seconds of event time past the newest event read (default 4 h:
+  past every window, finding flush and file part of that event), so older logs
+  published after a quiet spell (a backfill, a delivery backlog) are not all late.
+  Events later than the allowed lateness are dead-lettered with reason ``late`` by
+  ``transforms.lateness.LateEventGate``, never dropped silently.
 
 It also pulls up to ``--pubsub-max-messages`` per bundle (Beam's evaluator pulls
 10) and creates the temporary subscription of a ``topic`` read with an explicit
@@ -55,10 +62,11 @@ _LOG = logging.getLogger(__name__)
 class SourceClock:
   """Watermark state of one Pub/Sub read of one running pipeline, and its policy."""
 
-  def __init__(self, max_delay: float, idle_seconds: float):
+  def __init__(self, max_delay: float, idle_seconds: float, idle_limit: float = 0):
     self.lock = threading.Lock()
     self.max_delay = max_delay
     self.idle_seconds = idle_seconds
+    self.idle_limit = idle_limit  # seconds of event time an idle advance may pass the newest event
     self.watermark = MIN_TIMESTAMP
     self.newest = None  # newest event time read so far
     self.last_message = time.monotonic()
@@ -78,8 +86,14 @@ class SourceClock:
       candidate = MIN_TIMESTAMP
       if drained and self.newest is not None:
         candidate = min(self.newest - self.max_delay, now_bound)
-      if not times and monotonic - self.last_message >= self.idle_seconds:
-        candidate = max(candidate, now_bound)
+      # Idle: advance, but only once a message was read (a job started before its first
+      # message must not declare everything published later late), and not further than
+      # idle_limit past the newest event (older logs published after a quiet spell).
+      if not times and self.newest is not None and monotonic - self.last_message >= self.idle_seconds:
+        idle = now_bound
+        if self.idle_limit > 0:
+          idle = min(idle, self.newest + self.idle_limit)
+        candidate = max(candidate, idle)
       if candidate > self.watermark:
         self.watermark = candidate
       return self.watermark
@@ -145,7 +159,8 @@ class EventTimePubSubReadEvaluator(_PubSubReadEvaluator):
       clock = self._clocks.get(self._applied_ptransform)
       if clock is None:
         clock = self._clocks[self._applied_ptransform] = SourceClock(
-            settings.watermark_max_delay, settings.watermark_idle_seconds)
+            settings.watermark_max_delay, settings.watermark_idle_seconds,
+            settings.watermark_idle_limit)
       return clock
 
   def _pull(self, max_messages: int):

@@ -167,14 +167,16 @@ class FleetChangeNotices(beam.PTransform):
   """WindowInContext -> fleet-change findings (global window), one per peer group, day and new action."""
 
   def __init__(self, model_dir: Optional[str], version: Optional[str] = None, min_identities: int = 3,
-               shared_handle: Optional[shared.Shared] = None):
+               shared_handle: Optional[shared.Shared] = None, allowed_lateness: int = 0):
     super().__init__()
     self._fn = NoticeFn(model_dir, version, min_identities, shared_handle)
+    self._lateness = allowed_lateness
 
   def expand(self, windows):
     return (windows
             | 'NewActions' >> beam.ParDo(NewActionsFn())
-            | 'Daily' >> beam.WindowInto(window.FixedWindows(DAY))
+            # (a late window within the lateness still joins its day; its day then fires again)
+            | 'Daily' >> beam.WindowInto(window.FixedWindows(DAY), allowed_lateness=self._lateness)
             | 'AdoptersPerAction' >> beam.CombinePerKey(AdoptersFn())
             | 'Notice' >> beam.ParDo(self._fn)
             | 'NoticesGlobal' >> beam.WindowInto(window.GlobalWindows()))

@@ -141,6 +141,7 @@ def validate_io(options: PipelineOptions) -> None:
     raise OptionsError(f'--topic {ps.topic!r} is not projects/PROJECT/topics/NAME')
   for flag, value, ok in (('--dedup-seconds', ps.dedup_seconds, ps.dedup_seconds >= 0),
                           ('--watermark-max-delay', ps.watermark_max_delay, ps.watermark_max_delay >= 0),
+                          ('--watermark-idle-limit', ps.watermark_idle_limit, ps.watermark_idle_limit >= 0),
                           ('--watermark-idle-seconds', ps.watermark_idle_seconds,
                            ps.watermark_idle_seconds > 0),
                           ('--pubsub-max-messages', ps.pubsub_max_messages, ps.pubsub_max_messages >= 1),

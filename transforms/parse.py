@@ -22,6 +22,7 @@ from transforms.records import RawRecord, decode, raw_text, split_records
 from transforms.taxonomy import Taxonomy
 
 DEAD_LETTER = 'dead_letter'
+EVENT_WITH_RAW = Tuple[Event, bytes]  # an event and the record it was parsed from
 NAMESPACE = 'postauth'
 # Parsed events per format and per category; counter names are the format and
 # category names (dynamic, so a new format or taxonomy category needs no change).
@@ -72,8 +73,10 @@ class RecordParser:
 class _ParseFn(beam.DoFn):
   """Shared counting and emitting; subclasses say where records come from."""
 
-  def __init__(self, format_name: Optional[str], taxonomy_files: Optional[List[str]]):
+  def __init__(self, format_name: Optional[str], taxonomy_files: Optional[List[str]],
+               with_raw: bool = False):
     self._format_name = format_name
+    self._with_raw = with_raw
     self._taxonomy_files = taxonomy_files
     self.read = Metrics.counter(NAMESPACE, 'records_read')
     self.parsed = Metrics.counter(NAMESPACE, 'events_parsed')
@@ -98,7 +101,7 @@ class _ParseFn(beam.DoFn):
         self.parsed.inc()
         self._count(self._by_format, FORMAT_NAMESPACE, fmt)
         self._count(self._by_category, CATEGORY_NAMESPACE, result.category)
-        yield TimestampedValue(result, result.event_time)
+        yield TimestampedValue((result, record.raw) if self._with_raw else result, result.event_time)
       else:
         self.dead.inc()
         yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(result, record.ref, record.raw))
@@ -154,13 +157,20 @@ class ParseFiles(beam.PTransform):
 
 
 class ParseRecords(beam.PTransform):
-  """RawRecords -> timestamped Events (main) and dead-letter JSON lines (``dead_letter``)."""
+  """RawRecords -> timestamped Events (main) and dead-letter JSON lines (``dead_letter``).
+
+  ``with_raw``: the main output is ``(Event, raw bytes)`` pairs instead, for
+  ``transforms.lateness.LateEventGate``, which dead-letters late events with their payload.
+  """
 
   def __init__(self, format_name: Optional[str] = None,
-               taxonomy_files: Optional[List[str]] = None):
+               taxonomy_files: Optional[List[str]] = None, with_raw: bool = False):
     super().__init__()
-    self._fn = ParseRecordFn(format_name, taxonomy_files)
+    self._fn = ParseRecordFn(format_name, taxonomy_files, with_raw)
+    self._with_raw = with_raw
 
   def expand(self, records):
-    return records | 'ParseRecord' >> beam.ParDo(self._fn).with_outputs(
-        DEAD_LETTER, main='events')
+    parse = beam.ParDo(self._fn)
+    if self._with_raw:
+      parse = parse.with_output_types(EVENT_WITH_RAW)
+    return records | 'ParseRecord' >> parse.with_outputs(DEAD_LETTER, main='events')

@@ -12,6 +12,13 @@ would still count twice in its window, so events are deduplicated by
 ``DeduplicatePerKey`` over an event-time span (by default window size +
 allowed lateness: after that a duplicate cannot reach an open window anyway, so
 the per-id state is released by an event-time timer and stays bounded).
+
+With ``allowed_lateness`` given, events are first passed through
+``transforms.lateness.LateEventGate``: those later than the allowed lateness are
+dead-lettered (reason ``late``, with the message body and id) instead of being
+dropped silently by the windows. The gate comes before deduplication so the
+message body need not travel further; a redelivered copy that arrives that late
+is dead-lettered too.
 """
 from __future__ import annotations
 
@@ -24,13 +31,15 @@ from apache_beam.transforms.deduplicate import DeduplicatePerKey
 from apache_beam.utils.timestamp import Duration
 
 from transforms.event import Event
+from transforms.lateness import LATE, LateEventGate
 from transforms.parse import DEAD_LETTER, ParseRecords
 from transforms.records import RawRecord
 
 
 class ParsedStream(typing.NamedTuple):
   events: beam.PCollection
-  dead_letter: beam.PCollection
+  dead_letter: beam.PCollection  # records that did not parse
+  late: Optional[beam.PCollection] = None  # events later than the allowed lateness (dead letters)
 
 
 class _ToRawRecord(beam.DoFn):
@@ -61,8 +70,10 @@ class ReadPubSubEvents(beam.PTransform):
 
   def __init__(self, subscription: Optional[str] = None, topic: Optional[str] = None,
                timestamp_attribute: Optional[str] = None, format_name: Optional[str] = None,
-               taxonomy_files: Optional[List[str]] = None, dedup_seconds: int = 3600):
+               taxonomy_files: Optional[List[str]] = None, dedup_seconds: int = 3600,
+               window_period: int = 900, allowed_lateness: Optional[int] = None):
     super().__init__()
+    self._period, self._lateness = window_period, allowed_lateness
     if bool(subscription) == bool(topic):
       raise ValueError('give exactly one of subscription or topic')
     self._subscription, self._topic = subscription, topic
@@ -78,12 +89,17 @@ class ReadPubSubEvents(beam.PTransform):
     messages = pbegin | 'ReadFromPubSub' >> ReadFromPubSub(
         subscription=self._subscription, topic=self._topic, with_attributes=True,
         timestamp_attribute=self._timestamp_attribute)
+    gate = self._lateness is not None
     parsed = (messages
               | 'ToRawRecord' >> beam.ParDo(_ToRawRecord(source))
-              | 'ParseRecords' >> ParseRecords(self._format, self._taxonomy))
-    events = (parsed.events
+              | 'ParseRecords' >> ParseRecords(self._format, self._taxonomy, with_raw=gate))
+    events, late = parsed.events, None
+    if gate:  # late events dead-lettered with their message body, before the windows drop them
+      gated = events | 'LateEvents' >> LateEventGate(self._period, self._lateness)
+      events, late = gated['events'], gated[LATE]
+    events = (events
               | 'KeyByEventId' >> beam.Map(lambda e: (e.event_id or e.raw_ref, e)).with_output_types(
                   typing.Tuple[str, Event])
               | 'DropDuplicates' >> DeduplicatePerKey(event_time_duration=Duration(seconds=self._dedup))
               | 'Unkey' >> beam.ParDo(_CountDuplicates()).with_output_types(Event))
-    return ParsedStream(events, parsed[DEAD_LETTER])
+    return ParsedStream(events, parsed[DEAD_LETTER], late)

@@ -78,6 +78,22 @@ class _AttachWindow(beam.DoFn):
     yield IdentityWindow(identity, float(win.start), float(win.end), agg)
 
 
+class _CountPaneEvents(beam.DoFn):
+  """Counts the events the pane windows kept (``events_windowed``); passes panes through.
+
+  Panes discard, so a late re-firing carries only its new events: the sum is every event
+  the windows accepted. Behind ``LateEventGate`` it equals the gate's ``events_on_time``
+  minus duplicates; a shortfall would be events Beam dropped as late.
+  """
+
+  def __init__(self):
+    self.events = Metrics.counter('postauth', 'events_windowed')
+
+  def process(self, kv):
+    self.events.inc(kv[1].count)
+    yield kv
+
+
 class _PaneToWindows(beam.DoFn):
   """((identity, pane start), agg) -> ((identity, window start), agg) for each window holding the pane."""
 
@@ -110,7 +126,9 @@ class IdentityWindows(beam.PTransform):
   Streaming: late events within ``allowed_lateness`` re-fire their panes
   (discarding, so only the late delta travels) and their windows re-fire with
   the full, updated aggregate (accumulating), so downstream always sees whole
-  windows. Later events are dropped by Beam.
+  windows. Later events are dropped by Beam, silently: the detection job puts
+  ``transforms.lateness.LateEventGate`` in front, which dead-letters them first,
+  and gives this transform the gate's lateness plus its margin.
   """
 
   def __init__(self, size_seconds: int = 3600, period_seconds: int = 900,
@@ -156,6 +174,8 @@ class IdentityWindows(beam.PTransform):
             typing.Tuple[str, Event])
         | 'PaneWindows' >> beam.WindowInto(window.FixedWindows(self.period), **pane_kwargs)
         | 'AggregatePanes' >> beam.CombinePerKey(WindowAggregateFn(self.period))
+        | 'CountPaneEvents' >> beam.ParDo(_CountPaneEvents()).with_output_types(
+            typing.Tuple[str, WindowAggregate])
         | 'SlidingWindows' >> beam.WindowInto(
             window.SlidingWindows(self.size, self.period), **slide_kwargs)
         | 'MergePanes' >> beam.CombinePerKey(WindowAggregateFn())
