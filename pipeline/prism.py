@@ -48,5 +48,6 @@ def use_local_prism(options: PipelineOptions) -> Optional[str]:
   path = local_binary()
   if path:
     prism.prism_location = path
-    _LOG.info('%s: Prism binary %s (built by `make prism`)', name, path)
+    _LOG.info('%s: Prism runs from %s (built by `make prism`)%s', name, path,
+              '' if name == 'PrismRunner' else ' where the DirectRunner picks Prism')
   return path
