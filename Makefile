@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install bench bench-pages bench-pipeline bench-state bench-coder bench-model bench-pubsub evaluate clean pubsub-deps
+.PHONY: demo test install prism bench bench-pages bench-pipeline bench-state bench-coder bench-model bench-pubsub evaluate clean pubsub-deps
 
 # The local Pub/Sub server (Google's pstest) builds from two Debian packages. Installed when
 # this user can (root or passwordless sudo, as in CI); a no-op when they are there. Without
@@ -20,6 +20,22 @@ $(STAMP): setup.py
 
 install: $(STAMP)
 
+# Beam's Prism runner (what the DirectRunner tries first since Beam 2.68), built from source for the
+# apache-beam version pinned in setup.py into a folder the project owns; `postauth` picks it up
+# from there (pipeline/prism.py). No rebuild when the binary is there. Last line: its path.
+GO ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
+BEAM_VERSION := $(shell sed -n "s/.*'apache-beam==\([0-9][0-9.]*\)'.*/\1/p" setup.py | head -n 1)
+PRISM_DIR := .prism/v$(BEAM_VERSION)
+PRISM := $(PRISM_DIR)/prism
+
+$(PRISM):
+	@test -n "$(BEAM_VERSION)" || { echo "prism: no apache-beam==X.Y.Z pin in setup.py" >&2; exit 1; }
+	@echo "building Prism v$(BEAM_VERSION) with $$($(GO) version) into $(PRISM_DIR)" >&2
+	GOBIN="$(CURDIR)/$(PRISM_DIR)" GOFLAGS=-buildvcs=false $(GO) install github.com/apache/beam/sdks/v2/go/cmd/prism@v$(BEAM_VERSION)
+
+prism: $(PRISM)
+	@echo "$(CURDIR)/$(PRISM)"
+
 demo: $(STAMP)
 	$(BIN)/postauth demo --out out
 
@@ -34,7 +50,7 @@ pubsub-deps:
 	  || { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q $(PUBSUB_DEBS) >/dev/null; } \
 	  || echo "pubsub-deps: apt-get install $(PUBSUB_DEBS) failed"; fi
 
-test: $(STAMP) pubsub-deps
+test: $(STAMP) pubsub-deps prism
 	$(BIN)/python -m pytest -q tests
 
 bench: $(STAMP)

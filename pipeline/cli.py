@@ -61,6 +61,8 @@ def pipeline_options(argv: List[str]) -> PipelineOptions:
   std = options.view_as(StandardOptions)
   if not std.runner:
     std.runner = 'DirectRunner'
+  from pipeline.prism import use_local_prism
+  use_local_prism(options)  # PrismRunner / DirectRunner: the binary `make prism` built, if any
   return options
 
 

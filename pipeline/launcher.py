@@ -106,7 +106,10 @@ def translate(argv: List[str]) -> Tuple[str, List[str], List[str]]:
 
 
 def pipeline_options(postauth: List[str], beam_args: List[str]) -> PipelineOptions:
-  return PipelineOptions(postauth + beam_args)
+  from pipeline.prism import use_local_prism
+  options = PipelineOptions(postauth + beam_args)
+  use_local_prism(options)
+  return options
 
 
 class RunCommandFn(beam.DoFn):

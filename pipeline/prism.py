@@ -1,0 +1,53 @@
+"""Beam's Prism runner from the binary `make prism` builds.
+
+Since Beam 2.68 the DirectRunner first tries Prism, and ``--runner=PrismRunner`` asks for it;
+without ``--prism_location`` Beam downloads a release zip from GitHub. `make prism` builds the
+same runner from source for the pinned apache-beam version into ``.prism/v<version>/prism``
+beside this package; when that binary exists and no ``--prism_location`` was given, the
+pipeline options point Beam at it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Optional
+
+from apache_beam.options.pipeline_options import PipelineOptions, PrismRunnerOptions, StandardOptions
+from apache_beam.version import __version__ as BEAM_VERSION
+
+_LOG = logging.getLogger('postauth')
+
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Runners that start Prism: PrismRunner itself, and the DirectRunner's first attempt.
+PRISM_RUNNERS = ('PrismRunner', 'DirectRunner')
+
+
+def binary_path() -> str:
+  """Where `make prism` puts the binary for the installed apache-beam version."""
+  return os.path.join(PROJECT_ROOT, '.prism', f'v{BEAM_VERSION}', 'prism')
+
+
+def local_binary() -> Optional[str]:
+  path = binary_path()
+  return path if os.path.isfile(path) and os.access(path, os.X_OK) else None
+
+
+def use_local_prism(options: PipelineOptions) -> Optional[str]:
+  """Sets ``prism_location`` to the project's binary for a Prism-starting runner.
+
+  Only when the runner is PrismRunner or DirectRunner (by name or class path), no
+  ``--prism_location`` was given, and the binary exists. Returns the binary used, if any.
+  """
+  runner = options.view_as(StandardOptions).runner
+  name = runner if isinstance(runner, str) else type(runner).__name__ if runner else 'DirectRunner'
+  if name.rsplit('.', 1)[-1] not in PRISM_RUNNERS:
+    return None
+  prism = options.view_as(PrismRunnerOptions)
+  if prism.prism_location:
+    return None
+  path = local_binary()
+  if path:
+    prism.prism_location = path
+    _LOG.info('%s: Prism runs from %s (built by `make prism`)%s', name, path,
+              '' if name == 'PrismRunner' else ' where the DirectRunner picks Prism')
+  return path
