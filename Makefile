@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install prism bench bench-pages bench-pipeline bench-state bench-coder bench-model bench-pubsub evaluate clean pubsub-deps
+.PHONY: demo test install prism bench bench-pipeline bench-state bench-coder bench-model bench-pubsub evaluate clean pubsub-deps
 
 # The local Pub/Sub server (Google's pstest) builds from two Debian packages. Installed when
 # this user can (root or passwordless sudo, as in CI); a no-op when they are there. Without
@@ -57,13 +57,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
 # Detection quality: sample -> train -> batch and streaming detection -> postauth evaluate,
-# plus detection over ../shared/data; writes out/evaluate/report.{json,md} (README tables).
+# plus detection over ../shared/data, plus seeds 8 and 9 in batch for the page rates;
+# writes out/evaluate/report.{json,md} (README tables).
 evaluate: $(STAMP)
 	$(BIN)/python bench/evaluate.py --out out/evaluate
-
-# Pages per 1,000 identity-days over several generator seeds (everyday change + attacks).
-bench-pages: $(STAMP)
-	$(BIN)/python bench/pages.py --seeds 7,8,9
 
 # Per-stage throughput, the Beam-free limit, Beam's AnomalyDetection peer and scaling (needs [bench]).
 bench-pipeline: $(STAMP)

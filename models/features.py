@@ -75,7 +75,7 @@ def concurrent_new_networks(agg: WindowAggregate, p: IdentityProfile) -> Tuple[L
         beside.append(n)
         active.add(u)
         break
-  return beside, sorted(active)
+  return sorted(beside), sorted(active)
 
 
 def feature_vector(agg: WindowAggregate, profile: Optional[IdentityProfile],
@@ -125,7 +125,7 @@ def _family_in(resource: str, families: Dict[str, int]) -> bool:
 
 
 def _top(counts: Dict[str, int], keep, n: int = 3) -> List[str]:
-  items = sorted(((k, v) for k, v in counts.items() if keep(k)), key=lambda kv: -kv[1])
+  items = sorted(((k, v) for k, v in counts.items() if keep(k)), key=lambda kv: (-kv[1], kv[0]))
   return [k for k, _ in items[:n]]
 
 
@@ -165,13 +165,13 @@ def describe(name: str, agg: WindowAggregate, profile: Optional[IdentityProfile]
     elif name != 'novel_action_share':
       wanted = SENSITIVE_CATEGORIES if name == 'novel_sensitive_actions' else HIGH_IMPACT_CATEGORIES
       novel = [a for a in novel if agg.action_category.get(a) in wanted and not peers.common(a)]
-    shown = sorted(novel, key=lambda a: -agg.actions[a])[:4]
+    shown = sorted(novel, key=lambda a: (-agg.actions[a], a))[:4]
     labelled = ', '.join(f'{a} ({agg.action_category.get(a, "?")}) x{agg.actions[a]}' for a in shown)
     note = peer_note(shown[0], peers) if shown else ''
     return len(novel), 0, f'never-seen actions: {labelled}' + (f'; {shown[0]}: {note}' if note else '')
   if name in ('novel_family_share', 'novel_resource_families'):
     families = p.unseen_families(agg.resources)
-    shown = sorted(families, key=lambda f: -families[f])[:3]
+    shown = sorted(families, key=lambda f: (-families[f], f))[:3]
     examples = ', '.join(_top(agg.resources, lambda r: _family_in(r, families)))
     return (len(families), len(seen['families']),
             f'{sum(families.values())} resources in {len(families)} kinds never touched before '

@@ -259,6 +259,47 @@ def to_markdown(report: Dict, title: str = '') -> str:
   return '\n'.join(lines) + '\n'
 
 
+def pages_over_seeds(reports: Sequence[Tuple[int, Dict]]) -> Dict:
+  """Issue 12's measure over several samples: attacks paged, and pages matching no attack per
+  1,000 identity-days, overall and per benign kind (each kind summed over the seeds)."""
+  total = {'seeds': [s for s, _ in reports], 'identity_days': 0, 'pages': 0, 'unexplained': 0,
+           'attacks': 0, 'attacks_paged': 0, 'by_kind': {}}
+  for _, r in reports:
+    p = r['pages']
+    total['identity_days'] += r['identity_days'] or 0
+    total['pages'] += p['pages']
+    total['unexplained'] += p['unexplained']
+    total['attacks'] += r['attacks']
+    total['attacks_paged'] += p['attacks_paged']
+    for kind, v in p['by_kind'].items():
+      k = total['by_kind'].setdefault(kind, {'cases': 0, 'cases_paged': 0, 'pages': 0})
+      for key in k:
+        k[key] += v[key]
+  days = total['identity_days']
+  total['pages_per_1000_identity_days'] = round(1000.0 * total['pages'] / days, 2) if days else None
+  for v in total['by_kind'].values():
+    v['pages_per_1000_identity_days'] = round(1000.0 * v['pages'] / days, 2) if days else None
+  return total
+
+
+def pages_markdown(total: Dict, per_seed: Sequence[Tuple[int, Dict]]) -> str:
+  """The README's pages tables: per seed, and per benign kind over all seeds."""
+  lines = ['| seed | identity-days | attacks paged | pages matching no attack | per 1,000 identity-days | '
+           'matching no benign case either |', '| --- | --- | --- | --- | --- | --- |']
+  for seed, r in per_seed:
+    p = r['pages']
+    lines.append(f'| {seed} | {r["identity_days"]} | {p["attacks_paged"]}/{r["attacks"]} | {p["pages"]} | '
+                 f'{p["pages_per_1000_identity_days"]} | {p["unexplained"]} |')
+  lines.append(f'| **all** | {total["identity_days"]} | {total["attacks_paged"]}/{total["attacks"]} | '
+               f'{total["pages"]} | **{total["pages_per_1000_identity_days"]}** | {total["unexplained"]} |')
+  lines += ['', '| benign kind | cases | cases paged | pages | per 1,000 identity-days |',
+            '| --- | --- | --- | --- | --- |']
+  for kind, v in sorted(total['by_kind'].items()):
+    lines.append(f'| {kind} | {v["cases"]} | {v["cases_paged"]} | {v["pages"]} | '
+                 f'{v["pages_per_1000_identity_days"]} |')
+  return '\n'.join(lines) + '\n'
+
+
 def evaluate_files(findings: str, labels: str, benign: Optional[str] = None,
                    events: Sequence[str] = (), inventory_identity_days: Optional[int] = None,
                    window_size: float = 3600.0) -> Dict:

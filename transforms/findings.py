@@ -128,8 +128,8 @@ def to_finding(windows: List[Dict]) -> Dict:
       'cohort': top['cohort'],
       'reasons': reasons,
       'rules': sorted({r['rule'] for r in reasons if 'rule' in r}),
-      'actions': dict(sorted(actions.items(), key=lambda kv: -kv[1])[:10]),
-      'resources': dict(sorted(resources.items(), key=lambda kv: -kv[1])[:10]),
+      'actions': dict(sorted(actions.items(), key=lambda kv: (-kv[1], kv[0]))[:10]),
+      'resources': dict(sorted(resources.items(), key=lambda kv: (-kv[1], kv[0]))[:10]),
       'event_count': sum(panes.values()),
       'windows': len(windows),
       'peak_window': [rfc3339(top['window_start']), rfc3339(top['window_end'])],
@@ -146,7 +146,7 @@ def unregistered_finding(window, context: Dict) -> Dict:
   """A shadow NHI: active in telemetry, absent from the inventory (once per identity and day)."""
   agg = window.agg
   day = rfc3339(window.window_end - 1)[:10]
-  top = sorted(agg.actions, key=lambda a: -agg.actions[a])[:5]
+  top = sorted(agg.actions, key=lambda a: (-agg.actions[a], a))[:5]
   severity, basis = contextual_severity('medium', context)
   return {
       'finding_id': hashlib.sha256(f'{window.identity}|unregistered|{day}'.encode()).hexdigest()[:24],
@@ -167,7 +167,7 @@ def unregistered_finding(window, context: Dict) -> Dict:
                              + ', '.join(f'{a} x{agg.actions[a]}' for a in top)}],
       'rules': ['unregistered_identity'],
       'actions': {a: agg.actions[a] for a in top},
-      'resources': dict(sorted(agg.resources.items(), key=lambda kv: -kv[1])[:10]),
+      'resources': dict(sorted(agg.resources.items(), key=lambda kv: (-kv[1], kv[0]))[:10]),
       'event_count': agg.count,
       'windows': 1,
       'peak_window': [rfc3339(window.window_start), rfc3339(window.window_end)],

@@ -34,7 +34,7 @@ class RuleConfig:
 
 def _actions_in(agg, categories: Sequence[str]) -> List[str]:
   return sorted((a for a, c in agg.action_category.items() if c in categories),
-                key=lambda a: -agg.actions.get(a, 0))
+                key=lambda a: (-agg.actions.get(a, 0), a))
 
 
 def _listing(agg, actions: List[str], limit: int = 5) -> str:
@@ -66,7 +66,7 @@ def out_of_scope(window, context: Dict, history, config: RuleConfig, peers=None)
       outside.append(action)
   if not outside:
     return None
-  outside.sort(key=lambda a: -agg.actions[a])
+  outside.sort(key=lambda a: (-agg.actions[a], a))
   new = [a for a in outside if history is None or not history.knows('actions', a)]
   cats = {agg.action_category.get(a, '') for a in new}
   own_resources = history is not None and history.windows and not history.unseen_families(agg.resources)
@@ -98,7 +98,7 @@ def disabled_identity_active(window, context: Dict, history, config: RuleConfig,
     return None
   return {'rule': 'disabled_identity_active', 'severity': 'critical', 'actions': list(agg.actions)[:20],
           'detail': f'inventory status is {status!r} but {agg.count - agg.errors} calls succeeded '
-                    f'({_listing(agg, sorted(agg.actions, key=lambda a: -agg.actions[a]), 3)})'}
+                    f'({_listing(agg, sorted(agg.actions, key=lambda a: (-agg.actions[a], a)), 3)})'}
 
 
 def dormant_identity_revived(window, context: Dict, history, config: RuleConfig, peers=None) -> Optional[Dict]:
@@ -113,7 +113,7 @@ def dormant_identity_revived(window, context: Dict, history, config: RuleConfig,
   sensitive = _actions_in(agg, SENSITIVE_CATEGORIES)
   when = datetime.datetime.fromtimestamp(last, datetime.timezone.utc).strftime('%Y-%m-%d')
   return {'rule': 'dormant_identity_revived', 'severity': 'high' if sensitive else 'medium',
-          'actions': sorted(agg.actions, key=lambda a: -agg.actions[a])[:20],
+          'actions': sorted(agg.actions, key=lambda a: (-agg.actions[a], a))[:20],
           'detail': f'active again after {gap / DAY:.0f} days of silence (last seen {when}); '
                     f'{agg.count} calls' + (f', sensitive: {_listing(agg, sensitive, 3)}' if sensitive else '')}
 
@@ -132,9 +132,9 @@ def new_network_beside_usual(window, context: Dict, history, config: RuleConfig,
     return None
   agg = window.agg
   n = sum(agg.networks[x] for x in unknown)
-  new_agents = [a for a in agg.agents if not history.knows('agents', a)]
+  new_agents = sorted(a for a in agg.agents if not history.knows('agents', a))
   return {'rule': 'new_network_beside_usual', 'severity': 'high' if new_agents else 'medium',
-          'actions': sorted(agg.actions, key=lambda a: -agg.actions[a])[:20],
+          'actions': sorted(agg.actions, key=lambda a: (-agg.actions[a], a))[:20],
           'detail': f'{n} calls from {", ".join(unknown)}, a network no identity of the fleet used before, '
                     f'while its usual network {", ".join(usual)} was active in the same window'
                     + (f'; with a new client {", ".join(new_agents)}' if new_agents else '')}
