@@ -239,11 +239,17 @@ def to_markdown(report: Dict, title: str = '') -> str:
                  f'{s["severity"] or "-"} | {"-" if s["score"] is None else s["score"]} | '
                  f'{_duration(s["time_to_detect_s"])} | {_duration(s["time_to_first_window_s"])} |')
   if report['benign']:
-    lines += ['', '| benign change | findings | highest severity | best rank | low or silent |',
-              '| --- | --- | --- | --- | --- |']
+    lines += ['', '| benign change (kind) | cases | cases with findings | highest severity | best rank | '
+              'all low or silent |', '| --- | --- | --- | --- | --- | --- |']
+    kinds: Dict[str, List[Dict]] = {}
     for b in report['benign']:
-      lines.append(f'| {b["change"]} | {b["findings"]} | {b["max_severity"] or "-"} | {b["best_rank"] or "-"} | '
-                   f'{"yes" if b["ok"] else "**no**"} |')
+      kinds.setdefault(b.get('kind') or b['change'], []).append(b)
+    for kind, cases in kinds.items():
+      worst = max((b['max_severity'] for b in cases if b['max_severity']),
+                  key=lambda x: SEVERITY_RANK.get(x, -1), default=None)
+      best = min((b['best_rank'] for b in cases if b['best_rank']), default=None)
+      lines.append(f'| {kind} | {len(cases)} | {sum(1 for b in cases if b["findings"])} | {worst or "-"} | '
+                   f'{best or "-"} | {"yes" if all(b["ok"] for b in cases) else "**no**"} |')
   p = report['precision_at']
   lines += ['', '| metric | value |', '| --- | --- |',
             f'| attacks detected | {report["attacks_detected"]}/{report["attacks"]} |']

@@ -35,14 +35,17 @@ MAX_KEPT = 10000  # identities kept per change (a fleet-wide change names at mos
 LISTED = 8  # identities named in the notice's words (all are in ``identities``)
 
 
-@beam.typehints.with_output_types(typing.Tuple[typing.Tuple[str, str], typing.Any])
+@beam.typehints.with_output_types(typing.Tuple[typing.Tuple[str, str, int], typing.Any])
 class NewActionsFn(beam.DoFn):
-  """WindowInContext -> ((peer group, action), (identity, calls, category, start, end)) per new action.
+  """WindowInContext -> ((peer group, action, day), (identity, calls, category, start, end)) per new action.
 
   Peer groups are the identity's type (``type:service_account``) and its team
   (``team:payments``): releases roll out per service type and per team. Only
   identities with history of their own count: a new identity's every call is new.
   """
+
+  def __init__(self):
+    self.sightings = Metrics.counter('postauth', 'fleet_new_action_sightings')
 
   def process(self, item):
     history = item.history
@@ -52,11 +55,13 @@ class NewActionsFn(beam.DoFn):
     groups = [f'type:{item.context.get("identity_type", "") or agg.identity_type}']
     if item.context.get('team'):
       groups.append(f'team:{item.context["team"]}')
+    day = int((item.window.window_end - 1e-6) // DAY)  # the UTC day of the window's last instant
     for action in history.unseen('actions', agg.actions):
       seen = (item.window.identity, agg.actions[action], agg.action_category.get(action, ''),
               item.window.window_start, item.window.window_end)
       for group in groups:
-        yield (group, action), seen
+        self.sightings.inc()
+        yield (group, action, day), seen
 
 
 class AdoptersFn(beam.CombineFn):
@@ -146,21 +151,23 @@ class NoticeFn(beam.DoFn):
     self._min = min_identities
     self._shared = shared_handle or shared.Shared()
     self.notices = Metrics.counter('postauth', 'findings_fleet_change')
+    self.candidates = Metrics.counter('postauth', 'fleet_change_candidates')
 
   def setup(self):
     model = acquire_model(self._shared, self._model_dir, self._version) if self._model_dir else None
     self._sizes = dict(model.fleet.identities) if model is not None else {}
     self._model_version = model.version if model is not None else ''
 
-  def process(self, kv, day=beam.DoFn.WindowParam):
-    (group, action), adopters = kv
+  def process(self, kv):
+    (group, action, day), adopters = kv
+    self.candidates.inc()
     n = len(adopters['identities'])
     kind, _, name = group.partition(':')
     size = self._sizes.get(name, 0) if kind == 'type' else 0  # team sizes are not in the model
     if n < self._min or n < MIN_SHARE * size:
       return
     self.notices.inc()
-    yield notice(group, action, adopters, float(day.start), self._model_version, size)
+    yield notice(group, action, adopters, float(day * DAY), self._model_version, size)
 
 
 class FleetChangeNotices(beam.PTransform):
@@ -173,10 +180,15 @@ class FleetChangeNotices(beam.PTransform):
     self._lateness = allowed_lateness
 
   def expand(self, windows):
+    # The day is in the key. Streaming also closes each day with an event-time window (a late
+    # window within the lateness still joins its day, which then fires again); batch combines
+    # in the global window: the batch history walk stamps windows with their own (earlier)
+    # times after a global GroupByKey, which a runner that tracks watermarks in batch too
+    # (Prism) would count as late for a day window, and drop.
+    daily = (window.FixedWindows(DAY) if not windows.is_bounded else window.GlobalWindows())
     return (windows
             | 'NewActions' >> beam.ParDo(NewActionsFn())
-            # (a late window within the lateness still joins its day; its day then fires again)
-            | 'Daily' >> beam.WindowInto(window.FixedWindows(DAY), allowed_lateness=self._lateness)
+            | 'Daily' >> beam.WindowInto(daily, allowed_lateness=self._lateness)
             | 'AdoptersPerAction' >> beam.CombinePerKey(AdoptersFn())
             | 'Notice' >> beam.ParDo(self._fn)
             | 'NoticesGlobal' >> beam.WindowInto(window.GlobalWindows()))

@@ -136,7 +136,16 @@ class Suppress(beam.PTransform):
 
 
 def reason_keys(finding: Dict) -> frozenset:
-  return frozenset(r.get('rule') or r.get('feature', '') for r in finding['reasons'])
+  """What makes two findings of an identity repeats: their rules and features; for a
+  fleet-change notice the change itself (two new calls in one team are two changes)."""
+  return frozenset(_reason_key(r) for r in finding['reasons'])
+
+
+def _reason_key(r: Dict) -> str:
+  key = r.get('rule') or r.get('feature', '')
+  if key == 'fleet_change':
+    return key + ':' + ','.join(r.get('actions') or [])
+  return key
 
 
 class _DedupFn(beam.DoFn):
