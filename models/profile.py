@@ -69,7 +69,8 @@ def resource_family(resource: str) -> str:
     digits folded and ``k=v`` partitions as ``k=*``;
   - ARNs, URLs and other names: the first token of the name (``payments-orders-prod``,
     ``arn:...:table/payments-refunds``, ``https://sqs.../payments-jobs`` -> ``payments``): the
-    namespace a team names its resources in, whatever the service;
+    namespace a team names its resources in, whatever the service; S3 object ARNs and
+    path-like names (secrets ``prod/payments/db``) as paths;
   - e-mail addresses: the domain.
   """
   if not resource:
@@ -77,8 +78,10 @@ def resource_family(resource: str) -> str:
   if resource.startswith('arn:'):
     parts = resource.split(':', 5)
     rest = parts[5] if len(parts) > 5 else ''
-    rtype, _, name = rest.rpartition('/') if '/' in rest else ('', '', rest)
-    return _first_token(name)
+    if len(parts) > 2 and parts[2] != 's3':  # drop the resource type: table/..., secret:..., key/...
+      head, sep, name = rest.partition('/') if '/' in rest.split(':', 1)[0] else rest.partition(':')
+      rest = name if sep else head
+    return _path_family(rest) if '/' in rest.strip('/') else _first_token(rest)
   if '://' in resource:
     _, _, rest = resource.partition('://')
     host, _, path = rest.partition('/')
@@ -86,10 +89,15 @@ def resource_family(resource: str) -> str:
   if '@' in resource and '/' not in resource:
     return '@' + resource.rpartition('@')[2].lower()
   if '/' in resource.strip('/'):
-    segments = [('=' in x and x.split('=', 1)[0] + '=*') or _DIGITS.sub('#', x)
-                for x in resource.strip('/').split('/')]
-    return '/'.join(segments[:2] if len(segments) >= 3 else segments[:1])
+    return _path_family(resource)
   return _first_token(resource)
+
+
+def _path_family(path: str) -> str:
+  """``bucket/prefix/...``: the first two segments (one for ``bucket/key``), digits folded."""
+  segments = [('=' in x and x.split('=', 1)[0] + '=*') or _DIGITS.sub('#', x)
+              for x in path.strip('/').split('/')]
+  return '/'.join(segments[:2] if len(segments) >= 3 else segments[:1])
 
 
 def _first_token(name: str) -> str:

@@ -130,6 +130,11 @@ def test_resource_families_follow_naming_patterns():
   assert resource_family('ops-1@example.com') == resource_family('ops-7@example.com')
   assert resource_family('prod/payments/db') != resource_family('prod/identity/admin-token')
   assert resource_family('ops-1@example.com') != resource_family('customer-1@mail.example.net')
+  # ARNs as the parsers write them: S3 objects as paths, other services by the name's namespace
+  assert resource_family('arn:aws:s3:::up-prod/inbox/8.json') == resource_family('up-prod/inbox/dt=1/9.json')
+  assert resource_family('arn:aws:s3:::lake-prod/finance/ledger/p-1') != resource_family('arn:aws:s3:::lake-prod/hr/x/p-2')
+  assert resource_family('arn:aws:dynamodb:us-east-1:1:table/payments-orders') == 'payments'
+  assert resource_family('arn:aws:secretsmanager:us-east-1:1:secret:prod/payments/db-x') == 'prod/payments'
 
 
 def test_a_new_network_beside_the_usual_one_is_not_a_redeploy():
