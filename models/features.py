@@ -57,6 +57,10 @@ def _share_unseen(counts: Dict[str, int], p: IdentityProfile, field: str, total:
   return sum(counts[k] for k in (p.unseen(field, counts) if unseen is None else unseen)) / total
 
 
+# Reads and listings: a fleet-rare one alone is weak evidence (a new feature's describe call);
+# many at once, failing, is reconnaissance, which breadth and errors show.
+READ_ONLY = ('data_read', 'enumerate')
+
 # A new network's calls overlap the usual networks' calls by more than this (seconds):
 # used beside the usual workload (stolen credentials), not after it (a redeploy's cut-over).
 CONCURRENT_SECONDS = 300.0
@@ -99,7 +103,7 @@ def feature_vector(agg: WindowAggregate, profile: Optional[IdentityProfile],
   x[4] = math.log1p(sum(1 for a in uncommon if agg.action_category.get(a) in SENSITIVE_CATEGORIES))
   x[5] = math.log1p(sum(agg.actions[a] for a in uncommon
                         if agg.action_category.get(a) in HIGH_IMPACT_CATEGORIES))
-  x[6] = math.log1p(sum(1 for a in novel if peers.rare(a)))
+  x[6] = math.log1p(sum(1 for a in novel if peers.rare(a) and agg.action_category.get(a) not in READ_ONLY))
   resource_events = sum(agg.resources.values())
   families = p.unseen_families(agg.resources)
   if resource_events and families:

@@ -140,6 +140,30 @@ def new_network_beside_usual(window, context: Dict, history, config: RuleConfig,
                     + (f'; with a new client {", ".join(new_agents)}' if new_agents else '')}
 
 
+SWEEP_ACTIONS = 8  # never-seen actions in one window ...
+SWEEP_FAILED = 0.5  # ... most of the window's calls failing
+
+
+def access_denied_sweep(window, context: Dict, history, config: RuleConfig, peers=None) -> Optional[Dict]:
+  """Many never-seen actions in one window, most of them denied: a credential probing what it can do.
+
+  Reconnaissance after a credential is stolen looks like this (the tools list every service
+  they know); a rollout adds a call or two, and they succeed.
+  """
+  if history is None or not history.windows:
+    return None
+  agg = window.agg
+  novel = history.unseen('actions', agg.actions)
+  if len(novel) < SWEEP_ACTIONS or agg.errors < SWEEP_FAILED * agg.count:
+    return None
+  services = sorted({a.partition(':')[0] for a in novel})
+  novel.sort(key=lambda a: (-agg.actions[a], a))
+  return {'rule': 'access_denied_sweep', 'severity': 'medium', 'actions': novel[:20],
+          'detail': f'{len(novel)} never-seen actions over {len(services)} services '
+                    f'({", ".join(services[:8])}), {agg.errors} of {agg.count} calls failed: '
+                    f'{_listing(agg, novel)}'}
+
+
 def _nhi_category_rule(name: str, category: str, what: str):
   def rule(window, context: Dict, history, config: RuleConfig, peers=None) -> Optional[Dict]:
     if context.get('identity_type', '') in HUMAN_TYPES:
@@ -175,6 +199,7 @@ RULES: Dict[str, Callable] = {
     'credential_created_by_nhi': credential_created_by_nhi,
     'privilege_change_by_nhi': privilege_change_by_nhi,
     'new_network_beside_usual': new_network_beside_usual,
+    'access_denied_sweep': access_denied_sweep,
 }
 # Raised by the history step, not per window: see transforms/history.py.
 UNREGISTERED = 'unregistered_identity'
