@@ -79,7 +79,8 @@ class DetectOptions(PipelineOptions):
     parser.add_argument('--disable-rules', dest='disabled_rules', default=None,
                         help='Comma-separated deterministic rules to turn off (out_of_scope, '
                              'disabled_identity_active, dormant_identity_revived, credential_created_by_nhi, '
-                             'privilege_change_by_nhi, new_network_beside_usual, access_denied_sweep, unregistered_identity, '
+                             'privilege_change_by_nhi, new_network_beside_usual, new_network_and_client, access_denied_sweep, '
+                             'unregistered_identity, '
                              'fleet_change).')
     parser.add_argument('--fleet-change-identities', dest='fleet_change_identities', type=int, default=3,
                         help='Identities of one type that must make the same new action on the same day '

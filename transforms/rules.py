@@ -140,6 +140,27 @@ def new_network_beside_usual(window, context: Dict, history, config: RuleConfig,
                     + (f'; with a new client {", ".join(new_agents)}' if new_agents else '')}
 
 
+def new_network_and_client(window, context: Dict, history, config: RuleConfig, peers=None) -> Optional[Dict]:
+  """Calls from a network no identity of the fleet used, with a client this identity never used.
+
+  A redeploy moves a workload to another network but keeps its client (the same image);
+  a stolen credential comes with the attacker's network and tools, even when it is used for
+  a few minutes while the workload is quiet (no overlap for ``new_network_beside_usual``).
+  """
+  if history is None or not history.windows or peers is None or not peers.fleet.identities:
+    return None
+  agg = window.agg
+  unknown = sorted(n for n in agg.networks if not history.knows('networks', n) and peers.network_users(n)[0] == 0)
+  clients = sorted(a for a in agg.agents if a and not history.knows('agents', a))
+  if not unknown or not clients:
+    return None
+  return {'rule': 'new_network_and_client', 'severity': 'medium',
+          'actions': sorted(agg.actions, key=lambda a: (-agg.actions[a], a))[:20],
+          'detail': f'calls from {", ".join(unknown)}, a network no identity of the fleet used before, and with '
+                    f'{", ".join(clients)}, a client this identity never used (usual: '
+                    f'{", ".join(sorted(history.seen["agents"])[:2]) or "none"})'}
+
+
 SWEEP_ACTIONS = 8  # never-seen actions in one window ...
 SWEEP_FAILED = 0.5  # ... most of the window's calls failing
 
@@ -200,6 +221,7 @@ RULES: Dict[str, Callable] = {
     'privilege_change_by_nhi': privilege_change_by_nhi,
     'new_network_beside_usual': new_network_beside_usual,
     'access_denied_sweep': access_denied_sweep,
+    'new_network_and_client': new_network_and_client,
 }
 # Raised by the history step, not per window: see transforms/history.py.
 UNREGISTERED = 'unregistered_identity'
