@@ -93,8 +93,25 @@ def resource_family(resource: str) -> str:
   return _first_token(resource)
 
 
+_GCP_SCOPES = ('projects', 'organizations', 'folders', 'billingAccounts')
+_GCP_PLACES = ('locations', 'zones', 'regions', 'global')
+
+
 def _path_family(path: str) -> str:
-  """``bucket/prefix/...``: the first two segments (one for ``bucket/key``), digits folded."""
+  """``bucket/prefix/...``: the first two segments (one for ``bucket/key``), digits folded.
+
+  Google resource names (``projects/P/zones/Z/disks/disk-1``) are scope, then collection/id
+  pairs: the project, the first collection after the location and its id's first token
+  (``projects/P/disks/disk``): a new disk of the same naming is the same kind.
+  """
+  parts = path.strip('/').split('/')
+  if parts[0] in _GCP_SCOPES and len(parts) >= 4:
+    rest = parts[2:]
+    while rest and rest[0] in _GCP_PLACES:
+      rest = rest[1:] if rest[0] == 'global' else rest[2:]
+    if len(rest) >= 2:
+      return f'{parts[0]}/{parts[1]}/{rest[0]}/{_first_token(rest[1])}'
+    return '/'.join(parts[:2] + rest[:1])
   segments = [('=' in x and x.split('=', 1)[0] + '=*') or _DIGITS.sub('#', x)
               for x in path.strip('/').split('/')]
   return '/'.join(segments[:2] if len(segments) >= 3 else segments[:1])

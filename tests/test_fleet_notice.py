@@ -135,6 +135,11 @@ def test_resource_families_follow_naming_patterns():
   assert resource_family('arn:aws:s3:::lake-prod/finance/ledger/p-1') != resource_family('arn:aws:s3:::lake-prod/hr/x/p-2')
   assert resource_family('arn:aws:dynamodb:us-east-1:1:table/payments-orders') == 'payments'
   assert resource_family('arn:aws:secretsmanager:us-east-1:1:secret:prod/payments/db-x') == 'prod/payments'
+  # Google resource names: project, collection, and the id's first token
+  assert resource_family('projects/p/zones/us-central1-a/disks/disk-1') == 'projects/p/disks/disk'
+  assert resource_family('projects/p/zones/us-east1-b/disks/disk-2') == 'projects/p/disks/disk'
+  assert resource_family('projects/p/secrets/db-password/versions/3') != resource_family('projects/p/secrets/admin-token')
+  assert resource_family('projects/p/global/images/image-1') == 'projects/p/images/image'
 
 
 def test_a_new_network_beside_the_usual_one_is_not_a_redeploy():
