@@ -113,8 +113,8 @@ def calibrate(rows: Dict[str, List[Tuple[HeldOutWindow, np.ndarray]]], config, p
   total, per_identity = count_pages(pairs, medium)
   default_total, _ = count_pages(pairs, default_medium)
   cohorts: Dict[str, Dict] = {}
-  for w, s, cohort in scored:
-    c = cohorts.setdefault(cohort, {'identity_days': set(), 'identities': set()})
+  for w, s, cohort in scored:  # per identity type: a team's few identity-days say little
+    c = cohorts.setdefault(cohort.split('/', 1)[0], {'identity_days': set(), 'identities': set()})
     c['identity_days'].add((w.identity, day_of(w.window_end)))
     c['identities'].add(w.identity)
   per_cohort = {}
