@@ -74,8 +74,19 @@ def contextual_severity(detected: str, context: Dict) -> Tuple[str, Dict[str, st
   return SEVERITIES[max(0, min(bounded, len(SEVERITIES) - 1))], basis
 
 
+# Features that say the same thing to a responder: a finding keeps the first (rarest, from its
+# highest-scoring window) of each group, not three lines about the same new resources.
+REASON_GROUPS = {
+    'novel_resources': 'new resources', 'novel_family_share': 'new resources',
+    'novel_resource_families': 'new resources',
+    'novel_action_share': 'new actions', 'novel_sensitive_actions': 'new actions',
+    'novel_high_impact_events': 'new actions', 'novel_rare_actions': 'new actions',
+}
+
+
 def _reason_key(r: Dict) -> str:
-  return r.get('rule') or r.get('feature', '')
+  key = r.get('rule') or r.get('feature', '')
+  return REASON_GROUPS.get(key, key)
 
 
 def _public(r: Dict) -> Dict:
