@@ -72,7 +72,9 @@ flink: $(FLINK_JAR)
 
 # `make test` fetches the jar when Maven Central serves it; the Flink tests then run (and fail
 # under CI=true without it), and skip with Maven Central's answer when it refused it.
+# A refusal recorded earlier does not count: only this run's answer from Maven Central does.
 flink-if-served:
+	@rm -f $(FLINK_REFUSED)
 	@$(MAKE) --no-print-directory flink >/dev/null || test -f $(FLINK_REFUSED)
 
 demo: $(STAMP)
