@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install prism bench bench-pipeline bench-state bench-coder bench-model bench-pubsub evaluate clean pubsub-deps
+.PHONY: demo test install prism flink flink-if-served bench bench-pipeline bench-state bench-coder bench-model bench-pubsub evaluate clean pubsub-deps
 
 # The local Pub/Sub server (Google's pstest) builds from two Debian packages. Installed when
 # this user can (root or passwordless sudo, as in CI); a no-op when they are there. Without
@@ -36,6 +36,47 @@ $(PRISM):
 prism: $(PRISM)
 	@echo "$(CURDIR)/$(PRISM)"
 
+# Beam's Flink job server jar for the pinned apache-beam version, fetched from Maven Central with
+# Maven into a folder the project owns; `postauth ... --runner=FlinkRunner` picks it up from there
+# (pipeline/flink.py). FLINK_VERSION is one Beam publishes a job server for (1.19, 1.20, 2.0, 2.1,
+# 2.2 for Beam 2.77; 2.2 is Beam's default). No download when the jar is there. Last line: its path.
+# When Maven Central answers that it has no such jar, the coordinates and its answer are written
+# to $(FLINK_REFUSED) (the Flink tests then skip with that text) and the target fails.
+MVN ?= mvn
+FLINK_VERSION ?= 2.2
+FLINK_DIR := .flink/v$(BEAM_VERSION)
+FLINK_ARTIFACT := org.apache.beam:beam-runners-flink-$(FLINK_VERSION)-job-server:$(BEAM_VERSION)
+FLINK_JAR := $(FLINK_DIR)/beam-runners-flink-$(FLINK_VERSION)-job-server-$(BEAM_VERSION).jar
+FLINK_REFUSED := $(FLINK_DIR)/refused-$(FLINK_VERSION).txt
+
+$(FLINK_JAR):
+	@test -n "$(BEAM_VERSION)" || { echo "flink: no apache-beam==X.Y.Z pin in setup.py" >&2; exit 1; }
+	@command -v $(MVN) >/dev/null 2>&1 || { echo "flink: Maven ($(MVN)) not found: apt-get install maven" >&2; exit 1; }
+	@mkdir -p $(FLINK_DIR)
+	@echo "fetching $(FLINK_ARTIFACT) from Maven Central into $(FLINK_DIR)" >&2
+	@log=$(FLINK_DIR)/mvn-$(FLINK_VERSION).log; \
+	if $(MVN) -B -U dependency:copy -Dartifact=$(FLINK_ARTIFACT):jar \
+	     -DoutputDirectory="$(CURDIR)/$(FLINK_DIR)" >$$log 2>&1 && test -s $@; then \
+	  rm -f $(FLINK_REFUSED); \
+	else \
+	  if grep -q 'Could not find artifact' $$log; then \
+	    { echo "$$(date -u +%FT%TZ) Maven Central refused $(FLINK_ARTIFACT):jar:"; \
+	      grep -m1 -o 'Could not find artifact.*' $$log; } >$(FLINK_REFUSED); \
+	    cat $(FLINK_REFUSED) >&2; \
+	  else tail -n 20 $$log >&2; fi; \
+	  echo "flink: no job server jar (Maven's log: $(CURDIR)/$$log)" >&2; exit 1; \
+	fi
+
+flink: $(FLINK_JAR)
+	@echo "$(CURDIR)/$(FLINK_JAR)"
+
+# `make test` fetches the jar when Maven Central serves it; the Flink tests then run (and fail
+# under CI=true without it), and skip with Maven Central's answer when it refused it.
+# A refusal recorded earlier does not count: only this run's answer from Maven Central does.
+flink-if-served:
+	@rm -f $(FLINK_REFUSED)
+	@$(MAKE) --no-print-directory flink >/dev/null || test -f $(FLINK_REFUSED)
+
 demo: $(STAMP)
 	$(BIN)/postauth demo --out out
 
@@ -50,7 +91,7 @@ pubsub-deps:
 	  || { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q $(PUBSUB_DEBS) >/dev/null; } \
 	  || echo "pubsub-deps: apt-get install $(PUBSUB_DEBS) failed"; fi
 
-test: $(STAMP) pubsub-deps prism
+test: $(STAMP) pubsub-deps prism flink-if-served
 	$(BIN)/python -m pytest -q tests
 
 bench: $(STAMP)

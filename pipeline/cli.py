@@ -63,6 +63,8 @@ def pipeline_options(argv: List[str]) -> PipelineOptions:
     std.runner = 'DirectRunner'
   from pipeline.prism import use_local_prism
   use_local_prism(options)  # PrismRunner / DirectRunner: the binary `make prism` built, if any
+  from pipeline.flink import use_local_flink
+  use_local_flink(options)  # FlinkRunner: the job server jar `make flink` fetched, if any
   return options
 
 

@@ -106,9 +106,11 @@ def translate(argv: List[str]) -> Tuple[str, List[str], List[str]]:
 
 
 def pipeline_options(postauth: List[str], beam_args: List[str]) -> PipelineOptions:
+  from pipeline.flink import use_local_flink
   from pipeline.prism import use_local_prism
   options = PipelineOptions(postauth + beam_args)
   use_local_prism(options)
+  use_local_flink(options)
   return options
 
 
