@@ -107,7 +107,7 @@ def to_finding(windows: List[Dict]) -> Dict:
   for w in windows:
     panes.update(w['panes'])
   reasons, seen = [], set()
-  for w in sorted(windows, key=lambda w: -w['score']):
+  for w in sorted(windows, key=lambda w: (-w['score'], w['window_start'], w['window_end'])):
     for r in list(w.get('rules', ())) + list(w['reasons']):
       key = _reason_key(r)
       if key not in seen and r['detail'] not in seen:
