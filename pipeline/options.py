@@ -246,7 +246,7 @@ def validate_run(options: PipelineOptions) -> None:
              if not value]
   if missing:
     raise OptionsError('postauth run needs ' + ', '.join(missing).replace(
-        '--events', '--events (or --events-watch, --subscription/--topic)').replace('--findings', '--findings (or --sink)'))
+        '--events', '--events (or --subscription/--topic) or --events-watch').replace('--findings', '--findings (or --sink)'))
   validate_window(options)
   validate_watch(options)
   from transforms.outputs import validate_io
