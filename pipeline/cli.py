@@ -47,11 +47,12 @@ def _help(command: str) -> str:
       continue
     if cls is opts.RetrainOptions:
       continue
-    if command == 'train' and cls in (opts.PubSubSourceOptions, opts.SinkOptions):
+    if command == 'train' and cls in (opts.PubSubSourceOptions, opts.WatchOptions, opts.SinkOptions):
       continue
     cls._add_argparse_args(parser.add_argument_group(cls.__name__))
   parser.add_argument('--streaming', action='store_true',
-                      help='Run as a streaming job (files are replayed with an advancing watermark).')
+                      help='Run as a streaming job (--events files are replayed with an advancing '
+                           'watermark; --events-watch watches for new files).')
   parser.add_argument('--runner', help='Beam runner (default DirectRunner).')
   return parser.format_help()
 

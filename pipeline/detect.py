@@ -13,8 +13,8 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.utils import shared
 
-from pipeline.options import (DetectOptions, EventOptions, PubSubSourceOptions, WindowOptions,
-                              disabled_rules)
+from pipeline.options import (DetectOptions, EventOptions, PubSubSourceOptions, WatchOptions,
+                              WindowOptions, disabled_rules)
 from transforms.findings import MergeOverlappingWindows
 from transforms.history import UNREGISTERED as UNREGISTERED_TAG
 from transforms.history import TrackHistory
@@ -30,6 +30,7 @@ from transforms.parse import ParseFiles, ParseRecords
 from transforms.pubsub_source import ParsedStream, ReadPubSubEvents
 from transforms.replay import ReplayFiles
 from transforms.score import ScoreWindows, WatchModelPointer
+from transforms.watch import WatchFiles
 from transforms.windowing import IdentityWindows
 
 
@@ -65,8 +66,14 @@ def build_detection(p: beam.Pipeline, options: PipelineOptions) -> Dict[str, bea
         ps.dedup_seconds or win.window_size + lateness, window_period=win.window_period,
         allowed_lateness=win.allowed_lateness)
     late = parsed.late
-  elif replay:
-    records = p | 'ReplayFiles' >> ReplayFiles(ev.events, det.replay_step)
+  elif replay or (streaming and ev.events_watch):
+    if replay:
+      records = p | 'ReplayFiles' >> ReplayFiles(ev.events, det.replay_step)
+    else:  # new files in a folder or bucket, read once each, event-time watermark (transforms/watch.py)
+      w = options.view_as(WatchOptions)
+      records = p | 'WatchFiles' >> WatchFiles(ev.events_watch, w.watch_interval, w.watch_max_delay,
+                                               w.watch_idle_seconds, w.watch_idle_limit,
+                                               w.watch_stop_idle)
     parsed = records | 'ParseRecords' >> ParseRecords(ev.format, ev.taxonomy_files, with_raw=True)
     gated = parsed.events | 'LateEvents' >> LateEventGate(win.window_period, win.allowed_lateness)
     parsed = ParsedStream(gated['events'], parsed[PARSE_DEAD_LETTER], gated[LATE])
@@ -76,9 +83,12 @@ def build_detection(p: beam.Pipeline, options: PipelineOptions) -> Dict[str, bea
   # A bounded replay reads the inventory and the model once (a periodic re-read
   # never ends); an unbounded source re-reads them every --inventory-refresh /
   # --model-refresh seconds, taking effect mid-stream (transforms/updates.py).
-  live = streaming and not replay
+  # (a watch told to stop after an idle spell, --watch-stop-idle, reads them once too: a
+  # periodic re-read would keep the job from ending)
+  live = streaming and not replay and not (
+      ev.events_watch and options.view_as(WatchOptions).watch_stop_idle > 0)
   runner = str(options.view_as(StandardOptions).runner or 'DirectRunner')
-  if live and 'Direct' in runner and (det.inventory_refresh > 0 or det.model_refresh > 0):
+  if live and (ps.subscription or ps.topic) and 'Direct' in runner and (det.inventory_refresh > 0 or det.model_refresh > 0):
     # The DirectRunner runs a Pub/Sub job on its BundleBasedDirectRunner, which in Beam 2.77
     # cannot expand PeriodicImpulse ("ProcessKeyedElements/GroupByKey ... was not replaced as
     # expected", reproduced with PeriodicImpulse + TestStream alone). Prism, Flink, Dataflow

@@ -12,6 +12,10 @@ class EventOptions(PipelineOptions):
   def _add_argparse_args(cls, parser):
     parser.add_argument('--events', dest='events', default=None,
                         help='Glob of event files (local, gs://, s3:// through Beam FileSystems).')
+    parser.add_argument('--events-watch', dest='events_watch', default=None,
+                        help='With --streaming: watch this glob (local, gs://, s3://) for new log files '
+                             '(e.g. CloudTrail\'s S3 delivery, a GCS audit-log sink) and read each new file '
+                             'once, with an event-time watermark from its records (see --watch-*).')
     parser.add_argument('--format', dest='format', default=None,
                         help='Force a log format instead of detecting it per record (e.g. cloudtrail).')
     parser.add_argument('--taxonomy-file', dest='taxonomy_files', action='append', default=None,
@@ -147,6 +151,32 @@ class PubSubSourceOptions(PipelineOptions):
                         help='DirectRunner: messages pulled per bundle.')
 
 
+class WatchOptions(PipelineOptions):
+  """The streaming source that watches a folder or bucket for new log files (--events-watch)."""
+
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    parser.add_argument('--watch-interval', dest='watch_interval', type=float, default=30.0,
+                        help='--events-watch: seconds between two listings of the glob (default 30).')
+    parser.add_argument('--watch-max-delay', dest='watch_max_delay', type=int, default=600,
+                        help='--events-watch: the watermark trails the newest record read by this many '
+                             'seconds of event time (default 600: CloudTrail writes a file about every '
+                             '5 min per account and region, so files of several arrive out of order).')
+    parser.add_argument('--watch-idle-seconds', dest='watch_idle_seconds', type=float, default=900.0,
+                        help='--events-watch: after this many seconds without a new file the watermark '
+                             'advances to wall-clock time minus --watch-max-delay (at most '
+                             '--watch-idle-limit past the newest record), closing open windows; never '
+                             'before the first file (default 900; 0 = never).')
+    parser.add_argument('--watch-idle-limit', dest='watch_idle_limit', type=int, default=14400,
+                        help='--events-watch: an idle advance stops this many seconds of event time past '
+                             'the newest record read (default 14400), so older logs written after a quiet '
+                             'spell are not all late; 0 = no limit.')
+    parser.add_argument('--watch-stop-idle', dest='watch_stop_idle', type=float, default=0.0,
+                        help='--events-watch: stop watching after this many seconds without a new file; '
+                             'the watermark then goes to infinity, every window closes and the job ends '
+                             '(backfills, tests; default 0 = watch forever).')
+
+
 class SinkOptions(PipelineOptions):
   """Where findings go: any number of sinks chosen by URI."""
 
@@ -183,6 +213,24 @@ def validate_window(options: PipelineOptions) -> None:
     raise OptionsError('--allowed-lateness must be >= 0')
 
 
+def validate_watch(options: PipelineOptions) -> None:
+  e, w = options.view_as(EventOptions), options.view_as(WatchOptions)
+  if not e.events_watch:
+    return
+  ps = options.view_as(PubSubSourceOptions)
+  if not options.view_as(StandardOptions).streaming:
+    raise OptionsError('--events-watch is a streaming source: add --streaming (or read the files '
+                       'once with --events)')
+  others = [f for f, v in (('--events', e.events), ('--subscription', ps.subscription),
+                           ('--topic', ps.topic)) if v]
+  if others:
+    raise OptionsError(f'--events-watch reads its own files: drop {", ".join(others)}')
+  if w.watch_interval <= 0 or w.watch_max_delay < 0 or w.watch_idle_seconds < 0 \
+      or w.watch_idle_limit < 0 or w.watch_stop_idle < 0:
+    raise OptionsError('--watch-interval must be > 0; --watch-max-delay, --watch-idle-seconds, '
+                       '--watch-idle-limit and --watch-stop-idle >= 0')
+
+
 def disabled_rules(options: PipelineOptions) -> list:
   value = options.view_as(DetectOptions).disabled_rules or ''
   return [r.strip() for r in value.split(',') if r.strip()]
@@ -191,14 +239,16 @@ def disabled_rules(options: PipelineOptions) -> list:
 def validate_run(options: PipelineOptions) -> None:
   e, d = options.view_as(EventOptions), options.view_as(DetectOptions)
   ps = options.view_as(PubSubSourceOptions)
-  missing = [flag for flag, value in (('--events', e.events or ps.subscription or ps.topic),
+  missing = [flag for flag, value in (('--events', e.events or e.events_watch or ps.subscription
+                                       or ps.topic),
                                       ('--inventory', d.inventory), ('--model-dir', d.model_dir),
                                       ('--findings', d.findings or options.view_as(SinkOptions).sinks))
              if not value]
   if missing:
     raise OptionsError('postauth run needs ' + ', '.join(missing).replace(
-        '--events', '--events (or --subscription/--topic)').replace('--findings', '--findings (or --sink)'))
+        '--events', '--events (or --subscription/--topic) or --events-watch').replace('--findings', '--findings (or --sink)'))
   validate_window(options)
+  validate_watch(options)
   from transforms.outputs import validate_io
   validate_io(options)
   if options.view_as(StandardOptions).streaming and d.replay_step <= 0:
@@ -234,7 +284,7 @@ def validate_train(options: PipelineOptions, model_dir: str, inventory: str) -> 
 
 
 ALL_OPTIONS = (EventOptions, WindowOptions, DetectOptions, TrainOptions, PubSubSourceOptions,
-               SinkOptions)
+               WatchOptions, SinkOptions)
 
 
 class RetrainOptions(PipelineOptions):

@@ -133,7 +133,8 @@ DATAFLOW_ARGS = [  # what the Flex Template launcher adds to the parameters
 def test_launcher_parses_template_parameters_into_pipeline_options(params):
   argv = [a for a in _template_argv(params)
           if a.split('=')[0] not in ('--command', '--promote', '--force', '--taxonomy_files',
-                                     '--subscription', '--topic', '--timestamp_attribute')]
+                                     '--subscription', '--topic', '--timestamp_attribute',
+                                     '--events_watch')]
   argv += ['--command=run', '--promote=false', '--taxonomy_files=gs://b/t1.csv,gs://b/t2.csv']
   command, postauth, beam_args = launcher.translate(argv + DATAFLOW_ARGS)
   assert command == 'run'
@@ -174,6 +175,13 @@ def test_launcher_parses_template_parameters_into_pipeline_options(params):
   command, postauth, beam_args = launcher.translate(stream + DATAFLOW_ARGS + ['--streaming'])
   options = PipelineOptions(postauth + beam_args)
   assert options.view_as(opts.PubSubSourceOptions).subscription.endswith('/subscriptions/cloudtrail')
+  opts.validate_run(options)
+  # Or watches a bucket for new log files.
+  watch = [a for a in argv if not a.startswith(('--events=', '--command='))] + [
+      '--command=run', f'--events_watch={_example(params["events_watch"], None)}']
+  command, postauth, beam_args = launcher.translate(watch + DATAFLOW_ARGS + ['--streaming'])
+  options = PipelineOptions(postauth + beam_args)
+  assert options.view_as(opts.EventOptions).events_watch.startswith('gs://my-audit-logs/AWSLogs/')
   opts.validate_run(options)
 
 

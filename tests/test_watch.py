@@ -1,0 +1,190 @@
+"""--events-watch: a streaming job watching a folder while CloudTrail delivery files land in it.
+
+The job runs as a subprocess (``postauth run --streaming --events-watch``) bounded from outside
+(a deadline, then SIGTERM/kill). A thread writes the sample's live CloudTrail records as gzip
+delivery files (``{"Records": [...]}``) once the job has read the first one, rewrites a file under
+the same name, and puts a bad record into one. ``--watch-stop-idle`` ends the source after the
+writes, so the job closes every window and finishes: its findings must equal the batch run's.
+"""
+from __future__ import annotations
+
+import glob
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from pipeline import options as opts
+from pipeline.cli import pipeline_options
+# Fixtures shared with the portable-runner tests (the batch FnApiRunner findings of the sample).
+from test_pubsub import _iso_shift
+from test_runners import _detect, fnapi_batch  # noqa: F401
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FILES = 4
+BAD = {'neither': 'cloudtrail nor any known format'}
+MARKER = {'rewritten': 'this record exists only in the second write of part-0'}
+
+
+def _live_records(sample):
+  records = []
+  for path in sorted(glob.glob(os.path.join(sample['dir'], 'live', '*'))):
+    with open(path) as f:
+      records += [json.loads(line) for line in f if line.strip()]
+  return sorted(records, key=lambda r: r['eventTime'])
+
+
+def _write_delivery(path, records):
+  """A CloudTrail S3 delivery file, written beside and renamed into place like an upload."""
+  tmp = os.path.join(os.path.dirname(path), '.' + os.path.basename(path) + '.tmp')
+  with gzip.open(tmp, 'wt') as f:
+    json.dump({'Records': records}, f)
+  os.replace(tmp, path)
+
+
+def _watch_job(sample, model_dir, tmp_path, runner_args, records, deadline_seconds=150):
+  """Runs the watching job while a thread delivers files; returns (findings, dead letters, stderr)."""
+  folder = tmp_path / 'cloudtrail'
+  folder.mkdir()
+  size = -(-len(records) // FILES)
+  parts = [records[i * size:(i + 1) * size] for i in range(FILES)]
+  parts[2] = parts[2][:10] + [BAD] + parts[2][10:]  # a bad record inside a delivery file
+  findings, dead = tmp_path / 'findings.jsonl', tmp_path / 'dead-letter.jsonl'
+  cmd = [sys.executable, '-m', 'pipeline.cli', 'run', '--streaming',
+         f'--events-watch={folder}/*.json.gz', f'--inventory={sample["inventory"]}',
+         f'--model-dir={model_dir}', f'--findings={findings}', f'--dead-letters={dead}',
+         '--watch-interval=1', '--watch-idle-seconds=3', '--watch-stop-idle=6', *runner_args]
+  proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True)
+  lines, first_read = [], threading.Event()
+
+  def read_stderr():
+    for line in proc.stderr:
+      lines.append(line)
+      if 'read 1 new file(s)' in line and 'part-0' in line:
+        first_read.set()
+
+  def deliver():
+    _write_delivery(str(folder / 'part-0.json.gz'), parts[0])
+    if not first_read.wait(90):
+      return
+    for i in range(1, FILES):  # delivered while the job runs, one every 0.6 s
+      time.sleep(0.6)
+      _write_delivery(str(folder / f'part-{i}.json.gz'), parts[i])
+    time.sleep(0.6)  # part-0 written again under the same name: must not be read again
+    _write_delivery(str(folder / 'part-0.json.gz'), parts[0] + [MARKER])
+
+  reader = threading.Thread(target=read_stderr, daemon=True)
+  writer = threading.Thread(target=deliver, daemon=True)
+  t0 = time.time()
+  reader.start()
+  writer.start()
+  try:
+    code = proc.wait(deadline_seconds)
+  except subprocess.TimeoutExpired:
+    proc.send_signal(signal.SIGTERM)
+    try:
+      proc.wait(20)
+    except subprocess.TimeoutExpired:
+      proc.kill()
+      proc.wait()
+    code = None
+  elapsed = time.time() - t0
+  writer.join(5)
+  reader.join(5)
+  stderr = ''.join(lines)
+  assert first_read.is_set(), f'the job never read the first file; stderr:\n{stderr[-3000:]}'
+  assert code == 0, f'job ended with {code} after {elapsed:.0f}s; stderr:\n{stderr[-3000:]}'
+  with open(findings) as f:
+    rows = sorted((json.loads(l) for l in f if l.strip()), key=lambda r: r['finding_id'])
+  with open(dead) as f:
+    dead_lines = [json.loads(l) for l in f if l.strip()]
+  print(f'\n{runner_args}: {len(records)} records in {FILES} files, job {elapsed:.1f}s')
+  return rows, dead_lines, stderr, folder
+
+
+def _assert_watch_result(rows, dead_lines, stderr, folder, expected):
+  key = lambda f: (f['finding_id'], f['score'], f['severity'], f['windows'], f['event_count'])
+  assert len(expected) >= 1
+  # Every file read once, every record scored as the batch job scores the same records: nothing
+  # late, nothing counted twice (the rewritten part-0 would double its events).
+  assert [key(r) for r in rows] == [key(r) for r in expected]
+  # The bad record is a dead letter naming its file; the rewrite's extra record never appears.
+  assert len(dead_lines) == 1, dead_lines
+  assert dead_lines[0]['reason'] == 'unknown format'
+  assert dead_lines[0]['source'] == str(folder / 'part-2.json.gz')
+  assert json.loads(dead_lines[0]['raw']) == BAD
+  reads = [line for line in stderr.splitlines() if 'new file(s)' in line]
+  assert sum(line.count('part-') for line in reads) == FILES, reads
+  assert 'stopping' in stderr
+
+
+def test_watch_folder_streaming_gives_the_batch_findings(fnapi_batch, sample, model_dir, tmp_path):
+  rows, dead_lines, stderr, folder = _watch_job(sample, model_dir, tmp_path, ['--runner=FnApiRunner'],
+                                                _live_records(sample))
+  _assert_watch_result(rows, dead_lines, stderr, folder, fnapi_batch[0])
+
+
+def test_watch_folder_on_prism_gives_the_batch_findings(fnapi_batch, sample, model_dir, tmp_path):
+  from pipeline import prism  # the skip / CI=true failure rule of tests/test_prism.py
+  if prism.local_binary() is None:
+    message = f'no Prism binary at {prism.binary_path()}: run `make prism`'
+    if os.environ.get('CI', '').lower() == 'true':
+      pytest.fail(message)
+    pytest.skip(message)
+  # The records of every identity around one attack (a few hundred), to keep Prism's time down;
+  # compared with the batch job on the same records.
+  label = next(l for l in sample['labels'] if l['scenario'] == 'apikey_secret_sweep_and_rotation')
+  lo, hi = _iso_shift(label['start'], -4500), _iso_shift(label['end'], 4500)
+  records = [r for r in _live_records(sample) if lo <= r['eventTime'] < hi]
+  assert 300 < len(records) < 1500
+  batch = tmp_path / 'batch'
+  batch.mkdir()
+  with open(batch / 'records.jsonl', 'w') as f:
+    f.writelines(json.dumps(r) + '\n' for r in records)
+  expected, _ = _detect(sample, model_dir, batch / 'findings.jsonl', '--runner=FnApiRunner',
+                        f'--events={batch}/records.jsonl')
+  rows, dead_lines, stderr, folder = _watch_job(sample, model_dir, tmp_path, ['--runner=PrismRunner'],
+                                                records)
+  _assert_watch_result(rows, dead_lines, stderr, folder, expected)
+
+
+# -- options ---------------------------------------------------------------------------------------
+def _base(tmp_path):
+  return [f'--inventory={tmp_path}/inv.csv', f'--model-dir={tmp_path}', f'--findings={tmp_path}/f.jsonl']
+
+
+@pytest.mark.parametrize('extra, message', [
+    ([], 'add --streaming'),
+    (['--streaming', '--events=x/*'], 'drop --events'),
+    (['--streaming', '--subscription=projects/p/subscriptions/s'], 'drop --subscription'),
+    (['--streaming', '--watch-interval=0'], '--watch-interval must be > 0'),
+    (['--streaming', '--watch-stop-idle=-1'], '>= 0'),
+])
+def test_watch_option_refuses_bad_combinations(tmp_path, extra, message):
+  options = pipeline_options(['--events-watch=logs/*.json.gz', *_base(tmp_path), *extra])
+  with pytest.raises(opts.OptionsError, match=message):
+    opts.validate_watch(options)
+
+
+def test_watch_bad_combination_exits_2_with_one_line(tmp_path):
+  proc = subprocess.run([sys.executable, '-m', 'pipeline.cli', 'run', '--events-watch=logs/*',
+                         '--runner=FnApiRunner', *_base(tmp_path)], cwd=REPO, capture_output=True,
+                        text=True, timeout=60)
+  assert proc.returncode == 2
+  errors = [l for l in proc.stderr.splitlines() if 'error' in l.lower()]
+  assert len(errors) == 1 and '--events-watch' in errors[0] and '--streaming' in errors[0], proc.stderr
+
+
+def test_watch_options_parse():
+  options = pipeline_options(['--streaming', '--events-watch=gs://b/AWSLogs/*/CloudTrail/*/*.json.gz',
+                              '--watch-interval=60', '--watch-max-delay=300'])
+  assert options.view_as(opts.EventOptions).events_watch.startswith('gs://b/')
+  w = options.view_as(opts.WatchOptions)
+  assert (w.watch_interval, w.watch_max_delay, w.watch_idle_seconds, w.watch_stop_idle) == (60, 300, 900, 0)
