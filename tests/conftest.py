@@ -3,11 +3,24 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 
 import pytest
 
 SHARED_DATA = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data'))
 FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures')
+
+
+def terminate(proc, grace: float = 20.0) -> None:
+  """Stops a job started as a subprocess: SIGTERM, then SIGKILL after ``grace`` seconds."""
+  if proc.poll() is None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+      proc.wait(grace)
+    except subprocess.TimeoutExpired:
+      proc.kill()
+      proc.wait()
 
 
 def shared_data(*parts: str) -> str:

@@ -22,6 +22,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipeline import local_pubsub
 from transforms.outputs import read_avro
 from transforms.pubsub_sink import PublishFailed, PublishToPubSub, finding_message
+from conftest import terminate
 
 PROJECT = 'projects/postauth-local'
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -71,13 +72,7 @@ def _pull(sub: str, until, deadline: float, proc=None):
 
 
 def _stop(proc: subprocess.Popen) -> str:
-  if proc.poll() is None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-      proc.wait(20)
-    except subprocess.TimeoutExpired:
-      proc.kill()
-      proc.wait()
+  terminate(proc)
   return proc.stderr.read()[-3000:] if proc.stderr else ''
 
 

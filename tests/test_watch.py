@@ -12,7 +12,6 @@ import glob
 import gzip
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -25,6 +24,7 @@ from pipeline.cli import pipeline_options
 # Fixtures shared with the portable-runner tests (the batch FnApiRunner findings of the sample).
 from test_pubsub import _iso_shift
 from test_runners import _detect, fnapi_batch  # noqa: F401
+from conftest import terminate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FILES = 4
@@ -88,12 +88,7 @@ def _watch_job(sample, model_dir, tmp_path, runner_args, records, deadline_secon
   try:
     code = proc.wait(deadline_seconds)
   except subprocess.TimeoutExpired:
-    proc.send_signal(signal.SIGTERM)
-    try:
-      proc.wait(20)
-    except subprocess.TimeoutExpired:
-      proc.kill()
-      proc.wait()
+    terminate(proc)
     code = None
   elapsed = time.time() - t0
   writer.join(5)
