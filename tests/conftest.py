@@ -12,6 +12,14 @@ SHARED_DATA = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'
 FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures')
 
 
+def streaming_options():
+  """PipelineOptions of a streaming job (TestStream pipelines)."""
+  from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+  o = PipelineOptions()
+  o.view_as(StandardOptions).streaming = True
+  return o
+
+
 def terminate(proc, grace: float = 20.0) -> None:
   """Stops a job started as a subprocess: SIGTERM, then SIGKILL after ``grace`` seconds."""
   if proc.poll() is None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
@@ -12,6 +11,7 @@ from apache_beam.transforms.window import TimestampedValue
 from transforms.event import Event
 from transforms.lateness import GATE_MARGIN, LATE, LateEventGate, beam_lateness, pane_end
 from transforms.windowing import IdentityWindows
+from conftest import streaming_options
 
 T0 = 1_800_000_000  # aligned to 15 min and 1 h
 DAY = 86400
@@ -26,12 +26,6 @@ def ev(identity: str, t: float) -> Event:
 def pair(identity: str, t: float):
   raw = json.dumps({'eventTime': t, 'who': identity}).encode()
   return TimestampedValue((ev(identity, t), raw), t)
-
-
-def streaming_options():
-  o = PipelineOptions()
-  o.view_as(StandardOptions).streaming = True
-  return o
 
 
 def run_gated(stream, lateness=3600):

@@ -8,7 +8,6 @@ itself (pipeline/prism.py). Without the binary these tests skip, except under ``
 from __future__ import annotations
 
 import os
-import pathlib
 
 import pytest
 from apache_beam.options.pipeline_options import PrismRunnerOptions
@@ -17,7 +16,7 @@ from pipeline import launcher, prism
 from pipeline.cli import pipeline_options, train
 # Fixtures and helpers shared with the portable-runner and end-to-end tests.
 from test_end_to_end import _assert_attacks_on_top, _detect as _detect_sorted  # noqa: F401
-from test_runners import _detect, _manifest, fnapi_batch  # noqa: F401
+from test_runners import _detect, assert_same_model, fnapi_batch  # noqa: F401
 
 
 @pytest.fixture(scope='module')
@@ -75,20 +74,10 @@ def test_prism_run_gives_the_fnapi_findings(prism_binary, fnapi_batch, sample, m
 
 
 def test_prism_training_gives_the_fnapi_model(prism_binary, sample, model_dir, tmp_path):
-  from models.model import DetectionModel
   model = tmp_path / 'model'
   out = train([f'--events={sample["dir"]}/history/*', f'--inventory={sample["inventory"]}',
                f'--model-dir={model}', '--runner=PrismRunner'])
-  version, manifest = _manifest(model)
-  expected_version, expected = _manifest(pathlib.Path(model_dir))
-  # The version embeds a SHA-256 of the (sorted) training matrix and the config.
-  assert out['version'] == version == expected_version
-  assert manifest['cohort_windows'] == expected['cohort_windows']
-  assert manifest['counts'] == expected['counts']
-  for name in ('calibration.json', 'profiles.json.gz'):
-    assert manifest['files'][name] == expected['files'][name], name
-  assert out['counters']['training_windows'] == expected['counts']['training_windows']
-  DetectionModel.load(str(model))
+  assert_same_model(out, model, model_dir)
 
 
 # -- streaming on Prism ------------------------------------------------------------------------------

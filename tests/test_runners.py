@@ -98,14 +98,12 @@ def _manifest(model, version=None):
   return version, json.loads((model / version / 'manifest.json').read_text())
 
 
-def test_portable_training_gives_the_fnapi_model(sample, model_dir, job_endpoint, tmp_path):
+def assert_same_model(out, model, model_dir):
+  """``train``'s result ``out`` and the version it wrote to ``model`` are the one in ``model_dir``."""
   from models.model import DetectionModel
-  model = tmp_path / 'model'
-  out = train([f'--events={sample["dir"]}/history/*', f'--inventory={sample["inventory"]}',
-               f'--model-dir={model}', *_portable(job_endpoint)])
-  version, manifest = _manifest(model)
+  version, manifest = _manifest(pathlib.Path(model))
   expected_version, expected = _manifest(pathlib.Path(model_dir))
-  # The version embeds a SHA-256 of the training matrix (rows in order) and the config.
+  # The version embeds a SHA-256 of the (sorted) training matrix and the config.
   assert out['version'] == version == expected_version
   assert manifest['cohort_windows'] == expected['cohort_windows']
   assert manifest['counts'] == expected['counts']
@@ -113,7 +111,14 @@ def test_portable_training_gives_the_fnapi_model(sample, model_dir, job_endpoint
   for name in ('calibration.json', 'profiles.json.gz'):
     assert manifest['files'][name] == expected['files'][name], name
   assert out['counters']['training_windows'] == expected['counts']['training_windows']
-  DetectionModel.load(str(model))  # the portable-trained artifact verifies and loads
+  DetectionModel.load(str(model))  # the artifact verifies and loads
+
+
+def test_portable_training_gives_the_fnapi_model(sample, model_dir, job_endpoint, tmp_path):
+  model = tmp_path / 'model'
+  out = train([f'--events={sample["dir"]}/history/*', f'--inventory={sample["inventory"]}',
+               f'--model-dir={model}', *_portable(job_endpoint)])
+  assert_same_model(out, model, model_dir)
 
 
 def test_detached_launch_builds_the_cli_pipeline(fnapi_batch, sample, model_dir, tmp_path):

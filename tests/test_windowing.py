@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 
 from transforms.event import Event
 from transforms.windowing import IdentityWindows
+from conftest import streaming_options
 
 T0 = 1_800_000_000  # aligned to 15 min and 1 h
 
@@ -20,12 +20,6 @@ def ev(identity: str, t: float, action: str = 'GetObject') -> Event:
 
 def summary(w):
   return (w.identity, int(w.window_start - T0), int(w.window_end - T0), w.agg.count)
-
-
-def streaming_options():
-  o = PipelineOptions()
-  o.view_as(StandardOptions).streaming = True
-  return o
 
 
 def run_stream(stream, lateness=0):
