@@ -45,6 +45,7 @@ LOG_TYPE_TO_INVENTORY = {
     # GCP / Kubernetes / OCSF principals (see transforms/formats)
     'service_account': 'service_account', 'node': 'workload_identity', 'system': 'service',
     'anonymous': 'unknown', 'user': 'human', 'federated': 'human',
+    'ai_agent': 'ai_agent',  # OpenTelemetry GenAI tool spans (transforms/formats/otel.py)
 }
 
 
