@@ -162,10 +162,11 @@ def split_records(data: bytes, source: str, max_record_bytes: int = 1 << 20) -> 
     for i, item in enumerate(items):
       ref = f'{source}#{i}'
       raw = orjson.dumps(item)
+      limit = OTLP_MAX_BYTES if raw.startswith(OTLP_PREFIXES) else max_record_bytes
       if not isinstance(item, dict):
         yield RawRecord(raw, None, 'record is not a JSON object', ref)
-      elif len(raw) > max_record_bytes:
-        yield RawRecord(raw, None, f'record of {len(raw)} bytes exceeds {max_record_bytes}', ref)
+      elif len(raw) > limit:
+        yield RawRecord(raw, None, f'record of {len(raw)} bytes exceeds {limit}', ref)
       else:
         yield RawRecord(raw, item, '', ref)
     return
