@@ -242,7 +242,11 @@ def _changes(tracer: Tracer, agents: List[Agent], day0: float, live: bool, taken
   rng = tracer.rng
   calls, notes, changed = [], [], set()
   if live or rng.random() < 0.5:
-    teams = sorted({(a.kind, a.team) for a in agents})
+    sizes: Dict[Tuple[str, str], int] = {}
+    for a in agents:
+      sizes[(a.kind, a.team)] = sizes.get((a.kind, a.team), 0) + 1
+    # a release to a team: one with several agents (the largest when none has 3)
+    teams = sorted(t for t, n in sizes.items() if n >= 3) or [max(sizes, key=lambda t: (sizes[t], t))]
     kind, team = teams[int(rng.integers(0, len(teams)))]
     members = [a for a in agents if (a.kind, a.team) == (kind, team) and a.id not in taken]
     tool = NEW_TOOLS[int(rng.integers(0, len(NEW_TOOLS)))]

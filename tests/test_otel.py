@@ -188,3 +188,31 @@ def test_what_the_collector_file_exporter_wrote():
   first, second = by_line.values()
   assert first == second  # JSON and protobuf exports of the same spans: the same events
   assert {e.user_agent for e in events} == {'support-bot/1.4.2', 'support-bot-proto/1.4.2'}
+
+
+@pytest.fixture(scope='module')
+def agent_run(tmp_path_factory):
+  from pipeline.evaluate_agents import agent_sample_run
+  return agent_sample_run(str(tmp_path_factory.mktemp('agents')), agents=16, days=5, seed=11,
+                          beam_args=['--runner=FnApiRunner'])
+
+
+def test_agent_attacks_page_and_a_tool_release_does_not(agent_run):
+  """A small agent fleet, in OTLP/JSON, through the same train and run as cloud logs."""
+  from pipeline import evaluate as ev
+  sample = agent_run['sample']
+  labels = ev.read_cases(f'{sample}/labels.json')
+  benign = ev.read_cases(f'{sample}/benign.json')
+  findings = ev.rank_findings(ev.read_json_lines(agent_run['findings']))
+  assert {l['scenario'] for l in labels} == {
+      'agent_mass_mail_new_domains', 'agent_reads_new_path_posts_external',
+      'agent_queries_other_teams_and_exports', 'agent_tries_privileged_tools'}
+  for label in labels:
+    paged = [f for f in findings if ev.matches(f, label) and ev.is_page(f)]
+    assert paged, (label['scenario'], [f for f in findings if ev.matches(f, label)])
+  releases = [c for c in benign if c['kind'] == 'tool_release']
+  assert len(releases) >= 2  # most agents of one team adopt the new tool the same day
+  assert not [f for f in findings for c in releases if ev.matches(f, c) and ev.is_page(f)]
+  counters = agent_run['ran']['counters']
+  assert counters['records_read'] == counters['events_parsed'] + counters['skipped'] + counters.get('dead_lettered', 0)
+  assert counters['skipped'] == 2 * counters['events_parsed']  # invoke_agent and chat spans of each call
