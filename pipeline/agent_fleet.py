@@ -261,9 +261,13 @@ def _changes(tracer: Tracer, agents: List[Agent], day0: float, live: bool, taken
                     'detail': f'{tool} released to the {team} {kind} agents ({len(adopters)} of {len(members)})',
                     'start': iso(min(times)) if times else iso(day0), 'end': iso(max(times)) if times else iso(day0),
                     'expected': 'low_or_none'})
-  for a in agents:
-    if a.id in taken or a.id in changed or rng.random() >= (0.08 if live else 0.05):
-      continue
+  free = [a for a in agents if a.id not in taken and a.id not in changed]
+  if live:  # the live day: several at once, as a release day brings them
+    busy = [free[int(i)] for i in sorted(rng.choice(len(free), size=min(len(free), max(2, len(agents) // 10)),
+                                                     replace=False))]
+  else:
+    busy = [a for a in free if rng.random() < 0.05]
+  for a in busy:
     scale = float(rng.uniform(2.0, 4.0))
     day = routine(tracer, a, day0, scale=scale)
     calls += day
