@@ -116,6 +116,31 @@ def test_otlp_protobuf_message_as_pubsub_delivers_it():
   assert item.event is None and not item.skipped and 'invalid JSON' in item.reason
 
 
+def test_parse_records_reads_protobuf_messages_in_beam():
+  """The streaming path (ParseRecords, as Pub/Sub messages reach it): counters add up, raw kept redacted."""
+  import apache_beam as beam
+  from apache_beam.metrics.metric import MetricsFilter
+  from apache_beam.testing.util import assert_that, equal_to
+  from transforms.parse import DEAD_LETTER, ParseRecords
+  good = [s for s in SPANS if s['spanId'] != 'zz' and s['traceId'] != 'abc']
+  obj = request(*good)
+  obj['resourceSpans'][0]['scopeSpans'][0]['spans'] = [json_format.MessageToDict(span_from_json(s)) for s in good]
+  message = json_format.ParseDict(obj, ExportTraceServiceRequest()).SerializeToString()
+  records = [RawRecord(gzip.compress(message), None, '', 'pubsub:s#1'), RawRecord(b'junk', None, '', 'pubsub:s#2')]
+  p = beam.Pipeline(runner='FnApiRunner')
+  out = p | beam.Create(records) | ParseRecords(with_raw=True)
+  assert_that(out.events | beam.Map(lambda er: (er[0].event_id, b'918273' in er[1])),
+              equal_to([('eee19b7ec3c1b174', False), ('eee19b7ec3c1b176', False), ('eee19b7ec3c1b177', False),
+                        ('eee19b7ec3c1b178', False)]), label='events')
+  assert_that(out[DEAD_LETTER] | beam.Map(lambda d: json.loads(d)['reason'][:12]), equal_to(['invalid JSON']),
+              label='dead')
+  result = p.run()
+  result.wait_until_finish()
+  c = {x.key.metric.name: x.committed for x in result.metrics().query(MetricsFilter())['counters']
+       if x.key.metric.namespace == 'postauth'}
+  assert (c['records_read'], c['events_parsed'], c['skipped'], c['dead_lettered']) == (7, 4, 2, 1)
+
+
 def test_malformed_otlp():
   cases = {
       'resourceSpans is not a list': {'resourceSpans': {'a': 1}},
