@@ -210,6 +210,28 @@ def _operation(attrs: Dict[str, Any]) -> str:
   return op if op in KNOWN_OPERATIONS else ('other' if op else 'none')
 
 
+def _json_operation(span: dict) -> Optional[str]:
+  """The operation of an OTLP/JSON span read off its attribute list, without decoding the span
+  (most spans of an agent's trace are chat calls: they are skipped at this cost); None when the
+  attributes are not a well-formed list (the full decode then says why)."""
+  attrs = span.get('attributes')
+  if attrs is None:
+    return 'none'
+  if not isinstance(attrs, list):
+    return None
+  found: Dict[str, Any] = {}
+  for a in attrs:
+    if not isinstance(a, dict):
+      return None
+    key = a.get('key')
+    if key in ('gen_ai.operation.name', 'mcp.method.name'):
+      value = a.get('value')
+      if not isinstance(value, dict):
+        return None
+      found[key] = value.get('stringValue')
+  return _operation(found)
+
+
 def span_event(span: Span, resource: Dict[str, Any], ref: str, taxonomy) -> Event:
   """One execute_tool span -> Event; ``Skip`` for other spans, ``ParseError`` for bad ones."""
   attrs = attributes(span.attributes)
@@ -312,6 +334,10 @@ class OtelTraces:
           continue
         for k, span in enumerate(spans):
           span_ref, raw = f'{ref}.{j}.{k}', redacted_json(span)
+          op = _json_operation(span) if isinstance(span, dict) else None
+          if op is not None and op != TOOL_OPERATION:
+            yield Item(None, f'otel: span not a tool execution (gen_ai.operation.name={op})', True, raw, span_ref)
+            continue
           try:
             msg = span_from_json(span)
           except ParseError as e:
