@@ -96,6 +96,8 @@ def test_otlp_json_line_one_item_per_span():
   events, _, dead = check_items(parse_all(record.raw, record.obj))
   assert {d.ref for d in dead} == {'f.jsonl#0/0.0.5', 'f.jsonl#0/0.0.6'}
   assert any(b'traceId' in d.raw and b'[redacted]' in d.raw for d in dead)
+  from transforms.replay import record_time
+  assert record_time(record) == T0  # a streaming file replay orders a batch by its earliest span
 
 
 def test_otlp_protobuf_message_as_pubsub_delivers_it():

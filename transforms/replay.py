@@ -35,6 +35,8 @@ def record_time(record: RawRecord) -> float:
       return check_time(ocsf_ms / 1000.0)  # OCSF: epoch milliseconds
     except ParseError:
       pass
+  if 'resourceSpans' in obj:  # an OTLP/JSON request (a collector batch): its earliest span
+    return _otlp_start(obj)
   detail = obj.get('detail') if isinstance(obj.get('detail'), dict) else {}
   for source in (obj, detail):
     for field in _TIME_FIELDS:
@@ -43,6 +45,18 @@ def record_time(record: RawRecord) -> float:
       except ParseError:
         continue
   return 0.0
+
+
+def _otlp_start(obj: dict) -> float:
+  starts = []
+  for block in obj.get('resourceSpans') or ():
+    for scope in (block.get('scopeSpans') or ()) if isinstance(block, dict) else ():
+      for span in (scope.get('spans') or ()) if isinstance(scope, dict) else ():
+        try:
+          starts.append(check_time(int(span.get('startTimeUnixNano')) / 1e9))
+        except (ParseError, TypeError, ValueError, AttributeError):
+          continue
+  return min(starts) if starts else 0.0
 
 
 def load_replay(pattern: str) -> List[Tuple[float, RawRecord]]:
