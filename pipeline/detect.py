@@ -13,6 +13,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.utils import shared
 
+from pipeline.prism import lands_on_bundle_runner
 from pipeline.options import (DetectOptions, EventOptions, PubSubSourceOptions, WatchOptions,
                               WindowOptions, disabled_rules)
 from transforms.findings import MergeOverlappingWindows
@@ -68,7 +69,8 @@ def build_detection(p: beam.Pipeline, options: PipelineOptions) -> Dict[str, bea
     late = parsed.late
   elif replay or (streaming and ev.events_watch):
     if replay:
-      records = p | 'ReplayFiles' >> ReplayFiles(ev.events, det.replay_step)
+      records = p | 'ReplayFiles' >> ReplayFiles(ev.events, det.replay_step,
+                                                 test_stream=lands_on_bundle_runner(options))
     else:  # new files in a folder or bucket, read once each, event-time watermark (transforms/watch.py)
       w = options.view_as(WatchOptions)
       records = p | 'WatchFiles' >> WatchFiles(ev.events_watch, w.watch_interval, w.watch_max_delay,
