@@ -2,7 +2,6 @@
 without an ARN, AWS service events without an actor (skipped, not dead letters)."""
 from __future__ import annotations
 
-import json
 import os
 
 import orjson
@@ -12,7 +11,7 @@ from conftest import shared_data
 from pipeline.parse_report import file_records
 from transforms.event import Event
 from transforms.parse import RecordParser
-from transforms.records import RawRecord, split_records
+from transforms.records import RawRecord
 
 PARSER = RecordParser()
 

@@ -2,7 +2,6 @@
 detection of the agent fleet's attacks."""
 from __future__ import annotations
 
-import base64
 import gzip
 import json
 
@@ -11,7 +10,6 @@ import pytest
 from google.protobuf import json_format
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from transforms.event import Event
 from transforms.formats.otel import span_from_json
 from transforms.parse import RecordParser
 from transforms.records import RawRecord, split_records
