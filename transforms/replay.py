@@ -95,6 +95,16 @@ def load_replay(pattern: str) -> List[Tuple[float, RawRecord]]:
 DRAIN_SECONDS = 86400  # beyond any window, finding flush or lateness the jobs use
 
 
+class _StepTracker(OffsetRestrictionTracker):
+  """Steps are released strictly in order: checkpoints only, no dynamic splits (a runner
+  splitting off later steps to run beside earlier ones would reorder the replay)."""
+
+  def try_split(self, fraction_of_remainder):
+    if fraction_of_remainder > 0:
+      return None
+    return super().try_split(0)
+
+
 class _ReplayFn(beam.DoFn, RestrictionProvider):
   """pattern -> its records, one step of event time per checkpoint, watermark at the step's end.
 
@@ -128,7 +138,7 @@ class _ReplayFn(beam.DoFn, RestrictionProvider):
     return OffsetRange(0, self._steps(pattern) + 1)
 
   def create_tracker(self, restriction: OffsetRange) -> OffsetRestrictionTracker:
-    return OffsetRestrictionTracker(restriction)
+    return _StepTracker(restriction)
 
   def restriction_size(self, pattern: str, restriction: OffsetRange) -> int:
     return restriction.size()
