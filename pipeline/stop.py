@@ -1,0 +1,111 @@
+"""Stopping a running job on SIGINT (Ctrl-C) or SIGTERM without a traceback.
+
+Why: a streaming ``postauth run`` only ends when it is stopped. Python turns Ctrl-C
+into a ``KeyboardInterrupt`` raised wherever Beam's runner happens to be (a 20-line
+traceback) and dies silently on SIGTERM (what ``kill``, systemd and Kubernetes
+send), leaving partial output uncompacted. Inside ``stop_on_signals`` both signals
+raise ``Interrupted`` in the main thread instead; the caller cancels the job
+(``cancel``), flushes what the sinks hold, says what was processed and exits
+128 + the signal number (130 for SIGINT, 143 for SIGTERM), as shells expect.
+
+A second signal while stopping gets the default behaviour (a second Ctrl-C kills).
+A signal the process inherited as ignored (``nohup``, a background job of a
+non-interactive shell) stays ignored. Outside the main thread (the launcher's
+detached runner calls the CLI from a worker) no handler can be installed and
+nothing changes.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+from typing import Iterator, Optional
+
+_log = logging.getLogger('postauth.stop')
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(BaseException):
+  """The job was asked to stop by a signal; ``detail`` says what was done before.
+
+  A ``BaseException`` like ``KeyboardInterrupt``, so that the runner's own
+  ``except Exception`` handlers do not swallow it.
+  """
+
+  def __init__(self, signum: int, detail: str = ''):
+    super().__init__(signal.Signals(signum).name)
+    self.signum = signum
+    self.detail = detail
+    self.result = None  # the pipeline result, when the runner had returned one
+
+  @property
+  def name(self) -> str:
+    return signal.Signals(self.signum).name
+
+  @property
+  def exit_code(self) -> int:
+    return 128 + self.signum
+
+
+class _Watch:
+  """What ``stop_on_signals`` yields: the signal received, if any."""
+
+  def __init__(self):
+    self.received: Optional[int] = None
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[_Watch]:
+  """Within the block, SIGINT/SIGTERM raise ``Interrupted`` (once) in the main thread."""
+  watch = _Watch()
+  if threading.current_thread() is not threading.main_thread():
+    yield watch
+    return
+  previous = {}
+
+  def restore():
+    for signum, handler in previous.items():
+      signal.signal(signum, handler)
+    previous.clear()
+
+  def handler(signum, frame):
+    if watch.received is not None:
+      return
+    watch.received = signum
+    restore()  # a second signal: the default (or the caller's) behaviour
+    raise Interrupted(signum)
+
+  for signum in SIGNALS:
+    current = signal.getsignal(signum)
+    if current is signal.SIG_IGN:
+      continue
+    previous[signum] = current
+    signal.signal(signum, handler)
+  try:
+    yield watch
+  except Interrupted:
+    raise
+  except BaseException as e:
+    # The runner failed because of the signal (e.g. Ctrl-C reached Prism, a child process
+    # in the same process group, before this handler ran): report it as the stop it was.
+    if watch.received is not None:
+      raise Interrupted(watch.received) from e
+    raise
+  finally:
+    restore()
+
+
+def cancel(result) -> str:
+  """Cancels a running pipeline result where the runner supports it; returns what happened."""
+  if result is None:
+    return 'the runner stopped with the interrupted call'
+  try:
+    result.cancel()
+    return 'job cancelled'
+  except NotImplementedError:
+    return 'this runner cannot cancel a job: it stops with the process'
+  except Exception as e:  # the job may already be gone (e.g. Prism got the Ctrl-C too)
+    _log.debug('cancel failed: %s', e)
+    return f'job already stopped ({type(e).__name__})'
