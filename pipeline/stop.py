@@ -100,7 +100,7 @@ def stop_on_signals() -> Iterator[_Watch]:
 def cancel(result) -> str:
   """Cancels a running pipeline result where the runner supports it; returns what happened."""
   if result is None:
-    return 'the runner stopped with the interrupted call'
+    return 'job stopped'
   try:
     result.cancel()
     return 'job cancelled'
