@@ -363,8 +363,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     return 2
   except stop.Interrupted as e:
     print(f'postauth {command}: stopped by {e.name}'
-          + (f': {e.detail}' if e.detail else ''), file=sys.stderr)
-    return e.exit_code
+          + (f': {e.detail}' if e.detail else ''), file=sys.stderr, flush=True)
+    return stop.exit_code_after_stop(e.exit_code)
   except KeyboardInterrupt:  # Ctrl-C outside a running job (imports, model load, compaction)
     print(f'postauth {command}: stopped by SIGINT', file=sys.stderr)
     return 130

@@ -13,13 +13,21 @@ A signal the process inherited as ignored (``nohup``, a background job of a
 non-interactive shell) stays ignored. Outside the main thread (the launcher's
 detached runner calls the CLI from a worker) no handler can be installed and
 nothing changes.
+
+After a stop, the runner may leave a non-daemon thread blocked (seen with the
+FnApiRunner running a watch: about one stop in six hung in Python's exit, waiting
+for it); ``exit_code_after_stop`` gives such threads a grace period and then ends
+the process with the exit code, once the output has been flushed and reported.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
+import sys
 import threading
+import time
 from typing import Iterator, Optional
 
 _log = logging.getLogger('postauth.stop')
@@ -109,3 +117,22 @@ def cancel(result) -> str:
   except Exception as e:  # the job may already be gone (e.g. Prism got the Ctrl-C too)
     _log.debug('cancel failed: %s', e)
     return f'job already stopped ({type(e).__name__})'
+
+
+def exit_code_after_stop(code: int, grace: float = 5.0) -> int:
+  """``code``, once no runner thread can keep the process from exiting (else exits now)."""
+  if threading.current_thread() is not threading.main_thread():
+    return code
+  deadline = time.monotonic() + grace
+  for t in threading.enumerate():
+    if t is not threading.current_thread() and not t.daemon:
+      t.join(max(0.0, deadline - time.monotonic()))
+  stuck = [t.name for t in threading.enumerate()
+           if t is not threading.current_thread() and not t.daemon and t.is_alive()]
+  if stuck:
+    _log.info('runner threads still busy after the stop (%s): exiting with %d', ', '.join(stuck), code)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+  return code
