@@ -140,6 +140,8 @@ def test_events_matching_no_file_exit_2_naming_the_pattern(inputs, capsys):
   _refused(['train', f'--events={inputs}/nothing/*', f'--inventory={inputs}/inventory.csv',
             f'--model-dir={inputs}/model', '--runner=FnApiRunner'], capsys, 'matches no file')
   _refused(_run_args(inputs, **{'--events': f'{inputs}/logs'}), capsys, 'is a folder', 'logs/*')
+  _refused(['parse', f'--events={inputs}/nothing/*', f'--out={inputs}/out', '--runner=FnApiRunner'],
+           capsys, 'postauth parse: error: --events', 'matches no file')
   assert not (inputs / 'out').exists()  # nothing written: no empty findings file
 
 
