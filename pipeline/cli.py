@@ -178,9 +178,14 @@ def _written_findings(spec, outputs) -> Optional[List[dict]]:
   """The findings a local file sink holds (None for other sinks or no file)."""
   if spec is None or '://' in spec.target or not os.path.exists(spec.target):
     return None
-  if spec.kind == 'avro':
-    return [outputs.finding_from_avro(r) for r in outputs.read_avro(spec.target)]
-  return summary.read_findings(spec.target)
+  try:
+    if spec.kind == 'avro':
+      rows = [outputs.finding_from_avro(r) for r in outputs.read_avro(spec.target)]
+    else:
+      rows = summary.read_findings(spec.target)
+  except (KeyError, ValueError):  # a sink format without postauth's finding fields
+    return None
+  return rows if all('finding_id' in r for r in rows) else None
 
 
 def _count_lines(path: str) -> int:

@@ -179,8 +179,8 @@ def check_allowlist(path: Optional[str]) -> int:
   try:
     return len(load_allowlist(path))
   except (OSError, ValueError, KeyError, TypeError) as e:
-    message = why(e)
-    raise PreflightError(f'--allowlist {message if message.startswith(path) else path + ": " + message}') from e
+    message = why(e)  # load_allowlist's own messages start with the path
+    raise PreflightError(f'--allowlist {message if message.startswith(path) else f"{path}: {message}"}') from e
 
 
 def check_train_config(path: Optional[str]) -> None:
