@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import apache_beam as beam
 import pytest
-from apache_beam.testing.test_stream import TestStream
+from apache_beam.testing import test_stream
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms import trigger, window
 from apache_beam.transforms.window import TimestampedValue
@@ -94,7 +94,7 @@ def test_batch_reports_once_per_identity_per_24h():
 def test_streaming_reports_once_per_identity_per_24h(step):
   """TestStream: the watermark advances hourly, or in 6 h jumps (a catch-up: several windows
   of an identity fire together)."""
-  stream = TestStream()
+  stream = test_stream.TestStream()
   end = max(e.event_time for e in EVENTS) + 2 * 3600
   t = T0
   while t < end:
