@@ -77,8 +77,9 @@ def _run_pipeline(build, options: PipelineOptions):
   build(p)
   result = None
   try:
-    with stop.stop_on_signals():
+    with stop.stop_on_signals() as watch:
       result = p.run()  # the FnApiRunner runs the whole job here, the others submit it
+      watch.reclaim()
       result.wait_until_finish()
   except stop.Interrupted as e:
     e.result = result
@@ -369,7 +370,7 @@ def main(argv: Optional[List[str]] = None) -> int:
   except stop.Interrupted as e:
     print(f'postauth {command}: stopped by {e.name}'
           + (f': {e.detail}' if e.detail else ''), file=sys.stderr, flush=True)
-    return stop.exit_code_after_stop(e.exit_code)
+    return stop.exit_code_after_stop(e)
   except KeyboardInterrupt:  # Ctrl-C outside a running job (imports, model load, compaction)
     print(f'postauth {command}: stopped by SIGINT', file=sys.stderr)
     return 130

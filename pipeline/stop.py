@@ -21,6 +21,7 @@ the process with the exit code, once the output has been flushed and reported.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -58,10 +59,12 @@ class Interrupted(BaseException):
 
 
 class _Watch:
-  """What ``stop_on_signals`` yields: the signal received, if any."""
+  """What ``stop_on_signals`` yields: the signal received, if any, and ``reclaim``."""
 
   def __init__(self):
     self.received: Optional[int] = None
+    self.reclaim = lambda: None
+
 
 
 @contextlib.contextmanager
@@ -83,6 +86,7 @@ def stop_on_signals() -> Iterator[_Watch]:
       return
     watch.received = signum
     restore()  # a second signal: the default (or the caller's) behaviour
+    quiet_shutdown()
     raise Interrupted(signum)
 
   for signum in SIGNALS:
@@ -91,6 +95,17 @@ def stop_on_signals() -> Iterator[_Watch]:
       continue
     previous[signum] = current
     signal.signal(signum, handler)
+
+  def reclaim():
+    # Beam's job server wrapper (Prism, portable runners) installs its own SIGINT handler
+    # when it starts, which stops the job server at once (the SDK harness threads then
+    # print tracebacks) before chaining to ours; put ours back on top. Its job server is
+    # still stopped: by the cancel's cleanup, else by Beam's atexit hook.
+    for signum in previous:
+      if watch.received is None and signal.getsignal(signum) is not handler:
+        signal.signal(signum, handler)
+
+  watch.reclaim = reclaim
   try:
     yield watch
   except Interrupted:
@@ -99,10 +114,35 @@ def stop_on_signals() -> Iterator[_Watch]:
     # The runner failed because of the signal (e.g. Ctrl-C reached Prism, a child process
     # in the same process group, before this handler ran): report it as the stop it was.
     if watch.received is not None:
+      quiet_shutdown()
       raise Interrupted(watch.received) from e
     raise
   finally:
     restore()
+
+
+def _postauth_only(record: logging.LogRecord) -> bool:
+  return record.name.startswith('postauth')
+
+
+def quiet_shutdown() -> None:
+  """Silences the runner for the rest of the process, which is ending.
+
+  Why: as the job is cancelled and its job server (Prism) stopped, the SDK harness
+  threads still streaming to it die with gRPC ``UNAVAILABLE`` tracebacks, "Bundle
+  Failed (pipeline canceled)" and "Error processing instruction" lines: the expected
+  end of a cancelled job, not news for the user. From here on, the root handlers only
+  pass postauth's own records, and thread exceptions go to this module's DEBUG log.
+  """
+  for h in logging.getLogger().handlers:
+    if _postauth_only not in h.filters:
+      h.addFilter(_postauth_only)
+
+  def quiet(args):
+    _log.debug('runner thread %s ended after the stop: %r',
+               getattr(args.thread, 'name', '?'), args.exc_value)
+
+  threading.excepthook = quiet
 
 
 def cancel(result) -> str:
@@ -119,8 +159,9 @@ def cancel(result) -> str:
     return f'job already stopped ({type(e).__name__})'
 
 
-def exit_code_after_stop(code: int, grace: float = 5.0) -> int:
-  """``code``, once no runner thread can keep the process from exiting (else exits now)."""
+def exit_code_after_stop(stopped: Interrupted, grace: float = 5.0) -> int:
+  """The exit code, once no runner thread can keep the process from exiting (else exits now)."""
+  code = stopped.exit_code
   if threading.current_thread() is not threading.main_thread():
     return code
   deadline = time.monotonic() + grace
@@ -131,6 +172,10 @@ def exit_code_after_stop(code: int, grace: float = 5.0) -> int:
            if t is not threading.current_thread() and not t.daemon and t.is_alive()]
   if stuck:
     _log.info('runner threads still busy after the stop (%s): exiting with %d', ', '.join(stuck), code)
+    try:
+      atexit._run_exitfuncs()  # Beam stops its job servers (Prism) there: no orphan process
+    except Exception as e:
+      _log.debug('exit handlers: %s', e)
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
