@@ -227,38 +227,55 @@ class _DedupFn(beam.DoFn):
       for field in ('last_occurrence', 'occurrence_ids'):
         if base.get(field):
           updated[field] = base[field]
-      shown.update(finding=updated, keys=keys, last=max(shown['last'], _epoch(f['window_end'])))
-      yield updated
+      shown.update(finding=updated, keys=keys, own=f['window_end'])
+      _refresh(shown)
+      yield shown['finding']
       return
     host = next((k for k in known if fid in (k['finding'].get('occurrence_ids') or [])), None)
     if host is not None:
       if keys <= host['keys']:  # still a repeat: the finding it was folded into may last longer
-        end = max(host['finding'].get('last_occurrence') or '', f['window_end'])
-        host['last'] = max(host['last'], _epoch(f['window_end']))
-        if end != host['finding'].get('last_occurrence'):
-          host['finding'] = dict(host['finding'], last_occurrence=end)
+        before = host['finding'].get('last_occurrence')
+        host['ends'][fid] = f['window_end']
+        _refresh(host)
+        if host['finding'].get('last_occurrence') != before:
           yield host['finding']
         return
-      ids = [i for i in host['finding']['occurrence_ids'] if i != fid]  # no longer a repeat
+      # no longer a repeat: its count and its span leave the finding it was folded into
+      self.folded.dec()  # the counter says how many findings end folded
+      del host['ends'][fid]
       host['finding'] = dict(host['finding'], occurrences=host['finding']['occurrences'] - 1,
-                             occurrence_ids=ids)
+                             occurrence_ids=[i for i in host['finding']['occurrence_ids'] if i != fid])
+      _refresh(host)
       yield host['finding']
     start = _epoch(f['window_start'])
     original = (None if self._period <= 0 else
                 next((k for k in known if keys and keys <= k['keys'] and start - k['last'] <= self._period
                       and k['finding']['finding_id'] != fid), None))
     if original is None:
-      known.append({'keys': keys, 'last': _epoch(f['window_end']), 'finding': f})
+      known.append({'keys': keys, 'last': _epoch(f['window_end']), 'finding': f,
+                    'own': f['window_end'], 'ends': {}})
       yield f
       return
     self.folded.inc()
     base = original['finding']
-    updated = dict(base, occurrences=base.get('occurrences', 1) + f.get('occurrences', 1),
-                   last_occurrence=f['window_end'],
-                   occurrence_ids=(base.get('occurrence_ids') or []) + [fid])
-    original['finding'] = updated
-    original['last'] = max(original['last'], _epoch(f['window_end']))
-    yield updated
+    original['finding'] = dict(base, occurrences=base.get('occurrences', 1) + f.get('occurrences', 1),
+                               occurrence_ids=(base.get('occurrence_ids') or []) + [fid])
+    original['ends'][fid] = f['window_end']
+    _refresh(original)
+    yield original['finding']
+
+
+def _refresh(entry: Dict[str, Any]) -> None:
+  """An entry's reach (its own end or its latest repeat's) and its ``last_occurrence``."""
+  ends = entry.setdefault('ends', {})
+  own = entry.setdefault('own', entry['finding']['window_end'])
+  entry['last'] = _epoch(max([own] + list(ends.values())))
+  finding = dict(entry['finding'])
+  if ends:
+    finding['last_occurrence'] = max(ends.values())
+  else:
+    finding.pop('last_occurrence', None)
+  entry['finding'] = finding
 
 
 class DeduplicateFindings(beam.PTransform):
