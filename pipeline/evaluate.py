@@ -285,13 +285,15 @@ def to_markdown(report: Dict, title: str = '') -> str:
   lines = [f'**{title}**', ''] if title else []
   wall = report.get('wall_clock') or {}
   lines += ['| attack scenario | detected | rank | severity | score | time to detect (first_detected_at) | '
-            'finding\'s last update | pages |' + (' wall-clock delay to the sink |' if wall else ''),
-            '| --- | --- | --- | --- | --- | --- | --- | --- |' + (' --- |' if wall else '')]
+            'first anomalous window closed | finding\'s last update | pages |'
+            + (' wall-clock delay to the sink |' if wall else ''),
+            '| --- | --- | --- | --- | --- | --- | --- | --- | --- |' + (' --- |' if wall else '')]
   for s in report['scenarios']:
     delay = wall.get(s['scenario'])
     lines.append(f'| {s["scenario"]} | {"yes" if s["detected"] else "**no**"} | {s["rank"] or "-"} | '
                  f'{s["severity"] or "-"} | {"-" if s["score"] is None else s["score"]} | '
-                 f'{_duration(s["time_to_detect_s"])} | {_duration(s.get("time_to_final_s"))} | '
+                 f'{_duration(s["time_to_detect_s"])} | {_duration(s["time_to_first_window_s"])} | '
+                 f'{_duration(s.get("time_to_final_s"))} | '
                  f'{s.get("pages", "-")} |' + ((f' {delay:.1f} s |' if delay is not None else ' - |') if wall else ''))
   t = report.get('time_to_detect') or {}
   if t.get('detected'):

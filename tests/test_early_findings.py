@@ -257,3 +257,19 @@ def test_pubsub_message_says_update_and_page_and_avro_keeps_the_version_fields()
   back = finding_from_avro(finding_to_avro(f))
   assert (back['first_detected_at'], back['updates'], back['page'], back['pages']) == (
       f['first_detected_at'], 2, True, 2)
+
+
+def test_evaluate_reads_the_latest_version_time_to_first_detection_and_pages():
+  from pipeline import evaluate as ev
+  label = {'identity': 'role/ci', 'scenario': 'burst', 'start': rfc3339(T0 + 600), 'end': rfc3339(T0 + 2 * H)}
+  v0 = dict(version('f1', 0, H, 'medium', [SCOPE]), pages=1)
+  v1 = dict(version('f1', 0, 2 * H, 'high', [SCOPE], 1), pages=2)  # a raise: a second page
+  false = dict(version('f9', 0, H, 'medium', [SCOPE]), identity='role/other', pages=1)
+  r = ev.evaluate([v1, v0, false], [label], identity_days=1000)  # a versions log, in any order
+  s = r['scenarios'][0]
+  assert r['findings'] == 2 and s['findings'] == 1
+  assert s['time_to_detect_s'] == H - 600  # first_detected_at (T0 + 1 h) - the attack's start
+  assert s['time_to_final_s'] == 2 * H - 600 and s['pages'] == 2
+  assert r['pages']['pages'] == 1 and r['pages']['pages_all'] == 3
+  assert r['time_to_detect'] == {'detected': 1, 'median_s': H - 600, 'max_s': H - 600,
+                                 'median_final_s': 2 * H - 600}
