@@ -275,6 +275,8 @@ def _refresh(entry: Dict[str, Any]) -> None:
     finding['last_occurrence'] = max(ends.values())
   else:
     finding.pop('last_occurrence', None)
+  if not finding.get('occurrence_ids'):
+    finding.pop('occurrence_ids', None)  # as a finding that never had a repeat
   entry['finding'] = finding
 
 
