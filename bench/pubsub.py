@@ -13,8 +13,9 @@ DirectRunner twice:
    --watermark-idle-seconds, is subtracted);
 2. replay: the day is published in event-time order, `--speedup` event seconds per
    real second, with no idle advance: each finding is emitted when a message moves
-   the event-time watermark past its close (run end + one window size); its latency
-   is the time from publishing that message to the finding arriving on the topic.
+   the event-time watermark past the end of its newest window (a first emission: its
+   first anomalous window, `first_detected_at`; then one update per later window); its
+   latency is the time from publishing that message to the version arriving on the topic.
 """
 from __future__ import annotations
 
@@ -218,14 +219,25 @@ def replay_phase(a, server, publisher, bodies, records, sample, model, first, ex
   finally:
     stop(proc)
     reader.stop.set()
-  latencies = []
-  window = 3600
+  latencies, first_latencies, attack_latency = [], [], {}
+  with open(os.path.join(sample, 'labels.json')) as f:
+    labels = json.load(f)
   for arrival, f in reader.arrivals:
-    close = parse_time(f['window_end']) + window + a.max_delay
+    # A version is emitted once the watermark (max delay behind the newest event) passes the
+    # end of its newest window: for a first emission that is first_detected_at (issue 16).
+    close = parse_time(f['window_end']) + a.max_delay
     trigger = next((wall for ev, wall in sent if ev >= close), None)
-    if trigger is not None:
-      latencies.append(arrival - trigger)
+    if trigger is None:
+      continue
+    latencies.append(arrival - trigger)
+    if int(f.get('updates') or 0) == 0:
+      first_latencies.append(arrival - trigger)
+      for l in labels:
+        if (l['identity'] == f['identity'] and f['window_start'] <= l['end'] and l['start'] <= f['window_end']
+            and l['scenario'] not in attack_latency):
+          attack_latency[l['scenario']] = round(arrival - trigger, 2)
   latencies.sort()
+  first_latencies.sort()
   with open(os.path.join(work, 'replay-findings.jsonl'), 'w') as f:
     for arrival, finding in reader.arrivals:
       f.write(json.dumps(dict(finding, _arrival=arrival)) + '\n')
@@ -235,9 +247,15 @@ def replay_phase(a, server, publisher, bodies, records, sample, model, first, ex
         f'{len(reader.arrivals)} findings ({len(ids & expected)} of the {len(expected)} batch findings, '
         f'{len(ids - expected)} others), {len(latencies)} closed by a later message')
   if latencies:
-    print(f'[replay] publish of the message that closes the window -> finding on the topic: '
+    print(f'[replay] publish of the message that closes the window -> finding version on the topic: '
           f'min {latencies[0]:.2f}s, median {statistics.median(latencies):.2f}s, '
-          f'max {latencies[-1]:.2f}s')
+          f'max {latencies[-1]:.2f}s ({len(latencies)} versions)')
+  if first_latencies:
+    print(f'[replay] first emissions only: min {first_latencies[0]:.2f}s, median '
+          f'{statistics.median(first_latencies):.2f}s, max {first_latencies[-1]:.2f}s '
+          f'({len(first_latencies)} findings)')
+  print('[replay] per attack, message that closes its first anomalous window -> first version on '
+        'the topic (s): ' + json.dumps(attack_latency, sort_keys=True), flush=True)
 
 
 if __name__ == '__main__':

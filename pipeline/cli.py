@@ -31,6 +31,8 @@ commands:
             promote only if not worse, keep the last K versions (prints the comparison as JSON)
   rollback  point LATEST back at the previously promoted version (or --to VERSION); --list
   pubsub-server  start a local in-memory Pub/Sub server (Google's pstest) for the streaming path
+  compact   a streaming job's findings parts -> the latest version per finding (--findings PATH)
+            and every version beside it (PATH's .versions.jsonl)
 
 `postauth <command> --help` lists each command's flags; train and run accept any
 Beam pipeline option too (--runner, --direct_num_workers, --project, ...)."""
@@ -340,9 +342,15 @@ def cmd_pubsub_server(argv: List[str]) -> int:
   return serve(argv)
 
 
+def cmd_compact(argv: List[str]) -> int:
+  from transforms.compact import cmd_compact as compact
+  return compact(argv)
+
+
 COMMANDS = {'parse': cmd_parse, 'generate': cmd_generate, 'train': cmd_train, 'run': cmd_run, 'demo': cmd_demo,
             'evaluate': cmd_evaluate,
-            'retrain': cmd_retrain, 'rollback': cmd_rollback, 'pubsub-server': cmd_pubsub_server}
+            'retrain': cmd_retrain, 'rollback': cmd_rollback, 'pubsub-server': cmd_pubsub_server,
+            'compact': cmd_compact}
 
 
 def main(argv: Optional[List[str]] = None) -> int:

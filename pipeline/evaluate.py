@@ -4,17 +4,22 @@ Pure Python: reads the findings a run wrote (JSON lines) and the generator's
 ``labels.json`` / ``benign.json``, and measures what an on-call reader would ask:
 
 - per attack: detected?, rank of its best finding among all findings, severity,
-  time to detect (end of the first matching finding's window minus the attack's
-  start, in event time, i.e. the earliest moment a finding could exist);
+  time to detect: the first matching finding's ``first_detected_at`` (the event
+  time it was first emitted: the end of its first anomalous window) minus the
+  attack's start; and to the end of that finding's last update;
 - precision@k over the ranked findings (k = number of attacks, and 10);
 - PR-AUC (average precision) over the findings as identity-window predictions;
   an attack no finding matched is a positive never retrieved;
 - false alerts per 1,000 identity-days: findings overlapping no attack, over the
   identity-days of the evaluated events;
+- pages: first emissions at medium or above plus severity raises to medium or
+  above (a finding's ``pages``; transforms/versions.py);
 - per benign change: whether it stayed silent or at low severity.
 
 A finding *matches* a case when it is about the case's identity and its window
 overlaps the case's [start, end]. Findings are ranked by score, then severity.
+Findings have versions (same ``finding_id``); only the latest of each counts
+(``latest_versions``), so a versions log can be evaluated too.
 """
 from __future__ import annotations
 
@@ -41,6 +46,30 @@ def parse_time(value) -> float:
 def read_json_lines(path: str) -> List[dict]:
   with open(path) as f:
     return [json.loads(line) for line in f if line.strip()]
+
+
+def latest_versions(findings: Sequence[dict]) -> List[dict]:
+  """The latest version of each finding (highest ``updates``, then ``occurrences``)."""
+  from transforms.versions import version_rank
+  best: Dict[str, dict] = {}
+  for f in findings:
+    fid = f.get('finding_id') or id(f)
+    if fid not in best or version_rank(f) >= version_rank(best[fid]):
+      best[fid] = f
+  return list(best.values())
+
+
+def first_detected(finding: dict) -> float:
+  """When the finding was first emitted (event time); findings without versions: their end."""
+  return parse_time(finding.get('first_detected_at') or finding['window_end'])
+
+
+def pages_of(finding: dict) -> int:
+  """Pages a finding caused: its ``pages`` (first emission and raises at medium or above);
+  a finding written without versions pages once if it is at medium or above."""
+  if 'pages' in finding:
+    return int(finding['pages'] or 0)
+  return 1 if is_page(finding) else 0
 
 
 def read_cases(path: Optional[str]) -> List[dict]:
@@ -77,26 +106,29 @@ def case_name(case: dict, i: int) -> str:
 def scenario_recall(ranked: Sequence[dict], labels: Sequence[dict], window_size: float = 3600.0) -> List[Dict]:
   """Per attack: detected, rank (1-based) and severity of its best finding, time to detect.
 
-  ``time_to_detect_s`` ends at the first matching finding's ``window_end`` (a finding is
-  a merged run of windows, emitted once its run closes); ``time_to_first_window_s`` ends
-  when its first anomalous window closed (``window_start`` + ``window_size``), the
-  earliest a finding of that run could be raised.
+  ``time_to_detect_s`` ends at the earliest ``first_detected_at`` of the matching findings
+  (when the finding was first emitted, in event time); ``time_to_final_s`` at the end of
+  that finding's latest version; ``time_to_first_window_s`` when its first anomalous window
+  closed (``window_start`` + ``window_size``), the earliest a finding could be raised.
   """
   out = []
   for i, label in enumerate(labels):
     hits = [(r, f) for r, f in enumerate(ranked, 1) if matches(f, label)]
     row = {'scenario': case_name(label, i), 'identity': label['identity'], 'detected': bool(hits),
            'rank': None, 'score': None, 'severity': None, 'max_severity': None,
-           'time_to_detect_s': None, 'time_to_first_window_s': None, 'findings': len(hits)}
+           'time_to_detect_s': None, 'time_to_final_s': None, 'time_to_first_window_s': None,
+           'findings': len(hits), 'pages': 0}
     if hits:
       rank, best = hits[0]
       start = parse_time(label['start'])
-      first_end = min(parse_time(f['window_end']) for _, f in hits)
+      first = min((f for _, f in hits), key=lambda f: (first_detected(f), f['window_start']))
       first_window = min(parse_time(f['window_start']) for _, f in hits) + window_size
       row.update(rank=rank, score=round(float(best['score']), 3), severity=best.get('severity'),
                  max_severity=max((f.get('severity') for _, f in hits), key=lambda s: SEVERITY_RANK.get(s, -1)),
-                 time_to_detect_s=max(0.0, first_end - start),
-                 time_to_first_window_s=max(0.0, min(first_window, first_end) - start))
+                 time_to_detect_s=max(0.0, first_detected(first) - start),
+                 time_to_final_s=max(0.0, parse_time(first['window_end']) - start),
+                 time_to_first_window_s=max(0.0, min(first_window, parse_time(first['window_end'])) - start),
+                 first_finding_id=first.get('finding_id'), pages=sum(pages_of(f) for _, f in hits))
     out.append(row)
   return out
 
@@ -171,7 +203,8 @@ def page_rates(ranked: Sequence[dict], labels: Sequence[dict], benign: Sequence[
   """Pages (findings at medium or above) that match no attack, per 1,000 identity-days: overall,
   per benign kind (a page matching a case of that kind), and unexplained (matching no case)."""
   per_k = (lambda n: round(1000.0 * n / identity_days, 2) if identity_days else None)
-  false_pages = [f for f in ranked if is_page(f) and not any(matches(f, l) for l in labels)]
+  false_findings = [f for f in ranked if pages_of(f) and not any(matches(f, l) for l in labels)]
+  false_pages = [f for f in false_findings for _ in range(pages_of(f))]  # one entry per page
   kinds: Dict[str, List[dict]] = {}
   for i, case in enumerate(benign):
     kinds.setdefault(case.get('kind') or case_name(case, i), []).append(case)
@@ -182,15 +215,17 @@ def page_rates(ranked: Sequence[dict], labels: Sequence[dict], benign: Sequence[
                      'pages': len(paged), 'pages_per_1000_identity_days': per_k(len(paged))}
   unexplained = [f for f in false_pages if not any(matches(f, c) for c in benign)]
   return {'pages': len(false_pages), 'pages_per_1000_identity_days': per_k(len(false_pages)),
+          'findings_paged': len(false_findings),
+          'pages_all': sum(pages_of(f) for f in ranked),
           'by_kind': by_kind, 'unexplained': len(unexplained),
           'unexplained_per_1000_identity_days': per_k(len(unexplained)),
-          'attacks_paged': sum(1 for l in labels if any(is_page(f) and matches(f, l) for f in ranked))}
+          'attacks_paged': sum(1 for l in labels if any(pages_of(f) and matches(f, l) for f in ranked))}
 
 
 def evaluate(findings: Sequence[dict], labels: Sequence[dict], benign: Sequence[dict] = (),
              identity_days: Optional[int] = None, window_size: float = 3600.0) -> Dict:
   """Every metric of the module docstring as one JSON-ready dict."""
-  ranked = rank_findings(findings)
+  ranked = rank_findings(latest_versions(findings))
   per_scenario = scenario_recall(ranked, labels, window_size)
   positive = [any(matches(f, l) for l in labels) for f in ranked]
   missed = sum(1 for s in per_scenario if not s['detected'])
@@ -217,8 +252,25 @@ def evaluate(findings: Sequence[dict], labels: Sequence[dict], benign: Sequence[
       'scenarios': per_scenario,
       'benign': benign_outcomes(ranked, benign),
       'pages': page_rates(ranked, labels, benign, identity_days),
+      'time_to_detect': detect_summary(per_scenario),
   }
   return report
+
+
+def _median(values: List[float]) -> Optional[float]:
+  values = sorted(values)
+  if not values:
+    return None
+  mid = len(values) // 2
+  return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2.0
+
+
+def detect_summary(per_scenario: Sequence[Dict]) -> Dict:
+  """Median and maximum time from an attack's first event to its finding's first emission."""
+  times = [s['time_to_detect_s'] for s in per_scenario if s['time_to_detect_s'] is not None]
+  finals = [s['time_to_final_s'] for s in per_scenario if s.get('time_to_final_s') is not None]
+  return {'detected': len(times), 'median_s': _median(times), 'max_s': max(times) if times else None,
+          'median_final_s': _median(finals)}
 
 
 def _duration(seconds: Optional[float]) -> str:
@@ -231,13 +283,23 @@ def _duration(seconds: Optional[float]) -> str:
 def to_markdown(report: Dict, title: str = '') -> str:
   """The report as the README's tables."""
   lines = [f'**{title}**', ''] if title else []
-  lines += ['| attack scenario | detected | rank | severity | score | time to detect (finding closed) | '
-            'first anomalous window closed |',
-            '| --- | --- | --- | --- | --- | --- | --- |']
+  wall = report.get('wall_clock') or {}
+  lines += ['| attack scenario | detected | rank | severity | score | time to detect (first_detected_at) | '
+            'first anomalous window closed | finding\'s last update | pages |'
+            + (' wall-clock delay to the sink |' if wall else ''),
+            '| --- | --- | --- | --- | --- | --- | --- | --- | --- |' + (' --- |' if wall else '')]
   for s in report['scenarios']:
+    delay = wall.get(s['scenario'])
     lines.append(f'| {s["scenario"]} | {"yes" if s["detected"] else "**no**"} | {s["rank"] or "-"} | '
                  f'{s["severity"] or "-"} | {"-" if s["score"] is None else s["score"]} | '
-                 f'{_duration(s["time_to_detect_s"])} | {_duration(s["time_to_first_window_s"])} |')
+                 f'{_duration(s["time_to_detect_s"])} | {_duration(s["time_to_first_window_s"])} | '
+                 f'{_duration(s.get("time_to_final_s"))} | '
+                 f'{s.get("pages", "-")} |' + ((f' {delay:.1f} s |' if delay is not None else ' - |') if wall else ''))
+  t = report.get('time_to_detect') or {}
+  if t.get('detected'):
+    lines += ['', f'Time from an attack\'s first event to its finding\'s first emission (event time): '
+                  f'median {_duration(t["median_s"])}, at most {_duration(t["max_s"])} '
+                  f'(to the last update: median {_duration(t["median_final_s"])}).']
   if report['benign']:
     lines += ['', '| benign change (kind) | cases | cases with findings | highest severity | best rank | '
               'all low or silent |', '| --- | --- | --- | --- | --- | --- |']

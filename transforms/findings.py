@@ -1,13 +1,16 @@
 """Anomalous windows -> findings: overlapping windows of one identity become one finding.
 
 Sliding windows overlap, so one burst of activity makes several consecutive
-windows anomalous. A stateful DoFn per identity collects a run of overlapping
-anomalous windows and emits it as one finding when an event-time timer says the
-run can no longer grow: once the watermark passes the last window's end plus
-one window size, no window overlapping it can still arrive. (Sessions windows
-express the same merge, but the streaming DirectRunner fired and re-merged them
-more than once, emitting partial and duplicated findings; explicit state and a
-timer emit each run exactly once on every runner.)
+windows anomalous. A stateful DoFn per identity keeps the open run of
+overlapping anomalous windows and emits its finding as soon as the run's first
+window closes (the watermark passes it), then an update under the same
+``finding_id`` for each later window that joins the run, in event-time order
+(an event-time timer at each window's end), so batch and streaming emit the
+same versions. Paging within minutes of the first bad window instead of when
+the run ends (issue 16); ``transforms/versions.py`` says what a version carries.
+(Sessions windows express the same merge, but the streaming DirectRunner fired
+and re-merged them more than once; explicit state and a timer behave the same
+on every runner.)
 """
 from __future__ import annotations
 
@@ -21,8 +24,11 @@ from apache_beam.metrics import Metrics
 from apache_beam.coders import PickleCoder
 from apache_beam.transforms import window
 from apache_beam.transforms.timeutil import TimeDomain
-from apache_beam.transforms.userstate import BagStateSpec, TimerSpec, on_timer
-from apache_beam.utils.timestamp import Duration
+from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.transforms.window import TimestampedValue
+from apache_beam.utils.timestamp import Duration, Timestamp
+
+from transforms.versions import first_version, higher, version_flags
 
 SEVERITY_ORDER = {'low': 0, 'medium': 1, 'high': 2, 'critical': 3}
 
@@ -32,7 +38,7 @@ def rfc3339(t: float) -> str:
 
 
 def finding_id(identity: str, start: float, end: float) -> str:
-  """Deterministic: the same activity span of the same identity gets the same id."""
+  """Deterministic and stable through updates: the identity and its run's first window."""
   return hashlib.sha256(f'{identity}|{start:.0f}|{end:.0f}'.encode()).hexdigest()[:24]
 
 
@@ -96,6 +102,8 @@ def _public(r: Dict) -> Dict:
 
 
 def to_finding(windows: List[Dict]) -> Dict:
+  """The finding of a run of overlapping windows as they are so far (its first version when
+  ``windows`` is the run's first window; an update when more have joined)."""
   unique: Dict[tuple, Dict] = {}
   for w in windows:  # a window re-scored after late data replaces its earlier version
     unique[(w['window_start'], w['window_end'])] = w
@@ -124,8 +132,9 @@ def to_finding(windows: List[Dict]) -> Dict:
       actions[a] = max(actions.get(a, 0), n)
     for r, n in w.get('resources', {}).items():
       resources[r] = max(resources.get(r, 0), n)
+  first = windows[0]  # the earliest window: its end is when the finding was first emitted
   return {
-      'finding_id': finding_id(top['identity'], start, end),
+      'finding_id': finding_id(top['identity'], first['window_start'], first['window_end']),
       'kind': 'anomaly' if any(w.get('model_flagged', True) for w in windows) else 'rule',
       'identity': top['identity'],
       'identity_type': ctx.get('identity_type', ''),
@@ -150,6 +159,8 @@ def to_finding(windows: List[Dict]) -> Dict:
       'criticality': ctx.get('criticality', ''),
       'registered': ctx.get('registered', 'false') == 'true',
       'occurrences': 1,
+      'first_detected_at': rfc3339(first['window_end']),
+      **first_version(severity),
   }
 
 
@@ -185,6 +196,8 @@ def unregistered_finding(window, context: Dict) -> Dict:
       'owner': '', 'team': '', 'environment': '', 'criticality': '',
       'registered': False,
       'occurrences': 1,
+      'first_detected_at': rfc3339(window.window_end),
+      **first_version(severity),
   }
 
 
@@ -201,48 +214,102 @@ def split_runs(windows: List[Dict]) -> List[List[Dict]]:
   return runs
 
 
-def _run_end(run: List[Dict]) -> float:
-  return max(w['window_end'] for w in run)
+def _run_end(run: Dict) -> float:
+  return max(e for _, e in run['windows'])
+
+
+def _stamp(ts: float) -> float:
+  """A scored window's element time: just before its end (as ScoreWindows stamps it)."""
+  return ts - 1e-6
+
+
+def timer_ms(t) -> int:
+  """A time as timers carry it: whole milliseconds, rounded down (the Fn API encodes timers
+  in milliseconds; compared in finer units, a window stamped 1 us before its end would never
+  be due at its own timer, which would re-arm at the same time forever)."""
+  return Timestamp.of(t).micros // 1000
+
+
+def at_ms(ms: int) -> Timestamp:
+  return Timestamp(micros=ms * 1000)
 
 
 class _MergeRunsFn(beam.DoFn):
-  """(identity, scored window) -> one finding per run of overlapping windows.
+  """(identity, scored window) -> a finding at its run's first window, then one update per later window.
 
-  Windows may arrive in any order (batch) or in watermark order (streaming); a
-  run is emitted when the watermark passes its last end plus one window size.
+  Windows wait in ``pending`` until the watermark passes them (a timer at the
+  earliest), then join the open run they overlap, in event-time order, so batch
+  (any arrival order) and streaming emit the same versions. A run stays open
+  until no window can overlap it any more, late ones included (its last end
+  plus one window size plus the allowed lateness): a late window within the
+  lateness updates the finding already emitted, under the same ``finding_id``.
   """
 
   PENDING = BagStateSpec('pending', PickleCoder())
-  FLUSH = TimerSpec('flush', TimeDomain.WATERMARK)
+  RUNS = ReadModifyWriteStateSpec('runs', PickleCoder())
+  TICK = TimerSpec('tick', TimeDomain.WATERMARK)
 
-  def __init__(self, window_size: int):
+  def __init__(self, window_size: int, allowed_lateness: int = 0):
     self._size = window_size
+    self._lateness = allowed_lateness
     self.findings = Metrics.counter('postauth', 'findings')
+    self.updates = Metrics.counter('postauth', 'finding_updates')
 
-  def process(self, kv, pending=beam.DoFn.StateParam(PENDING),
-              flush=beam.DoFn.TimerParam(FLUSH)):
-    _, scored = kv
-    pending.add(scored)
-    runs = split_runs(list(pending.read()))
-    flush.set(min(_run_end(r) for r in runs) + self._size)
+  def process(self, kv, pending=beam.DoFn.StateParam(PENDING), tick=beam.DoFn.TimerParam(TICK)):
+    pending.add(kv[1])
+    tick.set(at_ms(min(timer_ms(_stamp(w['window_end'])) for w in pending.read())))
 
-  @on_timer(FLUSH)
-  def emit(self, fired=beam.DoFn.TimestampParam, pending=beam.DoFn.StateParam(PENDING),
-           flush=beam.DoFn.TimerParam(FLUSH)):
-    runs = split_runs(list(pending.read()))
+  def _expiry(self, run: Dict) -> float:
+    return _run_end(run) + self._size + self._lateness
+
+  @on_timer(TICK)
+  def tick(self, fired=beam.DoFn.TimestampParam, pending=beam.DoFn.StateParam(PENDING),
+           runs_state=beam.DoFn.StateParam(RUNS), tick=beam.DoFn.TimerParam(TICK)):
+    now = fired.micros // 1000
+    waiting = list(pending.read())
+    due = sorted((w for w in waiting if timer_ms(_stamp(w['window_end'])) <= now),
+                 key=lambda w: (w['window_end'], w['window_start']))
+    rest = [w for w in waiting if timer_ms(_stamp(w['window_end'])) > now]
     pending.clear()
-    later = []
-    for run in runs:
-      if _run_end(run) + self._size <= fired:
-        self.findings.inc()
-        yield to_finding(run)
-      else:
-        later.append(run)
-    for run in later:
-      for w in run:
-        pending.add(w)
-    if later:
-      flush.set(min(_run_end(r) for r in later) + self._size)
+    for w in rest:
+      pending.add(w)
+    runs: List[Dict] = runs_state.read() or []
+    for end in sorted({w['window_end'] for w in due}):
+      touched = []
+      for w in (w for w in due if w['window_end'] == end):
+        run = next((r for r in runs if w['window_start'] < _run_end(r)
+                    and min(s for s, _ in r['windows']) < w['window_end']), None)
+        if run is None:
+          run = {'windows': {}, 'finding_id': None, 'first_detected_at': None, 'versions': 0,
+                 'severity': None}
+          runs.append(run)
+        run['windows'][(w['window_start'], w['window_end'])] = w  # a re-scored window replaces its version
+        if not any(run is t for t in touched):
+          touched.append(run)
+      for run in touched:
+        yield TimestampedValue(self._version(run), _stamp(end))
+    runs = [r for r in runs if timer_ms(self._expiry(r)) > now]
+    runs_state.write(runs) if runs else runs_state.clear()
+    nxt = [timer_ms(_stamp(w['window_end'])) for w in rest] + [timer_ms(self._expiry(r)) for r in runs]
+    if nxt:
+      tick.set(at_ms(min(nxt)))
+
+  def _version(self, run: Dict) -> Dict:
+    """The run's finding as of now: the first version, or an update under the same id."""
+    f = to_finding(list(run['windows'].values()))
+    if run['finding_id'] is None:
+      run['finding_id'], run['first_detected_at'] = f['finding_id'], f['first_detected_at']
+      self.findings.inc()
+    else:
+      self.updates.inc()
+    severity = higher(run['severity'], f['severity']) if run['severity'] else f['severity']
+    flags = version_flags(run['severity'], severity)
+    run['pages'] = run.get('pages', 0) + int(flags['page'])
+    f.update(finding_id=run['finding_id'], first_detected_at=run['first_detected_at'],
+             updates=run['versions'], severity=severity, pages=run['pages'], **flags)
+    run['versions'] += 1
+    run['severity'] = severity
+    return f
 
 
 class MergeOverlappingWindows(beam.PTransform):
@@ -259,4 +326,4 @@ class MergeOverlappingWindows(beam.PTransform):
                 window.GlobalWindows(), allowed_lateness=Duration(seconds=self._lateness))
             | 'KeyByIdentity' >> beam.Map(lambda w: (w['identity'], w)).with_output_types(
                 typing.Tuple[str, typing.Any])
-            | 'MergeRuns' >> beam.ParDo(_MergeRunsFn(self._size)))
+            | 'MergeRuns' >> beam.ParDo(_MergeRunsFn(self._size, self._lateness)))

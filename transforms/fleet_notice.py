@@ -21,10 +21,11 @@ from typing import Dict, Iterable, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
-from apache_beam.transforms import window
+from apache_beam.transforms import trigger, window
 from apache_beam.utils import shared
 
 from transforms.findings import rfc3339
+from transforms.versions import first_version
 from transforms.model_cache import acquire_model
 from transforms.taxonomy import HIGH_IMPACT_CATEGORIES
 
@@ -138,6 +139,8 @@ def notice(group: str, action: str, adopters: Dict, day_start: float, model_vers
       'registered': True,
       'occurrences': 1,
       'identities': ids,
+      'first_detected_at': rfc3339(day_start + DAY),  # the day closes: when the notice is emitted
+      **first_version(severity),
   }
 
 
@@ -188,7 +191,10 @@ class FleetChangeNotices(beam.PTransform):
     daily = (window.FixedWindows(DAY) if not windows.is_bounded else window.GlobalWindows())
     return (windows
             | 'NewActions' >> beam.ParDo(NewActionsFn())
-            | 'Daily' >> beam.WindowInto(daily, allowed_lateness=self._lateness)
+            # accumulating: a late window re-fires its day with every adopter, not only the late
+            # one, so the notice is updated (same finding_id) rather than replaced by a partial one
+            | 'Daily' >> beam.WindowInto(daily, allowed_lateness=self._lateness,
+                                         accumulation_mode=trigger.AccumulationMode.ACCUMULATING)
             | 'AdoptersPerAction' >> beam.CombinePerKey(AdoptersFn())
             | 'Notice' >> beam.ParDo(self._fn)
             | 'NoticesGlobal' >> beam.WindowInto(window.GlobalWindows()))

@@ -26,7 +26,9 @@ from apache_beam.io import fileio
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from transforms.compact import LatestVersions, compact_findings, versions_path
 from transforms.parse import dead_letter
+from transforms.versions import version_rank
 from transforms.sinks import WriteJsonLines, WriteParts, clear_parts, compact_parts, parts_dir
 
 SCHEMA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'schemas')
@@ -195,6 +197,11 @@ def finding_to_avro(f: Dict) -> Dict:
   row['last_occurrence'] = _ts(f['last_occurrence']) if f.get('last_occurrence') else None
   row['occurrence_ids'] = list(f.get('occurrence_ids') or [])
   row['identities'] = list(f.get('identities') or [])  # a fleet-change notice's identities
+  row['first_detected_at'] = _ts(f.get('first_detected_at') or f['window_end'])
+  for key in ('updates', 'pages'):
+    row[key] = int(f.get(key) or 0)
+  for key in ('page', 'severity_raised'):
+    row[key] = bool(f.get(key))
   return row
 
 
@@ -228,6 +235,8 @@ def finding_from_avro(row: Dict) -> Dict:
     f.pop('occurrence_ids', None)
   if not f.get('identities'):
     f.pop('identities', None)
+  if row.get('first_detected_at'):
+    f['first_detected_at'] = _rfc3339(row['first_detected_at'])
   if row.get('kind') == 'rule' and not row.get('model_version'):
     f['score_components'] = {}  # an unregistered-identity finding has no model score
   return f
@@ -268,6 +277,9 @@ def finding_to_bigquery(f: Dict) -> Dict:
       'occurrences': int(f.get('occurrences', 1)), 'last_occurrence': f.get('last_occurrence') or None,
       'occurrence_ids': list(f.get('occurrence_ids') or []),
       'identities': list(f.get('identities') or []),
+      'first_detected_at': f.get('first_detected_at') or f['window_end'],
+      'updates': int(f.get('updates') or 0), 'pages': int(f.get('pages') or 0),
+      'page': bool(f.get('page')), 'severity_raised': bool(f.get('severity_raised')),
   }
 
 
@@ -372,7 +384,8 @@ def compact_avro_parts(path: str, schema: Dict, key: str = '') -> int:
   for name in sorted(glob.glob(os.path.join(parts_dir(path), '*.avro'))):
     with open(name, 'rb') as f:
       for record in fastavro.reader(f):
-        if key:
+        if key and (record[key] not in by_key
+                    or version_rank(record) >= version_rank(by_key[record[key]])):
           by_key[record[key]] = record
         else:
           records.append(record)
@@ -411,7 +424,9 @@ def finish_file_sinks(options: PipelineOptions) -> Dict[str, int]:
   out = {}
   for spec, kind in _local_files(options):
     key = 'finding_id' if kind == FINDING else ''
-    if spec.kind == 'jsonl':
+    if spec.kind == 'jsonl' and key:  # the latest version per id, and every version beside it
+      out[spec.target] = compact_findings(spec.target)['findings']
+    elif spec.kind == 'jsonl':
       out[spec.target] = compact_parts(spec.target, key=key)
     else:
       out[spec.target] = compact_avro_parts(spec.target, avro_schema(kind), key=key)
@@ -479,12 +494,19 @@ def apply_sinks(records, specs: List[SinkSpec], record_kind: str, streaming: boo
   for i, spec in enumerate(specs):
     name = f'{label}{spec.kind.capitalize()}{i if i else ""}'
     if spec.kind == 'jsonl':
-      lines = (records | f'{name}ToJson' >> beam.Map(lambda f: json.dumps(f, sort_keys=True))
+      written = records
+      if is_finding and not streaming:  # every version to the log, the latest to the file
+        (records | f'{name}VersionsToJson' >> beam.Map(lambda f: json.dumps(f, sort_keys=True))
+         | f'{name}Versions' >> WriteJsonLines(versions_path(spec.target), streaming))
+        written = records | f'{name}Latest' >> LatestVersions()
+      lines = (written | f'{name}ToJson' >> beam.Map(lambda f: json.dumps(f, sort_keys=True))
                if is_finding else records)
       lines | name >> WriteJsonLines(spec.target, streaming)
     elif spec.kind == 'avro':
       convert = finding_to_avro if is_finding else dead_letter_record
-      (records | f'{name}ToAvro' >> beam.Map(convert)
+      written = (records | f'{name}Latest' >> LatestVersions()
+                 if is_finding and not streaming else records)
+      (written | f'{name}ToAvro' >> beam.Map(convert)
        | name >> WriteAvro(spec.target, avro_schema(record_kind), streaming))
     elif spec.kind == 'pubsub':
       failed = records | name >> PublishToPubSub(

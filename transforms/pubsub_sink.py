@@ -135,6 +135,12 @@ def finding_message(finding: Dict) -> Message:
   attrs = {k: str(finding.get(k, ''))[:1024] for k in ('severity', 'identity', 'finding_id',
                                                        'model_version', 'identity_type')}
   attrs['score'] = f'{float(finding.get("score", 0.0)):.3f}'
+  # One message per version (transforms/versions.py): a subscriber keeps the highest ``updates``
+  # per finding_id; a pager subscribes with the filter attributes.page = "true".
+  updates = int(finding.get('updates') or 0)
+  attrs.update(updates=str(updates), update=str(updates > 0).lower(),
+               page=str(bool(finding.get('page'))).lower(),
+               severity_raised=str(bool(finding.get('severity_raised'))).lower())
   return json.dumps(finding, sort_keys=True).encode('utf-8'), attrs
 
 

@@ -24,6 +24,8 @@ from apache_beam.io import fileio
 from apache_beam.transforms import trigger, window
 from apache_beam.utils.timestamp import Duration
 
+from transforms.versions import version_rank
+
 PART_LATENESS = Duration(seconds=365 * 86400)
 
 
@@ -86,7 +88,7 @@ def clear_parts(path: str) -> None:
 
 def compact_parts(path: str, key: str = '') -> int:
   """Joins streaming part files into ``path``; with ``key``, keeps one line per key: the
-  latest version (highest ``occurrences``, as re-emitted by deduplication)."""
+  latest version (highest ``updates``, then ``occurrences``: transforms/versions.py)."""
   files = sorted(glob.glob(os.path.join(parts_dir(path), '*.jsonl')))
   lines: List[str] = []
   by_key = {}
@@ -98,7 +100,7 @@ def compact_parts(path: str, key: str = '') -> int:
           continue
         if key:
           record = json.loads(line)
-          rank = record.get('occurrences', 1) if isinstance(record, dict) else 1
+          rank = version_rank(record) if isinstance(record, dict) else (0, 1, '')
           if record[key] not in by_key or rank >= by_key[record[key]][0]:
             by_key[record[key]] = (rank, line)
         else:

@@ -2,7 +2,8 @@
 
 Suppression: an allow-list file of entries ``{"identity", "rule", "action",
 "resource", "expires", "reason"}`` (globs; ``rule`` matches a rule or feature
-name; ``expires`` is RFC 3339, compared with the finding's event time so a
+name; ``expires`` is RFC 3339, compared with when the finding was first emitted
+(``first_detected_at``, the same for all its versions) so a
 replay judges as the live job did). A reason is suppressed when an unexpired
 entry matches it; a finding whose every reason is suppressed goes to the
 ``suppressed`` output, with the entries that matched, instead of disappearing.
@@ -11,6 +12,8 @@ Deduplication: a finding whose reasons were all reported for the same identity
 within ``period`` is folded into the earlier finding: the earlier finding is
 re-emitted with the same ``finding_id`` and a higher ``occurrences`` count (sinks
 keep the latest version per id), so a responder gets one alert, not one per hour.
+Updates of one finding (same ``finding_id``) are its versions, not repeats; the
+dedup step numbers what reaches the sinks (transforms/versions.py).
 """
 from __future__ import annotations
 
@@ -27,6 +30,10 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms import window
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.transforms.window import TimestampedValue
+
+from transforms.findings import at_ms, timer_ms
+from transforms.versions import stamp
 
 SUPPRESSED = 'suppressed'
 
@@ -44,7 +51,7 @@ class AllowEntry(typing.NamedTuple):
   reason: str
 
   def matches(self, finding: Dict, r: Dict) -> bool:
-    if finding_end(finding) >= self.expires:
+    if finding_time(finding) >= self.expires:
       return False
     if not fnmatch.fnmatchcase(finding['identity'], self.identity):
       return False
@@ -63,6 +70,12 @@ class AllowEntry(typing.NamedTuple):
 
 def finding_end(finding: Dict) -> float:
   return _epoch(finding['window_end'])
+
+
+def finding_time(finding: Dict) -> float:
+  """When the finding was first emitted: the same for all its versions, so an entry that
+  suppressed a finding keeps suppressing its updates (``window_end`` grows with them)."""
+  return _epoch(finding.get('first_detected_at') or finding['window_end'])
 
 
 def load_allowlist(path: Optional[str]) -> List[AllowEntry]:
@@ -149,69 +162,137 @@ def _reason_key(r: Dict) -> str:
 
 
 class _DedupFn(beam.DoFn):
-  """(identity, finding) -> new findings, and earlier findings re-emitted with their new count.
+  """(identity, finding version) -> versions for the sinks: new findings, their updates, and
+  earlier findings re-emitted with their new count; each numbered by ``versions.stamp``.
 
-  Findings are buffered and handled in event-time order on a watermark timer,
-  so batch (any arrival order) and streaming give the same result.
+  Versions wait for the watermark (a timer at the earliest) and are handled in
+  event-time order, each on its own, so batch (any arrival order) and streaming
+  emit the same versions. An update of a finding is a version, never a repeat:
+  it replaces the finding it updates. An update of a finding folded as a repeat
+  stays folded while it adds no new reason; once it does, it is shown on its own
+  (and its count leaves the finding it was folded into).
   """
 
   PENDING = BagStateSpec('pending', PickleCoder())
   REPORTED = ReadModifyWriteStateSpec('reported', PickleCoder())
+  SENT = ReadModifyWriteStateSpec('sent', PickleCoder())
   FLUSH = TimerSpec('flush', TimeDomain.WATERMARK)
 
-  def __init__(self, period_seconds: float):
+  def __init__(self, period_seconds: float, retention_seconds: float = 86400.0):
     self._period = period_seconds
+    self._retention = max(retention_seconds, period_seconds)
     self.folded = Metrics.counter('postauth', 'findings_deduplicated')
 
   def process(self, kv, ts=beam.DoFn.TimestampParam, pending=beam.DoFn.StateParam(PENDING),
               flush=beam.DoFn.TimerParam(FLUSH)):
-    pending.add(kv[1])
-    flush.set(ts)
+    pending.add((timer_ms(ts), kv[1]))  # whole milliseconds, as timers carry them
+    flush.set(at_ms(min(t for t, _ in pending.read())))
 
   @on_timer(FLUSH)
-  def flush(self, pending=beam.DoFn.StateParam(PENDING), reported=beam.DoFn.StateParam(REPORTED)):
-    items = sorted(pending.read(), key=lambda f: (f['window_start'], f['finding_id']))
+  def flush(self, fired=beam.DoFn.TimestampParam, pending=beam.DoFn.StateParam(PENDING),
+            reported=beam.DoFn.StateParam(REPORTED), sent_state=beam.DoFn.StateParam(SENT),
+            flush=beam.DoFn.TimerParam(FLUSH)):
+    now = fired.micros // 1000
+    waiting = list(pending.read())
+    due = sorted((x for x in waiting if x[0] <= now),
+                 key=lambda x: (x[0], x[1]['window_start'], x[1].get('updates', 0), x[1]['finding_id']))
+    rest = [x for x in waiting if x[0] > now]
     pending.clear()
-    if not items:
+    for x in rest:
+      pending.add(x)
+    if rest:
+      flush.set(at_ms(min(t for t, _ in rest)))
+    if not due:
       return
     known: List[Dict[str, Any]] = reported.read() or []
-    emit: Dict[str, Dict] = {}
-    for f in items:
-      start = _epoch(f['window_start'])
-      keys = reason_keys(f)
-      original = next((k for k in known if keys and keys <= k['keys']
-                       and start - k['last'] <= self._period
-                       and k['finding']['finding_id'] != f['finding_id']), None)
-      if original is None:
-        known.append({'keys': keys, 'last': _epoch(f['window_end']), 'finding': f})
-        emit[f['finding_id']] = f
-        continue
-      self.folded.inc()
-      base = original['finding']
-      updated = dict(base, occurrences=base.get('occurrences', 1) + f.get('occurrences', 1),
-                     last_occurrence=f['window_end'],
-                     occurrence_ids=(base.get('occurrence_ids') or []) + [f['finding_id']])
-      original['finding'] = updated
-      original['last'] = max(original['last'], _epoch(f['window_end']))
-      emit[updated['finding_id']] = updated
-    horizon = max(k['last'] for k in known) - self._period
-    reported.write([k for k in known if k['last'] >= horizon])
-    for f in emit.values():
+    sent: Dict[str, Dict] = sent_state.read() or {}
+    for ms, f in due:
+      for out in self._handle(known, f):
+        yield TimestampedValue(stamp(sent, out, ms / 1000.0), at_ms(ms))
+    if known:
+      horizon = max(k['last'] for k in known) - self._retention
+      known = [k for k in known if k['last'] >= horizon]
+    reported.write(known)
+    newest = max(v['seen'] for v in sent.values()) if sent else 0.0
+    sent_state.write({k: v for k, v in sent.items() if v['seen'] >= newest - self._retention})
+
+  def _handle(self, known: List[Dict[str, Any]], f: Dict) -> Iterable[Dict]:
+    """The versions ``f`` sends to the sinks (none when it is a repeat adding nothing)."""
+    fid = f['finding_id']
+    keys = reason_keys(f)
+    shown = next((k for k in known if k['finding']['finding_id'] == fid), None)
+    if shown is not None:  # an update of a finding already shown: it replaces it
+      base = shown['finding']
+      updated = dict(f, occurrences=base.get('occurrences', 1))
+      for field in ('last_occurrence', 'occurrence_ids'):
+        if base.get(field):
+          updated[field] = base[field]
+      shown.update(finding=updated, keys=keys, own=f['window_end'])
+      _refresh(shown)
+      yield shown['finding']
+      return
+    host = next((k for k in known if fid in (k['finding'].get('occurrence_ids') or [])), None)
+    if host is not None:
+      if keys <= host['keys']:  # still a repeat: the finding it was folded into may last longer
+        before = host['finding'].get('last_occurrence')
+        host['ends'][fid] = f['window_end']
+        _refresh(host)
+        if host['finding'].get('last_occurrence') != before:
+          yield host['finding']
+        return
+      # no longer a repeat: its count and its span leave the finding it was folded into
+      self.folded.dec()  # the counter says how many findings end folded
+      del host['ends'][fid]
+      host['finding'] = dict(host['finding'], occurrences=host['finding']['occurrences'] - 1,
+                             occurrence_ids=[i for i in host['finding']['occurrence_ids'] if i != fid])
+      _refresh(host)
+      yield host['finding']
+    start = _epoch(f['window_start'])
+    original = (None if self._period <= 0 else
+                next((k for k in known if keys and keys <= k['keys'] and start - k['last'] <= self._period
+                      and k['finding']['finding_id'] != fid), None))
+    if original is None:
+      known.append({'keys': keys, 'last': _epoch(f['window_end']), 'finding': f,
+                    'own': f['window_end'], 'ends': {}})
       yield f
+      return
+    self.folded.inc()
+    base = original['finding']
+    original['finding'] = dict(base, occurrences=base.get('occurrences', 1) + f.get('occurrences', 1),
+                               occurrence_ids=(base.get('occurrence_ids') or []) + [fid])
+    original['ends'][fid] = f['window_end']
+    _refresh(original)
+    yield original['finding']
+
+
+def _refresh(entry: Dict[str, Any]) -> None:
+  """An entry's reach (its own end or its latest repeat's) and its ``last_occurrence``."""
+  ends = entry.setdefault('ends', {})
+  own = entry.setdefault('own', entry['finding']['window_end'])
+  entry['last'] = _epoch(max([own] + list(ends.values())))
+  finding = dict(entry['finding'])
+  if ends:
+    finding['last_occurrence'] = max(ends.values())
+  else:
+    finding.pop('last_occurrence', None)
+  if not finding.get('occurrence_ids'):
+    finding.pop('occurrence_ids', None)  # as a finding that never had a repeat
+  entry['finding'] = finding
 
 
 class DeduplicateFindings(beam.PTransform):
-  """Findings -> one finding per identity and reason set within ``period_seconds``."""
+  """Findings -> one finding per identity and reason set within ``period_seconds``, every
+  version numbered for the sinks (``updates``, ``page``: transforms/versions.py).
+  With a period of 0 nothing is folded; versions are still numbered."""
 
-  def __init__(self, period_seconds: float):
+  def __init__(self, period_seconds: float, retention_seconds: float = 86400.0):
     super().__init__()
     self._period = period_seconds
+    self._retention = retention_seconds
 
   def expand(self, findings):
-    if self._period <= 0:
-      return findings
     return (findings
             | 'GlobalWindow' >> beam.WindowInto(window.GlobalWindows())
             | 'KeyByIdentity' >> beam.Map(lambda f: (f['identity'], f)).with_output_types(
                 typing.Tuple[str, typing.Any])
-            | 'FoldRepeats' >> beam.ParDo(_DedupFn(self._period)))
+            | 'FoldRepeats' >> beam.ParDo(_DedupFn(self._period, self._retention)))

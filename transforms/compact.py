@@ -1,0 +1,117 @@
+"""The latest version of each finding, for file sinks: what a consumer keeps.
+
+Findings are emitted early and updated (transforms/versions.py): several versions
+share one ``finding_id`` and the latest is the one with the highest ``updates``
+(then ``occurrences``). File sinks give both views:
+
+- ``PATH``: one line per finding, its latest version (what the job wrote before
+  findings had versions, so readers of ``PATH`` see no change);
+- ``PATH`` with ``.versions`` before the extension (``findings.versions.jsonl``):
+  every version, as Pub/Sub and BigQuery receive them (JSON lines only).
+
+A batch job writes both itself (``LatestVersions``, a combiner per id). A
+streaming job writes every version to ``PATH.parts/`` as it goes; a finished
+bounded replay compacts them into both files, and ``postauth compact --findings
+PATH`` does it for a running job (``compact_findings``).
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+from typing import Dict, List, Optional, Tuple
+
+import apache_beam as beam
+
+from transforms.versions import version_rank
+
+
+def versions_path(path: str) -> str:
+  """``out/findings.jsonl`` -> ``out/findings.versions.jsonl``."""
+  head, tail = os.path.split(path)
+  stem, dot, ext = tail.rpartition('.')
+  name = f'{stem}.versions.{ext}' if dot and stem else f'{tail}.versions'
+  return os.path.join(head, name) if head else name
+
+
+class LatestFn(beam.CombineFn):
+  """Versions of one finding -> its latest version."""
+
+  def create_accumulator(self):
+    return None
+
+  def add_input(self, acc, finding):
+    return finding if acc is None or version_rank(finding) >= version_rank(acc) else acc
+
+  def merge_accumulators(self, accs):
+    out = None
+    for a in accs:
+      if a is not None:
+        out = self.add_input(out, a)
+    return out
+
+  def extract_output(self, acc):
+    return acc
+
+
+class LatestVersions(beam.PTransform):
+  """Finding versions -> one finding per ``finding_id``, its latest version (bounded input)."""
+
+  def expand(self, findings):
+    return (findings
+            | 'ById' >> beam.Map(lambda f: (f['finding_id'], f))
+            | 'Latest' >> beam.CombinePerKey(LatestFn())
+            | 'Drop ids' >> beam.Values())
+
+
+def latest_lines(lines: List[str]) -> Tuple[List[str], List[str]]:
+  """JSON lines of finding versions -> (latest line per id, first-seen order; every line in version order)."""
+  parsed = [(json.loads(line), line) for line in lines if line.strip()]
+  best: Dict[str, Tuple[tuple, int, str]] = {}
+  order: List[str] = []
+  for n, (f, line) in enumerate(parsed):
+    fid = f['finding_id']
+    rank = version_rank(f)
+    if fid not in best:
+      order.append(fid)
+      best[fid] = (rank, n, line)
+    elif rank >= best[fid][0]:
+      best[fid] = (rank, n, line)
+  ordered = [line for _, line in sorted(
+      ((f.get('first_detected_at') or f.get('window_end') or '', version_rank(f), n), line)
+      for n, (f, line) in enumerate(parsed))]
+  return [best[fid][2] for fid in order], ordered
+
+
+def compact_findings(path: str, parts: Optional[List[str]] = None) -> Dict[str, int]:
+  """Writes ``path`` (latest version per id) and its versions log from a streaming job's part
+  files (``path.parts/*.jsonl``), or from the versions log when there are no parts."""
+  from transforms.sinks import parts_dir
+  if parts is None:
+    parts = sorted(glob.glob(os.path.join(parts_dir(path), '*.jsonl')))
+  lines: List[str] = []
+  sources = parts or ([versions_path(path)] if os.path.exists(versions_path(path)) else [])
+  for name in sources:
+    with open(name) as f:
+      lines += [l.rstrip('\n') for l in f if l.strip()]
+  latest, ordered = latest_lines(lines)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  for target, rows in ((path, latest), (versions_path(path), ordered)):
+    tmp = target + '.tmp'
+    with open(tmp, 'w') as f:
+      for line in rows:
+        f.write(line + '\n')
+    os.replace(tmp, target)
+  return {'findings': len(latest), 'versions': len(ordered)}
+
+
+def cmd_compact(argv: List[str]) -> int:
+  """`postauth compact --findings PATH`: the latest view of a (running) streaming job's findings."""
+  ap = argparse.ArgumentParser(prog='postauth compact', description=cmd_compact.__doc__)
+  ap.add_argument('--findings', required=True,
+                  help='The --findings path of a streaming job (its parts are PATH.parts/*.jsonl).')
+  a = ap.parse_args(argv)
+  counts = compact_findings(a.findings)
+  print(json.dumps({'latest': a.findings, 'versions': versions_path(a.findings), **counts}))
+  return 0
