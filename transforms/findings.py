@@ -24,6 +24,8 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, TimerSpec, on_timer
 from apache_beam.utils.timestamp import Duration
 
+from transforms import evidence
+
 SEVERITY_ORDER = {'low': 0, 'medium': 1, 'high': 2, 'critical': 3}
 
 
@@ -124,7 +126,7 @@ def to_finding(windows: List[Dict]) -> Dict:
       actions[a] = max(actions.get(a, 0), n)
     for r, n in w.get('resources', {}).items():
       resources[r] = max(resources.get(r, 0), n)
-  return {
+  finding = {
       'finding_id': finding_id(top['identity'], start, end),
       'kind': 'anomaly' if any(w.get('model_flagged', True) for w in windows) else 'rule',
       'identity': top['identity'],
@@ -151,6 +153,8 @@ def to_finding(windows: List[Dict]) -> Dict:
       'registered': ctx.get('registered', 'false') == 'true',
       'occurrences': 1,
   }
+  finding.update(evidence.pick(windows, reasons))  # events behind the top reasons, calls per action
+  return finding
 
 
 def unregistered_finding(window, context: Dict) -> Dict:
@@ -159,7 +163,7 @@ def unregistered_finding(window, context: Dict) -> Dict:
   day = rfc3339(window.window_end - 1)[:10]
   top = sorted(agg.actions, key=lambda a: (-agg.actions[a], a))[:5]
   severity, basis = contextual_severity('medium', context)
-  return {
+  finding = {
       'finding_id': hashlib.sha256(f'{window.identity}|unregistered|{day}'.encode()).hexdigest()[:24],
       'kind': 'rule',
       'identity': window.identity,
@@ -186,6 +190,8 @@ def unregistered_finding(window, context: Dict) -> Dict:
       'registered': False,
       'occurrences': 1,
   }
+  finding.update(evidence.from_aggregate(agg, finding['reasons'], window.window_start, window.window_end))
+  return finding
 
 
 def split_runs(windows: List[Dict]) -> List[List[Dict]]:

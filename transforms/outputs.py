@@ -59,20 +59,24 @@ class SinkSpec(typing.NamedTuple):
   kind: str  # jsonl | avro | pubsub | bigquery
   target: str  # a path, projects/P/topics/T, or PROJECT:DATASET.TABLE
   uri: str
+  format: str = 'postauth'  # or 'ocsf': OCSF Detection Findings (PATH.ocsf.jsonl, ?format=ocsf)
 
 
 def parse_sink(uri: str, default_kind: Optional[str] = None) -> SinkSpec:
   """A sink URI -> SinkSpec; ValueError saying what is accepted when it is not understood."""
   u = (uri or '').strip()
-  accepted = ('use PATH.jsonl, PATH.avro, pubsub://projects/P/topics/T (or projects/P/topics/T) '
-              'or bq://PROJECT:DATASET.TABLE')
+  accepted = ('use PATH.jsonl, PATH.ocsf.jsonl, PATH.avro, pubsub://projects/P/topics/T '
+              '(or projects/P/topics/T; ?format=ocsf for OCSF) or bq://PROJECT:DATASET.TABLE')
   if not u:
     raise ValueError(f'empty sink URI: {accepted}')
   if u.startswith('pubsub://') or u.startswith('projects/'):
     topic = u[len('pubsub://'):] if u.startswith('pubsub://') else u
+    topic, _, query = topic.partition('?')
     if not TOPIC_RE.match(topic):
       raise ValueError(f'sink {uri!r}: not a Pub/Sub topic path projects/PROJECT/topics/TOPIC')
-    return SinkSpec('pubsub', topic, u)
+    if query not in ('', 'format=ocsf', 'format=postauth'):
+      raise ValueError(f'sink {uri!r}: unknown query {query!r}; only ?format=ocsf is understood')
+    return SinkSpec('pubsub', topic, u, 'ocsf' if query == 'format=ocsf' else 'postauth')
   if u.startswith('bq://') or u.startswith('bigquery://'):
     spec = u.split('://', 1)[1]
     m = TABLE_RE.match(spec)
@@ -84,6 +88,8 @@ def parse_sink(uri: str, default_kind: Optional[str] = None) -> SinkSpec:
     raise ValueError(f'sink {uri!r}: unknown scheme {scheme}://; {accepted}')
   if u.endswith('.avro'):
     return SinkSpec('avro', u, u)
+  if u.endswith('.ocsf.jsonl'):
+    return SinkSpec('jsonl', u, u, 'ocsf')
   if u.endswith(('.jsonl', '.json', '.ndjson')) or default_kind == 'jsonl':
     return SinkSpec('jsonl', u, u)
   raise ValueError(f'sink {uri!r}: cannot tell its kind; {accepted}')
@@ -410,7 +416,7 @@ def finish_file_sinks(options: PipelineOptions) -> Dict[str, int]:
   """Compacts the parts of a finished (bounded) streaming replay; returns records per path."""
   out = {}
   for spec, kind in _local_files(options):
-    key = 'finding_id' if kind == FINDING else ''
+    key = ('finding_info.uid' if spec.format == 'ocsf' else 'finding_id') if kind == FINDING else ''
     if spec.kind == 'jsonl':
       out[spec.target] = compact_parts(spec.target, key=key)
     else:
@@ -478,7 +484,15 @@ def apply_sinks(records, specs: List[SinkSpec], record_kind: str, streaming: boo
   failures = []
   for i, spec in enumerate(specs):
     name = f'{label}{spec.kind.capitalize()}{i if i else ""}'
-    if spec.kind == 'jsonl':
+    if spec.format == 'ocsf' and is_finding:
+      from transforms.ocsf_finding import ocsf_message, to_ocsf_json
+      if spec.kind == 'pubsub':
+        failures.append(records | name >> PublishToPubSub(
+            spec.target, ocsf_message, retries=so.publish_retries, backoff=so.publish_backoff,
+            timeout=so.publish_timeout, raise_on_failure=False))
+      else:
+        records | f'{name}ToOcsf' >> beam.Map(to_ocsf_json) | name >> WriteJsonLines(spec.target, streaming)
+    elif spec.kind == 'jsonl':
       lines = (records | f'{name}ToJson' >> beam.Map(lambda f: json.dumps(f, sort_keys=True))
                if is_finding else records)
       lines | name >> WriteJsonLines(spec.target, streaming)

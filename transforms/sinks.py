@@ -98,9 +98,12 @@ def compact_parts(path: str, key: str = '') -> int:
           continue
         if key:
           record = json.loads(line)
-          rank = record.get('occurrences', 1) if isinstance(record, dict) else 1
-          if record[key] not in by_key or rank >= by_key[record[key]][0]:
-            by_key[record[key]] = (rank, line)
+          rank = record.get('occurrences', record.get('count', 1)) if isinstance(record, dict) else 1
+          value = record
+          for part in key.split('.'):  # a dotted key: OCSF's finding_info.uid
+            value = value[part]
+          if value not in by_key or rank >= by_key[value][0]:
+            by_key[value] = (rank, line)
         else:
           lines.append(line)
   if key:
