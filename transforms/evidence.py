@@ -227,6 +227,9 @@ def pick(windows: Sequence[Dict], reasons: Sequence[Dict], limit: int = MAX_EVID
       if at[i] < len(lst) and len(chosen) < limit:
         chosen[lst[at[i]][3]] = key
         at[i] += 1
+  if not chosen and ranked:  # no event names what the top reasons say: the earliest ones
+    for k in sorted(pool, key=lambda k: (pool[k]['time'], pool[k]['event_id']))[:limit]:
+      chosen[k] = ranked[0][0]
   evidence = sorted((_public(pool[k], why) for k, why in chosen.items()),
                     key=lambda e: (e['time'], e['event_id']))
   window_actions = [{'window_start': _time(w['window_start']), 'window_end': _time(w['window_end']),

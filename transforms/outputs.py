@@ -201,6 +201,9 @@ def finding_to_avro(f: Dict) -> Dict:
   row['last_occurrence'] = _ts(f['last_occurrence']) if f.get('last_occurrence') else None
   row['occurrence_ids'] = list(f.get('occurrence_ids') or [])
   row['identities'] = list(f.get('identities') or [])  # a fleet-change notice's identities
+  row['evidence'] = [dict(e, new=list(e.get('new') or [])) for e in f.get('evidence') or []]
+  row['window_actions'] = [dict(w, actions={str(k): int(v) for k, v in w['actions'].items()})
+                           for w in f.get('window_actions') or []]
   return row
 
 
@@ -234,6 +237,9 @@ def finding_from_avro(row: Dict) -> Dict:
     f.pop('occurrence_ids', None)
   if not f.get('identities'):
     f.pop('identities', None)
+  for key in ('evidence', 'window_actions'):  # a fleet-change notice has neither
+    if not f.get(key):
+      f.pop(key, None)
   if row.get('kind') == 'rule' and not row.get('model_version'):
     f['score_components'] = {}  # an unregistered-identity finding has no model score
   return f
@@ -274,6 +280,8 @@ def finding_to_bigquery(f: Dict) -> Dict:
       'occurrences': int(f.get('occurrences', 1)), 'last_occurrence': f.get('last_occurrence') or None,
       'occurrence_ids': list(f.get('occurrence_ids') or []),
       'identities': list(f.get('identities') or []),
+      'evidence': [dict(e, new=list(e.get('new') or [])) for e in f.get('evidence') or []],
+      'window_actions': [dict(w, actions=_counted(w.get('actions'))) for w in f.get('window_actions') or []],
   }
 
 
