@@ -3,8 +3,8 @@
 A window's aggregate keeps counts, not events; a finding must still name the events
 behind its reasons by the provider's own id (CloudTrail ``eventID``, GCP ``insertId``,
 Kubernetes ``auditID``, OCSF ``metadata.uid``) and say where each was read. So every
-aggregate also keeps, per action, its first ``2`` and last ``1`` events, and per source
-network its first and last: at most ``MAX_ACTIONS * 3 + MAX_NETWORKS * 2`` samples,
+aggregate also keeps, per action, its first and last events, and per source
+network its first and last: at most ``MAX_ACTIONS * 2 + MAX_NETWORKS * 2`` samples,
 whatever the window's volume. The selection is exact under merging (the first k of a
 union are among the first k of each part), so panes merge into windows, and batch
 and streaming keep the same samples (ties broken by event id).
@@ -24,7 +24,7 @@ from transforms.taxonomy import SENSITIVE_CATEGORIES
 
 MAX_ACTIONS = 32  # distinct actions sampled per window (beyond them: counted, not sampled)
 MAX_NETWORKS = 8
-KEEP = {'a': (2, 1), 'n': (1, 1)}  # key kind -> (first, last) events kept per key
+KEEP = {'a': (1, 1), 'n': (1, 1)}  # key kind -> (first, last) events kept per key
 MAX_TEXT = 256  # characters kept of resource, user agent, reference
 MAX_EVIDENCE = 20  # events per finding
 MAX_WINDOW_ACTIONS = 50  # actions listed per window of a finding
@@ -111,17 +111,43 @@ def samples(store: Store) -> List[Sample]:
 
 
 def encode(store: Store) -> list:
-  """[distinct samples, {key: [indices]}]: an event kept under two keys is written once."""
-  distinct = samples(store)
-  index = {s: i for i, s in enumerate(distinct)}
-  return [[list(s) for s in distinct], {k: [index[s] for s in lst] for k, lst in store.items()}]
+  """[strings, rows, {key: [row indices]}], JSON-able and compact.
+
+  An event kept under two keys is written once (samples are shared objects, found by
+  ``id``); the two long strings that repeat within a window (the user agent and the
+  file it was read from) go to a table once and rows hold their index.
+  """
+  rows, index, strings, slots, keys = [], {}, [], {}, {}
+  for k, lst in store.items():
+    out = []
+    for s in lst:
+      i = index.get(id(s))
+      if i is None:
+        i = index[id(s)] = len(rows)
+        source, sep, at = s[10].rpartition('#')
+        if not sep:
+          source, at = s[10], None
+        ua = slots.get(s[7])
+        if ua is None:
+          ua = slots[s[7]] = len(strings)
+          strings.append(s[7])
+        src = slots.get(source)
+        if src is None:
+          src = slots[source] = len(strings)
+          strings.append(source)
+        rows.append((*s[:7], ua, *s[8:10], src, at))
+      out.append(i)
+    keys[k] = out
+  return [strings, rows, keys]
 
 
 def decode(v: Optional[list]) -> Store:
   if not v:
     return {}
-  distinct = [tuple(s) for s in v[0]]
-  return {k: [distinct[i] for i in idx] for k, idx in v[1].items()}
+  strings, rows, keys = v
+  built = [(*r[:7], strings[r[7]], r[8], r[9],
+            strings[r[10]] if r[11] is None else f'{strings[r[10]]}#{r[11]}') for r in rows]
+  return {k: [built[i] for i in idx] for k, idx in keys.items()}
 
 
 # -- at scoring: flag what is new to the identity --------------------------------------------
