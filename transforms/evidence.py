@@ -210,7 +210,7 @@ def _relevance(reason: Dict, ev: Dict) -> int:
   if ('error' in key or 'denied' in key) and ev.get('error_code'):
     score += 4
   if key in ALL_EVENTS and score == 0:
-    score = 1
+    score = 1  # every event is behind a volume or breadth reason
   return score
 
 
@@ -237,21 +237,23 @@ def pick(windows: Sequence[Dict], reasons: Sequence[Dict], limit: int = MAX_EVID
   """Up to ``limit`` events behind the finding's top reasons, taken in turn per reason
   (most relevant first, then earliest); and each window's calls per action."""
   pool: Dict[Tuple[str, float], Dict] = {}
-  for w in sorted(windows, key=lambda w: -w.get('score', 0.0)):
+  for w in sorted(windows, key=lambda w: (-w.get('score', 0.0), w['window_start'], w['window_end'])):
     for ev in (w.get('evidence') or {}).get('events', ()):
       pool.setdefault((ev['event_id'], ev['time']), ev)
   ranked = []
   for r in list(reasons)[:top_reasons]:
-    scored = [(-_relevance(r, ev), ev['time'], ev['event_id'], k) for k, ev in pool.items()]
+    # ties: the event with more that is new to the identity, then the earliest
+    scored = [(-_relevance(r, ev), -len(ev.get('new', ())), ev['time'], ev['event_id'], k)
+              for k, ev in pool.items()]
     ranked.append((r.get('rule') or r.get('feature') or '', [x for x in sorted(scored) if x[0] < 0]))
   chosen: Dict[Tuple[str, float], str] = {}
   at = [0] * len(ranked)
   while len(chosen) < limit and any(at[i] < len(lst) for i, (_, lst) in enumerate(ranked)):
     for i, (key, lst) in enumerate(ranked):
-      while at[i] < len(lst) and lst[at[i]][3] in chosen:
+      while at[i] < len(lst) and lst[at[i]][-1] in chosen:
         at[i] += 1  # already backing an earlier reason
       if at[i] < len(lst) and len(chosen) < limit:
-        chosen[lst[at[i]][3]] = key
+        chosen[lst[at[i]][-1]] = key
         at[i] += 1
   if not chosen and ranked:  # no event names what the top reasons say: the earliest ones
     for k in sorted(pool, key=lambda k: (pool[k]['time'], pool[k]['event_id']))[:limit]:

@@ -92,6 +92,8 @@ def to_ocsf(f: Dict, product_version: str = '') -> Dict:
   identity = {'uid': f['identity'], 'name': f['identity'], 'type': f.get('identity_type') or 'identity'}
   if f.get('owner'):
     identity['owner'] = {'name': f['owner']}
+    if '@' in f['owner']:
+      identity['owner']['email_addr'] = f['owner']
   if f.get('team'):
     identity['group'] = {'name': f['team'], 'type': 'team'}
   labels = [f'{k}:{f[k]}' for k in ('environment', 'criticality') if f.get(k)]
