@@ -90,7 +90,8 @@ class WindowAggregate:
     # A bounded sample of the events themselves, with their ids: transforms/evidence.py.
     self.evidence: evidence_sample.Store = {}
 
-  def add(self, e: Event, pane_seconds: Optional[int] = None) -> 'WindowAggregate':
+  def add(self, e: Event, pane_seconds: Optional[int] = None,
+          sample: bool = True) -> 'WindowAggregate':
     self.count += 1
     if not e.success:
       self.errors += 1
@@ -115,7 +116,8 @@ class WindowAggregate:
       elif e.event_time > span[1]:
         span[1] = e.event_time
     self.overflow += spill
-    evidence_sample.add(self.evidence, e, action, net)
+    if sample:  # training needs no evidence: it skips the sample's cost
+      evidence_sample.add(self.evidence, e, action, net)
     self.overflow += _bump(self.agents, agent_family(e.user_agent))
     self.overflow += _bump(self.regions, e.region)
     if pane_seconds:
@@ -258,8 +260,9 @@ beam.coders.registry.register_coder(WindowAggregate, WindowAggregateCoder)
 class WindowAggregateFn(beam.CombineFn):
   """Events -> WindowAggregate; also merges pane aggregates into window aggregates."""
 
-  def __init__(self, pane_seconds: Optional[int] = None):
+  def __init__(self, pane_seconds: Optional[int] = None, evidence: bool = True):
     self._pane_seconds = pane_seconds
+    self._evidence = evidence
 
   def create_accumulator(self) -> WindowAggregate:
     return WindowAggregate()
@@ -267,7 +270,7 @@ class WindowAggregateFn(beam.CombineFn):
   def add_input(self, acc: WindowAggregate, element) -> WindowAggregate:
     if isinstance(element, WindowAggregate):
       return acc.merge(element)
-    return acc.add(element, self._pane_seconds)
+    return acc.add(element, self._pane_seconds, self._evidence)
 
   def merge_accumulators(self, accs: Iterable[WindowAggregate]) -> WindowAggregate:
     accs = iter(accs)

@@ -99,6 +99,10 @@ def add(store: Store, e: Event, action: str, network: str) -> None:
 
 
 def merge(store: Store, other: Store) -> None:
+  if not store:  # merging into a fresh accumulator (common): other already obeys the bounds
+    for key, samples in other.items():
+      store[key] = list(samples)
+    return
   for key, samples in other.items():
     cap = MAX_ACTIONS if key[0] == 'a' else MAX_NETWORKS
     for s in samples:
