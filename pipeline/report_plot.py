@@ -10,7 +10,7 @@ import html
 import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
-W, H = 760, 190
+W, H = 1000, 200
 LEFT, RIGHT, TOP, BOTTOM = 46, 12, 12, 26
 DAY = 86400
 
@@ -38,8 +38,8 @@ def svg(series: Dict[float, int], finding_windows: Sequence[Tuple[float, float, 
   def x(t: float) -> float:
     return LEFT + (W - LEFT - RIGHT) * (t - t0) / (t1 - t0)
 
-  def y(v: float) -> float:
-    return TOP + (H - TOP - BOTTOM) * (1 - min(v, ymax) / ymax)
+  def y(v: float) -> float:  # square-root scale: a burst and the baseline both stay visible
+    return TOP + (H - TOP - BOTTOM) * (1 - math.sqrt(max(min(v, ymax), 0) / ymax))
 
   parts = [f'<svg class="plot" role="img" aria-label="{_esc(label)}" width="{W}" height="{H}" '
            f'viewBox="0 0 {W} {H}" xmlns="http://www.w3.org/2000/svg">',
@@ -63,6 +63,9 @@ def svg(series: Dict[float, int], finding_windows: Sequence[Tuple[float, float, 
                  f'{_esc(_day(e))} {c} calls</title></circle>')
   parts.append(f'<text x="{LEFT - 4}" y="{TOP + 9}" text-anchor="end" font-size="10">{int(math.ceil(ymax))}</text>')
   parts.append(f'<text x="{LEFT - 4}" y="{H - BOTTOM}" text-anchor="end" font-size="10">0</text>')
+  for tick in sorted({max(1, round(ymax / 16)), max(1, round(ymax / 4))}):  # square-root ticks
+    parts.append(f'<line x1="{LEFT}" x2="{W - RIGHT}" y1="{y(tick):.1f}" y2="{y(tick):.1f}" stroke="#eee"/>'
+                 f'<text x="{LEFT - 4}" y="{y(tick) + 3:.1f}" text-anchor="end" font-size="10">{tick}</text>')
   day = math.ceil(t0 / DAY) * DAY
   step = DAY * max(1, int((t1 - t0) / DAY / 8) + 1)
   while day < t1:
@@ -88,7 +91,7 @@ def window_calls(counts_by_pane: Dict[int, int], size: int, period: int) -> Dict
 
 
 def legend() -> str:
-  return ('<p class="legend"><span style="color:#567">&#9473;</span> calls per window '
+  return ('<p class="legend">Plots (square-root scale): <span style="color:#567">&#9473;</span> calls per window '
           '(from the events) &nbsp; <span style="color:#2a8">&#9636;</span> baseline: the '
           'profile\'s typical (dashed) to high (mean + 2 sd) calls at that hour &nbsp; '
           '<span style="color:#d33">&#9679;</span> the finding\'s windows</p>')
