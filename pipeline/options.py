@@ -84,6 +84,7 @@ class DetectOptions(PipelineOptions):
                         help='Comma-separated deterministic rules to turn off (out_of_scope, '
                              'disabled_identity_active, dormant_identity_revived, credential_created_by_nhi, '
                              'privilege_change_by_nhi, new_network_beside_usual, new_network_and_client, access_denied_sweep, '
+                             'collect_and_send, '
                              'unregistered_identity, '
                              'fleet_change).')
     parser.add_argument('--fleet-change-identities', dest='fleet_change_identities', type=int, default=3,
