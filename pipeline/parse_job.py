@@ -112,6 +112,9 @@ def run_parse(argv: List[str]) -> dict:
   from pipeline.cli import pipeline_options
   options = pipeline_options(argv)
   validate_parse(options)
+  from pipeline import preflight  # a glob matching nothing, an unreadable taxonomy: exit 2
+  preflight.check_events(options.view_as(EventOptions).events)
+  preflight.check_taxonomy_files(options.view_as(EventOptions).taxonomy_files)
   prepare_out(options)
   p = beam.Pipeline(options=options)
   build_parse(p, options)
