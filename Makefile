@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install prism otelcol flink flink-if-served bench bench-pipeline bench-state bench-coder bench-model bench-pubsub evaluate clean pubsub-deps
+.PHONY: demo test install prism otelcol flink flink-if-served bench bench-pipeline bench-state bench-coder bench-model bench-pubsub evaluate clean pubsub-deps chromium-deps
 
 # The local Pub/Sub server (Google's pstest) builds from two Debian packages. Installed when
 # this user can (root or passwordless sudo, as in CI); a no-op when they are there. Without
@@ -100,7 +100,20 @@ pubsub-deps:
 	  || { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q $(PUBSUB_DEBS) >/dev/null; } \
 	  || echo "pubsub-deps: apt-get install $(PUBSUB_DEBS) failed"; fi
 
-test: $(STAMP) pubsub-deps prism flink-if-served
+# Debian's chromium renders `postauth report` headless in tests/test_report_html.py (skipped
+# without it, failing under CI=true).
+chromium-deps:
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ]; then SUDO=; \
+	elif sudo -n true 2>/dev/null; then SUDO='sudo -n'; \
+	else echo "chromium-deps: cannot install chromium (not root, no passwordless sudo)"; exit 0; fi; \
+	if ! command -v chromium >/dev/null 2>&1; then \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  $$SUDO apt-get install -y -q chromium >/dev/null \
+	  || { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q chromium >/dev/null; } \
+	  || echo "chromium-deps: apt-get install chromium failed"; fi
+
+test: $(STAMP) pubsub-deps chromium-deps prism flink-if-served
 	$(BIN)/python -m pytest -q tests
 
 bench: $(STAMP)

@@ -32,7 +32,10 @@ setuptools.setup(
         # [gcp] in tests: the BigQuery sink's WriteToBigQuery is built (not run) in tests.
         # bench/pipeline.py: Beam's AnomalyDetection peer (PyOD IForest) and the scaling plot.
         'bench': ['pyod>=2', 'matplotlib>=3.7'],
-        'test': ['pytest>=8', 'hypothesis>=6.100', 'setuptools>=70.1', 'apache-beam[gcp]==2.77.0'],
+        # OCSF findings are validated against OCSF's own schema (ocsf-json-schema + jsonschema);
+        # the report's screenshot is checked with Pillow.
+        'test': ['pytest>=8', 'hypothesis>=6.100', 'setuptools>=70.1', 'apache-beam[gcp]==2.77.0',
+                 'ocsf-json-schema>=1.2', 'jsonschema>=4.20', 'pillow>=10'],
     },
     entry_points={'console_scripts': ['postauth=pipeline.cli:main']},
 )

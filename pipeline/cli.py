@@ -30,6 +30,8 @@ commands:
   retrain   train a candidate on recent history, compare it with LATEST on held-back days,
             promote only if not worse, keep the last K versions (prints the comparison as JSON)
   rollback  point LATEST back at the previously promoted version (or --to VERSION); --list
+  report    findings as one self-contained HTML page: summary, reasons, evidence, calls per
+            window against the baseline (--findings F [--events GLOB] [--model-dir M] --out F)
   pubsub-server  start a local in-memory Pub/Sub server (Google's pstest) for the streaming path
   compact   a streaming job's findings parts -> the latest version per finding (--findings PATH)
             and every version beside it (PATH's .versions.jsonl)
@@ -266,7 +268,11 @@ def cmd_demo(argv: List[str]) -> int:
   hit = {l['identity'] for l in labels} & {f['identity'] for f in found[:len(labels)]}
   print(f'\ninjected attacks among the top {len(labels)} findings: {len(hit)}/{len(labels)}')
   print(summary.render_counters(ran['counters']))
+  from pipeline.report_html import write_report
+  report = write_report(findings, os.path.join(os.path.abspath(a.out), 'report.html'),
+                        [f'{done["sample"]}/history/*', f'{done["sample"]}/live/*'], done['model_dir'])
   print(f'findings: {findings}\ndead letters: {ran["dead_letters"]}\nmodel: {done["model_dir"]}')
+  print(f'report: {report["report"]}')
   print('time: ' + ', '.join(f'{k} {v:.1f}s' for k, v in timings.items())
         + f', total {sum(timings.values()):.1f}s')
   return 0
@@ -337,6 +343,11 @@ def cmd_rollback(argv: List[str]) -> int:
   return 0
 
 
+def cmd_report(argv: List[str]) -> int:
+  from pipeline.report_html import main as report_main
+  return report_main(argv)
+
+
 def cmd_pubsub_server(argv: List[str]) -> int:
   from pipeline.local_pubsub import main as serve
   return serve(argv)
@@ -348,7 +359,7 @@ def cmd_compact(argv: List[str]) -> int:
 
 
 COMMANDS = {'parse': cmd_parse, 'generate': cmd_generate, 'train': cmd_train, 'run': cmd_run, 'demo': cmd_demo,
-            'evaluate': cmd_evaluate,
+            'evaluate': cmd_evaluate, 'report': cmd_report,
             'retrain': cmd_retrain, 'rollback': cmd_rollback, 'pubsub-server': cmd_pubsub_server,
             'compact': cmd_compact}
 

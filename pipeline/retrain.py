@@ -340,7 +340,7 @@ def build_retrain(p: beam.Pipeline, options: PipelineOptions, current: Optional[
   bounds_side = beam.pvalue.AsSingleton(bounds)
   windows = (parsed.events
              | 'RecentEvents' >> beam.Filter(lambda e, b: e.event_time >= b['train_start'], bounds_side)
-             | 'IdentityWindows' >> IdentityWindows(win.window_size, win.window_period)
+             | 'IdentityWindows' >> IdentityWindows(win.window_size, win.window_period, evidence=False)
              | 'GlobalWindow' >> beam.WindowInto(window.GlobalWindows())
              | 'SplitWindows' >> beam.ParDo(_SplitWindows(), bounds_side).with_outputs(
                  HOLDOUT, main='train'))

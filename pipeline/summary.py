@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Dict, List, Optional
 
 from apache_beam.io.filesystems import FileSystems
@@ -32,6 +33,16 @@ def read_findings(path: str) -> List[dict]:
   return sorted(findings, key=lambda f: (-f['score'], f['identity'], f['window_start']))
 
 
+# C0/C1 controls (escape sequences, carriage returns) and bidi overrides: a log's strings
+# (identities, resources, user agents quoted in reasons) must not drive the terminal.
+_CONTROL = re.compile('[\x00-\x09\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]')
+
+
+def clean(text: str) -> str:
+  """``text`` for a terminal: every control character but the newline shown as '?'."""
+  return _CONTROL.sub('?', text)
+
+
 def render(findings: List[dict], top: int = 10) -> str:
   lines = []
   by_severity: Dict[str, int] = {}
@@ -46,7 +57,7 @@ def render(findings: List[dict], top: int = 10) -> str:
                  f'model {f["model_version"]}  id {f["finding_id"]}')
     for r in f['reasons'][:4]:
       lines.append(f'   - {r["detail"]}')
-  return '\n'.join(lines)
+  return clean('\n'.join(lines))
 
 
 def findings_accounting(c: Dict[str, int], written: Optional[List[dict]],

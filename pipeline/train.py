@@ -236,7 +236,7 @@ def build_training(p: beam.Pipeline, options: PipelineOptions, inventory_path: s
   config = TrainConfig.from_file(tr.train_config)
   parsed = p | 'ParseHistory' >> ParseFiles(ev.events, ev.format, ev.taxonomy_files)
   windows = (parsed.events
-             | 'IdentityWindows' >> IdentityWindows(win.window_size, win.window_period)
+             | 'IdentityWindows' >> IdentityWindows(win.window_size, win.window_period, evidence=False)
              | 'GlobalWindow' >> beam.WindowInto(window.GlobalWindows()))
   inventory = p | 'ReadInventory' >> ReadInventory(inventory_path)
   if tr.page_budget <= 0:

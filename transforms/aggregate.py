@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional
 import apache_beam as beam
 import orjson
 
+from transforms import evidence as evidence_sample
 from transforms.event import Event
 
 MAX_KEYS = 256  # distinct values kept per field; beyond it, counted in *_overflow
@@ -64,7 +65,8 @@ class WindowAggregate:
 
   __slots__ = ('count', 'errors', 'read_only', 'actions', 'action_category',
                'categories', 'resources', 'networks', 'agents', 'regions',
-               'panes', 'first_time', 'last_time', 'overflow', 'identity_type', 'network_spans')
+               'panes', 'first_time', 'last_time', 'overflow', 'identity_type', 'network_spans',
+               'evidence')
 
   def __init__(self):
     self.count = 0
@@ -85,8 +87,11 @@ class WindowAggregate:
     # network -> [first, last] event time: whether a new network was used *beside* the usual
     # ones (stolen credentials) or after them (a redeploy); kept for the networks counted above.
     self.network_spans: Dict[str, List[float]] = {}
+    # A bounded sample of the events themselves, with their ids: transforms/evidence.py.
+    self.evidence: evidence_sample.Store = {}
 
-  def add(self, e: Event, pane_seconds: Optional[int] = None) -> 'WindowAggregate':
+  def add(self, e: Event, pane_seconds: Optional[int] = None,
+          sample: bool = True) -> 'WindowAggregate':
     self.count += 1
     if not e.success:
       self.errors += 1
@@ -111,6 +116,8 @@ class WindowAggregate:
       elif e.event_time > span[1]:
         span[1] = e.event_time
     self.overflow += spill
+    if sample:  # training needs no evidence: it skips the sample's cost
+      evidence_sample.add(self.evidence, e, action, net)
     self.overflow += _bump(self.agents, agent_family(e.user_agent))
     self.overflow += _bump(self.regions, e.region)
     if pane_seconds:
@@ -141,6 +148,7 @@ class WindowAggregate:
       if k in self.networks:
         span = self.network_spans.get(k)
         self.network_spans[k] = [lo, hi] if span is None else [min(span[0], lo), max(span[1], hi)]
+    evidence_sample.merge(self.evidence, other.evidence)
     self.first_time = min(self.first_time, other.first_time)
     self.last_time = max(self.last_time, other.last_time)
     self.overflow += other.overflow
@@ -158,6 +166,7 @@ class WindowAggregate:
         setattr(agg, k, d[k])
     agg.panes = {int(k): v for k, v in agg.panes.items()}
     agg.network_spans = {k: list(v) for k, v in (d.get('network_spans') or {}).items()}
+    agg.evidence = {k: [tuple(s) for s in v] for k, v in (d.get('evidence') or {}).items()}
     return agg
 
   def __eq__(self, other):
@@ -189,7 +198,8 @@ def aggregate_fields(a: WindowAggregate) -> List[Any]:
   return [a.count, a.errors, a.read_only, a.overflow, _time_out(a.first_time),
           _time_out(a.last_time), a.identity_type, a.actions, a.action_category, a.categories,
           a.resources, a.networks, a.agents, a.regions,
-          list(itertools.chain.from_iterable(a.panes.items())), a.network_spans]
+          list(itertools.chain.from_iterable(a.panes.items())), a.network_spans,
+          evidence_sample.encode(a.evidence)]
 
 
 def aggregate_from_fields(v: List[Any]) -> WindowAggregate:
@@ -198,6 +208,7 @@ def aggregate_from_fields(v: List[Any]) -> WindowAggregate:
   (a.count, a.errors, a.read_only, a.overflow, first, last, a.identity_type, a.actions,
    a.action_category, a.categories, a.resources, a.networks, a.agents, a.regions, panes) = v[:15]
   a.network_spans = v[15] if len(v) > 15 else {}  # encoded before spans were kept: none
+  a.evidence = evidence_sample.decode(v[16] if len(v) > 16 else None)  # likewise
   a.first_time, a.last_time = _time_in(first), _time_in(last)
   a.panes = dict(zip(panes[::2], panes[1::2]))
   return a
@@ -249,8 +260,9 @@ beam.coders.registry.register_coder(WindowAggregate, WindowAggregateCoder)
 class WindowAggregateFn(beam.CombineFn):
   """Events -> WindowAggregate; also merges pane aggregates into window aggregates."""
 
-  def __init__(self, pane_seconds: Optional[int] = None):
+  def __init__(self, pane_seconds: Optional[int] = None, evidence: bool = True):
     self._pane_seconds = pane_seconds
+    self._evidence = evidence
 
   def create_accumulator(self) -> WindowAggregate:
     return WindowAggregate()
@@ -258,7 +270,7 @@ class WindowAggregateFn(beam.CombineFn):
   def add_input(self, acc: WindowAggregate, element) -> WindowAggregate:
     if isinstance(element, WindowAggregate):
       return acc.merge(element)
-    return acc.add(element, self._pane_seconds)
+    return acc.add(element, self._pane_seconds, self._evidence)
 
   def merge_accumulators(self, accs: Iterable[WindowAggregate]) -> WindowAggregate:
     accs = iter(accs)

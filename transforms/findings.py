@@ -30,6 +30,8 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 
 from transforms.versions import first_version, higher, version_flags
 
+from transforms import evidence
+
 SEVERITY_ORDER = {'low': 0, 'medium': 1, 'high': 2, 'critical': 3}
 
 
@@ -133,7 +135,7 @@ def to_finding(windows: List[Dict]) -> Dict:
     for r, n in w.get('resources', {}).items():
       resources[r] = max(resources.get(r, 0), n)
   first = windows[0]  # the earliest window: its end is when the finding was first emitted
-  return {
+  finding = {
       'finding_id': finding_id(top['identity'], first['window_start'], first['window_end']),
       'kind': 'anomaly' if any(w.get('model_flagged', True) for w in windows) else 'rule',
       'identity': top['identity'],
@@ -162,6 +164,8 @@ def to_finding(windows: List[Dict]) -> Dict:
       'first_detected_at': rfc3339(first['window_end']),
       **first_version(severity),
   }
+  finding.update(evidence.pick(windows, reasons))  # events behind the top reasons, calls per action
+  return finding
 
 
 def unregistered_finding(window, context: Dict) -> Dict:
@@ -170,7 +174,7 @@ def unregistered_finding(window, context: Dict) -> Dict:
   day = rfc3339(window.window_end - 1)[:10]
   top = sorted(agg.actions, key=lambda a: (-agg.actions[a], a))[:5]
   severity, basis = contextual_severity('medium', context)
-  return {
+  finding = {
       'finding_id': hashlib.sha256(f'{window.identity}|unregistered|{day}'.encode()).hexdigest()[:24],
       'kind': 'rule',
       'identity': window.identity,
@@ -199,6 +203,8 @@ def unregistered_finding(window, context: Dict) -> Dict:
       'first_detected_at': rfc3339(window.window_end),
       **first_version(severity),
   }
+  finding.update(evidence.from_aggregate(agg, finding['reasons'], window.window_start, window.window_end))
+  return finding
 
 
 def split_runs(windows: List[Dict]) -> List[List[Dict]]:

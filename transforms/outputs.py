@@ -61,20 +61,24 @@ class SinkSpec(typing.NamedTuple):
   kind: str  # jsonl | avro | pubsub | bigquery
   target: str  # a path, projects/P/topics/T, or PROJECT:DATASET.TABLE
   uri: str
+  format: str = 'postauth'  # or 'ocsf': OCSF Detection Findings (PATH.ocsf.jsonl, ?format=ocsf)
 
 
 def parse_sink(uri: str, default_kind: Optional[str] = None) -> SinkSpec:
   """A sink URI -> SinkSpec; ValueError saying what is accepted when it is not understood."""
   u = (uri or '').strip()
-  accepted = ('use PATH.jsonl, PATH.avro, pubsub://projects/P/topics/T (or projects/P/topics/T) '
-              'or bq://PROJECT:DATASET.TABLE')
+  accepted = ('use PATH.jsonl, PATH.ocsf.jsonl, PATH.avro, pubsub://projects/P/topics/T '
+              '(or projects/P/topics/T; ?format=ocsf for OCSF) or bq://PROJECT:DATASET.TABLE')
   if not u:
     raise ValueError(f'empty sink URI: {accepted}')
   if u.startswith('pubsub://') or u.startswith('projects/'):
     topic = u[len('pubsub://'):] if u.startswith('pubsub://') else u
+    topic, _, query = topic.partition('?')
     if not TOPIC_RE.match(topic):
       raise ValueError(f'sink {uri!r}: not a Pub/Sub topic path projects/PROJECT/topics/TOPIC')
-    return SinkSpec('pubsub', topic, u)
+    if query not in ('', 'format=ocsf', 'format=postauth'):
+      raise ValueError(f'sink {uri!r}: unknown query {query!r}; only ?format=ocsf is understood')
+    return SinkSpec('pubsub', topic, u, 'ocsf' if query == 'format=ocsf' else 'postauth')
   if u.startswith('bq://') or u.startswith('bigquery://'):
     spec = u.split('://', 1)[1]
     m = TABLE_RE.match(spec)
@@ -86,6 +90,8 @@ def parse_sink(uri: str, default_kind: Optional[str] = None) -> SinkSpec:
     raise ValueError(f'sink {uri!r}: unknown scheme {scheme}://; {accepted}')
   if u.endswith('.avro'):
     return SinkSpec('avro', u, u)
+  if u.endswith('.ocsf.jsonl'):
+    return SinkSpec('jsonl', u, u, 'ocsf')
   if u.endswith(('.jsonl', '.json', '.ndjson')) or default_kind == 'jsonl':
     return SinkSpec('jsonl', u, u)
   raise ValueError(f'sink {uri!r}: cannot tell its kind; {accepted}')
@@ -202,6 +208,9 @@ def finding_to_avro(f: Dict) -> Dict:
     row[key] = int(f.get(key) or 0)
   for key in ('page', 'severity_raised'):
     row[key] = bool(f.get(key))
+  row['evidence'] = [dict(e, new=list(e.get('new') or [])) for e in f.get('evidence') or []]
+  row['window_actions'] = [dict(w, actions={str(k): int(v) for k, v in w['actions'].items()})
+                           for w in f.get('window_actions') or []]
   return row
 
 
@@ -237,6 +246,9 @@ def finding_from_avro(row: Dict) -> Dict:
     f.pop('identities', None)
   if row.get('first_detected_at'):
     f['first_detected_at'] = _rfc3339(row['first_detected_at'])
+  for key in ('evidence', 'window_actions'):  # a fleet-change notice has neither
+    if not f.get(key):
+      f.pop(key, None)
   if row.get('kind') == 'rule' and not row.get('model_version'):
     f['score_components'] = {}  # an unregistered-identity finding has no model score
   return f
@@ -280,6 +292,8 @@ def finding_to_bigquery(f: Dict) -> Dict:
       'first_detected_at': f.get('first_detected_at') or f['window_end'],
       'updates': int(f.get('updates') or 0), 'pages': int(f.get('pages') or 0),
       'page': bool(f.get('page')), 'severity_raised': bool(f.get('severity_raised')),
+      'evidence': [dict(e, new=list(e.get('new') or [])) for e in f.get('evidence') or []],
+      'window_actions': [dict(w, actions=_counted(w.get('actions'))) for w in f.get('window_actions') or []],
   }
 
 
@@ -423,8 +437,8 @@ def finish_file_sinks(options: PipelineOptions) -> Dict[str, int]:
   """Compacts the parts of a finished (bounded) streaming replay; returns records per path."""
   out = {}
   for spec, kind in _local_files(options):
-    key = 'finding_id' if kind == FINDING else ''
-    if spec.kind == 'jsonl' and key:  # the latest version per id, and every version beside it
+    key = ('finding_info.uid' if spec.format == 'ocsf' else 'finding_id') if kind == FINDING else ''
+    if spec.kind == 'jsonl' and key and spec.format != 'ocsf':  # the latest per id, every version beside
       out[spec.target] = compact_findings(spec.target)['findings']
     elif spec.kind == 'jsonl':
       out[spec.target] = compact_parts(spec.target, key=key)
@@ -493,7 +507,16 @@ def apply_sinks(records, specs: List[SinkSpec], record_kind: str, streaming: boo
   failures = []
   for i, spec in enumerate(specs):
     name = f'{label}{spec.kind.capitalize()}{i if i else ""}'
-    if spec.kind == 'jsonl':
+    if spec.format == 'ocsf' and is_finding:
+      from transforms.ocsf_finding import ocsf_message, to_ocsf_json
+      if spec.kind == 'pubsub':  # one message per version, as the postauth-format Pub/Sub sink
+        failures.append(records | name >> PublishToPubSub(
+            spec.target, ocsf_message, retries=so.publish_retries, backoff=so.publish_backoff,
+            timeout=so.publish_timeout, raise_on_failure=False))
+      else:
+        latest = records if streaming else records | f'{name}Latest' >> LatestVersions()
+        latest | f'{name}ToOcsf' >> beam.Map(to_ocsf_json) | name >> WriteJsonLines(spec.target, streaming)
+    elif spec.kind == 'jsonl':
       written = records
       if is_finding and not streaming:  # every version to the log, the latest to the file
         (records | f'{name}VersionsToJson' >> beam.Map(lambda f: json.dumps(f, sort_keys=True))

@@ -36,7 +36,7 @@ from models import registry
 from models.artifact import ArtifactError
 from models.features import FEATURE_NAMES
 from models.model import DetectionModel
-from transforms import rules
+from transforms import evidence, rules
 from transforms.history import WindowInContext
 from transforms.model_cache import acquire_model
 from transforms.rules import RuleConfig
@@ -166,6 +166,7 @@ class ScoreBatchFn(beam.DoFn):
           'resources': dict(sorted(agg.resources.items(), key=lambda kv: (-kv[1], kv[0]))[:10]),
           'panes': {str(k): v for k, v in agg.panes.items()},
           'event_count': agg.count,
+          'evidence': evidence.for_window(agg, item.history),
           'context': ctx,
       }, w.window_end - EPSILON)
 

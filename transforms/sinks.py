@@ -101,8 +101,13 @@ def compact_parts(path: str, key: str = '') -> int:
         if key:
           record = json.loads(line)
           rank = version_rank(record) if isinstance(record, dict) else (0, 1, '')
-          if record[key] not in by_key or rank >= by_key[record[key]][0]:
-            by_key[record[key]] = (rank, line)
+          if isinstance(record, dict) and 'finding_info' in record:
+            rank = version_rank(record.get('unmapped') or {})  # OCSF: the version fields ride there
+          value = record
+          for part in key.split('.'):  # a dotted key: OCSF's finding_info.uid
+            value = value[part]
+          if value not in by_key or rank >= by_key[value][0]:
+            by_key[value] = (rank, line)
         else:
           lines.append(line)
   if key:

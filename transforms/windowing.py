@@ -132,8 +132,9 @@ class IdentityWindows(beam.PTransform):
   """
 
   def __init__(self, size_seconds: int = 3600, period_seconds: int = 900,
-               allowed_lateness: int = 0):
+               allowed_lateness: int = 0, evidence: bool = True):
     super().__init__()
+    self.evidence = evidence  # keep a sample of the events for findings (transforms/evidence.py)
     if size_seconds % period_seconds:
       raise ValueError('window size must be a multiple of the period')
     self.size = size_seconds
@@ -152,7 +153,7 @@ class IdentityWindows(beam.PTransform):
         | 'KeyByIdentityPane' >> beam.Map(
             lambda e: ((e.identity, int(e.event_time // period) * period), e)).with_output_types(
                 typing.Tuple[typing.Tuple[str, int], Event])
-        | 'AggregatePanes' >> beam.CombinePerKey(WindowAggregateFn(period))
+        | 'AggregatePanes' >> beam.CombinePerKey(WindowAggregateFn(period, self.evidence))
         | 'PaneToWindows' >> beam.ParDo(_PaneToWindows(self.size, period)).with_output_types(
             _PANE_AGG)
         | 'MergePanes' >> beam.CombinePerKey(WindowAggregateFn())
@@ -173,7 +174,7 @@ class IdentityWindows(beam.PTransform):
         | 'KeyByIdentity' >> beam.Map(lambda e: (e.identity, e)).with_output_types(
             typing.Tuple[str, Event])
         | 'PaneWindows' >> beam.WindowInto(window.FixedWindows(self.period), **pane_kwargs)
-        | 'AggregatePanes' >> beam.CombinePerKey(WindowAggregateFn(self.period))
+        | 'AggregatePanes' >> beam.CombinePerKey(WindowAggregateFn(self.period, self.evidence))
         | 'CountPaneEvents' >> beam.ParDo(_CountPaneEvents()).with_output_types(
             typing.Tuple[str, WindowAggregate])
         | 'SlidingWindows' >> beam.WindowInto(
