@@ -27,7 +27,7 @@ from transforms.triage import SUPPRESSED, DeduplicateFindings, Suppress
 from transforms.lateness import LATE, LateEventGate, beam_lateness
 from transforms.parse import DEAD_LETTER as PARSE_DEAD_LETTER
 from transforms.parse import ParseFiles, ParseRecords
-from transforms.pubsub_source import ParsedStream, ReadPubSubEvents
+from transforms.pubsub_source import ParsedStream, ReadPubSubEvents, choose_reader, pull_settings
 from transforms.replay import ReplayFiles
 from transforms.score import ScoreWindows, WatchModelPointer
 from transforms.watch import WatchFiles
@@ -61,10 +61,14 @@ def build_detection(p: beam.Pipeline, options: PipelineOptions) -> Dict[str, bea
   lateness = beam_lateness(win.allowed_lateness) if streaming else 0
   late = None
   if streaming and (ps.subscription or ps.topic):
+    # Beam's native read on Dataflow and the DirectRunner, the splittable DoFn that acks at
+    # bundle finalization elsewhere (--pubsub-reader; transforms/pubsub_sdf.py, docs/pubsub.md).
+    reader = choose_reader(ps.pubsub_reader, str(options.view_as(StandardOptions).runner or ''))
     parsed = p | 'ReadPubSub' >> ReadPubSubEvents(
         ps.subscription, ps.topic, ps.timestamp_attribute, ev.format, ev.taxonomy_files,
         ps.dedup_seconds or win.window_size + lateness, window_period=win.window_period,
-        allowed_lateness=win.allowed_lateness)
+        allowed_lateness=win.allowed_lateness, reader=reader, pull_settings=pull_settings(ps),
+        events_out=ps.events_out)
     late = parsed.late
   elif replay or (streaming and ev.events_watch):
     if replay:
@@ -86,7 +90,8 @@ def build_detection(p: beam.Pipeline, options: PipelineOptions) -> Dict[str, bea
   # (a watch told to stop after an idle spell, --watch-stop-idle, reads them once too: a
   # periodic re-read would keep the job from ending)
   live = streaming and not replay and not (
-      ev.events_watch and options.view_as(WatchOptions).watch_stop_idle > 0)
+      ev.events_watch and options.view_as(WatchOptions).watch_stop_idle > 0) and not (
+      (ps.subscription or ps.topic) and ps.pubsub_stop_idle > 0)
   runner = str(options.view_as(StandardOptions).runner or 'DirectRunner')
   if live and (ps.subscription or ps.topic) and 'Direct' in runner and (det.inventory_refresh > 0 or det.model_refresh > 0):
     # The DirectRunner runs a Pub/Sub job on its BundleBasedDirectRunner, which in Beam 2.77

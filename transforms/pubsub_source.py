@@ -1,7 +1,10 @@
 """The streaming source: Pub/Sub messages (one raw log record each) -> Events + dead letters.
 
-``ReadFromPubSub(with_attributes=True)`` -> ``RawRecord`` (the message body,
-``ref`` = ``pubsub:<subscription>#<message id>``) -> the same ``ParseRecords``
+Two readers give the same ``RawRecord`` (the message body, ``ref`` =
+``pubsub:<subscription>#<message id>``): ``reader='native'`` is Beam's
+``ReadFromPubSub(with_attributes=True)`` (Dataflow, the DirectRunner), ``reader='sdf'`` is
+``transforms.pubsub_sdf.PullFromPubSub``, a splittable DoFn that acks at bundle finalization
+(Prism, Flink, the FnApiRunner; ``choose_reader`` picks by runner). Then the same ``ParseRecords``
 as every other path, so a record parses identically from a file or a message.
 Malformed messages become dead letters that keep the message id and body.
 
@@ -51,7 +54,8 @@ class _ToRawRecord(beam.DoFn):
 
   def process(self, message):
     self.messages.inc()
-    yield RawRecord(message.data or b'', None, '', f'pubsub:{self._source}#{message.message_id}')
+    from transforms.pubsub_sdf import message_ref
+    yield RawRecord(message.data or b'', None, '', message_ref(self._source, message.message_id))
 
 
 class _CountDuplicates(beam.DoFn):
@@ -65,14 +69,32 @@ class _CountDuplicates(beam.DoFn):
     yield kv[1]
 
 
+def choose_reader(reader: str, runner: str) -> str:
+  """``native`` or ``sdf`` for ``--pubsub-reader`` on ``runner`` (its name or class path).
+
+  auto: the native read where it runs (Dataflow; the DirectRunner, which routes a native Pub/Sub
+  read to its BundleBasedDirectRunner -- and that runner cannot expand a streaming splittable
+  DoFn, Beam #26577); the splittable DoFn everywhere else (Prism, Flink, FnApiRunner, Portable).
+  """
+  if reader in ('native', 'sdf'):
+    return reader
+  name = (runner or 'DirectRunner').rsplit('.', 1)[-1]
+  return 'native' if 'Dataflow' in name or name in ('DirectRunner', 'BundleBasedDirectRunner',
+                                                      'SwitchingDirectRunner') else 'sdf'
+
+
 class ReadPubSubEvents(beam.PTransform):
   """Pub/Sub subscription or topic -> ParsedStream(events, dead_letter), duplicates dropped."""
 
   def __init__(self, subscription: Optional[str] = None, topic: Optional[str] = None,
                timestamp_attribute: Optional[str] = None, format_name: Optional[str] = None,
                taxonomy_files: Optional[List[str]] = None, dedup_seconds: int = 3600,
-               window_period: int = 900, allowed_lateness: Optional[int] = None):
+               window_period: int = 900, allowed_lateness: Optional[int] = None,
+               reader: str = 'native', pull_settings=None, events_out: Optional[str] = None):
     super().__init__()
+    if reader not in ('native', 'sdf'):
+      raise ValueError(f'reader must be native or sdf, not {reader!r}')
+    self._reader, self._pull_settings, self._events_out = reader, pull_settings, events_out
     self._period, self._lateness = window_period, allowed_lateness
     if bool(subscription) == bool(topic):
       raise ValueError('give exactly one of subscription or topic')
@@ -81,17 +103,25 @@ class ReadPubSubEvents(beam.PTransform):
     self._format, self._taxonomy = format_name, taxonomy_files
     self._dedup = dedup_seconds
 
-  def expand(self, pbegin):
+  def _records(self, pbegin):
+    source = self._subscription or self._topic
+    if self._reader == 'sdf':
+      from transforms.pubsub_sdf import PullFromPubSub, PullSettings
+      settings = self._pull_settings or PullSettings()
+      return pbegin | 'PullFromPubSub' >> PullFromPubSub(
+          self._subscription, self._topic, settings._replace(
+              timestamp_attribute=self._timestamp_attribute))
     from apache_beam.io.gcp.pubsub import ReadFromPubSub
     from transforms import direct_pubsub
     direct_pubsub.install()  # the DirectRunner's event-time watermark (no effect on other runners)
-    source = self._subscription or self._topic
     messages = pbegin | 'ReadFromPubSub' >> ReadFromPubSub(
         subscription=self._subscription, topic=self._topic, with_attributes=True,
         timestamp_attribute=self._timestamp_attribute)
+    return messages | 'ToRawRecord' >> beam.ParDo(_ToRawRecord(source))
+
+  def expand(self, pbegin):
     gate = self._lateness is not None
-    parsed = (messages
-              | 'ToRawRecord' >> beam.ParDo(_ToRawRecord(source))
+    parsed = (self._records(pbegin)
               | 'ParseRecords' >> ParseRecords(self._format, self._taxonomy, with_raw=gate))
     events, late = parsed.events, None
     if gate:  # late events dead-lettered with their message body, before the windows drop them
@@ -102,4 +132,18 @@ class ReadPubSubEvents(beam.PTransform):
                   typing.Tuple[str, Event])
               | 'DropDuplicates' >> DeduplicatePerKey(event_time_duration=Duration(seconds=self._dedup))
               | 'Unkey' >> beam.ParDo(_CountDuplicates()).with_output_types(Event))
+    if self._events_out:
+      from transforms.events_out import WriteEventsOut
+      events | 'EventsOut' >> WriteEventsOut(self._events_out)
     return ParsedStream(events, parsed[DEAD_LETTER], late)
+
+
+def pull_settings(options):
+  """The sdf reader's settings from ``PubSubSourceOptions`` (the --watermark-* flags are shared)."""
+  from transforms.pubsub_sdf import PullSettings
+  return PullSettings(timestamp_attribute=options.timestamp_attribute,
+                      max_messages=options.pubsub_max_messages,
+                      max_delay=options.watermark_max_delay,
+                      idle_seconds=options.watermark_idle_seconds,
+                      idle_limit=options.watermark_idle_limit,
+                      stop_idle=options.pubsub_stop_idle)
