@@ -28,6 +28,10 @@ Prism rejects stateful SDFs), so it survives checkpoints. With ``stop_idle`` > 0
 ends after that many seconds without a message (the watermark goes to infinity, every window
 closes, the job finishes): for backfills, benchmarks and tests.
 
+With ``ack_mode='counted'`` (``--events-out`` given) the reader acks nothing itself: it hands
+each ack id to ``transforms.pubsub_ack``, which acks once the message's outcome is written
+(what makes a kill of Prism, whose commits are in memory, lose nothing).
+
 A ``topic`` read creates its own subscription on the first call (ack deadline 60 s) and keeps
 its name in the restriction; it is deleted when the source stops.
 """
@@ -117,6 +121,13 @@ class PullSettings(typing.NamedTuple):
   idle_limit: int = 14400
   stop_idle: float = 0.0
   pull_timeout: float = 10.0
+  # 'finalize': ack when the bundle that read a message is committed (bundle finalization);
+  # 'counted': emit each (message id, (subscription, ack id)) on the ACK_IDS output instead, for
+  # transforms.pubsub_ack to ack once the message's outcome is written.
+  ack_mode: str = 'finalize'
+
+
+ACK_IDS = 'ack_ids'
 
 
 class _PullFn(beam.DoFn, RestrictionProvider):
@@ -163,6 +174,8 @@ class _PullFn(beam.DoFn, RestrictionProvider):
 
   def _ack(self, subscription: str, ack_ids: List[str]) -> None:
     """The bundle finalization callback: the bundle that read these messages is committed."""
+    if not ack_ids:
+      return
     # (no Beam counters here: a callback runs after its bundle reported its metrics)
     for i in range(0, len(ack_ids), ACK_CHUNK):
       chunk = ack_ids[i:i + ACK_CHUNK]
@@ -237,10 +250,14 @@ class _PullFn(beam.DoFn, RestrictionProvider):
     if not tracker.try_claim(next_state):
       self._release(subscription, [r.ack_id for r in received])
       return
+    counted = self._s.ack_mode == 'counted'
     for ts, r in stamped:
       yield TimestampedValue(RawRecord(r.message.data or b'', None, '',
                                        message_ref(self._source, r.message.message_id)), ts)
-    ack_ids = [r.ack_id for r in received]
+      if counted:
+        yield beam.pvalue.TaggedOutput(
+            ACK_IDS, TimestampedValue((r.message.message_id, (subscription, r.ack_id)), ts))
+    ack_ids = [] if counted else [r.ack_id for r in received]
     self.messages.inc(len(received))
     # Registered for an empty pull too: Prism finalizes every bundle of a stage that asks for
     # finalization, and the SDK answers an error for a bundle that registered nothing.
@@ -270,8 +287,9 @@ class PullFromPubSub(beam.PTransform):
     self._fn = _PullFn(self._path, bool(topic), settings)
 
   def expand(self, pbegin):
+    """{'records': RawRecords, ACK_IDS: (message id, (subscription, ack id)) in 'counted' mode}."""
     from transforms.watch import install_fnapi_metrics_fix
     install_fnapi_metrics_fix()  # long-running SDF stages on the FnApiRunner (see watch.py)
     return (pbegin
             | 'Source' >> beam.Create([self._path])
-            | 'PullAndAck' >> beam.ParDo(self._fn).with_output_types(RawRecord))
+            | 'PullAndAck' >> beam.ParDo(self._fn).with_outputs(ACK_IDS, main='records'))

@@ -11,8 +11,9 @@ Malformed messages become dead letters that keep the message id and body.
 Pub/Sub delivers at least once, and publishers retry: the same event can
 arrive twice. Findings have deterministic ids already, but a duplicated event
 would still count twice in its window, so events are deduplicated by
-``event_id`` (CloudTrail's eventID, the audit log's insertId, ...) with Beam's
-``DeduplicatePerKey`` over an event-time span (by default window size +
+``event_id`` (CloudTrail's eventID, the audit log's insertId, ...) with
+``transforms.dedup_events.DropDuplicateEvents`` (Beam's ``DeduplicatePerKey`` semantics, plus
+the message of each dropped copy, which the ack step needs) over an event-time span (by default window size +
 allowed lateness: after that a duplicate cannot reach an open window anyway, so
 the per-id state is released by an event-time timer and stays bounded).
 
@@ -30,10 +31,7 @@ from typing import List, Optional
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
-from apache_beam.transforms.deduplicate import DeduplicatePerKey
-from apache_beam.utils.timestamp import Duration
 
-from transforms.event import Event
 from transforms.lateness import LATE, LateEventGate
 from transforms.parse import DEAD_LETTER, ParseRecords
 from transforms.records import RawRecord
@@ -56,17 +54,6 @@ class _ToRawRecord(beam.DoFn):
     self.messages.inc()
     from transforms.pubsub_sdf import message_ref
     yield RawRecord(message.data or b'', None, '', message_ref(self._source, message.message_id))
-
-
-class _CountDuplicates(beam.DoFn):
-  """Counts what DeduplicatePerKey dropped (events in - events out is not observable per step)."""
-
-  def __init__(self):
-    self.unique = Metrics.counter('postauth', 'events_unique')
-
-  def process(self, kv):
-    self.unique.inc()
-    yield kv[1]
 
 
 def choose_reader(reader: str, runner: str) -> str:
@@ -104,37 +91,45 @@ class ReadPubSubEvents(beam.PTransform):
     self._dedup = dedup_seconds
 
   def _records(self, pbegin):
+    """(RawRecords, ack ids keyed by message id or None when the reader acks by itself)."""
     source = self._subscription or self._topic
     if self._reader == 'sdf':
-      from transforms.pubsub_sdf import PullFromPubSub, PullSettings
-      settings = self._pull_settings or PullSettings()
-      return pbegin | 'PullFromPubSub' >> PullFromPubSub(
-          self._subscription, self._topic, settings._replace(
-              timestamp_attribute=self._timestamp_attribute))
+      from transforms.pubsub_sdf import ACK_IDS, PullFromPubSub, PullSettings
+      settings = (self._pull_settings or PullSettings())._replace(
+          timestamp_attribute=self._timestamp_attribute,
+          ack_mode='counted' if self._events_out else 'finalize')
+      pulled = pbegin | 'PullFromPubSub' >> PullFromPubSub(self._subscription, self._topic, settings)
+      return pulled.records, pulled[ACK_IDS] if self._events_out else None
     from apache_beam.io.gcp.pubsub import ReadFromPubSub
     from transforms import direct_pubsub
     direct_pubsub.install()  # the DirectRunner's event-time watermark (no effect on other runners)
     messages = pbegin | 'ReadFromPubSub' >> ReadFromPubSub(
         subscription=self._subscription, topic=self._topic, with_attributes=True,
         timestamp_attribute=self._timestamp_attribute)
-    return messages | 'ToRawRecord' >> beam.ParDo(_ToRawRecord(source))
+    return messages | 'ToRawRecord' >> beam.ParDo(_ToRawRecord(source)), None
 
   def expand(self, pbegin):
+    from transforms.dedup_events import DUPLICATE, DropDuplicateEvents
     gate = self._lateness is not None
-    parsed = (self._records(pbegin)
-              | 'ParseRecords' >> ParseRecords(self._format, self._taxonomy, with_raw=gate))
+    records, ack_ids = self._records(pbegin)
+    parsed = records | 'ParseRecords' >> ParseRecords(self._format, self._taxonomy, with_raw=gate)
     events, late = parsed.events, None
     if gate:  # late events dead-lettered with their message body, before the windows drop them
       gated = events | 'LateEvents' >> LateEventGate(self._period, self._lateness)
       events, late = gated['events'], gated[LATE]
-    events = (events
-              | 'KeyByEventId' >> beam.Map(lambda e: (e.event_id or e.raw_ref, e)).with_output_types(
-                  typing.Tuple[str, Event])
-              | 'DropDuplicates' >> DeduplicatePerKey(event_time_duration=Duration(seconds=self._dedup))
-              | 'Unkey' >> beam.ParDo(_CountDuplicates()).with_output_types(Event))
+    unique = events | 'Deduplicate' >> DropDuplicateEvents(self._dedup)
+    events = unique.events
     if self._events_out:
       from transforms.events_out import WriteEventsOut
-      events | 'EventsOut' >> WriteEventsOut(self._events_out)
+      written = events | 'EventsOut' >> WriteEventsOut(self._events_out)
+      if ack_ids is not None:  # ack each message once its outcome is written (pubsub_ack.py)
+        from transforms.pubsub_ack import AckWhenDone, dead_letter_message_id, message_id
+        done = [written | 'WrittenId' >> beam.Map(message_id),
+                unique[DUPLICATE] | 'DuplicateId' >> beam.Map(message_id),
+                parsed[DEAD_LETTER] | 'DeadLetterId' >> beam.Map(dead_letter_message_id)]
+        if late is not None:
+          done.append(late | 'LateId' >> beam.Map(dead_letter_message_id))
+        _ = (ack_ids, *done) | 'AckWhenDone' >> AckWhenDone(self._dedup)
     return ParsedStream(events, parsed[DEAD_LETTER], late)
 
 
