@@ -283,6 +283,9 @@ class PullFromPubSub(beam.PTransform):
     super().__init__()
     if bool(subscription) == bool(topic):
       raise ValueError('give exactly one of subscription or topic')
+    if settings.max_messages < 1 or settings.stop_idle < 0 or settings.ack_mode not in (
+        'finalize', 'counted'):
+      raise ValueError('--pubsub-max-messages must be >= 1 and --pubsub-stop-idle >= 0')
     self._path = subscription or topic
     self._fn = _PullFn(self._path, bool(topic), settings)
 
