@@ -24,7 +24,7 @@ import logging
 from typing import Dict, List
 
 import apache_beam as beam
-from apache_beam.coders import BooleanCoder, PickleCoder
+from apache_beam.coders import PickleCoder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
@@ -44,8 +44,9 @@ def dead_letter_message_id(line: str) -> str:
 
 
 class _AckWhenDoneFn(beam.DoFn):
-  ACK_ID = ReadModifyWriteStateSpec('ack_id', PickleCoder())  # (subscription, ack id)
-  IS_DONE = ReadModifyWriteStateSpec('done', BooleanCoder())
+  # One cell per message id: (subscription, ack id) while waiting for the outcome, DONE after
+  # it (one state read per element: on Prism every state access is a round trip to the runner).
+  STATE = ReadModifyWriteStateSpec('ack_or_done', PickleCoder())
   EXPIRE = TimerSpec('expire', TimeDomain.WATERMARK)
 
   def __init__(self, horizon: int):
@@ -64,27 +65,26 @@ class _AckWhenDoneFn(beam.DoFn):
   def start_bundle(self):
     self._pending: Dict[str, List[str]] = {}
 
-  def process(self, kv, ts=beam.DoFn.TimestampParam, ack_id=beam.DoFn.StateParam(ACK_ID),
-              is_done=beam.DoFn.StateParam(IS_DONE), expire=beam.DoFn.TimerParam(EXPIRE)):
+  def process(self, kv, ts=beam.DoFn.TimestampParam, state=beam.DoFn.StateParam(STATE),
+              expire=beam.DoFn.TimerParam(EXPIRE)):
     _, (kind, value) = kv
+    held = state.read()
     if kind == ACK:
-      if is_done.read():
+      if held == DONE:  # the outcome is written already (a copy delivered again): ack now
         self._pending.setdefault(value[0], []).append(value[1])
-      else:
-        ack_id.write(value)
-        expire.set(ts + self._horizon)
-      return
-    held = ack_id.read()
-    if held is not None:
-      self._pending.setdefault(held[0], []).append(held[1])
-      ack_id.clear()
-    is_done.write(True)  # a copy delivered again later is acked as soon as its id arrives
+        return
+      state.write(value)  # the latest delivery's ack id
+    else:
+      if held is not None and held != DONE:
+        self._pending.setdefault(held[0], []).append(held[1])
+      if held == DONE:
+        return
+      state.write(DONE)  # a copy delivered again later is acked as soon as its id arrives
     expire.set(ts + self._horizon)
 
   @on_timer(EXPIRE)
-  def release(self, ack_id=beam.DoFn.StateParam(ACK_ID), is_done=beam.DoFn.StateParam(IS_DONE)):
-    ack_id.clear()
-    is_done.clear()
+  def release(self, state=beam.DoFn.StateParam(STATE)):
+    state.clear()
 
   def finish_bundle(self):
     # Acking here is safe: a "done" marker only exists once the write it stands for is committed.
