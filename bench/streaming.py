@@ -169,11 +169,13 @@ def drain(a, server, publisher, runner, bodies, expected, work, sample, model, f
     job.stop()
     reader.stop.set()
   n = len(bodies)
+  if a.no_events_out:
+    t_events = cpu_events = None
   out = {'ready_s': ready, 'events_s': t_events, 'cpu_s': cpu_events, 'counted': counted,
          'events_per_s': n / t_events if t_events else float('nan'),
          'events_per_cpu_s': n / cpu_events if cpu_events else float('nan'),
          'findings_s': t_findings, 'findings': len(expected & got), 'extra': len(got - expected)}
-  print(f'[drain {runner}] ready {ready:.1f}s after start; {counted}/{n} events counted in '
+  print(f'[drain {runner}{" no --events-out" if a.no_events_out else ""}] ready {ready:.1f}s after start; {counted}/{n} events counted in '
         f'{t_events or float("nan"):.1f}s = {out["events_per_s"]:.0f} events/s, '
         f'{out["events_per_cpu_s"]:.0f} events per CPU-second ({cpu_events or float("nan"):.1f} CPU-s); '
         f'{out["findings"]}/{len(expected)} batch findings on the topic after {t_findings:.1f}s '

@@ -13,9 +13,11 @@ and this keyed step acks once both meet. A kill before the write leaves the mess
 it is redelivered and counted by the restarted job. A kill between the write and the ack (one
 bundle of this step) can count a message twice; nothing is lost.
 
-State per message id: the latest ack id (a redelivered copy brings a new one) or a "done" flag
-when the marker came first; both are released by an event-time timer ``horizon`` seconds after
-the message's event time (the dedup span: a later copy would be counted again anyway).
+State per message id: the latest ack id (a redelivered copy brings a new one), cleared when the
+outcome arrives; or, when the outcome came first, a "done" flag released by an event-time timer
+``horizon`` seconds after the message's event time (the dedup span). A copy redelivered after its
+message was acked brings a new ack id and a new outcome (a dropped duplicate), and is acked in
+turn.
 """
 from __future__ import annotations
 
@@ -44,8 +46,9 @@ def dead_letter_message_id(line: str) -> str:
 
 
 class _AckWhenDoneFn(beam.DoFn):
-  # One cell per message id: (subscription, ack id) while waiting for the outcome, DONE after
-  # it (one state read per element: on Prism every state access is a round trip to the runner).
+  # One cell per message id: (subscription, ack id) while waiting for the outcome, or DONE when
+  # the outcome came first (one state read per element: on Prism every state access is a round
+  # trip to the runner).
   STATE = ReadModifyWriteStateSpec('ack_or_done', PickleCoder())
   EXPIRE = TimerSpec('expire', TimeDomain.WATERMARK)
 
@@ -70,17 +73,20 @@ class _AckWhenDoneFn(beam.DoFn):
     _, (kind, value) = kv
     held = state.read()
     if kind == ACK:
-      if held == DONE:  # the outcome is written already (a copy delivered again): ack now
+      if held == DONE:  # its outcome came first (it travels a longer path: rare)
         self._pending.setdefault(value[0], []).append(value[1])
-        return
-      state.write(value)  # the latest delivery's ack id
-    else:
-      if held is not None and held != DONE:
-        self._pending.setdefault(held[0], []).append(held[1])
-      if held == DONE:
-        return
-      state.write(DONE)  # a copy delivered again later is acked as soon as its id arrives
-    expire.set(ts + self._horizon)
+        state.clear()
+      else:
+        state.write(value)  # the latest delivery's ack id
+      return
+    if held is None:  # the outcome before the ack id: remember it, for a while
+      state.write(DONE)
+      expire.set(ts + self._horizon)
+    elif held != DONE:
+      self._pending.setdefault(held[0], []).append(held[1])
+      state.clear()
+    # (no timer for an ack id: every message has an outcome that consumes it, and a timer per
+    # message costs Prism more than the rest of this step)
 
   @on_timer(EXPIRE)
   def release(self, state=beam.DoFn.StateParam(STATE)):
