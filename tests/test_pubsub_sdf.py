@@ -186,17 +186,21 @@ def test_prism_pubsub_kill_and_restart_loses_and_duplicates_nothing(pubsub, samp
 
   job = _start_job(pubsub, sub, tmp_path, sample, model_dir, stop_idle=0)
   try:
-    # Part 1 goes out in a trickle; kill -9 once some of it is counted and the rest is still
-    # arriving (pulled, in flight, unacked).
-    deadline, sent = time.time() + 120, 0
-    while time.time() < deadline and sum(counted().values()) < 60:
+    # The first 30 of part 1 warm the job up (counted: it is pulling); then the next 60 go out
+    # in a trickle and the kill -9 follows the last of them: messages are pulled, in flight,
+    # written or not, acked or not.
+    publish(parts[0][:30])
+    deadline = time.time() + 120
+    while time.time() < deadline and sum(counted().values()) < 30:
       assert job.poll() is None, _log_tail(tmp_path)
-      if sent < len(parts[0]):
-        publish(parts[0][sent:sent + 5])
-        sent += 5
-      time.sleep(0.1)
+      time.sleep(0.2)
+    assert sum(counted().values()) == 30, _log_tail(tmp_path)
+    for sent in range(30, 90, 5):
+      publish(parts[0][sent:sent + 5])
+      time.sleep(0.05)
+    sent = 90
+    time.sleep(0.3)
     before_kill = sum(counted().values())
-    assert before_kill >= 60, _log_tail(tmp_path)
     os.killpg(job.pid, signal.SIGKILL)
     job.wait(10)
   finally:
@@ -216,7 +220,7 @@ def test_prism_pubsub_kill_and_restart_loses_and_duplicates_nothing(pubsub, samp
       pytest.fail(f'the restarted job did not stop on its own:\n{_log_tail(tmp_path)}')
   got = counted()
   published = {r['eventID'] for r in records}
-  print(f'\nkill -9 with {before_kill} of {sent} trickled events counted; after the restart '
+  print(f'\nkill -9 with {before_kill} of {sent} published events counted; after the restart '
         f'{len(set(got) & published)} of {len(published)} counted, '
         f'{sum(1 for n in got.values() if n > 1)} twice')
   assert set(got) == published, (f'lost {len(published - set(got))}, extra {len(set(got) - published)}'

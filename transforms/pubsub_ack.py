@@ -13,9 +13,10 @@ and this keyed step acks once both meet. A kill before the write leaves the mess
 it is redelivered and counted by the restarted job. A kill between the write and the ack (one
 bundle of this step) can count a message twice; nothing is lost.
 
-State per message id: the latest ack id (a redelivered copy brings a new one), cleared when the
-outcome arrives; or, when the outcome came first, a "done" flag released by an event-time timer
-``horizon`` seconds after the message's event time (the dedup span). A copy redelivered after its
+State per message id (kept in one of ``BUCKETS`` keyed cells): the latest ack id (a redelivered
+copy brings a new one), dropped when the outcome arrives; or, when the outcome came first, a
+"done" mark released by an event-time timer ``horizon`` seconds after the message's event time
+(the dedup span). A copy redelivered after its
 message was acked brings a new ack id and a new outcome (a dropped duplicate), and is acked in
 turn.
 """
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import zlib
 from typing import Dict, List
 
 import apache_beam as beam
@@ -30,7 +32,7 @@ from apache_beam.coders import PickleCoder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
-from apache_beam.utils.timestamp import Duration
+from apache_beam.utils.timestamp import Duration, Timestamp
 
 _LOG = logging.getLogger('postauth')
 ACK, DONE = 'ack', 'done'
@@ -45,11 +47,34 @@ def dead_letter_message_id(line: str) -> str:
   return str(json.loads(line).get('index', ''))
 
 
+BUCKETS = 32  # keys of the ack step (message ids are hashed into these)
+
+
+def bucket(mid: str) -> int:
+  return zlib.crc32(mid.encode()) % BUCKETS
+
+
+def _set_earliest(expire, cell) -> None:
+  """One timer per key: at the earliest expiry among the cell's "done" marks."""
+  expiries = [v for v in cell.values() if isinstance(v, int)]
+  if expiries:
+    expire.set(Timestamp(micros=min(expiries)))
+
+
+def _store(pending, cell) -> None:
+  if cell:
+    pending.write(cell)
+  else:
+    pending.clear()
+
+
 class _AckWhenDoneFn(beam.DoFn):
-  # One cell per message id: (subscription, ack id) while waiting for the outcome, or DONE when
-  # the outcome came first (one state read per element: on Prism every state access is a round
-  # trip to the runner).
-  STATE = ReadModifyWriteStateSpec('ack_or_done', PickleCoder())
+  # Keyed by a hash bucket of the message id, not the id itself: on Prism each key's state and
+  # each bundle cost round trips, and a key per message made this step as dear as the rest of
+  # the pipeline. A bucket's cell maps message id -> (subscription, ack id) while the outcome is
+  # awaited, or -> expiry (event-time micros) when the outcome came first; it holds only the
+  # messages in flight.
+  PENDING = ReadModifyWriteStateSpec('pending', PickleCoder())
   EXPIRE = TimerSpec('expire', TimeDomain.WATERMARK)
 
   def __init__(self, horizon: int):
@@ -68,29 +93,35 @@ class _AckWhenDoneFn(beam.DoFn):
   def start_bundle(self):
     self._pending: Dict[str, List[str]] = {}
 
-  def process(self, kv, ts=beam.DoFn.TimestampParam, state=beam.DoFn.StateParam(STATE),
+  def _ack_later(self, held) -> None:
+    self._pending.setdefault(held[0], []).append(held[1])
+
+  def process(self, kv, ts=beam.DoFn.TimestampParam, pending=beam.DoFn.StateParam(PENDING),
               expire=beam.DoFn.TimerParam(EXPIRE)):
-    _, (kind, value) = kv
-    held = state.read()
+    _, (mid, kind, value) = kv
+    cell = pending.read() or {}
+    held = cell.get(mid)
     if kind == ACK:
-      if held == DONE:  # its outcome came first (it travels a longer path: rare)
-        self._pending.setdefault(value[0], []).append(value[1])
-        state.clear()
+      if isinstance(held, int):  # its outcome came first (it travels a longer path: rare)
+        self._ack_later(value)
+        del cell[mid]
       else:
-        state.write(value)  # the latest delivery's ack id
-      return
-    if held is None:  # the outcome before the ack id: remember it, for a while
-      state.write(DONE)
-      expire.set(ts + self._horizon)
-    elif held != DONE:
-      self._pending.setdefault(held[0], []).append(held[1])
-      state.clear()
-    # (no timer for an ack id: every message has an outcome that consumes it, and a timer per
-    # message costs Prism more than the rest of this step)
+        cell[mid] = value  # the latest delivery's ack id
+    elif held is None:  # the outcome before the ack id: remember it for the dedup span
+      cell[mid] = (ts + self._horizon).micros
+      _set_earliest(expire, cell)
+    elif not isinstance(held, int):
+      self._ack_later(held)
+      del cell[mid]
+    _store(pending, cell)
 
   @on_timer(EXPIRE)
-  def release(self, state=beam.DoFn.StateParam(STATE)):
-    state.clear()
+  def release(self, now=beam.DoFn.TimestampParam, pending=beam.DoFn.StateParam(PENDING),
+              expire=beam.DoFn.TimerParam(EXPIRE)):
+    cell = {k: v for k, v in (pending.read() or {}).items()
+            if not (isinstance(v, int) and v <= now.micros)}
+    _set_earliest(expire, cell)
+    _store(pending, cell)
 
   def finish_bundle(self):
     # Acking here is safe: a "done" marker only exists once the write it stands for is committed.
@@ -116,8 +147,8 @@ class AckWhenDone(beam.PTransform):
     acks, done = inputs[0], list(inputs[1:])
     marks = (done
              | 'AllDone' >> beam.Flatten()
-             | 'DoneMarker' >> beam.Map(lambda mid: (mid, (DONE, None))))
-    ids = acks | 'AckMarker' >> beam.Map(lambda kv: (kv[0], (ACK, kv[1])))
+             | 'DoneMarker' >> beam.Map(lambda mid: (bucket(mid), (mid, DONE, None))))
+    ids = acks | 'AckMarker' >> beam.Map(lambda kv: (bucket(kv[0]), (kv[0], ACK, kv[1])))
     return ((ids, marks)
             | 'AcksAndDone' >> beam.Flatten()
             | 'AckWhenDone' >> beam.ParDo(_AckWhenDoneFn(self._horizon)))
