@@ -187,8 +187,8 @@ def test_prism_pubsub_kill_and_restart_loses_and_duplicates_nothing(pubsub, samp
   job = _start_job(pubsub, sub, tmp_path, sample, model_dir, stop_idle=0)
   try:
     # The first 30 of part 1 warm the job up (counted: it is pulling); then the next 60 go out
-    # in a trickle and the kill -9 follows the last of them: messages are pulled, in flight,
-    # written or not, acked or not.
+    # in a burst and the kill -9 comes as soon as the first of them are counted: some written
+    # (acked or not yet), the others pulled, in flight or still waiting.
     publish(parts[0][:30])
     deadline = time.time() + 120
     while time.time() < deadline and sum(counted().values()) < 30:
@@ -199,7 +199,8 @@ def test_prism_pubsub_kill_and_restart_loses_and_duplicates_nothing(pubsub, samp
       publish(parts[0][sent:sent + 5])
       time.sleep(0.05)
     sent = 90
-    time.sleep(0.3)
+    while time.time() < deadline and sum(counted().values()) <= 30:
+      time.sleep(0.05)
     before_kill = sum(counted().values())
     os.killpg(job.pid, signal.SIGKILL)
     job.wait(10)
