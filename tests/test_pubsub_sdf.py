@@ -150,7 +150,7 @@ def _start_job(server, sub, tmp_path, sample, model_dir, stop_idle: float) -> su
          f'--subscription={sub}', '--timestamp-attribute=eventTime',
          f'--events-out={tmp_path / "events"}', f'--findings={tmp_path / "findings.jsonl"}',
          f'--dead-letters={tmp_path / "dead-letter.jsonl"}', f'--inventory={sample["inventory"]}',
-         f'--model-dir={model_dir}', '--watermark-idle-seconds=3', f'--pubsub-stop-idle={stop_idle}',
+         f'--model-dir={model_dir}', '--watermark-idle-seconds=300', f'--pubsub-stop-idle={stop_idle}',
          '--pubsub-max-messages=20']
   log = open(tmp_path / f'job-{time.time():.0f}.log', 'w')
   # its own process group: SIGKILL takes Prism (a child process) down with it
