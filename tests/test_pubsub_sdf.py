@@ -190,7 +190,7 @@ def test_prism_pubsub_kill_and_restart_loses_and_duplicates_nothing(pubsub, samp
     # in a burst and the kill -9 comes as soon as the first of them are counted: some written
     # (acked or not yet), the others pulled, in flight or still waiting.
     publish(parts[0][:30])
-    deadline = time.time() + 120
+    deadline = time.time() + 240  # (a loaded machine: Prism takes its time to start)
     while time.time() < deadline and sum(counted().values()) < 30:
       assert job.poll() is None, _log_tail(tmp_path)
       time.sleep(0.2)
