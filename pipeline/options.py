@@ -160,7 +160,8 @@ class PubSubSourceOptions(PipelineOptions):
                              'to both.')
     parser.add_argument('--pubsub-stop-idle', dest='pubsub_stop_idle', type=float, default=0.0,
                         help='sdf reader: end the source after this many seconds without a message '
-                             '(every window then closes and the job finishes); 0 = never. For '
+                             'newer (in event time) than every one before -- redeliveries do not '
+                             'count -- (every window then closes and the job finishes); 0 = never. For '
                              'backfills, benchmarks and tests.')
     parser.add_argument('--events-out', dest='events_out', default=None,
                         help='Streaming Pub/Sub: also write every event read, parsed and '

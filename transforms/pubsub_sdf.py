@@ -26,7 +26,8 @@ newest event time by ``max_delay`` once a pull came back short; when idle for
 event; never before the first message). Its state lives in the restriction (no state API:
 Prism rejects stateful SDFs), so it survives checkpoints. With ``stop_idle`` > 0 the source
 ends after that many seconds without a message (the watermark goes to infinity, every window
-closes, the job finishes): for backfills, benchmarks and tests.
+closes, the job finishes): for backfills, benchmarks and tests. Only a message with a newer
+event time counts there: redeliveries of messages not acked yet do not keep the source alive.
 
 With ``ack_mode='counted'`` (``--events-out`` given) the reader acks nothing itself: it hands
 each ack id to ``transforms.pubsub_ack``, which acks once the message's outcome is written
@@ -66,6 +67,9 @@ class PullState(typing.NamedTuple):
   watermark: float  # seconds; float('-inf') before the first advance
   last_message: float  # wall-clock time a message was last read (or the source started)
   done: bool = False
+  # wall-clock time the newest event time last moved (or the source started): what
+  # --pubsub-stop-idle waits on, so redeliveries of unacked messages do not keep a source alive
+  last_newer: Optional[float] = None
 
 
 class _PullTracker(RestrictionTracker):
@@ -243,10 +247,16 @@ class _PullFn(beam.DoFn, RestrictionProvider):
                        else MIN_TIMESTAMP)
     mark = clock.advance([ts for ts, _ in stamped], drained, now, now)
     last_message = now if received else state.last_message
-    stop = self._s.stop_idle > 0 and not received and now - last_message >= self._s.stop_idle
-    next_state = PullState(subscription, None if clock.newest is None else clock.newest.micros / 1e6,
+    newest = None if clock.newest is None else clock.newest.micros / 1e6
+    last_newer = state.last_newer if state.last_newer is not None else state.last_message
+    if newest is not None and (state.newest is None or newest > state.newest):
+      last_newer = now
+    # (a message redelivered because its outcome is not written yet -- with ack_mode 'counted'
+    # that can wait for the watermark -- is not news: it must not keep the source from ending)
+    stop = self._s.stop_idle > 0 and now - last_newer >= self._s.stop_idle
+    next_state = PullState(subscription, newest,
                            float('-inf') if mark == MIN_TIMESTAMP else mark.micros / 1e6,
-                           last_message, done=stop)
+                           last_message, done=stop, last_newer=last_newer)
     if not tracker.try_claim(next_state):
       self._release(subscription, [r.ack_id for r in received])
       return
@@ -263,7 +273,7 @@ class _PullFn(beam.DoFn, RestrictionProvider):
     # finalization, and the SDK answers an error for a bundle that registered nothing.
     finalizer.register(lambda: self._ack(subscription, ack_ids))
     if stop:
-      _LOG.info('pubsub %s: no message for %.0f s, stopping', self._source, now - last_message)
+      _LOG.info('pubsub %s: no newer event for %.0f s, stopping', self._source, now - last_newer)
       if self._is_topic:
         try:
           self._client.delete_subscription(subscription=subscription)
