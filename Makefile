@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install prism flink flink-if-served bench bench-pipeline bench-state bench-coder bench-model bench-pubsub bench-streaming evaluate clean pubsub-deps
+.PHONY: demo test install prism otelcol flink flink-if-served bench bench-pipeline bench-state bench-coder bench-model bench-pubsub bench-streaming evaluate clean pubsub-deps
 
 # The local Pub/Sub server (Google's pstest) builds from two Debian packages. Installed when
 # this user can (root or passwordless sudo, as in CI); a no-op when they are there. Without
@@ -35,6 +35,15 @@ $(PRISM):
 
 prism: $(PRISM)
 	@echo "$(CURDIR)/$(PRISM)"
+
+# A minimal OpenTelemetry Collector (OTLP receiver -> file exporter, collector v0.161.0) built from
+# tools/otelcol with Go, to run config/otelcol-file.yaml in front of postauth (docs/otel.md).
+OTELCOL := .otelcol/otelcol-postauth
+$(OTELCOL): tools/otelcol/main.go tools/otelcol/go.mod
+	cd tools/otelcol && GOFLAGS=-buildvcs=false $(GO) build -o "$(CURDIR)/$(OTELCOL)" .
+
+otelcol: $(OTELCOL)
+	@echo "$(CURDIR)/$(OTELCOL)"
 
 # Beam's Flink job server jar for the pinned apache-beam version, fetched from Maven Central with
 # Maven into a folder the project owns; `postauth ... --runner=FlinkRunner` picks it up from there

@@ -2,13 +2,16 @@
 
     python bench/evaluate.py [--out out/evaluate] [--identities 200] [--days 7] [--seed 7]
                              [--more-seeds 8,9] [--no-streaming] [--real-data ../shared/data]
+                             [--agent-seeds 7,8,9] [--agents 40]
 
 Generates the labelled sample (`postauth demo`'s defaults), trains, runs the batch
 detection, evaluates it (`postauth evaluate`), replays the live day as a stream and
 evaluates that too, then runs batch detection with the same model over every real
 sample set. Then, for each of ``--more-seeds``, the same sample, training and batch
 detection again: pages per 1,000 identity-days, overall and per benign kind, over all
-the seeds. Writes ``OUT/report.json`` and ``OUT/report.md`` and prints the markdown.
+the seeds. Then the AI-agent fleet (OpenTelemetry tool-call spans, ``pipeline/agent_fleet.py``)
+for each of ``--agent-seeds``: sample, training, batch detection, the same report beside
+CloudTrail's (``pipeline/evaluate_agents.py``). Writes ``OUT/report.json`` and ``OUT/report.md`` and prints the markdown.
 """
 from __future__ import annotations
 
@@ -35,6 +38,9 @@ def main(argv=None) -> int:
   ap.add_argument('--more-seeds', default='8,9',
                   help='Further generator seeds for the page rates (batch only; "" for none).')
   ap.add_argument('--no-streaming', action='store_true', help='Skip the streaming replay.')
+  ap.add_argument('--agent-seeds', default='7,8,9',
+                  help='Seeds of the AI-agent fleet (OpenTelemetry tool spans) evaluation ("" for none).')
+  ap.add_argument('--agents', type=int, default=40, help='Agents in each agent-fleet sample.')
   ap.add_argument('--real-data', default=DEFAULT_REAL, help='Root of the real samples ("" to skip).')
   a, beam_args = ap.parse_known_args(argv)
   out = os.path.abspath(a.out)
@@ -91,6 +97,15 @@ def main(argv=None) -> int:
   report['pages_per_seed'] = {str(seed): r['pages'] for seed, r in per_seed}
   md += [f'Pages (findings at medium or above) that match no attack, batch detection, seeds '
          f'{", ".join(str(s) for s, _ in per_seed)}:', '', ev.pages_markdown(report['pages'], per_seed)]
+  agent_seeds = [int(x) for x in a.agent_seeds.split(',') if x.strip()]
+  if agent_seeds:  # the agent fleet, beside CloudTrail (pipeline/evaluate_agents.py)
+    from pipeline.evaluate_agents import evaluate_agent_seeds
+    t = time.time()
+    report['agents'], agent_md = evaluate_agent_seeds(
+        out, agent_seeds, a.agents, a.days, beam_args,
+        echo=lambda line: print(line, file=sys.stderr, flush=True))
+    report['timings_s']['agents'] = round(time.time() - t, 1)
+    md += ['## AI agents (OpenTelemetry GenAI tool-call spans)', '', agent_md]
   report['timings_s']['total'] = round(time.time() - t0, 1)
   md.append('Time: ' + ', '.join(f'{k} {v} s' for k, v in report['timings_s'].items()))
   text = '\n'.join(md) + '\n'

@@ -29,7 +29,7 @@ def day_of(window_end: float) -> int:
 class IdentityHistory:
   """Per-identity history: ``observe(window)`` returns the profile to judge it against."""
 
-  __slots__ = ('base', 'today', 'day', 'first_day', 'unregistered_day')
+  __slots__ = ('base', 'today', 'day', 'first_day', 'unregistered_clock')
 
   def __init__(self, base: Optional[IdentityProfile] = None):
     self.base = base or IdentityProfile()
@@ -38,7 +38,8 @@ class IdentityHistory:
     # The first day this history covers: a trained profile counts as history
     # from the start; a new identity needs warm-up days before it is judged.
     self.first_day: Optional[int] = None if not self.base.windows else -1
-    self.unregistered_day: Optional[int] = None  # last day an unregistered finding was raised
+    # When an unregistered-identity finding was last raised (transforms/unregistered.py).
+    self.unregistered_clock = None
 
   def observe(self, agg, window_end: float) -> IdentityProfile:
     """Folds the window into today's delta; returns the profile of the days before."""

@@ -9,11 +9,13 @@ import sys
 import time
 from typing import List, Optional
 
+from pipeline import quiet  # noqa: F401  (first: imports Beam without its apitools warning)
+
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipeline import options as opts
-from pipeline import summary
+from pipeline import preflight, stop, summary
 
 USAGE = """postauth <command> [flags]
 
@@ -70,10 +72,19 @@ def pipeline_options(argv: List[str]) -> PipelineOptions:
 
 
 def _run_pipeline(build, options: PipelineOptions):
+  """Builds, runs and waits; SIGINT/SIGTERM cancel the job and raise ``stop.Interrupted``."""
   p = beam.Pipeline(options=options)
   build(p)
-  result = p.run()
-  result.wait_until_finish()
+  result = None
+  try:
+    with stop.stop_on_signals() as watch:
+      result = p.run()  # the FnApiRunner runs the whole job here, the others submit it
+      watch.reclaim()
+      result.wait_until_finish()
+  except stop.Interrupted as e:
+    e.result = result
+    e.detail = stop.cancel(result)
+    raise
   return result
 
 
@@ -98,6 +109,7 @@ def train(argv: List[str]) -> dict:
   options = pipeline_options(argv)
   det = options.view_as(opts.DetectOptions)
   opts.validate_train(options, det.model_dir, det.inventory)
+  preflight.check_train(options, det.inventory)
   result = _run_pipeline(lambda p: build_training(p, options, det.inventory, det.model_dir), options)
   from models.artifact import resolve_version
   return {'version': resolve_version(det.model_dir) if options.view_as(opts.TrainOptions).promote else None,
@@ -108,12 +120,11 @@ def run(argv: List[str]) -> dict:
   from pipeline.detect import build_detection, suppressed_path
   from transforms import outputs
   from transforms.sinks import clear_parts, compact_parts
-  from models.model import DetectionModel
   options = pipeline_options(argv)
   opts.validate_run(options)
   det = options.view_as(opts.DetectOptions)
-  # Fail before submitting if the model is missing or does not verify.
-  DetectionModel.load(det.model_dir, det.model_version)
+  # Fail before submitting if an input is unreadable or the model does not verify.
+  preflight.check_run(options)
   streaming = options.view_as(StandardOptions).streaming
   dead_letters = outputs.dead_letter_spec(options)
   ps = options.view_as(opts.PubSubSourceOptions)
@@ -124,12 +135,16 @@ def run(argv: List[str]) -> dict:
     outputs.prepare_file_sinks(options)
     if replay_to_local:
       clear_parts(suppressed_path(options))
-  result = _run_pipeline(lambda p: build_detection(p, options), options)
+  interrupted = None
+  try:
+    result = _run_pipeline(lambda p: build_detection(p, options), options)
+  except stop.Interrupted as e:  # compact and count what the sinks got, then report the stop
+    interrupted, result = e, e.result
   if streaming:
     outputs.finish_file_sinks(options)
     if replay_to_local:
       compact_parts(suppressed_path(options), key='finding_id')
-  counters = summary.counters(result)
+  counters = _counters(result)
   if streaming:
     # The streaming DirectRunner commits counters of its first bundle only (checked with a
     # bare TestStream + counter pipeline on Beam 2.77): report what the sinks received instead.
@@ -139,8 +154,39 @@ def run(argv: List[str]) -> dict:
       counters['dead_lettered'] = outputs.count_records(dead_letters)
     if os.path.exists(suppressed_path(options)):
       counters['findings_suppressed'] = _count_lines(suppressed_path(options))
+  first_file = next((s for s in outputs.sink_specs(options) if s.kind in ('jsonl', 'avro')), None)
+  counters.update(summary.findings_accounting(
+      counters, _written_findings(first_file, outputs), streaming))
+  if interrupted is not None:
+    processed = summary.render_counters(counters) or 'nothing counted yet'
+    interrupted.detail = (f'{interrupted.detail}; {processed}; partial output in '
+                          f'{first_file.target if first_file else "the sinks"}')
+    raise interrupted
   return {'findings': det.findings, 'dead_letters': dead_letters.target,
           'suppressed': suppressed_path(options), 'counters': counters}
+
+
+def _counters(result) -> dict:
+  if result is None:
+    return {}
+  try:
+    return summary.counters(result)
+  except Exception:  # a cancelled job's metrics may be gone with it
+    return {}
+
+
+def _written_findings(spec, outputs) -> Optional[List[dict]]:
+  """The findings a local file sink holds (None for other sinks or no file)."""
+  if spec is None or '://' in spec.target or not os.path.exists(spec.target):
+    return None
+  try:
+    if spec.kind == 'avro':
+      rows = [outputs.finding_from_avro(r) for r in outputs.read_avro(spec.target)]
+    else:
+      rows = summary.read_findings(spec.target)
+  except (KeyError, ValueError):  # a sink format without postauth's finding fields
+    return None
+  return rows if all('finding_id' in r for r in rows) else None
 
 
 def _count_lines(path: str) -> int:
@@ -323,6 +369,13 @@ def main(argv: Optional[List[str]] = None) -> int:
   except (opts.OptionsError, ArtifactError, ConfigError) as e:
     print(f'postauth {command}: error: {e}', file=sys.stderr)
     return 2
+  except stop.Interrupted as e:
+    print(f'postauth {command}: stopped by {e.name}'
+          + (f': {e.detail}' if e.detail else ''), file=sys.stderr, flush=True)
+    return stop.exit_code_after_stop(e)
+  except KeyboardInterrupt:  # Ctrl-C outside a running job (imports, model load, compaction)
+    print(f'postauth {command}: stopped by SIGINT', file=sys.stderr)
+    return 130
 
 
 if __name__ == '__main__':

@@ -13,6 +13,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.utils import shared
 
+from pipeline.prism import lands_on_bundle_runner
 from pipeline.options import (DetectOptions, EventOptions, PubSubSourceOptions, WatchOptions,
                               WindowOptions, disabled_rules)
 from transforms.findings import MergeOverlappingWindows
@@ -30,6 +31,7 @@ from transforms.parse import ParseFiles, ParseRecords
 from transforms.pubsub_source import ParsedStream, ReadPubSubEvents, choose_reader, pull_settings
 from transforms.replay import ReplayFiles
 from transforms.score import ScoreWindows, WatchModelPointer
+from transforms.updates import refresh_by_polling
 from transforms.watch import WatchFiles
 from transforms.windowing import IdentityWindows
 
@@ -72,7 +74,8 @@ def build_detection(p: beam.Pipeline, options: PipelineOptions) -> Dict[str, bea
     late = parsed.late
   elif replay or (streaming and ev.events_watch):
     if replay:
-      records = p | 'ReplayFiles' >> ReplayFiles(ev.events, det.replay_step)
+      records = p | 'ReplayFiles' >> ReplayFiles(ev.events, det.replay_step,
+                                                 test_stream=lands_on_bundle_runner(options))
     else:  # new files in a folder or bucket, read once each, event-time watermark (transforms/watch.py)
       w = options.view_as(WatchOptions)
       records = p | 'WatchFiles' >> WatchFiles(ev.events_watch, w.watch_interval, w.watch_max_delay,
@@ -84,39 +87,39 @@ def build_detection(p: beam.Pipeline, options: PipelineOptions) -> Dict[str, bea
     late = parsed.late
   else:
     parsed = p | 'ParseFiles' >> ParseFiles(ev.events, ev.format, ev.taxonomy_files)
-  # A bounded replay reads the inventory and the model once (a periodic re-read
-  # never ends); an unbounded source re-reads them every --inventory-refresh /
-  # --model-refresh seconds, taking effect mid-stream (transforms/updates.py).
-  # (a watch told to stop after an idle spell, --watch-stop-idle, reads them once too: a
-  # periodic re-read would keep the job from ending)
-  live = streaming and not replay and not (
+  # A bounded replay reads the inventory and the model once; an unbounded source re-reads
+  # them every --inventory-refresh / --model-refresh seconds, taking effect mid-stream
+  # (transforms/updates.py). Prism and the DirectRunner's runners do not deliver that
+  # refreshed side input: there the enrich and score steps poll the same reads themselves.
+  # (a watch told to stop after an idle spell, --watch-stop-idle, or a Pub/Sub source with
+  # --pubsub-stop-idle, refreshes only by polling: the periodic impulse of the side input would
+  # keep the job from ending)
+  poll = streaming and not replay and refresh_by_polling(options.view_as(StandardOptions).runner)
+  live = poll or (streaming and not replay and not (
       ev.events_watch and options.view_as(WatchOptions).watch_stop_idle > 0) and not (
-      (ps.subscription or ps.topic) and ps.pubsub_stop_idle > 0)
-  runner = str(options.view_as(StandardOptions).runner or 'DirectRunner')
-  if live and (ps.subscription or ps.topic) and 'Direct' in runner and (det.inventory_refresh > 0 or det.model_refresh > 0):
-    # The DirectRunner runs a Pub/Sub job on its BundleBasedDirectRunner, which in Beam 2.77
-    # cannot expand PeriodicImpulse ("ProcessKeyedElements/GroupByKey ... was not replaced as
-    # expected", reproduced with PeriodicImpulse + TestStream alone). Prism, Flink, Dataflow
-    # and the FnApiRunner run the refresh (tests/test_live_updates.py).
-    logging.warning('%s with Pub/Sub: the inventory and the model are read once '
-                    '(--inventory-refresh / --model-refresh need another runner)', runner)
-    live = False
+      (ps.subscription or ps.topic) and ps.pubsub_stop_idle > 0))
   inventory = p | 'Inventory' >> InventorySnapshots(det.inventory)
-  inventory_updates = None
+  inventory_updates = inventory_poll = None
   if live and det.inventory_refresh > 0 and not det.inventory.startswith('bq://'):
     # (a BigQuery inventory is read once: re-reading a table every few minutes costs queries)
-    refresh = InventoryRefresh(det.inventory, det.inventory_refresh)
-    inventory_updates = refresh.side_input(p | 'InventoryRefresh' >> refresh)
-  model_updates = None
+    if poll:
+      inventory_poll = InventoryRefresh.polled(det.inventory, det.inventory_refresh)
+    else:
+      refresh = InventoryRefresh(det.inventory, det.inventory_refresh)
+      inventory_updates = refresh.side_input(p | 'InventoryRefresh' >> refresh)
+  model_updates = model_poll = None
   if live and det.model_refresh > 0 and not det.model_version:
-    watch = WatchModelPointer(det.model_dir, det.model_refresh)
-    model_updates = watch.side_input(p | 'WatchModel' >> watch)
+    if poll:
+      model_poll = WatchModelPointer.polled(det.model_dir, det.model_refresh)
+    else:
+      watch = WatchModelPointer(det.model_dir, det.model_refresh)
+      model_updates = watch.side_input(p | 'WatchModel' >> watch)
   disabled = disabled_rules(options)
   model_handle = shared.Shared()  # one model per worker for history and scoring
   rule_config = RuleConfig(disabled=disabled, dormant_days=det.dormant_days)
   judged = (parsed.events
             | 'IdentityWindows' >> IdentityWindows(win.window_size, win.window_period, lateness)
-            | 'Enrich' >> EnrichWindows(inventory, inventory_updates)
+            | 'Enrich' >> EnrichWindows(inventory, inventory_updates, inventory_poll)
             | 'History' >> TrackHistory(det.model_dir, det.model_version,
                                         unregistered=UNREGISTERED not in disabled,
                                         period_seconds=win.window_period,
@@ -126,7 +129,7 @@ def build_detection(p: beam.Pipeline, options: PipelineOptions) -> Dict[str, bea
                                       window_period=win.window_period,
                                       allowed_lateness=lateness,
                                       rules=rule_config, shared_handle=model_handle,
-                                      model_updates=model_updates)
+                                      model_updates=model_updates, pointer_poll=model_poll)
             | 'MergeOverlapping' >> MergeOverlappingWindows(win.window_size, lateness))
   sources = [merged, judged[UNREGISTERED_TAG] | 'UnregisteredGlobal' >> beam.WindowInto(
       beam.transforms.window.GlobalWindows())]

@@ -141,9 +141,9 @@ def identity_days_of_events(paths: Sequence[str]) -> Tuple[int, int, int]:
   pairs: Set[Tuple[str, int]] = set()
   for path in paths:
     for record in file_records(path):
-      _, event = parser.parse_with_format(record)
-      if isinstance(event, Event):
-        pairs.add((event.identity, int(event.event_time // DAY)))
+      for _, item in parser.parse_items(record):  # an OTLP request holds many events
+        if isinstance(item.event, Event):
+          pairs.add((item.event.identity, int(item.event.event_time // DAY)))
   return len(pairs), len({i for i, _ in pairs}), len({d for _, d in pairs})
 
 

@@ -568,8 +568,9 @@ def _write_history(out_dir: str, day0: float, records: List[dict]) -> None:
 
 
 def generate(out_dir: str, identities: int = 200, days: int = 7, seed: int = 7,
-             end: str = DEFAULT_END, rate_scale: float = 0.4) -> Dict[str, int]:
-  """Writes the sample; returns counts for the caller to report."""
+             end: str = DEFAULT_END, rate_scale: float = 0.4, agents: int = 0) -> Dict[str, int]:
+  """Writes the sample; returns counts for the caller to report. ``agents``: also an AI-agent
+  fleet as OpenTelemetry traces (``pipeline/agent_fleet.py``), in the same sample."""
   if days < 2:
     raise ValueError('need at least 2 days: history and a live day')
   rng = np.random.default_rng(seed)
@@ -647,4 +648,7 @@ def generate(out_dir: str, identities: int = 200, days: int = 7, seed: int = 7,
   counts['labels'] = len(labels)
   counts['identities'] = len(fleet) + len(extras)  # with the identities that joined
   counts['benign_changes'] = len(benign)
+  if agents:
+    from pipeline.agent_fleet import generate_agents
+    counts['otel'] = generate_agents(out_dir, agents, days, seed, end, append=True)
   return counts

@@ -23,6 +23,8 @@ import logging
 import sys
 from typing import Dict, List, Optional, Tuple
 
+from pipeline import quiet  # noqa: F401  (first: imports Beam without its apitools warning)
+
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOptions,
@@ -138,16 +140,17 @@ class RunCommandFn(beam.DoFn):
 def build(p: beam.Pipeline, command: str, options: PipelineOptions, postauth: List[str]) -> None:
   """The pipeline a detached launch submits: the command's own, or the retrain runner."""
   if command == 'run':
-    from models.model import DetectionModel
+    from pipeline import preflight
     from pipeline.detect import build_detection
     opts.validate_run(options)
-    det = options.view_as(opts.DetectOptions)
-    DetectionModel.load(det.model_dir, det.model_version)  # refuse a tampered model before submitting
+    preflight.check_run(options)  # unreadable inputs, a tampered model: refused before submitting
     build_detection(p, options)
   elif command == 'train':
     from pipeline.train import build_training
+    from pipeline import preflight
     det = options.view_as(opts.DetectOptions)
     opts.validate_train(options, det.model_dir, det.inventory)
+    preflight.check_train(options, det.inventory)
     build_training(p, options, det.inventory, det.model_dir)
   else:
     (p
@@ -167,13 +170,14 @@ def main(argv: Optional[List[str]] = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
   from models.artifact import ArtifactError
+  from models.model import ConfigError
   try:
     command, postauth, beam_args = translate(argv)
     logging.info('postauth %s %s %s', command, ' '.join(postauth), ' '.join(beam_args))
     if pipeline_options(postauth, beam_args).view_as(GoogleCloudOptions).template_location:
       submit(command, postauth, beam_args)
       return 0
-  except (opts.OptionsError, ArtifactError) as e:
+  except (opts.OptionsError, ArtifactError, ConfigError) as e:
     print(f'postauth launcher: error: {e}', file=sys.stderr)
     return 2
   from pipeline import cli

@@ -84,6 +84,7 @@ class DetectOptions(PipelineOptions):
                         help='Comma-separated deterministic rules to turn off (out_of_scope, '
                              'disabled_identity_active, dormant_identity_revived, credential_created_by_nhi, '
                              'privilege_change_by_nhi, new_network_beside_usual, new_network_and_client, access_denied_sweep, '
+                             'collect_and_send, '
                              'unregistered_identity, '
                              'fleet_change).')
     parser.add_argument('--fleet-change-identities', dest='fleet_change_identities', type=int, default=3,
@@ -282,12 +283,7 @@ def validate_run(options: PipelineOptions) -> None:
   if d.dedup_period < 0 or d.inventory_refresh < 0 or d.model_refresh < 0 or d.dormant_days <= 0:
     raise OptionsError('--dedup-period, --inventory-refresh and --model-refresh must be >= 0, '
                        '--dormant-days > 0')
-  if d.allowlist and '://' not in d.allowlist:  # remote files are checked by the job itself
-    from transforms.triage import load_allowlist
-    try:
-      load_allowlist(d.allowlist)
-    except (OSError, ValueError) as e:
-      raise OptionsError(f'--allowlist: {e}') from e
+  # Input files (inventory, model, allow-list, taxonomy, --events matches): pipeline/preflight.py
 
 
 def validate_train(options: PipelineOptions, model_dir: str, inventory: str) -> None:

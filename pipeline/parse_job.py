@@ -23,7 +23,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipeline.options import EventOptions, OptionsError
 from transforms import formats
 from transforms.avro_events import schema_json, to_avro
-from transforms.parse import CATEGORY_NAMESPACE, FORMAT_NAMESPACE, NAMESPACE, ParseFiles
+from transforms.parse import CATEGORY_NAMESPACE, FORMAT_NAMESPACE, NAMESPACE, SKIP_NAMESPACE, ParseFiles
 
 EVENTS_PREFIX = 'events'
 EVENTS_SUFFIX = '.avro'
@@ -88,9 +88,10 @@ def build_parse(p: beam.Pipeline, options: PipelineOptions) -> Dict[str, beam.PC
 
 
 def summarize(result) -> dict:
-  """The job's counters as the summary line: totals, and parsed events by format and category."""
+  """The job's counters as the summary line: totals, parsed events by format and category,
+  skipped records by reason; ``read = parsed + dead_lettered + skipped``."""
   totals: Dict[str, int] = {}
-  by = {FORMAT_NAMESPACE: {}, CATEGORY_NAMESPACE: {}}
+  by = {FORMAT_NAMESPACE: {}, CATEGORY_NAMESPACE: {}, SKIP_NAMESPACE: {}}
   for c in result.metrics().query(MetricsFilter())['counters']:
     namespace, name = c.key.metric.namespace, c.key.metric.name
     value = int(max(c.committed or 0, c.attempted or 0))
@@ -100,8 +101,10 @@ def summarize(result) -> dict:
   return {'read': totals.get('records_read', 0),
           'parsed': totals.get('events_parsed', 0),
           'dead_lettered': totals.get('dead_lettered', 0),
+          'skipped': totals.get('skipped', 0),
           'by_format': dict(sorted(by[FORMAT_NAMESPACE].items())),
-          'by_category': dict(sorted(by[CATEGORY_NAMESPACE].items()))}
+          'by_category': dict(sorted(by[CATEGORY_NAMESPACE].items())),
+          'skipped_by_reason': dict(sorted(by[SKIP_NAMESPACE].items()))}
 
 
 def run_parse(argv: List[str]) -> dict:
@@ -109,6 +112,9 @@ def run_parse(argv: List[str]) -> dict:
   from pipeline.cli import pipeline_options
   options = pipeline_options(argv)
   validate_parse(options)
+  from pipeline import preflight  # a glob matching nothing, an unreadable taxonomy: exit 2
+  preflight.check_events(options.view_as(EventOptions).events)
+  preflight.check_taxonomy_files(options.view_as(EventOptions).taxonomy_files)
   prepare_out(options)
   p = beam.Pipeline(options=options)
   build_parse(p, options)
@@ -125,7 +131,8 @@ def _help() -> str:
   parser.add_argument('--runner', help='Beam runner (default DirectRunner).')
   return parser.format_help() + ('\nformats (--format): ' + ', '.join(f.name for f in formats.FORMATS)
                                  + '\nThe last stdout line is a JSON summary: read, parsed, '
-                                   'dead_lettered, by_format, by_category.')
+                                   'dead_lettered, skipped, by_format, by_category, skipped_by_reason '
+                                   '(read = parsed + dead_lettered + skipped; an OTLP span is a record).')
 
 
 def main(argv: List[str]) -> int:
@@ -135,9 +142,9 @@ def main(argv: List[str]) -> int:
   t0 = time.time()
   out = run_parse(argv)
   s = out['summary']
-  if s['read'] != s['parsed'] + s['dead_lettered']:
+  if s['read'] != s['parsed'] + s['dead_lettered'] + s['skipped']:
     print(f'postauth parse: counters do not add up: {s}', file=sys.stderr)
   print(f'parsed {s["parsed"]} events -> {out["events"]}; {s["dead_lettered"]} dead letters -> '
-        f'{out["dead_letters"]} ({time.time() - t0:.1f}s)')
+        f'{out["dead_letters"]}; {s["skipped"]} skipped ({time.time() - t0:.1f}s)')
   print(json.dumps(s, sort_keys=False))
   return 0

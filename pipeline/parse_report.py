@@ -55,20 +55,24 @@ def report_file(path: str, parser: RecordParser) -> dict:
   formats: collections.Counter = collections.Counter()
   categories: collections.Counter = collections.Counter()
   reasons: collections.Counter = collections.Counter()
+  skips: collections.Counter = collections.Counter()
   events: List[Event] = []
   records = 0
   for record in file_records(path):
-    records += 1
-    fmt, result = parser.parse_with_format(record)
-    if isinstance(result, Event):
-      events.append(result)
-      formats[fmt] += 1
-      categories[result.category] += 1
-    else:
-      reasons[result] += 1
+    for fmt, item in parser.parse_items(record):  # an OTLP request: one item per span
+      records += 1
+      if item.event is not None:
+        events.append(item.event)
+        formats[fmt] += 1
+        categories[item.event.category] += 1
+      elif item.skipped:
+        skips[item.reason] += 1
+      else:
+        reasons[item.reason] += 1
   return {'file': path, 'records': records, 'parsed': len(events),
-          'dead_lettered': sum(reasons.values()), 'formats': dict(formats),
-          'categories': dict(categories), 'reasons': dict(reasons), 'events': events}
+          'dead_lettered': sum(reasons.values()), 'skipped': sum(skips.values()),
+          'formats': dict(formats), 'categories': dict(categories), 'reasons': dict(reasons),
+          'skip_reasons': dict(skips), 'events': events}
 
 
 def report(paths: Iterable[str], taxonomy_files: Optional[List[str]] = None) -> List[dict]:
@@ -102,7 +106,7 @@ def to_markdown(rows: List[dict], root: str = '') -> str:
   set_categories: Dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
   for r in rows:
     top = name(r['file']).split(os.sep)[0]
-    for k in ('records', 'parsed', 'dead_lettered'):
+    for k in ('records', 'parsed', 'dead_lettered', 'skipped'):
       total[k] += r[k]
       sets[top][k] += r[k]
     set_categories[top].update(r['categories'])
@@ -111,21 +115,22 @@ def to_markdown(rows: List[dict], root: str = '') -> str:
            "Panther's rule-test files are unwrapped to the raw `log` they carry. `unknown format` means "
            'no parser recognised the record (e.g. Azure logs, which postauth does not read).', '',
            f'{len(rows)} files, {total["records"]} records: {total["parsed"]} parsed, '
-           f'{total["dead_lettered"]} dead-lettered.', '',
-           '## By set', '', '| set | records | parsed | dead-lettered | categories |',
-           '| --- | ---: | ---: | ---: | --- |']
+           f'{total["dead_lettered"]} dead-lettered, {total["skipped"]} skipped (not events: '
+           'e.g. AWS service events without an actor).', '',
+           '## By set', '', '| set | records | parsed | dead-lettered | skipped | categories |',
+           '| --- | ---: | ---: | ---: | ---: | --- |']
   for top, c in sorted(sets.items()):
-    lines.append(f'| {top} | {c["records"]} | {c["parsed"]} | {c["dead_lettered"]} | '
+    lines.append(f'| {top} | {c["records"]} | {c["parsed"]} | {c["dead_lettered"]} | {c["skipped"]} | '
                  f'{_counts(set_categories[top])} |')
   lines += ['', '## By file', '',
-            '| file | records | parsed | dead-lettered | top dead-letter reasons | formats | categories |',
-            '| --- | ---: | ---: | ---: | --- | --- | --- |']
+            '| file | records | parsed | dead-lettered | skipped | top dead-letter reasons | formats | categories |',
+            '| --- | ---: | ---: | ---: | ---: | --- | --- | --- |']
   for r in rows:
     reasons = collections.Counter()
     for reason, n in r['reasons'].items():
       reasons[_reason_class(reason)] += n
     lines.append(f'| {name(r["file"])} | {r["records"]} | {r["parsed"]} | {r["dead_lettered"]} | '
-                 f'{_counts(reasons, 3).replace("|", "/")} | {_counts(r["formats"])} | '
+                 f'{r["skipped"]} | {_counts(reasons, 3).replace("|", "/")} | {_counts(r["formats"])} | '
                  f'{_counts(r["categories"])} |')
   return '\n'.join(lines) + '\n'
 

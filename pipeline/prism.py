@@ -51,3 +51,18 @@ def use_local_prism(options: PipelineOptions) -> Optional[str]:
     _LOG.info('%s: Prism runs from %s (built by `make prism`)%s', name, path,
               '' if name == 'PrismRunner' else ' where the DirectRunner picks Prism')
   return path
+
+
+def lands_on_bundle_runner(options: PipelineOptions) -> bool:
+  """Whether a streaming job will run on the Python BundleBasedDirectRunner: asked for by name,
+  or the DirectRunner with neither ``--prism_location`` nor the project's binary (offline, its
+  Prism download fails and it falls back; online it would download Prism, but a graph built
+  for Prism cannot fall back, so the file replay takes the path that runs on both)."""
+  runner = options.view_as(StandardOptions).runner
+  name = runner if isinstance(runner, str) else type(runner).__name__ if runner else 'DirectRunner'
+  name = name.rsplit('.', 1)[-1]
+  if name == 'BundleBasedDirectRunner':
+    return True
+  if name != 'DirectRunner':
+    return False
+  return not (options.view_as(PrismRunnerOptions).prism_location or local_binary())

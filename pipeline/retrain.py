@@ -400,6 +400,8 @@ def retrain(argv: List[str], run_pipeline) -> Dict:
   started = time.time()
   options = pipeline_options(translate_labels_flag(argv))
   validate(options)
+  from pipeline.preflight import check_train
+  check_train(options, options.view_as(DetectOptions).inventory)  # unreadable inputs: exit 2
   det, rt = options.view_as(DetectOptions), options.view_as(RetrainOptions)
   model_dir = det.model_dir
   TrainConfig.from_file(options.view_as(TrainOptions).train_config)  # fail before the job

@@ -138,7 +138,7 @@ def test_each_fixture_is_sniffed_by_its_own_format_only():
     for obj in objs:
       sniffed = [f.name for f in formats.FORMATS if f.sniff(obj)]
       assert sniffed in ([fmt], []), (name, sniffed)
-  assert [f.name for f in formats.FORMATS] == ['cloudtrail', 'gcp_audit', 'k8s_audit', 'ocsf', 'canonical']
+  assert [f.name for f in formats.FORMATS] == ['cloudtrail', 'gcp_audit', 'k8s_audit', 'ocsf', 'otel', 'canonical']
   ocsf = formats.BY_NAME['ocsf']
   assert not ocsf.sniff({'class_uid': 'abc'}) and ocsf.sniff({'class_uid': '3001'})
   k8s = formats.BY_NAME['k8s_audit']

@@ -61,8 +61,8 @@ def test_parse_writes_avro_and_dead_letters_and_round_trips(tmp_path, capsys):
   code, s2 = parse_cli(capsys, f'--events={first}/events-*.avro', f'--out={second}')
   assert code == 0
   assert read_avro(second) == events
-  assert s2 == {'read': 18, 'parsed': 18, 'dead_lettered': 0, 'by_format': {'canonical': 18},
-                'by_category': s['by_category']}
+  assert s2 == {'read': 18, 'parsed': 18, 'dead_lettered': 0, 'skipped': 0, 'by_format': {'canonical': 18},
+                'by_category': s['by_category'], 'skipped_by_reason': {}}
   assert read_dead(second) == []
   # a rerun replaces its earlier shards instead of mixing with them
   code, _ = parse_cli(capsys, f'--events={FIXTURES}/ocsf.jsonl', f'--out={first}')

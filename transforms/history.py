@@ -7,10 +7,12 @@ profile the model learned for the identity (if any) and then keeps learning
 from the live stream, bounded by the profile's caps.
 
 Identities absent from the inventory raise one ``unregistered_identity``
-finding per identity and UTC day (shadow NHIs), from the same state.
+finding per identity and 24 h of event time from its first report (shadow NHIs),
+from the same state (the clock is in transforms/unregistered.py).
 """
 from __future__ import annotations
 
+import math
 import pickle
 import typing
 from typing import Any, Dict, Iterable, Optional
@@ -21,10 +23,11 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 from apache_beam.utils import shared
 
-from models.history import IdentityHistory, day_of
+from models.history import IdentityHistory
 from models.profile import IdentityProfile
 from transforms.findings import unregistered_finding
 from transforms.model_cache import acquire_model
+from transforms.unregistered import due
 from transforms.windowing import EPSILON, IdentityWindow
 
 UNREGISTERED = 'unregistered'
@@ -66,9 +69,12 @@ class _HistoryFn(beam.DoFn):
     before = hist.observe(window.agg, window.window_end)
     yield WindowInContext(window, context, before, hist.days_of_history(window.window_end))
     if context.get('registered') == 'false' and self._unregistered_enabled:
-      day = day_of(window.window_end)
-      if hist.unregistered_day is None or day > hist.unregistered_day:
-        hist.unregistered_day = day
+      agg = window.agg
+      first = agg.first_time if math.isfinite(agg.first_time) else window.window_start
+      last = agg.last_time if math.isfinite(agg.last_time) else window.window_end - EPSILON
+      clock = due(hist.unregistered_clock, first, last)
+      if clock is not None:
+        hist.unregistered_clock = clock
         self.unregistered.inc()
         yield beam.pvalue.TaggedOutput(
             UNREGISTERED, beam.transforms.window.TimestampedValue(

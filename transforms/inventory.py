@@ -30,7 +30,7 @@ import fastavro
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from transforms.updates import PeriodicReads
+from transforms.updates import PeriodicReads, PolledRead
 from transforms.updates import newest as updates_newest
 
 REQUIRED = ('identity', 'identity_type', 'owner', 'team', 'environment')
@@ -45,6 +45,7 @@ LOG_TYPE_TO_INVENTORY = {
     # GCP / Kubernetes / OCSF principals (see transforms/formats)
     'service_account': 'service_account', 'node': 'workload_identity', 'system': 'service',
     'anonymous': 'unknown', 'user': 'human', 'federated': 'human',
+    'ai_agent': 'ai_agent',  # OpenTelemetry GenAI tool spans (transforms/formats/otel.py)
 }
 
 
@@ -212,6 +213,14 @@ class InventoryRefresh(beam.PTransform):
   def side_input(self, reads: beam.PCollection):
     return self._reads.as_side_input(reads)
 
+  @staticmethod
+  def polled(path: str, refresh_seconds: float) -> PolledRead:
+    """The same re-read, polled by ``EnrichWindows`` itself (runners where the side input fails)."""
+    if path.startswith('bq://'):
+      raise InventoryError('--inventory-refresh re-reads files; export the BigQuery table to a '
+                           'file (or set --inventory-refresh 0)')
+    return PolledRead(functools.partial(read_snapshot, path), refresh_seconds, 'inventory')
+
 
 class _EnrichFn(beam.DoFn):
   """IdentityWindow -> (IdentityWindow, context) from the newest inventory this worker has seen.
@@ -221,13 +230,17 @@ class _EnrichFn(beam.DoFn):
   e.g. a failed re-read), else the snapshot read at start.
   """
 
-  def __init__(self):
+  def __init__(self, poll: Optional[PolledRead] = None):
     self.unregistered = Metrics.counter('postauth', 'windows_unregistered_identity')
     self.updates_used = Metrics.counter('postauth', 'inventory_updates_applied')
     self._last: Optional[Tuple[float, Snapshot]] = None
+    self._poll = poll
 
   def process(self, w, base, updates=None):
     snapshot = newest(base)
+    if self._poll is not None:
+      read = self._poll.poll()
+      updates = [read] if read is not None else []
     if updates is not None:
       read = updates_newest(updates)
       if read is not None and (self._last is None or read[0] > self._last[0]):
@@ -246,18 +259,20 @@ class EnrichWindows(beam.PTransform):
   """IdentityWindow -> (IdentityWindow, inventory context).
 
   ``snapshots``: the start-up read (``InventorySnapshots``); ``updates``: the
-  side input of an ``InventoryRefresh`` (streaming), or None.
+  side input of an ``InventoryRefresh`` (streaming), or None; ``poll``: the same
+  re-read polled by this step instead (``InventoryRefresh.polled``), or None.
   """
 
-  def __init__(self, snapshots, updates=None):
+  def __init__(self, snapshots, updates=None, poll: Optional[PolledRead] = None):
     super().__init__()
     self._snapshots = snapshots
     self._updates = updates
+    self._poll = poll
 
   def expand(self, windows):
     extra = [] if self._updates is None else [self._updates]
     return windows | 'AttachInventory' >> beam.ParDo(
-        _EnrichFn(), beam.pvalue.AsList(self._snapshots), *extra)
+        _EnrichFn(self._poll), beam.pvalue.AsList(self._snapshots), *extra)
 
 
 class ReadInventory(beam.PTransform):

@@ -7,7 +7,7 @@ so a record is parsed the same way whichever path it took.
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import apache_beam as beam
 from apache_beam.io import fileio
@@ -18,6 +18,7 @@ from apache_beam.transforms.window import TimestampedValue
 
 from transforms import formats
 from transforms.event import Event
+from transforms.formats.base import Item
 from transforms.records import RawRecord, decode, raw_text, split_records
 from transforms.taxonomy import Taxonomy
 
@@ -28,6 +29,8 @@ NAMESPACE = 'postauth'
 # category names (dynamic, so a new format or taxonomy category needs no change).
 FORMAT_NAMESPACE = 'postauth.format'
 CATEGORY_NAMESPACE = 'postauth.category'
+# Records skipped (not events, not bad input), by reason.
+SKIP_NAMESPACE = 'postauth.skipped'
 
 
 def dead_letter(reason: str, ref: str, raw: Union[bytes, str], stage: str = 'parse') -> str:
@@ -43,7 +46,12 @@ def dead_letter(reason: str, ref: str, raw: Union[bytes, str], stage: str = 'par
 
 
 class RecordParser:
-  """Turns a RawRecord into an Event or a dead-letter reason."""
+  """Turns a RawRecord into Events, skip reasons or dead-letter reasons.
+
+  Most records hold one event; an OTLP request holds many spans, each its own item. A
+  record that is not JSON is offered to the formats that read binary messages (OTLP
+  protobuf from the collector's Pub/Sub exporter) before it is dead-lettered.
+  """
 
   def __init__(self, format_name: Optional[str] = None,
                taxonomy_files: Optional[List[str]] = None):
@@ -54,24 +62,70 @@ class RecordParser:
     return self.parse_with_format(record)[1]
 
   def parse_with_format(self, record: RawRecord) -> Tuple[str, Union[Event, str]]:
-    """(format name or '', Event or dead-letter reason)."""
+    """(format name or '', first Event or the first reason): for one-event records."""
+    fmt, first = '', None
+    for fmt, item in self.parse_items(record):
+      if item.event is not None:
+        return fmt, item.event
+      first = first or item.reason
+    return fmt, first or 'no events'
+
+  def parse_items(self, record: RawRecord) -> Iterator[Tuple[str, Item]]:
+    """(format name or '', Item) for every outcome of the record; never raises."""
     if record.obj is None and not record.error:
       record = decode(record.raw, record.ref)  # records that travelled as bytes only
     if record.error:
-      return '', record.error
+      binary = self._binary(record)
+      if binary is not None:
+        yield from binary
+        return
+      yield '', Item(None, record.error, False, record.raw, record.ref)
+      return
     fmt = self.forced or formats.detect(record.obj)
     if fmt is None:
-      return '', 'unknown format'
+      yield '', Item(None, 'unknown format', False, record.raw, record.ref)
+      return
+    many = getattr(fmt, 'parse_many', None)
+    if many is not None:
+      try:
+        for item in many(record.obj, record.ref, self.taxonomy):
+          yield fmt.name, item
+      except formats.ParseError as e:
+        yield fmt.name, Item(None, f'{fmt.name}: {e}', False, record.raw, record.ref)
+      except (TypeError, AttributeError, KeyError, ValueError) as e:
+        yield fmt.name, Item(None, f'{fmt.name}: malformed record ({type(e).__name__}: {e})'[:300],
+                             False, record.raw, record.ref)
+      return
+    yield fmt.name, self._one(fmt, record)
+
+  def _one(self, fmt, record: RawRecord) -> Item:
     try:
-      return fmt.name, fmt.parse(record.obj, record.ref, self.taxonomy)
+      return Item(fmt.parse(record.obj, record.ref, self.taxonomy), '', False, record.raw, record.ref)
+    except formats.Skip as e:
+      return Item(None, f'{fmt.name}: {e}', True, record.raw, record.ref)
     except formats.ParseError as e:
-      return fmt.name, f'{fmt.name}: {e}'
+      return Item(None, f'{fmt.name}: {e}', False, record.raw, record.ref)
     except (TypeError, AttributeError, KeyError, ValueError) as e:
-      return fmt.name, f'{fmt.name}: malformed record ({type(e).__name__}: {e})'[:300]
+      return Item(None, f'{fmt.name}: malformed record ({type(e).__name__}: {e})'[:300], False,
+                  record.raw, record.ref)
+
+  def _binary(self, record: RawRecord) -> Optional[Iterator[Tuple[str, Item]]]:
+    """Items of a binary message a format recognises, or None."""
+    candidates = [self.forced] if self.forced else formats.FORMATS
+    for fmt in candidates:
+      reader = getattr(fmt, 'parse_bytes', None)
+      items = reader(record.raw, record.ref, self.taxonomy) if reader else None
+      if items is not None:
+        return ((fmt.name, item) for item in items)
+    return None
 
 
 class _ParseFn(beam.DoFn):
-  """Shared counting and emitting; subclasses say where records come from."""
+  """Shared counting and emitting; subclasses say where records come from.
+
+  Counters: ``records_read = events_parsed + dead_lettered + skipped``, a record being
+  one log record (one span of an OTLP request; a request that cannot be read is one).
+  """
 
   def __init__(self, format_name: Optional[str], taxonomy_files: Optional[List[str]],
                with_raw: bool = False):
@@ -81,11 +135,13 @@ class _ParseFn(beam.DoFn):
     self.read = Metrics.counter(NAMESPACE, 'records_read')
     self.parsed = Metrics.counter(NAMESPACE, 'events_parsed')
     self.dead = Metrics.counter(NAMESPACE, 'dead_lettered')
+    self.skipped = Metrics.counter(NAMESPACE, 'skipped')
 
   def setup(self):
     self._parser = RecordParser(self._format_name, self._taxonomy_files)
     self._by_format: Dict[str, Any] = {}  # counters of this DoFn instance, by name
     self._by_category: Dict[str, Any] = {}
+    self._by_skip: Dict[str, Any] = {}
 
   def _count(self, cache: Dict[str, Any], namespace: str, name: str) -> None:
     counter = cache.get(name)
@@ -95,16 +151,20 @@ class _ParseFn(beam.DoFn):
 
   def _emit(self, records: Iterable[RawRecord]):
     for record in records:
-      self.read.inc()
-      fmt, result = self._parser.parse_with_format(record)
-      if isinstance(result, Event):
-        self.parsed.inc()
-        self._count(self._by_format, FORMAT_NAMESPACE, fmt)
-        self._count(self._by_category, CATEGORY_NAMESPACE, result.category)
-        yield TimestampedValue((result, record.raw) if self._with_raw else result, result.event_time)
-      else:
-        self.dead.inc()
-        yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(result, record.ref, record.raw))
+      for fmt, item in self._parser.parse_items(record):
+        self.read.inc()
+        if item.event is not None:
+          self.parsed.inc()
+          self._count(self._by_format, FORMAT_NAMESPACE, fmt)
+          self._count(self._by_category, CATEGORY_NAMESPACE, item.event.category)
+          yield TimestampedValue((item.event, item.raw) if self._with_raw else item.event,
+                                 item.event.event_time)
+        elif item.skipped:
+          self.skipped.inc()
+          self._count(self._by_skip, SKIP_NAMESPACE, item.reason[:120])
+        else:
+          self.dead.inc()
+          yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(item.reason, item.ref, item.raw))
 
 
 def read_all(path: str) -> bytes:

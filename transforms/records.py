@@ -18,6 +18,10 @@ import fastavro
 import orjson
 
 AVRO_MAGIC = b'Obj\x01'
+# An OTLP/JSON line (the collector's file exporter) is a whole batch of spans, often several MB;
+# each span is then parsed as its own record, so such a line may be this large.
+OTLP_MAX_BYTES = 64 << 20
+OTLP_PREFIXES = (b'{"resourceSpans"', b'{"resource_spans"')
 
 
 class RawRecord(typing.NamedTuple):
@@ -158,10 +162,11 @@ def split_records(data: bytes, source: str, max_record_bytes: int = 1 << 20) -> 
     for i, item in enumerate(items):
       ref = f'{source}#{i}'
       raw = orjson.dumps(item)
+      limit = OTLP_MAX_BYTES if raw.startswith(OTLP_PREFIXES) else max_record_bytes
       if not isinstance(item, dict):
         yield RawRecord(raw, None, 'record is not a JSON object', ref)
-      elif len(raw) > max_record_bytes:
-        yield RawRecord(raw, None, f'record of {len(raw)} bytes exceeds {max_record_bytes}', ref)
+      elif len(raw) > limit:
+        yield RawRecord(raw, None, f'record of {len(raw)} bytes exceeds {limit}', ref)
       else:
         yield RawRecord(raw, item, '', ref)
     return
@@ -170,8 +175,9 @@ def split_records(data: bytes, source: str, max_record_bytes: int = 1 << 20) -> 
     if not line:
       continue
     ref = f'{source}#{i}'
-    if len(line) > max_record_bytes:
-      yield RawRecord(line, None, f'record of {len(line)} bytes exceeds {max_record_bytes}', ref)
+    limit = OTLP_MAX_BYTES if line.startswith(OTLP_PREFIXES) else max_record_bytes
+    if len(line) > limit:
+      yield RawRecord(line, None, f'record of {len(line)} bytes exceeds {limit}', ref)
     else:
       yield decode(line, ref)
 

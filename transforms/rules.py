@@ -185,6 +185,37 @@ def access_denied_sweep(window, context: Dict, history, config: RuleConfig, peer
                     f'{_listing(agg, novel)}'}
 
 
+# Categories that move data to someone or somewhere: what exfiltration ends with.
+SEND_CATEGORIES = ('data_write', 'notify', 'message_publish', 'resource_sharing')
+COLLECT_MIN_FAMILIES = 2  # resource kinds never touched before, in the window
+SEND_MIN_EVENTS = 5
+
+
+def collect_and_send(window, context: Dict, history, config: RuleConfig, peers=None) -> Optional[Dict]:
+  """Resources of several kinds never touched, and more data sent out than in any earlier window.
+
+  Collection then exfiltration, whatever the source log (an agent reading a new path and
+  posting to a new host, a role scanning other teams' tables and exporting them). Either half
+  alone is routine: new kinds are a new feature's first day, more writes a busier day.
+  """
+  if history is None or not history.windows:
+    return None
+  agg = window.agg
+  families = history.unseen_families(agg.resources)
+  if len(families) < COLLECT_MIN_FAMILIES:
+    return None
+  sent = sum(agg.categories.get(c, 0) for c in SEND_CATEGORIES)
+  most = max((history.category_max.get(c, 0) for c in SEND_CATEGORIES), default=0)
+  if sent < SEND_MIN_EVENTS or sent <= most:
+    return None
+  shown = sorted(families, key=lambda f: (-families[f], f))[:4]
+  actions = _actions_in(agg, SEND_CATEGORIES)
+  return {'rule': 'collect_and_send', 'severity': 'medium', 'actions': actions[:20],
+          'detail': f'{sum(families.values())} resources in {len(families)} kinds never touched before '
+                    f'({", ".join(shown)}) and {sent} calls sending data out ({_listing(agg, actions)}); '
+                    f'at most {most} of one kind in any earlier window'}
+
+
 def _nhi_category_rule(name: str, category: str, what: str):
   def rule(window, context: Dict, history, config: RuleConfig, peers=None) -> Optional[Dict]:
     if context.get('identity_type', '') in HUMAN_TYPES:
@@ -222,6 +253,7 @@ RULES: Dict[str, Callable] = {
     'new_network_beside_usual': new_network_beside_usual,
     'access_denied_sweep': access_denied_sweep,
     'new_network_and_client': new_network_and_client,
+    'collect_and_send': collect_and_send,
 }
 # Raised by the history step, not per window: see transforms/history.py.
 UNREGISTERED = 'unregistered_identity'

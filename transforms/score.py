@@ -40,7 +40,7 @@ from transforms import rules
 from transforms.history import WindowInContext
 from transforms.model_cache import acquire_model
 from transforms.rules import RuleConfig
-from transforms.updates import PeriodicReads
+from transforms.updates import PeriodicReads, PolledRead
 from transforms.updates import newest as newest_read
 
 
@@ -63,6 +63,11 @@ class WatchModelPointer(beam.PTransform):
   def side_input(self, reads: beam.PCollection):
     return self._reads.as_side_input(reads)
 
+  @staticmethod
+  def polled(model_dir: str, refresh_seconds: float) -> PolledRead:
+    """The same pointer read, polled by ``ScoreWindows`` itself (runners where the side input fails)."""
+    return PolledRead(functools.partial(registry.current, model_dir), refresh_seconds, 'model_pointer')
+
 
 class ScoreBatchFn(beam.DoFn):
   """A batch of WindowInContext -> scored-window dicts for windows the model or a rule flags.
@@ -75,8 +80,10 @@ class ScoreBatchFn(beam.DoFn):
   """
 
   def __init__(self, model_dir: str, threshold: float, version: Optional[str] = None,
-               rules: Optional[RuleConfig] = None, shared_handle: Optional[shared.Shared] = None):
+               rules: Optional[RuleConfig] = None, shared_handle: Optional[shared.Shared] = None,
+               pointer_poll: Optional[PolledRead] = None):
     self._model_dir = model_dir
+    self._poll = pointer_poll
     self._version = version
     self._threshold = threshold
     self._rules = rules or RuleConfig()
@@ -109,6 +116,10 @@ class ScoreBatchFn(beam.DoFn):
     self._model = model
 
   def process(self, batch: List[WindowInContext], pointer_reads=None):
+    if self._poll is not None:
+      read = self._poll.poll()
+      if read is not None:
+        self._follow_pointer([read])
     if pointer_reads is not None:
       self._follow_pointer(pointer_reads)
     model = self._model
@@ -165,9 +176,10 @@ class ScoreWindows(beam.PTransform):
   def __init__(self, model_dir: str, threshold: float, version: Optional[str] = None,
                max_batch_size: int = 4096, shards: int = 1, window_period: int = 900,
                allowed_lateness: int = 0, rules: Optional[RuleConfig] = None,
-               shared_handle: Optional[shared.Shared] = None, model_updates=None):
+               shared_handle: Optional[shared.Shared] = None, model_updates=None,
+               pointer_poll: Optional[PolledRead] = None):
     super().__init__()
-    self._fn = ScoreBatchFn(model_dir, threshold, version, rules, shared_handle)
+    self._fn = ScoreBatchFn(model_dir, threshold, version, rules, shared_handle, pointer_poll)
     self._updates = [] if model_updates is None else [model_updates]
     self._max = max_batch_size
     self._shards = shards

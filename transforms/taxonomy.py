@@ -3,6 +3,12 @@
 The mapping is data (``taxonomy/<provider>.csv`` plus verb-prefix rules in
 ``taxonomy/prefixes.csv``) so a security team can review it and extend it with
 its own file instead of editing code.
+
+Agent tool calls (``otel``: OpenTelemetry ``execute_tool`` spans) are categorised by tool
+name (``taxonomy/otel.csv``); which keys of a call's arguments name its target, and how a
+value is reduced (``email`` -> its domain, ``url`` -> scheme and host, ``path``, ``name``),
+is data too (``taxonomy/otel_arguments.csv``). A ``--taxonomy-file`` with the header
+``argument,kind`` adds argument keys (tried first); one with ``provider`` rows adds tools.
 """
 from __future__ import annotations
 
@@ -20,6 +26,9 @@ CATEGORIES = (
     'data_read', 'data_write', 'message_publish', 'notify', 'enumerate',
     'defense_evasion', 'resource_sharing', 'remote_execution',
     'compute_launch', 'delete', 'auth_other')
+
+# How a tool-call argument is reduced before it is kept (transforms/formats/otel.py).
+ARGUMENT_KINDS = ('email', 'url', 'path', 'name')
 
 # Categories whose use by a non-human identity matters most to a responder.
 SENSITIVE_CATEGORIES = (
@@ -49,14 +58,32 @@ class Taxonomy:
     self._exact: Dict[Tuple[str, str, str], str] = {}
     self._globs: List[Tuple[str, str, str, str]] = []
     self._cache: Dict[Tuple[str, str, str], str] = {}
-    for provider in ('aws', 'gcp', 'k8s'):
+    self.argument_keys: List[Tuple[str, str]] = []  # (key, kind) of tool-call arguments
+    for provider in ('aws', 'gcp', 'k8s', 'otel'):
       self._load_table(provider, _package_text(f'{provider}.csv'))
+    self._load_arguments(_package_text('otel_arguments.csv'))
     for path in extra_files or ():  # through FileSystems: gs:// and s3:// work on workers
       with FileSystems.open(path, compression_type='uncompressed') as f:
-        self._load_table(None, f.read().decode('utf-8-sig'))
+        data = f.read().decode('utf-8-sig')
+      header = next(iter(_rows(data)), {})
+      if 'argument' in header and 'kind' in header:
+        self._load_arguments(data, first=True)
+      else:
+        self._load_table(None, data)
     prefixes = [(r['verb'].lower(), r['category'])
                 for r in _rows(_package_text('prefixes.csv'))]
     self._prefixes = sorted(prefixes, key=lambda p: -len(p[0]))
+
+  def _load_arguments(self, text: str, first: bool = False) -> None:
+    rows = []
+    for row in _rows(text):
+      kind = row['kind'].strip()
+      if kind not in ARGUMENT_KINDS:
+        raise ValueError(f'unknown argument kind {kind!r} in row {row} (one of {ARGUMENT_KINDS})')
+      rows.append((row['argument'].strip(), kind))
+    known = {k for k, _ in rows}
+    rest = [r for r in self.argument_keys if r[0] not in known]
+    self.argument_keys = rows + rest if first else rest + rows
 
   def _load_table(self, default_provider: Optional[str], text: str) -> None:
     for row in _rows(text):

@@ -17,6 +17,14 @@ all in Beam 2.77, see pipeline/detect.py):
   window is complete by the time the main window closes: the side input never
   delays a finding, and an update is at most two periods old when it applies.
 
+Where that side input does not work, the consumer polls the same read itself
+(``PolledRead``, every ``period`` seconds of wall-clock time, per DoFn instance):
+on Prism (Beam 2.77) the side windows between the first and the last reach the
+main input empty, so an edit never applied (``tools/prism_side_input_repro.py``,
+Beam alone), and the BundleBasedDirectRunner cannot expand ``PeriodicImpulse``.
+``refresh_by_polling`` says which runners; the reads, their counters and the
+"keep the previous value on a failed read" rule are the same.
+
 Main windows older than the first read (a replay of old logs through Pub/Sub)
 map to empty side windows; consumers then keep what they used last (the
 inventory read at start, the model loaded in ``setup``), as Beam's own
@@ -114,6 +122,52 @@ class PeriodicReads(beam.PTransform):
 
   def as_side_input(self, reads: beam.PCollection) -> LaggedAsList:
     return LaggedAsList(reads, self._period)
+
+
+class PolledRead:
+  """The read of a ``PeriodicReads``, polled by the DoFn that consumes it.
+
+  Picklable; each DoFn instance holds its own copy, so the poll clock is per
+  instance (no process-global state). ``poll()`` returns ``(read time, value)``
+  when ``period`` seconds of wall-clock time have passed since this instance's
+  first call or last read, else None. A read that raises keeps the previous value
+  (counted as ``<name>_read_errors``), as ``_ReadNow`` does.
+  """
+
+  def __init__(self, read: Callable[[], Any], period: float, name: str):
+    if period <= 0:
+      raise ValueError('period must be > 0')
+    self._read, self._period, self._name = read, period, name
+    self._next: Optional[float] = None
+
+  def poll(self) -> Optional[Tuple[float, Any]]:
+    now = time.time()
+    if self._next is None:  # the start-up value is already in use: first read a period later
+      self._next = now + self._period
+      return None
+    if now < self._next:
+      return None
+    self._next = now + self._period
+    try:
+      value = self._read()
+    except Exception:  # pylint: disable=broad-except
+      logging.warning('periodic read failed; keeping the previous value', exc_info=True)
+      Metrics.counter('postauth', f'{self._name}_read_errors').inc()
+      return None
+    if value is None:
+      return None
+    Metrics.counter('postauth', f'{self._name}_reads').inc()
+    return now, value
+
+
+# Runners whose consumers poll (PolledRead) instead of reading a PeriodicReads side input.
+POLLING_RUNNERS = ('PrismRunner', 'DirectRunner', 'BundleBasedDirectRunner', 'SwitchingDirectRunner')
+
+
+def refresh_by_polling(runner: Any) -> bool:
+  """Prism (and the DirectRunner, which runs Prism or the BundleBasedDirectRunner): see above."""
+  name = runner if isinstance(runner, str) else type(runner).__name__ if runner else 'DirectRunner'
+  return name.rsplit('.', 1)[-1] in POLLING_RUNNERS
 
 
 def newest(reads: Iterable[Tuple[float, Any]]) -> Optional[Tuple[float, Any]]:

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional
 
-from transforms.formats.base import ParseError, RecordFormat
+from transforms.formats.base import Item, ParseError, RecordFormat, Skip
 from transforms.formats.canonical import Canonical
 from transforms.formats.cloudtrail import CloudTrail
 from transforms.formats.gcp_audit import GcpAudit
 from transforms.formats.k8s_audit import K8sAudit
 from transforms.formats.ocsf import Ocsf
+from transforms.formats.otel import OtelTraces
 
 # canonical: postauth's own events (JSON lines, or records of its Avro files).
-FORMATS: List[RecordFormat] = [CloudTrail(), GcpAudit(), K8sAudit(), Ocsf(), Canonical()]
+# otel: OTLP trace requests (OpenTelemetry GenAI tool-call spans), JSON or protobuf.
+FORMATS: List[RecordFormat] = [CloudTrail(), GcpAudit(), K8sAudit(), Ocsf(), OtelTraces(), Canonical()]
 BY_NAME: Dict[str, RecordFormat] = {f.name: f for f in FORMATS}
 
 
@@ -27,4 +29,4 @@ def detect(record: dict) -> Optional[RecordFormat]:
   return None
 
 
-__all__ = ['BY_NAME', 'FORMATS', 'ParseError', 'RecordFormat', 'detect']
+__all__ = ["BY_NAME", "FORMATS", "Item", "ParseError", "RecordFormat", "Skip", "detect"]

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import datetime
 import re
-from typing import Any, Protocol
+import typing
+from typing import Any, Optional, Protocol
 
 from transforms.event import Event
 
@@ -17,6 +18,24 @@ class ParseError(ValueError):
   """A record that cannot become an Event; the message is the dead-letter reason."""
 
 
+class Skip(Exception):
+  """A record that is neither an event nor bad input (an AWS service event without an actor, a
+  chat span): counted as skipped with the message as its reason, never dead-lettered."""
+
+
+class Item(typing.NamedTuple):
+  """One outcome of a record that holds several (an OTLP request holds many spans).
+
+  Exactly one of: ``event``; ``skipped`` with ``reason``; a dead letter with ``reason``.
+  ``raw`` is the item's own payload (the span, with tool arguments redacted) for dead letters.
+  """
+  event: Optional[Event]
+  reason: str
+  skipped: bool
+  raw: bytes
+  ref: str
+
+
 class RecordFormat(Protocol):
   name: str
 
@@ -24,7 +43,12 @@ class RecordFormat(Protocol):
     ...
 
   def parse(self, record: dict, raw_ref: str, taxonomy: Any) -> Event:
+    """One event, or ``ParseError`` (dead letter) or ``Skip`` (counted, not an error)."""
     ...
+
+# A format whose records hold several events also has ``parse_many(record, raw_ref, taxonomy)
+# -> Iterator[Item]``; one that reads binary messages (OTLP protobuf from Pub/Sub) has
+# ``parse_bytes(raw, raw_ref, taxonomy) -> Optional[Iterator[Item]]`` (None: not its bytes).
 
 
 # RFC 3339 allows any number of fraction digits; K8s, GCP and Panther exports

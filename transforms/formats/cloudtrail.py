@@ -1,10 +1,50 @@
-"""AWS CloudTrail records (S3 delivery files, JSON lines, EventBridge/Lake envelopes)."""
+"""AWS CloudTrail records (S3 delivery files, JSON lines, EventBridge/Lake envelopes).
+
+Also CloudTrail as Athena, CloudTrail Lake and Security Lake exports write it: lower-case
+keys (``eventtime``, ``useridentity``, ``requestparameters`` as a JSON string) and
+timestamps with a space and nanoseconds (``2024-06-03 15:23:22.000000000``).
+"""
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Dict, Optional
+
+import orjson
 
 from transforms.event import Event
-from transforms.formats.base import ParseError, parse_time, text
+from transforms.formats.base import ParseError, Skip, parse_time, text
+
+# CloudTrail's camelCase keys, looked up by their lower-case form (Athena and Lake exports).
+_KEYS = (
+    'eventVersion', 'eventTime', 'eventSource', 'eventName', 'eventType', 'eventID',
+    'eventCategory', 'awsRegion', 'sourceIPAddress', 'userAgent', 'errorCode', 'errorMessage',
+    'requestParameters', 'responseElements', 'additionalEventData', 'requestID', 'readOnly',
+    'resources', 'recipientAccountId', 'managementEvent', 'userIdentity', 'sessionContext',
+    'sessionIssuer', 'principalId', 'accountId', 'accessKeyId', 'userName', 'invokedBy',
+    'attributes', 'creationDate', 'mfaAuthenticated', 'webIdFederationData', 'apiVersion',
+    'sharedEventID', 'vpcEndpointId', 'tlsDetails', 'ARN', 'arn', 'type')
+_CAMEL: Dict[str, str] = {k.lower(): k for k in _KEYS}
+_NESTED = ('userIdentity', 'sessionContext', 'sessionIssuer', 'attributes')
+
+
+def _camel(record: dict) -> dict:
+  """A record with lower-case CloudTrail keys given their camelCase names (nested identity too).
+
+  ``requestParameters``/``responseElements`` that an export wrote as JSON text are parsed.
+  """
+  out = {}
+  for k, v in record.items():
+    key = _CAMEL.get(k, k) if isinstance(k, str) and k.islower() else k
+    if key in _NESTED and isinstance(v, dict):
+      v = _camel(v)
+    elif key in ('requestParameters', 'responseElements') and isinstance(v, str) and v[:1] == '{':
+      try:
+        v = orjson.loads(v)
+      except orjson.JSONDecodeError:
+        pass
+    elif key == 'resources' and isinstance(v, list):
+      v = [_camel(r) if isinstance(r, dict) else r for r in v]
+    out.setdefault(key, v)
+  return out
 
 # requestParameters keys that name the resource an action touched, in order of
 # preference. CloudTrail has no uniform resource field.
@@ -16,7 +56,7 @@ _RESOURCE_KEYS = (
     'destination', 'streamName', 'modelId', 'parameterName')
 
 
-def canonical_identity(ui: dict) -> str:
+def canonical_identity(ui: dict, account: str = '') -> str:
   """The stable identity behind a CloudTrail principal.
 
   An assumed-role session becomes its role ARN (sessions are ephemeral, the
@@ -42,7 +82,20 @@ def canonical_identity(ui: dict) -> str:
   arn = text(ui.get('arn'))
   if arn:
     return arn
-  return text(ui.get('principalId'))
+  return text(ui.get('principalId')) or _built_arn(ui, account)
+
+
+def _built_arn(ui: dict, account: str) -> str:
+  """An IAM user's (or the root's) ARN from ``userName`` and the account, when no arn is logged."""
+  account = text(ui.get('accountId')) or account
+  name = text(ui.get('userName'))
+  if not account or not name:
+    return ''
+  if ui.get('type') == 'IAMUser':
+    return f'arn:aws:iam::{account}:user/{name}'
+  if ui.get('type') == 'Root':
+    return f'arn:aws:iam::{account}:root'
+  return ''
 
 
 def _resource(record: dict) -> str:
@@ -75,7 +128,8 @@ class CloudTrail:
   name = 'cloudtrail'
 
   def sniff(self, record: dict) -> bool:
-    if 'eventSource' in record and 'eventName' in record:
+    if ('eventSource' in record and 'eventName' in record or
+        'eventsource' in record and 'eventname' in record):
       return True
     detail = record.get('detail')
     return isinstance(detail, dict) and 'eventSource' in detail
@@ -83,10 +137,14 @@ class CloudTrail:
   def parse(self, record: dict, raw_ref: str, taxonomy) -> Event:
     if 'eventSource' not in record and isinstance(record.get('detail'), dict):
       record = record['detail']  # EventBridge / CloudTrail Lake envelope
+    if 'eventSource' not in record:
+      record = _camel(record)  # Athena / Lake / Security Lake exports
     ui = record.get('userIdentity')
+    if ui is None and record.get('eventType') == 'AwsServiceEvent':
+      raise Skip('AWS service event without an actor')
     if not isinstance(ui, dict):
       raise ParseError('missing userIdentity')
-    identity = canonical_identity(ui)
+    identity = canonical_identity(ui, text(record.get('recipientAccountId')))
     if not identity:
       raise ParseError('missing identity (no arn or principalId)')
     event_time = parse_time(record.get('eventTime') or record.get('@timestamp'))

@@ -1,0 +1,68 @@
+"""The AI-agent fleet's evaluation (OpenTelemetry tool-call spans), beside CloudTrail's.
+
+For each seed: ``pipeline.agent_fleet`` writes a labelled agent fleet as OTLP/JSON, postauth
+trains on its history and runs the batch detection on its live day, and ``pipeline.evaluate``
+scores the findings against the labels (attacks paged, pages per 1,000 agent-days, per
+benign kind). Same windows, features, models and rules as for cloud logs: nothing here is
+agent-specific but the input.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import time
+from typing import Dict, List, Optional, Sequence, Tuple
+
+
+def agent_sample_run(out: str, agents: int = 40, days: int = 7, seed: int = 7,
+                     beam_args: Optional[List[str]] = None) -> Dict:
+  """generate agents -> train -> batch detection under ``out``."""
+  from pipeline.agent_fleet import generate_agents
+  from pipeline.cli import run, train
+  beam_args = list(beam_args or [])
+  out = os.path.abspath(out)
+  sample, model_dir = os.path.join(out, 'sample'), os.path.join(out, 'model')
+  findings = os.path.join(out, 'findings.jsonl')
+  timings = {}
+  t = time.time()
+  counts = generate_agents(sample, agents, days, seed)
+  timings['generate'] = time.time() - t
+  t = time.time()
+  trained = train([f'--events={sample}/history/*', f'--inventory={sample}/inventory.csv',
+                   f'--model-dir={model_dir}'] + beam_args)
+  timings['train'] = time.time() - t
+  t = time.time()
+  ran = run([f'--events={sample}/live/*', f'--inventory={sample}/inventory.csv',
+             f'--model-dir={model_dir}', f'--findings={findings}'] + beam_args)
+  timings['detect'] = time.time() - t
+  return {'sample': sample, 'model_dir': model_dir, 'findings': findings, 'counts': counts,
+          'trained': trained, 'ran': ran, 'timings': {k: round(v, 1) for k, v in timings.items()}}
+
+
+def evaluate_agent_seeds(out: str, seeds: Sequence[int], agents: int = 40, days: int = 7,
+                         beam_args: Optional[List[str]] = None, echo=print) -> Tuple[Dict, str]:
+  """(report, markdown) over the seeds: per-seed attack table and the pages across seeds."""
+  from pipeline import evaluate as ev
+  per_seed: List[Tuple[int, Dict]] = []
+  report: Dict = {'agents': agents, 'days': days, 'seeds': list(seeds), 'per_seed': {}, 'timings_s': {}}
+  md: List[str] = []
+  for seed in seeds:
+    t = time.time()
+    done = agent_sample_run(os.path.join(out, f'agents-seed-{seed}'), agents, days, seed, beam_args)
+    sample = done['sample']
+    result = ev.evaluate_files(done['findings'], os.path.join(sample, 'labels.json'),
+                               os.path.join(sample, 'benign.json'),
+                               sorted(glob.glob(os.path.join(sample, 'live', '*'))))
+    per_seed.append((seed, result))
+    report['per_seed'][str(seed)] = result
+    report['timings_s'][f'agents_seed_{seed}'] = round(time.time() - t, 1)
+    echo(f'agents seed {seed}: {result["pages"]["attacks_paged"]}/{result["attacks"]} attacks paged, '
+         f'{result["pages"]["pages"]} pages matching no attack in {result["identity_days"]} agent-days '
+         f'({time.time() - t:.1f}s)')
+    md += [f'Agent fleet, seed {seed}: {done["counts"]["agents"]} agents x {days} days, '
+           f'{done["counts"]["live_tool_calls"]} live tool calls; batch detection.', '',
+           ev.to_markdown(result), '']
+  report['pages'] = ev.pages_over_seeds(per_seed)
+  md += [f'Agent fleet: pages (medium or above) that match no attack, seeds '
+         f'{", ".join(str(s) for s, _ in per_seed)}:', '', ev.pages_markdown(report['pages'], per_seed)]
+  return report, '\n'.join(md)

@@ -1,0 +1,235 @@
+"""Input files checked before a job is built: a bad one is refused in one line, exit code 2.
+
+Why: a Beam job reads its inputs inside the pipeline, so an unreadable inventory or a
+glob matching nothing surfaces as a worker traceback, or not at all (an empty findings
+file). Each input kind has one check here, run by ``postauth run/train/retrain`` (and the
+template launcher) after the flag checks in ``pipeline/options.py`` and before the
+pipeline is built. Each raises ``PreflightError`` (an ``OptionsError``: the CLI prints
+``postauth <command>: error: <message>`` and exits 2) naming the flag, the file and
+what is wrong with it.
+
+Local paths are checked; remote ones (``gs://``, ``s3://``, ``bq://``) are left to the
+job, which may run with credentials the launching machine does not have.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+from typing import Iterable, Optional, Sequence
+
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipeline.options import (DetectOptions, EventOptions, OptionsError, TrainOptions,
+                              WatchOptions)
+
+_log = logging.getLogger('postauth.preflight')
+
+TAXONOMY_COLUMNS = ('service', 'action', 'category')  # plus an optional provider
+
+
+class PreflightError(OptionsError):
+  """An input file that cannot be used, found before the job starts."""
+
+
+def is_remote(path: str) -> bool:
+  return '://' in path
+
+
+def why(e: BaseException) -> str:
+  """An OS or parse error as a few words (no errno, no repeated path)."""
+  if isinstance(e, FileNotFoundError):
+    return 'no such file'
+  if isinstance(e, IsADirectoryError):
+    return 'is a folder, not a file'
+  if isinstance(e, PermissionError):
+    return 'permission denied'
+  if isinstance(e, UnicodeDecodeError):
+    return 'not UTF-8 text'
+  if isinstance(e, json.JSONDecodeError):
+    return f'not valid JSON (line {e.lineno}: {e.msg})'
+  text = str(e).strip().splitlines()
+  return text[0] if text else type(e).__name__
+
+
+def read_local(flag: str, path: str) -> bytes:
+  """The bytes of a local input file, or a PreflightError saying why not."""
+  if os.path.isdir(path):
+    raise PreflightError(f'{flag} {path}: is a folder, not a file')
+  try:
+    with open(path, 'rb') as f:
+      return f.read()
+  except OSError as e:
+    raise PreflightError(f'{flag} {path}: {why(e)}') from e
+
+
+# -- one check per input kind ------------------------------------------------------------------
+
+def check_events(pattern: Optional[str], flag: str = '--events') -> int:
+  """A glob of event files must match at least one file (a folder alone is not enough)."""
+  if not pattern or is_remote(pattern):
+    return 0
+  try:
+    matched = FileSystems.match([pattern])[0].metadata_list
+  except Exception as e:  # a malformed pattern
+    raise PreflightError(f'{flag} {pattern!r}: {why(e)}') from e
+  files = [m for m in matched if not os.path.isdir(m.path)]
+  if not files:
+    if matched:
+      raise PreflightError(f'{flag} {pattern!r} is a folder: give a glob of its files, e.g. '
+                           f'{os.path.join(pattern, "*")!r}')
+    raise PreflightError(f'{flag} {pattern!r} matches no file')
+  return len(files)
+
+
+def note_watch_start(pattern: Optional[str], interval: float) -> int:
+  """A watched glob may be empty at start (files arrive later): say so instead of refusing."""
+  if not pattern or is_remote(pattern):
+    return 0
+  try:
+    matched = [m for m in FileSystems.match([pattern])[0].metadata_list if not os.path.isdir(m.path)]
+  except Exception as e:
+    raise PreflightError(f'--events-watch {pattern!r}: {why(e)}') from e
+  if not matched:
+    _log.info('--events-watch %r matches no file yet: watching for new ones every %gs', pattern,
+              interval)
+  return len(matched)
+
+
+def check_inventory(path: Optional[str]) -> int:
+  """The inventory parses and has every required column; returns its number of identities."""
+  if not path or is_remote(path):
+    return 0
+  from transforms.inventory import REQUIRED, InventoryError, read_inventory
+  data = read_local('--inventory', path)
+  if data[:4] != b'Obj\x01' and path.endswith(('.jsonl', '.json', '.ndjson')):
+    _check_jsonl_fields(path, data, REQUIRED)
+  try:
+    rows = dict(read_inventory(path))
+  except InventoryError as e:
+    raise PreflightError(f'--inventory {_missing_columns(str(e), path, REQUIRED)}') from e
+  except (OSError, ValueError, KeyError, TypeError) as e:  # bad JSON, bad Avro, bad encoding
+    raise PreflightError(f'--inventory {path}: {why(e)}') from e
+  if not rows:
+    _log.warning('--inventory %s lists no identity: every identity will be reported as '
+                 'unregistered', path)
+  return len(rows)
+
+
+def _missing_columns(message: str, path: str, required: Sequence[str]) -> str:
+  """transforms.inventory's "lacks columns [...]" in the words of this module."""
+  for marker in ('lacks columns ', 'lacks fields '):
+    if marker in message:
+      names = message.split(marker, 1)[1].strip('[] ').replace("'", '')
+      return f'{path}: missing columns {names} (an inventory needs {", ".join(required)})'
+  return message
+
+
+def _check_jsonl_fields(path: str, data: bytes, required: Sequence[str]) -> None:
+  seen = set()
+  for n, line in enumerate(data.decode('utf-8-sig', errors='replace').splitlines(), 1):
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise PreflightError(f'--inventory {path}: line {n} is not valid JSON ({e.msg}); '
+                           'expected one JSON object per line') from e
+    if not isinstance(row, dict):
+      raise PreflightError(f'--inventory {path}: line {n} is not a JSON object')
+    seen.update(row)
+  missing = [c for c in required if c not in seen]
+  if seen and missing:
+    raise PreflightError(f'--inventory {path}: missing columns {", ".join(missing)} '
+                         f'(an inventory needs {", ".join(required)})')
+
+
+def check_taxonomy_files(paths: Optional[Iterable[str]]) -> None:
+  """Each extra taxonomy CSV has the columns and only known categories."""
+  from transforms.taxonomy import Taxonomy
+  for path in paths or ():
+    if is_remote(path):
+      continue
+    data = read_local('--taxonomy-file', path)
+    try:
+      text = data.decode('utf-8-sig')
+    except UnicodeDecodeError as e:
+      raise PreflightError(f'--taxonomy-file {path}: {why(e)}') from e
+    lines = [l for l in text.splitlines() if l.strip() and not l.startswith('#')]
+    header = next(csv.reader(io.StringIO(lines[0])), []) if lines else []
+    missing = [c for c in TAXONOMY_COLUMNS if c not in [h.strip() for h in header]]
+    if missing:
+      raise PreflightError(f'--taxonomy-file {path}: missing columns {", ".join(missing)} '
+                           f'(header must be [provider,]service,action,category; got '
+                           f'{",".join(header)[:80] or "an empty file"})')
+    try:
+      Taxonomy([path])
+    except (ValueError, KeyError) as e:
+      raise PreflightError(f'--taxonomy-file {path}: {why(e)}') from e
+
+
+def check_allowlist(path: Optional[str]) -> int:
+  if not path or is_remote(path):
+    return 0
+  from transforms.triage import load_allowlist
+  read_local('--allowlist', path)
+  try:
+    return len(load_allowlist(path))
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    message = why(e)  # load_allowlist's own messages start with the path
+    raise PreflightError(f'--allowlist {message if message.startswith(path) else f"{path}: {message}"}') from e
+
+
+def check_train_config(path: Optional[str]) -> None:
+  if not path:
+    return
+  if not is_remote(path):
+    read_local('--train-config', path)
+  from models.model import ConfigError, TrainConfig
+  try:
+    TrainConfig.from_file(path)
+  except ConfigError as e:
+    raise PreflightError(str(e)) from e
+
+
+def check_model(model_dir: Optional[str], version: Optional[str]) -> None:
+  """The model version loads and verifies (the same load the workers do)."""
+  if not model_dir:
+    return
+  if not is_remote(model_dir) and os.path.exists(model_dir) and not os.path.isdir(model_dir):
+    raise PreflightError(f'--model-dir {model_dir}: is a file, not a model folder')
+  from models.artifact import ArtifactError
+  from models.model import DetectionModel
+  try:
+    DetectionModel.load(model_dir, version)
+  except ArtifactError:
+    raise  # already names the file and the problem
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise PreflightError(f'--model-dir {model_dir}: cannot load the model ({why(e)})') from e
+
+
+# -- per command -------------------------------------------------------------------------------
+
+def check_run(options: PipelineOptions) -> None:
+  """Every local input of ``postauth run``."""
+  ev, det = options.view_as(EventOptions), options.view_as(DetectOptions)
+  check_events(ev.events)
+  if ev.events_watch:
+    note_watch_start(ev.events_watch, options.view_as(WatchOptions).watch_interval)
+  check_taxonomy_files(ev.taxonomy_files)
+  check_inventory(det.inventory)
+  check_allowlist(det.allowlist)
+  check_model(det.model_dir, det.model_version)
+
+
+def check_train(options: PipelineOptions, inventory: Optional[str]) -> None:
+  """Every local input of ``postauth train`` and ``retrain``."""
+  ev = options.view_as(EventOptions)
+  check_events(ev.events)
+  check_taxonomy_files(ev.taxonomy_files)
+  check_inventory(inventory)
+  check_train_config(options.view_as(TrainOptions).train_config)
+
