@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install prism otelcol flink flink-if-served bench bench-pipeline bench-state bench-coder bench-model bench-pubsub evaluate clean pubsub-deps chromium-deps
+.PHONY: demo test install prism otelcol flink flink-if-served bench bench-pipeline bench-state bench-coder bench-model bench-pubsub bench-streaming evaluate clean pubsub-deps chromium-deps
 
 # The local Pub/Sub server (Google's pstest) builds from two Debian packages. Installed when
 # this user can (root or passwordless sudo, as in CI); a no-op when they are there. Without
@@ -142,6 +142,11 @@ bench-model: $(STAMP)
 
 bench-pubsub: $(STAMP) pubsub-deps
 	$(BIN)/python bench/pubsub.py
+
+# Pub/Sub streaming on Prism (the splittable-DoFn reader) against the BundleBasedDirectRunner (the
+# native read), the same events in one run: events/s per core and window-closing delay, with ratios.
+bench-streaming: $(STAMP) pubsub-deps prism
+	$(BIN)/python bench/streaming.py
 
 clean:
 	rm -rf out .pytest_cache build *.egg-info

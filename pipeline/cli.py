@@ -209,8 +209,10 @@ def cmd_train(argv: List[str]) -> int:
 def cmd_run(argv: List[str]) -> int:
   t0 = time.time()
   out = run(argv)
-  if out['findings']:
+  if out['findings'] and os.path.exists(out['findings']):
     print(summary.render(summary.read_findings(out['findings']), top=10))
+  elif out['findings']:  # a Pub/Sub job that ended (--pubsub-stop-idle) leaves its part files
+    print(f'findings: part files under {out["findings"]}.parts/')
   print(f'\n{summary.render_counters(out["counters"])}')
   print(f'findings: {out["findings"]}\ndead letters: {out["dead_letters"]}\n'
         f'run time {time.time() - t0:.1f}s')

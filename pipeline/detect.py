@@ -28,7 +28,7 @@ from transforms.triage import SUPPRESSED, DeduplicateFindings, Suppress
 from transforms.lateness import LATE, LateEventGate, beam_lateness
 from transforms.parse import DEAD_LETTER as PARSE_DEAD_LETTER
 from transforms.parse import ParseFiles, ParseRecords
-from transforms.pubsub_source import ParsedStream, ReadPubSubEvents
+from transforms.pubsub_source import ParsedStream, ReadPubSubEvents, choose_reader, pull_settings
 from transforms.replay import ReplayFiles
 from transforms.score import ScoreWindows, WatchModelPointer
 from transforms.updates import refresh_by_polling
@@ -63,10 +63,14 @@ def build_detection(p: beam.Pipeline, options: PipelineOptions) -> Dict[str, bea
   lateness = beam_lateness(win.allowed_lateness) if streaming else 0
   late = None
   if streaming and (ps.subscription or ps.topic):
+    # Beam's native read on Dataflow and the DirectRunner, the splittable DoFn that acks at
+    # bundle finalization elsewhere (--pubsub-reader; transforms/pubsub_sdf.py, docs/pubsub.md).
+    reader = choose_reader(ps.pubsub_reader, str(options.view_as(StandardOptions).runner or ''))
     parsed = p | 'ReadPubSub' >> ReadPubSubEvents(
         ps.subscription, ps.topic, ps.timestamp_attribute, ev.format, ev.taxonomy_files,
         ps.dedup_seconds or win.window_size + lateness, window_period=win.window_period,
-        allowed_lateness=win.allowed_lateness)
+        allowed_lateness=win.allowed_lateness, reader=reader, pull_settings=pull_settings(ps),
+        events_out=ps.events_out)
     late = parsed.late
   elif replay or (streaming and ev.events_watch):
     if replay:
@@ -87,11 +91,13 @@ def build_detection(p: beam.Pipeline, options: PipelineOptions) -> Dict[str, bea
   # them every --inventory-refresh / --model-refresh seconds, taking effect mid-stream
   # (transforms/updates.py). Prism and the DirectRunner's runners do not deliver that
   # refreshed side input: there the enrich and score steps poll the same reads themselves.
-  # (a watch told to stop after an idle spell, --watch-stop-idle, refreshes only by polling:
-  # the periodic impulse of the side input would keep the job from ending)
+  # (a watch told to stop after an idle spell, --watch-stop-idle, or a Pub/Sub source with
+  # --pubsub-stop-idle, refreshes only by polling: the periodic impulse of the side input would
+  # keep the job from ending)
   poll = streaming and not replay and refresh_by_polling(options.view_as(StandardOptions).runner)
   live = poll or (streaming and not replay and not (
-      ev.events_watch and options.view_as(WatchOptions).watch_stop_idle > 0))
+      ev.events_watch and options.view_as(WatchOptions).watch_stop_idle > 0) and not (
+      (ps.subscription or ps.topic) and ps.pubsub_stop_idle > 0))
   inventory = p | 'Inventory' >> InventorySnapshots(det.inventory)
   inventory_updates = inventory_poll = None
   if live and det.inventory_refresh > 0 and not det.inventory.startswith('bq://'):

@@ -149,7 +149,27 @@ class PubSubSourceOptions(PipelineOptions):
                              'published after a quiet spell, e.g. a backfill, are not all late; 0 = '
                              'no limit (wall-clock time).')
     parser.add_argument('--pubsub-max-messages', dest='pubsub_max_messages', type=int, default=500,
-                        help='DirectRunner: messages pulled per bundle.')
+                        help='Messages per pull (DirectRunner: per bundle; sdf reader: per pull, up '
+                             'to 20 pulls per round while the backlog lasts).')
+    parser.add_argument('--pubsub-reader', dest='pubsub_reader', choices=('auto', 'native', 'sdf'),
+                        default='auto',
+                        help='How Pub/Sub is read. native: Beam\'s ReadFromPubSub (Dataflow and the '
+                             'DirectRunner only); sdf: postauth\'s splittable DoFn over synchronous '
+                             'pull, acked at bundle finalization (Prism, Flink, FnApiRunner, '
+                             'PortableRunner; docs/pubsub.md); auto (default): native on Dataflow '
+                             'and the DirectRunners, sdf elsewhere. The --watermark-* flags apply '
+                             'to both.')
+    parser.add_argument('--pubsub-stop-idle', dest='pubsub_stop_idle', type=float, default=0.0,
+                        help='sdf reader: end the source after this many seconds without a message '
+                             'newer (in event time) than every one before -- redeliveries do not '
+                             'count -- (every window then closes and the job finishes); 0 = never. For '
+                             'backfills, benchmarks and tests.')
+    parser.add_argument('--events-out', dest='events_out', default=None,
+                        help='Streaming Pub/Sub: also write every event read, parsed and '
+                             'deduplicated, as JSON lines (event_id, event_time, identity, action, '
+                             'message ref) into files under this folder, one file per bundle, '
+                             'written as soon as the bundle runs: an audit trail of what the job '
+                             'counted.')
 
 
 class WatchOptions(PipelineOptions):

@@ -1,15 +1,19 @@
 """The streaming source: Pub/Sub messages (one raw log record each) -> Events + dead letters.
 
-``ReadFromPubSub(with_attributes=True)`` -> ``RawRecord`` (the message body,
-``ref`` = ``pubsub:<subscription>#<message id>``) -> the same ``ParseRecords``
+Two readers give the same ``RawRecord`` (the message body, ``ref`` =
+``pubsub:<subscription>#<message id>``): ``reader='native'`` is Beam's
+``ReadFromPubSub(with_attributes=True)`` (Dataflow, the DirectRunner), ``reader='sdf'`` is
+``transforms.pubsub_sdf.PullFromPubSub``, a splittable DoFn that acks at bundle finalization
+(Prism, Flink, the FnApiRunner; ``choose_reader`` picks by runner). Then the same ``ParseRecords``
 as every other path, so a record parses identically from a file or a message.
 Malformed messages become dead letters that keep the message id and body.
 
 Pub/Sub delivers at least once, and publishers retry: the same event can
 arrive twice. Findings have deterministic ids already, but a duplicated event
 would still count twice in its window, so events are deduplicated by
-``event_id`` (CloudTrail's eventID, the audit log's insertId, ...) with Beam's
-``DeduplicatePerKey`` over an event-time span (by default window size +
+``event_id`` (CloudTrail's eventID, the audit log's insertId, ...) with
+``transforms.dedup_events.DropDuplicateEvents`` (Beam's ``DeduplicatePerKey`` semantics, plus
+the message of each dropped copy, which the ack step needs) over an event-time span (by default window size +
 allowed lateness: after that a duplicate cannot reach an open window anyway, so
 the per-id state is released by an event-time timer and stays bounded).
 
@@ -27,10 +31,7 @@ from typing import List, Optional
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
-from apache_beam.transforms.deduplicate import DeduplicatePerKey
-from apache_beam.utils.timestamp import Duration
 
-from transforms.event import Event
 from transforms.lateness import LATE, LateEventGate
 from transforms.parse import DEAD_LETTER, ParseRecords
 from transforms.records import RawRecord
@@ -51,18 +52,22 @@ class _ToRawRecord(beam.DoFn):
 
   def process(self, message):
     self.messages.inc()
-    yield RawRecord(message.data or b'', None, '', f'pubsub:{self._source}#{message.message_id}')
+    from transforms.pubsub_sdf import message_ref
+    yield RawRecord(message.data or b'', None, '', message_ref(self._source, message.message_id))
 
 
-class _CountDuplicates(beam.DoFn):
-  """Counts what DeduplicatePerKey dropped (events in - events out is not observable per step)."""
+def choose_reader(reader: str, runner: str) -> str:
+  """``native`` or ``sdf`` for ``--pubsub-reader`` on ``runner`` (its name or class path).
 
-  def __init__(self):
-    self.unique = Metrics.counter('postauth', 'events_unique')
-
-  def process(self, kv):
-    self.unique.inc()
-    yield kv[1]
+  auto: the native read where it runs (Dataflow; the DirectRunner, which routes a native Pub/Sub
+  read to its BundleBasedDirectRunner -- and that runner cannot expand a streaming splittable
+  DoFn, Beam #26577); the splittable DoFn everywhere else (Prism, Flink, FnApiRunner, Portable).
+  """
+  if reader in ('native', 'sdf'):
+    return reader
+  name = (runner or 'DirectRunner').rsplit('.', 1)[-1]
+  return 'native' if 'Dataflow' in name or name in ('DirectRunner', 'BundleBasedDirectRunner',
+                                                      'SwitchingDirectRunner') else 'sdf'
 
 
 class ReadPubSubEvents(beam.PTransform):
@@ -71,8 +76,12 @@ class ReadPubSubEvents(beam.PTransform):
   def __init__(self, subscription: Optional[str] = None, topic: Optional[str] = None,
                timestamp_attribute: Optional[str] = None, format_name: Optional[str] = None,
                taxonomy_files: Optional[List[str]] = None, dedup_seconds: int = 3600,
-               window_period: int = 900, allowed_lateness: Optional[int] = None):
+               window_period: int = 900, allowed_lateness: Optional[int] = None,
+               reader: str = 'native', pull_settings=None, events_out: Optional[str] = None):
     super().__init__()
+    if reader not in ('native', 'sdf'):
+      raise ValueError(f'reader must be native or sdf, not {reader!r}')
+    self._reader, self._pull_settings, self._events_out = reader, pull_settings, events_out
     self._period, self._lateness = window_period, allowed_lateness
     if bool(subscription) == bool(topic):
       raise ValueError('give exactly one of subscription or topic')
@@ -81,25 +90,55 @@ class ReadPubSubEvents(beam.PTransform):
     self._format, self._taxonomy = format_name, taxonomy_files
     self._dedup = dedup_seconds
 
-  def expand(self, pbegin):
+  def _records(self, pbegin):
+    """(RawRecords, ack ids keyed by message id or None when the reader acks by itself)."""
+    source = self._subscription or self._topic
+    if self._reader == 'sdf':
+      from transforms.pubsub_sdf import ACK_IDS, PullFromPubSub, PullSettings
+      settings = (self._pull_settings or PullSettings())._replace(
+          timestamp_attribute=self._timestamp_attribute,
+          ack_mode='counted' if self._events_out else 'finalize')
+      pulled = pbegin | 'PullFromPubSub' >> PullFromPubSub(self._subscription, self._topic, settings)
+      return pulled.records, pulled[ACK_IDS] if self._events_out else None
     from apache_beam.io.gcp.pubsub import ReadFromPubSub
     from transforms import direct_pubsub
     direct_pubsub.install()  # the DirectRunner's event-time watermark (no effect on other runners)
-    source = self._subscription or self._topic
     messages = pbegin | 'ReadFromPubSub' >> ReadFromPubSub(
         subscription=self._subscription, topic=self._topic, with_attributes=True,
         timestamp_attribute=self._timestamp_attribute)
+    return messages | 'ToRawRecord' >> beam.ParDo(_ToRawRecord(source)), None
+
+  def expand(self, pbegin):
+    from transforms.dedup_events import DUPLICATE, DropDuplicateEvents
     gate = self._lateness is not None
-    parsed = (messages
-              | 'ToRawRecord' >> beam.ParDo(_ToRawRecord(source))
-              | 'ParseRecords' >> ParseRecords(self._format, self._taxonomy, with_raw=gate))
+    records, ack_ids = self._records(pbegin)
+    parsed = records | 'ParseRecords' >> ParseRecords(self._format, self._taxonomy, with_raw=gate)
     events, late = parsed.events, None
     if gate:  # late events dead-lettered with their message body, before the windows drop them
       gated = events | 'LateEvents' >> LateEventGate(self._period, self._lateness)
       events, late = gated['events'], gated[LATE]
-    events = (events
-              | 'KeyByEventId' >> beam.Map(lambda e: (e.event_id or e.raw_ref, e)).with_output_types(
-                  typing.Tuple[str, Event])
-              | 'DropDuplicates' >> DeduplicatePerKey(event_time_duration=Duration(seconds=self._dedup))
-              | 'Unkey' >> beam.ParDo(_CountDuplicates()).with_output_types(Event))
+    unique = events | 'Deduplicate' >> DropDuplicateEvents(self._dedup)
+    events = unique.events
+    if self._events_out:
+      from transforms.events_out import WriteEventsOut
+      written = events | 'EventsOut' >> WriteEventsOut(self._events_out)
+      if ack_ids is not None:  # ack each message once its outcome is written (pubsub_ack.py)
+        from transforms.pubsub_ack import AckWhenDone, dead_letter_message_id, message_id
+        done = [written | 'WrittenId' >> beam.Map(message_id),
+                unique[DUPLICATE] | 'DuplicateId' >> beam.Map(message_id),
+                parsed[DEAD_LETTER] | 'DeadLetterId' >> beam.Map(dead_letter_message_id)]
+        if late is not None:
+          done.append(late | 'LateId' >> beam.Map(dead_letter_message_id))
+        _ = (ack_ids, *done) | 'AckWhenDone' >> AckWhenDone(self._dedup)
     return ParsedStream(events, parsed[DEAD_LETTER], late)
+
+
+def pull_settings(options):
+  """The sdf reader's settings from ``PubSubSourceOptions`` (the --watermark-* flags are shared)."""
+  from transforms.pubsub_sdf import PullSettings
+  return PullSettings(timestamp_attribute=options.timestamp_attribute,
+                      max_messages=options.pubsub_max_messages,
+                      max_delay=options.watermark_max_delay,
+                      idle_seconds=options.watermark_idle_seconds,
+                      idle_limit=options.watermark_idle_limit,
+                      stop_idle=options.pubsub_stop_idle)

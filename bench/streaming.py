@@ -1,0 +1,297 @@
+"""Streaming from Pub/Sub on Prism (the splittable-DoFn reader) against the BundleBasedDirectRunner
+(Beam's native read), the same events, one run.
+
+    python bench/streaming.py [--identities 60] [--days 4] [--speedup 1200]   (or: make bench-streaming)
+
+Generates a labelled CloudTrail sample, trains a model, runs batch detection on the live day
+(the reference findings), starts the local Pub/Sub server (pstest), then for each runner:
+
+1. drain: the whole live day is published at once (timestamp attribute = eventTime) to a fresh
+   subscription of a job that is already pulling; reported: the seconds until every event is in
+   ``--events-out`` (read, parsed, deduplicated, written), events/s of wall time, and events per
+   CPU-second of the job's whole process tree (the launcher, Prism, the SDK worker) -- events/s
+   per core -- plus the seconds until every batch finding is on the findings topic;
+2. replay: the day is published in event-time order, ``--speedup`` event seconds per real second,
+   with no idle advance: a finding is emitted when a message moves the event-time watermark past
+   its close (run end + one window size + --watermark-max-delay); reported: the delay from
+   publishing that message to the finding arriving on the findings topic.
+
+Ratios are Prism / BundleBasedDirectRunner. Both jobs read the inventory and model once.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import glob
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
+sys.path.insert(0, ROOT)
+
+from pipeline import local_pubsub  # noqa: E402
+from transforms.events_out import read_events_out  # noqa: E402
+
+PROJECT = 'projects/postauth-local'
+RUNNERS = ('BundleBasedDirectRunner', 'PrismRunner')
+WINDOW = 3600
+
+
+def parse_time(text: str) -> float:
+  return datetime.datetime.strptime(text, '%Y-%m-%dT%H:%M:%SZ').replace(
+      tzinfo=datetime.timezone.utc).timestamp()
+
+
+class FindingsReader(threading.Thread):
+  """Pulls the findings subscription continuously, stamping each arrival."""
+
+  def __init__(self, subscription: str):
+    super().__init__(daemon=True)
+    self.subscription, self.arrivals, self.stop = subscription, [], threading.Event()
+
+  def run(self):
+    from google.cloud import pubsub_v1
+    with pubsub_v1.SubscriberClient() as client:
+      while not self.stop.is_set():
+        r = client.pull(subscription=self.subscription, max_messages=100, timeout=10)
+        now = time.time()
+        if r.received_messages:
+          client.acknowledge(subscription=self.subscription, ack_ids=[m.ack_id for m in r.received_messages])
+        self.arrivals += [(now, json.loads(m.message.data)) for m in r.received_messages]
+
+
+def cpu_seconds(pgid: int) -> float:
+  """User + system CPU seconds of the live processes of a process group."""
+  tick, total = os.sysconf('SC_CLK_TCK'), 0
+  for pid in os.listdir('/proc'):
+    if not pid.isdigit():
+      continue
+    try:
+      with open(f'/proc/{pid}/stat') as f:
+        rest = f.read().rsplit(')', 1)[1].split()
+    except OSError:
+      continue
+    if int(rest[2]) == pgid:
+      total += int(rest[11]) + int(rest[12])
+  return total / tick
+
+
+def topic_and_sub(kind: str):
+  tag = uuid.uuid4().hex[:6]
+  topic, sub = f'{PROJECT}/topics/{kind}-{tag}', f'{PROJECT}/subscriptions/{kind}-{tag}'
+  local_pubsub.create_topic(topic)
+  local_pubsub.create_subscription(sub, topic, ack_deadline_seconds=60)
+  return topic, sub
+
+
+class Job:
+  """`postauth run --streaming` on one runner, in its own process group."""
+
+  def __init__(self, server, runner, work, sample, model, extra, events_out=True):
+    self.in_topic, self.in_sub = topic_and_sub('cloudtrail')
+    self.out_topic, self.out_sub = topic_and_sub('findings')
+    self.dl_topic, self.dl_sub = topic_and_sub('deadletters')
+    self.events = os.path.join(work, f'events-{uuid.uuid4().hex[:6]}')
+    cmd = [sys.executable, '-m', 'pipeline.cli', 'run', '--streaming', f'--runner={runner}',
+           f'--subscription={self.in_sub}', '--timestamp-attribute=eventTime',
+           f'--sink=pubsub://{self.out_topic}', f'--dead-letters=pubsub://{self.dl_topic}',
+           f'--inventory={sample}/inventory.csv', f'--model-dir={model}',
+           '--inventory-refresh=0', '--model-refresh=0'] + extra
+    if events_out:
+      cmd.append(f'--events-out={self.events}')
+    self.log = open(os.path.join(work, f'{runner}-{uuid.uuid4().hex[:6]}.log'), 'w')
+    self.proc = subprocess.Popen(cmd, cwd=ROOT, env=server.env(), stdout=self.log,
+                                 stderr=subprocess.STDOUT, start_new_session=True)
+
+  def wait_ready(self, publisher, at: str, timeout=240) -> float:
+    """Publishes a malformed probe and waits for its dead letter: the job is pulling."""
+    from google.cloud import pubsub_v1
+    t0 = time.time()
+    publisher.publish(self.in_topic, b'probe: not a record', eventTime=at).result(10)
+    with pubsub_v1.SubscriberClient() as client:
+      while time.time() - t0 < timeout:
+        if self.proc.poll() is not None:
+          raise RuntimeError(f'job exited with {self.proc.returncode}: see {self.log.name}')
+        r = client.pull(subscription=self.dl_sub, max_messages=10, timeout=10)
+        if r.received_messages:
+          client.acknowledge(subscription=self.dl_sub, ack_ids=[m.ack_id for m in r.received_messages])
+          return time.time() - t0
+    raise RuntimeError(f'job did not start pulling within {timeout}s: see {self.log.name}')
+
+  def stop(self):
+    import signal
+    if self.proc.poll() is None:
+      os.killpg(self.proc.pid, signal.SIGTERM)
+      try:
+        self.proc.wait(20)
+      except subprocess.TimeoutExpired:
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+    self.log.close()
+
+
+def publish_all(publisher, topic, bodies):
+  futures = [publisher.publish(topic, body, eventTime=ts) for body, ts in bodies]
+  for f in futures:
+    f.result(60)
+
+
+def drain(a, server, publisher, runner, bodies, expected, work, sample, model, first):
+  job = Job(server, runner, work, sample, model,
+            [f'--watermark-idle-seconds={a.idle}', f'--watermark-max-delay={a.max_delay}'],
+            events_out=not a.no_events_out)
+  try:
+    ready = job.wait_ready(publisher, first)
+    reader = FindingsReader(job.out_sub)
+    reader.start()
+    cpu0, t0 = cpu_seconds(job.proc.pid), time.time()
+    publish_all(publisher, job.in_topic, bodies)
+    t_events = cpu_events = None
+    deadline = t0 + a.timeout
+    while time.time() < deadline:
+      if t_events is None and (a.no_events_out or len(read_events_out(job.events)) >= len(bodies)):
+        t_events, cpu_events = time.time() - t0, cpu_seconds(job.proc.pid) - cpu0
+      if t_events is not None and expected <= {f['finding_id'] for _, f in reader.arrivals}:
+        break
+      time.sleep(0.2)
+    got = {f['finding_id'] for _, f in reader.arrivals}
+    t_findings = max((t for t, f in reader.arrivals if f['finding_id'] in expected),
+                     default=float('nan')) - t0
+    counted = len({e['event_id'] for e in read_events_out(job.events)})
+  finally:
+    job.stop()
+    reader.stop.set()
+  n = len(bodies)
+  if a.no_events_out:
+    t_events = cpu_events = None
+  out = {'ready_s': ready, 'events_s': t_events, 'cpu_s': cpu_events, 'counted': counted,
+         'events_per_s': n / t_events if t_events else float('nan'),
+         'events_per_cpu_s': n / cpu_events if cpu_events else float('nan'),
+         'findings_s': t_findings, 'findings': len(expected & got), 'extra': len(got - expected)}
+  print(f'[drain {runner}{" no --events-out" if a.no_events_out else ""}] ready {ready:.1f}s after start; {counted}/{n} events counted in '
+        f'{t_events or float("nan"):.1f}s = {out["events_per_s"]:.0f} events/s, '
+        f'{out["events_per_cpu_s"]:.0f} events per CPU-second ({cpu_events or float("nan"):.1f} CPU-s); '
+        f'{out["findings"]}/{len(expected)} batch findings on the topic after {t_findings:.1f}s '
+        f'(idle advance {a.idle:.0f}s included)', flush=True)
+  return out
+
+
+def replay(a, server, publisher, runner, bodies, expected, work, sample, model, first):
+  job = Job(server, runner, work, sample, model,
+            ['--watermark-idle-seconds=100000', f'--watermark-max-delay={a.max_delay}'])
+  sent = []  # (event time, publish wall time)
+  try:
+    job.wait_ready(publisher, first)
+    reader = FindingsReader(job.out_sub)
+    reader.start()
+    base, t0, i = parse_time(bodies[0][1]), time.time(), 0
+    while i < len(bodies):
+      now_event = base + (time.time() - t0) * a.speedup
+      batch = []
+      while i < len(bodies) and parse_time(bodies[i][1]) <= now_event:
+        batch.append(bodies[i])
+        i += 1
+      publish_all(publisher, job.in_topic, batch)
+      stamp = time.time()
+      sent += [(parse_time(ts), stamp) for _, ts in batch]
+      time.sleep(0.05)
+    seconds = time.time() - t0
+    time.sleep(a.tail)
+  finally:
+    job.stop()
+    reader.stop.set()
+  latencies = []
+  for arrival, f in reader.arrivals:
+    close = parse_time(f['window_end']) + WINDOW + a.max_delay
+    trigger = next((wall for ev, wall in sent if ev >= close), None)
+    if trigger is not None:
+      latencies.append(arrival - trigger)
+  latencies.sort()
+  ids = {f['finding_id'] for _, f in reader.arrivals}
+  out = {'rate': len(sent) / seconds, 'findings': len(ids & expected), 'closed': len(latencies),
+         'median': statistics.median(latencies) if latencies else float('nan'),
+         'min': latencies[0] if latencies else float('nan'),
+         'max': latencies[-1] if latencies else float('nan')}
+  print(f'[replay {runner}] {len(sent)} messages at {out["rate"]:.0f}/s ({a.speedup:.0f}x); '
+        f'{out["findings"]}/{len(expected)} batch findings, {out["closed"]} closed by a later message: '
+        f'window-closing message -> finding on the topic min {out["min"]:.2f}s, '
+        f'median {out["median"]:.2f}s, max {out["max"]:.2f}s', flush=True)
+  return out
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument('--identities', type=int, default=60)
+  ap.add_argument('--days', type=int, default=4)
+  ap.add_argument('--speedup', type=float, default=1200.0)
+  ap.add_argument('--idle', type=float, default=2.0, help='--watermark-idle-seconds for the drain.')
+  ap.add_argument('--max-delay', type=int, default=60)
+  ap.add_argument('--tail', type=float, default=20.0, help='Seconds to keep reading after the replay.')
+  ap.add_argument('--timeout', type=float, default=600.0)
+  ap.add_argument('--runners', default=','.join(RUNNERS))
+  ap.add_argument('--phases', default='drain,replay')
+  ap.add_argument('--no-events-out', action='store_true',
+                  help='Run without --events-out (the sdf reader then acks at bundle finalization); '
+                       'the drain then reports the findings time only.')
+  ap.add_argument('--work', default=None, help='Work directory; a sample and model there are reused.')
+  a = ap.parse_args()
+  from pipeline.cli import run, train
+  from pipeline.generate import generate
+  work = a.work or tempfile.mkdtemp(prefix='postauth-bench-streaming-')
+  sample, model = os.path.join(work, 'sample'), os.path.join(work, 'model')
+  if not os.path.exists(os.path.join(model, 'LATEST')):
+    generate(sample, a.identities, a.days, seed=7)
+    train([f'--events={sample}/history/*', f'--inventory={sample}/inventory.csv', f'--model-dir={model}',
+           '--runner=FnApiRunner'])
+  run([f'--events={sample}/live/*', f'--inventory={sample}/inventory.csv', f'--model-dir={model}',
+       f'--findings={work}/batch.jsonl', '--runner=FnApiRunner'])
+  with open(f'{work}/batch.jsonl') as f:
+    expected = {json.loads(line)['finding_id'] for line in f}
+  records = []
+  for path in sorted(glob.glob(f'{sample}/live/*')):
+    with open(path) as f:
+      records += [json.loads(line) for line in f if line.strip()]
+  records.sort(key=lambda r: r['eventTime'])
+  bodies = [(json.dumps(r).encode(), r['eventTime']) for r in records]
+  first = datetime.datetime.fromtimestamp(parse_time(records[0]['eventTime']) - 3600,
+                                          datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')
+  print(f'sample: {len(records)} live CloudTrail events, {len(expected)} batch findings; '
+        f'{os.cpu_count()} cores on this machine', flush=True)
+  runners = a.runners.split(',')
+  results = {}
+  server = local_pubsub.LocalPubSub()
+  with server, local_pubsub.emulator_host(server.host):
+    from google.cloud import pubsub_v1
+    publisher = pubsub_v1.PublisherClient(batch_settings=pubsub_v1.types.BatchSettings(
+        max_messages=1000, max_bytes=9 * 10 ** 6, max_latency=0.05))
+    for runner in runners:
+      if 'drain' in a.phases:
+        results[(runner, 'drain')] = drain(a, server, publisher, runner, bodies, expected, work,
+                                           sample, model, first)
+      if 'replay' in a.phases:
+        results[(runner, 'replay')] = replay(a, server, publisher, runner, bodies, expected, work,
+                                             sample, model, first)
+  if len(runners) == 2:
+    base, other = runners
+    print(f'\nratios {other} / {base}:')
+    if 'drain' in a.phases:
+      d0, d1 = results[(base, 'drain')], results[(other, 'drain')]
+      print(f'  drain events/s {d1["events_per_s"] / d0["events_per_s"]:.2f}x, events per CPU-second '
+            f'{d1["events_per_cpu_s"] / d0["events_per_cpu_s"]:.2f}x, all findings on the topic after '
+            f'{d1["findings_s"] / d0["findings_s"]:.2f}x the time')
+    if 'replay' in a.phases:
+      r0, r1 = results[(base, 'replay')], results[(other, 'replay')]
+      print(f'  replay median window-closing delay {r1["median"] / r0["median"]:.2f}x '
+            f'({r1["median"]:.2f}s vs {r0["median"]:.2f}s)')
+  print(f'\nwork dir: {work}')
+
+
+if __name__ == '__main__':
+  main()

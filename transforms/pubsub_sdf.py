@@ -1,0 +1,308 @@
+"""A Pub/Sub source for every runner: a splittable DoFn over ``google-cloud-pubsub``'s sync pull.
+
+Why: Beam's ``ReadFromPubSub`` is a native read that only Dataflow and the
+BundleBasedDirectRunner run (Prism and Flink reject it, the FnApiRunner reads nothing).
+This source is an ordinary unbounded splittable DoFn, so Prism, Flink, the FnApiRunner
+and the PortableRunner run it (``--pubsub-reader``, see ``pipeline/options.py``).
+
+At least once, never ack at pull time: every ``process`` call pulls one batch
+(``SubscriberClient.pull``, ``max_messages`` at a time, while the backlog lasts up to
+``max_pulls`` pulls), emits one ``RawRecord`` per message stamped with its event time, and
+registers the batch's ack ids with ``DoFn.BundleFinalizerParam``. The runner calls that
+callback only after it has committed the bundle's outputs (Prism: after ``PersistBundle``,
+``prism/internal/stage.go``; the FnApiRunner: after the bundle's outputs are stored;
+Dataflow and Flink: after a durable commit / checkpoint). A bundle that fails or a job that
+dies before then leaves its messages unacked, and Pub/Sub redelivers them once the
+subscription's ack deadline passes; ``DeduplicatePerKey`` downstream drops a redelivered copy
+of an event the running job has already seen. A runner that never finalizes would never ack:
+the messages keep coming back after every ack deadline -- safe (duplicates are dropped), but
+wasteful; a failed ack is logged as a warning. No lease extension is done: a batch is finalized
+within a bundle, far inside any sane ack deadline (>= 10 s); a bundle that takes longer than
+the deadline gets its messages redelivered, which dedup absorbs.
+
+Event-time watermark: the same policy as ``transforms.direct_pubsub.SourceClock`` (trail the
+newest event time by ``max_delay`` once a pull came back short; when idle for
+``idle_seconds`` advance to wall clock - ``max_delay``, at most ``idle_limit`` past the newest
+event; never before the first message). Its state lives in the restriction (no state API:
+Prism rejects stateful SDFs), so it survives checkpoints. With ``stop_idle`` > 0 the source
+ends after that many seconds without a message (the watermark goes to infinity, every window
+closes, the job finishes): for backfills, benchmarks and tests. Only a message with a newer
+event time counts there: redeliveries of messages not acked yet do not keep the source alive.
+
+With ``ack_mode='counted'`` (``--events-out`` given) the reader acks nothing itself: it hands
+each ack id to ``transforms.pubsub_ack``, which acks once the message's outcome is written
+(what makes a kill of Prism, whose commits are in memory, lose nothing).
+
+A ``topic`` read creates its own subscription on the first call (ack deadline 60 s) and keeps
+its name in the restriction; it is deleted when the source stops.
+"""
+from __future__ import annotations
+
+import logging
+import time
+import typing
+import uuid
+from typing import List, Optional
+
+import apache_beam as beam
+from apache_beam.coders import PickleCoder
+from apache_beam.io.iobase import RestrictionProgress, RestrictionTracker
+from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.core import RestrictionProvider
+from apache_beam.transforms.window import TimestampedValue
+from apache_beam.utils.timestamp import MIN_TIMESTAMP, Duration, Timestamp
+
+from transforms.direct_pubsub import SourceClock, _attribute_time
+from transforms.records import RawRecord
+
+_LOG = logging.getLogger('postauth')
+ACK_CHUNK = 1000  # ack ids per Acknowledge request (Pub/Sub caps a request at 512 KiB)
+
+
+class PullState(typing.NamedTuple):
+  """The restriction: what the source must remember across checkpoints."""
+  subscription: str  # '' until a topic read has created its subscription
+  newest: Optional[float]  # newest event time read so far (seconds)
+  watermark: float  # seconds; float('-inf') before the first advance
+  last_message: float  # wall-clock time a message was last read (or the source started)
+  done: bool = False
+  # wall-clock time the newest event time last moved (or the source started): what
+  # --pubsub-stop-idle waits on, so redeliveries of unacked messages do not keep a source alive
+  last_newer: Optional[float] = None
+
+
+class _PullTracker(RestrictionTracker):
+  """One claim per process() call (the state after that pull round); splits only at checkpoints."""
+
+  def __init__(self, state: PullState):
+    self._state = state
+    self._claimed: Optional[PullState] = None
+
+  def current_restriction(self) -> PullState:
+    return self._state
+
+  def try_claim(self, new_state: PullState) -> bool:
+    if self._state.done or self._claimed is not None:
+      return False
+    self._claimed = new_state
+    if new_state.done:
+      self._state = new_state
+    return True
+
+  def try_split(self, fraction_of_remainder):
+    if fraction_of_remainder > 0 or self._state.done:
+      return None  # a pull round is not divisible: only checkpoints
+    residual = self._claimed if self._claimed is not None else self._state
+    primary = self._state._replace(done=True)
+    self._state = primary
+    return primary, residual
+
+  def check_done(self):
+    if not self._state.done:
+      raise ValueError('pubsub restriction not done: the pull loop must checkpoint or stop')
+
+  def current_progress(self) -> RestrictionProgress:
+    return RestrictionProgress(completed=1 if self._state.done else 0,
+                               remaining=0 if self._state.done else 1)
+
+  def is_bounded(self) -> bool:
+    return self._state.done
+
+
+def message_ref(source: str, message_id: str) -> str:
+  """The record reference every Pub/Sub reader gives: dead letters keep it with the body."""
+  return f'pubsub:{source}#{message_id}'
+
+
+class PullSettings(typing.NamedTuple):
+  timestamp_attribute: Optional[str] = None
+  max_messages: int = 500
+  max_pulls: int = 20  # pulls per process() call while each one comes back full
+  interval: float = 0.2  # seconds between pull rounds once the backlog is drained
+  max_delay: int = 60
+  idle_seconds: float = 10.0
+  idle_limit: int = 14400
+  stop_idle: float = 0.0
+  pull_timeout: float = 10.0
+  # 'finalize': ack when the bundle that read a message is committed (bundle finalization);
+  # 'counted': emit each (message id, (subscription, ack id)) on the ACK_IDS output instead, for
+  # transforms.pubsub_ack to ack once the message's outcome is written.
+  ack_mode: str = 'finalize'
+
+
+ACK_IDS = 'ack_ids'
+
+
+class _PullFn(beam.DoFn, RestrictionProvider):
+  """subscription or topic path -> RawRecords of its messages, acked at bundle finalization."""
+
+  def __init__(self, source: str, is_topic: bool, settings: PullSettings):
+    self._source, self._is_topic, self._s = source, is_topic, settings
+    self._client = None
+    self.messages = Metrics.counter('postauth', 'pubsub_messages')
+    self.bad_times = Metrics.counter('postauth', 'pubsub_bad_timestamp_attribute')
+
+  def setup(self):
+    from google.cloud import pubsub_v1
+    self._client = pubsub_v1.SubscriberClient()
+
+  def teardown(self):
+    if self._client is not None:
+      self._client.close()
+      self._client = None
+
+  # -- RestrictionProvider
+  def initial_restriction(self, element) -> PullState:
+    return PullState('' if self._is_topic else element, None, float('-inf'), time.time())
+
+  def create_tracker(self, restriction) -> _PullTracker:
+    return _PullTracker(restriction)
+
+  def restriction_size(self, element, restriction) -> int:
+    return 1
+
+  def restriction_coder(self):
+    return PickleCoder()
+
+  def truncate(self, element, restriction):
+    return None  # drain: stop pulling; what is unacked is redelivered to the next job
+
+  # -- pulling
+  def _subscription_for_topic(self, topic: str) -> str:
+    project = topic.split('/')[1]
+    name = f'projects/{project}/subscriptions/postauth-{uuid.uuid4().hex[:12]}'
+    self._client.create_subscription(name=name, topic=topic, ack_deadline_seconds=60)
+    _LOG.info('--topic %s: reading through the new subscription %s', topic, name)
+    return name
+
+  def _ack(self, subscription: str, ack_ids: List[str]) -> None:
+    """The bundle finalization callback: the bundle that read these messages is committed."""
+    if not ack_ids:
+      return
+    # (no Beam counters here: a callback runs after its bundle reported its metrics)
+    for i in range(0, len(ack_ids), ACK_CHUNK):
+      chunk = ack_ids[i:i + ACK_CHUNK]
+      try:
+        self._client.acknowledge(subscription=subscription, ack_ids=chunk)
+      except Exception as e:  # expired ids or a transient error: the messages come back, dedup drops them
+        _LOG.warning('acknowledging %d message(s) on %s failed (they will be redelivered): %s',
+                     len(chunk), subscription, e)
+
+  def _release(self, subscription: str, ack_ids: List[str]) -> None:
+    """Pulled but not emitted (the runner split the restriction meanwhile): redeliver now."""
+    if not ack_ids:
+      return
+    try:
+      self._client.modify_ack_deadline(subscription=subscription, ack_ids=ack_ids,
+                                       ack_deadline_seconds=0)
+    except Exception as e:  # they come back after the ack deadline anyway
+      _LOG.warning('releasing %d message(s) on %s failed: %s', len(ack_ids), subscription, e)
+
+  def _event_time(self, received) -> Timestamp:
+    attribute = self._s.timestamp_attribute
+    if attribute:
+      value = received.message.attributes.get(attribute)
+      ts = _attribute_time(value)
+      if ts is not None:
+        return ts
+      self.bad_times.inc()  # absent or unparsable: the publish time (the parser reads the record's own time)
+    return Timestamp.from_utc_datetime(received.message.publish_time)
+
+  def _pull_round(self, subscription: str):
+    """Pulls until a pull comes back short or ``max_pulls``; (received messages, drained)."""
+    out, drained = [], False
+    for _ in range(max(1, self._s.max_pulls)):
+      try:
+        response = self._client.pull(subscription=subscription, max_messages=self._s.max_messages,
+                                     timeout=self._s.pull_timeout)
+      except Exception as e:  # transient (deadline, unavailable): try again next round
+        _LOG.warning('pull from %s failed: %s', subscription, e)
+        return out, False
+      out += response.received_messages
+      if len(response.received_messages) < self._s.max_messages:
+        drained = True
+        break
+    return out, drained
+
+  @beam.DoFn.unbounded_per_element()
+  def process(self, element, finalizer=beam.DoFn.BundleFinalizerParam,
+              tracker=beam.DoFn.RestrictionParam(),
+              watermark=beam.DoFn.WatermarkEstimatorParam(ManualWatermarkEstimator.default_provider())):
+    # (the finalizer comes before the SDF parameters: Beam 2.77 passes those by keyword and
+    # a finalizer after them shifts its positional slot onto ``tracker``)
+    state: PullState = tracker.current_restriction()
+    if state.done:
+      return
+    if watermark.current_watermark() is None:
+      watermark.set_watermark(MIN_TIMESTAMP)
+    subscription = state.subscription or self._subscription_for_topic(element)
+    received, drained = self._pull_round(subscription)
+    now = time.time()
+    stamped = [(self._event_time(r), r) for r in received]
+    clock = SourceClock(self._s.max_delay, self._s.idle_seconds, self._s.idle_limit)
+    clock.newest = Timestamp.of(state.newest) if state.newest is not None else None
+    clock.last_message = state.last_message
+    clock.watermark = (Timestamp.of(state.watermark) if state.watermark != float('-inf')
+                       else MIN_TIMESTAMP)
+    mark = clock.advance([ts for ts, _ in stamped], drained, now, now)
+    last_message = now if received else state.last_message
+    newest = None if clock.newest is None else clock.newest.micros / 1e6
+    last_newer = state.last_newer if state.last_newer is not None else state.last_message
+    if newest is not None and (state.newest is None or newest > state.newest):
+      last_newer = now
+    # (a message redelivered because its outcome is not written yet -- with ack_mode 'counted'
+    # that can wait for the watermark -- is not news: it must not keep the source from ending)
+    stop = self._s.stop_idle > 0 and now - last_newer >= self._s.stop_idle
+    next_state = PullState(subscription, newest,
+                           float('-inf') if mark == MIN_TIMESTAMP else mark.micros / 1e6,
+                           last_message, done=stop, last_newer=last_newer)
+    if not tracker.try_claim(next_state):
+      self._release(subscription, [r.ack_id for r in received])
+      return
+    counted = self._s.ack_mode == 'counted'
+    for ts, r in stamped:
+      yield TimestampedValue(RawRecord(r.message.data or b'', None, '',
+                                       message_ref(self._source, r.message.message_id)), ts)
+      if counted:
+        yield beam.pvalue.TaggedOutput(
+            ACK_IDS, TimestampedValue((r.message.message_id, (subscription, r.ack_id)), ts))
+    ack_ids = [] if counted else [r.ack_id for r in received]
+    self.messages.inc(len(received))
+    # Registered for an empty pull too: Prism finalizes every bundle of a stage that asks for
+    # finalization, and the SDK answers an error for a bundle that registered nothing.
+    finalizer.register(lambda: self._ack(subscription, ack_ids))
+    if stop:
+      _LOG.info('pubsub %s: no newer event for %.0f s, stopping', self._source, now - last_newer)
+      if self._is_topic:
+        try:
+          self._client.delete_subscription(subscription=subscription)
+        except Exception as e:
+          _LOG.warning('deleting the temporary subscription %s failed: %s', subscription, e)
+      return  # restriction done: the watermark goes to infinity
+    if mark > watermark.current_watermark():
+      watermark.set_watermark(mark)
+    tracker.defer_remainder(Duration.of(0 if received and not drained else self._s.interval))
+
+
+class PullFromPubSub(beam.PTransform):
+  """Subscription (or topic) -> unbounded RawRecords stamped with event time, acked after commit."""
+
+  def __init__(self, subscription: Optional[str] = None, topic: Optional[str] = None,
+               settings: PullSettings = PullSettings()):
+    super().__init__()
+    if bool(subscription) == bool(topic):
+      raise ValueError('give exactly one of subscription or topic')
+    if settings.max_messages < 1 or settings.stop_idle < 0 or settings.ack_mode not in (
+        'finalize', 'counted'):
+      raise ValueError('--pubsub-max-messages must be >= 1 and --pubsub-stop-idle >= 0')
+    self._path = subscription or topic
+    self._fn = _PullFn(self._path, bool(topic), settings)
+
+  def expand(self, pbegin):
+    """{'records': RawRecords, ACK_IDS: (message id, (subscription, ack id)) in 'counted' mode}."""
+    from transforms.watch import install_fnapi_metrics_fix
+    install_fnapi_metrics_fix()  # long-running SDF stages on the FnApiRunner (see watch.py)
+    return (pbegin
+            | 'Source' >> beam.Create([self._path])
+            | 'PullAndAck' >> beam.ParDo(self._fn).with_outputs(ACK_IDS, main='records'))
