@@ -76,7 +76,8 @@ def test_replay_files_reads_avro_and_canonical_json_lines(tmp_path):
   ocsf = [o for o in (RecordParser().parse(r) for r in split_records(
       (tmp_path / 'ocsf.jsonl').read_bytes(), str(tmp_path / 'ocsf.jsonl'))) if isinstance(o, Event)]
   p = streaming_pipeline()
-  parsed = (p | ReplayFiles(str(tmp_path / '*'), step_seconds=30 * 86400) | ParseRecords())
+  # (this pipeline runs on the BundleBasedDirectRunner: the replay's TestStream form)
+  parsed = (p | ReplayFiles(str(tmp_path / '*'), step_seconds=30 * 86400, test_stream=True) | ParseRecords())
   assert_that(parsed.events, equal_to(events + ocsf), label='Events')
   assert_that(parsed.dead_letter | beam.Map(lambda d: orjson.loads(d)['reason']),
               equal_to(['ocsf: absurd time 1709636580', 'unknown format']), label='DeadLetters')

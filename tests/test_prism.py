@@ -83,7 +83,8 @@ def test_prism_training_gives_the_fnapi_model(prism_binary, sample, model_dir, t
 # -- streaming on Prism ------------------------------------------------------------------------------
 def test_prism_streaming_replay_gives_the_batch_findings(prism_binary, fnapi_batch, sample, model_dir,
                                                         tmp_path):
-  """The file replay (TestStream, advancing watermark) as a streaming job on Prism."""
+  """The file replay (a splittable DoFn with an advancing watermark) as a streaming job on Prism:
+  what `postauth run --streaming --events ...` and the demo run on the DirectRunner."""
   rows, _ = _detect_sorted(sample, model_dir, tmp_path, '--streaming', '--runner=PrismRunner')
   _assert_attacks_on_top(rows, sample)
   key = lambda f: (f['finding_id'], f['score'], f['windows'], f['event_count'])

@@ -19,6 +19,7 @@ import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from transforms.versions import version_rank
 from pipeline import local_pubsub
 from transforms.outputs import read_avro
 from transforms.pubsub_sink import PublishFailed, PublishToPubSub, finding_message
@@ -177,15 +178,18 @@ def test_streaming_pubsub_end_to_end(pubsub, sample, model_dir, tmp_path):
     stderr = _stop(proc)
   hits = [m for m in messages if m.attributes.get('identity') == label['identity']]
   assert hits, f'no finding for {label["identity"]} on the findings topic; pipeline stderr:\n{stderr}'
-  finding = json.loads(hits[0].data)
-  # One message per finding; the attributes carry what subscription filters select on.
-  assert len({json.loads(m.data)['finding_id'] for m in messages}) == len(messages)
+  # One message per version of a finding (first emission, then updates as its run grows); the
+  # attributes carry what subscription filters select on. The latest version covers the attack.
+  versions = [(json.loads(m.data)['finding_id'], int(json.loads(m.data).get('updates', 0))) for m in messages]
+  assert len(set(versions)) == len(messages)
+  last = max(hits, key=lambda m: version_rank(json.loads(m.data)))
+  finding = json.loads(last.data)
   for key in ('severity', 'identity', 'finding_id', 'model_version'):
-    assert hits[0].attributes[key] == str(finding[key])
+    assert last.attributes[key] == str(finding[key])
   assert finding['window_start'] <= label['start'] and label['end'] <= finding['window_end']
-  # The same findings reach the Avro file sink, though the merge emits them behind the watermark
+  # The same versions reach the Avro file sink, though the merge emits them behind the watermark
   # after the idle advance (late panes are kept, not dropped).
-  assert sorted(r['finding_id'] for r in avro_rows) == sorted(json.loads(m.data)['finding_id'] for m in messages)
+  assert sorted((r['finding_id'], int(r.get('updates') or 0)) for r in avro_rows) == sorted(versions)
   # Each attack record arrived twice, but counts once: the finding's events are exactly the
   # distinct records of that identity inside its span.
   in_span = {r['eventID'] for r in attack if finding['window_start'] <= r['eventTime'] < finding['window_end']}
@@ -319,6 +323,15 @@ def test_timestamp_attribute_parsing_never_stops_the_job():
 
 # --- the README's order: the job first, idle, then old records (issue 13, item 5) -------------
 
+def latest_versions(findings):
+  """The latest version of each finding (the parts hold every version)."""
+  latest = {}
+  for f in findings:
+    if f['finding_id'] not in latest or version_rank(f) >= version_rank(latest[f['finding_id']]):
+      latest[f['finding_id']] = f
+  return list(latest.values())
+
+
 def _parts(path):
   rows = []
   for part in glob.glob(str(path) + '.parts/*.jsonl'):
@@ -368,7 +381,7 @@ def test_records_published_after_the_job_idled_are_scored_or_dead_lettered_as_la
     raise AssertionError(f'{what} not seen within {seconds} s; pipeline stderr:\n{_stop(proc)}')
 
   def scored():
-    return sum(f['event_count'] for f in _parts(findings) if f['kind'] == 'anomaly')
+    return sum(f['event_count'] for f in latest_versions(_parts(findings)) if f['kind'] == 'anomaly')
 
   def late():
     return [d for d in _parts(dead) if d['reason'] == 'late']
@@ -387,7 +400,7 @@ def test_records_published_after_the_job_idled_are_scored_or_dead_lettered_as_la
     got_findings, got_dead = _parts(findings), _parts(dead)
   finally:
     stderr = _stop(proc)
-  anomalies = [f for f in got_findings if f['kind'] == 'anomaly']
+  anomalies = [f for f in latest_versions(got_findings) if f['kind'] == 'anomaly']
   # Every fresh record scored once (no old one among them: the counts add up exactly) ...
   assert sum(f['event_count'] for f in anomalies) == len(fresh), stderr
   assert len({f['finding_id'] for f in anomalies}) == len(anomalies)

@@ -120,12 +120,6 @@ def _assert_watch_result(rows, dead_lines, stderr, folder, expected):
   assert 'stopping' in stderr
 
 
-def test_watch_folder_streaming_gives_the_batch_findings(fnapi_batch, sample, model_dir, tmp_path):
-  rows, dead_lines, stderr, folder = _watch_job(sample, model_dir, tmp_path, ['--runner=FnApiRunner'],
-                                                _live_records(sample))
-  _assert_watch_result(rows, dead_lines, stderr, folder, fnapi_batch[0])
-
-
 def test_watch_folder_on_prism_gives_the_batch_findings(fnapi_batch, sample, model_dir, tmp_path):
   from pipeline import prism  # the skip / CI=true failure rule of tests/test_prism.py
   if prism.local_binary() is None:
