@@ -273,3 +273,18 @@ def test_evaluate_reads_the_latest_version_time_to_first_detection_and_pages():
   assert r['pages']['pages'] == 1 and r['pages']['pages_all'] == 3
   assert r['time_to_detect'] == {'detected': 1, 'median_s': H - 600, 'max_s': H - 600,
                                  'median_final_s': 2 * H - 600}
+
+
+def test_a_version_older_than_the_one_shown_is_dropped_not_numbered_as_the_latest():
+  """A runner may fire the merge's timers out of order (the BundleBasedDirectRunner after an idle
+  watermark jump): an older version arriving after a newer one must not become the latest."""
+  newer = dict(version('f1', 0, 3 * H, 'medium', [SCOPE]), event_count=9)
+  older = dict(version('f1', 0, 2 * H, 'medium', [SCOPE]), event_count=5)
+  first = dict(version('f1', 0, H, 'medium', [SCOPE]), event_count=3)
+  items = [TimestampedValue(first, json_time(first['window_end']) - EPS),
+           TimestampedValue(newer, json_time(newer['window_end']) - EPS),
+           TimestampedValue(older, json_time(newer['window_end']) + 60)]  # arrives after the newer
+  with beam.Pipeline(runner='FnApiRunner') as p:
+    out = p | beam.Create(items) | DeduplicateFindings(0)
+    assert_that(out | beam.Map(lambda f: (f['updates'], f['window_end'], f['event_count'])),
+                equal_to([(0, first['window_end'], 3), (1, newer['window_end'], 9)]))

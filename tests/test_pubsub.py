@@ -162,14 +162,20 @@ def test_streaming_pubsub_end_to_end(pubsub, sample, model_dir, tmp_path):
       f'--sink=pubsub://{out_topic},{avro}', f'--dead-letters={dead}', f'--inventory={sample["inventory"]}',
       f'--model-dir={model_dir}', '--watermark-idle-seconds=3')
   try:
+    # Findings go out when their first window closes and are updated as the run grows: wait for
+    # the version of the attack's finding that covers the whole attack.
     messages = _pull(out_sub, lambda got: any(m.attributes.get('identity') == label['identity']
+                                              and json.loads(m.data)['window_end'] >= label['end']
                                               for m in got),
                      time.time() + 120, proc)
     latency = time.time() - t0
     dead_lines, avro_rows = [], []
     deadline = time.time() + 30
     # (the file sink writes its findings on its own schedule: wait until it has all of them)
-    while time.time() < deadline and (len(dead_lines) < 2 or len(avro_rows) < len(messages)):
+    def avro_versions():
+      return {(r['finding_id'], int(r.get('updates') or 0)) for r in avro_rows}
+    pulled = {(json.loads(m.data)['finding_id'], int(json.loads(m.data).get('updates', 0))) for m in messages}
+    while time.time() < deadline and (len(dead_lines) < 2 or not pulled <= avro_versions()):
       dead_lines = [json.loads(line) for path in glob.glob(str(dead) + '.parts/*.jsonl')
                     for line in open(path) if line.strip()]
       avro_rows = [r for path in glob.glob(str(avro) + '.parts/*.avro') for r in read_avro(path)]
@@ -189,7 +195,8 @@ def test_streaming_pubsub_end_to_end(pubsub, sample, model_dir, tmp_path):
   assert finding['window_start'] <= label['start'] and label['end'] <= finding['window_end']
   # The same versions reach the Avro file sink, though the merge emits them behind the watermark
   # after the idle advance (late panes are kept, not dropped).
-  assert sorted((r['finding_id'], int(r.get('updates') or 0)) for r in avro_rows) == sorted(versions)
+  # (the job runs on after the pull stops: the Avro parts may hold later versions too)
+  assert set(versions) <= {(r['finding_id'], int(r.get('updates') or 0)) for r in avro_rows}
   # Each attack record arrived twice, but counts once: the finding's events are exactly the
   # distinct records of that identity inside its span.
   in_span = {r['eventID'] for r in attack if finding['window_start'] <= r['eventTime'] < finding['window_end']}
@@ -389,7 +396,7 @@ def test_records_published_after_the_job_idled_are_scored_or_dead_lettered_as_la
   try:
     # The job starts (10-15 s here) and idles far longer than --watermark-idle-seconds: empty
     # pulls return, so a source that advanced when idle would now run ahead of the records.
-    time.sleep(35)
+    time.sleep(20)
     assert proc.poll() is None, _stop(proc)
     publish(fresh)
     wait_for('every fresh record in a finding', lambda: scored() >= len(fresh), 150)

@@ -182,6 +182,7 @@ class _DedupFn(beam.DoFn):
     self._period = period_seconds
     self._retention = max(retention_seconds, period_seconds)
     self.folded = Metrics.counter('postauth', 'findings_deduplicated')
+    self.stale = Metrics.counter('postauth', 'finding_versions_stale')
 
   def process(self, kv, ts=beam.DoFn.TimestampParam, pending=beam.DoFn.StateParam(PENDING),
               flush=beam.DoFn.TimerParam(FLUSH)):
@@ -223,6 +224,11 @@ class _DedupFn(beam.DoFn):
     shown = next((k for k in known if k['finding']['finding_id'] == fid), None)
     if shown is not None:  # an update of a finding already shown: it replaces it
       base = shown['finding']
+      if (f['window_end'], f.get('event_count', 0)) < (base['window_end'], base.get('event_count', 0)):
+        # A version older than the one shown (a runner that fires the merge's timers out of
+        # order, e.g. after an idle watermark jump): versions grow, so it adds nothing.
+        self.stale.inc()
+        return
       updated = dict(f, occurrences=base.get('occurrences', 1))
       for field in ('last_occurrence', 'occurrence_ids'):
         if base.get(field):
