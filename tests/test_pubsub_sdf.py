@@ -52,9 +52,8 @@ class _Finalizer:
 def _process_once(fn, element, state=None):
   """One process() call as a runner makes it: (outputs, finalizer, residual, watermark estimator)."""
   from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
-  from transforms.pubsub_sdf import _PullTracker
   from apache_beam.runners.sdf_utils import RestrictionTrackerView, ThreadsafeRestrictionTracker
-  tracker = _PullTracker(state or fn.initial_restriction(element))
+  tracker = fn.create_tracker(state or fn.initial_restriction(element))
   estimator, finalizer = ManualWatermarkEstimator(None), _Finalizer()
   threadsafe = ThreadsafeRestrictionTracker(tracker)
   out = list(fn.process(element, finalizer=finalizer, tracker=RestrictionTrackerView(threadsafe),

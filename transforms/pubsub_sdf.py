@@ -46,7 +46,6 @@ from typing import List, Optional
 
 import apache_beam as beam
 from apache_beam.coders import PickleCoder
-from apache_beam.io.iobase import RestrictionProgress, RestrictionTracker
 from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.core import RestrictionProvider
@@ -54,6 +53,7 @@ from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import MIN_TIMESTAMP, Duration, Timestamp
 
 from transforms.direct_pubsub import SourceClock, _attribute_time
+from transforms.poll_tracker import PollTracker
 from transforms.records import RawRecord
 
 _LOG = logging.getLogger('postauth')
@@ -70,44 +70,6 @@ class PullState(typing.NamedTuple):
   # wall-clock time the newest event time last moved (or the source started): what
   # --pubsub-stop-idle waits on, so redeliveries of unacked messages do not keep a source alive
   last_newer: Optional[float] = None
-
-
-class _PullTracker(RestrictionTracker):
-  """One claim per process() call (the state after that pull round); splits only at checkpoints."""
-
-  def __init__(self, state: PullState):
-    self._state = state
-    self._claimed: Optional[PullState] = None
-
-  def current_restriction(self) -> PullState:
-    return self._state
-
-  def try_claim(self, new_state: PullState) -> bool:
-    if self._state.done or self._claimed is not None:
-      return False
-    self._claimed = new_state
-    if new_state.done:
-      self._state = new_state
-    return True
-
-  def try_split(self, fraction_of_remainder):
-    if fraction_of_remainder > 0 or self._state.done:
-      return None  # a pull round is not divisible: only checkpoints
-    residual = self._claimed if self._claimed is not None else self._state
-    primary = self._state._replace(done=True)
-    self._state = primary
-    return primary, residual
-
-  def check_done(self):
-    if not self._state.done:
-      raise ValueError('pubsub restriction not done: the pull loop must checkpoint or stop')
-
-  def current_progress(self) -> RestrictionProgress:
-    return RestrictionProgress(completed=1 if self._state.done else 0,
-                               remaining=0 if self._state.done else 1)
-
-  def is_bounded(self) -> bool:
-    return self._state.done
 
 
 def message_ref(source: str, message_id: str) -> str:
@@ -156,8 +118,8 @@ class _PullFn(beam.DoFn, RestrictionProvider):
   def initial_restriction(self, element) -> PullState:
     return PullState('' if self._is_topic else element, None, float('-inf'), time.time())
 
-  def create_tracker(self, restriction) -> _PullTracker:
-    return _PullTracker(restriction)
+  def create_tracker(self, restriction) -> PollTracker:
+    return PollTracker(restriction, 'pubsub')
 
   def restriction_size(self, element, restriction) -> int:
     return 1

@@ -42,7 +42,6 @@ from typing import Dict, Optional
 import apache_beam as beam
 from apache_beam.coders import PickleCoder
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.io.iobase import RestrictionProgress, RestrictionTracker
 from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.core import RestrictionProvider
@@ -50,6 +49,7 @@ from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
 
 from transforms.parse import read_all
+from transforms.poll_tracker import PollTracker
 from transforms.records import RawRecord, split_records
 from transforms.replay import record_time
 
@@ -66,42 +66,9 @@ class WatchState(typing.NamedTuple):
   done: bool = False
 
 
-class _WatchTracker(RestrictionTracker):
-  """One claim per process() call: the state after that poll. Splits only at checkpoints."""
-
-  def __init__(self, state: WatchState):
-    self._state = state
-    self._claimed: Optional[WatchState] = None
-
-  def current_restriction(self) -> WatchState:
-    return self._state
-
-  def try_claim(self, new_state: WatchState) -> bool:
-    if self._state.done or self._claimed is not None:
-      return False
-    self._claimed = new_state
-    if new_state.done:
-      self._state = new_state
-    return True
-
-  def try_split(self, fraction_of_remainder):
-    if fraction_of_remainder > 0 or self._state.done:
-      return None  # a poll round is not divisible: only checkpoints
-    residual = self._claimed if self._claimed is not None else self._state
-    primary = self._state._replace(seen={}, done=True)
-    self._state = primary
-    return primary, residual
-
-  def check_done(self):
-    if not self._state.done:
-      raise ValueError('watch restriction not done: the poll loop must checkpoint or stop')
-
-  def current_progress(self) -> RestrictionProgress:
-    return RestrictionProgress(completed=1 if self._state.done else 0,
-                               remaining=0 if self._state.done else 1)
-
-  def is_bounded(self) -> bool:
-    return self._state.done
+def _closed(state: WatchState) -> WatchState:
+  """A checkpoint's primary: done, without the set of files read (the residual carries it)."""
+  return state._replace(seen={}, done=True)
 
 
 class _WatchFilesFn(beam.DoFn, RestrictionProvider):
@@ -118,8 +85,8 @@ class _WatchFilesFn(beam.DoFn, RestrictionProvider):
   def initial_restriction(self, element) -> WatchState:
     return WatchState({}, float('-inf'), None, time.time())
 
-  def create_tracker(self, restriction) -> _WatchTracker:
-    return _WatchTracker(restriction)
+  def create_tracker(self, restriction) -> PollTracker:
+    return PollTracker(restriction, 'watch', _closed)
 
   def restriction_size(self, element, restriction) -> int:
     return 1
