@@ -24,7 +24,6 @@ import datetime
 import glob
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,7 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
 sys.path.insert(0, ROOT)
 
 from pipeline import local_pubsub  # noqa: E402
+from pipeline.sink_delay import sink_delays_from_files  # noqa: E402
 
 PROJECT = 'projects/postauth-local'
 
@@ -219,43 +219,37 @@ def replay_phase(a, server, publisher, bodies, records, sample, model, first, ex
   finally:
     stop(proc)
     reader.stop.set()
-  latencies, first_latencies, attack_latency = [], [], {}
   with open(os.path.join(sample, 'labels.json')) as f:
     labels = json.load(f)
-  for arrival, f in reader.arrivals:
-    # A version is emitted once the watermark (max delay behind the newest event) passes the
-    # end of its newest window: for a first emission that is first_detected_at (issue 16).
-    close = parse_time(f['window_end']) + a.max_delay
-    trigger = next((wall for ev, wall in sent if ev >= close), None)
-    if trigger is None:
-      continue
-    latencies.append(arrival - trigger)
-    if int(f.get('updates') or 0) == 0:
-      first_latencies.append(arrival - trigger)
-      for l in labels:
-        if (l['identity'] == f['identity'] and f['window_start'] <= l['end'] and l['start'] <= f['window_end']
-            and l['scenario'] not in attack_latency):
-          attack_latency[l['scenario']] = round(arrival - trigger, 2)
-  latencies.sort()
-  first_latencies.sort()
-  with open(os.path.join(work, 'replay-findings.jsonl'), 'w') as f:
+  # The logs `postauth evaluate --arrivals ... --published ...` reads (pipeline/sink_delay.py).
+  arrivals_path = os.path.join(work, 'replay-findings.jsonl')
+  published_path = os.path.join(work, 'published.jsonl')
+  with open(arrivals_path, 'w') as f:
     for arrival, finding in reader.arrivals:
       f.write(json.dumps(dict(finding, _arrival=arrival)) + '\n')
+  with open(published_path, 'w') as f:
+    for ev, wall in sent:
+      f.write(json.dumps({'event_time': datetime.datetime.fromtimestamp(ev, datetime.timezone.utc)
+                          .strftime('%Y-%m-%dT%H:%M:%SZ'), 'published_at': wall}) + '\n')
+  delays = sink_delays_from_files(arrivals_path, published_path, labels, a.max_delay)
+  every, first = delays['versions'], delays['first_versions']
   ids = {f['finding_id'] for _, f in reader.arrivals}
   print(f'\n[replay] {len(sent)} messages in event-time order at {a.speedup:.0f}x '
         f'({len(sent) / replay_seconds:.0f} messages/s for {replay_seconds:.0f}s); '
         f'{len(reader.arrivals)} findings ({len(ids & expected)} of the {len(expected)} batch findings, '
-        f'{len(ids - expected)} others), {len(latencies)} closed by a later message')
-  if latencies:
+        f'{len(ids - expected)} others), {every["n"]} closed by a later message')
+  if every['n']:
     print(f'[replay] publish of the message that closes the window -> finding version on the topic: '
-          f'min {latencies[0]:.2f}s, median {statistics.median(latencies):.2f}s, '
-          f'max {latencies[-1]:.2f}s ({len(latencies)} versions)')
-  if first_latencies:
-    print(f'[replay] first emissions only: min {first_latencies[0]:.2f}s, median '
-          f'{statistics.median(first_latencies):.2f}s, max {first_latencies[-1]:.2f}s '
-          f'({len(first_latencies)} findings)')
+          f'min {every["min_s"]:.2f}s, median {every["median_s"]:.2f}s, max {every["max_s"]:.2f}s '
+          f'({every["n"]} versions)')
+  if first['n']:
+    print(f'[replay] first emissions only: min {first["min_s"]:.2f}s, median {first["median_s"]:.2f}s, '
+          f'max {first["max_s"]:.2f}s ({first["n"]} findings)')
   print('[replay] per attack, message that closes its first anomalous window -> first version on '
-        'the topic (s): ' + json.dumps(attack_latency, sort_keys=True), flush=True)
+        'the topic (s): ' + json.dumps(delays['per_attack'], sort_keys=True), flush=True)
+  print(f'[replay] the evaluation table with this column: postauth evaluate --findings {work}/batch.jsonl '
+        f'--labels {sample}/labels.json --arrivals {arrivals_path} --published {published_path} '
+        f'--watermark-max-delay {a.max_delay}', flush=True)
 
 
 if __name__ == '__main__':

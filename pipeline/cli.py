@@ -295,13 +295,26 @@ def cmd_evaluate(argv: List[str]) -> int:
                   help='Identity-days evaluated, when the events are not at hand.')
   ap.add_argument('--window-size', type=float, default=3600.0,
                   help='The run\'s --window-size in seconds (when a finding\'s first window closed).')
+  ap.add_argument('--arrivals', default=None,
+                  help='Streaming: finding versions as read from the sink, each with "_arrival" (epoch s).')
+  ap.add_argument('--published', default=None,
+                  help='Streaming: {"event_time", "published_at"} per input message, in publish order.')
+  ap.add_argument('--watermark-max-delay', type=float, default=60.0,
+                  help='The streaming run\'s --watermark-max-delay (which message closed a window).')
   ap.add_argument('--out', default=None, help='Write the report as JSON here.')
   ap.add_argument('--markdown', default=None, help='Write the tables as markdown here.')
   a = ap.parse_args(argv)
   paths = sorted({p for g in a.events for p in glob.glob(g)})
   if a.events and not paths:
     raise opts.OptionsError(f'--events {a.events} matches no file')
+  if bool(a.arrivals) != bool(a.published):
+    raise opts.OptionsError('--arrivals and --published go together (the wall-clock delay needs both)')
   report = evaluate.evaluate_files(a.findings, a.labels, a.benign, paths, a.identity_days, a.window_size)
+  if a.arrivals:
+    from pipeline.sink_delay import sink_delays_from_files
+    delays = sink_delays_from_files(a.arrivals, a.published, evaluate.read_cases(a.labels), a.watermark_max_delay)
+    report['sink_delay'] = delays
+    report['wall_clock'] = delays['per_attack']
   md = evaluate.to_markdown(report)
   if a.out:
     with open(a.out, 'w') as f:

@@ -296,6 +296,11 @@ def to_markdown(report: Dict, title: str = '') -> str:
                  f'{_duration(s.get("time_to_final_s"))} | '
                  f'{s.get("pages", "-")} |' + ((f' {delay:.1f} s |' if delay is not None else ' - |') if wall else ''))
   t = report.get('time_to_detect') or {}
+  first = (report.get('sink_delay') or {}).get('first_versions') or {}
+  if first.get('n'):
+    lines += ['', f'Wall-clock delay from the message that closes a finding\'s first window to its first '
+              f'version on the sink: median {first["median_s"]:.1f} s, max {first["max_s"]:.1f} s '
+              f'({first["n"]} findings).']
   if t.get('detected'):
     lines += ['', f'Time from an attack\'s first event to its finding\'s first emission (event time): '
                   f'median {_duration(t["median_s"])}, at most {_duration(t["max_s"])} '

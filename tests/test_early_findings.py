@@ -56,8 +56,9 @@ def expected_versions():
   return [
       (fid, 0, rfc3339(T0 + H), 4, 'low', False, False, 0, first),  # emitted at its first window
       (fid, 1, rfc3339(T0 + H + Q), 5, 'medium', True, True, 1, first),  # raised to medium: a page
-      (fid, 2, rfc3339(T0 + H + 2 * Q), 6, 'high', True, True, 2, first),  # raised again: a page
-      (fid, 3, rfc3339(T0 + H + 3 * Q), 7, 'high', False, False, 2, first),  # same severity: no page
+      # raised within the paging tier (medium -> high): says so, but pages no one twice
+      (fid, 2, rfc3339(T0 + H + 2 * Q), 6, 'high', True, False, 1, first),
+      (fid, 3, rfc3339(T0 + H + 3 * Q), 7, 'high', False, False, 1, first),  # same severity: no page
       (later, 0, rfc3339(T0 + 9 * H), 4, 'medium', False, True, 1, rfc3339(T0 + 9 * H)),
   ]
 
@@ -180,7 +181,8 @@ def test_without_dedup_versions_are_still_numbered():
   with beam.Pipeline(runner='FnApiRunner') as p:
     out = p | beam.Create(items) | DeduplicateFindings(0)
     assert_that(out | beam.Map(lambda f: (f['finding_id'], f['updates'], f['page'])),
-                equal_to([('f1', 0, False), ('f1', 1, True), ('f1', 2, False), ('f2', 0, True), ('f2', 1, True)]))
+                equal_to([('f1', 0, False), ('f1', 1, True), ('f1', 2, False), ('f2', 0, True),
+                         ('f2', 1, False)]))  # medium -> high: raised within the tier, no second page
 
 
 def test_a_suppressed_finding_stays_suppressed_through_its_updates(tmp_path):
@@ -204,6 +206,15 @@ def test_stamp_never_lowers_severity():
   assert (a['page'], b['page'], b['severity'], b['updates'], b['pages']) == (True, False, 'high', 1, 1)
 
 
+def test_a_raise_pages_when_it_crosses_a_paging_tier_only():
+  # low does not page; medium and high page once; critical escalates: a second page
+  sent = {}
+  rows = [stamp(sent, version('f', 0, H + i * Q, sev, [SCOPE], i), T0 + i * Q)
+          for i, sev in enumerate(['low', 'medium', 'high', 'critical', 'critical'])]
+  assert [(f['severity_raised'], f['page'], f['pages']) for f in rows] == [
+      (False, False, 0), (True, True, 1), (True, False, 1), (True, True, 2), (False, False, 2)]
+
+
 # -- sinks ----------------------------------------------------------------------------------
 def test_batch_file_sink_writes_the_latest_version_and_every_version(tmp_path):
   path = str(tmp_path / 'findings.jsonl')
@@ -219,9 +230,9 @@ def test_batch_file_sink_writes_the_latest_version_and_every_version(tmp_path):
   assert versions_path(path).endswith('findings.versions.jsonl')
   assert sorted((f['finding_id'], f['updates']) for f in latest) == sorted(
       (v[0], v[1]) for v in expected_versions() if v[1] == 3 or v[0] != expected_versions()[0][0])
-  assert len(every) == 5 and sum(f['page'] for f in every) == 3
+  assert len(every) == 5 and sum(f['page'] for f in every) == 2
   by_id = {f['finding_id']: f for f in latest}
-  assert by_id[finding_id('svc-a', T0, T0 + H)]['pages'] == 2
+  assert by_id[finding_id('svc-a', T0, T0 + H)]['pages'] == 1
 
 
 def test_streaming_parts_compact_to_the_latest_version_per_id(tmp_path):

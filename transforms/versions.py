@@ -8,8 +8,10 @@ window, a repeat folded into it). Every version carries:
   version of a finding is the one with the highest ``updates``;
 - ``severity_raised``: its severity is above the previous version's;
 - ``page``: it should page a responder: a first version at medium or above, or an
-  update that raised the severity to medium or above (an update at the same or a
-  lower severity is not a page);
+  update whose raise crosses into a higher paging tier (see ``PAGE_TIERS``); an
+  update at the same or a lower severity is not a page, and neither is a raise
+  within a tier (medium -> high: the responder already paged for this finding
+  sees the new severity on the update, ``severity_raised`` says so);
 - ``pages``: the pages of this finding so far, this version included.
 
 ``stamp`` keeps these counters for what actually reached the findings sinks
@@ -22,6 +24,11 @@ from typing import Dict, Optional
 
 RANK = {'low': 0, 'medium': 1, 'high': 2, 'critical': 3}  # as transforms/findings.py
 PAGE_LEVEL = RANK['medium']
+# Paging tiers: low does not page; medium and high page once; critical escalates.
+# Early emission (issue 16) sends a finding when its first window closes, often one
+# step below where the whole run ends; paging on every raise would page the same
+# responder twice for one incident (seeds 7-9: 28 -> 35 pages on 28 attacks).
+PAGE_TIERS = {'low': 0, 'medium': 1, 'high': 1, 'critical': 2}
 
 
 def higher(a: str, b: str) -> str:
@@ -33,7 +40,8 @@ def version_flags(previous: Optional[str], severity: str) -> Dict:
   if previous is None:
     return {'severity_raised': False, 'page': RANK.get(severity, 0) >= PAGE_LEVEL}
   raised = RANK.get(severity, 0) > RANK.get(previous, 0)
-  return {'severity_raised': raised, 'page': raised and RANK.get(severity, 0) >= PAGE_LEVEL}
+  new_tier = PAGE_TIERS.get(severity, 0) > PAGE_TIERS.get(previous, 0)
+  return {'severity_raised': raised, 'page': raised and new_tier and RANK.get(severity, 0) >= PAGE_LEVEL}
 
 
 def first_version(severity: str) -> Dict:
