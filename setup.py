@@ -1,18 +1,25 @@
 """postauth: catch abuse of non-human identities after they authenticate (Apache Beam).
 
 Packaged the Beam way (setup.py) so Dataflow workers get the code with --setup_file.
+The repository's folders install under one ``postauth`` namespace (``postauth.pipeline``,
+``postauth.transforms``, ``postauth.models``, ``postauth.domain``), so nothing named
+``pipeline`` or ``models`` lands in site-packages beside a platform's own modules.
 """
 import setuptools
+
+LAYERS = ('domain', 'models', 'transforms', 'pipeline')  # lowest first: each imports only those before it
 
 setuptools.setup(
     name='postauth',
     version='0.1.0',
     description='Apache Beam pipeline that detects abuse of non-human identities from post-auth activity',
     python_requires='>=3.10',
-    packages=setuptools.find_packages(include=['pipeline', 'pipeline.*', 'transforms', 'transforms.*',
-                                               'models', 'models.*']),
+    packages=['postauth.' + p for p in setuptools.find_packages(
+        include=[name for layer in LAYERS for name in (layer, layer + '.*')])],
+    package_dir={'postauth.' + layer: layer for layer in LAYERS},
     # Data files shipped with the code (tests/test_packaging.py checks every one gets installed).
-    package_data={'transforms': ['taxonomy/*.csv', 'schemas/*.avsc', 'schemas/*.json'],
+    package_data={'postauth.domain': ['taxonomy/*.csv'],
+                  'postauth.transforms': ['schemas/*.avsc', 'schemas/*.json'],
                   '': ['*.json', '*.avsc', 'schemas/*.json', 'schemas/*.avsc']},
     install_requires=[
         'apache-beam==2.77.0',
@@ -37,5 +44,5 @@ setuptools.setup(
         'test': ['pytest>=8', 'hypothesis>=6.100', 'setuptools>=70.1', 'apache-beam[gcp]==2.77.0',
                  'ocsf-json-schema>=1.2', 'jsonschema>=4.20', 'pillow>=10'],
     },
-    entry_points={'console_scripts': ['postauth=pipeline.cli:main']},
+    entry_points={'console_scripts': ['postauth=postauth.pipeline.cli:main']},
 )

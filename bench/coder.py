@@ -38,14 +38,14 @@ sys.path[:] = [ROOT] + [p for p in sys.path if os.path.abspath(p or '.') != BENC
 
 import apache_beam as beam  # noqa: E402
 
-from transforms.aggregate import WindowAggregateCoder  # noqa: E402
-from transforms.windowing import IdentityWindowCoder  # noqa: E402
+from postauth.transforms.aggregate import WindowAggregateCoder  # noqa: E402
+from postauth.transforms.windowing import IdentityWindowCoder  # noqa: E402
 
 
 def sample_windows(identities: int, days: int, window_size: int = 3600, period: int = 900):
   """(pane aggregates, IdentityWindows, event count) of a generated sample, as bench/pipeline.py's limit builds them."""
   from bench.pipeline import plain_parse, plain_windows
-  from pipeline.generate import generate
+  from postauth.pipeline.generate import generate
   work = tempfile.mkdtemp(prefix='postauth-coder-')
   try:
     generate(work, identities, days, 7)
@@ -89,7 +89,7 @@ def job_cpu(checkout: str, spec: Dict) -> float:
 
 def versus(other: str, identities: int, rounds: int) -> None:
   """Interleaved CPU seconds of the batch jobs, this checkout vs ``other``, on one sample."""
-  from pipeline.generate import generate
+  from postauth.pipeline.generate import generate
   work = tempfile.mkdtemp(prefix='postauth-coder-ab-')
   try:
     counts = generate(work, identities, 3, 7, rate_scale=1.0)

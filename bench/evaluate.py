@@ -28,8 +28,8 @@ DEFAULT_REAL = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '.
 
 
 def main(argv=None) -> int:
-  from pipeline import evaluate as ev
-  from pipeline.cli import run, sample_run
+  from postauth.pipeline import evaluate as ev
+  from postauth.pipeline.cli import run, sample_run
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument('--out', default='out/evaluate')
   ap.add_argument('--identities', type=int, default=200)
@@ -99,7 +99,7 @@ def main(argv=None) -> int:
          f'{", ".join(str(s) for s, _ in per_seed)}:', '', ev.pages_markdown(report['pages'], per_seed)]
   agent_seeds = [int(x) for x in a.agent_seeds.split(',') if x.strip()]
   if agent_seeds:  # the agent fleet, beside CloudTrail (pipeline/evaluate_agents.py)
-    from pipeline.evaluate_agents import evaluate_agent_seeds
+    from postauth.pipeline.evaluate_agents import evaluate_agent_seeds
     t = time.time()
     report['agents'], agent_md = evaluate_agent_seeds(
         out, agent_seeds, a.agents, a.days, beam_args,

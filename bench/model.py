@@ -52,9 +52,9 @@ def synthesise(n_windows: int, identities: int, history: int, seed: int):
   Aggregates are filled directly (the counts ``WindowAggregate.add`` would
   produce for those calls), so synthesis does not dominate the run.
   """
-  from models.profile import IdentityProfile
-  from transforms.aggregate import WindowAggregate
-  from transforms.windowing import IdentityWindow
+  from postauth.models.profile import IdentityProfile
+  from postauth.domain.window import WindowAggregate
+  from postauth.transforms.windowing import IdentityWindow
   rng = np.random.default_rng(seed)
   t0 = 1793750400.0
   per = -(-n_windows // identities)
@@ -112,8 +112,8 @@ def main():
   ap.add_argument('--seed', type=int, default=1)
   a = ap.parse_args()
   from sklearn.ensemble import IsolationForest
-  from models.features import feature_vector
-  from models.model import DetectionModel, TrainConfig, cohort_key
+  from postauth.models.features import feature_vector
+  from postauth.models.model import DetectionModel, TrainConfig, cohort_key
 
   t = time.perf_counter()
   windows, contexts, profiles = synthesise(a.windows, a.identities, a.history, a.seed)

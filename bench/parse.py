@@ -36,10 +36,10 @@ import orjson
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
 
-from transforms import avro_events  # noqa: E402
-from transforms.event import Event  # noqa: E402
-from transforms.parse import RecordParser  # noqa: E402
-from transforms.records import split_records  # noqa: E402
+from postauth.transforms import avro_events  # noqa: E402
+from postauth.domain.event import Event  # noqa: E402
+from postauth.transforms.parse import RecordParser  # noqa: E402
+from postauth.transforms.records import split_records  # noqa: E402
 
 FIXTURES = os.path.join(os.path.dirname(__file__), '..', 'tests', 'fixtures')
 START = datetime.datetime(2026, 3, 2, tzinfo=datetime.timezone.utc).timestamp()
@@ -138,7 +138,7 @@ def postauth(data: bytes, parser: RecordParser, source: str) -> int:
 
 def run_beam(files, n: int, tmp: str):
   """The `postauth parse` job over the first n records of every file (FnApiRunner, 1 worker)."""
-  from pipeline.parse_job import run_parse
+  from postauth.pipeline.parse_job import run_parse
   src = os.path.join(tmp, 'beam-in')
   os.makedirs(src)
   for name, path in files.items():

@@ -15,7 +15,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, '..'))
 
-from pipeline.parse_report import main  # noqa: E402
+from postauth.pipeline.parse_report import main  # noqa: E402
 
 if __name__ == '__main__':
   argv = sys.argv[1:]

@@ -79,14 +79,14 @@ def _common(work: str, window_size: int) -> List[str]:
 
 
 def job_train(spec: Dict) -> Dict:
-  from pipeline.cli import train
+  from postauth.pipeline.cli import train
   out = train([f'--events={spec["work"]}/history/*'] + _common(spec['work'], spec['window_size'])
               + spec.get('beam_args', []))
   return {'counters': out['counters']}
 
 
 def job_run(spec: Dict) -> Dict:
-  from pipeline.cli import run
+  from postauth.pipeline.cli import run
   work = spec['work']
   findings = os.path.join(spec['scratch'], 'findings.jsonl')
   out = run([f'--events={spec.get("events") or work + "/live/*"}', f'--findings={findings}',
@@ -99,12 +99,12 @@ def build_cut(p, options, stage: str) -> None:
   """The batch detection job of pipeline/detect.py, built with its transforms, cut after ``stage``."""
   import apache_beam as beam
   from apache_beam.utils import shared
-  from pipeline.options import DetectOptions, EventOptions, WindowOptions
-  from transforms.history import TrackHistory
-  from transforms.inventory import EnrichWindows, InventorySnapshots
-  from transforms.parse import ParseFiles
-  from transforms.score import ScoreWindows
-  from transforms.windowing import IdentityWindows
+  from postauth.pipeline.options import DetectOptions, EventOptions, WindowOptions
+  from postauth.transforms.history import TrackHistory
+  from postauth.transforms.inventory import EnrichWindows, InventorySnapshots
+  from postauth.transforms.parse import ParseFiles
+  from postauth.transforms.score import ScoreWindows
+  from postauth.transforms.windowing import IdentityWindows
   ev, win, det = (options.view_as(EventOptions), options.view_as(WindowOptions),
                   options.view_as(DetectOptions))
   if stage == 'startup':
@@ -127,7 +127,7 @@ def build_cut(p, options, stage: str) -> None:
 
 
 def job_cut(spec: Dict) -> Dict:
-  from pipeline.cli import _run_pipeline, pipeline_options
+  from postauth.pipeline.cli import _run_pipeline, pipeline_options
   options = pipeline_options([f'--events={spec["work"]}/live/*']
                              + _common(spec['work'], spec['window_size']) + spec.get('beam_args', []))
   _run_pipeline(lambda p: build_cut(p, options, spec['stage']), options)
@@ -142,8 +142,8 @@ def _time(stages: Dict[str, float], name: str, t0: float) -> float:
 
 def plain_parse(paths: List[str]) -> List:
   """Every event the project's parser gets from the files, in plain loops (no Beam)."""
-  from transforms.parse import RecordParser, read_all
-  from transforms.records import split_records
+  from postauth.transforms.parse import RecordParser, read_all
+  from postauth.transforms.records import split_records
   parser = RecordParser()
   events = []
   for path in paths:
@@ -156,8 +156,8 @@ def plain_parse(paths: List[str]) -> List:
 
 def plain_windows(events: List, window_size: int = 3600, period: int = 900):
   """(pane aggregates by (identity, pane start), IdentityWindows) as the windowing step builds them."""
-  from transforms.aggregate import WindowAggregate
-  from transforms.windowing import IdentityWindow
+  from postauth.domain.window import WindowAggregate
+  from postauth.transforms.windowing import IdentityWindow
   panes: Dict = {}
   for e in events:
     key = (e.identity, int(e.event_time // period) * period)
@@ -180,11 +180,11 @@ def plain_windows(events: List, window_size: int = 3600, period: int = 900):
 def limit(pattern: str, inventory: str, model_dir: str, window_size: int = 3600,
           period: int = 900, features_out: Optional[str] = None) -> Dict:
   """The batch detection job's work with the project's own code, in plain loops, no Beam."""
-  from models.features import feature_vector
-  from models.history import IdentityHistory
-  from models.model import DetectionModel
-  from transforms import rules
-  from transforms.inventory import context_for, read_snapshot
+  from postauth.models.features import feature_vector
+  from postauth.models.history import IdentityHistory
+  from postauth.models.model import DetectionModel
+  from postauth.transforms import rules
+  from postauth.transforms.inventory import context_for, read_snapshot
   model = DetectionModel.load(model_dir)
   stages: Dict[str, float] = {}
   t = time.process_time()
@@ -279,7 +279,7 @@ def job_peer(spec: Dict) -> Dict:
   from apache_beam.ml.anomaly.transforms import AnomalyDetection
   from apache_beam.options.pipeline_options import PipelineOptions
   from pyod.models.iforest import IForest
-  from models.features import FEATURE_NAMES
+  from postauth.models.features import FEATURE_NAMES
   x = np.load(spec['features'])
   uri = os.path.join(spec['scratch'], 'pyod-iforest.pkl')
   with open(uri, 'wb') as f:
@@ -340,7 +340,7 @@ def launch(kind: str, work: str, window_size: int = 3600, **spec) -> Dict:
 
 
 def make_sample(work: str, identities: int, rate_scale: float, days: int = 3, seed: int = 7) -> Dict:
-  from pipeline.generate import generate
+  from postauth.pipeline.generate import generate
   counts = generate(work, identities, days, seed, rate_scale=rate_scale)
   return counts
 

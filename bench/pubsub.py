@@ -34,8 +34,8 @@ import uuid
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
 sys.path.insert(0, ROOT)
 
-from pipeline import local_pubsub  # noqa: E402
-from pipeline.sink_delay import sink_delays_from_files  # noqa: E402
+from postauth.pipeline import local_pubsub  # noqa: E402
+from postauth.pipeline.sink_delay import sink_delays_from_files  # noqa: E402
 
 PROJECT = 'projects/postauth-local'
 
@@ -74,7 +74,7 @@ def topic_and_sub(kind: str):
 
 
 def start_pipeline(server, sub, findings_topic, dl_topic, sample, model, extra):
-  cmd = [sys.executable, '-m', 'pipeline.cli', 'run', '--streaming', '--runner=BundleBasedDirectRunner',
+  cmd = [sys.executable, '-m', 'postauth.pipeline.cli', 'run', '--streaming', '--runner=BundleBasedDirectRunner',
          f'--subscription={sub}', '--timestamp-attribute=eventTime', f'--sink=pubsub://{findings_topic}',
          f'--dead-letters=pubsub://{dl_topic}', f'--inventory={sample}/inventory.csv',
          f'--model-dir={model}'] + extra
@@ -116,8 +116,8 @@ def main():
   ap.add_argument('--tail', type=float, default=30.0, help='Seconds to keep reading after the replay.')
   ap.add_argument('--work', default=None, help='Work directory; a sample and model already there are reused.')
   a = ap.parse_args()
-  from pipeline.cli import run, train
-  from pipeline.generate import generate
+  from postauth.pipeline.cli import run, train
+  from postauth.pipeline.generate import generate
   work = a.work or tempfile.mkdtemp(prefix='postauth-bench-pubsub-')
   sample, model = os.path.join(work, 'sample'), os.path.join(work, 'model')
   if not os.path.exists(os.path.join(model, 'LATEST')):

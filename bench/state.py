@@ -33,11 +33,11 @@ from typing import Dict, List
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 
-from models.history import DAY, IdentityHistory  # noqa: E402
-from models.profile import MAX_SEEN  # noqa: E402
-from transforms.aggregate import WindowAggregate  # noqa: E402
-from transforms.event import Event  # noqa: E402
-from transforms.history import TrackHistoryFn  # noqa: E402
+from postauth.models.history import DAY, IdentityHistory  # noqa: E402
+from postauth.models.profile import MAX_SEEN  # noqa: E402
+from postauth.domain.window import WindowAggregate  # noqa: E402
+from postauth.domain.event import Event  # noqa: E402
+from postauth.transforms.history import TrackHistoryFn  # noqa: E402
 
 STATE_CODER = TrackHistoryFn.HISTORY.coder  # the coder Beam uses for the state cell
 
@@ -50,9 +50,9 @@ def encode(hist: IdentityHistory) -> bytes:
 def sample_histories(identities: int, days: int, rate_scale: float, window_size: int = 3600,
                      period: int = 900) -> Dict[str, IdentityHistory]:
   """Every identity's history after walking its windows of a generated sample in time order."""
-  from pipeline.generate import generate
-  from transforms.parse import RecordParser, read_all
-  from transforms.records import split_records
+  from postauth.pipeline.generate import generate
+  from postauth.transforms.parse import RecordParser, read_all
+  from postauth.transforms.records import split_records
   work = tempfile.mkdtemp(prefix='postauth-state-')
   generate(work, identities, days, 7, rate_scale=rate_scale)
   parser = RecordParser()

@@ -36,8 +36,8 @@ import uuid
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
 sys.path.insert(0, ROOT)
 
-from pipeline import local_pubsub  # noqa: E402
-from transforms.events_out import read_events_out  # noqa: E402
+from postauth.pipeline import local_pubsub  # noqa: E402
+from postauth.transforms.events_out import read_events_out  # noqa: E402
 
 PROJECT = 'projects/postauth-local'
 RUNNERS = ('BundleBasedDirectRunner', 'PrismRunner')
@@ -99,7 +99,7 @@ class Job:
     self.out_topic, self.out_sub = topic_and_sub('findings')
     self.dl_topic, self.dl_sub = topic_and_sub('deadletters')
     self.events = os.path.join(work, f'events-{uuid.uuid4().hex[:6]}')
-    cmd = [sys.executable, '-m', 'pipeline.cli', 'run', '--streaming', f'--runner={runner}',
+    cmd = [sys.executable, '-m', 'postauth.pipeline.cli', 'run', '--streaming', f'--runner={runner}',
            f'--subscription={self.in_sub}', '--timestamp-attribute=eventTime',
            f'--sink=pubsub://{self.out_topic}', f'--dead-letters=pubsub://{self.dl_topic}',
            f'--inventory={sample}/inventory.csv', f'--model-dir={model}',
@@ -242,8 +242,8 @@ def main():
                        'the drain then reports the findings time only.')
   ap.add_argument('--work', default=None, help='Work directory; a sample and model there are reused.')
   a = ap.parse_args()
-  from pipeline.cli import run, train
-  from pipeline.generate import generate
+  from postauth.pipeline.cli import run, train
+  from postauth.pipeline.generate import generate
   work = a.work or tempfile.mkdtemp(prefix='postauth-bench-streaming-')
   sample, model = os.path.join(work, 'sample'), os.path.join(work, 'model')
   if not os.path.exists(os.path.join(model, 'LATEST')):

@@ -12,11 +12,11 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from models.fleet import EMPTY as NO_FLEET
-from models.fleet import PeerView
-from models.profile import IdentityProfile, hour_of, resource_family
-from transforms.aggregate import WindowAggregate
-from transforms.taxonomy import HIGH_IMPACT_CATEGORIES, SENSITIVE_CATEGORIES
+from postauth.models.fleet import EMPTY as NO_FLEET
+from postauth.models.fleet import PeerView
+from postauth.models.profile import IdentityProfile, hour_of, resource_family
+from postauth.domain.window import WindowAggregate
+from postauth.domain.taxonomy import HIGH_IMPACT_CATEGORIES, SENSITIVE_CATEGORIES
 
 EXCESS_CATEGORIES = ('secret_access', 'credential_create', 'privilege_change',
                      'config_change', 'notify', 'message_publish', 'data_read',

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Container, Dict, Iterable, Optional, Tuple
 
-from models.profile import seen_key
+from postauth.models.profile import seen_key
 
 ALL = '*'  # the whole fleet, beside each identity type
 COMMON_SHARE = 0.10  # used by at least this share of peers (or of the fleet): routine somewhere

@@ -16,7 +16,7 @@ import copy
 import math
 from typing import Optional
 
-from models.profile import IdentityProfile
+from postauth.models.profile import IdentityProfile
 
 DAY = 86400
 

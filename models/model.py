@@ -20,11 +20,11 @@ import numpy as np
 import skops.io as sio
 from sklearn.ensemble import IsolationForest
 
-from models import artifact
-from models.calibration import Calibration, FeatureDistribution
-from models.features import FEATURE_NAMES, describe, feature_vector
-from models.fleet import FleetProfile, PeerView
-from models.profile import PROFILE_FORMAT, IdentityProfile
+from postauth.models import artifact
+from postauth.models.calibration import Calibration, FeatureDistribution
+from postauth.models.features import FEATURE_NAMES, describe, feature_vector
+from postauth.models.fleet import FleetProfile, PeerView
+from postauth.models.profile import PROFILE_FORMAT, IdentityProfile
 
 GLOBAL = '_global'
 TEAM_SEP = '/'  # cohort "identity_type/team"

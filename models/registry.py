@@ -33,7 +33,7 @@ from typing import Dict, List, Optional
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from models import artifact
+from postauth.models import artifact
 
 HISTORY = 'HISTORY.jsonl'
 _log = logging.getLogger('postauth.registry')

@@ -16,8 +16,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from models.features import FEATURE_NAMES
-from models.model import GLOBAL, SEVERITIES, TEAM_SEP, DetectionModel, severity_levels
+from postauth.models.features import FEATURE_NAMES
+from postauth.models.model import GLOBAL, SEVERITIES, TEAM_SEP, DetectionModel, severity_levels
 
 REPORT_JSON = 'report.json'
 REPORT_HTML = 'report.html'

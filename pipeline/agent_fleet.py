@@ -13,7 +13,7 @@ Attacks: ``agent_mass_mail_new_domains``, ``agent_reads_new_path_posts_external`
 Benign: ``tool_release`` (a new harmless tool adopted by most agents of one team the same day),
 ``busier_day`` (2-4x an agent's usual volume with its usual tools and targets).
 
-    python -m pipeline.agent_fleet --out DIR [--agents 40] [--days 7] [--seed 7]
+    python -m postauth.pipeline.agent_fleet --out DIR [--agents 40] [--days 7] [--seed 7]
 """
 from __future__ import annotations
 

@@ -9,13 +9,13 @@ import sys
 import time
 from typing import List, Optional
 
-from pipeline import quiet  # noqa: F401  (first: imports Beam without its apitools warning)
+from postauth.pipeline import quiet  # noqa: F401  (first: imports Beam without its apitools warning)
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipeline import options as opts
-from pipeline import preflight, stop, summary
+from postauth.pipeline import options as opts
+from postauth.pipeline import preflight, stop, summary
 
 USAGE = """postauth <command> [flags]
 
@@ -68,9 +68,9 @@ def pipeline_options(argv: List[str]) -> PipelineOptions:
   std = options.view_as(StandardOptions)
   if not std.runner:
     std.runner = 'DirectRunner'
-  from pipeline.prism import use_local_prism
+  from postauth.pipeline.prism import use_local_prism
   use_local_prism(options)  # PrismRunner / DirectRunner: the binary `make prism` built, if any
-  from pipeline.flink import use_local_flink
+  from postauth.pipeline.flink import use_local_flink
   use_local_flink(options)  # FlinkRunner: the job server jar `make flink` fetched, if any
   return options
 
@@ -93,7 +93,7 @@ def _run_pipeline(build, options: PipelineOptions):
 
 
 def cmd_generate(argv: List[str]) -> int:
-  from pipeline.generate import DEFAULT_END, generate
+  from postauth.pipeline.generate import DEFAULT_END, generate
   ap = argparse.ArgumentParser(prog='postauth generate')
   ap.add_argument('--out', required=True)
   ap.add_argument('--identities', type=int, default=200)
@@ -109,23 +109,23 @@ def cmd_generate(argv: List[str]) -> int:
 
 
 def train(argv: List[str]) -> dict:
-  from pipeline.train import build_training
+  from postauth.pipeline.train import build_training
   options = pipeline_options(argv)
   det = options.view_as(opts.DetectOptions)
-  opts.validate_train(options, det.model_dir, det.inventory)
+  preflight.validate_train(options, det.model_dir, det.inventory)
   preflight.check_train(options, det.inventory)
   result = _run_pipeline(lambda p: build_training(p, options, det.inventory, det.model_dir), options)
-  from models.artifact import resolve_version
+  from postauth.models.artifact import resolve_version
   return {'version': resolve_version(det.model_dir) if options.view_as(opts.TrainOptions).promote else None,
           'counters': summary.counters(result)}
 
 
 def run(argv: List[str]) -> dict:
-  from pipeline.detect import build_detection, suppressed_path
-  from transforms import outputs
-  from transforms.sinks import clear_parts, compact_parts
+  from postauth.pipeline.detect import build_detection, suppressed_path
+  from postauth.transforms import outputs
+  from postauth.transforms.sinks import clear_parts, compact_parts
   options = pipeline_options(argv)
-  opts.validate_run(options)
+  preflight.validate_run(options)
   det = options.view_as(opts.DetectOptions)
   # Fail before submitting if an input is unreadable or the model does not verify.
   preflight.check_run(options)
@@ -222,7 +222,7 @@ def cmd_run(argv: List[str]) -> int:
 def sample_run(out: str, identities: int = 200, days: int = 7, seed: int = 7, batch: bool = False,
                beam_args: Optional[List[str]] = None, echo=print) -> dict:
   """generate -> train -> run on a labelled sample under ``out``: what `demo` and the evaluation share."""
-  from pipeline.generate import generate
+  from postauth.pipeline.generate import generate
   beam_args = list(beam_args or [])
   out = os.path.abspath(out)
   sample, model_dir = os.path.join(out, 'sample'), os.path.join(out, 'model')
@@ -270,7 +270,7 @@ def cmd_demo(argv: List[str]) -> int:
   hit = {l['identity'] for l in labels} & {f['identity'] for f in found[:len(labels)]}
   print(f'\ninjected attacks among the top {len(labels)} findings: {len(hit)}/{len(labels)}')
   print(summary.render_counters(ran['counters']))
-  from pipeline.report_html import write_report
+  from postauth.pipeline.report_html import write_report
   report = write_report(findings, os.path.join(os.path.abspath(a.out), 'report.html'),
                         [f'{done["sample"]}/history/*', f'{done["sample"]}/live/*'], done['model_dir'])
   print(f'findings: {findings}\ndead letters: {ran["dead_letters"]}\nmodel: {done["model_dir"]}')
@@ -282,7 +282,7 @@ def cmd_demo(argv: List[str]) -> int:
 
 def cmd_evaluate(argv: List[str]) -> int:
   import glob
-  from pipeline import evaluate
+  from postauth.pipeline import evaluate
   ap = argparse.ArgumentParser(prog='postauth evaluate',
                                description='Detection quality of a run\'s findings against labelled attacks '
                                            'and benign changes (no Beam job: reads the files).')
@@ -311,7 +311,7 @@ def cmd_evaluate(argv: List[str]) -> int:
     raise opts.OptionsError('--arrivals and --published go together (the wall-clock delay needs both)')
   report = evaluate.evaluate_files(a.findings, a.labels, a.benign, paths, a.identity_days, a.window_size)
   if a.arrivals:
-    from pipeline.sink_delay import sink_delays_from_files
+    from postauth.pipeline.sink_delay import sink_delays_from_files
     delays = sink_delays_from_files(a.arrivals, a.published, evaluate.read_cases(a.labels), a.watermark_max_delay)
     report['sink_delay'] = delays
     report['wall_clock'] = delays['per_attack']
@@ -327,19 +327,19 @@ def cmd_evaluate(argv: List[str]) -> int:
 
 
 def cmd_parse(argv: List[str]) -> int:
-  from pipeline.parse_job import main as parse_main
+  from postauth.pipeline.parse_job import main as parse_main
   return parse_main(argv)
 
 
 def cmd_retrain(argv: List[str]) -> int:
-  from pipeline.retrain import EXIT_REFUSED, retrain
+  from postauth.pipeline.retrain import EXIT_REFUSED, retrain
   comparison = retrain(argv, _run_pipeline)
   print(json.dumps(comparison, indent=1, sort_keys=True))
   return EXIT_REFUSED if comparison['decision'] == 'refused' else 0
 
 
 def cmd_rollback(argv: List[str]) -> int:
-  from models import registry
+  from postauth.models import registry
   ap = argparse.ArgumentParser(prog='postauth rollback',
                                description='Point LATEST back at the version promoted before the '
                                            'current one (from HISTORY.jsonl), or at --to VERSION.')
@@ -359,17 +359,17 @@ def cmd_rollback(argv: List[str]) -> int:
 
 
 def cmd_report(argv: List[str]) -> int:
-  from pipeline.report_html import main as report_main
+  from postauth.pipeline.report_html import main as report_main
   return report_main(argv)
 
 
 def cmd_pubsub_server(argv: List[str]) -> int:
-  from pipeline.local_pubsub import main as serve
+  from postauth.pipeline.local_pubsub import main as serve
   return serve(argv)
 
 
 def cmd_compact(argv: List[str]) -> int:
-  from transforms.compact import cmd_compact as compact
+  from postauth.transforms.compact import cmd_compact as compact
   return compact(argv)
 
 
@@ -389,13 +389,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(_help(command))
     return 0
   if command == 'retrain' and ('-h' in rest or '--help' in rest):
-    from pipeline.retrain import help_text
+    from postauth.pipeline.retrain import help_text
     print(help_text())
     return 0
   logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s')
   logging.getLogger('postauth').setLevel(logging.INFO)  # progress of long stages (train, retrain)
-  from models.artifact import ArtifactError
-  from models.model import ConfigError
+  from postauth.models.artifact import ArtifactError
+  from postauth.models.model import ConfigError
   try:
     return COMMANDS[command](rest)
   except (opts.OptionsError, ArtifactError, ConfigError) as e:

@@ -13,27 +13,27 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.utils import shared
 
-from pipeline.prism import lands_on_bundle_runner
-from pipeline.options import (DetectOptions, EventOptions, PubSubSourceOptions, WatchOptions,
+from postauth.pipeline.prism import lands_on_bundle_runner
+from postauth.pipeline.options import (DetectOptions, EventOptions, PubSubSourceOptions, WatchOptions,
                               WindowOptions, disabled_rules)
-from transforms.findings import MergeOverlappingWindows
-from transforms.history import UNREGISTERED as UNREGISTERED_TAG
-from transforms.history import TrackHistory
-from transforms.inventory import EnrichWindows, InventoryRefresh, InventorySnapshots
-from transforms.outputs import (DEAD_LETTER, FINDING, SinkSpec, apply_sinks, dead_letter_spec,
+from postauth.transforms.findings import MergeOverlappingWindows
+from postauth.transforms.history import UNREGISTERED as UNREGISTERED_TAG
+from postauth.transforms.history import TrackHistory
+from postauth.transforms.inventory import EnrichWindows, InventoryRefresh, InventorySnapshots
+from postauth.transforms.outputs import (DEAD_LETTER, FINDING, SinkSpec, apply_sinks, dead_letter_spec,
                                 sink_specs)
-from transforms.fleet_notice import FleetChangeNotices
-from transforms.rules import FLEET_CHANGE, UNREGISTERED, RuleConfig
-from transforms.triage import SUPPRESSED, DeduplicateFindings, Suppress
-from transforms.lateness import LATE, LateEventGate, beam_lateness
-from transforms.parse import DEAD_LETTER as PARSE_DEAD_LETTER
-from transforms.parse import ParseFiles, ParseRecords
-from transforms.pubsub_source import ParsedStream, ReadPubSubEvents, choose_reader, pull_settings
-from transforms.replay import ReplayFiles
-from transforms.score import ScoreWindows, WatchModelPointer
-from transforms.updates import refresh_by_polling
-from transforms.watch import WatchFiles
-from transforms.windowing import IdentityWindows
+from postauth.transforms.fleet_notice import FleetChangeNotices
+from postauth.transforms.rules import FLEET_CHANGE, UNREGISTERED, RuleConfig
+from postauth.transforms.triage import SUPPRESSED, DeduplicateFindings, Suppress
+from postauth.transforms.lateness import LATE, LateEventGate, beam_lateness
+from postauth.transforms.parse import DEAD_LETTER as PARSE_DEAD_LETTER
+from postauth.transforms.parse import ParseFiles, ParseRecords
+from postauth.transforms.pubsub_source import ParsedStream, ReadPubSubEvents, choose_reader, pull_settings
+from postauth.transforms.replay import ReplayFiles
+from postauth.transforms.score import ScoreWindows, WatchModelPointer
+from postauth.transforms.updates import refresh_by_polling
+from postauth.transforms.watch import WatchFiles
+from postauth.transforms.windowing import IdentityWindows
 
 
 def dead_letter_path(options: PipelineOptions) -> str:

@@ -50,7 +50,7 @@ def read_json_lines(path: str) -> List[dict]:
 
 def latest_versions(findings: Sequence[dict]) -> List[dict]:
   """The latest version of each finding (highest ``updates``, then ``occurrences``)."""
-  from transforms.versions import version_rank
+  from postauth.transforms.versions import version_rank
   best: Dict[str, dict] = {}
   for f in findings:
     fid = f.get('finding_id') or id(f)
@@ -166,9 +166,9 @@ def average_precision(scores: Sequence[float], positive: Sequence[bool], missed:
 
 def identity_days_of_events(paths: Sequence[str]) -> Tuple[int, int, int]:
   """(identity-days, identities, days) with activity in the event files, parsed as the job parses them."""
-  from pipeline.parse_report import file_records
-  from transforms.event import Event
-  from transforms.parse import RecordParser
+  from postauth.pipeline.parse_report import file_records
+  from postauth.domain.event import Event
+  from postauth.transforms.parse import RecordParser
   parser = RecordParser(None, None)
   pairs: Set[Tuple[str, int]] = set()
   for path in paths:
@@ -399,7 +399,7 @@ def materialise_set(root: str, name: str, out_dir: str) -> Tuple[str, int]:
   Panther's rule-test rows are unwrapped to the log they carry (as the parse report
   does); every other record is written as it was read. Returns (path, records).
   """
-  from pipeline.parse_report import sample_files, file_records
+  from postauth.pipeline.parse_report import sample_files, file_records
   os.makedirs(out_dir, exist_ok=True)
   path = os.path.join(out_dir, f'{name}.jsonl')
   n = 0
@@ -418,7 +418,7 @@ def _attacker_identities(root: str, name: str) -> Set[str]:
   ARN, the parser the role it assumed, so the events are parsed to match the findings.
   """
   import csv
-  from pipeline.parse_report import report, sample_files
+  from postauth.pipeline.parse_report import report, sample_files
   path = os.path.join(root, name, 'labels.csv')
   if name != 'otrf-aws' or not os.path.exists(path):
     return set()
@@ -468,7 +468,7 @@ def real_markdown(rows: Sequence[Dict]) -> str:
 def evaluate_real(root: str, model_dir: str, inventory: str, out_dir: str,
                   beam_args: Sequence[str] = ()) -> List[Dict]:
   """Runs batch detection over every set under ``root`` with a trained model; per-set summaries."""
-  from pipeline.cli import run
+  from postauth.pipeline.cli import run
   rows = []
   for name in real_sets(root):
     path, records = materialise_set(root, name, os.path.join(out_dir, 'events'))

@@ -17,8 +17,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 def agent_sample_run(out: str, agents: int = 40, days: int = 7, seed: int = 7,
                      beam_args: Optional[List[str]] = None) -> Dict:
   """generate agents -> train -> batch detection under ``out``."""
-  from pipeline.agent_fleet import generate_agents
-  from pipeline.cli import run, train
+  from postauth.pipeline.agent_fleet import generate_agents
+  from postauth.pipeline.cli import run, train
   beam_args = list(beam_args or [])
   out = os.path.abspath(out)
   sample, model_dir = os.path.join(out, 'sample'), os.path.join(out, 'model')
@@ -42,7 +42,7 @@ def agent_sample_run(out: str, agents: int = 40, days: int = 7, seed: int = 7,
 def evaluate_agent_seeds(out: str, seeds: Sequence[int], agents: int = 40, days: int = 7,
                          beam_args: Optional[List[str]] = None, echo=print) -> Tuple[Dict, str]:
   """(report, markdown) over the seeds: per-seed attack table and the pages across seeds."""
-  from pipeline import evaluate as ev
+  from postauth.pipeline import evaluate as ev
   per_seed: List[Tuple[int, Dict]] = []
   report: Dict = {'agents': agents, 'days': days, 'seeds': list(seeds), 'per_seed': {}, 'timings_s': {}}
   md: List[str] = []

@@ -21,7 +21,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 import numpy as np
 import orjson
 
-from pipeline.fleet_change import FleetChange
+from postauth.pipeline.fleet_change import FleetChange
 
 ACCOUNT = '111122223333'
 PROD_ACCOUNT = '444455556666'
@@ -649,6 +649,6 @@ def generate(out_dir: str, identities: int = 200, days: int = 7, seed: int = 7,
   counts['identities'] = len(fleet) + len(extras)  # with the identities that joined
   counts['benign_changes'] = len(benign)
   if agents:
-    from pipeline.agent_fleet import generate_agents
+    from postauth.pipeline.agent_fleet import generate_agents
     counts['otel'] = generate_agents(out_dir, agents, days, seed, end, append=True)
   return counts

@@ -14,7 +14,7 @@ Two ways to run:
   requires. ``retrain`` has to wait for its training job before its promotion gate, so it
   is detached as a one-element Dataflow job whose worker runs ``postauth retrain`` to the end.
 
-    python -m pipeline.launcher --command=run --events=... --model_dir=... [Beam options]
+    python -m postauth.pipeline.launcher --command=run --events=... --model_dir=... [Beam options]
 """
 from __future__ import annotations
 
@@ -23,14 +23,14 @@ import logging
 import sys
 from typing import Dict, List, Optional, Tuple
 
-from pipeline import quiet  # noqa: F401  (first: imports Beam without its apitools warning)
+from postauth.pipeline import quiet  # noqa: F401  (first: imports Beam without its apitools warning)
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOptions,
                                                   _BeamArgumentParser)
 
-from pipeline import options as opts
+from postauth.pipeline import options as opts
 
 COMMANDS = ('run', 'train', 'retrain')
 COMMAND_PARAM = 'command'
@@ -108,8 +108,8 @@ def translate(argv: List[str]) -> Tuple[str, List[str], List[str]]:
 
 
 def pipeline_options(postauth: List[str], beam_args: List[str]) -> PipelineOptions:
-  from pipeline.flink import use_local_flink
-  from pipeline.prism import use_local_prism
+  from postauth.pipeline.flink import use_local_flink
+  from postauth.pipeline.prism import use_local_prism
   options = PipelineOptions(postauth + beam_args)
   use_local_prism(options)
   use_local_flink(options)
@@ -129,7 +129,7 @@ class RunCommandFn(beam.DoFn):
     self.failed = Metrics.counter('postauth', 'detached_command_failed')
 
   def process(self, argv: List[str]):
-    from pipeline import cli
+    from postauth.pipeline import cli
     code = cli.main([self._command] + list(argv) + ['--runner=FnApiRunner'])
     if code != 0:
       self.failed.inc()
@@ -140,16 +140,16 @@ class RunCommandFn(beam.DoFn):
 def build(p: beam.Pipeline, command: str, options: PipelineOptions, postauth: List[str]) -> None:
   """The pipeline a detached launch submits: the command's own, or the retrain runner."""
   if command == 'run':
-    from pipeline import preflight
-    from pipeline.detect import build_detection
-    opts.validate_run(options)
+    from postauth.pipeline import preflight
+    from postauth.pipeline.detect import build_detection
+    preflight.validate_run(options)
     preflight.check_run(options)  # unreadable inputs, a tampered model: refused before submitting
     build_detection(p, options)
   elif command == 'train':
-    from pipeline.train import build_training
-    from pipeline import preflight
+    from postauth.pipeline.train import build_training
+    from postauth.pipeline import preflight
     det = options.view_as(opts.DetectOptions)
-    opts.validate_train(options, det.model_dir, det.inventory)
+    preflight.validate_train(options, det.model_dir, det.inventory)
     preflight.check_train(options, det.inventory)
     build_training(p, options, det.inventory, det.model_dir)
   else:
@@ -169,8 +169,8 @@ def submit(command: str, postauth: List[str], beam_args: List[str]):
 def main(argv: Optional[List[str]] = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
-  from models.artifact import ArtifactError
-  from models.model import ConfigError
+  from postauth.models.artifact import ArtifactError
+  from postauth.models.model import ConfigError
   try:
     command, postauth, beam_args = translate(argv)
     logging.info('postauth %s %s %s', command, ' '.join(postauth), ' '.join(beam_args))
@@ -180,7 +180,7 @@ def main(argv: Optional[List[str]] = None) -> int:
   except (opts.OptionsError, ArtifactError, ConfigError) as e:
     print(f'postauth launcher: error: {e}', file=sys.stderr)
     return 2
-  from pipeline import cli
+  from postauth.pipeline import cli
   return cli.main([command] + postauth + beam_args)
 
 

@@ -257,48 +257,6 @@ def disabled_rules(options: PipelineOptions) -> list:
   return [r.strip() for r in value.split(',') if r.strip()]
 
 
-def validate_run(options: PipelineOptions) -> None:
-  e, d = options.view_as(EventOptions), options.view_as(DetectOptions)
-  ps = options.view_as(PubSubSourceOptions)
-  missing = [flag for flag, value in (('--events', e.events or e.events_watch or ps.subscription
-                                       or ps.topic),
-                                      ('--inventory', d.inventory), ('--model-dir', d.model_dir),
-                                      ('--findings', d.findings or options.view_as(SinkOptions).sinks))
-             if not value]
-  if missing:
-    raise OptionsError('postauth run needs ' + ', '.join(missing).replace(
-        '--events', '--events (or --subscription/--topic) or --events-watch').replace('--findings', '--findings (or --sink)'))
-  validate_window(options)
-  validate_watch(options)
-  from transforms.outputs import validate_io
-  validate_io(options)
-  if options.view_as(StandardOptions).streaming and d.replay_step <= 0:
-    raise OptionsError('--replay-step must be positive')
-  from transforms.rules import ALL_RULE_NAMES
-  unknown = [r for r in disabled_rules(options) if r not in ALL_RULE_NAMES]
-  if unknown:
-    raise OptionsError(f'--disable-rules: unknown rule(s) {unknown}; known: {list(ALL_RULE_NAMES)}')
-  if d.fleet_change_identities < 1:
-    raise OptionsError('--fleet-change-identities must be >= 1 (disable with --disable-rules fleet_change)')
-  if d.dedup_period < 0 or d.inventory_refresh < 0 or d.model_refresh < 0 or d.dormant_days <= 0:
-    raise OptionsError('--dedup-period, --inventory-refresh and --model-refresh must be >= 0, '
-                       '--dormant-days > 0')
-  # Input files (inventory, model, allow-list, taxonomy, --events matches): pipeline/preflight.py
-
-
-def validate_train(options: PipelineOptions, model_dir: str, inventory: str) -> None:
-  e = options.view_as(EventOptions)
-  missing = [flag for flag, value in (('--events', e.events), ('--inventory', inventory),
-                                      ('--model-dir', model_dir)) if not value]
-  if missing:
-    raise OptionsError('postauth train needs ' + ', '.join(missing))
-  if options.view_as(StandardOptions).streaming:
-    raise OptionsError('postauth train is a batch job: drop --streaming')
-  if options.view_as(TrainOptions).page_budget <= 0:
-    raise OptionsError('--page-budget must be > 0 (pages per 1,000 identity-days)')
-  validate_window(options)
-
-
 ALL_OPTIONS = (EventOptions, WindowOptions, DetectOptions, TrainOptions, PubSubSourceOptions,
                WatchOptions, SinkOptions)
 

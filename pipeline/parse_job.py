@@ -20,10 +20,10 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline.options import EventOptions, OptionsError
-from transforms import formats
-from transforms.avro_events import schema_json, to_avro
-from transforms.parse import CATEGORY_NAMESPACE, FORMAT_NAMESPACE, NAMESPACE, SKIP_NAMESPACE, ParseFiles
+from postauth.pipeline.options import EventOptions, OptionsError
+from postauth.transforms import formats
+from postauth.transforms.avro_events import schema_json, to_avro
+from postauth.transforms.parse import CATEGORY_NAMESPACE, FORMAT_NAMESPACE, NAMESPACE, SKIP_NAMESPACE, ParseFiles
 
 EVENTS_PREFIX = 'events'
 EVENTS_SUFFIX = '.avro'
@@ -109,10 +109,10 @@ def summarize(result) -> dict:
 
 def run_parse(argv: List[str]) -> dict:
   """Runs the job; returns the summary plus where the output went."""
-  from pipeline.cli import pipeline_options
+  from postauth.pipeline.cli import pipeline_options
   options = pipeline_options(argv)
   validate_parse(options)
-  from pipeline import preflight  # a glob matching nothing, an unreadable taxonomy: exit 2
+  from postauth.pipeline import preflight  # a glob matching nothing, an unreadable taxonomy: exit 2
   preflight.check_events(options.view_as(EventOptions).events)
   preflight.check_taxonomy_files(options.view_as(EventOptions).taxonomy_files)
   prepare_out(options)

@@ -17,9 +17,9 @@ from typing import Dict, Iterable, Iterator, List, Optional
 
 import orjson
 
-from transforms.event import Event
-from transforms.parse import RecordParser
-from transforms.records import RawRecord, split_records
+from postauth.domain.event import Event
+from postauth.transforms.parse import RecordParser
+from postauth.transforms.records import RawRecord, split_records
 
 # Files beside the samples that are not telemetry.
 NOT_LOGS = ('LICENSE', 'LICENSE.txt', 'SOURCE.txt', 'README.md', 'labels.csv')

@@ -1,9 +1,9 @@
-"""Input files checked before a job is built: a bad one is refused in one line, exit code 2.
+"""Flags and input files checked before a job is built: a bad one is refused in one line, exit 2.
 
 Why: a Beam job reads its inputs inside the pipeline, so an unreadable inventory or a
 glob matching nothing surfaces as a worker traceback, or not at all (an empty findings
 file). Each input kind has one check here, run by ``postauth run/train/retrain`` (and the
-template launcher) after the flag checks in ``pipeline/options.py`` and before the
+template launcher) after the flag checks (``validate_run``/``validate_train``, here) and before the
 pipeline is built. Each raises ``PreflightError`` (an ``OptionsError``: the CLI prints
 ``postauth <command>: error: <message>`` and exits 2) naming the flag, the file and
 what is wrong with it.
@@ -21,10 +21,13 @@ import os
 from typing import Iterable, Optional, Sequence
 
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipeline.options import (DetectOptions, EventOptions, OptionsError, TrainOptions,
-                              WatchOptions)
+from postauth.pipeline import options as opts
+from postauth.pipeline.options import (DetectOptions, EventOptions, OptionsError, TrainOptions,
+                                       WatchOptions)
+from postauth.transforms.outputs import validate_io
+from postauth.transforms.rules import ALL_RULE_NAMES
 
 _log = logging.getLogger('postauth.preflight')
 
@@ -37,6 +40,46 @@ class PreflightError(OptionsError):
 
 def is_remote(path: str) -> bool:
   return '://' in path
+
+
+def validate_run(options: PipelineOptions) -> None:
+  e, d = options.view_as(opts.EventOptions), options.view_as(opts.DetectOptions)
+  ps = options.view_as(opts.PubSubSourceOptions)
+  missing = [flag for flag, value in (('--events', e.events or e.events_watch or ps.subscription
+                                       or ps.topic),
+                                      ('--inventory', d.inventory), ('--model-dir', d.model_dir),
+                                      ('--findings', d.findings or options.view_as(opts.SinkOptions).sinks))
+             if not value]
+  if missing:
+    raise opts.OptionsError('postauth run needs ' + ', '.join(missing).replace(
+        '--events', '--events (or --subscription/--topic) or --events-watch').replace('--findings', '--findings (or --sink)'))
+  opts.validate_window(options)
+  opts.validate_watch(options)
+  validate_io(options)
+  if options.view_as(StandardOptions).streaming and d.replay_step <= 0:
+    raise opts.OptionsError('--replay-step must be positive')
+  unknown = [r for r in opts.disabled_rules(options) if r not in ALL_RULE_NAMES]
+  if unknown:
+    raise opts.OptionsError(f'--disable-rules: unknown rule(s) {unknown}; known: {list(ALL_RULE_NAMES)}')
+  if d.fleet_change_identities < 1:
+    raise opts.OptionsError('--fleet-change-identities must be >= 1 (disable with --disable-rules fleet_change)')
+  if d.dedup_period < 0 or d.inventory_refresh < 0 or d.model_refresh < 0 or d.dormant_days <= 0:
+    raise opts.OptionsError('--dedup-period, --inventory-refresh and --model-refresh must be >= 0, '
+                       '--dormant-days > 0')
+  # Input files (inventory, model, allow-list, taxonomy, --events matches): the checks below
+
+
+def validate_train(options: PipelineOptions, model_dir: str, inventory: str) -> None:
+  e = options.view_as(opts.EventOptions)
+  missing = [flag for flag, value in (('--events', e.events), ('--inventory', inventory),
+                                      ('--model-dir', model_dir)) if not value]
+  if missing:
+    raise opts.OptionsError('postauth train needs ' + ', '.join(missing))
+  if options.view_as(StandardOptions).streaming:
+    raise opts.OptionsError('postauth train is a batch job: drop --streaming')
+  if options.view_as(opts.TrainOptions).page_budget <= 0:
+    raise opts.OptionsError('--page-budget must be > 0 (pages per 1,000 identity-days)')
+  opts.validate_window(options)
 
 
 def why(e: BaseException) -> str:
@@ -103,7 +146,7 @@ def check_inventory(path: Optional[str]) -> int:
   """The inventory parses and has every required column; returns its number of identities."""
   if not path or is_remote(path):
     return 0
-  from transforms.inventory import REQUIRED, InventoryError, read_inventory
+  from postauth.transforms.inventory import REQUIRED, InventoryError, read_inventory
   data = read_local('--inventory', path)
   if data[:4] != b'Obj\x01' and path.endswith(('.jsonl', '.json', '.ndjson')):
     _check_jsonl_fields(path, data, REQUIRED)
@@ -149,7 +192,7 @@ def _check_jsonl_fields(path: str, data: bytes, required: Sequence[str]) -> None
 
 def check_taxonomy_files(paths: Optional[Iterable[str]]) -> None:
   """Each extra taxonomy CSV has the columns and only known categories."""
-  from transforms.taxonomy import Taxonomy
+  from postauth.domain.taxonomy import Taxonomy
   for path in paths or ():
     if is_remote(path):
       continue
@@ -174,7 +217,7 @@ def check_taxonomy_files(paths: Optional[Iterable[str]]) -> None:
 def check_allowlist(path: Optional[str]) -> int:
   if not path or is_remote(path):
     return 0
-  from transforms.triage import load_allowlist
+  from postauth.transforms.triage import load_allowlist
   read_local('--allowlist', path)
   try:
     return len(load_allowlist(path))
@@ -188,7 +231,7 @@ def check_train_config(path: Optional[str]) -> None:
     return
   if not is_remote(path):
     read_local('--train-config', path)
-  from models.model import ConfigError, TrainConfig
+  from postauth.models.model import ConfigError, TrainConfig
   try:
     TrainConfig.from_file(path)
   except ConfigError as e:
@@ -201,8 +244,8 @@ def check_model(model_dir: Optional[str], version: Optional[str]) -> None:
     return
   if not is_remote(model_dir) and os.path.exists(model_dir) and not os.path.isdir(model_dir):
     raise PreflightError(f'--model-dir {model_dir}: is a file, not a model folder')
-  from models.artifact import ArtifactError
-  from models.model import DetectionModel
+  from postauth.models.artifact import ArtifactError
+  from postauth.models.model import DetectionModel
   try:
     DetectionModel.load(model_dir, version)
   except ArtifactError:

@@ -21,8 +21,8 @@ import json
 import re
 from typing import Dict, Iterable, List, Optional, Set, Tuple
 
-from pipeline import report_plot
-from pipeline.summary import read_findings
+from postauth.pipeline import report_plot
+from postauth.pipeline.summary import read_findings
 
 SEVERITIES = ('critical', 'high', 'medium', 'low')
 _CONTROL = re.compile('[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]')
@@ -73,9 +73,9 @@ def _epoch(text: str) -> float:
 
 def pane_counts(paths: Iterable[str], identities: Set[str], period: int) -> Dict[str, Dict[int, int]]:
   """identity -> pane start -> events, for the given identities, from the event files."""
-  from transforms.event import Event
-  from transforms.parse import RecordParser, read_all
-  from transforms.records import split_records
+  from postauth.domain.event import Event
+  from postauth.transforms.parse import RecordParser, read_all
+  from postauth.transforms.records import split_records
   parser = RecordParser()
   out: Dict[str, Dict[int, int]] = {}
   for path in paths:
@@ -90,8 +90,8 @@ def pane_counts(paths: Iterable[str], identities: Set[str], period: int) -> Dict
 
 def profile_baselines(model_dir: str, identities: Set[str]) -> Dict[str, Dict[int, Tuple[float, float]]]:
   """identity -> hour -> (typical, high) calls per window, from the model's verified profiles."""
-  from models import artifact
-  from models.profile import IdentityProfile
+  from postauth.models import artifact
+  from postauth.models.profile import IdentityProfile
   _, files = artifact.load_verified(model_dir)
   raw = artifact.loads_json_gz(files['profiles.json.gz'])
   return {k: report_plot.baseline_from_profile(IdentityProfile.from_dict(v))

@@ -60,15 +60,15 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.transforms import window
 
-from models import artifact, registry
-from models.model import DetectionModel, TrainConfig
-from pipeline.options import (DetectOptions, EventOptions, OptionsError, RetrainOptions,
+from postauth.models import artifact, registry
+from postauth.models.model import DetectionModel, TrainConfig
+from postauth.pipeline.options import (DetectOptions, EventOptions, OptionsError, RetrainOptions,
                               TrainOptions, WindowOptions, validate_window)
-from pipeline.train import TrainModel
-from transforms.inventory import EnrichWindows, InventorySnapshots, ReadInventory
-from transforms.parse import ParseFiles
-from transforms.sinks import WriteJsonLines
-from transforms.windowing import IdentityWindows
+from postauth.pipeline.train import TrainModel
+from postauth.transforms.inventory import EnrichWindows, InventorySnapshots, ReadInventory
+from postauth.transforms.parse import ParseFiles
+from postauth.transforms.sinks import WriteJsonLines
+from postauth.transforms.windowing import IdentityWindows
 
 DAY = 86400
 HOLDOUT = 'holdout'
@@ -396,11 +396,11 @@ def translate_labels_flag(argv: List[str]) -> List[str]:
 
 def retrain(argv: List[str], run_pipeline) -> Dict:
   """Trains, evaluates, gates, promotes and prunes; returns the comparison (also written to disk)."""
-  from pipeline.cli import pipeline_options
+  from postauth.pipeline.cli import pipeline_options
   started = time.time()
   options = pipeline_options(translate_labels_flag(argv))
   validate(options)
-  from pipeline.preflight import check_train
+  from postauth.pipeline.preflight import check_train
   check_train(options, options.view_as(DetectOptions).inventory)  # unreadable inputs: exit 2
   det, rt = options.view_as(DetectOptions), options.view_as(RetrainOptions)
   model_dir = det.model_dir
@@ -478,7 +478,7 @@ def retrain(argv: List[str], run_pipeline) -> Dict:
 
 
 def _counters(result) -> Dict[str, int]:
-  from pipeline import summary
+  from postauth.pipeline import summary
   try:
     return summary.counters(result)
   except Exception:  # counters are a report, never a reason to fail the command

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from pipeline.evaluate import case_name, matches, parse_time, read_json_lines
+from postauth.pipeline.evaluate import case_name, matches, parse_time, read_json_lines
 
 
 def closing_publish(published: Sequence[Tuple[float, float]], close: float) -> Optional[float]:

@@ -20,20 +20,20 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms import window
 
-from models import budget, registry
-from models import report as training_report
-from models.features import feature_vector
-from models.fleet import FleetProfile, network_key
-from models.history import IdentityHistory
-from models.model import SEVERITIES, DetectionModel, TrainConfig, cohort_key, levels_from_medium
-from models.profile import IdentityProfile, seen_key
-from transforms import rules
-from transforms.findings import SEVERITY_ORDER
-from pipeline.options import EventOptions, TrainOptions, WindowOptions
-from transforms.inventory import ReadInventory, context_for
-from transforms.parse import ParseFiles
-from transforms.sinks import WriteJsonLines
-from transforms.windowing import IdentityWindow, IdentityWindows
+from postauth.models import budget, registry
+from postauth.models import report as training_report
+from postauth.models.features import feature_vector
+from postauth.models.fleet import FleetProfile, network_key
+from postauth.models.history import IdentityHistory
+from postauth.models.model import SEVERITIES, DetectionModel, TrainConfig, cohort_key, levels_from_medium
+from postauth.models.profile import IdentityProfile, seen_key
+from postauth.transforms import rules
+from postauth.transforms.findings import SEVERITY_ORDER
+from postauth.pipeline.options import EventOptions, TrainOptions, WindowOptions
+from postauth.transforms.inventory import ReadInventory, context_for
+from postauth.transforms.parse import ParseFiles
+from postauth.transforms.sinks import WriteJsonLines
+from postauth.transforms.windowing import IdentityWindow, IdentityWindows
 
 DAY = 86400
 DEFAULT_PAGE_BUDGET = 5.0

@@ -40,7 +40,7 @@ def shared_data(*parts: str) -> str:
 
 @pytest.fixture(scope='session')
 def sample(tmp_path_factory):
-  from pipeline.generate import generate
+  from postauth.pipeline.generate import generate
   out = str(tmp_path_factory.mktemp('sample'))
   counts = generate(out, identities=60, days=4, seed=11)
   with open(os.path.join(out, 'labels.json')) as f:
@@ -53,7 +53,7 @@ def sample(tmp_path_factory):
 
 @pytest.fixture(scope='session')
 def model_dir(sample, tmp_path_factory):
-  from pipeline.cli import train
+  from postauth.pipeline.cli import train
   model = str(tmp_path_factory.mktemp('model'))
   out = train([f'--events={sample["dir"]}/history/*', f'--inventory={sample["inventory"]}',
                f'--model-dir={model}', '--runner=FnApiRunner'])

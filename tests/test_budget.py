@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.budget import HeldOutWindow, above_budget, calibrate, count_pages
-from models.features import FEATURE_NAMES
-from models.model import DetectionModel, TrainConfig
+from postauth.models.budget import HeldOutWindow, above_budget, calibrate, count_pages
+from postauth.models.features import FEATURE_NAMES
+from postauth.models.model import DetectionModel, TrainConfig
 
 DAY = 86400
 

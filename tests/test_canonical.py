@@ -14,11 +14,11 @@ import orjson
 import pytest
 
 from conftest import FIXTURES
-from transforms import avro_events, formats
-from transforms.event import Event
-from transforms.formats.base import ParseError, _microsecond_fraction, parse_time
-from transforms.parse import RecordParser
-from transforms.records import AVRO_MAGIC, RawRecord, split_records
+from postauth.transforms import avro_events, formats
+from postauth.domain.event import Event
+from postauth.transforms.formats.base import ParseError, _microsecond_fraction, parse_time
+from postauth.transforms.parse import RecordParser
+from postauth.transforms.records import AVRO_MAGIC, RawRecord, split_records
 
 PARSER = RecordParser()
 

@@ -18,7 +18,7 @@ import time
 import pytest
 
 from conftest import terminate
-from pipeline.cli import main
+from postauth.pipeline.cli import main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HEADER = 'identity,identity_type,owner,team,environment\n'
@@ -37,7 +37,7 @@ class _NoApitools:
     if name == 'apitools' or name.startswith('apitools.'):
       raise ImportError('no module named ' + name)
 sys.meta_path.insert(0, _NoApitools())
-from pipeline.cli import main
+from postauth.pipeline.cli import main
 sys.exit(main(sys.argv[1:]))
 '''
 
@@ -188,7 +188,7 @@ def _stop_watch_job(sample, model_dir, tmp_path, signum, runner):
   folder.mkdir()
   _delivery(sample, folder)
   findings = tmp_path / 'out' / 'findings.jsonl'
-  cmd = [sys.executable, '-m', 'pipeline.cli', 'run', '--streaming',
+  cmd = [sys.executable, '-m', 'postauth.pipeline.cli', 'run', '--streaming',
          f'--events-watch={folder}/*.json.gz', f'--inventory={sample["inventory"]}',
          f'--model-dir={model_dir}', f'--findings={findings}', '--watch-interval=1', f'--runner={runner}']
   proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -232,7 +232,7 @@ def test_streaming_run_stops_cleanly_on_a_signal(sample, model_dir, tmp_path, si
 def test_streaming_run_on_prism_is_cancelled_on_a_signal(sample, model_dir, tmp_path, signum, expected):
   """On SIGINT, Beam's job server wrapper has its own handler (it stops Prism at once, and the
   SDK harness threads die with tracebacks); postauth's stays on top and cancels the job."""
-  from pipeline.prism import local_binary
+  from postauth.pipeline.prism import local_binary
   if not local_binary():
     pytest.skip('no Prism binary (make prism)')
   code, stderr, _ = _stop_watch_job(sample, model_dir, tmp_path, signum, 'PrismRunner')

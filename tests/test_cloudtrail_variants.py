@@ -8,10 +8,10 @@ import orjson
 import pytest
 
 from conftest import shared_data
-from pipeline.parse_report import file_records
-from transforms.event import Event
-from transforms.parse import RecordParser
-from transforms.records import RawRecord
+from postauth.pipeline.parse_report import file_records
+from postauth.domain.event import Event
+from postauth.transforms.parse import RecordParser
+from postauth.transforms.records import RawRecord
 
 PARSER = RecordParser()
 

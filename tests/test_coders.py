@@ -10,9 +10,10 @@ from apache_beam.coders import coders
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.typehints.native_type_compatibility import convert_to_beam_type
 
-from transforms.aggregate import WindowAggregate, WindowAggregateCoder, WindowAggregateFn
-from transforms.event import Event
-from transforms.windowing import IdentityWindow, IdentityWindowCoder, IdentityWindows
+from postauth.domain.window import WindowAggregate
+from postauth.transforms.aggregate import WindowAggregateCoder, WindowAggregateFn
+from postauth.domain.event import Event
+from postauth.transforms.windowing import IdentityWindow, IdentityWindowCoder, IdentityWindows
 
 T0 = 1_800_000_000
 
@@ -160,7 +161,7 @@ def test_batch_window_shuffles_never_pickle_an_aggregate(monkeypatch):
 
 
 def test_history_shuffle_is_typed_for_the_identity_window_coder():
-  from transforms.history import TrackHistory
+  from postauth.transforms.history import TrackHistory
   p = TestPipeline()
   windows = (p | beam.Create([ev(T0 + 1.5, 'GetObject')]) | IdentityWindows(3600, 900)
              | beam.Map(lambda w: (w, {'registered': 'true'})))

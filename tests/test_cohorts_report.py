@@ -9,16 +9,16 @@ import re
 import numpy as np
 import pytest
 
-from models import report as training_report
-from models.artifact import ArtifactError
-from models.calibration import Calibration
-from models.features import FEATURE_NAMES
-from models.model import (GLOBAL, SEVERITIES, ConfigError, DetectionModel, TrainConfig,
+from postauth.models import report as training_report
+from postauth.models.artifact import ArtifactError
+from postauth.models.calibration import Calibration
+from postauth.models.features import FEATURE_NAMES
+from postauth.models.model import (GLOBAL, SEVERITIES, ConfigError, DetectionModel, TrainConfig,
                           forest_file)
-from models.profile import IdentityProfile
+from postauth.models.profile import IdentityProfile
 from test_model import agg_of
 from test_windowing import T0, ev
-from transforms.windowing import IdentityWindow
+from postauth.transforms.windowing import IdentityWindow
 
 ROOT = os.path.join(os.path.dirname(__file__), '..')
 F = len(FEATURE_NAMES)

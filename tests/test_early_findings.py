@@ -13,12 +13,12 @@ from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 
 from conftest import streaming_options
-from transforms.compact import compact_findings, latest_lines, versions_path
-from transforms.findings import MergeOverlappingWindows, finding_id, rfc3339
-from transforms.outputs import FINDING, SinkSpec, apply_sinks, finding_from_avro, finding_to_avro
-from transforms.pubsub_sink import finding_message
-from transforms.triage import DeduplicateFindings, Suppress
-from transforms.versions import stamp
+from postauth.transforms.compact import compact_findings, latest_lines, versions_path
+from postauth.transforms.findings import MergeOverlappingWindows, finding_id, rfc3339
+from postauth.transforms.outputs import FINDING, SinkSpec, apply_sinks, finding_from_avro, finding_to_avro
+from postauth.transforms.pubsub_sink import finding_message
+from postauth.transforms.triage import DeduplicateFindings, Suppress
+from postauth.transforms.versions import stamp
 
 T0 = 1_800_000_000  # aligned to 1 h
 H, Q = 3600, 900
@@ -271,7 +271,7 @@ def test_pubsub_message_says_update_and_page_and_avro_keeps_the_version_fields()
 
 
 def test_evaluate_reads_the_latest_version_time_to_first_detection_and_pages():
-  from pipeline import evaluate as ev
+  from postauth.pipeline import evaluate as ev
   label = {'identity': 'role/ci', 'scenario': 'burst', 'start': rfc3339(T0 + 600), 'end': rfc3339(T0 + 2 * H)}
   v0 = dict(version('f1', 0, H, 'medium', [SCOPE]), pages=1)
   v1 = dict(version('f1', 0, 2 * H, 'high', [SCOPE], 1), pages=2)  # a raise: a second page

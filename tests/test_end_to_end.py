@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from pipeline.cli import main, run
+from postauth.pipeline.cli import main, run
 
 REQUIRED = {'finding_id', 'identity', 'identity_type', 'window_start', 'window_end', 'score',
             'severity', 'model_version', 'reasons', 'event_count', 'owner', 'team', 'environment'}
@@ -115,7 +115,7 @@ def test_invalid_flags_fail_before_submission(tmp_path, capsys):
 
 
 def test_help_lists_every_option():
-  out = subprocess.run([sys.executable, '-m', 'pipeline.cli', 'run', '--help'],
+  out = subprocess.run([sys.executable, '-m', 'postauth.pipeline.cli', 'run', '--help'],
                        capture_output=True, text=True, check=True).stdout
   for flag in ('--events', '--inventory', '--model-dir', '--findings', '--window-size',
                '--window-period', '--allowed-lateness', '--threshold', '--streaming', '--format'):

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from conftest import shared_data
-from pipeline import evaluate as ev
-from pipeline.generate import DAY, generate, iso, month_end_close_day
+from postauth.pipeline import evaluate as ev
+from postauth.pipeline.generate import DAY, generate, iso, month_end_close_day
 
 DAY0 = 1793836800.0  # 2026-11-05T00:00:00Z
 
@@ -133,7 +133,7 @@ def test_month_end_close_calendar():
 
 @pytest.fixture(scope='module')
 def evaluated(sample, model_dir, tmp_path_factory):
-  from pipeline.cli import main, run
+  from postauth.pipeline.cli import main, run
   out = tmp_path_factory.mktemp('evaluate')
   findings = out / 'findings.jsonl'
   run([f'--events={sample["dir"]}/live/*', f'--inventory={sample["inventory"]}', f'--model-dir={model_dir}',
@@ -177,7 +177,7 @@ def test_every_attack_pages_and_no_everyday_change_does(evaluated, sample):
 
 
 def test_evaluate_refuses_an_events_glob_matching_nothing(tmp_path, capsys):
-  from pipeline.cli import main
+  from postauth.pipeline.cli import main
   (tmp_path / 'f.jsonl').write_text('')
   (tmp_path / 'l.json').write_text('[]')
   code = main(['evaluate', f'--findings={tmp_path}/f.jsonl', f'--labels={tmp_path}/l.json',

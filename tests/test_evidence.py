@@ -1,6 +1,6 @@
 """Issue 14: findings carry evidence a responder can pivot on, by the provider's own event id.
 
-The sample behind it (transforms/evidence.py) is bounded and exact under merging; every
+The sample behind it (domain/evidence.py) is bounded and exact under merging; every
 evidence id of a detection run exists in the input, at the place the finding says it was
 read; each provider's id field is named.
 """
@@ -12,11 +12,12 @@ import random
 
 import pytest
 
-from transforms import evidence
-from transforms.aggregate import WindowAggregate, WindowAggregateCoder
-from transforms.event import Event
-from transforms.parse import RecordParser
-from transforms.records import split_records
+from postauth.domain import evidence
+from postauth.domain.window import WindowAggregate
+from postauth.transforms.aggregate import WindowAggregateCoder
+from postauth.domain.event import Event
+from postauth.transforms.parse import RecordParser
+from postauth.transforms.records import split_records
 
 FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures')
 T0 = 1_800_000_000
@@ -136,7 +137,7 @@ def test_each_provider_names_its_own_event_id(fixture, raw_id):
 @pytest.fixture(scope='session')
 def evidence_run(sample, model_dir, tmp_path_factory):
   """One batch detection writing findings and OCSF findings (shared with test_ocsf.py)."""
-  from pipeline.cli import run
+  from postauth.pipeline.cli import run
   out = tmp_path_factory.mktemp('evidence')
   findings, ocsf = str(out / 'findings.jsonl'), str(out / 'findings.ocsf.jsonl')
   run([f'--events={sample["dir"]}/live/*', f'--inventory={sample["inventory"]}',

@@ -8,14 +8,14 @@ from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that
 from apache_beam.transforms.window import TimestampedValue
 
-from models.features import INDEX, feature_vector
-from models.fleet import FleetProfile
-from models.profile import IdentityProfile, resource_family, seen_key
-from transforms import rules
-from transforms.fleet_notice import FleetChangeNotices
-from transforms.findings import contextual_severity
-from transforms.history import WindowInContext
-from transforms.windowing import EPSILON
+from postauth.models.features import INDEX, feature_vector
+from postauth.models.fleet import FleetProfile
+from postauth.models.profile import IdentityProfile, resource_family, seen_key
+from postauth.transforms import rules
+from postauth.transforms.fleet_notice import FleetChangeNotices
+from postauth.transforms.findings import contextual_severity
+from postauth.transforms.history import WindowInContext
+from postauth.transforms.windowing import EPSILON
 from tests.test_identity_context import ctx, ev, streaming, window
 from tests.test_prism import prism_binary  # noqa: F401  (fixture: skips, or fails under CI=true, without it)
 

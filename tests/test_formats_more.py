@@ -12,12 +12,12 @@ import os
 
 import pytest
 
-from transforms import formats
-from transforms.event import Event
-from transforms.formats.base import ParseError, parse_time
-from transforms.parse import RecordParser
-from transforms.records import RawRecord, split_records
-from transforms.taxonomy import Taxonomy
+from postauth.transforms import formats
+from postauth.domain.event import Event
+from postauth.transforms.formats.base import ParseError, parse_time
+from postauth.transforms.parse import RecordParser
+from postauth.transforms.records import RawRecord, split_records
+from postauth.domain.taxonomy import Taxonomy
 
 FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures')
 SHARED_DATA = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data'))

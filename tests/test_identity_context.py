@@ -15,21 +15,21 @@ from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 
-from models.features import feature_vector
-from models.fleet import FleetProfile
-from models.history import IdentityHistory
-from models.profile import IdentityProfile
-from pipeline.train import WalkIdentityHistory
-from transforms import rules
-from transforms.aggregate import WindowAggregate
-from transforms.event import Event
-from transforms.findings import contextual_severity, rfc3339
-from transforms.history import TrackHistory
-from transforms.inventory import (EnrichWindows, InventoryError, newest, normalise, read_inventory,
+from postauth.models.features import feature_vector
+from postauth.models.fleet import FleetProfile
+from postauth.models.history import IdentityHistory
+from postauth.models.profile import IdentityProfile
+from postauth.pipeline.train import WalkIdentityHistory
+from postauth.transforms import rules
+from postauth.domain.window import WindowAggregate
+from postauth.domain.event import Event
+from postauth.transforms.findings import contextual_severity, rfc3339
+from postauth.transforms.history import TrackHistory
+from postauth.transforms.inventory import (EnrichWindows, InventoryError, newest, normalise, read_inventory,
                                   read_snapshot, snapshot_of)
-from transforms.updates import _ReadNow
-from transforms.triage import DeduplicateFindings, Suppress, apply_allowlist, load_allowlist
-from transforms.windowing import EPSILON, IdentityWindow
+from postauth.transforms.updates import _ReadNow
+from postauth.transforms.triage import DeduplicateFindings, Suppress, apply_allowlist, load_allowlist
+from postauth.transforms.windowing import EPSILON, IdentityWindow
 
 DAY = 86400
 T0 = 1_800_000_000 - 1_800_000_000 % DAY  # midnight UTC

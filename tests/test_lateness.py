@@ -8,9 +8,9 @@ from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 
-from transforms.event import Event
-from transforms.lateness import GATE_MARGIN, LATE, LateEventGate, beam_lateness, pane_end
-from transforms.windowing import IdentityWindows
+from postauth.domain.event import Event
+from postauth.transforms.lateness import GATE_MARGIN, LATE, LateEventGate, beam_lateness, pane_end
+from postauth.transforms.windowing import IdentityWindows
 from conftest import streaming_options
 
 T0 = 1_800_000_000  # aligned to 15 min and 1 h
@@ -116,7 +116,7 @@ def test_margin_keeps_the_windows_open_past_the_gate():
 
 def test_an_idle_source_does_not_advance_before_its_first_message():
   from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
-  from transforms.direct_pubsub import SourceClock
+  from postauth.transforms.direct_pubsub import SourceClock
   wall = T0 + 30 * DAY
   clock = SourceClock(max_delay=60, idle_seconds=5, idle_limit=14400)
   # idle since start, for a long time: the watermark stays at its minimum (it used to jump to
@@ -135,7 +135,7 @@ def test_an_idle_source_does_not_advance_before_its_first_message():
 
 def test_idle_limit_zero_advances_to_wall_clock():
   from apache_beam.utils.timestamp import Timestamp
-  from transforms.direct_pubsub import SourceClock
+  from postauth.transforms.direct_pubsub import SourceClock
   wall = T0 + 30 * DAY
   clock = SourceClock(max_delay=60, idle_seconds=5, idle_limit=0)
   clock.advance([Timestamp.of(T0)], drained=True, wall=wall, monotonic=0)

@@ -19,19 +19,19 @@ from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms import window as beam_window
 from apache_beam.transforms.window import TimestampedValue
 
-from models import registry
-from models.artifact import LATEST
-from models.profile import IdentityProfile
+from postauth.models import registry
+from postauth.models.artifact import LATEST
+from postauth.models.profile import IdentityProfile
 from test_identity_context import ctx, ev, window
 from test_registry import _save
 from test_windowing import T0
-from transforms.event import Event
-from transforms.history import WindowInContext
-from transforms.inventory import EnrichWindows, InventoryRefresh, InventorySnapshots
-from transforms.rules import RuleConfig
-from transforms.score import ScoreWindows, WatchModelPointer
-from transforms.updates import LaggedAsList
-from transforms.windowing import EPSILON, IdentityWindows
+from postauth.domain.event import Event
+from postauth.transforms.history import WindowInContext
+from postauth.transforms.inventory import EnrichWindows, InventoryRefresh, InventorySnapshots
+from postauth.transforms.rules import RuleConfig
+from postauth.transforms.score import ScoreWindows, WatchModelPointer
+from postauth.transforms.updates import LaggedAsList
+from postauth.transforms.windowing import EPSILON, IdentityWindows
 
 PERIOD = 900
 HEADER = 'identity,identity_type,owner,team,environment,expected_services\n'
@@ -168,9 +168,9 @@ def test_inventory_edit_takes_effect_mid_stream_without_restart(tmp_path):
 
 def test_a_worker_starting_after_a_bad_promotion_falls_back_to_the_previous_version(tmp_path):
   from apache_beam.utils import shared
-  from models.artifact import ArtifactError
-  from models.model import DetectionModel
-  from transforms.model_cache import acquire_model
+  from postauth.models.artifact import ArtifactError
+  from postauth.models.model import DetectionModel
+  from postauth.transforms.model_cache import acquire_model
   models = str(tmp_path / 'models')
   v1, v2 = _save(models, 1), _save(models, 2)
   registry.promote(models, v1)

@@ -7,14 +7,14 @@ import os
 import numpy as np
 import pytest
 
-from models.artifact import ArtifactError
-from models.calibration import Calibration
-from models.features import FEATURE_NAMES, INDEX, feature_vector
-from models.model import DetectionModel, TrainConfig
-from models.profile import IdentityProfile
-from transforms.aggregate import WindowAggregate
-from transforms.findings import split_runs, to_finding
-from transforms.windowing import IdentityWindow
+from postauth.models.artifact import ArtifactError
+from postauth.models.calibration import Calibration
+from postauth.models.features import FEATURE_NAMES, INDEX, feature_vector
+from postauth.models.model import DetectionModel, TrainConfig
+from postauth.models.profile import IdentityProfile
+from postauth.domain.window import WindowAggregate
+from postauth.transforms.findings import split_runs, to_finding
+from postauth.transforms.windowing import IdentityWindow
 from test_windowing import T0, ev
 
 

@@ -17,8 +17,8 @@ import pytest
 jsonschema = pytest.importorskip('jsonschema')
 ocsf_json_schema = pytest.importorskip('ocsf_json_schema')
 
-from transforms.ocsf_finding import OCSF_VERSION, PROFILES, SEVERITY_ID, to_ocsf
-from transforms.outputs import parse_sink
+from postauth.transforms.ocsf_finding import OCSF_VERSION, PROFILES, SEVERITY_ID, to_ocsf
+from postauth.transforms.outputs import parse_sink
 from test_evidence import evidence_run, _input_records  # noqa: F401  (a shared session fixture)
 
 
@@ -109,9 +109,9 @@ def test_pubsub_sink_publishes_valid_ocsf(evidence_run):
   import apache_beam as beam
   from apache_beam.options.pipeline_options import PipelineOptions
 
-  from pipeline import local_pubsub
+  from postauth.pipeline import local_pubsub
   from test_pubsub import _pull, _start_server, _topic_with_subscription
-  from transforms.outputs import FINDING, apply_sinks
+  from postauth.transforms.outputs import FINDING, apply_sinks
 
   findings = evidence_run['findings'][:3]
   server = _start_server()

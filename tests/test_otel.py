@@ -10,9 +10,9 @@ import pytest
 from google.protobuf import json_format
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from transforms.formats.otel import span_from_json
-from transforms.parse import RecordParser
-from transforms.records import RawRecord, split_records
+from postauth.transforms.formats.otel import span_from_json
+from postauth.transforms.parse import RecordParser
+from postauth.transforms.records import RawRecord, split_records
 
 PARSER = RecordParser()
 T0 = 1762351200  # 2026-11-05T14:00:00Z
@@ -94,7 +94,7 @@ def test_otlp_json_line_one_item_per_span():
   events, _, dead = check_items(parse_all(record.raw, record.obj))
   assert {d.ref for d in dead} == {'f.jsonl#0/0.0.5', 'f.jsonl#0/0.0.6'}
   assert any(b'traceId' in d.raw and b'[redacted]' in d.raw for d in dead)
-  from transforms.replay import record_time
+  from postauth.transforms.replay import record_time
   assert record_time(record) == T0  # a streaming file replay orders a batch by its earliest span
 
 
@@ -121,7 +121,7 @@ def test_parse_records_reads_protobuf_messages_in_beam():
   import apache_beam as beam
   from apache_beam.metrics.metric import MetricsFilter
   from apache_beam.testing.util import assert_that, equal_to
-  from transforms.parse import DEAD_LETTER, ParseRecords
+  from postauth.transforms.parse import DEAD_LETTER, ParseRecords
   good = [s for s in SPANS if s['spanId'] != 'zz' and s['traceId'] != 'abc']
   obj = request(*good)
   obj['resourceSpans'][0]['scopeSpans'][0]['spans'] = [json_format.MessageToDict(span_from_json(s)) for s in good]
@@ -217,14 +217,14 @@ def test_what_the_collector_file_exporter_wrote():
 
 @pytest.fixture(scope='module')
 def agent_run(tmp_path_factory):
-  from pipeline.evaluate_agents import agent_sample_run
+  from postauth.pipeline.evaluate_agents import agent_sample_run
   return agent_sample_run(str(tmp_path_factory.mktemp('agents')), agents=16, days=5, seed=11,
                           beam_args=['--runner=FnApiRunner'])
 
 
 def test_agent_attacks_page_and_a_tool_release_does_not(agent_run):
   """A small agent fleet, in OTLP/JSON, through the same train and run as cloud logs."""
-  from pipeline import evaluate as ev
+  from postauth.pipeline import evaluate as ev
   sample = agent_run['sample']
   labels = ev.read_cases(f'{sample}/labels.json')
   benign = ev.read_cases(f'{sample}/benign.json')

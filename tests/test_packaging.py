@@ -19,7 +19,7 @@ import textwrap
 import pytest
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
-PACKAGES = ('pipeline', 'transforms', 'models')
+PACKAGES = ('pipeline', 'transforms', 'models', 'domain')  # installed as postauth.<name>
 FIXTURES = os.path.join(ROOT, 'tests', 'fixtures')
 
 
@@ -66,13 +66,25 @@ def test_sdist_holds_every_module_and_data_file(installed):
 def test_every_module_and_data_file_is_installed(installed):
   files = _shipped_files()
   assert any(f.endswith('.csv') for f in files)  # the taxonomy tables are package data
-  missing = [f for f in files if not os.path.isfile(os.path.join(installed['site'], f))]
+  missing = [f for f in files if not os.path.isfile(os.path.join(installed['site'], 'postauth', f))]
   assert not missing, f'not installed from the sdist (setup.py package_data): {missing}'
 
 
 def _run(installed, *args, **kw):
   return subprocess.run(list(args), capture_output=True, text=True, cwd=str(installed['cwd']),
                         env=dict(os.environ, PYTHONPATH=''), **kw)
+
+
+def test_only_the_postauth_namespace_is_installed(installed):
+  """Nothing named pipeline, transforms, models or domain lands in site-packages (issue 15)."""
+  tops = sorted(n for n in os.listdir(installed['site'])
+                if not n.endswith(('.dist-info', '.pth', '.egg-info')) and n != '__pycache__')
+  assert tops == ['postauth'], tops
+  for bare in PACKAGES:
+    out = _run(installed, installed['python'], '-c', f'import {bare}')
+    assert out.returncode != 0 and 'ModuleNotFoundError' in out.stderr, (bare, out.stdout, out.stderr)
+  out = _run(installed, installed['python'], '-c', 'import postauth.pipeline.cli, postauth.models.model')
+  assert out.returncode == 0, out.stderr[-2000:]
 
 
 def test_console_script_works_from_another_directory(installed):
@@ -93,9 +105,9 @@ def test_a_pipeline_runs_on_the_installed_package(installed, tmp_path):
   script.write_text(textwrap.dedent(f'''
       import json, sys
       import apache_beam as beam
-      import pipeline, transforms.taxonomy
-      from transforms.parse import ParseFiles
-      assert pipeline.__file__.startswith({installed['site']!r}), pipeline.__file__
+      import postauth.pipeline, postauth.domain.taxonomy
+      from postauth.transforms.parse import ParseFiles
+      assert postauth.pipeline.__file__.startswith({installed['site']!r}), postauth.pipeline.__file__
       rows = []
       with beam.Pipeline(runner='FnApiRunner') as p:
         parsed = p | ParseFiles({os.path.join(FIXTURES, '*.jsonl')!r})
@@ -103,16 +115,16 @@ def test_a_pipeline_runs_on_the_installed_package(installed, tmp_path):
          | beam.Map(lambda e: (e.event_id, e.provider, e.action, e.category))
          | beam.combiners.ToList()
          | beam.Map(lambda rows: open({str(out_file)!r}, 'w').write(json.dumps(sorted(rows)))))
-      print(transforms.taxonomy.__file__)
+      print(postauth.domain.taxonomy.__file__)
   '''))
   out = _run(installed, installed['python'], str(script), timeout=120)
   assert out.returncode == 0, out.stderr[-3000:]
   assert out.stdout.strip().startswith(installed['site'])
   got = [tuple(r) for r in json.loads(out_file.read_text())]
   # The same records parsed by the source tree in this process.
-  from transforms.event import Event
-  from transforms.parse import RecordParser
-  from transforms.records import split_records
+  from postauth.domain.event import Event
+  from postauth.transforms.parse import RecordParser
+  from postauth.transforms.records import split_records
   parser, expected = RecordParser(), []
   for name in sorted(os.listdir(FIXTURES)):
     if name.endswith('.jsonl'):

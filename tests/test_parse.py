@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 
 from conftest import FIXTURES, shared_data
 from test_canonical import avro_bytes, fixture_events
-from transforms.event import Event
-from transforms.parse import ParseFiles, RecordParser
-from transforms.records import split_records
+from postauth.domain.event import Event
+from postauth.transforms.parse import ParseFiles, RecordParser
+from postauth.transforms.records import split_records
 
 PARSER = RecordParser()
 
@@ -90,7 +90,7 @@ def test_pipeline_counters_add_up_and_dead_letters_keep_payload(tmp_path):
     shutil.copy(os.path.join(FIXTURES, name), tmp_path / name)
   (tmp_path / 'junk.log').write_bytes(b'\x00\x01 not a log at all')
   result, dead_path = _run_parse(str(tmp_path / '*'), tmp_path)
-  from pipeline.summary import counters
+  from postauth.pipeline.summary import counters
   c = counters(result)
   assert c['records_read'] == c['events_parsed'] + c['dead_lettered']
   assert (c["events_parsed"], c["dead_lettered"]) == (5, 7)

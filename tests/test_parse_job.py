@@ -14,10 +14,10 @@ import pytest
 
 from conftest import FIXTURES
 from test_canonical import avro_bytes, fixture_events
-from pipeline import cli
-from transforms import avro_events
-from transforms.event import Event
-from transforms.records import AVRO_MAGIC
+from postauth.pipeline import cli
+from postauth.transforms import avro_events
+from postauth.domain.event import Event
+from postauth.transforms.records import AVRO_MAGIC
 
 RUNNER = '--runner=FnApiRunner'
 

@@ -13,11 +13,11 @@ from apache_beam.transforms.window import TimestampedValue
 
 from conftest import FIXTURES
 from test_canonical import avro_bytes, fixture_events
-from transforms.event import Event
-from transforms.formats.base import MIN_TIME
-from transforms.parse import ParseRecords, RecordParser, dead_letter
-from transforms.records import RawRecord, split_records
-from transforms.replay import ReplayFiles
+from postauth.domain.event import Event
+from postauth.transforms.formats.base import MIN_TIME
+from postauth.transforms.parse import ParseRecords, RecordParser, dead_letter
+from postauth.transforms.records import RawRecord, split_records
+from postauth.transforms.replay import ReplayFiles
 
 
 def streaming_pipeline():

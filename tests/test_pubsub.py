@@ -19,10 +19,10 @@ import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from transforms.versions import version_rank
-from pipeline import local_pubsub
-from transforms.outputs import read_avro
-from transforms.pubsub_sink import PublishFailed, PublishToPubSub, finding_message
+from postauth.transforms.versions import version_rank
+from postauth.pipeline import local_pubsub
+from postauth.transforms.outputs import read_avro
+from postauth.transforms.pubsub_sink import PublishFailed, PublishToPubSub, finding_message
 from conftest import terminate
 
 PROJECT = 'projects/postauth-local'
@@ -78,7 +78,7 @@ def _stop(proc: subprocess.Popen) -> str:
 
 
 def _run_streaming(server, *args: str) -> subprocess.Popen:
-  cmd = [sys.executable, '-m', 'pipeline.cli', 'run', '--streaming', '--runner=BundleBasedDirectRunner',
+  cmd = [sys.executable, '-m', 'postauth.pipeline.cli', 'run', '--streaming', '--runner=BundleBasedDirectRunner',
          *args]
   return subprocess.Popen(cmd, cwd=REPO, env=server.env(), stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, text=True)
@@ -96,7 +96,7 @@ def test_server_serves_the_real_client(pubsub):
 
 def test_pubsub_server_command_prints_the_export_line_and_stops_on_ctrl_c(pubsub):
   topic = f'{PROJECT}/topics/cmd-{uuid.uuid4().hex[:6]}'
-  proc = subprocess.Popen([sys.executable, '-m', 'pipeline.cli', 'pubsub-server', '--topic', topic],
+  proc = subprocess.Popen([sys.executable, '-m', 'postauth.pipeline.cli', 'pubsub-server', '--topic', topic],
                           cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   try:
     line = proc.stdout.readline().strip()
@@ -300,7 +300,7 @@ def test_dead_letter_sink_that_cannot_publish_fails_loudly(pubsub):
 
 def test_local_watermark_follows_event_time_only_when_the_backlog_is_drained():
   from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
-  from transforms.direct_pubsub import SourceClock
+  from postauth.transforms.direct_pubsub import SourceClock
   T = 1_800_000_000
   clock = SourceClock(max_delay=60, idle_seconds=5)
   wall = T + 86400 * 30  # the replayed data is a month old
@@ -322,7 +322,7 @@ def test_local_watermark_follows_event_time_only_when_the_backlog_is_drained():
 
 def test_timestamp_attribute_parsing_never_stops_the_job():
   from apache_beam.utils.timestamp import Timestamp
-  from transforms.direct_pubsub import _attribute_time
+  from postauth.transforms.direct_pubsub import _attribute_time
   assert _attribute_time('2026-11-05T03:18:00Z') == Timestamp.from_rfc3339('2026-11-05T03:18:00Z')
   assert _attribute_time('1800000000000') == Timestamp.of(1_800_000_000)
   assert _attribute_time('yesterday') is None and _attribute_time(None) is None

@@ -15,9 +15,9 @@ import time
 
 import pytest
 
-from pipeline import local_pubsub
+from postauth.pipeline import local_pubsub
 from test_pubsub import PROJECT, REPO, _live_records, _names, pubsub  # noqa: F401 (fixture)
-from transforms.events_out import read_events_out
+from postauth.transforms.events_out import read_events_out
 
 ACK_DEADLINE = 10  # pstest's minimum: unacked messages come back this long after a pull
 
@@ -30,7 +30,7 @@ def _topic_with_subscription(kind: str, ack_deadline: int = ACK_DEADLINE):
 
 
 def test_reader_choice_keeps_the_native_read_where_it_runs():
-  from transforms.pubsub_source import choose_reader
+  from postauth.transforms.pubsub_source import choose_reader
   for runner in ('DataflowRunner', 'apache_beam.runners.dataflow.dataflow_runner.DataflowRunner',
                  'DirectRunner', 'BundleBasedDirectRunner', ''):
     assert choose_reader('auto', runner) == 'native', runner
@@ -67,7 +67,7 @@ def test_messages_are_acked_at_bundle_finalization_not_at_pull(pubsub):
   finalized. After the ack deadline pstest redelivers exactly the other one's messages."""
   from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
   from google.cloud import pubsub_v1
-  from transforms.pubsub_sdf import PullSettings, _PullFn
+  from postauth.transforms.pubsub_sdf import PullSettings, _PullFn
   topic, committed = _topic_with_subscription('fin')
   crashed = committed.replace('/subscriptions/fin-', '/subscriptions/fin-crashed-')
   local_pubsub.create_subscription(crashed, topic, ack_deadline_seconds=ACK_DEADLINE)
@@ -109,7 +109,7 @@ def test_messages_are_acked_at_bundle_finalization_not_at_pull(pubsub):
 
 def test_topic_read_creates_its_subscription_and_keeps_it_in_the_restriction(pubsub):
   from google.cloud import pubsub_v1
-  from transforms.pubsub_sdf import PullSettings, _PullFn
+  from postauth.transforms.pubsub_sdf import PullSettings, _PullFn
   topic, _ = _names('topicread')
   local_pubsub.create_topic(topic)
   fn = _PullFn(topic, True, PullSettings(max_messages=10))
@@ -128,8 +128,8 @@ def test_topic_read_creates_its_subscription_and_keeps_it_in_the_restriction(pub
 def test_dedup_reports_the_message_of_every_dropped_copy():
   import apache_beam as beam
   from apache_beam.testing.util import assert_that, equal_to
-  from transforms.dedup_events import DUPLICATE, DropDuplicateEvents
-  from transforms.event import Event
+  from postauth.transforms.dedup_events import DUPLICATE, DropDuplicateEvents
+  from postauth.domain.event import Event
   e = lambda eid, ref: Event(eid, 100.0, 'i', 'Role', 'i', '', 'aws', 's', 'a', 'c', '', 'r', '', '',
                              True, '', True, ref)
   with beam.Pipeline(runner='FnApiRunner') as p:
@@ -145,7 +145,7 @@ def test_dedup_reports_the_message_of_every_dropped_copy():
 # --- kill -9 mid-stream, restart on the same subscription -------------------------------------
 
 def _start_job(server, sub, tmp_path, sample, model_dir, stop_idle: float) -> subprocess.Popen:
-  cmd = [sys.executable, '-m', 'pipeline.cli', 'run', '--streaming', '--runner=PrismRunner',
+  cmd = [sys.executable, '-m', 'postauth.pipeline.cli', 'run', '--streaming', '--runner=PrismRunner',
          f'--subscription={sub}', '--timestamp-attribute=eventTime',
          f'--events-out={tmp_path / "events"}', f'--findings={tmp_path / "findings.jsonl"}',
          f'--dead-letters={tmp_path / "dead-letter.jsonl"}', f'--inventory={sample["inventory"]}',
@@ -170,7 +170,7 @@ def test_prism_pubsub_kill_and_restart_loses_and_duplicates_nothing(pubsub, samp
   part 1 again after the restart (its dedup state died with it); one that acked at pull time
   would lose what it had pulled and not yet counted (the unit test above covers that case)."""
   from google.cloud import pubsub_v1
-  from pipeline import prism
+  from postauth.pipeline import prism
   if prism.local_binary() is None:
     pytest.skip(f'no Prism binary at {prism.binary_path()}: run `make prism`')
   records = sorted(_live_records(sample), key=lambda r: r['eventTime'])

@@ -12,9 +12,9 @@ import os
 import pytest
 
 from conftest import shared_data
-from pipeline.parse_report import report, sample_files, to_markdown
-from transforms.event import Event
-from transforms.formats.base import parse_time
+from postauth.pipeline.parse_report import report, sample_files, to_markdown
+from postauth.domain.event import Event
+from postauth.transforms.formats.base import parse_time
 
 KNOWN_FORMATS = {'cloudtrail', 'gcp_audit', 'k8s_audit', 'ocsf', 'canonical'}
 
@@ -116,7 +116,7 @@ def test_known_records_land_in_the_right_category(real):
 
 
 def test_postauth_parse_job_agrees_with_the_report(real, tmp_path):
-  from pipeline.parse_job import run_parse
+  from postauth.pipeline.parse_job import run_parse
   root, rows = real
   falco = [r for n, r in rows.items() if n.startswith('falco-k8s-audit/')]
   out = run_parse([f'--events={root}/falco-k8s-audit/*.json', f'--out={tmp_path}', '--runner=FnApiRunner'])

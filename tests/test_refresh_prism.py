@@ -17,14 +17,14 @@ import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipeline import prism
-from pipeline.detect import build_detection  # noqa: F401  (the module that picks polling)
-from transforms.event import Event
-from transforms.inventory import EnrichWindows, InventoryRefresh, InventorySnapshots
-from transforms.parse import ParseRecords
-from transforms.updates import refresh_by_polling
-from transforms.watch import WatchFiles
-from transforms.windowing import IdentityWindows
+from postauth.pipeline import prism
+from postauth.pipeline.detect import build_detection  # noqa: F401  (the module that picks polling)
+from postauth.domain.event import Event
+from postauth.transforms.inventory import EnrichWindows, InventoryRefresh, InventorySnapshots
+from postauth.transforms.parse import ParseRecords
+from postauth.transforms.updates import refresh_by_polling
+from postauth.transforms.watch import WatchFiles
+from postauth.transforms.windowing import IdentityWindows
 
 HEADER = 'identity,identity_type,owner,team,environment,expected_services\n'
 T0 = 1_780_000_000 - 1_780_000_000 % 3600
@@ -108,7 +108,7 @@ def test_prism_streaming_inventory_edit_takes_effect_mid_stream(prism_binary, tm
 
 
 def test_a_polled_read_waits_a_period_then_reads_and_keeps_the_last_value_on_errors():
-  from transforms.updates import PolledRead
+  from postauth.transforms.updates import PolledRead
   values = iter([1, RuntimeError('half-written'), 3])
 
   def read():
@@ -129,10 +129,10 @@ def test_a_polled_read_waits_a_period_then_reads_and_keeps_the_last_value_on_err
 
 
 def test_scoring_follows_a_promotion_by_polling_the_pointer(tmp_path):
-  from models import registry
+  from postauth.models import registry
   from test_live_updates import T0 as LT0, _in_context, _save
-  from transforms.rules import RuleConfig
-  from transforms.score import ScoreBatchFn, WatchModelPointer
+  from postauth.transforms.rules import RuleConfig
+  from postauth.transforms.score import ScoreBatchFn, WatchModelPointer
   models = str(tmp_path / 'models')
   v1, v2 = _save(models, 1), _save(models, 2)
   registry.promote(models, v1)

@@ -7,12 +7,12 @@ import os
 import numpy as np
 import pytest
 
-from models import registry
-from models.artifact import LATEST, ArtifactError
-from models.features import FEATURE_NAMES
-from models.model import DetectionModel, TrainConfig
-from models.profile import IdentityProfile
-from pipeline.cli import main
+from postauth.models import registry
+from postauth.models.artifact import LATEST, ArtifactError
+from postauth.models.features import FEATURE_NAMES
+from postauth.models.model import DetectionModel, TrainConfig
+from postauth.models.profile import IdentityProfile
+from postauth.pipeline.cli import main
 from test_windowing import T0
 
 DAY = 86400

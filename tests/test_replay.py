@@ -12,9 +12,9 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms import window
 
-from pipeline import prism
-from pipeline.cli import pipeline_options
-from transforms.replay import ReplayFiles
+from postauth.pipeline import prism
+from postauth.pipeline.cli import pipeline_options
+from postauth.transforms.replay import ReplayFiles
 
 T0 = 1_780_000_000 - 1_780_000_000 % 3600  # an hour boundary
 # 3 files, records out of order across and within files, gaps of empty steps between bursts

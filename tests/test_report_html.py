@@ -14,8 +14,8 @@ import subprocess
 
 import pytest
 
-from pipeline import report_html, summary
-from pipeline.cli import main
+from postauth.pipeline import report_html, summary
+from postauth.pipeline.cli import main
 from test_evidence import evidence_run  # noqa: F401  (a shared session fixture)
 
 SCRIPT_UA = '<script>alert(1)</script>'

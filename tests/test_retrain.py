@@ -9,10 +9,10 @@ import shutil
 
 import pytest
 
-from models import registry
-from pipeline.cli import main
-from pipeline.options import OptionsError
-from pipeline.retrain import gate, read_labels, translate_labels_flag
+from postauth.models import registry
+from postauth.pipeline.cli import main
+from postauth.pipeline.options import OptionsError
+from postauth.pipeline.retrain import gate, read_labels, translate_labels_flag
 
 
 def _ts(text: str) -> str:

@@ -18,8 +18,8 @@ import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline import launcher
-from pipeline.cli import run, train
+from postauth.pipeline import launcher
+from postauth.pipeline.cli import run, train
 
 
 def _free_port() -> int:
@@ -100,7 +100,7 @@ def _manifest(model, version=None):
 
 def assert_same_model(out, model, model_dir):
   """``train``'s result ``out`` and the version it wrote to ``model`` are the one in ``model_dir``."""
-  from models.model import DetectionModel
+  from postauth.models.model import DetectionModel
   version, manifest = _manifest(pathlib.Path(model))
   expected_version, expected = _manifest(pathlib.Path(model_dir))
   # The version embeds a SHA-256 of the (sorted) training matrix and the config.

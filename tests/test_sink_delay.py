@@ -1,8 +1,8 @@
 """Wall-clock delay to the sink per attack (issue 16), from a streaming run's two logs."""
 import json
 
-from pipeline.cli import main
-from pipeline.sink_delay import sink_delays
+from postauth.pipeline.cli import main
+from postauth.pipeline.sink_delay import sink_delays
 
 T = 1_700_000_000.0
 

@@ -12,10 +12,11 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.testing import test_stream
 from apache_beam.transforms.window import TimestampedValue
 
-from pipeline import options as opts
-from pipeline.cli import run
-from transforms import outputs
-from transforms.outputs import SinkSpec, parse_sink
+from postauth.pipeline import options as opts
+from postauth.pipeline import preflight
+from postauth.pipeline.cli import run
+from postauth.transforms import outputs
+from postauth.transforms.outputs import SinkSpec, parse_sink
 
 
 @pytest.mark.parametrize('uri,expected', [
@@ -69,13 +70,13 @@ def _options(*args):
 ])
 def test_invalid_source_and_sink_combinations_fail_before_submission(args, message):
   with pytest.raises(opts.OptionsError, match=message):
-    opts.validate_run(_options(*args))
+    preflight.validate_run(_options(*args))
 
 
 def test_sinks_can_be_repeated_and_comma_separated():
   o = _options('--events=x', '--findings=a.jsonl', '--sink=b.avro,projects/my-project/topics/alerts',
                '--sink', 'a.jsonl', '--sink', 'bq://my-project:ds.t')
-  opts.validate_run(o)
+  preflight.validate_run(o)
   assert [s.kind for s in outputs.sink_specs(o)] == ['jsonl', 'avro', 'pubsub', 'bigquery']
   assert outputs.dead_letter_spec(o).target == os.path.abspath('dead-letter.jsonl')
 
@@ -166,13 +167,13 @@ def test_bigquery_sinks_build_with_the_shipped_schema_and_dispositions(sample, m
   from apache_beam.io.gcp.bigquery import WriteToBigQuery
   from apache_beam.io.gcp.bigquery_tools import RetryStrategy
   from apache_beam.io.gcp.pubsub import ReadFromPubSub
-  from pipeline.detect import build_detection
+  from postauth.pipeline.detect import build_detection
   source = (['--streaming', '--subscription=projects/my-project/subscriptions/cloudtrail']
             if streaming else [f'--events={sample["dir"]}/live/*'])
   options = PipelineOptions([f'--inventory={sample["inventory"]}', f'--model-dir={model_dir}', *source,
                              '--sink=bq://my-project:security.findings',
                              '--dead-letters=bq://my-project:security.dead_letters'])
-  opts.validate_run(options)
+  preflight.validate_run(options)
   p = beam.Pipeline(runner='BundleBasedDirectRunner', options=options)
   build_detection(p, options)  # built, not run: BigQuery is not reachable here
   writes = {str(w.table_reference.datasetId) + '.' + str(w.table_reference.tableId): w
@@ -214,7 +215,7 @@ def test_streaming_avro_sink_writes_window_parts_and_compacts_them(tmp_path):
 
 
 def test_run_help_lists_the_source_and_sink_options():
-  from pipeline.cli import _help
+  from postauth.pipeline.cli import _help
   out = _help('run')
   for flag in ('--subscription', '--topic', '--timestamp-attribute', '--dedup-seconds', '--sink',
                '--dead-letters', '--publish-retries', '--publish-backoff', '--publish-timeout',

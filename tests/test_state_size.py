@@ -15,14 +15,14 @@ import pickle
 import numpy as np
 import pytest
 
-from models.features import INDEX, feature_vector
-from models.history import DAY, IdentityHistory
-from models.model import DetectionModel
-from models.artifact import ArtifactError
-from models.profile import HASHED_SEEN, MAX_SEEN, PROFILE_FORMAT, IdentityProfile
-from transforms.aggregate import WindowAggregate
-from transforms.event import Event
-from transforms.history import TrackHistoryFn
+from postauth.models.features import INDEX, feature_vector
+from postauth.models.history import DAY, IdentityHistory
+from postauth.models.model import DetectionModel
+from postauth.models.artifact import ArtifactError
+from postauth.models.profile import HASHED_SEEN, MAX_SEEN, PROFILE_FORMAT, IdentityProfile
+from postauth.domain.window import WindowAggregate
+from postauth.domain.event import Event
+from postauth.transforms.history import TrackHistoryFn
 from test_model import _tiny_model
 
 T0 = 1_800_000_000 - 1_800_000_000 % DAY

@@ -25,8 +25,9 @@ from apache_beam.options.pipeline_options import (FlinkRunnerOptions, GoogleClou
                                                   StandardOptions, WorkerOptions,
                                                   _BeamArgumentParser)
 
-from pipeline import launcher
-from pipeline import options as opts
+from postauth.pipeline import launcher
+from postauth.pipeline import options as opts
+from postauth.pipeline import preflight
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
 TEMPLATES = os.path.join(ROOT, 'templates')
@@ -108,13 +109,13 @@ def test_metadata_regexes_accept_defaults_and_examples(params):
 
 
 def test_format_parameter_accepts_every_registered_format(params):
-  from transforms import formats
+  from postauth.transforms import formats
   for name in formats.BY_NAME:
     assert _matches(params['format'], name), f'format regex rejects {name}'
 
 
 def test_model_version_parameter_accepts_a_real_version(params, model_dir):
-  from models.artifact import resolve_version
+  from postauth.models.artifact import resolve_version
   assert _matches(params['model_version'], resolve_version(model_dir))
 
 
@@ -167,7 +168,7 @@ def test_launcher_parses_template_parameters_into_pipeline_options(params):
       'my-project', 'europe-west1', 'gs://b/staging/template_launches/1/job_object')
   assert options.view_as(SetupOptions).setup_file == '/template/setup.py'
   assert options.view_as(WorkerOptions).sdk_container_image.endswith('postauth:0.1.0')
-  opts.validate_run(options)  # a complete `run` launch passes validation
+  preflight.validate_run(options)  # a complete `run` launch passes validation
   # A streaming launch reads Pub/Sub instead of files.
   stream = [a for a in argv if not a.startswith(('--events=', '--command='))] + [
       '--command=run', f'--subscription={_example(params["subscription"], None)}',
@@ -175,14 +176,14 @@ def test_launcher_parses_template_parameters_into_pipeline_options(params):
   command, postauth, beam_args = launcher.translate(stream + DATAFLOW_ARGS + ['--streaming'])
   options = PipelineOptions(postauth + beam_args)
   assert options.view_as(opts.PubSubSourceOptions).subscription.endswith('/subscriptions/cloudtrail')
-  opts.validate_run(options)
+  preflight.validate_run(options)
   # Or watches a bucket for new log files.
   watch = [a for a in argv if not a.startswith(('--events=', '--command='))] + [
       '--command=run', f'--events_watch={_example(params["events_watch"], None)}']
   command, postauth, beam_args = launcher.translate(watch + DATAFLOW_ARGS + ['--streaming'])
   options = PipelineOptions(postauth + beam_args)
   assert options.view_as(opts.EventOptions).events_watch.startswith('gs://my-audit-logs/AWSLogs/')
-  opts.validate_run(options)
+  preflight.validate_run(options)
 
 
 def test_launcher_rejects_bad_parameters_before_submitting(capsys):
@@ -257,7 +258,7 @@ def test_dockerfile_names_files_that_exist():
   assert in_image(env['FLEX_TEMPLATE_PYTHON_PY_FILE'])
   assert os.path.basename(env['FLEX_TEMPLATE_PYTHON_SETUP_FILE']) == 'setup.py'
   assert in_image(env['FLEX_TEMPLATE_PYTHON_SETUP_FILE'])
-  for package in ('pipeline', 'transforms', 'models'):  # what setup.py installs
+  for package in ('pipeline', 'transforms', 'models', 'domain'):  # what setup.py installs (as postauth.*)
     assert in_image(os.path.join(workdir, package, '__init__.py')), package
   assert any(l.startswith('RUN pip install') for l in lines)
   assert lines[-1] == 'ENTRYPOINT ["/opt/apache/beam/boot"]'
@@ -265,7 +266,7 @@ def test_dockerfile_names_files_that_exist():
 
 def test_main_py_is_the_launcher():
   tree = ast.parse(_read('templates', 'dataflow', 'main.py'))
-  imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module == 'pipeline'
+  imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module == 'postauth.pipeline'
               for a in n.names}
   assert imported == {'launcher'}
   assert 'launcher.main()' in _read('templates', 'dataflow', 'main.py')
@@ -421,7 +422,7 @@ def test_flink_runner_options_parse_with_postauth_options(sample, model_dir):
   assert options.view_as(StandardOptions).streaming is True
   assert options.view_as(opts.DetectOptions).model_dir == model_dir
   assert options.view_as(opts.WindowOptions).allowed_lateness == 600
-  opts.validate_run(options)
+  preflight.validate_run(options)
   # Job-server options are not Python options: kept for the job server (uber-jar path) only.
   retained = options.get_all_options(retain_unknown_options=True)
   assert retained['checkpointing_interval'] == '60000' and retained['state_backend'] == 'rocksdb'
@@ -465,7 +466,7 @@ def test_airflow_dag_compiles_and_runs_retrain_through_the_launcher(params, tmp_
            and getattr(n.func, 'id', None) == 'BeamRunPythonPipelineOperator']
   assert len(calls) == 1
   kw = {k.arg: k.value for k in calls[0].keywords}
-  assert ast.literal_eval(kw['py_file']) == 'pipeline.launcher'  # python -m pipeline.launcher
+  assert ast.literal_eval(kw['py_file']) == 'postauth.pipeline.launcher'  # python -m postauth.pipeline.launcher
   assert ast.literal_eval(kw['py_options']) == ['-m']
   options = _dag_literal('PIPELINE_OPTIONS')
   for k, v in options.items():
@@ -556,11 +557,11 @@ def test_crontab_runs_postauth_retrain_on_a_valid_schedule():
 
 def test_crontab_flags_are_those_of_the_retrain_command():
   """Against the real command once `postauth retrain` is on this branch."""
-  from pipeline.cli import COMMANDS
+  from postauth.pipeline.cli import COMMANDS
   if 'retrain' not in COMMANDS:
     pytest.skip('`postauth retrain` is not on this branch yet (issue 5); '
                 'the crontab was checked against its specified flags')
-  out = subprocess.run([sys.executable, '-m', 'pipeline.cli', 'retrain', '--help'],
+  out = subprocess.run([sys.executable, '-m', 'postauth.pipeline.cli', 'retrain', '--help'],
                        capture_output=True, text=True, cwd=ROOT)
   tokens = shlex.split(_cron_jobs()[0].split(None, 5)[5])
   for flag in {t.split('=')[0] for t in tokens if t.startswith('--')}:

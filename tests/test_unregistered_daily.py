@@ -10,12 +10,12 @@ from apache_beam.transforms import trigger, window
 from apache_beam.transforms.window import TimestampedValue
 
 from conftest import streaming_options
-from transforms.event import Event
-from transforms.findings import rfc3339
-from transforms.history import UNREGISTERED, TrackHistory
-from transforms.inventory import context_for
-from transforms.unregistered import REPORT_PERIOD, ReportClock, due
-from transforms.windowing import IdentityWindows
+from postauth.domain.event import Event
+from postauth.transforms.findings import rfc3339
+from postauth.transforms.history import UNREGISTERED, TrackHistory
+from postauth.transforms.inventory import context_for
+from postauth.transforms.unregistered import REPORT_PERIOD, ReportClock, due
+from postauth.transforms.windowing import IdentityWindows
 
 DAY = 86400
 T0 = 1_800_000_000 - 1_800_000_000 % DAY  # a UTC midnight

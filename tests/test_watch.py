@@ -19,8 +19,8 @@ import time
 
 import pytest
 
-from pipeline import options as opts
-from pipeline.cli import pipeline_options
+from postauth.pipeline import options as opts
+from postauth.pipeline.cli import pipeline_options
 # Fixtures shared with the portable-runner tests (the batch FnApiRunner findings of the sample).
 from test_pubsub import _iso_shift
 from test_runners import _detect, fnapi_batch  # noqa: F401
@@ -56,7 +56,7 @@ def _watch_job(sample, model_dir, tmp_path, runner_args, records, deadline_secon
   parts = [records[i * size:(i + 1) * size] for i in range(FILES)]
   parts[2] = parts[2][:10] + [BAD] + parts[2][10:]  # a bad record inside a delivery file
   findings, dead = tmp_path / 'findings.jsonl', tmp_path / 'dead-letter.jsonl'
-  cmd = [sys.executable, '-m', 'pipeline.cli', 'run', '--streaming',
+  cmd = [sys.executable, '-m', 'postauth.pipeline.cli', 'run', '--streaming',
          f'--events-watch={folder}/*.json.gz', f'--inventory={sample["inventory"]}',
          f'--model-dir={model_dir}', f'--findings={findings}', f'--dead-letters={dead}',
          '--watch-interval=1', '--watch-idle-seconds=3', '--watch-stop-idle=6', *runner_args]
@@ -121,7 +121,7 @@ def _assert_watch_result(rows, dead_lines, stderr, folder, expected):
 
 
 def test_watch_folder_on_prism_gives_the_batch_findings(fnapi_batch, sample, model_dir, tmp_path):
-  from pipeline import prism  # the skip / CI=true failure rule of tests/test_prism.py
+  from postauth.pipeline import prism  # the skip / CI=true failure rule of tests/test_prism.py
   if prism.local_binary() is None:
     message = f'no Prism binary at {prism.binary_path()}: run `make prism`'
     if os.environ.get('CI', '').lower() == 'true':
@@ -163,7 +163,7 @@ def test_watch_option_refuses_bad_combinations(tmp_path, extra, message):
 
 
 def test_watch_bad_combination_exits_2_with_one_line(tmp_path):
-  proc = subprocess.run([sys.executable, '-m', 'pipeline.cli', 'run', '--events-watch=logs/*',
+  proc = subprocess.run([sys.executable, '-m', 'postauth.pipeline.cli', 'run', '--events-watch=logs/*',
                          '--runner=FnApiRunner', *_base(tmp_path)], cwd=REPO, capture_output=True,
                         text=True, timeout=60)
   assert proc.returncode == 2

@@ -6,8 +6,8 @@ from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 
-from transforms.event import Event
-from transforms.windowing import IdentityWindows
+from postauth.domain.event import Event
+from postauth.transforms.windowing import IdentityWindows
 from conftest import streaming_options
 
 T0 = 1_800_000_000  # aligned to 15 min and 1 h

@@ -1,7 +1,7 @@
 """The canonical Event as Avro: the schema shipped in the package, and Event <-> Avro dict.
 
 ``transforms/schemas/event.avsc`` is the one definition other tools read; tests
-check it field by field against ``transforms.event.Event`` so the two cannot drift.
+check it field by field against ``domain.event.Event`` so the two cannot drift.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import BinaryIO, Iterable, Iterator
 
 import fastavro
 
-from transforms.event import Event
+from postauth.domain.event import Event
 
 # Event field type -> Avro primitive used for it in event.avsc.
 AVRO_TYPES = {str: 'string', float: 'double', bool: 'boolean'}
@@ -20,7 +20,7 @@ AVRO_TYPES = {str: 'string', float: 'double', bool: 'boolean'}
 
 def schema_json() -> dict:
   """event.avsc as written (a plain dict, e.g. for Beam's WriteToAvro)."""
-  text = resources.files('transforms').joinpath('schemas', 'event.avsc').read_text()
+  text = resources.files('postauth.transforms').joinpath('schemas', 'event.avsc').read_text()
   return json.loads(text)
 
 

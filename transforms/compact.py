@@ -24,7 +24,7 @@ from typing import Dict, List, Optional, Tuple
 
 import apache_beam as beam
 
-from transforms.versions import version_rank
+from postauth.transforms.versions import version_rank
 
 
 def versions_path(path: str) -> str:
@@ -87,7 +87,7 @@ def latest_lines(lines: List[str]) -> Tuple[List[str], List[str]]:
 def compact_findings(path: str, parts: Optional[List[str]] = None) -> Dict[str, int]:
   """Writes ``path`` (latest version per id) and its versions log from a streaming job's part
   files (``path.parts/*.jsonl``), or from the versions log when there are no parts."""
-  from transforms.sinks import parts_dir
+  from postauth.transforms.sinks import parts_dir
   if parts is None:
     parts = sorted(glob.glob(os.path.join(parts_dir(path), '*.jsonl')))
   lines: List[str] = []

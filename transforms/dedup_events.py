@@ -19,7 +19,7 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, TimerSpec, on_timer
 from apache_beam.utils.timestamp import Duration
 
-from transforms.event import Event
+from postauth.domain.event import Event
 
 DUPLICATE = 'duplicate'  # tagged output: raw_ref of every dropped copy
 

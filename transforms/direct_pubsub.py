@@ -115,7 +115,7 @@ def _attribute_time(value):
 
 
 def _settings(evaluation_context):
-  from pipeline.options import PubSubSourceOptions
+  from postauth.pipeline.options import PubSubSourceOptions
   options = getattr(evaluation_context, 'pipeline_options', None)
   if options is None:
     return None

@@ -25,7 +25,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from transforms.event import Event
+from postauth.domain.event import Event
 
 
 def event_line(e: Event) -> str:

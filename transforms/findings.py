@@ -28,9 +28,9 @@ from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateS
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
 
-from transforms.versions import first_version, higher, version_flags
+from postauth.transforms.versions import first_version, higher, version_flags
 
-from transforms import evidence
+from postauth.domain import evidence
 
 SEVERITY_ORDER = {'low': 0, 'medium': 1, 'high': 2, 'critical': 3}
 

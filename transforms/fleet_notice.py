@@ -24,10 +24,10 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms import trigger, window
 from apache_beam.utils import shared
 
-from transforms.findings import rfc3339
-from transforms.versions import first_version
-from transforms.model_cache import acquire_model
-from transforms.taxonomy import HIGH_IMPACT_CATEGORIES
+from postauth.transforms.findings import rfc3339
+from postauth.transforms.versions import first_version
+from postauth.transforms.model_cache import acquire_model
+from postauth.domain.taxonomy import HIGH_IMPACT_CATEGORIES
 
 NOTICE = 'fleet_change'
 DAY = 86400

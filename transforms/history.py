@@ -23,12 +23,12 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 from apache_beam.utils import shared
 
-from models.history import IdentityHistory
-from models.profile import IdentityProfile
-from transforms.findings import unregistered_finding
-from transforms.model_cache import acquire_model
-from transforms.unregistered import due
-from transforms.windowing import EPSILON, IdentityWindow
+from postauth.models.history import IdentityHistory
+from postauth.models.profile import IdentityProfile
+from postauth.transforms.findings import unregistered_finding
+from postauth.transforms.model_cache import acquire_model
+from postauth.transforms.unregistered import due
+from postauth.transforms.windowing import EPSILON, IdentityWindow
 
 UNREGISTERED = 'unregistered'
 

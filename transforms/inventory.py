@@ -30,8 +30,8 @@ import fastavro
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from transforms.updates import PeriodicReads, PolledRead
-from transforms.updates import newest as updates_newest
+from postauth.transforms.updates import PeriodicReads, PolledRead
+from postauth.transforms.updates import newest as updates_newest
 
 REQUIRED = ('identity', 'identity_type', 'owner', 'team', 'environment')
 LIST_FIELDS = ('expected_actions', 'expected_services')

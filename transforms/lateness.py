@@ -50,9 +50,9 @@ from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
-from transforms.event import Event
-from transforms.formats.base import MAX_TIME, MIN_TIME
-from transforms.parse import EVENT_WITH_RAW, dead_letter
+from postauth.domain.event import Event
+from postauth.transforms.formats.base import MAX_TIME, MIN_TIME
+from postauth.transforms.parse import EVENT_WITH_RAW, dead_letter
 
 LATE = 'late'
 # Default --allowed-lateness (pipeline/options.py): CloudTrail delivers an event to S3 /

@@ -15,9 +15,9 @@ from typing import Optional
 from apache_beam.metrics import Metrics
 from apache_beam.utils import shared
 
-from models import registry
-from models.artifact import ArtifactError
-from models.model import DetectionModel
+from postauth.models import registry
+from postauth.models.artifact import ArtifactError
+from postauth.models.model import DetectionModel
 
 
 class ModelHolder:

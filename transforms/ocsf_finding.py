@@ -152,7 +152,7 @@ def to_ocsf_json(f: Dict) -> str:
 
 def ocsf_message(f: Dict):
   """A finding as a Pub/Sub message in OCSF; the same filterable attributes as the native form."""
-  from transforms.pubsub_sink import finding_message
+  from postauth.transforms.pubsub_sink import finding_message
   _, attrs = finding_message(f)
   attrs['format'] = 'ocsf'
   return to_ocsf_json(f).encode('utf-8'), attrs

@@ -26,10 +26,10 @@ from apache_beam.io import fileio
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from transforms.compact import LatestVersions, compact_findings, versions_path
-from transforms.parse import dead_letter
-from transforms.versions import version_rank
-from transforms.sinks import WriteJsonLines, WriteParts, clear_parts, compact_parts, parts_dir
+from postauth.transforms.compact import LatestVersions, compact_findings, versions_path
+from postauth.transforms.parse import dead_letter
+from postauth.transforms.versions import version_rank
+from postauth.transforms.sinks import WriteJsonLines, WriteParts, clear_parts, compact_parts, parts_dir
 
 SCHEMA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'schemas')
 FINDING, DEAD_LETTER = 'finding', 'dead_letter'
@@ -99,7 +99,7 @@ def parse_sink(uri: str, default_kind: Optional[str] = None) -> SinkSpec:
 
 def sink_specs(options: PipelineOptions) -> List[SinkSpec]:
   """Every findings sink: --findings PATH (JSON lines) and each --sink URI, in order, once each."""
-  from pipeline.options import DetectOptions, SinkOptions
+  from postauth.pipeline.options import DetectOptions, SinkOptions
   uris = []
   findings = options.view_as(DetectOptions).findings
   specs = [parse_sink(findings, 'jsonl')] if findings else []
@@ -116,7 +116,7 @@ def sink_specs(options: PipelineOptions) -> List[SinkSpec]:
 
 def dead_letter_spec(options: PipelineOptions) -> SinkSpec:
   """--dead-letters URI, else dead-letter.jsonl beside the first file sink."""
-  from pipeline.options import EventOptions
+  from postauth.pipeline.options import EventOptions
   uri = options.view_as(EventOptions).dead_letters
   if uri:
     return parse_sink(uri, 'jsonl')
@@ -132,7 +132,7 @@ def dead_letter_spec(options: PipelineOptions) -> SinkSpec:
 
 def validate_io(options: PipelineOptions) -> None:
   """Sources and sinks fail here, before submission, with a message saying what to fix."""
-  from pipeline.options import EventOptions, OptionsError, PubSubSourceOptions, SinkOptions
+  from postauth.pipeline.options import EventOptions, OptionsError, PubSubSourceOptions, SinkOptions
   ps, so = options.view_as(PubSubSourceOptions), options.view_as(SinkOptions)
   streaming = options.view_as(StandardOptions).streaming
   if ps.subscription and ps.topic:
@@ -418,7 +418,7 @@ def read_avro(path: str) -> List[Dict]:
 
 
 def _local_files(options: PipelineOptions):
-  from pipeline.options import PubSubSourceOptions
+  from postauth.pipeline.options import PubSubSourceOptions
   ps = options.view_as(PubSubSourceOptions)
   if ps.subscription or ps.topic:
     return []  # an unbounded job: never clear what an earlier run wrote, nothing to compact
@@ -500,15 +500,15 @@ def apply_sinks(records, specs: List[SinkSpec], record_kind: str, streaming: boo
   failed after retries, BigQuery rows rejected). For the dead-letter sink itself
   failures raise instead: there is no further place to route them.
   """
-  from pipeline.options import SinkOptions
-  from transforms.pubsub_sink import PublishToPubSub, dead_letter_message, finding_message
+  from postauth.pipeline.options import SinkOptions
+  from postauth.transforms.pubsub_sink import PublishToPubSub, dead_letter_message, finding_message
   so = options.view_as(SinkOptions)
   is_finding = record_kind == FINDING
   failures = []
   for i, spec in enumerate(specs):
     name = f'{label}{spec.kind.capitalize()}{i if i else ""}'
     if spec.format == 'ocsf' and is_finding:
-      from transforms.ocsf_finding import ocsf_message, to_ocsf_json
+      from postauth.transforms.ocsf_finding import ocsf_message, to_ocsf_json
       if spec.kind == 'pubsub':  # one message per version, as the postauth-format Pub/Sub sink
         failures.append(records | name >> PublishToPubSub(
             spec.target, ocsf_message, retries=so.publish_retries, backoff=so.publish_backoff,

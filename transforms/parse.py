@@ -16,11 +16,11 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import TimestampedValue
 
-from transforms import formats
-from transforms.event import Event
-from transforms.formats.base import Item
-from transforms.records import RawRecord, decode, raw_text, split_records
-from transforms.taxonomy import Taxonomy
+from postauth.transforms import formats
+from postauth.domain.event import Event
+from postauth.transforms.formats.base import Item
+from postauth.transforms.records import RawRecord, decode, raw_text, split_records
+from postauth.domain.taxonomy import Taxonomy
 
 DEAD_LETTER = 'dead_letter'
 EVENT_WITH_RAW = Tuple[Event, bytes]  # an event and the record it was parsed from

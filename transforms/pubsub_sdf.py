@@ -52,9 +52,9 @@ from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import MIN_TIMESTAMP, Duration, Timestamp
 
-from transforms.direct_pubsub import SourceClock, _attribute_time
-from transforms.poll_tracker import PollTracker
-from transforms.records import RawRecord
+from postauth.transforms.direct_pubsub import SourceClock, _attribute_time
+from postauth.transforms.poll_tracker import PollTracker
+from postauth.transforms.records import RawRecord
 
 _LOG = logging.getLogger('postauth')
 ACK_CHUNK = 1000  # ack ids per Acknowledge request (Pub/Sub caps a request at 512 KiB)
@@ -263,7 +263,7 @@ class PullFromPubSub(beam.PTransform):
 
   def expand(self, pbegin):
     """{'records': RawRecords, ACK_IDS: (message id, (subscription, ack id)) in 'counted' mode}."""
-    from transforms.watch import install_fnapi_metrics_fix
+    from postauth.transforms.watch import install_fnapi_metrics_fix
     install_fnapi_metrics_fix()  # long-running SDF stages on the FnApiRunner (see watch.py)
     return (pbegin
             | 'Source' >> beam.Create([self._path])

@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, List, Tuple
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from transforms.parse import dead_letter
+from postauth.transforms.parse import dead_letter
 
 FAILED = 'failed_publish'
 _LOG = logging.getLogger(__name__)

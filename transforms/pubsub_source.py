@@ -32,9 +32,9 @@ from typing import List, Optional
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from transforms.lateness import LATE, LateEventGate
-from transforms.parse import DEAD_LETTER, ParseRecords
-from transforms.records import RawRecord
+from postauth.transforms.lateness import LATE, LateEventGate
+from postauth.transforms.parse import DEAD_LETTER, ParseRecords
+from postauth.transforms.records import RawRecord
 
 
 class ParsedStream(typing.NamedTuple):
@@ -52,7 +52,7 @@ class _ToRawRecord(beam.DoFn):
 
   def process(self, message):
     self.messages.inc()
-    from transforms.pubsub_sdf import message_ref
+    from postauth.transforms.pubsub_sdf import message_ref
     yield RawRecord(message.data or b'', None, '', message_ref(self._source, message.message_id))
 
 
@@ -94,14 +94,14 @@ class ReadPubSubEvents(beam.PTransform):
     """(RawRecords, ack ids keyed by message id or None when the reader acks by itself)."""
     source = self._subscription or self._topic
     if self._reader == 'sdf':
-      from transforms.pubsub_sdf import ACK_IDS, PullFromPubSub, PullSettings
+      from postauth.transforms.pubsub_sdf import ACK_IDS, PullFromPubSub, PullSettings
       settings = (self._pull_settings or PullSettings())._replace(
           timestamp_attribute=self._timestamp_attribute,
           ack_mode='counted' if self._events_out else 'finalize')
       pulled = pbegin | 'PullFromPubSub' >> PullFromPubSub(self._subscription, self._topic, settings)
       return pulled.records, pulled[ACK_IDS] if self._events_out else None
     from apache_beam.io.gcp.pubsub import ReadFromPubSub
-    from transforms import direct_pubsub
+    from postauth.transforms import direct_pubsub
     direct_pubsub.install()  # the DirectRunner's event-time watermark (no effect on other runners)
     messages = pbegin | 'ReadFromPubSub' >> ReadFromPubSub(
         subscription=self._subscription, topic=self._topic, with_attributes=True,
@@ -109,7 +109,7 @@ class ReadPubSubEvents(beam.PTransform):
     return messages | 'ToRawRecord' >> beam.ParDo(_ToRawRecord(source)), None
 
   def expand(self, pbegin):
-    from transforms.dedup_events import DUPLICATE, DropDuplicateEvents
+    from postauth.transforms.dedup_events import DUPLICATE, DropDuplicateEvents
     gate = self._lateness is not None
     records, ack_ids = self._records(pbegin)
     parsed = records | 'ParseRecords' >> ParseRecords(self._format, self._taxonomy, with_raw=gate)
@@ -120,10 +120,10 @@ class ReadPubSubEvents(beam.PTransform):
     unique = events | 'Deduplicate' >> DropDuplicateEvents(self._dedup)
     events = unique.events
     if self._events_out:
-      from transforms.events_out import WriteEventsOut
+      from postauth.transforms.events_out import WriteEventsOut
       written = events | 'EventsOut' >> WriteEventsOut(self._events_out)
       if ack_ids is not None:  # ack each message once its outcome is written (pubsub_ack.py)
-        from transforms.pubsub_ack import AckWhenDone, dead_letter_message_id, message_id
+        from postauth.transforms.pubsub_ack import AckWhenDone, dead_letter_message_id, message_id
         done = [written | 'WrittenId' >> beam.Map(message_id),
                 unique[DUPLICATE] | 'DuplicateId' >> beam.Map(message_id),
                 parsed[DEAD_LETTER] | 'DeadLetterId' >> beam.Map(dead_letter_message_id)]
@@ -135,7 +135,7 @@ class ReadPubSubEvents(beam.PTransform):
 
 def pull_settings(options):
   """The sdf reader's settings from ``PubSubSourceOptions`` (the --watermark-* flags are shared)."""
-  from transforms.pubsub_sdf import PullSettings
+  from postauth.transforms.pubsub_sdf import PullSettings
   return PullSettings(timestamp_attribute=options.timestamp_attribute,
                       max_messages=options.pubsub_max_messages,
                       max_delay=options.watermark_max_delay,

@@ -32,9 +32,9 @@ from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
-from transforms.formats.base import MIN_TIME, ParseError, check_time, parse_time
-from transforms.parse import read_all
-from transforms.records import RawRecord, split_records
+from postauth.transforms.formats.base import MIN_TIME, ParseError, check_time, parse_time
+from postauth.transforms.parse import read_all
+from postauth.transforms.records import RawRecord, split_records
 
 _TIME_FIELDS = ('eventTime', '@timestamp', 'timestamp', 'time', 'stageTimestamp',
                 'requestReceivedTimestamp', 'receiveTimestamp')
@@ -195,7 +195,7 @@ class ReplayFiles(beam.PTransform):
   def expand(self, pbegin):
     if self._test_stream:
       return pbegin | 'ReplayStream' >> self._steps_as_test_stream()
-    from transforms.watch import install_fnapi_metrics_fix
+    from postauth.transforms.watch import install_fnapi_metrics_fix
     install_fnapi_metrics_fix()  # a replay is hundreds of bundles on the FnApiRunner too
     return (pbegin
             | 'Pattern' >> beam.Create([self._pattern])

@@ -12,9 +12,9 @@ import dataclasses
 import datetime
 from typing import Callable, Dict, List, Optional, Sequence
 
-from models.features import concurrent_new_networks, peer_note
-from transforms.inventory import matches_any
-from transforms.taxonomy import HIGH_IMPACT_CATEGORIES, SENSITIVE_CATEGORIES
+from postauth.models.features import concurrent_new_networks, peer_note
+from postauth.transforms.inventory import matches_any
+from postauth.domain.taxonomy import HIGH_IMPACT_CATEGORIES, SENSITIVE_CATEGORIES
 
 DAY = 86400.0
 INACTIVE_STATUSES = ('disabled', 'inactive', 'suspended', 'deleted', 'decommissioned', 'revoked')

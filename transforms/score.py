@@ -32,16 +32,17 @@ EPSILON = 1e-6
 
 import numpy as np
 
-from models import registry
-from models.artifact import ArtifactError
-from models.features import FEATURE_NAMES
-from models.model import DetectionModel
-from transforms import evidence, rules
-from transforms.history import WindowInContext
-from transforms.model_cache import acquire_model
-from transforms.rules import RuleConfig
-from transforms.updates import PeriodicReads, PolledRead
-from transforms.updates import newest as newest_read
+from postauth.models import registry
+from postauth.models.artifact import ArtifactError
+from postauth.models.features import FEATURE_NAMES
+from postauth.models.model import DetectionModel
+from postauth.domain import evidence
+from postauth.transforms import rules
+from postauth.transforms.history import WindowInContext
+from postauth.transforms.model_cache import acquire_model
+from postauth.transforms.rules import RuleConfig
+from postauth.transforms.updates import PeriodicReads, PolledRead
+from postauth.transforms.updates import newest as newest_read
 
 
 class WatchModelPointer(beam.PTransform):

@@ -24,7 +24,7 @@ from apache_beam.io import fileio
 from apache_beam.transforms import trigger, window
 from apache_beam.utils.timestamp import Duration
 
-from transforms.versions import version_rank
+from postauth.transforms.versions import version_rank
 
 PART_LATENESS = Duration(seconds=365 * 86400)
 

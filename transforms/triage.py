@@ -32,8 +32,8 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.transforms.window import TimestampedValue
 
-from transforms.findings import at_ms, timer_ms
-from transforms.versions import stamp
+from postauth.transforms.findings import at_ms, timer_ms
+from postauth.transforms.versions import stamp
 
 SUPPRESSED = 'suppressed'
 

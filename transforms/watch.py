@@ -48,10 +48,10 @@ from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
 
-from transforms.parse import read_all
-from transforms.poll_tracker import PollTracker
-from transforms.records import RawRecord, split_records
-from transforms.replay import record_time
+from postauth.transforms.parse import read_all
+from postauth.transforms.poll_tracker import PollTracker
+from postauth.transforms.records import RawRecord, split_records
+from postauth.transforms.replay import record_time
 
 _LOG = logging.getLogger('postauth')
 SEEN_RETENTION = 7 * 86400  # seconds of last-modified time a read path is remembered

@@ -24,9 +24,9 @@ from apache_beam.transforms import trigger, window
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration
 
-from transforms.aggregate import (WindowAggregate, WindowAggregateFn, aggregate_fields,
-                                  aggregate_from_fields, dumps_or_pickle, loads_or_unpickle)
-from transforms.event import Event
+from postauth.domain.window import WindowAggregate
+from postauth.transforms.aggregate import WindowAggregateFn, aggregate_fields, aggregate_from_fields, dumps_or_pickle, loads_or_unpickle
+from postauth.domain.event import Event
 
 EPSILON = 1e-6  # the last instant (1 us) before a window's end: Beam's window.max_timestamp()
 
@@ -134,7 +134,7 @@ class IdentityWindows(beam.PTransform):
   def __init__(self, size_seconds: int = 3600, period_seconds: int = 900,
                allowed_lateness: int = 0, evidence: bool = True):
     super().__init__()
-    self.evidence = evidence  # keep a sample of the events for findings (transforms/evidence.py)
+    self.evidence = evidence  # keep a sample of the events for findings (domain/evidence.py)
     if size_seconds % period_seconds:
       raise ValueError('window size must be a multiple of the period')
     self.size = size_seconds

@@ -8,7 +8,7 @@ requires.
 """
 import sys
 
-from pipeline import launcher
+from postauth.pipeline import launcher
 
 if __name__ == '__main__':
   sys.exit(launcher.main())

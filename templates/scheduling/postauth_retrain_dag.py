@@ -1,7 +1,7 @@
 """Airflow DAG: retrain postauth's model every day, promoting only a model that is not worse.
 
 Uses the Apache Beam provider's ``BeamRunPythonPipelineOperator`` to run
-``python -m pipeline.launcher --command=retrain ...`` (the same entry point as the Dataflow
+``python -m postauth.pipeline.launcher --command=retrain ...`` (the same entry point as the Dataflow
 Flex Template) with the interpreter of an environment where postauth is installed. The
 operator passes ``PIPELINE_OPTIONS`` as ``--name=value``; the launcher maps them to
 ``postauth retrain --events ... --inventory ... --model-dir ... --days N --keep K``.
@@ -47,7 +47,7 @@ with DAG(
 ) as dag:
   retrain = BeamRunPythonPipelineOperator(
       task_id='retrain',
-      py_file='pipeline.launcher',
+      py_file='postauth.pipeline.launcher',
       py_options=['-m'],
       py_interpreter=POSTAUTH_PYTHON,
       runner=RUNNER,

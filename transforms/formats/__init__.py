@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional
 
-from transforms.formats.base import Item, ParseError, RecordFormat, Skip
-from transforms.formats.canonical import Canonical
-from transforms.formats.cloudtrail import CloudTrail
-from transforms.formats.gcp_audit import GcpAudit
-from transforms.formats.k8s_audit import K8sAudit
-from transforms.formats.ocsf import Ocsf
-from transforms.formats.otel import OtelTraces
+from postauth.transforms.formats.base import Item, ParseError, RecordFormat, Skip
+from postauth.transforms.formats.canonical import Canonical
+from postauth.transforms.formats.cloudtrail import CloudTrail
+from postauth.transforms.formats.gcp_audit import GcpAudit
+from postauth.transforms.formats.k8s_audit import K8sAudit
+from postauth.transforms.formats.ocsf import Ocsf
+from postauth.transforms.formats.otel import OtelTraces
 
 # canonical: postauth's own events (JSON lines, or records of its Avro files).
 # otel: OTLP trace requests (OpenTelemetry GenAI tool-call spans), JSON or protobuf.

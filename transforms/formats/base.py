@@ -6,7 +6,7 @@ import re
 import typing
 from typing import Any, Optional, Protocol
 
-from transforms.event import Event
+from postauth.domain.event import Event
 
 # Timestamps outside this range are data errors, not events (epoch zero,
 # millisecond values read as seconds, year 9999 sentinels...).

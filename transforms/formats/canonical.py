@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from transforms.event import Event
-from transforms.formats.base import ParseError, check_time, parse_time
-from transforms.taxonomy import CATEGORIES
+from postauth.domain.event import Event
+from postauth.transforms.formats.base import ParseError, check_time, parse_time
+from postauth.domain.taxonomy import CATEGORIES
 
 FIELDS = frozenset(Event._fields)
 REQUIRED = ('identity', 'event_time', 'provider', 'action')

@@ -10,8 +10,8 @@ from typing import Any, Dict, Optional
 
 import orjson
 
-from transforms.event import Event
-from transforms.formats.base import ParseError, Skip, parse_time, text
+from postauth.domain.event import Event
+from postauth.transforms.formats.base import ParseError, Skip, parse_time, text
 
 # CloudTrail's camelCase keys, looked up by their lower-case form (Athena and Lake exports).
 _KEYS = (

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import re
 
-from transforms.event import Event
-from transforms.formats.base import ParseError, parse_time, text
-from transforms.formats.k8s_audit import identity_type as k8s_identity_type
+from postauth.domain.event import Event
+from postauth.transforms.formats.base import ParseError, parse_time, text
+from postauth.transforms.formats.k8s_audit import identity_type as k8s_identity_type
 
 READ_CATEGORIES = ('data_read', 'enumerate', 'secret_access')
 _VERSION = re.compile(r'^(v\d+\w*|beta\d*|alpha\d*)$')

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from transforms.event import Event
-from transforms.formats.base import ParseError, parse_time, text
+from postauth.domain.event import Event
+from postauth.transforms.formats.base import ParseError, parse_time, text
 
 # The API server logs a request once per stage; only the final stage is counted
 # so that one call is one event (a watch or exec also logs ResponseStarted).

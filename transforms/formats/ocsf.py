@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from transforms.event import Event
-from transforms.formats.base import MAX_TIME, MIN_TIME, ParseError, text
+from postauth.domain.event import Event
+from postauth.transforms.formats.base import MAX_TIME, MIN_TIME, ParseError, text
 
 API_ACTIVITY = 6003
 ACCOUNT_CHANGE = 3001

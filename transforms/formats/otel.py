@@ -28,8 +28,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-from transforms.event import Event
-from transforms.formats.base import Item, ParseError, Skip, check_time, text
+from postauth.domain.event import Event
+from postauth.transforms.formats.base import Item, ParseError, Skip, check_time, text
 
 TOOL_OPERATION = 'execute_tool'
 MCP_TOOL_CALL = 'tools/call'

@@ -20,7 +20,7 @@ class Event(typing.NamedTuple):
   provider: str  # aws, gcp, k8s, ...
   service: str  # e.g. secretsmanager
   action: str  # e.g. GetSecretValue
-  category: str  # taxonomy category, see transforms.taxonomy
+  category: str  # taxonomy category, see domain.taxonomy
   resource: str  # best-effort primary resource, '' when unknown
   region: str
   source_ip: str

@@ -48,7 +48,7 @@ def _rows(text: str) -> Iterable[dict]:
 
 
 def _package_text(name: str) -> str:
-  return resources.files('transforms').joinpath('taxonomy', name).read_text()
+  return resources.files('postauth.domain').joinpath('taxonomy', name).read_text()
 
 
 class Taxonomy:

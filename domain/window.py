@@ -1,0 +1,171 @@
+"""What one identity did in one window, as a bounded, mergeable summary.
+
+The summary keeps counts, not events: per action, category, resource, network,
+user-agent family and region, each capped so a noisy identity cannot grow it
+without bound. Beam combines panes of a sliding window into it
+(``transforms.aggregate.WindowAggregateFn``), and the model reads it
+(``models.features``): it is a domain type, below both, and imports no Beam.
+"""
+from __future__ import annotations
+
+import functools
+import ipaddress
+from typing import Dict, Optional
+
+from postauth.domain import evidence as evidence_sample
+from postauth.domain.event import Event
+
+MAX_KEYS = 256  # distinct values kept per field; beyond it, counted in *_overflow
+
+
+# Pure functions of a value that repeats across events (an identity calls from a few
+# addresses with one client): memoised, bounded, per process. A cache, not state:
+# any worker computes the same answer.
+@functools.lru_cache(maxsize=1 << 16)
+def network_of(ip: str) -> str:
+  """The /24 (IPv4) or /48 (IPv6) a source address belongs to; hostnames as-is."""
+  if not ip:
+    return ''
+  try:
+    addr = ipaddress.ip_address(ip)
+  except ValueError:
+    return ip.lower()[:128]  # e.g. "ec2.amazonaws.com" for AWS-internal calls
+  prefix = 24 if addr.version == 4 else 48
+  return str(ipaddress.ip_network(f'{ip}/{prefix}', strict=False))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def agent_family(user_agent: str) -> str:
+  """Product, major version and OS of a user agent: upgrades stay in their family."""
+  if not user_agent:
+    return ''
+  first = user_agent.split(' ', 1)[0]
+  product, _, version = first.partition('/')
+  major = version.split('.', 1)[0] if version else ''
+  lowered = user_agent.lower()
+  os_name = next((o for o in ('macos', 'darwin', 'windows', 'linux') if o in lowered), '')
+  return f'{product}/{major} {os_name}'.strip()[:128]
+
+
+def _bump(counts: Dict[str, int], key: str, n: int = 1) -> int:
+  """Adds to a capped counter; returns how much did not fit."""
+  if key in counts or len(counts) < MAX_KEYS:
+    counts[key] = counts.get(key, 0) + n
+    return 0
+  return n
+
+
+class WindowAggregate:
+  """Mergeable per-identity-window counts."""
+
+  __slots__ = ('count', 'errors', 'read_only', 'actions', 'action_category',
+               'categories', 'resources', 'networks', 'agents', 'regions',
+               'panes', 'first_time', 'last_time', 'overflow', 'identity_type', 'network_spans',
+               'evidence')
+
+  def __init__(self):
+    self.count = 0
+    self.errors = 0
+    self.read_only = 0
+    self.actions: Dict[str, int] = {}  # "service:Action" -> events
+    self.action_category: Dict[str, str] = {}
+    self.categories: Dict[str, int] = {}
+    self.resources: Dict[str, int] = {}
+    self.networks: Dict[str, int] = {}
+    self.agents: Dict[str, int] = {}
+    self.regions: Dict[str, int] = {}
+    self.panes: Dict[int, int] = {}  # pane start (s) -> events, for exact unions of windows
+    self.first_time = float('inf')
+    self.last_time = float('-inf')
+    self.overflow = 0
+    self.identity_type = ''
+    # network -> [first, last] event time: whether a new network was used *beside* the usual
+    # ones (stolen credentials) or after them (a redeploy); kept for the networks counted above.
+    self.network_spans: Dict[str, List[float]] = {}
+    # A bounded sample of the events themselves, with their ids: transforms/evidence.py.
+    self.evidence: evidence_sample.Store = {}
+
+  def add(self, e: Event, pane_seconds: Optional[int] = None,
+          sample: bool = True) -> 'WindowAggregate':
+    self.count += 1
+    if not e.success:
+      self.errors += 1
+    if e.read_only:
+      self.read_only += 1
+    action = f'{e.service}:{e.action}'
+    spill = _bump(self.actions, action)
+    if not spill:
+      self.action_category[action] = e.category
+    self.overflow += spill
+    self.categories[e.category] = self.categories.get(e.category, 0) + 1
+    if e.resource:
+      self.overflow += _bump(self.resources, e.resource)
+    net = network_of(e.source_ip)
+    spill = _bump(self.networks, net)
+    if not spill:
+      span = self.network_spans.get(net)
+      if span is None:
+        self.network_spans[net] = [e.event_time, e.event_time]
+      elif e.event_time < span[0]:
+        span[0] = e.event_time
+      elif e.event_time > span[1]:
+        span[1] = e.event_time
+    self.overflow += spill
+    if sample:  # training needs no evidence: it skips the sample's cost
+      evidence_sample.add(self.evidence, e, action, net)
+    self.overflow += _bump(self.agents, agent_family(e.user_agent))
+    self.overflow += _bump(self.regions, e.region)
+    if pane_seconds:
+      pane = int(e.event_time // pane_seconds * pane_seconds)
+      self.panes[pane] = self.panes.get(pane, 0) + 1
+    self.first_time = min(self.first_time, e.event_time)
+    self.last_time = max(self.last_time, e.event_time)
+    self.identity_type = self.identity_type or e.identity_type
+    return self
+
+  def merge(self, other: 'WindowAggregate') -> 'WindowAggregate':
+    self.count += other.count
+    self.errors += other.errors
+    self.read_only += other.read_only
+    for field in ('actions', 'categories', 'resources', 'networks', 'agents', 'regions'):
+      mine = getattr(self, field)
+      for k, v in getattr(other, field).items():
+        if field == 'categories':
+          mine[k] = mine.get(k, 0) + v
+        else:
+          self.overflow += _bump(mine, k, v)
+    for k, v in other.action_category.items():
+      if k in self.actions:
+        self.action_category[k] = v
+    for k, v in other.panes.items():
+      self.panes[k] = self.panes.get(k, 0) + v
+    for k, (lo, hi) in other.network_spans.items():
+      if k in self.networks:
+        span = self.network_spans.get(k)
+        self.network_spans[k] = [lo, hi] if span is None else [min(span[0], lo), max(span[1], hi)]
+    evidence_sample.merge(self.evidence, other.evidence)
+    self.first_time = min(self.first_time, other.first_time)
+    self.last_time = max(self.last_time, other.last_time)
+    self.overflow += other.overflow
+    self.identity_type = self.identity_type or other.identity_type
+    return self
+
+  def to_dict(self) -> dict:
+    return {k: getattr(self, k) for k in self.__slots__}
+
+  @classmethod
+  def from_dict(cls, d: dict) -> 'WindowAggregate':
+    agg = cls()
+    for k in cls.__slots__:
+      if k in d:
+        setattr(agg, k, d[k])
+    agg.panes = {int(k): v for k, v in agg.panes.items()}
+    agg.network_spans = {k: list(v) for k, v in (d.get('network_spans') or {}).items()}
+    agg.evidence = {k: [tuple(s) for s in v] for k, v in (d.get('evidence') or {}).items()}
+    return agg
+
+  def __eq__(self, other):
+    return isinstance(other, WindowAggregate) and self.to_dict() == other.to_dict()
+
+  def __repr__(self):
+    return f'WindowAggregate(count={self.count}, actions={len(self.actions)})'
