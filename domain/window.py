@@ -82,7 +82,7 @@ class WindowAggregate:
     # network -> [first, last] event time: whether a new network was used *beside* the usual
     # ones (stolen credentials) or after them (a redeploy); kept for the networks counted above.
     self.network_spans: Dict[str, List[float]] = {}
-    # A bounded sample of the events themselves, with their ids: transforms/evidence.py.
+    # A bounded sample of the events themselves, with their ids: domain/evidence.py.
     self.evidence: evidence_sample.Store = {}
 
   def add(self, e: Event, pane_seconds: Optional[int] = None,
