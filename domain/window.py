@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 from postauth.domain import evidence as evidence_sample
 from postauth.domain.event import Event

@@ -11,11 +11,9 @@ from typing import List, Optional
 
 from postauth.pipeline import quiet  # noqa: F401  (first: imports Beam without its apitools warning)
 
-import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
-
 from postauth.pipeline import options as opts
-from postauth.pipeline import preflight, stop, summary
+from postauth.pipeline import stop, summary
+from postauth.pipeline.jobs import run, run_pipeline, train
 
 USAGE = """postauth <command> [flags]
 
@@ -63,35 +61,6 @@ def _help(command: str) -> str:
   return parser.format_help()
 
 
-def pipeline_options(argv: List[str]) -> PipelineOptions:
-  options = PipelineOptions(argv)
-  std = options.view_as(StandardOptions)
-  if not std.runner:
-    std.runner = 'DirectRunner'
-  from postauth.pipeline.prism import use_local_prism
-  use_local_prism(options)  # PrismRunner / DirectRunner: the binary `make prism` built, if any
-  from postauth.pipeline.flink import use_local_flink
-  use_local_flink(options)  # FlinkRunner: the job server jar `make flink` fetched, if any
-  return options
-
-
-def _run_pipeline(build, options: PipelineOptions):
-  """Builds, runs and waits; SIGINT/SIGTERM cancel the job and raise ``stop.Interrupted``."""
-  p = beam.Pipeline(options=options)
-  build(p)
-  result = None
-  try:
-    with stop.stop_on_signals() as watch:
-      result = p.run()  # the FnApiRunner runs the whole job here, the others submit it
-      watch.reclaim()
-      result.wait_until_finish()
-  except stop.Interrupted as e:
-    e.result = result
-    e.detail = stop.cancel(result)
-    raise
-  return result
-
-
 def cmd_generate(argv: List[str]) -> int:
   from postauth.pipeline.generate import DEFAULT_END, generate
   ap = argparse.ArgumentParser(prog='postauth generate')
@@ -106,96 +75,6 @@ def cmd_generate(argv: List[str]) -> int:
   counts = generate(a.out, a.identities, a.days, a.seed, a.end, a.rate_scale)
   print(json.dumps(counts))
   return 0
-
-
-def train(argv: List[str]) -> dict:
-  from postauth.pipeline.train import build_training
-  options = pipeline_options(argv)
-  det = options.view_as(opts.DetectOptions)
-  preflight.validate_train(options, det.model_dir, det.inventory)
-  preflight.check_train(options, det.inventory)
-  result = _run_pipeline(lambda p: build_training(p, options, det.inventory, det.model_dir), options)
-  from postauth.models.artifact import resolve_version
-  return {'version': resolve_version(det.model_dir) if options.view_as(opts.TrainOptions).promote else None,
-          'counters': summary.counters(result)}
-
-
-def run(argv: List[str]) -> dict:
-  from postauth.pipeline.detect import build_detection, suppressed_path
-  from postauth.transforms import outputs
-  from postauth.transforms.sinks import clear_parts, compact_parts
-  options = pipeline_options(argv)
-  preflight.validate_run(options)
-  det = options.view_as(opts.DetectOptions)
-  # Fail before submitting if an input is unreadable or the model does not verify.
-  preflight.check_run(options)
-  streaming = options.view_as(StandardOptions).streaming
-  dead_letters = outputs.dead_letter_spec(options)
-  ps = options.view_as(opts.PubSubSourceOptions)
-  # A bounded replay into local files: clear earlier parts first, compact them after.
-  replay_to_local = (streaming and not (ps.subscription or ps.topic)
-                     and '://' not in suppressed_path(options))
-  if streaming:
-    outputs.prepare_file_sinks(options)
-    if replay_to_local:
-      clear_parts(suppressed_path(options))
-  interrupted = None
-  try:
-    result = _run_pipeline(lambda p: build_detection(p, options), options)
-  except stop.Interrupted as e:  # compact and count what the sinks got, then report the stop
-    interrupted, result = e, e.result
-  if streaming:
-    outputs.finish_file_sinks(options)
-    if replay_to_local:
-      compact_parts(suppressed_path(options), key='finding_id')
-  counters = _counters(result)
-  if streaming:
-    # The streaming DirectRunner commits counters of its first bundle only (checked with a
-    # bare TestStream + counter pipeline on Beam 2.77): report what the sinks received instead.
-    files = [s for s in outputs.sink_specs(options) if outputs.count_records(s) is not None]
-    counters = {'findings': outputs.count_records(files[0])} if files else {}
-    if outputs.count_records(dead_letters) is not None:
-      counters['dead_lettered'] = outputs.count_records(dead_letters)
-    if os.path.exists(suppressed_path(options)):
-      counters['findings_suppressed'] = _count_lines(suppressed_path(options))
-  first_file = next((s for s in outputs.sink_specs(options) if s.kind in ('jsonl', 'avro')), None)
-  counters.update(summary.findings_accounting(
-      counters, _written_findings(first_file, outputs), streaming))
-  if interrupted is not None:
-    processed = summary.render_counters(counters) or 'nothing counted yet'
-    interrupted.detail = (f'{interrupted.detail}; {processed}; partial output in '
-                          f'{first_file.target if first_file else "the sinks"}')
-    raise interrupted
-  return {'findings': det.findings, 'dead_letters': dead_letters.target,
-          'suppressed': suppressed_path(options), 'counters': counters}
-
-
-def _counters(result) -> dict:
-  if result is None:
-    return {}
-  try:
-    return summary.counters(result)
-  except Exception:  # a cancelled job's metrics may be gone with it
-    return {}
-
-
-def _written_findings(spec, outputs) -> Optional[List[dict]]:
-  """The findings a local file sink holds (None for other sinks or no file)."""
-  if spec is None or '://' in spec.target or not os.path.exists(spec.target):
-    return None
-  try:
-    if spec.kind == 'avro':
-      rows = [outputs.finding_from_avro(r) for r in outputs.read_avro(spec.target)]
-    else:
-      rows = summary.read_findings(spec.target)
-  except (KeyError, ValueError):  # a sink format without postauth's finding fields
-    return None
-  return rows if all('finding_id' in r for r in rows) else None
-
-
-def _count_lines(path: str) -> int:
-  with open(path) as f:
-    return sum(1 for line in f if line.strip())
 
 
 def cmd_train(argv: List[str]) -> int:
@@ -219,111 +98,14 @@ def cmd_run(argv: List[str]) -> int:
   return 0
 
 
-def sample_run(out: str, identities: int = 200, days: int = 7, seed: int = 7, batch: bool = False,
-               beam_args: Optional[List[str]] = None, echo=print) -> dict:
-  """generate -> train -> run on a labelled sample under ``out``: what `demo` and the evaluation share."""
-  from postauth.pipeline.generate import generate
-  beam_args = list(beam_args or [])
-  out = os.path.abspath(out)
-  sample, model_dir = os.path.join(out, 'sample'), os.path.join(out, 'model')
-  findings = os.path.join(out, 'findings.jsonl')
-  timings = {}
-  t = time.time()
-  counts = generate(sample, identities, days, seed)
-  timings['generate'] = time.time() - t
-  echo(f'[1/3] generated {counts["identities"]} identities, {counts["history_events"]} history '
-       f'and {counts["live_events"]} live CloudTrail events, {counts["labels"]} injected attacks '
-       f'-> {sample} ({timings["generate"]:.1f}s)')
-  t = time.time()
-  trained = train([f'--events={sample}/history/*', f'--inventory={sample}/inventory.csv',
-                   f'--model-dir={model_dir}'] + beam_args)
-  timings['train'] = time.time() - t
-  echo(f'[2/3] trained model {trained["version"]} on {trained["counters"].get("training_windows", 0)} '
-       f'identity-windows ({timings["train"]:.1f}s)')
-  t = time.time()
-  mode = [] if batch else ['--streaming']
-  ran = run([f'--events={sample}/live/*', f'--inventory={sample}/inventory.csv',
-             f'--model-dir={model_dir}', f'--findings={findings}'] + mode + beam_args)
-  timings['detect'] = time.time() - t
-  echo(f'[3/3] ran detection ({"batch" if batch else "streaming replay"}) '
-       f'({timings["detect"]:.1f}s)\n')
-  return {'sample': sample, 'model_dir': model_dir, 'findings': findings, 'counts': counts,
-          'trained': trained, 'ran': ran, 'timings': timings}
-
-
 def cmd_demo(argv: List[str]) -> int:
-  ap = argparse.ArgumentParser(prog='postauth demo')
-  ap.add_argument('--out', default='out')
-  ap.add_argument('--identities', type=int, default=200)
-  ap.add_argument('--days', type=int, default=7)
-  ap.add_argument('--seed', type=int, default=7)
-  ap.add_argument('--batch', action='store_true', help='Run detection in batch mode instead of streaming.')
-  ap.add_argument('--top', type=int, default=8)
-  a, beam_args = ap.parse_known_args(argv)
-  done = sample_run(a.out, a.identities, a.days, a.seed, a.batch, beam_args,
-                    echo=lambda line: print(line, flush=True))
-  findings, ran, timings = done['findings'], done['ran'], done['timings']
-  found = summary.read_findings(findings)
-  print(summary.render(found, top=a.top))
-  with open(os.path.join(done['sample'], 'labels.json')) as f:
-    labels = json.load(f)
-  hit = {l['identity'] for l in labels} & {f['identity'] for f in found[:len(labels)]}
-  print(f'\ninjected attacks among the top {len(labels)} findings: {len(hit)}/{len(labels)}')
-  print(summary.render_counters(ran['counters']))
-  from postauth.pipeline.report_html import write_report
-  report = write_report(findings, os.path.join(os.path.abspath(a.out), 'report.html'),
-                        [f'{done["sample"]}/history/*', f'{done["sample"]}/live/*'], done['model_dir'])
-  print(f'findings: {findings}\ndead letters: {ran["dead_letters"]}\nmodel: {done["model_dir"]}')
-  print(f'report: {report["report"]}')
-  print('time: ' + ', '.join(f'{k} {v:.1f}s' for k, v in timings.items())
-        + f', total {sum(timings.values()):.1f}s')
-  return 0
+  from postauth.pipeline.demo import main as demo
+  return demo(argv)
 
 
 def cmd_evaluate(argv: List[str]) -> int:
-  import glob
-  from postauth.pipeline import evaluate
-  ap = argparse.ArgumentParser(prog='postauth evaluate',
-                               description='Detection quality of a run\'s findings against labelled attacks '
-                                           'and benign changes (no Beam job: reads the files).')
-  ap.add_argument('--findings', required=True, help='Findings JSON lines written by `postauth run --findings`.')
-  ap.add_argument('--labels', required=True, help='labels.json: [{identity, scenario, start, end}].')
-  ap.add_argument('--benign', default=None, help='benign.json: legitimate changes that should stay low or silent.')
-  ap.add_argument('--events', action='append', default=[],
-                  help='Glob of the evaluated event files (repeatable): identity-days for the false-alert rate.')
-  ap.add_argument('--identity-days', type=int, default=None,
-                  help='Identity-days evaluated, when the events are not at hand.')
-  ap.add_argument('--window-size', type=float, default=3600.0,
-                  help='The run\'s --window-size in seconds (when a finding\'s first window closed).')
-  ap.add_argument('--arrivals', default=None,
-                  help='Streaming: finding versions as read from the sink, each with "_arrival" (epoch s).')
-  ap.add_argument('--published', default=None,
-                  help='Streaming: {"event_time", "published_at"} per input message, in publish order.')
-  ap.add_argument('--watermark-max-delay', type=float, default=60.0,
-                  help='The streaming run\'s --watermark-max-delay (which message closed a window).')
-  ap.add_argument('--out', default=None, help='Write the report as JSON here.')
-  ap.add_argument('--markdown', default=None, help='Write the tables as markdown here.')
-  a = ap.parse_args(argv)
-  paths = sorted({p for g in a.events for p in glob.glob(g)})
-  if a.events and not paths:
-    raise opts.OptionsError(f'--events {a.events} matches no file')
-  if bool(a.arrivals) != bool(a.published):
-    raise opts.OptionsError('--arrivals and --published go together (the wall-clock delay needs both)')
-  report = evaluate.evaluate_files(a.findings, a.labels, a.benign, paths, a.identity_days, a.window_size)
-  if a.arrivals:
-    from postauth.pipeline.sink_delay import sink_delays_from_files
-    delays = sink_delays_from_files(a.arrivals, a.published, evaluate.read_cases(a.labels), a.watermark_max_delay)
-    report['sink_delay'] = delays
-    report['wall_clock'] = delays['per_attack']
-  md = evaluate.to_markdown(report)
-  if a.out:
-    with open(a.out, 'w') as f:
-      json.dump(report, f, indent=1)
-  if a.markdown:
-    with open(a.markdown, 'w') as f:
-      f.write(md)
-  print(md)
-  return 0
+  from postauth.pipeline.evaluate_command import main as evaluate
+  return evaluate(argv)
 
 
 def cmd_parse(argv: List[str]) -> int:
@@ -333,7 +115,7 @@ def cmd_parse(argv: List[str]) -> int:
 
 def cmd_retrain(argv: List[str]) -> int:
   from postauth.pipeline.retrain import EXIT_REFUSED, retrain
-  comparison = retrain(argv, _run_pipeline)
+  comparison = retrain(argv, run_pipeline)
   print(json.dumps(comparison, indent=1, sort_keys=True))
   return EXIT_REFUSED if comparison['decision'] == 'refused' else 0
 

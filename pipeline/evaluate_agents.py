@@ -11,32 +11,21 @@ from __future__ import annotations
 import glob
 import os
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+
+def describe_agents(counts: Dict) -> str:
+  return (f'{counts["agents"]} agents, {counts["history_tool_calls"]} history and '
+          f'{counts["live_tool_calls"]} live tool calls, {counts["labels"]} injected attacks')
 
 
 def agent_sample_run(out: str, agents: int = 40, days: int = 7, seed: int = 7,
-                     beam_args: Optional[List[str]] = None) -> Dict:
-  """generate agents -> train -> batch detection under ``out``."""
+                     beam_args: Optional[List[str]] = None, echo: Callable[[str], None] = lambda line: None) -> Dict:
+  """generate agents -> train -> batch detection under ``out`` (the shared ``sample_run``)."""
   from postauth.pipeline.agent_fleet import generate_agents
-  from postauth.pipeline.cli import run, train
-  beam_args = list(beam_args or [])
-  out = os.path.abspath(out)
-  sample, model_dir = os.path.join(out, 'sample'), os.path.join(out, 'model')
-  findings = os.path.join(out, 'findings.jsonl')
-  timings = {}
-  t = time.time()
-  counts = generate_agents(sample, agents, days, seed)
-  timings['generate'] = time.time() - t
-  t = time.time()
-  trained = train([f'--events={sample}/history/*', f'--inventory={sample}/inventory.csv',
-                   f'--model-dir={model_dir}'] + beam_args)
-  timings['train'] = time.time() - t
-  t = time.time()
-  ran = run([f'--events={sample}/live/*', f'--inventory={sample}/inventory.csv',
-             f'--model-dir={model_dir}', f'--findings={findings}'] + beam_args)
-  timings['detect'] = time.time() - t
-  return {'sample': sample, 'model_dir': model_dir, 'findings': findings, 'counts': counts,
-          'trained': trained, 'ran': ran, 'timings': {k: round(v, 1) for k, v in timings.items()}}
+  from postauth.pipeline.sample_run import sample_run
+  return sample_run(out, agents, days, seed, batch=True, beam_args=beam_args, echo=echo,
+                    generate=generate_agents, describe=describe_agents)
 
 
 def evaluate_agent_seeds(out: str, seeds: Sequence[int], agents: int = 40, days: int = 7,

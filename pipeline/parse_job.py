@@ -109,7 +109,7 @@ def summarize(result) -> dict:
 
 def run_parse(argv: List[str]) -> dict:
   """Runs the job; returns the summary plus where the output went."""
-  from postauth.pipeline.cli import pipeline_options
+  from postauth.pipeline.jobs import pipeline_options
   options = pipeline_options(argv)
   validate_parse(options)
   from postauth.pipeline import preflight  # a glob matching nothing, an unreadable taxonomy: exit 2

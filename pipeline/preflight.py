@@ -26,7 +26,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from postauth.pipeline import options as opts
 from postauth.pipeline.options import (DetectOptions, EventOptions, OptionsError, TrainOptions,
                                        WatchOptions)
-from postauth.transforms.outputs import validate_io
+from postauth.transforms.sink_uris import validate_io
 from postauth.transforms.rules import ALL_RULE_NAMES
 
 _log = logging.getLogger('postauth.preflight')

@@ -396,7 +396,7 @@ def translate_labels_flag(argv: List[str]) -> List[str]:
 
 def retrain(argv: List[str], run_pipeline) -> Dict:
   """Trains, evaluates, gates, promotes and prunes; returns the comparison (also written to disk)."""
-  from postauth.pipeline.cli import pipeline_options
+  from postauth.pipeline.jobs import pipeline_options
   started = time.time()
   options = pipeline_options(translate_labels_flag(argv))
   validate(options)

@@ -53,7 +53,7 @@ def sample(tmp_path_factory):
 
 @pytest.fixture(scope='session')
 def model_dir(sample, tmp_path_factory):
-  from postauth.pipeline.cli import train
+  from postauth.pipeline.jobs import train
   model = str(tmp_path_factory.mktemp('model'))
   out = train([f'--events={sample["dir"]}/history/*', f'--inventory={sample["inventory"]}',
                f'--model-dir={model}', '--runner=FnApiRunner'])

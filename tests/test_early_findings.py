@@ -15,7 +15,9 @@ from apache_beam.transforms.window import TimestampedValue
 from conftest import streaming_options
 from postauth.transforms.compact import compact_findings, latest_lines, versions_path
 from postauth.transforms.findings import MergeOverlappingWindows, finding_id, rfc3339
-from postauth.transforms.outputs import FINDING, SinkSpec, apply_sinks, finding_from_avro, finding_to_avro
+from postauth.transforms.outputs import apply_sinks
+from postauth.transforms.sink_records import finding_from_avro, finding_to_avro
+from postauth.transforms.sink_uris import FINDING, SinkSpec
 from postauth.transforms.pubsub_sink import finding_message
 from postauth.transforms.triage import DeduplicateFindings, Suppress
 from postauth.transforms.versions import stamp

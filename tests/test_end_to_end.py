@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from postauth.pipeline.cli import main, run
+from postauth.pipeline.cli import main
+from postauth.pipeline.jobs import run
 
 REQUIRED = {'finding_id', 'identity', 'identity_type', 'window_start', 'window_end', 'score',
             'severity', 'model_version', 'reasons', 'event_count', 'owner', 'team', 'environment'}

@@ -133,7 +133,8 @@ def test_month_end_close_calendar():
 
 @pytest.fixture(scope='module')
 def evaluated(sample, model_dir, tmp_path_factory):
-  from postauth.pipeline.cli import main, run
+  from postauth.pipeline.cli import main
+  from postauth.pipeline.jobs import run
   out = tmp_path_factory.mktemp('evaluate')
   findings = out / 'findings.jsonl'
   run([f'--events={sample["dir"]}/live/*', f'--inventory={sample["inventory"]}', f'--model-dir={model_dir}',

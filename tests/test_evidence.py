@@ -137,7 +137,7 @@ def test_each_provider_names_its_own_event_id(fixture, raw_id):
 @pytest.fixture(scope='session')
 def evidence_run(sample, model_dir, tmp_path_factory):
   """One batch detection writing findings and OCSF findings (shared with test_ocsf.py)."""
-  from postauth.pipeline.cli import run
+  from postauth.pipeline.jobs import run
   out = tmp_path_factory.mktemp('evidence')
   findings, ocsf = str(out / 'findings.jsonl'), str(out / 'findings.ocsf.jsonl')
   run([f'--events={sample["dir"]}/live/*', f'--inventory={sample["inventory"]}',

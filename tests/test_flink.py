@@ -18,7 +18,7 @@ import pytest
 from apache_beam.options.pipeline_options import FlinkRunnerOptions
 
 from postauth.pipeline import flink, launcher
-from postauth.pipeline.cli import pipeline_options
+from postauth.pipeline.jobs import pipeline_options
 # Fixtures and helpers shared with the portable-runner, Prism and end-to-end tests.
 from test_end_to_end import _assert_attacks_on_top, _detect as _detect_sorted  # noqa: F401
 from test_runners import _detect, fnapi_batch  # noqa: F401

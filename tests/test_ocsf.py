@@ -18,7 +18,7 @@ jsonschema = pytest.importorskip('jsonschema')
 ocsf_json_schema = pytest.importorskip('ocsf_json_schema')
 
 from postauth.transforms.ocsf_finding import OCSF_VERSION, PROFILES, SEVERITY_ID, to_ocsf
-from postauth.transforms.outputs import parse_sink
+from postauth.transforms.sink_uris import parse_sink
 from test_evidence import evidence_run, _input_records  # noqa: F401  (a shared session fixture)
 
 
@@ -111,7 +111,8 @@ def test_pubsub_sink_publishes_valid_ocsf(evidence_run):
 
   from postauth.pipeline import local_pubsub
   from test_pubsub import _pull, _start_server, _topic_with_subscription
-  from postauth.transforms.outputs import FINDING, apply_sinks
+  from postauth.transforms.outputs import apply_sinks
+  from postauth.transforms.sink_uris import FINDING
 
   findings = evidence_run['findings'][:3]
   server = _start_server()

@@ -13,7 +13,7 @@ import pytest
 from apache_beam.options.pipeline_options import PrismRunnerOptions
 
 from postauth.pipeline import launcher, prism
-from postauth.pipeline.cli import pipeline_options, train
+from postauth.pipeline.jobs import pipeline_options, train
 # Fixtures and helpers shared with the portable-runner and end-to-end tests.
 from test_end_to_end import _assert_attacks_on_top, _detect as _detect_sorted  # noqa: F401
 from test_runners import _detect, assert_same_model, fnapi_batch  # noqa: F401

@@ -13,7 +13,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms import window
 
 from postauth.pipeline import prism
-from postauth.pipeline.cli import pipeline_options
+from postauth.pipeline.jobs import pipeline_options
 from postauth.transforms.replay import ReplayFiles
 
 T0 = 1_780_000_000 - 1_780_000_000 % 3600  # an hour boundary

@@ -19,7 +19,7 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from postauth.pipeline import launcher
-from postauth.pipeline.cli import run, train
+from postauth.pipeline.jobs import run, train
 
 
 def _free_port() -> int:

@@ -14,9 +14,11 @@ from apache_beam.transforms.window import TimestampedValue
 
 from postauth.pipeline import options as opts
 from postauth.pipeline import preflight
-from postauth.pipeline.cli import run
+from postauth.pipeline.jobs import run
 from postauth.transforms import outputs
-from postauth.transforms.outputs import SinkSpec, parse_sink
+from postauth.transforms import sink_uris
+from postauth.transforms import sink_records
+from postauth.transforms.sink_uris import SinkSpec, parse_sink
 
 
 @pytest.mark.parametrize('uri,expected', [
@@ -77,8 +79,8 @@ def test_sinks_can_be_repeated_and_comma_separated():
   o = _options('--events=x', '--findings=a.jsonl', '--sink=b.avro,projects/my-project/topics/alerts',
                '--sink', 'a.jsonl', '--sink', 'bq://my-project:ds.t')
   preflight.validate_run(o)
-  assert [s.kind for s in outputs.sink_specs(o)] == ['jsonl', 'avro', 'pubsub', 'bigquery']
-  assert outputs.dead_letter_spec(o).target == os.path.abspath('dead-letter.jsonl')
+  assert [s.kind for s in sink_uris.sink_specs(o)] == ['jsonl', 'avro', 'pubsub', 'bigquery']
+  assert sink_uris.dead_letter_spec(o).target == os.path.abspath('dead-letter.jsonl')
 
 
 # --- a batch run writing JSON lines, Avro and Avro dead letters at once ----------------------
@@ -107,7 +109,7 @@ def test_avro_sink_holds_the_same_findings_as_json_lines(multi_sink_run):
     r = by_id[f['finding_id']]
     assert r['window_start'].strftime('%Y-%m-%dT%H:%M:%SZ') == f['window_start']
     # every field survives, incl. mixed int/float/str reason values through the union type
-    assert outputs.finding_from_avro(r) == f
+    assert sink_records.finding_from_avro(r) == f
 
 
 def test_dead_letters_go_to_their_own_avro_sink(multi_sink_run):
@@ -121,28 +123,28 @@ def test_dead_letters_go_to_their_own_avro_sink(multi_sink_run):
 def test_bigquery_schema_validates_every_produced_row(multi_sink_run):
   from apache_beam.io.gcp import bigquery_tools
   findings, _, dead, _ = multi_sink_run
-  schema = outputs.bigquery_schema('finding')
+  schema = sink_records.bigquery_schema('finding')
   table_schema = bigquery_tools.get_bq_tableschema(schema)  # Beam's own parser accepts it
   assert [f.name for f in table_schema.fields] == [f['name'] for f in schema['fields']]
-  rows = [outputs.finding_to_bigquery(f) for f in findings]
+  rows = [sink_records.finding_to_bigquery(f) for f in findings]
   assert any(r['value_text'] for row in rows for r in row['reasons']), 'expected a text-valued reason'
   for row in rows:
-    assert outputs.validate_bigquery_row(schema['fields'], row) == []
+    assert sink_records.validate_bigquery_row(schema['fields'], row) == []
     assert json.loads(json.dumps(row)) == row  # streaming inserts send JSON
-  dl_fields = outputs.bigquery_schema('dead_letter')['fields']
+  dl_fields = sink_records.bigquery_schema('dead_letter')['fields']
   for d in dead:
-    assert outputs.validate_bigquery_row(dl_fields, d) == []
+    assert sink_records.validate_bigquery_row(dl_fields, d) == []
 
 
 def test_bigquery_row_validation_catches_type_and_mode_errors(multi_sink_run):
-  fields = outputs.bigquery_schema('finding')['fields']
-  good = outputs.finding_to_bigquery(multi_sink_run[0][0])
+  fields = sink_records.bigquery_schema('finding')['fields']
+  good = sink_records.finding_to_bigquery(multi_sink_run[0][0])
   bad = dict(good, score='4.2', event_count=3.0, registered='true', window_start='yesterday')
   bad.pop('identity')
   bad['reasons'] = [dict(good['reasons'][0], value='12', detail=None)]
   bad['score_components'] = {'isolation_forest': 1.0}
   bad['extra'] = 1
-  errors = '\n'.join(outputs.validate_bigquery_row(fields, bad))
+  errors = '\n'.join(sink_records.validate_bigquery_row(fields, bad))
   for expected in ('score: FLOAT got str', 'event_count: INTEGER got float', 'registered: BOOLEAN got str',
                    "window_start: TIMESTAMP got 'yesterday'", 'identity: REQUIRED but missing',
                    'reasons[0].value: FLOAT got str', 'reasons[0].detail: REQUIRED but missing',
@@ -183,7 +185,7 @@ def test_bigquery_sinks_build_with_the_shipped_schema_and_dispositions(sample, m
                             ('security.dead_letters', 'dead_letter', RetryStrategy.RETRY_ALWAYS)):
     w = writes[name]
     assert w.table_reference.projectId == 'my-project'
-    assert w.schema == outputs.bigquery_schema(kind)
+    assert w.schema == sink_records.bigquery_schema(kind)
     assert (w.create_disposition, w.write_disposition, w.method) == (
         'CREATE_IF_NEEDED', 'WRITE_APPEND', 'STREAMING_INSERTS')
     assert w.insert_retry_strategy == retry
@@ -194,7 +196,7 @@ def test_bigquery_sinks_build_with_the_shipped_schema_and_dispositions(sample, m
 
 def test_streaming_avro_sink_writes_window_parts_and_compacts_them(tmp_path):
   path = str(tmp_path / 'findings.avro')
-  schema = outputs.avro_schema('dead_letter')
+  schema = sink_records.avro_schema('dead_letter')
   rows = [{'stage': 'parse', 'reason': f'r{i}', 'source': 's', 'index': str(i), 'raw': 'x'} for i in range(6)]
   t0 = 1_800_000_000
   stream = (test_stream.TestStream()

@@ -20,7 +20,7 @@ import time
 import pytest
 
 from postauth.pipeline import options as opts
-from postauth.pipeline.cli import pipeline_options
+from postauth.pipeline.jobs import pipeline_options
 # Fixtures shared with the portable-runner tests (the batch FnApiRunner findings of the sample).
 from test_pubsub import _iso_shift
 from test_runners import _detect, fnapi_batch  # noqa: F401

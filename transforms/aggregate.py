@@ -9,13 +9,12 @@ from __future__ import annotations
 import itertools
 import math
 import pickle
-from typing import Any, Callable, Dict, Iterable, List, Optional
+from typing import Any, Callable, Iterable, List, Optional
 
 import apache_beam as beam
 import orjson
 
 from postauth.domain import evidence as evidence_sample
-from postauth.domain.event import Event
 from postauth.domain.window import WindowAggregate
 
 # -- compact shuffle encoding ----------------------------------------------------------------
