@@ -22,7 +22,7 @@ EDGE = '#33475b'
 # name -> (centre, what it does, where it lives)
 STAGES = {
   'source': ((1.5, 5.2), 'files, folder watch,\nPub/Sub', 'transforms/replay.py, watch.py'),
-  'parse': ((4.6, 5.2), 'record -> canonical Event\n(6 log formats)', 'transforms/parse.py, formats/'),
+  'parse': ((4.6, 5.2), 'record -> canonical\nEvent (6 log formats)', 'transforms/parse.py, formats/'),
   'windows': ((7.7, 5.2), 'per identity: 1 h windows\nevery 15 min, event time', 'transforms/windowing.py'),
   'enrich': ((10.8, 5.2), 'owner, team, type,\ncriticality from inventory', 'transforms/inventory.py'),
   'history': ((10.8, 2.3), "vs the identity's own\nprofile (keyed state)", 'transforms/history.py'),
@@ -49,8 +49,8 @@ def box(ax, centre: Tuple[float, float], title: str, body: str = '', foot: str =
     return
   ax.text(x, y + h / 2 - 0.2, title, ha='center', va='center', fontsize=title_size, fontweight='bold',
           color=EDGE)
-  ax.text(x, y - 0.02, body, ha='center', va='center', fontsize=9.5, linespacing=1.15)
-  ax.text(x, y - h / 2 + 0.16, foot, ha='center', va='center', fontsize=7.5, color='#555555',
+  ax.text(x, y - 0.02, body, ha='center', va='center', fontsize=10, linespacing=1.15)
+  ax.text(x, y - h / 2 + 0.16, foot, ha='center', va='center', fontsize=8, color='#555555',
           family='monospace')
 
 
@@ -94,12 +94,12 @@ def draw(path: str) -> None:
   # side inputs: the inventory into enrich, the model into history and score
   box(ax, (10.8, 6.75), 'inventory', colour=SIDE, size=(2.0, 0.5), title_size=11)
   arrow(ax, (10.8, 6.5), edge_point('enrich', 'top'), colour='#9a6b00', style='--', width=1.5)
-  ax.text(12.05, 6.17, 'side input,\nre-read\nmid-stream', fontsize=7.5, color='#9a6b00', ha='center',
+  ax.text(12.05, 6.17, 'side input,\nre-read\nmid-stream', fontsize=8, color='#9a6b00', ha='center',
           va='center')
   box(ax, (9.25, 0.5), 'model (LATEST)', colour=SIDE, size=(2.6, 0.5), title_size=11)
   arrow(ax, (9.9, 0.75), edge_point('history', 'bottom'), colour='#9a6b00', style='--', width=1.5)
   arrow(ax, (8.6, 0.75), edge_point('score', 'bottom'), colour='#9a6b00', style='--', width=1.5)
-  ax.text(10.75, 0.45, 'profiles, forests, fleet table;\nswapped when LATEST moves', fontsize=7.5,
+  ax.text(10.75, 0.45, 'profiles, forests, fleet table;\nswapped when LATEST moves', fontsize=8,
           color='#9a6b00', ha='left', va='center')
 
   # dead letters: bad records (parse), late events (before the windows), undelivered findings
