@@ -84,11 +84,11 @@ def test_training_config_file_is_documented_and_validated(tmp_path):
   with open(example) as f:
     assert sorted(json.load(f)) == sorted(keys)
   assert config == TrainConfig()
-  with open(os.path.join(ROOT, 'README.md')) as f:
+  with open(os.path.join(ROOT, 'docs', 'models.md')) as f:
     readme = f.read()
   section = readme[readme.index('**Training configuration**'):readme.index('**Severity thresholds.**')]
   for key in keys:
-    assert f'| `{key}` |' in section, f'{key} is not documented in README.md'
+    assert f'| `{key}` |' in section, f'{key} is not documented in docs/models.md'
   bad = tmp_path / 'bad.json'
   bad.write_text(json.dumps({'max_features': 1, 'team_cohorts': True}))
   loaded = TrainConfig.from_file(str(bad))  # 1 means all features, not one feature

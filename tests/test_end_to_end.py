@@ -32,7 +32,7 @@ def _detect(sample, model_dir, tmp_path, *extra):
 # labelled attacks) and above every legitimate change. The low-and-slow ones (a dormant key
 # revived with a few reads, a leaked key replayed at routine volume, reads spread over 7 h)
 # must be found, but on this small sample they rank below some legitimate changes
-# (see README, "Detection quality").
+# (see docs/detection-quality.md).
 BURST_ATTACKS = {'ci_deploys_to_prod', 'agent_notifies_new_audience', 'apikey_secret_sweep_and_rotation',
                  'workload_identity_reuse', 'automation_privilege_escalation',
                  'reconnaissance_access_denied_sweep'}
