@@ -12,7 +12,8 @@ import pytest
 from postauth.models import registry
 from postauth.pipeline.cli import main
 from postauth.pipeline.options import OptionsError
-from postauth.pipeline.retrain import gate, read_labels, translate_labels_flag
+from postauth.pipeline.holdout import gate, read_labels
+from postauth.pipeline.retrain import translate_labels_flag
 
 
 def _ts(text: str) -> str:
