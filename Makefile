@@ -121,7 +121,7 @@ bench: $(STAMP)
 
 # Detection quality: sample -> train -> batch and streaming detection -> postauth evaluate,
 # plus detection over ../shared/data, plus seeds 8 and 9 in batch for the page rates;
-# writes out/evaluate/report.{json,md} (README tables).
+# writes out/evaluate/report.{json,md} (docs/detection-quality.md tables).
 evaluate: $(STAMP)
 	$(BIN)/python bench/evaluate.py --out out/evaluate
 

@@ -21,7 +21,7 @@ EDGE = '#33475b'
 
 # name -> (centre, what it does, where it lives)
 STAGES = {
-  'source': ((1.5, 5.2), 'files, folder watch,\nPub/Sub', 'transforms/replay.py, watch.py'),
+  'source': ((1.5, 5.2), 'files, folder watch,\nPub/Sub', 'transforms/sources.py'),
   'parse': ((4.6, 5.2), 'record -> canonical\nEvent (6 log formats)', 'transforms/parse.py, formats/'),
   'windows': ((7.7, 5.2), 'per identity: 1 h windows\nevery 15 min, event time', 'transforms/windowing.py'),
   'enrich': ((10.8, 5.2), 'owner, team, type,\ncriticality from inventory', 'transforms/inventory.py'),

@@ -54,7 +54,7 @@ def forest_file(cohort: str) -> str:
 class TrainConfig:
   """Hyperparameters; loadable from a JSON file with the same keys.
 
-  Every key is documented in README.md ("Training configuration") and shown in
+  Every key is documented in docs/models.md ("Training configuration") and shown in
   config/train-config.example.json.
   """
   n_estimators: int = 100  # trees per cohort forest

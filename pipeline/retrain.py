@@ -198,7 +198,7 @@ def help_text() -> str:
   for cls in (EventOptions, WindowOptions, TrainOptions, RetrainOptions):
     if cls is TrainOptions:
       group = parser.add_argument_group('training')
-      group.add_argument('--train-config', help='JSON file of hyperparameters (README: Training configuration).')
+      group.add_argument('--train-config', help='JSON file of hyperparameters (docs/models.md: Training configuration).')
       group.add_argument('--inventory', help='Identity inventory CSV.')
       group.add_argument('--model-dir', help='Model directory (versions, LATEST, HISTORY.jsonl).')
       group.add_argument('--threshold', help='Calibrated score at which a window alerts (default 3.0).')

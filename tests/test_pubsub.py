@@ -328,7 +328,7 @@ def test_timestamp_attribute_parsing_never_stops_the_job():
   assert _attribute_time('yesterday') is None and _attribute_time(None) is None
 
 
-# --- the README's order: the job first, idle, then old records (issue 13, item 5) -------------
+# --- docs/runners.md's order: the job first, idle, then old records (issue 13, item 5) -------------
 
 def latest_versions(findings):
   """The latest version of each finding (the parts hold every version)."""
