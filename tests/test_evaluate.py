@@ -10,7 +10,9 @@ import pytest
 
 from conftest import shared_data
 from postauth.pipeline import evaluate as ev
-from postauth.pipeline.generate import DAY, generate, iso, month_end_close_day
+from postauth.pipeline.generate import generate
+from postauth.pipeline.sample_layout import DAY, iso
+from postauth.pipeline.scenarios import month_end_close_day
 
 DAY0 = 1793836800.0  # 2026-11-05T00:00:00Z
 
