@@ -26,8 +26,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import orjson
 
-from postauth.pipeline.sample_layout import (DAY, DEFAULT_END, HOUR, iso, make_day_dirs, sample_days, write_cases,
-                                             write_inventory)
+from postauth.pipeline.sample_layout import (DAY, DEFAULT_END, HOUR, benign_note, iso, make_day_dirs, sample_days,
+                                             write_cases, write_inventory)
 
 TEAMS = {'support': ['support'], 'coding': ['platform', 'growth'], 'data': ['finance', 'growth', 'marketing'],
          'ops': ['sre']}
@@ -230,6 +230,12 @@ def _attacks(tracer: Tracer, agents: List[Agent], day0: float) -> Tuple[List, Li
   return calls, labels
 
 
+def _day_note(agent: Agent, kind: str, day: List[Tuple[str, List[dict]]], day0: float, detail: str) -> Dict:
+  """The benign note of an agent's changed day: from its first to its last tool call."""
+  times = [int(spans[2]['startTimeUnixNano']) / 1e9 for _, spans in day] or [day0]
+  return benign_note(agent.id, kind, min(times), max(times), detail)
+
+
 def _changes(tracer: Tracer, agents: List[Agent], day0: float, live: bool, taken: set
              ) -> Tuple[List, List[dict], set]:
   """The day's benign change: a tool release in one team, busier days for a few agents."""
@@ -250,11 +256,8 @@ def _changes(tracer: Tracer, agents: List[Agent], day0: float, live: bool, taken
       calls += day
       a.tools.append((tool, 1.5))  # the tool stays in use afterwards
       changed.add(a.id)
-      times = [int(s[2]['startTimeUnixNano']) / 1e9 for _, s in day]
-      notes.append({'identity': a.id, 'kind': 'tool_release', 'change': 'tool_release',
-                    'detail': f'{tool} released to the {team} {kind} agents ({len(adopters)} of {len(members)})',
-                    'start': iso(min(times)) if times else iso(day0), 'end': iso(max(times)) if times else iso(day0),
-                    'expected': 'low_or_none'})
+      notes.append(_day_note(a, 'tool_release', day, day0,
+                             f'{tool} released to the {team} {kind} agents ({len(adopters)} of {len(members)})'))
   free = [a for a in agents if a.id not in taken and a.id not in changed]
   if live:  # the live day: several at once, as a release day brings them
     busy = [free[int(i)] for i in sorted(rng.choice(len(free), size=min(len(free), max(2, len(agents) // 10)),
@@ -266,11 +269,7 @@ def _changes(tracer: Tracer, agents: List[Agent], day0: float, live: bool, taken
     day = routine(tracer, a, day0, scale=scale)
     calls += day
     changed.add(a.id)
-    times = [int(s[2]['startTimeUnixNano']) / 1e9 for _, s in day]
-    notes.append({'identity': a.id, 'kind': 'busier_day', 'change': 'busier_day',
-                  'detail': f'{scale:.1f}x its usual volume, usual tools and targets',
-                  'start': iso(min(times)) if times else iso(day0), 'end': iso(max(times)) if times else iso(day0),
-                  'expected': 'low_or_none'})
+    notes.append(_day_note(a, 'busier_day', day, day0, f'{scale:.1f}x its usual volume, usual tools and targets'))
   return calls, notes, changed
 
 

@@ -22,7 +22,7 @@ from typing import Dict, List, Sequence, Set, Tuple
 import numpy as np
 
 from postauth.pipeline.fleet import Call, make_identity
-from postauth.pipeline.sample_layout import DAY, HOUR, iso
+from postauth.pipeline.sample_layout import DAY, HOUR, benign_note, iso
 
 KINDS = ('rollout', 'redeploy', 'backfill', 'new_resources', 'key_rotation', 'new_identity')
 
@@ -57,8 +57,7 @@ class Change:
 
 
 def _note(who, kind: str, start: float, end: float, detail: str) -> Dict:
-  return {'identity': who.canonical, 'kind': kind, 'change': kind, 'detail': detail,
-          'start': iso(start), 'end': iso(end), 'expected': 'low_or_none'}
+  return benign_note(who.canonical, kind, start, end, detail)
 
 
 class FleetChange:

@@ -27,6 +27,12 @@ def iso(t: float) -> str:
   return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')
 
 
+def benign_note(identity: str, kind: str, start: float, end: float, detail: str) -> Dict:
+  """One legitimate change as ``benign.json`` holds it: expected to stay low or silent."""
+  return {'identity': identity, 'kind': kind, 'change': kind, 'detail': detail,
+          'start': iso(start), 'end': iso(end), 'expected': 'low_or_none'}
+
+
 def sample_days(end: str, days: int) -> List[float]:
   """The start of each of the sample's ``days`` days, oldest first, the live day last (``end`` exclusive)."""
   last = datetime.datetime.fromisoformat(end).replace(tzinfo=datetime.timezone.utc).timestamp() - DAY
