@@ -29,6 +29,8 @@ DEFAULT_REAL = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '.
 
 def main(argv=None) -> int:
   from postauth.pipeline import evaluate as ev
+  from postauth.pipeline import evaluate_tables as tables
+  from postauth.pipeline.evaluate_real import evaluate_real
   from postauth.pipeline.cli import run, sample_run
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument('--out', default='out/evaluate')
@@ -57,7 +59,7 @@ def main(argv=None) -> int:
   report['batch'] = ev.evaluate_files(done['findings'], labels, benign, events)
   md = [f'Sample: {done["counts"]["identities"]} identities x {a.days} days (seed {a.seed}), '
         f'{done["counts"]["live_events"]} live events; batch detection.', '',
-        ev.to_markdown(report['batch'])]
+        tables.to_markdown(report['batch'])]
   if not a.no_streaming:
     t = time.time()
     streamed = os.path.join(out, 'findings-streaming.jsonl')
@@ -75,12 +77,12 @@ def main(argv=None) -> int:
               f'{"identical to" if same else "DIFFERS from"} batch.\n')
   if a.real_data and os.path.isdir(a.real_data):
     t = time.time()
-    rows = ev.evaluate_real(a.real_data, done['model_dir'], os.path.join(sample, 'inventory.csv'),
-                            os.path.join(out, 'real'), beam_args)
+    rows = evaluate_real(a.real_data, done['model_dir'], os.path.join(sample, 'inventory.csv'),
+                         os.path.join(out, 'real'), beam_args)
     report['timings_s']['real_data'] = round(time.time() - t, 1)
     report['real'] = rows
     md += ['Real samples (batch detection with the model above; none of their identities is in its inventory):',
-           '', ev.real_markdown(rows)]
+           '', tables.real_markdown(rows)]
   elif a.real_data:
     print(f'real samples skipped: {a.real_data} is absent', file=sys.stderr)
   per_seed = [(a.seed, report['batch'])]
@@ -96,7 +98,7 @@ def main(argv=None) -> int:
   report['pages'] = ev.pages_over_seeds(per_seed)
   report['pages_per_seed'] = {str(seed): r['pages'] for seed, r in per_seed}
   md += [f'Pages (findings at medium or above) that match no attack, batch detection, seeds '
-         f'{", ".join(str(s) for s, _ in per_seed)}:', '', ev.pages_markdown(report['pages'], per_seed)]
+         f'{", ".join(str(s) for s, _ in per_seed)}:', '', tables.pages_markdown(report['pages'], per_seed)]
   agent_seeds = [int(x) for x in a.agent_seeds.split(',') if x.strip()]
   if agent_seeds:  # the agent fleet, beside CloudTrail (pipeline/evaluate_agents.py)
     from postauth.pipeline.evaluate_agents import evaluate_agent_seeds

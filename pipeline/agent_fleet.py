@@ -18,8 +18,6 @@ Benign: ``tool_release`` (a new harmless tool adopted by most agents of one team
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime
 import json
 import os
 import sys
@@ -28,9 +26,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import orjson
 
-HOUR = 3600.0
-DAY = 86400.0
-DEFAULT_END = '2026-11-06'  # exclusive, as pipeline/generate.py: the live day is 2026-11-05
+from postauth.pipeline.sample_layout import (DAY, DEFAULT_END, HOUR, benign_note, iso, make_day_dirs, sample_days,
+                                             write_cases, write_inventory)
+
 TEAMS = {'support': ['support'], 'coding': ['platform', 'growth'], 'data': ['finance', 'growth', 'marketing'],
          'ops': ['sre']}
 CUSTOMER_DOMAINS = ['gmail.com', 'outlook.com', 'yahoo.com', 'icloud.com', 'proton.me'] + [
@@ -38,10 +36,6 @@ CUSTOMER_DOMAINS = ['gmail.com', 'outlook.com', 'yahoo.com', 'icloud.com', 'prot
                              'wayne', 'tyrell', 'wonka', 'cyberdyne', 'soylent', 'oscorp', 'aperture')]
 REPOS = ['billing-api', 'web-frontend', 'search-svc', 'mobile-app', 'infra-tools', 'auth-svc']
 K8S_NAMESPACES = ['checkout', 'search', 'payments', 'web', 'batch']
-
-
-def iso(t: float) -> str:
-  return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')
 
 
 # kind -> [(tool, weight, target maker name)]; targets are attributes or argument keys, as
@@ -236,6 +230,12 @@ def _attacks(tracer: Tracer, agents: List[Agent], day0: float) -> Tuple[List, Li
   return calls, labels
 
 
+def _day_note(agent: Agent, kind: str, day: List[Tuple[str, List[dict]]], day0: float, detail: str) -> Dict:
+  """The benign note of an agent's changed day: from its first to its last tool call."""
+  times = [int(spans[2]['startTimeUnixNano']) / 1e9 for _, spans in day] or [day0]
+  return benign_note(agent.id, kind, min(times), max(times), detail)
+
+
 def _changes(tracer: Tracer, agents: List[Agent], day0: float, live: bool, taken: set
              ) -> Tuple[List, List[dict], set]:
   """The day's benign change: a tool release in one team, busier days for a few agents."""
@@ -256,11 +256,8 @@ def _changes(tracer: Tracer, agents: List[Agent], day0: float, live: bool, taken
       calls += day
       a.tools.append((tool, 1.5))  # the tool stays in use afterwards
       changed.add(a.id)
-      times = [int(s[2]['startTimeUnixNano']) / 1e9 for _, s in day]
-      notes.append({'identity': a.id, 'kind': 'tool_release', 'change': 'tool_release',
-                    'detail': f'{tool} released to the {team} {kind} agents ({len(adopters)} of {len(members)})',
-                    'start': iso(min(times)) if times else iso(day0), 'end': iso(max(times)) if times else iso(day0),
-                    'expected': 'low_or_none'})
+      notes.append(_day_note(a, 'tool_release', day, day0,
+                             f'{tool} released to the {team} {kind} agents ({len(adopters)} of {len(members)})'))
   free = [a for a in agents if a.id not in taken and a.id not in changed]
   if live:  # the live day: several at once, as a release day brings them
     busy = [free[int(i)] for i in sorted(rng.choice(len(free), size=min(len(free), max(2, len(agents) // 10)),
@@ -272,11 +269,7 @@ def _changes(tracer: Tracer, agents: List[Agent], day0: float, live: bool, taken
     day = routine(tracer, a, day0, scale=scale)
     calls += day
     changed.add(a.id)
-    times = [int(s[2]['startTimeUnixNano']) / 1e9 for _, s in day]
-    notes.append({'identity': a.id, 'kind': 'busier_day', 'change': 'busier_day',
-                  'detail': f'{scale:.1f}x its usual volume, usual tools and targets',
-                  'start': iso(min(times)) if times else iso(day0), 'end': iso(max(times)) if times else iso(day0),
-                  'expected': 'low_or_none'})
+    notes.append(_day_note(a, 'busier_day', day, day0, f'{scale:.1f}x its usual volume, usual tools and targets'))
   return calls, notes, changed
 
 
@@ -302,14 +295,11 @@ def _requests(calls: List[Tuple[str, List[dict]]], agents: Dict[str, Agent]) -> 
   return lines
 
 
-def _days(end: str, days: int) -> List[float]:
-  last = datetime.datetime.fromisoformat(end).replace(tzinfo=datetime.timezone.utc).timestamp() - DAY
-  return [last - (days - 1 - d) * DAY for d in range(days)]
-
-
-INVENTORY_HEADER = ['identity', 'identity_type', 'owner', 'team', 'environment', 'criticality',
-                    'expected_services', 'expected_actions', 'created_at', 'last_rotated_at', 'status',
-                    'display_name']
+def _inventory_rows(crew: List[Agent], first_day0: float) -> List[List[str]]:
+  """One inventory row per agent: its declared tools, registered 90 days before the sample."""
+  return [[a.id, 'ai_agent', f'{a.team}-team@example.com', a.team, 'prod', 'medium',
+           'genai', ';'.join(f'genai:execute_tool:{t}' for t in sorted({t for t, _ in TOOLS[a.kind]})),
+           iso(first_day0 - 90 * DAY), '', 'active', a.service] for a in crew]
 
 
 def generate_agents(out_dir: str, agents: int = 40, days: int = 7, seed: int = 7,
@@ -325,12 +315,11 @@ def generate_agents(out_dir: str, agents: int = 40, days: int = 7, seed: int = 7
   tracer = Tracer(rng)
   crew = fleet(agents, rng)
   by_service = {a.service: a for a in crew}
-  for d in ('history', 'live'):
-    os.makedirs(os.path.join(out_dir, d), exist_ok=True)
+  make_day_dirs(out_dir)
   labels, benign = [], []
   counts = {'agents': len(crew), 'history_tool_calls': 0, 'live_tool_calls': 0}
   attack_agents = set()
-  for d, day0 in enumerate(_days(end, days)):
+  for d, day0 in enumerate(sample_days(end, days)):
     live = d == days - 1
     calls: List = []
     taken: set = set()
@@ -352,25 +341,9 @@ def generate_agents(out_dir: str, agents: int = 40, days: int = 7, seed: int = 7
       for line in _requests(calls, by_service):
         f.write(line + b'\n')
     counts['live_tool_calls' if live else 'history_tool_calls'] += len(calls)
-  inventory = os.path.join(out_dir, 'inventory.csv')
-  mode = 'a' if append and os.path.exists(inventory) else 'w'
-  with open(inventory, mode, newline='') as f:
-    w = csv.writer(f)
-    if mode == 'w':
-      w.writerow(INVENTORY_HEADER)
-    first = _days(end, days)[0]
-    for a in crew:
-      tools = sorted({t for t, _ in TOOLS[a.kind]})
-      w.writerow([a.id, 'ai_agent', f'{a.team}-team@example.com', a.team, 'prod', 'medium',
-                  'genai', ';'.join(f'genai:execute_tool:{t}' for t in tools), iso(first - 90 * DAY),
-                  '', 'active', a.service])
-  for name, rows in (('labels.json', labels), ('benign.json', benign)):
-    path = os.path.join(out_dir, name)
-    if append and os.path.exists(path):
-      with open(path) as f:
-        rows = json.load(f) + rows
-    with open(path, 'w') as f:
-      json.dump(rows, f, indent=1)
+  write_inventory(out_dir, _inventory_rows(crew, sample_days(end, days)[0]), append)
+  write_cases(out_dir, 'labels.json', labels, append)
+  write_cases(out_dir, 'benign.json', benign, append)
   counts['labels'] = len(labels)
   counts['benign_changes'] = len(benign)
   return counts

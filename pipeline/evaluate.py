@@ -20,13 +20,16 @@ A finding *matches* a case when it is about the case's identity and its window
 overlaps the case's [start, end]. Findings are ranked by score, then severity.
 Findings have versions (same ``finding_id``); only the latest of each counts
 (``latest_versions``), so a versions log can be evaluated too.
+
+The tables a report is read as: ``pipeline/evaluate_tables.py``; detection over the real
+samples: ``pipeline/evaluate_real.py``.
 """
 from __future__ import annotations
 
 import datetime
 import json
 import os
-from typing import Dict, List, Optional, Sequence, Set, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 SEVERITY_RANK = {'low': 0, 'medium': 1, 'high': 2, 'critical': 3}  # as transforms/findings.py
 DAY = 86400.0
@@ -273,65 +276,6 @@ def detect_summary(per_scenario: Sequence[Dict]) -> Dict:
           'median_final_s': _median(finals)}
 
 
-def _duration(seconds: Optional[float]) -> str:
-  if seconds is None:
-    return '-'
-  minutes = int(round(seconds / 60.0))
-  return f'{minutes // 60} h {minutes % 60:02d} min' if minutes >= 60 else f'{minutes} min'
-
-
-def to_markdown(report: Dict, title: str = '') -> str:
-  """The report as the README's tables."""
-  lines = [f'**{title}**', ''] if title else []
-  wall = report.get('wall_clock') or {}
-  lines += ['| attack scenario | detected | rank | severity | score | time to detect (first_detected_at) | '
-            'first anomalous window closed | finding\'s last update | pages |'
-            + (' wall-clock delay to the sink |' if wall else ''),
-            '| --- | --- | --- | --- | --- | --- | --- | --- | --- |' + (' --- |' if wall else '')]
-  for s in report['scenarios']:
-    delay = wall.get(s['scenario'])
-    lines.append(f'| {s["scenario"]} | {"yes" if s["detected"] else "**no**"} | {s["rank"] or "-"} | '
-                 f'{s["severity"] or "-"} | {"-" if s["score"] is None else s["score"]} | '
-                 f'{_duration(s["time_to_detect_s"])} | {_duration(s["time_to_first_window_s"])} | '
-                 f'{_duration(s.get("time_to_final_s"))} | '
-                 f'{s.get("pages", "-")} |' + ((f' {delay:.1f} s |' if delay is not None else ' - |') if wall else ''))
-  t = report.get('time_to_detect') or {}
-  first = (report.get('sink_delay') or {}).get('first_versions') or {}
-  if first.get('n'):
-    lines += ['', f'Wall-clock delay from the message that closes a finding\'s first window to its first '
-              f'version on the sink: median {first["median_s"]:.1f} s, max {first["max_s"]:.1f} s '
-              f'({first["n"]} findings).']
-  if t.get('detected'):
-    lines += ['', f'Time from an attack\'s first event to its finding\'s first emission (event time): '
-                  f'median {_duration(t["median_s"])}, at most {_duration(t["max_s"])} '
-                  f'(to the last update: median {_duration(t["median_final_s"])}).']
-  if report['benign']:
-    lines += ['', '| benign change (kind) | cases | cases with findings | highest severity | best rank | '
-              'all low or silent |', '| --- | --- | --- | --- | --- | --- |']
-    kinds: Dict[str, List[Dict]] = {}
-    for b in report['benign']:
-      kinds.setdefault(b.get('kind') or b['change'], []).append(b)
-    for kind, cases in kinds.items():
-      worst = max((b['max_severity'] for b in cases if b['max_severity']),
-                  key=lambda x: SEVERITY_RANK.get(x, -1), default=None)
-      best = min((b['best_rank'] for b in cases if b['best_rank']), default=None)
-      lines.append(f'| {kind} | {len(cases)} | {sum(1 for b in cases if b["findings"])} | {worst or "-"} | '
-                   f'{best or "-"} | {"yes" if all(b["ok"] for b in cases) else "**no**"} |')
-  p = report['precision_at']
-  lines += ['', '| metric | value |', '| --- | --- |',
-            f'| attacks detected | {report["attacks_detected"]}/{report["attacks"]} |']
-  lines += [f'| precision@{k} | {v} |' for k, v in p.items()]
-  lines += [f'| PR-AUC (average precision over findings) | {report["pr_auc"]} |',
-            f'| findings | {report["findings"]} ({report["false_alerts"]} overlap no attack: '
-            + ', '.join(f'{n} {s}' for s, n in report['false_alerts_by_severity'].items() if n) + ') |',
-            f'| identity-days evaluated | {report["identity_days"] if report["identity_days"] else "-"} |',
-            f'| false alerts per 1,000 identity-days (any severity) | '
-            f'{report["false_alerts_per_1000_identity_days"] if report["identity_days"] else "-"} |',
-            f'| false alerts per 1,000 identity-days (medium or above) | '
-            f'{report["false_alerts_medium_or_above_per_1000_identity_days"] if report["identity_days"] else "-"} |']
-  return '\n'.join(lines) + '\n'
-
-
 def pages_over_seeds(reports: Sequence[Tuple[int, Dict]]) -> Dict:
   """Issue 12's measure over several samples: attacks paged, and pages matching no attack per
   1,000 identity-days, overall and per benign kind (each kind summed over the seeds)."""
@@ -355,24 +299,6 @@ def pages_over_seeds(reports: Sequence[Tuple[int, Dict]]) -> Dict:
   return total
 
 
-def pages_markdown(total: Dict, per_seed: Sequence[Tuple[int, Dict]]) -> str:
-  """The README's pages tables: per seed, and per benign kind over all seeds."""
-  lines = ['| seed | identity-days | attacks paged | pages matching no attack | per 1,000 identity-days | '
-           'matching no benign case either |', '| --- | --- | --- | --- | --- | --- |']
-  for seed, r in per_seed:
-    p = r['pages']
-    lines.append(f'| {seed} | {r["identity_days"]} | {p["attacks_paged"]}/{r["attacks"]} | {p["pages"]} | '
-                 f'{p["pages_per_1000_identity_days"]} | {p["unexplained"]} |')
-  lines.append(f'| **all** | {total["identity_days"]} | {total["attacks_paged"]}/{total["attacks"]} | '
-               f'{total["pages"]} | **{total["pages_per_1000_identity_days"]}** | {total["unexplained"]} |')
-  lines += ['', '| benign kind | cases | cases paged | pages | per 1,000 identity-days |',
-            '| --- | --- | --- | --- | --- |']
-  for kind, v in sorted(total['by_kind'].items()):
-    lines.append(f'| {kind} | {v["cases"]} | {v["cases_paged"]} | {v["pages"]} | '
-                 f'{v["pages_per_1000_identity_days"]} |')
-  return '\n'.join(lines) + '\n'
-
-
 def evaluate_files(findings: str, labels: str, benign: Optional[str] = None,
                    events: Sequence[str] = (), inventory_identity_days: Optional[int] = None,
                    window_size: float = 3600.0) -> Dict:
@@ -385,97 +311,3 @@ def evaluate_files(findings: str, labels: str, benign: Optional[str] = None,
   report['inputs'] = {'findings': os.path.abspath(findings), 'labels': os.path.abspath(labels),
                       'benign': benign and os.path.abspath(benign), 'event_files': len(events), **detail}
   return report
-
-
-# -- real samples ---------------------------------------------------------------------
-def real_sets(root: str) -> List[str]:
-  """The sample folders under ``root`` (../shared/data), each one evaluated on its own."""
-  return sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
-
-
-def materialise_set(root: str, name: str, out_dir: str) -> Tuple[str, int]:
-  """A set's raw records as one JSON-lines file, the way `postauth run` reads logs.
-
-  Panther's rule-test rows are unwrapped to the log they carry (as the parse report
-  does); every other record is written as it was read. Returns (path, records).
-  """
-  from postauth.pipeline.parse_report import sample_files, file_records
-  os.makedirs(out_dir, exist_ok=True)
-  path = os.path.join(out_dir, f'{name}.jsonl')
-  n = 0
-  with open(path, 'wb') as f:
-    for src in sample_files(os.path.join(root, name)):
-      for record in file_records(src):
-        f.write(record.raw.replace(b'\n', b' ') + b'\n')
-        n += 1
-  return path, n
-
-
-def _attacker_identities(root: str, name: str) -> Set[str]:
-  """Identities (as the parser names them) of the events the set's labels mark as attacker activity.
-
-  Only otrf-aws labels events (``label`` 1, by ``eventID``); its labels name the session
-  ARN, the parser the role it assumed, so the events are parsed to match the findings.
-  """
-  import csv
-  from postauth.pipeline.parse_report import report, sample_files
-  path = os.path.join(root, name, 'labels.csv')
-  if name != 'otrf-aws' or not os.path.exists(path):
-    return set()
-  with open(path) as f:
-    ids = {row['eventID'] for row in csv.DictReader(f) if row.get('label') == '1'}
-  return {e.identity for r in report(sample_files(os.path.join(root, name))) for e in r['events']
-          if e.event_id in ids}
-
-
-def summarise_real(name: str, findings: Sequence[dict], records: int, counters: Dict[str, int],
-                   attackers: Set[str] = frozenset()) -> Dict:
-  """What a run flagged on one real set: findings by severity and kind, rules, identities."""
-  ranked = rank_findings(findings)
-  rules: Dict[str, int] = {}
-  for f in ranked:
-    for r in f.get('rules') or []:
-      rules[r] = rules.get(r, 0) + 1
-  flagged = sorted({f['identity'] for f in ranked})
-  out = {'set': name, 'records': records, 'parsed': counters.get('events_parsed'),
-         'dead_lettered': counters.get('dead_lettered', 0), 'findings': len(ranked),
-         'by_severity': {s: sum(1 for f in ranked if f.get('severity') == s) for s in SEVERITY_RANK},
-         'model_flagged': sum(1 for f in ranked if f.get('kind') == 'anomaly'),
-         'rules': dict(sorted(rules.items(), key=lambda kv: -kv[1])),
-         'identities_flagged': len(flagged),
-         'top': [{'identity': f['identity'], 'severity': f.get('severity'), 'score': round(float(f['score']), 3),
-                  'rules': f.get('rules') or []} for f in ranked[:3]]}
-  if attackers:
-    out['labelled_attacker_identities'] = len(attackers)
-    out['labelled_attacker_flagged'] = sum(1 for a in attackers if any(a == f['identity'] for f in ranked))
-  return out
-
-
-def real_markdown(rows: Sequence[Dict]) -> str:
-  lines = ['| set | records | parsed | findings (low/medium/high/critical) | model-flagged | rules fired | '
-           'identities flagged | labelled attacker flagged |',
-           '| --- | --- | --- | --- | --- | --- | --- | --- |']
-  for r in rows:
-    sev = '/'.join(str(r['by_severity'][s]) for s in SEVERITY_RANK)
-    rules = ', '.join(f'{k} {v}' for k, v in r['rules'].items()) or '-'
-    lab = (f'{r["labelled_attacker_flagged"]}/{r["labelled_attacker_identities"]}'
-           if 'labelled_attacker_identities' in r else '-')
-    lines.append(f'| {r["set"]} | {r["records"]} | {r["parsed"]} | {r["findings"]} ({sev}) | {r["model_flagged"]} | '
-                 f'{rules} | {r["identities_flagged"]} | {lab} |')
-  return '\n'.join(lines) + '\n'
-
-
-def evaluate_real(root: str, model_dir: str, inventory: str, out_dir: str,
-                  beam_args: Sequence[str] = ()) -> List[Dict]:
-  """Runs batch detection over every set under ``root`` with a trained model; per-set summaries."""
-  from postauth.pipeline.cli import run
-  rows = []
-  for name in real_sets(root):
-    path, records = materialise_set(root, name, os.path.join(out_dir, 'events'))
-    findings = os.path.join(out_dir, f'{name}.findings.jsonl')
-    ran = run([f'--events={path}', f'--inventory={inventory}', f'--model-dir={model_dir}',
-               f'--findings={findings}', f'--dead-letters={os.path.join(out_dir, name + ".dead-letter.jsonl")}']
-              + list(beam_args))
-    rows.append(summarise_real(name, read_json_lines(findings), records, ran['counters'],
-                               _attacker_identities(root, name)))
-  return rows

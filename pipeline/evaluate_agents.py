@@ -32,6 +32,7 @@ def evaluate_agent_seeds(out: str, seeds: Sequence[int], agents: int = 40, days:
                          beam_args: Optional[List[str]] = None, echo=print) -> Tuple[Dict, str]:
   """(report, markdown) over the seeds: per-seed attack table and the pages across seeds."""
   from postauth.pipeline import evaluate as ev
+  from postauth.pipeline import evaluate_tables as tables
   per_seed: List[Tuple[int, Dict]] = []
   report: Dict = {'agents': agents, 'days': days, 'seeds': list(seeds), 'per_seed': {}, 'timings_s': {}}
   md: List[str] = []
@@ -50,8 +51,8 @@ def evaluate_agent_seeds(out: str, seeds: Sequence[int], agents: int = 40, days:
          f'({time.time() - t:.1f}s)')
     md += [f'Agent fleet, seed {seed}: {done["counts"]["agents"]} agents x {days} days, '
            f'{done["counts"]["live_tool_calls"]} live tool calls; batch detection.', '',
-           ev.to_markdown(result), '']
+           tables.to_markdown(result), '']
   report['pages'] = ev.pages_over_seeds(per_seed)
   md += [f'Agent fleet: pages (medium or above) that match no attack, seeds '
-         f'{", ".join(str(s) for s, _ in per_seed)}:', '', ev.pages_markdown(report['pages'], per_seed)]
+         f'{", ".join(str(s) for s, _ in per_seed)}:', '', tables.pages_markdown(report['pages'], per_seed)]
   return report, '\n'.join(md)

@@ -17,14 +17,14 @@ a new network or a new table stays part of the identity's routine on later days.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 from typing import Dict, List, Sequence, Set, Tuple
 
 import numpy as np
 
+from postauth.pipeline.fleet import Call, make_identity
+from postauth.pipeline.sample_layout import DAY, HOUR, benign_note, iso
+
 KINDS = ('rollout', 'redeploy', 'backfill', 'new_resources', 'key_rotation', 'new_identity')
-HOUR = 3600.0
-DAY = 86400.0
 
 # Per history day: rollouts per day (each to 20-40% of a group), and the share of the
 # fleet that redeploys, backfills or gets new resources; new identities per day.
@@ -56,13 +56,8 @@ class Change:
   note: Dict
 
 
-def _iso(t: float) -> str:
-  return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')
-
-
 def _note(who, kind: str, start: float, end: float, detail: str) -> Dict:
-  return {'identity': who.canonical, 'kind': kind, 'change': kind, 'detail': detail,
-          'start': _iso(start), 'end': _iso(end), 'expected': 'low_or_none'}
+  return benign_note(who.canonical, kind, start, end, detail)
 
 
 class FleetChange:
@@ -72,10 +67,8 @@ class FleetChange:
   caller simulates everyone else's routine day as usual).
   """
 
-  def __init__(self, sim, make_identity, call_cls, rng: np.random.Generator):
-    self.sim = sim
-    self.make_identity = make_identity  # (kind, index, team, env, networks, rng) -> Identity
-    self.Call = call_cls
+  def __init__(self, sim, rng: np.random.Generator):
+    self.sim = sim  # a pipeline.activity.Simulator
     self.rng = rng
     self.joined = 0
 
@@ -96,7 +89,6 @@ class FleetChange:
 
   def _rollout_call(self, spec, who):
     service, action, read_only, kind = spec
-    Call = self.Call
     if kind == 'namespace':
       return Call(service, action, [f'{who.team}/{who.kind}'], 1.5, read_only, 'namespace')
     if kind == 'log_group':
@@ -172,7 +164,7 @@ class FleetChange:
       return Change(self.sim.normal(who, day0, day0 + DAY), _note(who, 'new_resources', day0, day0, 'none'))
     i = owned[int(rng.integers(len(owned)))]
     call = who.calls[i]
-    date = _iso(day0)[:10]
+    date = iso(day0)[:10]
     fresh = [_sibling(r, date, k, rng) for k, r in enumerate(call.resources[:int(rng.integers(1, 4))])]
     t = day0 + float(rng.uniform(2, 18)) * HOUR
     before = self.sim.normal(who, day0, t)
@@ -184,7 +176,6 @@ class FleetChange:
   def key_rotation(self, who, day0: float) -> Change:
     """A rotation job's scheduled run: new access keys and secret versions, old keys retired."""
     rng = self.rng
-    Call = self.Call
     targets = list(who.rotation_targets)
     picked = [targets[int(k)] for k in rng.choice(len(targets), size=min(len(targets), int(rng.integers(2, 5))),
                                                   replace=False)]
@@ -208,13 +199,13 @@ class FleetChange:
     self.joined += 1
     index = 80 + self.joined
     nets = [f'10.{int(rng.integers(0, 32))}.{int(rng.integers(0, 255))}']
-    who = self.make_identity(template.kind, index, template.team, template.environment, nets, rng)
+    who = make_identity(template.kind, index, template.team, template.environment, nets, rng)
     who.created = day0
     fleet.append(who)
     start = day0 + float(rng.uniform(6, 16)) * HOUR
     return Change(self.sim.normal(who, start, day0 + DAY),
                   _note(who, 'new_identity', start, day0 + DAY - 1,
-                        f'new {who.identity_type} of team {who.team}, created {_iso(day0)[:10]}'))
+                        f'new {who.identity_type} of team {who.team}, created {iso(day0)[:10]}'))
 
   # -- one day ------------------------------------------------------------------------
   def day(self, fleet, day0: float, release: bool, taken: Set[str]) -> Tuple[List[Change], Set[str]]:

@@ -10,7 +10,11 @@ import pytest
 
 from conftest import shared_data
 from postauth.pipeline import evaluate as ev
-from postauth.pipeline.generate import DAY, generate, iso, month_end_close_day
+from postauth.pipeline.evaluate_real import evaluate_real
+from postauth.pipeline.evaluate_tables import real_markdown, to_markdown
+from postauth.pipeline.generate import generate
+from postauth.pipeline.sample_layout import iso
+from postauth.pipeline.scenarios import month_end_close_day
 
 DAY0 = 1793836800.0  # 2026-11-05T00:00:00Z
 
@@ -58,7 +62,7 @@ def test_metrics_by_hand():
   backfill, upgrade = r['benign']
   assert (backfill['findings'], backfill['max_severity'], backfill['best_rank'], backfill['ok']) == (1, 'medium', 2, False)
   assert (upgrade['findings'], upgrade['ok']) == (0, True)
-  md = ev.to_markdown(r)
+  md = to_markdown(r)
   assert '| C | **no** | - |' in md and '| A | yes | 1 | high | 6.0 | 1 h 15 min | 45 min |' in md
 
 
@@ -189,8 +193,8 @@ def test_evaluate_refuses_an_events_glob_matching_nothing(tmp_path, capsys):
 def test_real_samples_flagged(model_dir, sample, tmp_path):
   """Detection over each real set with the sample's model: what is flagged, per set."""
   root = shared_data()
-  rows = ev.evaluate_real(root, model_dir, sample['inventory'], str(tmp_path), ['--runner=FnApiRunner'])
-  print('\n' + ev.real_markdown(rows))
+  rows = evaluate_real(root, model_dir, sample['inventory'], str(tmp_path), ['--runner=FnApiRunner'])
+  print('\n' + real_markdown(rows))
   by = {r['set']: r for r in rows}
   assert set(by) >= {'otrf-aws', 'falco-k8s-audit', 'panther-rule-tests'}
   otrf = by['otrf-aws']
