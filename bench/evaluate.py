@@ -31,7 +31,8 @@ def main(argv=None) -> int:
   from postauth.pipeline import evaluate as ev
   from postauth.pipeline import evaluate_tables as tables
   from postauth.pipeline.evaluate_real import evaluate_real
-  from postauth.pipeline.cli import run, sample_run
+  from postauth.pipeline.jobs import run
+  from postauth.pipeline.sample_run import sample_run
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument('--out', default='out/evaluate')
   ap.add_argument('--identities', type=int, default=200)

@@ -20,6 +20,7 @@ import zlib
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from postauth.domain.event import Event
+from postauth.domain.origin import agent_family, network_of
 from postauth.domain.taxonomy import SENSITIVE_CATEGORIES
 
 MAX_ACTIONS = 32  # distinct actions sampled per window (beyond them: counted, not sampled)
@@ -158,7 +159,6 @@ def decode(v: Optional[list]) -> Store:
 
 def for_window(agg, profile) -> Dict:
   """A flagged window's evidence: its samples (with what was new in each) and calls per action."""
-  from postauth.domain.window import agent_family, network_of  # aggregate imports this module
   events = []
   for s in samples(getattr(agg, 'evidence', None) or {}):
     d = dict(zip(FIELDS, s))

@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import fnmatch
 import io
-import os
 from importlib import resources
 from typing import Dict, Iterable, List, Optional, Tuple
 

@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from postauth.pipeline.fleet import ACCOUNT, Call, Identity
+from postauth.pipeline.synthetic_fleet import ACCOUNT, Call, Identity
 from postauth.pipeline.sample_layout import HOUR, iso
 
 

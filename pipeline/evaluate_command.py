@@ -11,6 +11,7 @@ import json
 from typing import List
 
 from postauth.pipeline import evaluate
+from postauth.pipeline.evaluate_tables import to_markdown
 from postauth.pipeline import options as opts
 
 
@@ -48,7 +49,7 @@ def main(argv: List[str]) -> int:
     delays = sink_delays_from_files(a.arrivals, a.published, evaluate.read_cases(a.labels), a.watermark_max_delay)
     report['sink_delay'] = delays
     report['wall_clock'] = delays['per_attack']
-  md = evaluate.to_markdown(report)
+  md = to_markdown(report)
   if a.out:
     with open(a.out, 'w') as f:
       json.dump(report, f, indent=1)

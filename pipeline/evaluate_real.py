@@ -78,7 +78,7 @@ def summarise_real(name: str, findings: Sequence[dict], records: int, counters: 
 def evaluate_real(root: str, model_dir: str, inventory: str, out_dir: str,
                   beam_args: Sequence[str] = ()) -> List[Dict]:
   """Runs batch detection over every set under ``root`` with a trained model; per-set summaries."""
-  from postauth.pipeline.cli import run
+  from postauth.pipeline.jobs import run
   rows = []
   for name in real_sets(root):
     path, records = materialise_set(root, name, os.path.join(out_dir, 'events'))

@@ -21,7 +21,7 @@ from typing import Dict, List, Sequence, Set, Tuple
 
 import numpy as np
 
-from postauth.pipeline.fleet import Call, make_identity
+from postauth.pipeline.synthetic_fleet import Call, make_identity
 from postauth.pipeline.sample_layout import DAY, HOUR, benign_note, iso
 
 KINDS = ('rollout', 'redeploy', 'backfill', 'new_resources', 'key_rotation', 'new_identity')

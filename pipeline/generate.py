@@ -6,7 +6,7 @@ one per day, plus the dormant key's single day of use 45 days before the live da
 (the nine injected attacks) and ``benign.json`` (legitimate change on the last day
 that should stay low or silent). Deterministic for a given seed.
 
-The parts: the identities (``pipeline/fleet.py``), their routine activity as CloudTrail
+The parts: the identities (``pipeline/synthetic_fleet.py``), their routine activity as CloudTrail
 records (``pipeline/activity.py``), everyday legitimate change (``pipeline/fleet_change.py``),
 the live day's attacks and deliberate benign cases (``pipeline/scenarios.py``), the sample's
 calendar and files (``pipeline/sample_layout.py``). This module runs the days and writes them.
@@ -23,7 +23,7 @@ import orjson
 
 from postauth.pipeline import scenarios
 from postauth.pipeline.activity import Simulator
-from postauth.pipeline.fleet import ACCOUNT, Identity, build_fleet, expected_actions, expected_services
+from postauth.pipeline.synthetic_fleet import ACCOUNT, Identity, build_fleet, expected_actions, expected_services
 from postauth.pipeline.fleet_change import FleetChange
 from postauth.pipeline.sample_layout import (DAY, DEFAULT_END, iso, make_day_dirs, sample_days, write_cases,
                                              write_inventory)

@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Set, Tuple
 import numpy as np
 
 from postauth.pipeline.activity import Simulator
-from postauth.pipeline.fleet import ACCOUNT, UA_ATTACKER, UA_CLI, UA_GO, UA_JAVA, UA_REUSE, Call, Identity
+from postauth.pipeline.synthetic_fleet import ACCOUNT, UA_ATTACKER, UA_CLI, UA_GO, UA_JAVA, UA_REUSE, Call, Identity
 from postauth.pipeline.sample_layout import DAY, HOUR, iso
 
 

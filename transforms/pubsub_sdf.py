@@ -263,7 +263,7 @@ class PullFromPubSub(beam.PTransform):
 
   def expand(self, pbegin):
     """{'records': RawRecords, ACK_IDS: (message id, (subscription, ack id)) in 'counted' mode}."""
-    from postauth.transforms.watch import install_fnapi_metrics_fix
+    from postauth.transforms.fnapi_metrics import install_fnapi_metrics_fix
     install_fnapi_metrics_fix()  # long-running SDF stages on the FnApiRunner (see watch.py)
     return (pbegin
             | 'Source' >> beam.Create([self._path])

@@ -195,7 +195,7 @@ class ReplayFiles(beam.PTransform):
   def expand(self, pbegin):
     if self._test_stream:
       return pbegin | 'ReplayStream' >> self._steps_as_test_stream()
-    from postauth.transforms.watch import install_fnapi_metrics_fix
+    from postauth.transforms.fnapi_metrics import install_fnapi_metrics_fix
     install_fnapi_metrics_fix()  # a replay is hundreds of bundles on the FnApiRunner too
     return (pbegin
             | 'Pattern' >> beam.Create([self._pattern])

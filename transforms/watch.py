@@ -49,6 +49,7 @@ from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
 
 from postauth.transforms.parse import read_all
+from postauth.transforms.fnapi_metrics import install_fnapi_metrics_fix
 from postauth.transforms.poll_tracker import PollTracker
 from postauth.transforms.records import RawRecord, split_records
 from postauth.transforms.replay import record_time
@@ -179,24 +180,6 @@ class _WatchFilesFn(beam.DoFn, RestrictionProvider):
       if mark > watermark.current_watermark():
         watermark.set_watermark(mark)
     tracker.defer_remainder(Duration.of(self._interval))
-
-
-def install_fnapi_metrics_fix() -> None:
-  """The FnApiRunner keeps each stage's metrics as a lazy ``consolidate`` generator wrapping the
-  previous one (``fn_runner.py``: ``consolidate_monitoring_infos(chain(new, old))``), so a job
-  whose stage runs ~1,000 bundles -- a watch polling for a few minutes -- ends in
-  ``RecursionError`` when its metrics are read. Materialising each step keeps the depth at one.
-  Affects the FnApiRunner only (Prism, Flink and Dataflow aggregate metrics themselves)."""
-  from apache_beam.metrics import monitoring_infos
-  from apache_beam.runners.portability.fn_api_runner import fn_runner
-  if getattr(fn_runner.consolidate_monitoring_infos, 'postauth_fix', False):
-    return
-
-  def consolidate(metrics, key=monitoring_infos.to_key):
-    return list(monitoring_infos.consolidate(metrics, key))
-
-  consolidate.postauth_fix = True
-  fn_runner.consolidate_monitoring_infos = consolidate
 
 
 class WatchFiles(beam.PTransform):
