@@ -17,6 +17,7 @@ on every runner.)
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import typing
 from typing import Dict, Iterable, List, Tuple
@@ -30,7 +31,7 @@ from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateS
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration
 
-from postauth.transforms.timer_walk import GroupWithTimestamps, at_ms, timer_ms, walk
+from postauth.transforms.timer_walk import GroupWithTimestamps, WalkFn, at_ms, timer_ms
 from postauth.transforms.versions import first_version, higher, version_flags
 
 from postauth.domain import evidence
@@ -335,17 +336,14 @@ class _MergeRunsFn(beam.DoFn):
     yield from out
 
 
-class _WalkRunsFn(beam.DoFn):
-  """Batch: (identity, all its scored windows) -> the same versions, timers run as a loop."""
+def _new_merger(window_size: int, allowed_lateness: int):
+  return _RunMerger(window_size, allowed_lateness).step
 
-  def __init__(self, window_size: int, allowed_lateness: int = 0):
-    self._size = window_size
-    self._lateness = allowed_lateness
 
-  def process(self, kv):
-    windows = [w for _, w in kv[1]]
-    merger = _RunMerger(self._size, self._lateness)
-    yield from walk(merger.step, windows, _first_due(windows))
+def _walk_start(stamped: List[Tuple[int, Dict]]) -> Tuple[List[Dict], int]:
+  """Batch: the scored windows waiting, and the first tick (the earliest window's)."""
+  windows = [w for _, w in stamped]
+  return windows, _first_due(windows)
 
 
 class MergeOverlappingWindows(beam.PTransform):
@@ -362,7 +360,8 @@ class MergeOverlappingWindows(beam.PTransform):
     if scored.is_bounded:  # a walk per identity (transforms/timer_walk.py)
       return (globally
               | 'GroupByIdentity' >> GroupWithTimestamps(lambda w: w['identity'])
-              | 'WalkRuns' >> beam.ParDo(_WalkRunsFn(self._size, self._lateness)))
+              | 'WalkRuns' >> beam.ParDo(WalkFn(
+                  functools.partial(_new_merger, self._size, self._lateness), _walk_start)))
     return (globally
             | 'KeyByIdentity' >> beam.Map(lambda w: (w['identity'], w)).with_output_types(
                 typing.Tuple[str, typing.Any])

@@ -40,6 +40,20 @@ def walk(step: Step, waiting: List[Any], first_ms: Optional[int]) -> Iterable[An
     yield from out
 
 
+class WalkFn(beam.DoFn):
+  """Batch: (key, all its (timestamp ms, element)) -> what a fresh ``step`` emits, walked from
+  the first time ``start`` names, as the key's timer would fire."""
+
+  def __init__(self, new_step: Callable[[], Step],
+               start: Callable[[List[Tuple[int, Any]]], Tuple[List[Any], int]]):
+    self._new_step = new_step
+    self._start = start
+
+  def process(self, kv):
+    waiting, first = self._start(list(kv[1]))
+    yield from walk(self._new_step(), waiting, first)
+
+
 class _KeyWithTimestamp(beam.DoFn):
   """element -> (key, (timestamp in ms, element)): the grouping drops element timestamps."""
 

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import datetime
 import fnmatch
+import functools
 import json
 import typing
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam.coders import PickleCoder
@@ -32,7 +33,7 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.transforms.window import TimestampedValue
 
-from postauth.transforms.timer_walk import GroupWithTimestamps, at_ms, timer_ms, walk
+from postauth.transforms.timer_walk import GroupWithTimestamps, WalkFn, at_ms, timer_ms
 from postauth.transforms.versions import stamp
 
 SUPPRESSED = 'suppressed'
@@ -309,17 +310,13 @@ class _DedupFn(beam.DoFn):
     yield from out
 
 
-class _WalkDedupFn(beam.DoFn):
-  """Batch: (identity, all its (ms, finding version)) -> the same versions, timers run as a loop."""
+def _new_deduplicator(period_seconds: float, retention_seconds: float):
+  return _Deduplicator(period_seconds, retention_seconds).step
 
-  def __init__(self, period_seconds: float, retention_seconds: float = 86400.0):
-    self._period = period_seconds
-    self._retention = retention_seconds
 
-  def process(self, kv):
-    waiting = list(kv[1])
-    dedup = _Deduplicator(self._period, self._retention)
-    yield from walk(dedup.step, waiting, min(t for t, _ in waiting))
+def _walk_start(stamped: List) -> Tuple[List, int]:
+  """Batch: the (ms, finding) versions waiting, and the first flush (the earliest version's)."""
+  return stamped, min(t for t, _ in stamped)
 
 
 class DeduplicateFindings(beam.PTransform):
@@ -337,7 +334,8 @@ class DeduplicateFindings(beam.PTransform):
     if findings.is_bounded:  # a walk per identity (transforms/timer_walk.py)
       return (globally
               | 'GroupByIdentity' >> GroupWithTimestamps(lambda f: f['identity'])
-              | 'WalkRepeats' >> beam.ParDo(_WalkDedupFn(self._period, self._retention)))
+              | 'WalkRepeats' >> beam.ParDo(WalkFn(
+                  functools.partial(_new_deduplicator, self._period, self._retention), _walk_start)))
     return (globally
             | 'KeyByIdentity' >> beam.Map(lambda f: (f['identity'], f)).with_output_types(
                 typing.Tuple[str, typing.Any])
