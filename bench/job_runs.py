@@ -3,9 +3,9 @@
     python bench/job_runs.py JSON     (what ``launch`` runs; JSON names the job and its sample)
 
 Jobs: ``postauth train`` / ``postauth run`` as a user calls them, the batch detection job cut
-after a stage (``cut``), the Beam-free limit and numpy floor (bench/beam_free.py), Beam's own
-AnomalyDetection peer, and an empty Beam job (``empty``: Create -> Map, the fixed-start
-baseline). Each prints one ``BENCH {json}`` line with its wall and CPU seconds.
+after a stage (``cut``; the cut after ``startup`` is an empty Create -> Map job), the Beam-free
+limit and numpy floor (bench/beam_free.py) and Beam's own AnomalyDetection peer. Each prints one
+``BENCH {json}`` line with its wall and CPU seconds.
 """
 from __future__ import annotations
 
@@ -171,7 +171,6 @@ def launch(kind: str, work: str, window_size: int = 3600, **spec) -> Dict:
   result['rss_mib'] = usage.ru_maxrss / 1024
   shutil.rmtree(scratch, ignore_errors=True)
   return result
-
 
 
 if __name__ == '__main__':
