@@ -43,8 +43,8 @@ from postauth.transforms.windowing import IdentityWindowCoder  # noqa: E402
 
 
 def sample_windows(identities: int, days: int, window_size: int = 3600, period: int = 900):
-  """(pane aggregates, IdentityWindows, event count) of a generated sample, as bench/pipeline.py's limit builds them."""
-  from bench.pipeline import plain_parse, plain_windows
+  """(pane aggregates, IdentityWindows, event count) of a generated sample, as bench/beam_free.py builds them."""
+  from bench.beam_free import plain_parse, plain_windows
   from postauth.pipeline.generate import generate
   work = tempfile.mkdtemp(prefix='postauth-coder-')
   try:

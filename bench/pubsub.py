@@ -21,56 +21,22 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import glob
 import json
 import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import uuid
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
-sys.path.insert(0, ROOT)
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(BENCH_DIR)
+# Run as a script: the repository root on the path (``bench.*`` modules), not this folder.
+sys.path[:] = [ROOT] + [p for p in sys.path if os.path.abspath(p or '.') != BENCH_DIR]
 
+from bench.pubsub_setup import (FindingsReader, parse_time, prepare, publish_all,  # noqa: E402
+                                topic_and_sub, wait_ready)
 from postauth.pipeline import local_pubsub  # noqa: E402
 from postauth.pipeline.sink_delay import sink_delays_from_files  # noqa: E402
-
-PROJECT = 'projects/postauth-local'
-
-
-def parse_time(text: str) -> float:
-  return datetime.datetime.strptime(text, '%Y-%m-%dT%H:%M:%SZ').replace(
-      tzinfo=datetime.timezone.utc).timestamp()
-
-
-class FindingsReader(threading.Thread):
-  """Pulls the findings topic's subscription continuously, stamping each arrival."""
-
-  def __init__(self, subscription: str):
-    super().__init__(daemon=True)
-    self.subscription = subscription
-    self.arrivals = []  # (arrival time, finding)
-    self.stop = threading.Event()
-
-  def run(self):
-    from google.cloud import pubsub_v1
-    with pubsub_v1.SubscriberClient() as client:
-      while not self.stop.is_set():
-        r = client.pull(subscription=self.subscription, max_messages=100, timeout=10)
-        now = time.time()
-        if r.received_messages:
-          client.acknowledge(subscription=self.subscription, ack_ids=[m.ack_id for m in r.received_messages])
-        self.arrivals += [(now, json.loads(m.message.data)) for m in r.received_messages]
-
-
-def topic_and_sub(kind: str):
-  tag = uuid.uuid4().hex[:6]
-  topic, sub = f'{PROJECT}/topics/{kind}-{tag}', f'{PROJECT}/subscriptions/{kind}-{tag}'
-  local_pubsub.create_topic(topic)
-  local_pubsub.create_subscription(sub, topic, ack_deadline_seconds=60)
-  return topic, sub
 
 
 def start_pipeline(server, sub, findings_topic, dl_topic, sample, model, extra):
@@ -80,20 +46,6 @@ def start_pipeline(server, sub, findings_topic, dl_topic, sample, model, extra):
          f'--model-dir={model}'] + extra
   return subprocess.Popen(cmd, cwd=ROOT, env=server.env(), stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
-
-
-def wait_ready(publisher, in_topic, dl_sub, at: str, timeout=180):
-  """Publishes a malformed probe and waits for its dead letter: the pipeline is pulling."""
-  from google.cloud import pubsub_v1
-  t0 = time.time()
-  publisher.publish(in_topic, b'probe: not a record', eventTime=at).result(10)
-  with pubsub_v1.SubscriberClient() as client:
-    while time.time() - t0 < timeout:
-      r = client.pull(subscription=dl_sub, max_messages=10, timeout=10)
-      if r.received_messages:
-        client.acknowledge(subscription=dl_sub, ack_ids=[m.ack_id for m in r.received_messages])
-        return time.time() - t0
-  raise RuntimeError('pipeline did not start pulling in time')
 
 
 def stop(proc):
@@ -116,31 +68,13 @@ def main():
   ap.add_argument('--tail', type=float, default=30.0, help='Seconds to keep reading after the replay.')
   ap.add_argument('--work', default=None, help='Work directory; a sample and model already there are reused.')
   a = ap.parse_args()
-  from postauth.pipeline.cli import run, train
-  from postauth.pipeline.generate import generate
   work = a.work or tempfile.mkdtemp(prefix='postauth-bench-pubsub-')
-  sample, model = os.path.join(work, 'sample'), os.path.join(work, 'model')
-  if not os.path.exists(os.path.join(model, 'LATEST')):
-    generate(sample, a.identities, a.days, seed=7)
-    train([f'--events={sample}/history/*', f'--inventory={sample}/inventory.csv', f'--model-dir={model}',
-           '--runner=FnApiRunner'])
-  t = time.time()
-  run([f'--events={sample}/live/*', f'--inventory={sample}/inventory.csv', f'--model-dir={model}',
-       f'--findings={work}/batch.jsonl', '--runner=FnApiRunner'])
-  batch_seconds = time.time() - t
-  with open(f'{work}/batch.jsonl') as f:
-    expected = {json.loads(line)['finding_id'] for line in f}
-  records = []
-  for path in sorted(glob.glob(f'{sample}/live/*')):
-    with open(path) as f:
-      records += [json.loads(line) for line in f if line.strip()]
-  records.sort(key=lambda r: r['eventTime'])
-  bodies = [(json.dumps(r).encode(), r['eventTime']) for r in records]
-  first = datetime.datetime.fromtimestamp(parse_time(records[0]['eventTime']) - 3600,
-                                          datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')
+  prep = prepare(work, a.identities, a.days)
+  sample, model, expected = prep['sample'], prep['model'], prep['expected']
+  records, bodies, first = prep['records'], prep['bodies'], prep['first']
   identities = sum(1 for _ in open(f'{sample}/inventory.csv')) - 1
   print(f'sample: {identities} inventory identities, {len(records)} live CloudTrail events, '
-        f'{len(expected)} batch findings (batch run {batch_seconds:.1f}s)', flush=True)
+        f'{len(expected)} batch findings (batch run {prep["batch_seconds"]:.1f}s)', flush=True)
 
   server = local_pubsub.LocalPubSub()
   with server, local_pubsub.emulator_host(server.host):
@@ -166,9 +100,7 @@ def drain_phase(a, server, publisher, bodies, expected, sample, model, first):
     reader = FindingsReader(out_sub)
     reader.start()
     t0 = time.time()
-    futures = [publisher.publish(in_topic, body, eventTime=ts) for body, ts in bodies]
-    for f in futures:
-      f.result(60)
+    publish_all(publisher, in_topic, bodies)
     published = time.time() - t0
     deadline = t0 + 900
     while time.time() < deadline and not expected <= {f['finding_id'] for _, f in reader.arrivals}:
@@ -208,9 +140,7 @@ def replay_phase(a, server, publisher, bodies, records, sample, model, first, ex
       while i < len(bodies) and parse_time(bodies[i][1]) <= now_event:
         batch.append(bodies[i])
         i += 1
-      futures = [publisher.publish(in_topic, body, eventTime=ts) for body, ts in batch]
-      for f in futures:
-        f.result(60)
+      publish_all(publisher, in_topic, batch)
       stamp = time.time()
       sent += [(parse_time(ts), stamp) for _, ts in batch]
       time.sleep(0.05)

@@ -21,50 +21,26 @@ Ratios are Prism / BundleBasedDirectRunner. Both jobs read the inventory and mod
 from __future__ import annotations
 
 import argparse
-import datetime
-import glob
-import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
-sys.path.insert(0, ROOT)
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(BENCH_DIR)
+# Run as a script: the repository root on the path (``bench.*`` modules), not this folder.
+sys.path[:] = [ROOT] + [p for p in sys.path if os.path.abspath(p or '.') != BENCH_DIR]
 
+from bench.pubsub_setup import (FindingsReader, parse_time, prepare, publish_all,  # noqa: E402
+                                topic_and_sub, wait_ready)
 from postauth.pipeline import local_pubsub  # noqa: E402
 from postauth.transforms.events_out import read_events_out  # noqa: E402
 
-PROJECT = 'projects/postauth-local'
 RUNNERS = ('BundleBasedDirectRunner', 'PrismRunner')
 WINDOW = 3600
-
-
-def parse_time(text: str) -> float:
-  return datetime.datetime.strptime(text, '%Y-%m-%dT%H:%M:%SZ').replace(
-      tzinfo=datetime.timezone.utc).timestamp()
-
-
-class FindingsReader(threading.Thread):
-  """Pulls the findings subscription continuously, stamping each arrival."""
-
-  def __init__(self, subscription: str):
-    super().__init__(daemon=True)
-    self.subscription, self.arrivals, self.stop = subscription, [], threading.Event()
-
-  def run(self):
-    from google.cloud import pubsub_v1
-    with pubsub_v1.SubscriberClient() as client:
-      while not self.stop.is_set():
-        r = client.pull(subscription=self.subscription, max_messages=100, timeout=10)
-        now = time.time()
-        if r.received_messages:
-          client.acknowledge(subscription=self.subscription, ack_ids=[m.ack_id for m in r.received_messages])
-        self.arrivals += [(now, json.loads(m.message.data)) for m in r.received_messages]
 
 
 def cpu_seconds(pgid: int) -> float:
@@ -81,14 +57,6 @@ def cpu_seconds(pgid: int) -> float:
     if int(rest[2]) == pgid:
       total += int(rest[11]) + int(rest[12])
   return total / tick
-
-
-def topic_and_sub(kind: str):
-  tag = uuid.uuid4().hex[:6]
-  topic, sub = f'{PROJECT}/topics/{kind}-{tag}', f'{PROJECT}/subscriptions/{kind}-{tag}'
-  local_pubsub.create_topic(topic)
-  local_pubsub.create_subscription(sub, topic, ack_deadline_seconds=60)
-  return topic, sub
 
 
 class Job:
@@ -112,18 +80,11 @@ class Job:
 
   def wait_ready(self, publisher, at: str, timeout=240) -> float:
     """Publishes a malformed probe and waits for its dead letter: the job is pulling."""
-    from google.cloud import pubsub_v1
-    t0 = time.time()
-    publisher.publish(self.in_topic, b'probe: not a record', eventTime=at).result(10)
-    with pubsub_v1.SubscriberClient() as client:
-      while time.time() - t0 < timeout:
-        if self.proc.poll() is not None:
-          raise RuntimeError(f'job exited with {self.proc.returncode}: see {self.log.name}')
-        r = client.pull(subscription=self.dl_sub, max_messages=10, timeout=10)
-        if r.received_messages:
-          client.acknowledge(subscription=self.dl_sub, ack_ids=[m.ack_id for m in r.received_messages])
-          return time.time() - t0
-    raise RuntimeError(f'job did not start pulling within {timeout}s: see {self.log.name}')
+    return wait_ready(publisher, self.in_topic, self.dl_sub, at, timeout, alive=self._alive)
+
+  def _alive(self) -> None:
+    if self.proc.poll() is not None:
+      raise RuntimeError(f'job exited with {self.proc.returncode}: see {self.log.name}')
 
   def stop(self):
     import signal
@@ -135,12 +96,6 @@ class Job:
         os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
     self.log.close()
-
-
-def publish_all(publisher, topic, bodies):
-  futures = [publisher.publish(topic, body, eventTime=ts) for body, ts in bodies]
-  for f in futures:
-    f.result(60)
 
 
 def drain(a, server, publisher, runner, bodies, expected, work, sample, model, first):
@@ -242,26 +197,10 @@ def main():
                        'the drain then reports the findings time only.')
   ap.add_argument('--work', default=None, help='Work directory; a sample and model there are reused.')
   a = ap.parse_args()
-  from postauth.pipeline.cli import run, train
-  from postauth.pipeline.generate import generate
   work = a.work or tempfile.mkdtemp(prefix='postauth-bench-streaming-')
-  sample, model = os.path.join(work, 'sample'), os.path.join(work, 'model')
-  if not os.path.exists(os.path.join(model, 'LATEST')):
-    generate(sample, a.identities, a.days, seed=7)
-    train([f'--events={sample}/history/*', f'--inventory={sample}/inventory.csv', f'--model-dir={model}',
-           '--runner=FnApiRunner'])
-  run([f'--events={sample}/live/*', f'--inventory={sample}/inventory.csv', f'--model-dir={model}',
-       f'--findings={work}/batch.jsonl', '--runner=FnApiRunner'])
-  with open(f'{work}/batch.jsonl') as f:
-    expected = {json.loads(line)['finding_id'] for line in f}
-  records = []
-  for path in sorted(glob.glob(f'{sample}/live/*')):
-    with open(path) as f:
-      records += [json.loads(line) for line in f if line.strip()]
-  records.sort(key=lambda r: r['eventTime'])
-  bodies = [(json.dumps(r).encode(), r['eventTime']) for r in records]
-  first = datetime.datetime.fromtimestamp(parse_time(records[0]['eventTime']) - 3600,
-                                          datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')
+  prep = prepare(work, a.identities, a.days)
+  sample, model, expected = prep['sample'], prep['model'], prep['expected']
+  records, bodies, first = prep['records'], prep['bodies'], prep['first']
   print(f'sample: {len(records)} live CloudTrail events, {len(expected)} batch findings; '
         f'{os.cpu_count()} cores on this machine', flush=True)
   runners = a.runners.split(',')

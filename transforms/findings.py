@@ -8,13 +8,16 @@ window closes (the watermark passes it), then an update under the same
 (an event-time timer at each window's end), so batch and streaming emit the
 same versions. Paging within minutes of the first bad window instead of when
 the run ends (issue 16); ``transforms/versions.py`` says what a version carries.
-(Sessions windows express the same merge, but the streaming DirectRunner fired
+On bounded input the same step runs as a plain loop per identity instead of
+state and timers (transforms/timer_walk.py: Beam's state-cache commits were most
+of the batch job's CPU). (Sessions windows express the same merge, but the streaming DirectRunner fired
 and re-merged them more than once; explicit state and a timer behave the same
 on every runner.)
 """
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import typing
 from typing import Dict, Iterable, List, Tuple
@@ -26,8 +29,9 @@ from apache_beam.transforms import window
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.transforms.window import TimestampedValue
-from apache_beam.utils.timestamp import Duration, Timestamp
+from apache_beam.utils.timestamp import Duration
 
+from postauth.transforms.timer_walk import GroupWithTimestamps, WalkFn, at_ms, timer_ms
 from postauth.transforms.versions import first_version, higher, version_flags
 
 from postauth.domain import evidence
@@ -229,57 +233,27 @@ def _stamp(ts: float) -> float:
   return ts - 1e-6
 
 
-def timer_ms(t) -> int:
-  """A time as timers carry it: whole milliseconds, rounded down (the Fn API encodes timers
-  in milliseconds; compared in finer units, a window stamped 1 us before its end would never
-  be due at its own timer, which would re-arm at the same time forever)."""
-  return Timestamp.of(t).micros // 1000
-
-
-def at_ms(ms: int) -> Timestamp:
-  return Timestamp(micros=ms * 1000)
-
-
-class _MergeRunsFn(beam.DoFn):
-  """(identity, scored window) -> a finding at its run's first window, then one update per later window.
-
-  Windows wait in ``pending`` until the watermark passes them (a timer at the
-  earliest), then join the open run they overlap, in event-time order, so batch
-  (any arrival order) and streaming emit the same versions. A run stays open
-  until no window can overlap it any more, late ones included (its last end
-  plus one window size plus the allowed lateness): a late window within the
-  lateness updates the finding already emitted, under the same ``finding_id``.
-  """
-
-  PENDING = BagStateSpec('pending', PickleCoder())
-  RUNS = ReadModifyWriteStateSpec('runs', PickleCoder())
-  TICK = TimerSpec('tick', TimeDomain.WATERMARK)
+class _RunMerger:
+  """The merge at one timer time, on plain values: scored windows due by ``now`` join the open
+  run they overlap, in event-time order, and each run they touch emits its finding's version.
+  Held in state by the streaming DoFn, in local variables by the batch walk."""
 
   def __init__(self, window_size: int, allowed_lateness: int = 0):
     self._size = window_size
     self._lateness = allowed_lateness
+    self.runs: List[Dict] = []
     self.findings = Metrics.counter('postauth', 'findings')
     self.updates = Metrics.counter('postauth', 'finding_updates')
-
-  def process(self, kv, pending=beam.DoFn.StateParam(PENDING), tick=beam.DoFn.TimerParam(TICK)):
-    pending.add(kv[1])
-    tick.set(at_ms(min(timer_ms(_stamp(w['window_end'])) for w in pending.read())))
 
   def _expiry(self, run: Dict) -> float:
     return _run_end(run) + self._size + self._lateness
 
-  @on_timer(TICK)
-  def tick(self, fired=beam.DoFn.TimestampParam, pending=beam.DoFn.StateParam(PENDING),
-           runs_state=beam.DoFn.StateParam(RUNS), tick=beam.DoFn.TimerParam(TICK)):
-    now = fired.micros // 1000
-    waiting = list(pending.read())
+  def step(self, now: int, waiting: List[Dict]):
+    """(versions to emit, windows still waiting, next timer in ms or None)."""
     due = sorted((w for w in waiting if timer_ms(_stamp(w['window_end'])) <= now),
                  key=lambda w: (w['window_end'], w['window_start']))
     rest = [w for w in waiting if timer_ms(_stamp(w['window_end'])) > now]
-    pending.clear()
-    for w in rest:
-      pending.add(w)
-    runs: List[Dict] = runs_state.read() or []
+    runs, out = self.runs, []
     for end in sorted({w['window_end'] for w in due}):
       touched = []
       for w in (w for w in due if w['window_end'] == end):
@@ -293,12 +267,10 @@ class _MergeRunsFn(beam.DoFn):
         if not any(run is t for t in touched):
           touched.append(run)
       for run in touched:
-        yield TimestampedValue(self._version(run), _stamp(end))
-    runs = [r for r in runs if timer_ms(self._expiry(r)) > now]
-    runs_state.write(runs) if runs else runs_state.clear()
-    nxt = [timer_ms(_stamp(w['window_end'])) for w in rest] + [timer_ms(self._expiry(r)) for r in runs]
-    if nxt:
-      tick.set(at_ms(min(nxt)))
+        out.append(TimestampedValue(self._version(run), _stamp(end)))
+    self.runs = [r for r in runs if timer_ms(self._expiry(r)) > now]
+    nxt = [timer_ms(_stamp(w['window_end'])) for w in rest] + [timer_ms(self._expiry(r)) for r in self.runs]
+    return out, rest, min(nxt) if nxt else None
 
   def _version(self, run: Dict) -> Dict:
     """The run's finding as of now: the first version, or an update under the same id."""
@@ -318,6 +290,62 @@ class _MergeRunsFn(beam.DoFn):
     return f
 
 
+def _first_due(windows: Iterable[Dict]) -> int:
+  return min(timer_ms(_stamp(w['window_end'])) for w in windows)
+
+
+class _MergeRunsFn(beam.DoFn):
+  """Streaming: (identity, scored window) -> a finding at its run's first window, then one
+  update per later window.
+
+  Windows wait in ``pending`` until the watermark passes them (a timer at the
+  earliest), then join the open run they overlap, in event-time order, so batch
+  (any arrival order) and streaming emit the same versions. A run stays open
+  until no window can overlap it any more, late ones included (its last end
+  plus one window size plus the allowed lateness): a late window within the
+  lateness updates the finding already emitted, under the same ``finding_id``.
+  """
+
+  PENDING = BagStateSpec('pending', PickleCoder())
+  RUNS = ReadModifyWriteStateSpec('runs', PickleCoder())
+  TICK = TimerSpec('tick', TimeDomain.WATERMARK)
+
+  def __init__(self, window_size: int, allowed_lateness: int = 0):
+    self._size = window_size
+    self._lateness = allowed_lateness
+
+  def setup(self):
+    self._merger = _RunMerger(self._size, self._lateness)
+
+  def process(self, kv, pending=beam.DoFn.StateParam(PENDING), tick=beam.DoFn.TimerParam(TICK)):
+    pending.add(kv[1])
+    tick.set(at_ms(_first_due(pending.read())))
+
+  @on_timer(TICK)
+  def tick(self, fired=beam.DoFn.TimestampParam, pending=beam.DoFn.StateParam(PENDING),
+           runs_state=beam.DoFn.StateParam(RUNS), tick=beam.DoFn.TimerParam(TICK)):
+    self._merger.runs = runs_state.read() or []
+    out, rest, nxt = self._merger.step(fired.micros // 1000, list(pending.read()))
+    pending.clear()
+    for w in rest:
+      pending.add(w)
+    runs = self._merger.runs
+    runs_state.write(runs) if runs else runs_state.clear()
+    if nxt is not None:
+      tick.set(at_ms(nxt))
+    yield from out
+
+
+def _new_merger(window_size: int, allowed_lateness: int):
+  return _RunMerger(window_size, allowed_lateness).step
+
+
+def _walk_start(stamped: List[Tuple[int, Dict]]) -> Tuple[List[Dict], int]:
+  """Batch: the scored windows waiting, and the first tick (the earliest window's)."""
+  windows = [w for _, w in stamped]
+  return windows, _first_due(windows)
+
+
 class MergeOverlappingWindows(beam.PTransform):
   """Scored-window dicts -> one finding dict per identity and run of overlapping windows."""
 
@@ -327,9 +355,14 @@ class MergeOverlappingWindows(beam.PTransform):
     self._lateness = allowed_lateness
 
   def expand(self, scored):
-    return (scored
-            | 'GlobalWindow' >> beam.WindowInto(
-                window.GlobalWindows(), allowed_lateness=Duration(seconds=self._lateness))
+    globally = scored | 'GlobalWindow' >> beam.WindowInto(
+        window.GlobalWindows(), allowed_lateness=Duration(seconds=self._lateness))
+    if scored.is_bounded:  # a walk per identity (transforms/timer_walk.py)
+      return (globally
+              | 'GroupByIdentity' >> GroupWithTimestamps(lambda w: w['identity'])
+              | 'WalkRuns' >> beam.ParDo(WalkFn(
+                  functools.partial(_new_merger, self._size, self._lateness), _walk_start)))
+    return (globally
             | 'KeyByIdentity' >> beam.Map(lambda w: (w['identity'], w)).with_output_types(
                 typing.Tuple[str, typing.Any])
             | 'MergeRuns' >> beam.ParDo(_MergeRunsFn(self._size, self._lateness)))

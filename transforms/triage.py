@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import datetime
 import fnmatch
+import functools
 import json
 import typing
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam.coders import PickleCoder
@@ -32,7 +33,7 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.transforms.window import TimestampedValue
 
-from postauth.transforms.findings import at_ms, timer_ms
+from postauth.transforms.timer_walk import GroupWithTimestamps, WalkFn, at_ms, timer_ms
 from postauth.transforms.versions import stamp
 
 SUPPRESSED = 'suppressed'
@@ -161,7 +162,7 @@ def _reason_key(r: Dict) -> str:
   return key
 
 
-class _DedupFn(beam.DoFn):
+class _Deduplicator:
   """(identity, finding version) -> versions for the sinks: new findings, their updates, and
   earlier findings re-emitted with their new count; each numbered by ``versions.stamp``.
 
@@ -170,52 +171,36 @@ class _DedupFn(beam.DoFn):
   emit the same versions. An update of a finding is a version, never a repeat:
   it replaces the finding it updates. An update of a finding folded as a repeat
   stays folded while it adds no new reason; once it does, it is shown on its own
-  (and its count leaves the finding it was folded into).
+  (and its count leaves the finding it was folded into). Held in state by the
+  streaming DoFn, in local variables by the batch walk.
   """
-
-  PENDING = BagStateSpec('pending', PickleCoder())
-  REPORTED = ReadModifyWriteStateSpec('reported', PickleCoder())
-  SENT = ReadModifyWriteStateSpec('sent', PickleCoder())
-  FLUSH = TimerSpec('flush', TimeDomain.WATERMARK)
 
   def __init__(self, period_seconds: float, retention_seconds: float = 86400.0):
     self._period = period_seconds
     self._retention = max(retention_seconds, period_seconds)
+    self.known: List[Dict[str, Any]] = []
+    self.sent: Dict[str, Dict] = {}
     self.folded = Metrics.counter('postauth', 'findings_deduplicated')
     self.stale = Metrics.counter('postauth', 'finding_versions_stale')
 
-  def process(self, kv, ts=beam.DoFn.TimestampParam, pending=beam.DoFn.StateParam(PENDING),
-              flush=beam.DoFn.TimerParam(FLUSH)):
-    pending.add((timer_ms(ts), kv[1]))  # whole milliseconds, as timers carry them
-    flush.set(at_ms(min(t for t, _ in pending.read())))
-
-  @on_timer(FLUSH)
-  def flush(self, fired=beam.DoFn.TimestampParam, pending=beam.DoFn.StateParam(PENDING),
-            reported=beam.DoFn.StateParam(REPORTED), sent_state=beam.DoFn.StateParam(SENT),
-            flush=beam.DoFn.TimerParam(FLUSH)):
-    now = fired.micros // 1000
-    waiting = list(pending.read())
+  def step(self, now: int, waiting: List):
+    """(versions for the sinks, (ms, finding) still waiting, next timer in ms or None)."""
     due = sorted((x for x in waiting if x[0] <= now),
                  key=lambda x: (x[0], x[1]['window_start'], x[1].get('updates', 0), x[1]['finding_id']))
     rest = [x for x in waiting if x[0] > now]
-    pending.clear()
-    for x in rest:
-      pending.add(x)
-    if rest:
-      flush.set(at_ms(min(t for t, _ in rest)))
-    if not due:
-      return
-    known: List[Dict[str, Any]] = reported.read() or []
-    sent: Dict[str, Dict] = sent_state.read() or {}
-    for ms, f in due:
-      for out in self._handle(known, f):
-        yield TimestampedValue(stamp(sent, out, ms / 1000.0), at_ms(ms))
-    if known:
-      horizon = max(k['last'] for k in known) - self._retention
-      known = [k for k in known if k['last'] >= horizon]
-    reported.write(known)
-    newest = max(v['seen'] for v in sent.values()) if sent else 0.0
-    sent_state.write({k: v for k, v in sent.items() if v['seen'] >= newest - self._retention})
+    out = []
+    if due:
+      known, sent = self.known, self.sent
+      for ms, f in due:
+        for version in self._handle(known, f):
+          out.append(TimestampedValue(stamp(sent, version, ms / 1000.0), at_ms(ms)))
+      if known:
+        horizon = max(k['last'] for k in known) - self._retention
+        known = [k for k in known if k['last'] >= horizon]
+      newest = max(v['seen'] for v in sent.values()) if sent else 0.0
+      self.known = known
+      self.sent = {k: v for k, v in sent.items() if v['seen'] >= newest - self._retention}
+    return out, rest, min(t for t, _ in rest) if rest else None
 
   def _handle(self, known: List[Dict[str, Any]], f: Dict) -> Iterable[Dict]:
     """The versions ``f`` sends to the sinks (none when it is a repeat adding nothing)."""
@@ -286,6 +271,54 @@ def _refresh(entry: Dict[str, Any]) -> None:
   entry['finding'] = finding
 
 
+class _DedupFn(beam.DoFn):
+  """Streaming: (identity, finding version) -> versions for the sinks; ``_Deduplicator`` in state,
+  a timer at the earliest waiting version."""
+
+  PENDING = BagStateSpec('pending', PickleCoder())
+  REPORTED = ReadModifyWriteStateSpec('reported', PickleCoder())
+  SENT = ReadModifyWriteStateSpec('sent', PickleCoder())
+  FLUSH = TimerSpec('flush', TimeDomain.WATERMARK)
+
+  def __init__(self, period_seconds: float, retention_seconds: float = 86400.0):
+    self._period = period_seconds
+    self._retention = retention_seconds
+
+  def setup(self):
+    self._dedup = _Deduplicator(self._period, self._retention)
+
+  def process(self, kv, ts=beam.DoFn.TimestampParam, pending=beam.DoFn.StateParam(PENDING),
+              flush=beam.DoFn.TimerParam(FLUSH)):
+    pending.add((timer_ms(ts), kv[1]))  # whole milliseconds, as timers carry them
+    flush.set(at_ms(min(t for t, _ in pending.read())))
+
+  @on_timer(FLUSH)
+  def flush(self, fired=beam.DoFn.TimestampParam, pending=beam.DoFn.StateParam(PENDING),
+            reported=beam.DoFn.StateParam(REPORTED), sent_state=beam.DoFn.StateParam(SENT),
+            flush=beam.DoFn.TimerParam(FLUSH)):
+    dedup, waiting = self._dedup, list(pending.read())
+    dedup.known, dedup.sent = reported.read() or [], sent_state.read() or {}
+    out, rest, nxt = dedup.step(fired.micros // 1000, waiting)
+    pending.clear()
+    for x in rest:
+      pending.add(x)
+    if nxt is not None:
+      flush.set(at_ms(nxt))
+    if len(rest) < len(waiting):  # something was due: the state moved
+      reported.write(dedup.known)
+      sent_state.write(dedup.sent)
+    yield from out
+
+
+def _new_deduplicator(period_seconds: float, retention_seconds: float):
+  return _Deduplicator(period_seconds, retention_seconds).step
+
+
+def _walk_start(stamped: List) -> Tuple[List, int]:
+  """Batch: the (ms, finding) versions waiting, and the first flush (the earliest version's)."""
+  return stamped, min(t for t, _ in stamped)
+
+
 class DeduplicateFindings(beam.PTransform):
   """Findings -> one finding per identity and reason set within ``period_seconds``, every
   version numbered for the sinks (``updates``, ``page``: transforms/versions.py).
@@ -297,8 +330,13 @@ class DeduplicateFindings(beam.PTransform):
     self._retention = retention_seconds
 
   def expand(self, findings):
-    return (findings
-            | 'GlobalWindow' >> beam.WindowInto(window.GlobalWindows())
+    globally = findings | 'GlobalWindow' >> beam.WindowInto(window.GlobalWindows())
+    if findings.is_bounded:  # a walk per identity (transforms/timer_walk.py)
+      return (globally
+              | 'GroupByIdentity' >> GroupWithTimestamps(lambda f: f['identity'])
+              | 'WalkRepeats' >> beam.ParDo(WalkFn(
+                  functools.partial(_new_deduplicator, self._period, self._retention), _walk_start)))
+    return (globally
             | 'KeyByIdentity' >> beam.Map(lambda f: (f['identity'], f)).with_output_types(
                 typing.Tuple[str, typing.Any])
             | 'FoldRepeats' >> beam.ParDo(_DedupFn(self._period, self._retention)))

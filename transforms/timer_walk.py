@@ -1,0 +1,78 @@
+"""A keyed event-time timer loop, run in batch as a plain loop over each key's grouped elements.
+
+Why: the merge of anomalous windows into findings and the dedup of findings are
+stateful DoFns with event-time timers, so batch and streaming emit the same
+versions. On bounded input every timer of a key fires after all its elements have
+arrived, in time order; Beam's Python workers pay for that with a state-cache
+commit per key and bundle whose size estimate (``objsize``) walks every loaded
+module's globals: measured on a 43k-event day, most of the batch job's CPU
+(docs/startup-and-marginal.md). Grouping each key's elements once and running the
+same step function at the same timer times gives the same outputs without state.
+"""
+from __future__ import annotations
+
+import typing
+from typing import Any, Callable, Iterable, List, Optional, Tuple
+
+import apache_beam as beam
+from apache_beam.utils.timestamp import Timestamp
+
+# step(now_ms, waiting) -> (outputs, still waiting, next timer in ms or None)
+Step = Callable[[int, List[Any]], Tuple[Iterable[Any], List[Any], Optional[int]]]
+
+
+def timer_ms(t) -> int:
+  """A time as timers carry it: whole milliseconds, rounded down (the Fn API encodes timers
+  in milliseconds; compared in finer units, a window stamped 1 us before its end would never
+  be due at its own timer, which would re-arm at the same time forever)."""
+  return Timestamp.of(t).micros // 1000
+
+
+def at_ms(ms: int) -> Timestamp:
+  return Timestamp(micros=ms * 1000)
+
+
+def walk(step: Step, waiting: List[Any], first_ms: Optional[int]) -> Iterable[Any]:
+  """Fires ``step`` at ``first_ms`` and then at each time it asks for, as the timer would."""
+  now = first_ms
+  while now is not None:
+    out, waiting, now = step(now, waiting)
+    yield from out
+
+
+class WalkFn(beam.DoFn):
+  """Batch: (key, all its (timestamp ms, element)) -> what a fresh ``step`` emits, walked from
+  the first time ``start`` names, as the key's timer would fire."""
+
+  def __init__(self, new_step: Callable[[], Step],
+               start: Callable[[List[Tuple[int, Any]]], Tuple[List[Any], int]]):
+    self._new_step = new_step
+    self._start = start
+
+  def process(self, kv):
+    waiting, first = self._start(list(kv[1]))
+    yield from walk(self._new_step(), waiting, first)
+
+
+class _KeyWithTimestamp(beam.DoFn):
+  """element -> (key, (timestamp in ms, element)): the grouping drops element timestamps."""
+
+  def __init__(self, key: Callable[[Any], str]):
+    self._key = key
+
+  def process(self, element, ts=beam.DoFn.TimestampParam):
+    yield self._key(element), (timer_ms(ts), element)
+
+
+class GroupWithTimestamps(beam.PTransform):
+  """Bounded elements -> (key, [(timestamp ms, element), ...]) for a walk per key."""
+
+  def __init__(self, key: Callable[[Any], str]):
+    super().__init__()
+    self._key = key
+
+  def expand(self, pcoll):
+    return (pcoll
+            | 'KeyWithTimestamp' >> beam.ParDo(_KeyWithTimestamp(self._key)).with_output_types(
+                typing.Tuple[str, typing.Tuple[int, typing.Any]])
+            | 'GroupByKey' >> beam.GroupByKey())
