@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install prism otelcol flink flink-if-served bench bench-pipeline bench-state bench-coder bench-model bench-pubsub bench-streaming evaluate clean pubsub-deps chromium-deps
+.PHONY: demo test install prism otelcol flink flink-if-served bench bench-pipeline bench-state bench-coder bench-model bench-pubsub bench-streaming bench-startup evaluate clean pubsub-deps chromium-deps
 
 # The local Pub/Sub server (Google's pstest) builds from two Debian packages. Installed when
 # this user can (root or passwordless sudo, as in CI); a no-op when they are there. Without
@@ -129,6 +129,11 @@ evaluate: $(STAMP)
 bench-pipeline: $(STAMP)
 	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python bench/pipeline.py
+
+# Issue 15's two figures in one run: fixed start (vs an empty Beam job) and marginal cost (vs the
+# Beam-free limit); docs/startup-and-marginal.md.
+bench-startup: $(STAMP)
+	$(BIN)/python bench/startup.py
 
 bench-state: $(STAMP)
 	$(BIN)/python bench/state.py

@@ -43,14 +43,14 @@ def _common(work: str, window_size: int) -> List[str]:
 
 
 def job_train(spec: Dict) -> Dict:
-  from postauth.pipeline.cli import train
+  from postauth.pipeline.jobs import train
   out = train([f'--events={spec["work"]}/history/*'] + _common(spec['work'], spec['window_size'])
               + spec.get('beam_args', []))
   return {'counters': out['counters']}
 
 
 def job_run(spec: Dict) -> Dict:
-  from postauth.pipeline.cli import run
+  from postauth.pipeline.jobs import run
   work = spec['work']
   findings = os.path.join(spec['scratch'], 'findings.jsonl')
   out = run([f'--events={spec.get("events") or work + "/live/*"}', f'--findings={findings}',
@@ -91,7 +91,7 @@ def build_cut(p, options, stage: str) -> None:
 
 
 def job_cut(spec: Dict) -> Dict:
-  from postauth.pipeline.cli import _run_pipeline, pipeline_options
+  from postauth.pipeline.jobs import run_pipeline as _run_pipeline, pipeline_options
   options = pipeline_options([f'--events={spec["work"]}/live/*']
                              + _common(spec['work'], spec['window_size']) + spec.get('beam_args', []))
   _run_pipeline(lambda p: build_cut(p, options, spec['stage']), options)

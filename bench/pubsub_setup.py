@@ -26,7 +26,7 @@ def parse_time(text: str) -> float:
 def prepare(work: str, identities: int, days: int) -> Dict:
   """Sample and model under ``work`` (reused when there), the batch run's findings, and the live
   day as publishable (body, eventTime) pairs in event-time order."""
-  from postauth.pipeline.cli import run, train
+  from postauth.pipeline.jobs import run, train
   from postauth.pipeline.generate import generate
   sample, model = os.path.join(work, 'sample'), os.path.join(work, 'model')
   if not os.path.exists(os.path.join(model, 'LATEST')):
