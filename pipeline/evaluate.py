@@ -260,7 +260,7 @@ def evaluate(findings: Sequence[dict], labels: Sequence[dict], benign: Sequence[
   return report
 
 
-def _median(values: List[float]) -> Optional[float]:
+def median(values: List[float]) -> Optional[float]:
   values = sorted(values)
   if not values:
     return None
@@ -272,8 +272,8 @@ def detect_summary(per_scenario: Sequence[Dict]) -> Dict:
   """Median and maximum time from an attack's first event to its finding's first emission."""
   times = [s['time_to_detect_s'] for s in per_scenario if s['time_to_detect_s'] is not None]
   finals = [s['time_to_final_s'] for s in per_scenario if s.get('time_to_final_s') is not None]
-  return {'detected': len(times), 'median_s': _median(times), 'max_s': max(times) if times else None,
-          'median_final_s': _median(finals)}
+  return {'detected': len(times), 'median_s': median(times), 'max_s': max(times) if times else None,
+          'median_final_s': median(finals)}
 
 
 def pages_over_seeds(reports: Sequence[Tuple[int, Dict]]) -> Dict:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from postauth.pipeline.evaluate import case_name, matches, parse_time, read_json_lines
+from postauth.pipeline.evaluate import case_name, matches, median, parse_time, read_json_lines
 
 
 def closing_publish(published: Sequence[Tuple[float, float]], close: float) -> Optional[float]:
@@ -56,9 +56,7 @@ def sink_delays(arrivals: Sequence[dict], published: Sequence[Tuple[float, float
 def _spread(values: List[float]) -> Dict:
   if not values:
     return {'n': 0}
-  s = sorted(values)
-  return {'n': len(s), 'min_s': s[0], 'median_s': s[len(s) // 2] if len(s) % 2 else
-          round((s[len(s) // 2 - 1] + s[len(s) // 2]) / 2, 2), 'max_s': s[-1]}
+  return {'n': len(values), 'min_s': min(values), 'median_s': round(median(values), 2), 'max_s': max(values)}
 
 
 def read_published(path: str) -> List[Tuple[float, float]]:

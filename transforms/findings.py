@@ -19,7 +19,6 @@ from __future__ import annotations
 import datetime
 import functools
 import hashlib
-import typing
 from typing import Dict, Iterable, List, Tuple
 
 import apache_beam as beam
@@ -31,7 +30,7 @@ from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateS
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration
 
-from postauth.transforms.timer_walk import GroupWithTimestamps, WalkFn, at_ms, timer_ms
+from postauth.transforms.timer_walk import at_ms, per_identity, timer_ms
 from postauth.transforms.versions import first_version, higher, version_flags
 
 from postauth.domain import evidence
@@ -357,12 +356,5 @@ class MergeOverlappingWindows(beam.PTransform):
   def expand(self, scored):
     globally = scored | 'GlobalWindow' >> beam.WindowInto(
         window.GlobalWindows(), allowed_lateness=Duration(seconds=self._lateness))
-    if scored.is_bounded:  # a walk per identity (transforms/timer_walk.py)
-      return (globally
-              | 'GroupByIdentity' >> GroupWithTimestamps(lambda w: w['identity'])
-              | 'WalkRuns' >> beam.ParDo(WalkFn(
-                  functools.partial(_new_merger, self._size, self._lateness), _walk_start)))
-    return (globally
-            | 'KeyByIdentity' >> beam.Map(lambda w: (w['identity'], w)).with_output_types(
-                typing.Tuple[str, typing.Any])
-            | 'MergeRuns' >> beam.ParDo(_MergeRunsFn(self._size, self._lateness)))
+    return per_identity(globally, functools.partial(_new_merger, self._size, self._lateness), _walk_start,
+                        _MergeRunsFn(self._size, self._lateness), 'WalkRuns', 'MergeRuns')

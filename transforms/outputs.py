@@ -21,7 +21,7 @@ from typing import Dict, List, Optional
 import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.metrics import Metrics
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from postauth.transforms.compact import LatestVersions, compact_findings, versions_path
 from postauth.transforms.parse import dead_letter
@@ -269,5 +269,4 @@ class WriteDeadLetters(beam.PTransform):
 
 
 def _streaming(options: PipelineOptions) -> bool:
-  from apache_beam.options.pipeline_options import StandardOptions
   return bool(options.view_as(StandardOptions).streaming)

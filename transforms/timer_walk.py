@@ -76,3 +76,19 @@ class GroupWithTimestamps(beam.PTransform):
             | 'KeyWithTimestamp' >> beam.ParDo(_KeyWithTimestamp(self._key)).with_output_types(
                 typing.Tuple[str, typing.Tuple[int, typing.Any]])
             | 'GroupByKey' >> beam.GroupByKey())
+
+
+def per_identity(globally: beam.PCollection, new_step: Callable[[], Step],
+                 start: Callable[[List[Tuple[int, Any]]], Tuple[List[Any], int]],
+                 stateful_fn: beam.DoFn, walk_label: str, stream_label: str) -> beam.PCollection:
+  """One keyed timer loop per identity, chosen by boundedness: on bounded input the grouped
+  walk of ``new_step`` (no state cache), on unbounded input ``stateful_fn`` with state and
+  event-time timers over (identity, element) pairs. Both run the same step function."""
+  if globally.is_bounded:
+    return (globally
+            | 'GroupByIdentity' >> GroupWithTimestamps(lambda x: x['identity'])
+            | walk_label >> beam.ParDo(WalkFn(new_step, start)))
+  return (globally
+          | 'KeyByIdentity' >> beam.Map(lambda x: (x['identity'], x)).with_output_types(
+              typing.Tuple[str, typing.Any])
+          | stream_label >> beam.ParDo(stateful_fn))

@@ -33,7 +33,7 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.transforms.window import TimestampedValue
 
-from postauth.transforms.timer_walk import GroupWithTimestamps, WalkFn, at_ms, timer_ms
+from postauth.transforms.timer_walk import at_ms, per_identity, timer_ms
 from postauth.transforms.versions import stamp
 
 SUPPRESSED = 'suppressed'
@@ -331,12 +331,5 @@ class DeduplicateFindings(beam.PTransform):
 
   def expand(self, findings):
     globally = findings | 'GlobalWindow' >> beam.WindowInto(window.GlobalWindows())
-    if findings.is_bounded:  # a walk per identity (transforms/timer_walk.py)
-      return (globally
-              | 'GroupByIdentity' >> GroupWithTimestamps(lambda f: f['identity'])
-              | 'WalkRepeats' >> beam.ParDo(WalkFn(
-                  functools.partial(_new_deduplicator, self._period, self._retention), _walk_start)))
-    return (globally
-            | 'KeyByIdentity' >> beam.Map(lambda f: (f['identity'], f)).with_output_types(
-                typing.Tuple[str, typing.Any])
-            | 'FoldRepeats' >> beam.ParDo(_DedupFn(self._period, self._retention)))
+    return per_identity(globally, functools.partial(_new_deduplicator, self._period, self._retention),
+                        _walk_start, _DedupFn(self._period, self._retention), 'WalkRepeats', 'FoldRepeats')
