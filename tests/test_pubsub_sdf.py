@@ -194,6 +194,7 @@ def test_prism_pubsub_kill_and_restart_loses_and_duplicates_nothing(pubsub, samp
       assert job.poll() is None, _log_tail(tmp_path)
       time.sleep(0.2)
     assert sum(counted().values()) == 30, _log_tail(tmp_path)
+    print(f'\nwarm-up: 30 counted {time.time() - deadline + 240:.0f} s after publishing')
     for sent in range(30, 90, 5):
       publish(parts[0][sent:sent + 5])
       time.sleep(0.05)
@@ -234,3 +235,42 @@ def test_prism_pubsub_kill_and_restart_loses_and_duplicates_nothing(pubsub, samp
   with pubsub_v1.SubscriberClient() as client:
     left = client.pull(subscription=sub, max_messages=100, timeout=5).received_messages
   assert left == [], f'{len(left)} message(s) never acked'
+
+
+
+def test_prism_counts_events_ahead_of_the_watermark_without_waiting_for_the_idle_advance(
+    pubsub, sample, model_dir, tmp_path):
+  """30 events, then 5 more at the newest one's event time, then 10 later ones: each batch is
+  counted within seconds, not after --watermark-idle-seconds (300 s here). Prism will not pass
+  a key's pending timer above the watermark, so before the late-event gate stamped its input
+  at the start of time (transforms/lateness.py) the second batch waited behind the gate's next
+  probe: 30 of 35 counted after 60 s, and 42 of 45 after the third."""
+  from google.cloud import pubsub_v1
+  from postauth.pipeline import prism
+  if prism.local_binary() is None:
+    pytest.skip(f'no Prism binary at {prism.binary_path()}: run `make prism`')
+  records = sorted(_live_records(sample), key=lambda r: r['eventTime'])
+  records = records[len(records) // 2:][:45]
+  second = [dict(r, eventTime=records[29]['eventTime']) for r in records[30:35]]
+  batches = records[:30], second, records[35:]
+  topic, sub = _topic_with_subscription('ahead')
+  publisher = pubsub_v1.PublisherClient()
+  counted = lambda: {e['event_id'] for e in read_events_out(str(tmp_path / 'events'))}
+  job = _start_job(pubsub, sub, tmp_path, sample, model_dir, stop_idle=0)
+  try:
+    wanted, waited = set(), []
+    for n, batch in enumerate(batches):
+      [f.result(30) for f in [publisher.publish(topic, json.dumps(r).encode(), eventTime=r['eventTime'])
+                              for r in batch]]
+      wanted |= {r['eventID'] for r in batch}
+      start = time.time()  # the first batch also waits for Prism to start (minutes when loaded)
+      while time.time() < start + (240 if n == 0 else 60) and not wanted <= counted():
+        assert job.poll() is None, _log_tail(tmp_path)
+        time.sleep(0.3)
+      waited.append(round(time.time() - start, 1))
+      assert wanted <= counted(), (f'batch {n + 1}: {len(wanted - counted())} of {len(wanted)} not '
+                                   f'counted after {waited[-1]} s\n{_log_tail(tmp_path)}')
+    print(f'\nseconds from publishing each batch to all of it counted: {waited}')
+  finally:
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait(10)

@@ -34,6 +34,14 @@ windows:
   received, ``events_windowed``, so a shortfall is visible).
 * Each shard is seeded at start (one element per shard from a bounded
   ``Create``), so its probes run before its first event arrives.
+* Events enter the gate stamped at the start of time and leave it stamped with
+  their event time. Prism keeps a key's data and timers in one heap ordered by
+  timestamp and will not pass a timer above the watermark, so an event stamped
+  with its own time (ahead of the watermark by more than ``tick``) waited
+  behind the shard's next probe until the watermark moved: on a quiet stream
+  the last events of a burst were held until the source's idle advance. The
+  gate's input is in the global window, which never expires, so the early
+  stamp makes nothing late; the gate does not read its input's timestamp.
 """
 from __future__ import annotations
 
@@ -48,7 +56,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.transforms.window import TimestampedValue
-from apache_beam.utils.timestamp import Timestamp
+from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
 
 from postauth.domain.event import Event
 from postauth.transforms.formats.base import MAX_TIME, MIN_TIME
@@ -115,7 +123,8 @@ class _LateGateFn(beam.DoFn):
       line['detail'] = (f'event time {event.event_time:.0f} is {horizon - event.event_time:.0f} s behind '
                         f'the watermark (>= {horizon:.0f}); its {self._period} s pane closed more than '
                         f'the allowed lateness of {self._lateness} s before')
-      yield beam.pvalue.TaggedOutput(LATE, json.dumps(line, ensure_ascii=False))
+      yield beam.pvalue.TaggedOutput(
+          LATE, TimestampedValue(json.dumps(line, ensure_ascii=False), event.event_time))
       return
     self.on_time.inc()
     yield TimestampedValue(event, event.event_time)
@@ -145,8 +154,8 @@ class LateEventGate(beam.PTransform):
   def expand(self, pairs):
     shards = self._shards
     keyed = pairs | 'KeyByShard' >> beam.Map(
-        lambda pair: (zlib.crc32(pair[0].identity.encode()) % shards, pair)).with_output_types(
-            _KEYED)
+        lambda pair: TimestampedValue((zlib.crc32(pair[0].identity.encode()) % shards, pair),
+                                      MIN_TIMESTAMP)).with_output_types(_KEYED)
     seeds = (pairs.pipeline
              | 'SeedShards' >> beam.Create([(i, None) for i in range(shards)]).with_output_types(_KEYED))
     gated = ((keyed, seeds)
