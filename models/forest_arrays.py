@@ -18,14 +18,17 @@ imports scikit-learn, inside the function.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import zipfile
+from typing import Tuple
 
 import numpy as np
 
 FORMAT = 1
 _ARRAYS = ('roots', 'left', 'right', 'feature', 'threshold', 'missing_left', 'path_length')
 _SCALARS = ('format', 'n_features', 'max_samples', 'average_path_length')
+_CHUNK_ROWS = 1024
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed, so the same forest gives the same bytes (and hash)
 
 
@@ -59,17 +62,40 @@ class ForestArrays:
     """The feature column each split node tests (what the training report counts)."""
     return self.feature[~self.is_leaf()]
 
+  @functools.cached_property
+  def _walk(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """(roots, feature, children, levels) as the descent reads them, int32 (faster gathers):
+    ``children[2 * node + went_left]`` is where a row goes next (a leaf: itself), and
+    ``levels`` is the number of steps from the roots to the deepest leaf."""
+    children = np.stack([self.right, self.left], axis=1).ravel()
+    levels, frontier, leaf = 0, self.roots, self.is_leaf()
+    while len(frontier):
+      frontier = frontier[~leaf[frontier]]
+      frontier = np.concatenate([self.left[frontier], self.right[frontier]])
+      levels += bool(len(frontier))
+    return (self.roots.astype(np.int32), self.feature.astype(np.int32), children.astype(np.int32),
+            levels)
+
   def leaves(self, x: np.ndarray) -> np.ndarray:
     """(rows, trees) index of the leaf each row reaches in each tree."""
     x32 = _as_float32(x, self.n_features)
-    rows = np.arange(len(x32))[:, None]
-    node = np.repeat(self.roots[None, :], len(x32), axis=0)
-    leaf = self.is_leaf()
-    while not leaf[node].all():
-      value = x32[rows, self.feature[node]]
-      go_left = value <= self.threshold[node]  # float32 promoted to float64: exact, as sklearn
-      go_left |= np.isnan(value) & self.missing_left[node]
-      node = np.where(go_left, self.left[node], self.right[node])
+    out = np.empty((len(x32), self.n_trees), dtype=np.int32)
+    for start in range(0, len(x32), _CHUNK_ROWS):  # keeps the (rows, trees) matrices in cache
+      out[start:start + _CHUNK_ROWS] = self._descend(x32[start:start + _CHUNK_ROWS])
+    return out
+
+  def _descend(self, x32: np.ndarray) -> np.ndarray:
+    roots, feature, children, levels = self._walk
+    flat = x32.ravel()
+    row_start = (np.arange(len(x32), dtype=np.int32) * np.int32(self.n_features))[:, None]
+    node = np.repeat(roots[None, :], len(x32), axis=0)
+    nan = bool(np.isnan(flat).any())
+    for _ in range(levels):
+      value = flat.take(row_start + feature.take(node))
+      went_left = value <= self.threshold.take(node)  # float32 promoted to float64: exact, as sklearn
+      if nan:
+        went_left |= np.isnan(value) & self.missing_left.take(node)
+      node = children.take(2 * node + went_left)
     return node
 
   def score_samples(self, x: np.ndarray) -> np.ndarray:

@@ -4,7 +4,7 @@ Each cohort has two files, both hashed in the version's manifest: ``forest-<coho
 the fitted scikit-learn object (kept for audit and for any question about the training; skops
 rebuilds only trusted types, never unpickles), and ``forest-<cohort>.npz``, its tree arrays
 (``models.forest_arrays``), which is what scoring loads: no scikit-learn or skops import and no
-object rebuild, ~1.7 of the ~5.6 CPU s a short `postauth run` spent before
+object rebuild, which were half the CPU of a short `postauth run`
 (docs/startup-and-marginal.md). A version saved before the arrays existed lists no ``.npz``:
 its skops file is loaded and converted, and scores the same.
 """

@@ -2,6 +2,7 @@
 without pickle, and a loaded model that scores without importing scikit-learn or skops."""
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -55,7 +56,8 @@ def test_numpy_scores_equal_sklearn_score_samples(n_estimators, max_samples, max
   arrays = from_sklearn(forest)
   unseen = np.vstack([rng.normal(0, 3, size=(200, 9)), x[:50],
                       np.full((1, 9), np.nan), np.full((1, 9), np.inf), np.full((1, 9), -1e40)])
-  for rows in (x, unseen, _at_thresholds(forest, x)):
+  many = np.vstack([unseen] * 5)  # more rows than one chunk of the descent
+  for rows in (x, unseen, many, _at_thresholds(forest, x)):
     np.testing.assert_allclose(arrays.score_samples(rows), forest.score_samples(rows), rtol=1e-12, atol=0)
   assert arrays.score_samples(x[:0]).shape == (0,)
 
@@ -80,7 +82,7 @@ def test_arrays_round_trip_through_npz_without_pickle():
   looped = arrays.right.copy()
   looped[arrays.roots[1]] = arrays.roots[1]  # a split whose right child is itself: never a leaf
   with pytest.raises(ValueError, match='does not follow its parent'):
-    ForestArrays.build(**{**arrays.__dict__, 'right': looped})
+    ForestArrays.build(**{**dataclasses.asdict(arrays), 'right': looped})
 
 
 def test_split_share_counts_the_columns_of_the_full_matrix():
