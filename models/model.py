@@ -227,9 +227,12 @@ class DetectionModel:
     files['profiles.json.gz'] = artifact.dumps_json_gz(
         {k: p.to_dict() for k, p in sorted(self.profiles.items())})
     files['fleet.json.gz'] = artifact.dumps_json_gz(self.fleet.to_dict())
-    # profiles.json.gz is written in this code's format, whatever the model was loaded from.
+    # profiles.json.gz is written in this code's format, whatever the model was loaded from;
+    # forest arrays are written even for a version loaded from skops alone.
     return artifact.save_version(model_dir, self.version, files,
-                                 dict(self.manifest, profile_format=PROFILE_FORMAT), promote)
+                                 dict(self.manifest, profile_format=PROFILE_FORMAT,
+                                      forest_arrays={c: arrays_file(c) for c in sorted(self.forests)}),
+                                 promote)
 
   @classmethod
   def load(cls, model_dir: str, version: Optional[str] = None) -> 'DetectionModel':

@@ -44,6 +44,7 @@ def _at_thresholds(forest: IsolationForest, base: np.ndarray) -> np.ndarray:
   return np.array(rows)
 
 
+@pytest.mark.filterwarnings('ignore:overflow encountered in cast:RuntimeWarning')  # -1e40 as float32
 @pytest.mark.parametrize('n_estimators,max_samples,max_features', [
     (1, 16, 1.0), (7, 64, 0.5), (30, 200, 1.0), (25, 128, 0.3), (10, 'auto', 3),
 ])
