@@ -136,6 +136,11 @@ def test_saved_model_scores_like_its_sklearn_forests_and_old_versions_still_load
   old = DetectionModel.load(str(tmp_path))
   for cohort in model.forests:
     np.testing.assert_array_equal(old.score_features(x, cohort)[1], loaded.score_features(x, cohort)[1])
+  old.save(str(tmp_path / 'again'))  # its forests come back from skops, and gain their arrays
+  again = DetectionModel.load(str(tmp_path / 'again'))
+  assert set(again.manifest['forest_arrays']) == set(model.forests)
+  for cohort in model.forests:
+    np.testing.assert_array_equal(again.score_features(x, cohort)[1], loaded.score_features(x, cohort)[1])
 
 
 def _modules_after_scoring(model_dir: str) -> list:
