@@ -11,9 +11,9 @@ training samples - 1) summed tree by tree in tree order, and
 ``-2 ** -(sum / (n_trees * c(max_samples)))``.
 
 All trees' nodes are concatenated into one set of arrays; a (rows, trees) matrix
-of node indices descends one level per step until every entry sits on a leaf
-(a leaf's children are itself, so finished trees stay put). Only the converter
-imports scikit-learn, inside the function.
+of node indices descends one level per step, as many steps as the deepest leaf
+is deep (a leaf's children are itself, so rows that arrived stay put), over
+chunks of rows. Only the converter imports scikit-learn, inside the function.
 """
 from __future__ import annotations
 
@@ -154,6 +154,8 @@ class ForestArrays:
     fields['missing_left'] = np.ascontiguousarray(fields['missing_left'], dtype=bool)
     forest = cls(**fields)
     n = len(forest.left)
+    if n >= 2 ** 30:
+      raise ValueError(f'{n} nodes: more than the int32 descent can index')
     index = np.arange(n)
     leaf = forest.is_leaf()
     if any(getattr(forest, name).shape != (n,) for name in _ARRAYS if name != 'roots'):
