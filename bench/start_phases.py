@@ -5,7 +5,8 @@
 ``DIR`` is a sample bench/startup.py left (``--work``): ``head/`` (the first live events),
 ``inventory.csv`` and ``model/``. The phases are the steps `postauth run` takes
 (pipeline/cli.py ``run``): import the CLI (Apache Beam), import the detection pipeline
-(scikit-learn, skops, the transforms), the preflight checks (which load the model), building
+(the transforms and models; no scikit-learn or skops since the forests are scored with numpy),
+the preflight checks (which load the model), building
 the pipeline, running it. Run it in a fresh process: imports are only slow the first time.
 """
 from __future__ import annotations
@@ -32,10 +33,10 @@ def main(argv=None) -> int:
   mark(marks, 'start')
   from postauth.pipeline import cli
   mark(marks, 'import the CLI (apache_beam)')
-  from postauth.pipeline import detect, preflight
-  mark(marks, 'import the detection pipeline (scikit-learn, skops)')
+  from postauth.pipeline import detect, jobs, preflight
+  mark(marks, 'import the detection pipeline')
   out = tempfile.mkdtemp(prefix='phases-')
-  options = cli.pipeline_options([
+  options = jobs.pipeline_options([
       f'--events={a.work}/head/*', f'--inventory={a.work}/inventory.csv', f'--model-dir={a.work}/model',
       f'--findings={out}/findings.jsonl', f'--dead-letters={out}/dead-letter.jsonl', f'--runner={a.runner}'])
   preflight.validate_run(options)

@@ -2,13 +2,15 @@
 
 Layout: ``MODEL_DIR/LATEST`` names the current version; ``MODEL_DIR/<version>/``
 holds ``manifest.json`` (every file's SHA-256, feature order, training window,
-counts, hyperparameters, library versions), one ``forest-<cohort>.skops`` per
-cohort, ``calibration.json`` and ``profiles.json.gz``.
+counts, hyperparameters, library versions), per cohort ``forest-<cohort>.skops``
+and ``forest-<cohort>.npz`` (``models.forest_store``), ``calibration.json`` and
+``profiles.json.gz``.
 
-Forests are stored with skops, not pickle: skops rebuilds only the types we list
-as trusted (scikit-learn's isolation forest and its tree), so a swapped file
-cannot run code on the workers. The manifest hash is checked first anyway, so a
-tampered or mismatched file is refused by name before it is parsed.
+Nothing is pickled: skops rebuilds only the types we list as trusted
+(scikit-learn's isolation forest and its tree), and the ``.npz`` tree arrays are
+read with ``allow_pickle=False``, so a swapped file cannot run code on the
+workers. The manifest hash is checked first anyway, so a tampered or mismatched
+file is refused by name before it is parsed.
 """
 from __future__ import annotations
 

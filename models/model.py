@@ -1,29 +1,29 @@
 """The detection model: per-cohort isolation forests, calibration, identity profiles.
 
 ``DetectionModel.fit`` trains from feature matrices (built by ``models.features``),
-``save``/``load`` go through ``models.artifact`` (hash-verified, skops), and
-``score`` / ``explain`` are what the scoring DoFn calls on a batch of windows.
+``save``/``load`` go through ``models.artifact`` (hash-verified) and ``models.forest_store``
+(skops for the fitted forests, numpy arrays for scoring), and ``score`` / ``explain`` are
+what the scoring DoFn calls on a batch of windows. Scoring a loaded model imports neither
+scikit-learn nor skops (``models.forest_arrays``).
 """
 from __future__ import annotations
 
 import dataclasses
 import datetime
 import hashlib
-import io
 import json
 import logging
-import re
 import time
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-import skops.io as sio
-from sklearn.ensemble import IsolationForest
 
-from postauth.models import artifact
+from postauth.models import artifact, forest_store
 from postauth.models.calibration import Calibration, FeatureDistribution
 from postauth.models.features import FEATURE_NAMES, describe, feature_vector
 from postauth.models.fleet import FleetProfile, PeerView
+from postauth.models.forest_arrays import ForestArrays, from_sklearn
+from postauth.models.forest_store import arrays_file, forest_file
 from postauth.models.profile import PROFILE_FORMAT, IdentityProfile
 
 GLOBAL = '_global'
@@ -40,14 +40,6 @@ def cohort_key(identity_type: str, team: str = '') -> str:
   """The finest cohort an identity belongs to: "identity_type/team", or the type alone."""
   team = (team or '').strip()
   return f'{identity_type}{TEAM_SEP}{team}' if team else identity_type
-
-
-def forest_file(cohort: str) -> str:
-  """File name of a cohort's forest; team names may hold any character, file names may not."""
-  if re.fullmatch(r'[A-Za-z0-9_.-]+', cohort):
-    return f'forest-{cohort}.skops'
-  slug = re.sub(r'[^A-Za-z0-9_.-]+', '_', cohort)[:60]
-  return f'forest-{slug}-{hashlib.sha256(cohort.encode()).hexdigest()[:8]}.skops'
 
 
 @dataclasses.dataclass
@@ -128,34 +120,19 @@ def levels_from_medium(medium: float) -> Dict[str, float]:
           'low': base['low']}
 
 
-# Forests already rebuilt in this process, by the SHA-256 the manifest verified: `postauth run`
-# loads the model in its preflight check and again in the workers, which on the in-process
-# runners share the process; a skops load of six forests is ~0.6 CPU s. Same bytes, same forest
-# (scoring does not modify it); a changed file has another hash and is loaded (and audited) anew.
-_FOREST_CACHE: Dict[str, IsolationForest] = {}
-_FOREST_CACHE_SIZE = 32
-
-
-def _load_forest(data: bytes, sha256: str) -> IsolationForest:
-  forest = _FOREST_CACHE.get(sha256)
-  if forest is None:
-    forest = sio.loads(data, trusted=artifact.SKOPS_TRUSTED)
-    if len(_FOREST_CACHE) >= _FOREST_CACHE_SIZE:
-      _FOREST_CACHE.pop(next(iter(_FOREST_CACHE)))
-    _FOREST_CACHE[sha256] = forest
-  return forest
-
-
 class DetectionModel:
-  def __init__(self, version: str, forests: Dict[str, IsolationForest],
+  def __init__(self, version: str, forests: Dict[str, ForestArrays],
                calibrations: Dict[str, Calibration], rarity_calibrations: Dict[str, Calibration],
                distributions: Dict[str, FeatureDistribution],
                profiles: Dict[str, IdentityProfile], manifest: Dict,
-               fleet: Optional[FleetProfile] = None):
+               fleet: Optional[FleetProfile] = None, source: Optional[Union[Dict, str]] = None):
     self.version = version
     self.fleet = fleet or FleetProfile()
     self.thresholds = dict(manifest.get('severity_thresholds') or dict(SEVERITIES))
-    self.forests = forests
+    self.forests = forests  # per cohort, what scoring uses
+    # Where the scikit-learn forests behind ``forests`` are: the fitted objects, or the model
+    # directory a loaded version came from (rebuilt from skops by ``sklearn_forest`` on demand).
+    self._sklearn_source = source if source is not None else {}
     self.calibrations = calibrations
     self.rarity_calibrations = rarity_calibrations
     self.distributions = distributions
@@ -197,15 +174,16 @@ class DetectionModel:
         # A team that is its whole type would duplicate the type's model.
         if TEAM_SEP in key and len(x) >= config.min_cohort_windows and len(x) < len(groups.get(t, ())):
           groups[key] = x
-    forests, calibrations, rarity_calibrations, distributions, sizes = {}, {}, {}, {}, {}
+    from sklearn.ensemble import IsolationForest
+    forests, fitted, calibrations, rarity_calibrations, distributions, sizes = {}, {}, {}, {}, {}, {}
     fit_seconds = {}
     for cohort, x in sorted(groups.items()):
       t0 = time.perf_counter()
-      forest = IsolationForest(n_estimators=config.n_estimators,
-                               max_samples=min(config.max_samples, len(x)),
-                               max_features=config.max_features, random_state=config.seed).fit(x)
-      raw = -forest.score_samples(x)
-      forests[cohort] = forest
+      fitted[cohort] = IsolationForest(n_estimators=config.n_estimators,
+                                       max_samples=min(config.max_samples, len(x)),
+                                       max_features=config.max_features, random_state=config.seed).fit(x)
+      forests[cohort] = from_sklearn(fitted[cohort])
+      raw = -forests[cohort].score_samples(x)  # the scorer `postauth run` uses
       calibrations[cohort] = Calibration.fit(raw)
       distributions[cohort] = FeatureDistribution.fit(x)
       rarity_calibrations[cohort] = Calibration.fit(distributions[cohort].rarity(x))
@@ -226,9 +204,11 @@ class DetectionModel:
         'severity_levels': severity_levels(thresholds),
         'page_calibration': calibration_report or {},
         'cohort_files': {c: forest_file(c) for c in sorted(forests)},
+        'forest_arrays': {c: arrays_file(c) for c in sorted(forests)},
         'profile_format': PROFILE_FORMAT,
     }
-    model = cls(version, forests, calibrations, rarity_calibrations, distributions, profiles, manifest, fleet)
+    model = cls(version, forests, calibrations, rarity_calibrations, distributions, profiles, manifest, fleet,
+                source=fitted)
     model.fit_seconds.update(fit_seconds)
     return model
 
@@ -238,7 +218,8 @@ class DetectionModel:
     """Writes the version; ``extra_files`` (the training report) join the manifest's hashes."""
     files = dict(extra_files or {})
     for cohort, forest in self.forests.items():
-      files[forest_file(cohort)] = sio.dumps(forest)
+      files[forest_file(cohort)] = forest_store.dumps_sklearn(self.sklearn_forest(cohort))
+      files[arrays_file(cohort)] = forest.to_bytes()
     files['calibration.json'] = json.dumps({
         c: {'calibration': self.calibrations[c].to_dict(),
             'rarity_calibration': self.rarity_calibrations[c].to_dict(),
@@ -246,9 +227,12 @@ class DetectionModel:
     files['profiles.json.gz'] = artifact.dumps_json_gz(
         {k: p.to_dict() for k, p in sorted(self.profiles.items())})
     files['fleet.json.gz'] = artifact.dumps_json_gz(self.fleet.to_dict())
-    # profiles.json.gz is written in this code's format, whatever the model was loaded from.
+    # profiles.json.gz is written in this code's format, whatever the model was loaded from;
+    # forest arrays are written even for a version loaded from skops alone.
     return artifact.save_version(model_dir, self.version, files,
-                                 dict(self.manifest, profile_format=PROFILE_FORMAT), promote)
+                                 dict(self.manifest, profile_format=PROFILE_FORMAT,
+                                      forest_arrays={c: arrays_file(c) for c in sorted(self.forests)}),
+                                 promote)
 
   @classmethod
   def load(cls, model_dir: str, version: Optional[str] = None) -> 'DetectionModel':
@@ -263,12 +247,13 @@ class DetectionModel:
           f'this code reads up to {PROFILE_FORMAT}; upgrade postauth to load it')
     forests = {}
     for cohort in manifest['cohorts']:
-      name = manifest.get('cohort_files', {}).get(cohort, f'forest-{cohort}.skops')
-      if name not in files:
-        raise artifact.ArtifactError(f'{model_dir}/{manifest["version"]}/{name}: missing from manifest')
-      forests[cohort] = _load_forest(files[name], manifest['files'][name])
-      if not isinstance(forests[cohort], IsolationForest):
-        raise artifact.ArtifactError(f'{name}: not an IsolationForest')
+      skops_name = manifest.get('cohort_files', {}).get(cohort, f'forest-{cohort}.skops')
+      # Versions saved before the arrays existed list none: their skops forest is converted.
+      name = manifest.get('forest_arrays', {}).get(cohort, skops_name)
+      for needed in (skops_name, name):
+        if needed not in files:
+          raise artifact.ArtifactError(f'{model_dir}/{manifest["version"]}/{needed}: missing from manifest')
+      forests[cohort] = forest_store.load_scorer(name, files[name], manifest['files'][name])
     cal = json.loads(files['calibration.json'])
     profiles = {k: IdentityProfile.from_dict(v)
                 for k, v in artifact.loads_json_gz(files['profiles.json.gz']).items()}
@@ -277,7 +262,17 @@ class DetectionModel:
                {c: Calibration.from_dict(cal[c]['rarity_calibration']) for c in forests},
                {c: FeatureDistribution.from_dict(cal[c]['features']) for c in forests},
                profiles, manifest,
-               FleetProfile.from_dict(artifact.loads_json_gz(files['fleet.json.gz'])) if 'fleet.json.gz' in files else None)
+               FleetProfile.from_dict(artifact.loads_json_gz(files['fleet.json.gz'])) if 'fleet.json.gz' in files else None,
+               source=model_dir)
+
+  def sklearn_forest(self, cohort: str):
+    """The fitted scikit-learn forest of a cohort (for audit): a loaded version's is read back
+    from its verified skops file, which imports scikit-learn and skops."""
+    if isinstance(self._sklearn_source, dict):
+      return self._sklearn_source[cohort]
+    _, files = artifact.load_verified(self._sklearn_source, self.version)
+    name = self.manifest.get('cohort_files', {}).get(cohort, f'forest-{cohort}.skops')
+    return forest_store.loads_sklearn(name, files[name])
 
   # -- scoring ----------------------------------------------------------------
   def cohort_for(self, identity_type: Union[str, Dict[str, str]], team: Optional[str] = None) -> str:

@@ -17,6 +17,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from postauth.models.features import FEATURE_NAMES
+from postauth.models.forest_arrays import ForestArrays
 from postauth.models.model import GLOBAL, SEVERITIES, TEAM_SEP, DetectionModel, severity_levels
 
 REPORT_JSON = 'report.json'
@@ -36,18 +37,14 @@ def _severity_share(scores: np.ndarray) -> Dict[str, float]:
   return {name: round(float((scores >= s).sum()) / n, 6) for name, s in SEVERITIES}
 
 
-def split_share(forest) -> np.ndarray:
+def split_share(forest: ForestArrays) -> np.ndarray:
   """Share of all split nodes of an isolation forest that test each feature.
 
   Isolation trees split on random features at random points, so impurity-based
   importances mean nothing; how often a feature is chosen *and still splits*
   (a constant feature cannot) shows what the forest can actually see.
   """
-  counts = np.zeros(len(FEATURE_NAMES))
-  for tree, features in zip(forest.estimators_, forest.estimators_features_):
-    used = tree.tree_.feature
-    used = used[used >= 0]
-    np.add.at(counts, np.asarray(features)[used], 1)
+  counts = np.bincount(forest.split_features(), minlength=len(FEATURE_NAMES)).astype(float)
   return counts / max(counts.sum(), 1)
 
 
