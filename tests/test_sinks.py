@@ -225,3 +225,23 @@ def test_run_help_lists_the_source_and_sink_options():
                '--watermark-idle-seconds', '--pubsub-max-messages'):
     assert flag in out
   assert '--subscription' not in _help('train')
+
+
+def test_batch_file_writer_writes_whole_files_even_when_empty(tmp_path):
+  """A batch file sink writes one whole file per path: sorted lines, an empty file for no
+  input (an earlier run's file is replaced, not kept), no temporary file left beside it."""
+  import apache_beam as beam
+  from postauth.transforms.sinks import WriteWholeFiles
+  out = tmp_path / 'sub' / 'lines.jsonl'
+  for lines, expected in ((['{"b": 2}', '{"a": 1}'], '{"a": 1}\n{"b": 2}\n'), ([], '')):
+    with beam.Pipeline(runner='FnApiRunner') as p:
+      _ = (p | beam.Create(lines, reshuffle=False).with_output_types(str)
+           | WriteWholeFiles(str(out)))
+    assert out.read_text() == expected
+    assert sorted(x.name for x in out.parent.iterdir()) == ['lines.jsonl']
+  two = tmp_path / 'two'
+  with beam.Pipeline(runner='FnApiRunner') as p:
+    _ = (p | beam.Create(['x', 'y', 'z']).with_output_types(str)
+         | WriteWholeFiles(str(two / 'all.txt'),
+                           lambda lines: {str(two / 'all.txt'): lines, str(two / 'last.txt'): lines[-1:]}))
+  assert (two / 'all.txt').read_text() == 'x\ny\nz\n' and (two / 'last.txt').read_text() == 'z\n'

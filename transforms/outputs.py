@@ -13,6 +13,7 @@ dead-lettered, never lost.
 """
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import os
@@ -23,10 +24,10 @@ from apache_beam.io import fileio
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from postauth.transforms.compact import LatestVersions, compact_findings, versions_path
+from postauth.transforms.compact import LatestVersions, compact_findings, latest_lines, versions_path
 from postauth.transforms.parse import dead_letter
 from postauth.transforms.versions import version_rank
-from postauth.transforms.sinks import WriteJsonLines, WriteParts, clear_parts, compact_parts, parts_dir
+from postauth.transforms.sinks import WriteJsonLines, WriteWholeFiles, WriteParts, clear_parts, compact_parts, parts_dir
 
 from postauth.transforms.sink_records import (avro_schema, bigquery_schema, dead_letter_record,
                                              finding_to_avro, finding_to_bigquery)
@@ -195,13 +196,12 @@ def apply_sinks(records, specs: List[SinkSpec], record_kind: str, streaming: boo
       else:
         latest = records if streaming else records | f'{name}Latest' >> LatestVersions()
         latest | f'{name}ToOcsf' >> beam.Map(to_ocsf_json) | name >> WriteJsonLines(spec.target, streaming)
+    elif spec.kind == 'jsonl' and is_finding and not streaming:
+      # Every version to the log, the latest per finding to the file: both from one gathering.
+      (records | f'{name}ToJson' >> beam.Map(lambda f: json.dumps(f, sort_keys=True))
+       | name >> WriteWholeFiles(spec.target, functools.partial(_latest_and_versions, spec.target)))
     elif spec.kind == 'jsonl':
-      written = records
-      if is_finding and not streaming:  # every version to the log, the latest to the file
-        (records | f'{name}VersionsToJson' >> beam.Map(lambda f: json.dumps(f, sort_keys=True))
-         | f'{name}Versions' >> WriteJsonLines(versions_path(spec.target), streaming))
-        written = records | f'{name}Latest' >> LatestVersions()
-      lines = (written | f'{name}ToJson' >> beam.Map(lambda f: json.dumps(f, sort_keys=True))
+      lines = (records | f'{name}ToJson' >> beam.Map(lambda f: json.dumps(f, sort_keys=True))
                if is_finding else records)
       lines | name >> WriteJsonLines(spec.target, streaming)
     elif spec.kind == 'avro':
@@ -228,6 +228,11 @@ def apply_sinks(records, specs: List[SinkSpec], record_kind: str, streaming: boo
     else:  # parse_sink only yields KINDS
       raise ValueError(f'unknown sink kind {spec.kind}')
   return failures
+
+
+def _latest_and_versions(path: str, lines: List[str]) -> Dict[str, List[str]]:
+  latest, ordered = latest_lines(lines)
+  return {path: latest, versions_path(path): ordered}
 
 
 # --- the transforms the pipeline applies -----------------------------------------------------
