@@ -27,7 +27,8 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from postauth.transforms.compact import LatestVersions, compact_findings, latest_lines, versions_path
 from postauth.transforms.parse import dead_letter
 from postauth.transforms.versions import version_rank
-from postauth.transforms.sinks import WriteJsonLines, WriteWholeFiles, WriteParts, clear_parts, compact_parts, parts_dir
+from postauth.transforms.sinks import (WriteJsonLines, WriteParts, WriteWholeFiles, clear_parts, compact_parts,
+                                      parts_dir)
 
 from postauth.transforms.sink_records import (avro_schema, bigquery_schema, dead_letter_record,
                                              finding_to_avro, finding_to_bigquery)

@@ -20,11 +20,9 @@ import glob
 import json
 import os
 import shutil
-from typing import List
-
 import typing
 import uuid
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional
 
 import apache_beam as beam
 from apache_beam.io import fileio
@@ -81,7 +79,8 @@ def write_whole_file(path: str, lines: List[str]) -> None:
       FileSystems.mkdirs(folder)
     except IOError:  # created meanwhile
       pass
-  tmp = FileSystems.join(folder, f'.tmp-{uuid.uuid4().hex}-{name}') if folder else f'.tmp-{uuid.uuid4().hex}-{name}'
+  tmp_name = f'.tmp-{uuid.uuid4().hex}-{name}'
+  tmp = FileSystems.join(folder, tmp_name) if folder else tmp_name
   with FileSystems.create(tmp) as f:
     f.write(''.join(line + '\n' for line in lines).encode())
   if FileSystems.exists(path):
