@@ -23,6 +23,7 @@ import platform
 from typing import Dict, Optional
 
 import numpy as np
+import orjson
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
@@ -115,5 +116,11 @@ def dumps_json_gz(obj) -> bytes:
   return buf.getvalue()
 
 
+def loads_json(data: bytes):
+  """JSON from a model file; orjson (same values, ~5x faster: profiles are most of a model's
+  load, and `postauth run` loads the model in its preflight check and again in the workers)."""
+  return orjson.loads(data)
+
+
 def loads_json_gz(data: bytes):
-  return json.loads(gzip.decompress(data))
+  return loads_json(gzip.decompress(data))

@@ -254,7 +254,7 @@ class DetectionModel:
         if needed not in files:
           raise artifact.ArtifactError(f'{model_dir}/{manifest["version"]}/{needed}: missing from manifest')
       forests[cohort] = forest_store.load_scorer(name, files[name], manifest['files'][name])
-    cal = json.loads(files['calibration.json'])
+    cal = artifact.loads_json(files['calibration.json'])
     profiles = {k: IdentityProfile.from_dict(v)
                 for k, v in artifact.loads_json_gz(files['profiles.json.gz']).items()}
     return cls(manifest['version'], forests,
