@@ -118,8 +118,12 @@ def dumps_json_gz(obj) -> bytes:
 
 def loads_json(data: bytes):
   """JSON from a model file; orjson (same values, ~5x faster: profiles are most of a model's
-  load, and `postauth run` loads the model in its preflight check and again in the workers)."""
-  return orjson.loads(data)
+  load, and `postauth run` loads the model in its preflight check and again in the workers).
+  Python's json writes NaN/Infinity, which orjson refuses: such a file is read by json."""
+  try:
+    return orjson.loads(data)
+  except orjson.JSONDecodeError:
+    return json.loads(data)
 
 
 def loads_json_gz(data: bytes):

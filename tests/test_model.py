@@ -109,3 +109,12 @@ def test_overlapping_windows_merge_into_one_deterministic_finding():
   assert f['window_end'] > f['window_start']
   assert to_finding(list(reversed(runs[0])))['finding_id'] == f['finding_id']
   assert to_finding(runs[1])['finding_id'] != f['finding_id']
+
+
+def test_model_json_is_read_fast_and_still_reads_python_json_infinity():
+  import gzip
+  import math
+  from postauth.models import artifact
+  assert artifact.loads_json(b'{"a": [1, 2.5]}') == {'a': [1, 2.5]}
+  value = artifact.loads_json_gz(gzip.compress(b'{"hi": Infinity, "lo": -Infinity, "n": NaN}'))
+  assert value['hi'] == math.inf and value['lo'] == -math.inf and math.isnan(value['n'])
