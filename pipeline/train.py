@@ -12,7 +12,7 @@ import logging
 import os
 import time
 import typing
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List
 
 import apache_beam as beam
 import numpy as np

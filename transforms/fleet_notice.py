@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import typing
-from typing import Dict, Iterable, Optional, Tuple
+from typing import Dict, Optional
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics

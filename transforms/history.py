@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import pickle
 import typing
-from typing import Any, Dict, Iterable, Optional
+from typing import Any, Dict, Optional
 
 import apache_beam as beam
 from apache_beam.coders import BytesCoder

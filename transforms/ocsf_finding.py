@@ -14,7 +14,7 @@ import calendar
 import datetime
 import ipaddress
 import json
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 OCSF_VERSION = '1.8.0'
 PROFILES = ['cloud']

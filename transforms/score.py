@@ -19,7 +19,7 @@ import functools
 import logging
 import typing
 import zlib
-from typing import List, Optional, Set, Tuple
+from typing import List, Optional, Set
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -35,7 +35,6 @@ import numpy as np
 from postauth.models import registry
 from postauth.models.artifact import ArtifactError
 from postauth.models.features import FEATURE_NAMES
-from postauth.models.model import DetectionModel
 from postauth.domain import evidence
 from postauth.transforms import rules
 from postauth.transforms.history import WindowInContext
