@@ -9,9 +9,12 @@ entry matches it; a finding whose every reason is suppressed goes to the
 ``suppressed`` output, with the entries that matched, instead of disappearing.
 
 Deduplication: a finding whose reasons were all reported for the same identity
-within ``period`` is folded into the earlier finding: the earlier finding is
-re-emitted with the same ``finding_id`` and a higher ``occurrences`` count (sinks
-keep the latest version per id), so a responder gets one alert, not one per hour.
+within ``period``, at the same or a lower severity, is folded into the earlier finding:
+the earlier finding is re-emitted with the same ``finding_id`` and a higher
+``occurrences`` count (sinks keep the latest version per id), so a responder gets one
+alert, not one per hour. A fold never hides a raise: a finding more severe than the
+one it would be folded into is shown on its own, and pages as any first version does
+(medium or above).
 Updates of one finding (same ``finding_id``) are its versions, not repeats; the
 dedup step numbers what reaches the sinks (transforms/versions.py).
 """
@@ -34,7 +37,7 @@ from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateS
 from apache_beam.transforms.window import TimestampedValue
 
 from postauth.transforms.timer_walk import at_ms, per_identity, timer_ms
-from postauth.transforms.versions import stamp
+from postauth.transforms.versions import RANK, stamp
 
 SUPPRESSED = 'suppressed'
 
@@ -170,9 +173,12 @@ class _Deduplicator:
   event-time order, each on its own, so batch (any arrival order) and streaming
   emit the same versions. An update of a finding is a version, never a repeat:
   it replaces the finding it updates. An update of a finding folded as a repeat
-  stays folded while it adds no new reason; once it does, it is shown on its own
-  (and its count leaves the finding it was folded into). Held in state by the
-  streaming DoFn, in local variables by the batch walk.
+  stays folded while it adds no new reason and is no more severe than that finding;
+  once it adds one or is more severe, it is shown on its own (and its count leaves the
+  finding it was folded into). Invariant: a fold never hides a raise; a finding (or an
+  update of one) is folded only into a finding at least as severe, so a worse finding
+  reaches the sinks as its own first version and pages there at medium or above. Held
+  in state by the streaming DoFn, in local variables by the batch walk.
   """
 
   def __init__(self, period_seconds: float, retention_seconds: float = 86400.0):
@@ -224,14 +230,16 @@ class _Deduplicator:
       return
     host = next((k for k in known if fid in (k['finding'].get('occurrence_ids') or [])), None)
     if host is not None:
-      if keys <= host['keys']:  # still a repeat: the finding it was folded into may last longer
+      if keys <= host['keys'] and self._covers(host, f):
+        # still a repeat: the finding it was folded into may last longer
         before = host['finding'].get('last_occurrence')
         host['ends'][fid] = f['window_end']
         _refresh(host)
         if host['finding'].get('last_occurrence') != before:
           yield host['finding']
         return
-      # no longer a repeat: its count and its span leave the finding it was folded into
+      # no longer a repeat (a new reason, or worse than the finding it was folded into):
+      # its count and its span leave that finding
       self.folded.dec()  # the counter says how many findings end folded
       del host['ends'][fid]
       host['finding'] = dict(host['finding'], occurrences=host['finding']['occurrences'] - 1,
@@ -241,7 +249,7 @@ class _Deduplicator:
     start = _epoch(f['window_start'])
     original = (None if self._period <= 0 else
                 next((k for k in known if keys and keys <= k['keys'] and start - k['last'] <= self._period
-                      and k['finding']['finding_id'] != fid), None))
+                      and k['finding']['finding_id'] != fid and self._covers(k, f)), None))
     if original is None:
       known.append({'keys': keys, 'last': _epoch(f['window_end']), 'finding': f,
                     'own': f['window_end'], 'ends': {}})
@@ -254,6 +262,14 @@ class _Deduplicator:
     original['ends'][fid] = f['window_end']
     _refresh(original)
     yield original['finding']
+
+  def _covers(self, entry: Dict[str, Any], f: Dict) -> bool:
+    """Whether ``f`` may be folded into ``entry``'s finding: it is no more severe than that
+    finding as the sinks have it (``stamp`` never lowers a finding's severity), so a fold
+    never hides a raise."""
+    host = entry['finding']
+    shown = (self.sent.get(host['finding_id']) or {}).get('severity')
+    return RANK.get(f.get('severity'), 0) <= max(RANK.get(host.get('severity'), 0), RANK.get(shown, 0))
 
 
 def _refresh(entry: Dict[str, Any]) -> None:
@@ -321,8 +337,9 @@ def _walk_start(stamped: List) -> Tuple[List, int]:
 
 class DeduplicateFindings(beam.PTransform):
   """Findings -> one finding per identity and reason set within ``period_seconds``, every
-  version numbered for the sinks (``updates``, ``page``: transforms/versions.py).
-  With a period of 0 nothing is folded; versions are still numbered."""
+  version numbered for the sinks (``updates``, ``page``: transforms/versions.py). A finding
+  more severe than the one it repeats is not folded but shown (and pages) on its own: a fold
+  never hides a raise. With a period of 0 nothing is folded; versions are still numbered."""
 
   def __init__(self, period_seconds: float, retention_seconds: float = 86400.0):
     super().__init__()
