@@ -10,11 +10,19 @@ history (hashed as the profiles hash them) and stored with the model, so trainin
 and scoring read the same table. An identity's own use is never counted as a
 peer's: training asks with the actions it was counted with, scoring with its
 trained profile's (``PeerView``).
+
+The fleet's address space: beside each exact network (/24, /48 or a caller's name,
+``network_key``), the table counts the coarser prefixes each identity's networks lie
+in (``domain.origin.enclosing``: private /16 and private block, public /16 or IPv6
+/32, ``range_key``), so a new /24 of a cluster's pod network or of a provider's egress
+range is told from an internet network no identity used (``PeerView.network_standing``).
 """
 from __future__ import annotations
 
-from typing import Container, Dict, Iterable, Optional, Tuple
+import functools
+from typing import Container, Dict, Iterable, Optional, Set, Tuple
 
+from postauth.domain.origin import INTERNAL, PRIVATE, address_scope, enclosing, special_block
 from postauth.models.profile import seen_key
 
 ALL = '*'  # the whole fleet, beside each identity type
@@ -24,6 +32,67 @@ COMMON_SHARE = 0.10  # used by at least this share of peers (or of the fleet): r
 def network_key(network: str) -> str:
   """Networks share the table with actions, under their own prefix."""
   return 'net:' + network
+
+
+def range_key(prefix: str) -> str:
+  """A coarser prefix a network lies in ('10.0.0.0/8'), under a prefix of its own."""
+  return 'netin:' + prefix
+
+
+# Counted once for every identity whose networks were counted with their prefixes: a
+# table built before prefixes were counted (an older model) lacks it, and says so.
+RANGES_MARK = seen_key(range_key('*'))
+
+# Standings of a network for one identity (``PeerView.network_standing``).
+KNOWN = 'known'  # another identity of the fleet called from this very network
+INTERNAL_CALLER = INTERNAL  # a cloud-internal caller ("ec2.amazonaws.com", "AWS Internal")
+FLEET_PRIVATE = 'fleet_private'  # new, inside a private /16 or block the fleet calls from
+FLEET_PUBLIC_RANGE = 'fleet_public_range'  # new, inside a public /16 several identities call from
+FOREIGN = 'foreign'  # none of the above
+STANDINGS = (KNOWN, INTERNAL_CALLER, FLEET_PRIVATE, FLEET_PUBLIC_RANGE, FOREIGN)
+# Other identities that must have called from a private /16 or block for a new /24 in it
+# to be routine. A private range is not routed from the internet: two other identities
+# calling from it make it the fleet's own network (a cluster, a VPC), not one identity's
+# oddity; one could be the same actor's second credential. A count, not a share: a big
+# fleet's second cluster is as much its own network as a small fleet's only one.
+PRIVATE_RANGE_PEERS = 2
+# Other identities that must have called from a public /16 (IPv6 /32) for a new /24 in
+# it to be the fleet's: serverless functions and NAT gateways rotate through many /24s
+# of their provider's /16, so the identities running there see new /24s all the time.
+# Three, not two: a public /16 is shared with every other tenant of that provider, so
+# only a range that is part of the fleet's routine counts (still weaker than KNOWN).
+PUBLIC_RANGE_PEERS = 3
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _network_hashes(network: str) -> Tuple[int, ...]:
+  return (seen_key(network_key(network)),) + tuple(seen_key(range_key(p)) for p in enclosing(network))
+
+
+def network_keys(networks: Iterable[str]) -> Set[int]:
+  """The hashed keys the fleet table counts an identity's networks under.
+
+  Each network (``network_key``), each coarser prefix it lies in (``range_key`` of
+  ``enclosing``), and ``RANGES_MARK``. With the identity's hashed actions this is what
+  ``FleetProfile.add`` takes for it, and what its ``PeerView`` leaves out.
+  """
+  keys = {RANGES_MARK}
+  for n in networks:
+    keys.update(_network_hashes(n))
+  return keys
+
+
+class _Keys:
+  """Membership in either of two hashed key sets, without copying them (a view's ``own``)."""
+
+  __slots__ = ('first', 'second')
+
+  def __init__(self, first: Container[int], second: Container[int]):
+    self.first = first
+    self.second = second
+
+  def __contains__(self, h) -> bool:
+    return h in self.first or h in self.second
 
 
 class FleetProfile:
@@ -52,9 +121,22 @@ class FleetProfile:
         mine[h] = mine.get(h, 0) + n
     return self
 
-  def view(self, identity_type: str, own: Optional[Container[int]]) -> 'PeerView':
-    """``own``: the action hashes this identity was counted with (None if it was not counted)."""
+  def view(self, identity_type: str, own: Optional[Container[int]],
+           networks: Optional[Iterable[str]] = None) -> 'PeerView':
+    """``own``: the hashes this identity was counted with (None if it was not counted).
+
+    ``networks``: the identity's networks, when ``own`` holds only its action hashes
+    (a trained profile's ``seen['actions']``; its networks are ``seen['networks']``):
+    their keys (``network_keys``) join ``own``, so its own networks and the ranges
+    they lie in are not counted as its peers'.
+    """
+    if own is not None and networks is not None:
+      own = _Keys(own, network_keys(networks))
     return PeerView(self, identity_type or '', own)
+
+  def counts_ranges(self) -> bool:
+    """Whether the table counts network prefixes (False for tables built before it did)."""
+    return self.actions.get(ALL, {}).get(RANGES_MARK, 0) > 0
 
   def to_dict(self) -> dict:
     return {'identities': self.identities,
@@ -107,6 +189,75 @@ class PeerView:
     """(other identities of the fleet that called from ``network``, other identities)."""
     return self._others(ALL, network_key(network))
 
+  def range_users(self, prefix: str) -> Tuple[int, int]:
+    """(other identities of the fleet that called from inside ``prefix``, other identities).
+
+    ``prefix`` one of ``enclosing(network)``; (0, n) for any other, and for every
+    prefix of a table built before prefixes were counted (``FleetProfile.counts_ranges``).
+    """
+    return self._others(ALL, range_key(prefix))
+
+  def network_standing(self, network: str) -> Tuple[str, str]:
+    """(standing, why) of a window's network for this identity, from the fleet's address space.
+
+    Standing, first that holds:
+
+    - 'known': another identity of the fleet called from this very network (/24, /48,
+      or caller name);
+    - 'internal': a cloud-internal caller (``address_scope``: a provider's name for
+      its own callers, or no source);
+    - 'fleet_private': a private network (RFC 1918, CGNAT, ULA, link-local) new to
+      the fleet, inside a private /16, or else a private block (10/8, 172.16/12, ...),
+      that at least ``PRIVATE_RANGE_PEERS`` other identities called from: a pod
+      rescheduled onto a new node, a new subnet or node pool, a blue/green twin;
+    - 'fleet_public_range': a public (or reserved) network new to the fleet, inside a
+      public /16 (IPv6 /32) that at least ``PUBLIC_RANGE_PEERS`` other identities
+      called from: the provider egress range serverless calls rotate through. Weaker
+      than 'known': any tenant of that provider can call from the same /16;
+    - 'foreign': the rest: an internet network no identity used, a private block the
+      fleet does not call from.
+
+    ``why`` is one sentence naming the network and the prefix that decided it.
+    The identity's own use never counts (``own``; at scoring pass its profile's
+    networks to ``FleetProfile.view``). A table built before prefixes were counted
+    (an older model) knows exact networks only: a network new to the fleet is then
+    'foreign' whatever its scope, as before (retrain to learn the ranges).
+    """
+    network = network or ''
+    shown = network or 'an empty source'
+    users, _ = self.network_users(network)
+    if users:
+      return KNOWN, f'{shown} is known to the fleet: {_identities(users)} called from it'
+    scope = address_scope(network)
+    if scope == INTERNAL:
+      return INTERNAL_CALLER, (f'{shown} is a cloud-internal caller (the provider calling for the '
+                               f'identity), not an internet network')
+    block, _, name = special_block(network)
+    if not self.fleet.counts_ranges():
+      return FOREIGN, (f'{network} is a network no other identity of the fleet called from '
+                       f'(this model\'s fleet table has no address ranges: retrain to learn them)')
+    if scope == PRIVATE:
+      for prefix in enclosing(network):
+        n, _ = self.range_users(prefix)
+        if n >= PRIVATE_RANGE_PEERS:
+          return FLEET_PRIVATE, f'{network} is new, inside {prefix} where {_identities(n)} of the fleet call from'
+      n, _ = self.range_users(block)
+      return FOREIGN, (f'{network} is in {block} ({name}), a private block '
+                       + (f'only {_identities(n)} of the fleet called from' if n else
+                          'no other identity of the fleet called from'))
+    near = []
+    for prefix in enclosing(network):
+      n, _ = self.range_users(prefix)
+      if n >= PUBLIC_RANGE_PEERS:
+        return FLEET_PUBLIC_RANGE, (f'{network} is new, inside {prefix} where {_identities(n)} of the '
+                                    f'fleet call from (a provider range calls rotate through)')
+      if n:
+        near.append(f'{_identities(n)} called from {prefix}')
+    kind = 'an internet network' if enclosing(network) else 'a source (not an address)'
+    return FOREIGN, (f'{network} is {kind} no other identity of the fleet called from'
+                     + (f' ({block} is {name}, not a real internet network)' if block else '')
+                     + (f'; only {", ".join(near)}' if near else ''))
+
   def common(self, action: str) -> bool:
     return bool(self.fleet.identities) and self.commonness(action) >= COMMON_SHARE
 
@@ -114,6 +265,10 @@ class PeerView:
     """Used by (almost) no other identity of the fleet: at most 1% of it, or one identity."""
     f, fn = self.fleet_users(action)
     return f <= max(1, int(0.01 * fn))
+
+
+def _identities(n: int) -> str:
+  return f'{n} other identit{"y" if n == 1 else "ies"}'
 
 
 EMPTY = FleetProfile()

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import re
+from typing import Any, List
 
 from postauth.domain.event import Event
+from postauth.domain.high_impact import WORLD, gcp_project_of, mark_shared
 from postauth.transforms.formats.base import ParseError, parse_time, text
 from postauth.transforms.formats.k8s_audit import identity_type as k8s_identity_type
 
@@ -65,6 +67,72 @@ def _outcome(payload: dict):
   return False, text(code)
 
 
+# -- whom an IAM policy change opens a resource to (issue 22 item 4) --------------------------
+# The members a setIamPolicy / setIamPermissions call adds that are outside the caller's and the
+# resource's project are appended to the resource as "<resource> shared-with:T,T"
+# (domain/high_impact.py: "all" for allUsers / allAuthenticatedUsers, "project:P" for another
+# project's service account, user:/group:/domain: members as logged). Members of those projects,
+# and Google's own service agents, leave the resource as it was.
+_POLICY_METHODS = ('setiampolicy', 'setiampermissions')
+_PUBLIC_MEMBERS = ('allusers', 'allauthenticatedusers')
+
+
+def _strings(value: Any) -> List[str]:
+  return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
+
+
+def _added_members(payload: dict) -> List[str]:
+  """Members the call added: the policy delta when logged, else the request's whole policy."""
+  deltas, logged = [], False
+  for holder in (payload.get('serviceData'), payload.get('metadata')):
+    for key in ('policyDelta', 'datasetChange'):
+      change = holder.get(key) if isinstance(holder, dict) else None
+      if isinstance(change, dict) and isinstance(change.get('bindingDeltas'), list):
+        logged = True
+        deltas.extend(d for d in change['bindingDeltas'] if isinstance(d, dict))
+  if logged:
+    return [d['member'] for d in deltas
+            if isinstance(d.get('member'), str) and str(d.get('action', '')).upper() == 'ADD']
+  request = payload.get('request')
+  policy = request.get('policy') if isinstance(request, dict) else None
+  bindings = policy.get('bindings') if isinstance(policy, dict) else None
+  return [m for b in bindings if isinstance(b, dict) for m in _strings(b.get('members'))] \
+      if isinstance(bindings, list) else []
+
+
+def _outside_members(members: List[str], own: set) -> List[str]:
+  out = []
+  for member in members:
+    kind, sep, rest = member.partition(':')
+    if member.lower() in _PUBLIC_MEMBERS:
+      out.append(WORLD)
+    elif kind == 'serviceAccount':
+      project = gcp_project_of(rest)
+      if project and project not in own:
+        out.append('project:' + project)
+    elif kind in ('projectOwner', 'projectEditor', 'projectViewer'):
+      if rest and rest not in own:
+        out.append('project:' + rest)
+    elif kind in ('user', 'group', 'domain', 'principal', 'principalSet'):
+      out.append(member)
+    elif not sep and '@' in member:
+      out.append(member)  # a member without its kind, as some exports write them
+  return out
+
+
+def _resource(record: dict, payload: dict, action: str, identity: str) -> str:
+  resource = text(payload.get('resourceName'))
+  if action.rpartition('.')[2].lower() not in _POLICY_METHODS:
+    return resource
+  own = {gcp_project_of(identity)}
+  if resource.startswith('projects/'):
+    own.add(resource.split('/')[1])
+  labels = record.get('resource', {}).get('labels') if isinstance(record.get('resource'), dict) else None
+  if isinstance(labels, dict) and isinstance(labels.get('project_id'), str):
+    own.add(labels['project_id'])
+  return mark_shared(resource, _outside_members(_added_members(payload), own))
+
+
 class GcpAudit:
   name = 'gcp_audit'
 
@@ -108,7 +176,7 @@ class GcpAudit:
         service=service,
         action=action,
         category=category,
-        resource=text(payload.get('resourceName')),
+        resource=_resource(record, payload, action, identity),
         region=_region(record, payload),
         source_ip=text(meta.get('callerIp') or meta.get('callerIP')),
         user_agent=text(meta.get('callerSuppliedUserAgent')),
