@@ -27,7 +27,8 @@ class HeldOutWindow(NamedTuple):
   identity: str
   window_start: float
   window_end: float
-  rule_page: bool  # a rule fired on it at medium or above
+  rule_page: bool  # its judgment pages without the model (evidence no rollout explains)
+  model_may_page: bool = True  # a model flag can make it page (evidence or shareable novelty)
 
 
 def day_of(t: float) -> int:
@@ -38,7 +39,7 @@ def count_pages(rows: Sequence[Tuple[HeldOutWindow, float]], medium: float) -> T
   """Findings at medium or above: runs of overlapping paged windows per identity (as the merge does)."""
   by_identity: Dict[str, List[Tuple[float, float]]] = {}
   for w, score in rows:
-    if score >= medium or w.rule_page:
+    if (score >= medium and w.model_may_page) or w.rule_page:
       by_identity.setdefault(w.identity, []).append((w.window_start, w.window_end))
   pages: Dict[str, int] = {}
   for identity, spans in by_identity.items():

@@ -298,7 +298,9 @@ class DetectionModel:
   def peers(self, identity: str, identity_type: str) -> PeerView:
     """The fleet as this identity's peers see it (its own trained use not counted)."""
     profile = self.profiles.get(identity)
-    return self.fleet.view(identity_type, None if profile is None else profile.seen['actions'])
+    if profile is None:
+      return self.fleet.view(identity_type, None)
+    return self.fleet.view(identity_type, profile.seen['actions'], networks=profile.seen['networks'])
 
   def severity_of(self, score: float) -> Optional[str]:
     return severity_of(score, self.thresholds)

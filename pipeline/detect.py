@@ -17,6 +17,7 @@ from apache_beam.utils import shared
 
 from postauth.pipeline.options import DetectOptions, WindowOptions, disabled_rules
 from postauth.pipeline.prism import lands_on_bundle_runner
+from postauth.transforms.corroborate import CorroborateWithPeers
 from postauth.transforms.findings import MergeOverlappingWindows
 from postauth.transforms.fleet_notice import FleetChangeNotices
 from postauth.transforms.history import UNREGISTERED as UNREGISTERED_WINDOWS
@@ -55,7 +56,9 @@ def build_detection(p: beam.Pipeline, options: PipelineOptions) -> Dict[str, bea
                                          rules=RuleConfig(disabled=disabled, dormant_days=det.dormant_days),
                                          shared_handle=model, model_updates=refresh.model_updates,
                                          pointer_poll=refresh.model_poll)
-               | 'MergeOverlapping' >> MergeOverlappingWindows(win.window_size, lateness))
+               | 'MergeOverlapping' >> MergeOverlappingWindows(win.window_size, lateness)
+               | 'AskPeers' >> CorroborateWithPeers(judged['windows'], det.corroboration_delay,
+                                                    det.corroboration_peers))
   unregistered = judged[UNREGISTERED_WINDOWS] | 'UnregisteredGlobal' >> beam.WindowInto(
       beam.transforms.window.GlobalWindows())
   fleet = ([judged['windows'] | 'FleetChanges' >> FleetChangeNotices(

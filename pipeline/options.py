@@ -90,6 +90,14 @@ class DetectOptions(PipelineOptions):
     parser.add_argument('--fleet-change-identities', dest='fleet_change_identities', type=int, default=3,
                         help='Identities of one type that must make the same new action on the same day '
                              '(and at least 10%% of the type) for one fleet-change notice (default 3).')
+    parser.add_argument('--corroboration-delay', dest='corroboration_delay', type=float, default=1800.0,
+                        help='Seconds of event time a finding resting only on never-seen sensitive calls '
+                             'waits for peers of its type making the same calls (then it is a low fleet '
+                             'change, not a page); evidence no rollout explains never waits '
+                             '(default 1800; 0 asks only peers seen so far).')
+    parser.add_argument('--corroboration-peers', dest='corroboration_peers', type=int, default=2,
+                        help='Other identities of the type that must have made the same never-seen calls '
+                             'within the day for a finding to be a fleet change (default 2).')
     parser.add_argument('--dormant-days', dest='dormant_days', type=float, default=30.0,
                         help='Silence, in days, after which activity raises dormant_identity_revived (default 30).')
 

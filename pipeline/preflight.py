@@ -63,6 +63,8 @@ def validate_run(options: PipelineOptions) -> None:
     raise opts.OptionsError(f'--disable-rules: unknown rule(s) {unknown}; known: {list(ALL_RULE_NAMES)}')
   if d.fleet_change_identities < 1:
     raise opts.OptionsError('--fleet-change-identities must be >= 1 (disable with --disable-rules fleet_change)')
+  if d.corroboration_delay < 0 or d.corroboration_peers < 1:
+    raise opts.OptionsError('--corroboration-delay must be >= 0 and --corroboration-peers >= 1')
   if d.dedup_period < 0 or d.inventory_refresh < 0 or d.model_refresh < 0 or d.dormant_days <= 0:
     raise opts.OptionsError('--dedup-period, --inventory-refresh and --model-refresh must be >= 0, '
                        '--dormant-days > 0')

@@ -23,12 +23,12 @@ from apache_beam.transforms import window
 from postauth.models import budget, registry
 from postauth.models import report as training_report
 from postauth.models.features import feature_vector
-from postauth.models.fleet import FleetProfile, network_key
+from postauth.models.fleet import FleetProfile, network_keys
 from postauth.models.history import IdentityHistory
 from postauth.models.model import SEVERITIES, DetectionModel, TrainConfig, cohort_key, levels_from_medium
 from postauth.models.profile import IdentityProfile, seen_key
 from postauth.transforms import rules
-from postauth.transforms.findings import SEVERITY_ORDER
+from postauth.transforms.judgment import judge
 from postauth.pipeline.options import EventOptions, TrainOptions, WindowOptions
 from postauth.transforms.inventory import ReadInventory, context_for
 from postauth.transforms.parse import ParseFiles
@@ -43,17 +43,24 @@ _log = logging.getLogger('postauth.train')
 
 
 def _actions_used(windows: Iterable[IdentityWindow]) -> set:
-  """The hashed actions (and networks) of an identity's windows: what the fleet table counts it with."""
+  """The hashed actions and networks of an identity's windows: what the fleet table counts it with.
+
+  Networks with the coarser prefixes they lie in (``network_keys``: private /16 and
+  block, public /16), so scoring can tell a new /24 of a range the fleet calls from
+  from an internet network no identity used (``PeerView.network_standing``).
+  """
   used = set()
+  networks = set()
   for w in windows:
     used.update(seen_key(a) for a in w.agg.actions)
-    used.update(seen_key(network_key(n)) for n in w.agg.networks)
+    networks.update(w.agg.networks)
+  used.update(network_keys(networks))
   return used
 
 
 @beam.typehints.with_output_types(typing.Tuple[str, typing.Any])
 class ActionsPerIdentity(beam.DoFn):
-  """(identity, its windows) -> (identity_type, hashed actions it made): one identity of the fleet table."""
+  """(identity, its windows) -> (identity_type, hashed actions and networks it used): one identity of the fleet table."""
 
   def process(self, kv, inventory):
     identity, windows = kv
@@ -108,15 +115,15 @@ class WalkIdentityHistory(beam.DoFn):
     context = context_for(identity, windows[0].agg.identity_type, inventory)
     cohort = cohort_key(context['identity_type'], context.get('team', ''))
     peers = fleet.view(context['identity_type'], _actions_used(windows))
-    page = SEVERITY_ORDER['medium']
     history = IdentityHistory()
     for w in windows:
       before = history.observe(w.agg, w.window_end)
       if before.windows and history.days_of_history(w.window_end) >= self._warmup:
         self.vectors.inc()
         fired = rules.evaluate(w, context, before, self._rules, peers)
-        rule_page = any(SEVERITY_ORDER.get(r['severity'], 0) >= page for r in fired)
-        yield cohort, (budget.HeldOutWindow(identity, w.window_start, w.window_end, rule_page),
+        verdict = judge(w, context, before, peers, None, fired)  # what scoring pages on, as it judges
+        yield cohort, (budget.HeldOutWindow(identity, w.window_start, w.window_end, verdict.pages(),
+                                            verdict.model_may_page()),
                        feature_vector(w.agg, before, w.window_end, peers))
     yield beam.pvalue.TaggedOutput(PROFILES, (identity, history.final_profile()))
     yield beam.pvalue.TaggedOutput(MEMBERS, (cohort, 1))

@@ -103,7 +103,11 @@ def test_a_fleet_wide_high_impact_change_is_one_page():
     w = window(identity, end, [ev(identity, end - 300, 'iam', 'CreateAccessKey', 'credential_create', 'u')])
     items.append(WindowInContext(w, ctx(identity=identity, team='ml'), _history(identity), 5))
   def one_page_per_group(got):
-    assert {f['severity'] for f in got} == {'medium'} and len(got) == 2, got  # per type and per team
+    # one notice per type and per team, one page: the type's, at high (a campaign pages once)
+    assert sorted((f['identity'], f['severity']) for f in got) == [
+        ('fleet:team:ml', 'low'), ('fleet:type:service_account', 'high')], got
+    assert all(len(f['evidence']) == 3 and {e['identity'] for e in f['evidence']} == {
+        'wl-ml-0', 'wl-ml-1', 'wl-ml-2'} for f in got)  # one event per adopter, with its id
   _run(items, one_page_per_group)
 
 

@@ -106,6 +106,21 @@ def _public(r: Dict) -> Dict:
   return {k: r[k] for k in ('feature', 'value', 'baseline', 'detail', 'actions') if k in r}
 
 
+def page_basis(windows: List[Dict]) -> Dict[str, List[str]]:
+  """What the finding's page rests on, over its windows: ``evidence`` no rollout explains,
+  ``shareable`` novelty of its paging windows without evidence (peers may share it), and
+  ``change`` that is routine. A finding whose ``evidence`` is empty pages only on novelty
+  its peers could share (transforms/corroborate.py)."""
+  ev, share, change = set(), set(), set()
+  for w in windows:
+    j = w.get('judgment') or {}
+    ev.update(j.get('evidence', ()))
+    change.update(j.get('change', ()))
+    if SEVERITY_ORDER.get(w.get('severity'), 0) >= SEVERITY_ORDER['medium'] and not j.get('evidence'):
+      share.update(j.get('shareable', ()))
+  return {'evidence': sorted(ev), 'shareable': sorted(share), 'change': sorted(change)[:6]}
+
+
 def to_finding(windows: List[Dict]) -> Dict:
   """The finding of a run of overlapping windows as they are so far (its first version when
   ``windows`` is the run's first window; an update when more have joined)."""
@@ -127,8 +142,9 @@ def to_finding(windows: List[Dict]) -> Dict:
         seen.update((key, r['detail']))
         reasons.append(_public(r))
   ctx = top['context']
-  detected = max_severity([w['severity'] for w in windows if w.get('model_flagged', True)] +
-                          [r['severity'] for r in reasons if 'rule' in r])
+  # Each window's severity is already its judgment (transforms/judgment.py): evidence pages,
+  # shareable novelty pages unless peers share it, change alone stays low.
+  detected = max_severity([w['severity'] for w in windows])
   severity, basis = contextual_severity(detected, ctx)
   actions: Dict[str, int] = {}
   resources: Dict[str, int] = {}
@@ -165,6 +181,7 @@ def to_finding(windows: List[Dict]) -> Dict:
       'registered': ctx.get('registered', 'false') == 'true',
       'occurrences': 1,
       'first_detected_at': rfc3339(first['window_end']),
+      'page_basis': page_basis(windows),
       **first_version(severity),
   }
   finding.update(evidence.pick(windows, reasons))  # events behind the top reasons, calls per action

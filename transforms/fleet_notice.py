@@ -15,15 +15,17 @@ Aggregates only: a ``CombinePerKey`` over daily event-time windows, keyed by
 """
 from __future__ import annotations
 
-import hashlib
 import typing
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.transforms import trigger, window
 from apache_beam.utils import shared
 
+from postauth.domain.evidence import FIELDS, MAX_EVIDENCE
+from postauth.domain.origin import network_of
+from postauth.transforms.corroborate import fleet_change_id
 from postauth.transforms.findings import rfc3339
 from postauth.transforms.versions import first_version
 from postauth.transforms.model_cache import acquire_model
@@ -58,8 +60,9 @@ class NewActionsFn(beam.DoFn):
       groups.append(f'team:{item.context["team"]}')
     day = int((item.window.window_end - 1e-6) // DAY)  # the UTC day of the window's last instant
     for action in history.unseen('actions', agg.actions):
+      first = (agg.evidence.get('a' + action) or [None])[0]  # its first event, for the notice's evidence
       seen = (item.window.identity, agg.actions[action], agg.action_category.get(action, ''),
-              item.window.window_start, item.window.window_end)
+              item.window.window_start, item.window.window_end, first)
       for group in groups:
         self.sightings.inc()
         yield (group, action, day), seen
@@ -69,13 +72,14 @@ class AdoptersFn(beam.CombineFn):
   """New-action sightings -> {identity: calls}, the category, and the span they cover."""
 
   def create_accumulator(self):
-    return {'identities': {}, 'category': '', 'start': float('inf'), 'end': float('-inf')}
+    return {'identities': {}, 'category': '', 'start': float('inf'), 'end': float('-inf'), 'samples': {}}
 
   def add_input(self, acc, element):
-    identity, calls, category, start, end = element
+    identity, calls, category, start, end, sample = element
     ids = acc['identities']
     if identity in ids or len(ids) < MAX_KEPT:
       ids[identity] = max(ids.get(identity, 0), calls)  # overlapping windows count a call more than once
+      _keep_first(acc['samples'], identity, sample)
     acc['category'] = acc['category'] or category
     acc['start'] = min(acc['start'], start)
     acc['end'] = max(acc['end'], end)
@@ -88,12 +92,33 @@ class AdoptersFn(beam.CombineFn):
       for identity, calls in a['identities'].items():
         if identity in out['identities'] or len(out['identities']) < MAX_KEPT:
           out['identities'][identity] = max(out['identities'].get(identity, 0), calls)
+          _keep_first(out.setdefault('samples', {}), identity, (a.get('samples') or {}).get(identity))
       out['category'] = out['category'] or a['category']
       out['start'], out['end'] = min(out['start'], a['start']), max(out['end'], a['end'])
     return out
 
   def extract_output(self, acc):
     return acc
+
+
+def _keep_first(samples: Dict, identity: str, sample) -> None:
+  """Keeps the earliest event sample per identity (ties by event id): exact under merging."""
+  if sample is None:
+    return
+  kept = samples.get(identity)
+  if kept is None or (sample[1], sample[0]) < (kept[1], kept[0]):
+    samples[identity] = tuple(sample)
+
+
+def _evidence(adopters: Dict) -> List[Dict]:
+  """One event per adopter (the first of the new call), with the log's own id."""
+  out = []
+  for identity, s in sorted((adopters.get('samples') or {}).items())[:MAX_EVIDENCE]:
+    ev = dict(zip(FIELDS, s))
+    out.append({'identity': identity, 'event_id': ev['event_id'], 'time': rfc3339(ev['time']),
+                'action': ev['action'], 'resource': ev['resource'], 'network': network_of(ev['source_ip']),
+                'read_from': ev['raw_ref']})
+  return out
 
 
 def notice(group: str, action: str, adopters: Dict, day_start: float, model_version: str,
@@ -106,7 +131,10 @@ def notice(group: str, action: str, adopters: Dict, day_start: float, model_vers
   ids = sorted(adopters['identities'])
   n = len(ids)
   category = adopters['category']
-  severity = 'medium' if category in HIGH_IMPACT_CATEGORIES else 'low'
+  # One page for a high-impact change across a type (a campaign or a risky rollout), at high;
+  # the same change seen by team is a low notice (one fleet event, one page), as is any other
+  # change: its adopters' findings name it and stay low.
+  severity = 'high' if category in HIGH_IMPACT_CATEGORIES and kind == 'type' else 'low'
   day = rfc3339(day_start)[:10]
   names = ', '.join(i.rsplit('/', 1)[-1] for i in ids[:LISTED]) + (f' and {n - LISTED} more' if n > LISTED else '')
   share = f' of {type_size}' if type_size else ''
@@ -116,7 +144,7 @@ def notice(group: str, action: str, adopters: Dict, day_start: float, model_vers
   calls = sum(adopters['identities'].values())
   start, end = adopters['start'], adopters['end']
   return {
-      'finding_id': hashlib.sha256(f'fleet|{group}|{action}|{day}'.encode()).hexdigest()[:24],
+      'finding_id': fleet_change_id(group, action, int(day_start // DAY)),
       'kind': NOTICE,
       'identity': f'fleet:{group}',
       'identity_type': identity_type,
@@ -139,6 +167,7 @@ def notice(group: str, action: str, adopters: Dict, day_start: float, model_vers
       'registered': True,
       'occurrences': 1,
       'identities': ids,
+      'evidence': _evidence(adopters),
       'first_detected_at': rfc3339(day_start + DAY),  # the day closes: when the notice is emitted
       **first_version(severity),
   }

@@ -119,15 +119,16 @@ def dormant_identity_revived(window, context: Dict, history, config: RuleConfig,
 
 
 def new_network_beside_usual(window, context: Dict, history, config: RuleConfig, peers=None) -> Optional[Dict]:
-  """Calls from a network no identity of the fleet ever used, while the usual network is still active.
+  """Calls from a network outside the fleet's address space, while the usual network is still active.
 
-  Stolen credentials run beside the legitimate workload; a redeploy replaces it (the old
-  network stops when the new one starts) and moves within networks the fleet knows.
+  Scale-outs, node pools, blue/green and rescheduling also run beside the old network, but
+  inside the address space the fleet already calls from (models/fleet.py
+  ``network_standing``); stolen credentials used beside the workload come from outside it.
   """
   if history is None or not history.windows or peers is None or not peers.fleet.identities:
     return None
   beside, usual = concurrent_new_networks(window.agg, history)
-  unknown = [n for n in beside if peers.network_users(n)[0] == 0]
+  unknown = [n for n in beside if peers.network_standing(n)[0] == 'foreign']
   if not unknown:
     return None
   agg = window.agg
@@ -135,7 +136,7 @@ def new_network_beside_usual(window, context: Dict, history, config: RuleConfig,
   new_agents = sorted(a for a in agg.agents if not history.knows('agents', a))
   return {'rule': 'new_network_beside_usual', 'severity': 'high' if new_agents else 'medium',
           'actions': sorted(agg.actions, key=lambda a: (-agg.actions[a], a))[:20],
-          'detail': f'{n} calls from {", ".join(unknown)}, a network no identity of the fleet used before, '
+          'detail': f'{n} calls from {", ".join(unknown)}, a network outside the fleet\'s address space, '
                     f'while its usual network {", ".join(usual)} was active in the same window'
                     + (f'; with a new client {", ".join(new_agents)}' if new_agents else '')}
 
@@ -150,13 +151,14 @@ def new_network_and_client(window, context: Dict, history, config: RuleConfig, p
   if history is None or not history.windows or peers is None or not peers.fleet.identities:
     return None
   agg = window.agg
-  unknown = sorted(n for n in agg.networks if not history.knows('networks', n) and peers.network_users(n)[0] == 0)
+  unknown = sorted(n for n in agg.networks
+                   if not history.knows('networks', n) and peers.network_standing(n)[0] == 'foreign')
   clients = sorted(a for a in agg.agents if a and not history.knows('agents', a))
   if not unknown or not clients:
     return None
   return {'rule': 'new_network_and_client', 'severity': 'medium',
           'actions': sorted(agg.actions, key=lambda a: (-agg.actions[a], a))[:20],
-          'detail': f'calls from {", ".join(unknown)}, a network no identity of the fleet used before, and with '
+          'detail': f'calls from {", ".join(unknown)}, a network outside the fleet\'s address space, and with '
                     f'{", ".join(clients)}, a client this identity never used (usual: '
                     f'{", ".join(sorted(history.seen["agents"])[:2]) or "none"})'}
 

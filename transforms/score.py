@@ -38,6 +38,7 @@ from postauth.models.features import FEATURE_NAMES
 from postauth.domain import evidence
 from postauth.transforms import rules
 from postauth.transforms.history import WindowInContext
+from postauth.transforms.judgment import judge
 from postauth.transforms.model_cache import acquire_model
 from postauth.transforms.rules import RuleConfig
 from postauth.transforms.updates import PeriodicReads, PolledRead
@@ -92,6 +93,7 @@ class ScoreBatchFn(beam.DoFn):
     self.warming = Metrics.counter('postauth', 'windows_warming_up')
     self.anomalous = Metrics.counter('postauth', 'windows_anomalous')
     self.ruled = Metrics.counter('postauth', 'windows_rule_fired')
+    self.paging = Metrics.counter('postauth', 'windows_paging')
     self.batch_size = Metrics.distribution('postauth', 'score_batch_size')
     self.swaps = Metrics.counter('postauth', 'model_swaps')
     self.swap_errors = Metrics.counter('postauth', 'model_swap_errors')
@@ -140,14 +142,19 @@ class ScoreBatchFn(beam.DoFn):
       w, ctx = item.window, item.context
       score = float(scores[i])
       flagged = score >= self._threshold
-      fired = rules.evaluate(w, ctx, item.history, self._rules,
-                             model.peers(w.identity, ctx.get('identity_type', '')))
-      if not flagged and not fired:
+      peers = model.peers(w.identity, ctx.get('identity_type', ''))
+      fired = rules.evaluate(w, ctx, item.history, self._rules, peers)
+      verdict = judge(w, ctx, item.history, peers,
+                      (model.severity_of(score) or 'low') if flagged else None, fired)
+      if not flagged and not fired and not verdict.evidence:
         continue
       if flagged:
         self.anomalous.inc()
       if fired:
         self.ruled.inc()
+      if verdict.pages():
+        self.paging.inc()
+      named = {r['rule'] for r in fired}
       agg = w.agg
       yield TimestampedValue({
           'identity': w.identity,
@@ -157,11 +164,13 @@ class ScoreBatchFn(beam.DoFn):
           'score_forest': round(float(components[i, 0]), 3),
           'score_rarity': round(float(components[i, 1]), 3),
           'model_flagged': flagged,
-          'severity': model.severity_of(score) or 'low',
+          'severity': verdict.severity,
+          'judgment': verdict.to_dict(),
           'model_version': model.version,
           'cohort': model.cohort_for(cohorts[i]),
           'reasons': model.explain(w, cohorts[i], x[i], profile=item.history) if flagged else [],
-          'rules': fired,
+          'rules': fired + [{'rule': e['kind'], 'severity': e['severity'], 'actions': e['actions'],
+                             'detail': e['detail']} for e in verdict.evidence if e['kind'] not in named],
           'actions': dict(sorted(agg.actions.items(), key=lambda kv: (-kv[1], kv[0]))[:10]),
           'resources': dict(sorted(agg.resources.items(), key=lambda kv: (-kv[1], kv[0]))[:10]),
           'panes': {str(k): v for k, v in agg.panes.items()},

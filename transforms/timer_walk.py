@@ -78,17 +78,22 @@ class GroupWithTimestamps(beam.PTransform):
             | 'GroupByKey' >> beam.GroupByKey())
 
 
+def _identity(x) -> str:
+  return x['identity']
+
+
 def per_identity(globally: beam.PCollection, new_step: Callable[[], Step],
                  start: Callable[[List[Tuple[int, Any]]], Tuple[List[Any], int]],
-                 stateful_fn: beam.DoFn, walk_label: str, stream_label: str) -> beam.PCollection:
-  """One keyed timer loop per identity, chosen by boundedness: on bounded input the grouped
-  walk of ``new_step`` (no state cache), on unbounded input ``stateful_fn`` with state and
-  event-time timers over (identity, element) pairs. Both run the same step function."""
+                 stateful_fn: beam.DoFn, walk_label: str, stream_label: str,
+                 key: Callable[[Any], str] = _identity) -> beam.PCollection:
+  """One keyed timer loop per identity (or per ``key``), chosen by boundedness: on bounded
+  input the grouped walk of ``new_step`` (no state cache), on unbounded input ``stateful_fn``
+  with state and event-time timers over (key, element) pairs. Both run the same step function."""
   if globally.is_bounded:
     return (globally
-            | 'GroupByIdentity' >> GroupWithTimestamps(lambda x: x['identity'])
+            | 'GroupByIdentity' >> GroupWithTimestamps(key)
             | walk_label >> beam.ParDo(WalkFn(new_step, start)))
   return (globally
-          | 'KeyByIdentity' >> beam.Map(lambda x: (x['identity'], x)).with_output_types(
+          | 'KeyByIdentity' >> beam.Map(lambda x: (key(x), x)).with_output_types(
               typing.Tuple[str, typing.Any])
           | stream_label >> beam.ParDo(stateful_fn))
