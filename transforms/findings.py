@@ -221,6 +221,7 @@ def unregistered_finding(window, context: Dict) -> Dict:
       'registered': False,
       'occurrences': 1,
       'first_detected_at': rfc3339(window.window_end),
+      'page_basis': {'evidence': ['unregistered_identity'], 'shareable': [], 'change': []},
       **first_version(severity),
   }
   finding.update(evidence.from_aggregate(agg, finding['reasons'], window.window_start, window.window_end))

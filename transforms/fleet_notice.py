@@ -168,6 +168,7 @@ def notice(group: str, action: str, adopters: Dict, day_start: float, model_vers
       'occurrences': 1,
       'identities': ids,
       'evidence': _evidence(adopters),
+      'page_basis': {'evidence': [NOTICE] if severity != 'low' else [], 'shareable': [], 'change': []},
       'first_detected_at': rfc3339(day_start + DAY),  # the day closes: when the notice is emitted
       **first_version(severity),
   }

@@ -8,7 +8,8 @@ unusual:
 - **evidence** (pages at once): a high-impact action the identity never made (audit
   logging off, sharing outside the account, keys for others, privilege changes), calls
   from a network outside the fleet's address space, a failure sweep, many never-seen
-  actions at once, bulk reads of resource kinds never touched, data leaving to new
+  actions at once, bulk reads of resource kinds never touched or reads reaching several
+  such kinds at once, data leaving to new
   destinations, volume far beyond anything the identity ever did, and the rules that say
   the same (disabled or dormant identity active, access-denied sweep, collect and send);
 - **shareable novelty** (pages unless peers share it): a never-seen sensitive action
@@ -40,6 +41,7 @@ EVIDENCE_RULES = ('disabled_identity_active', 'dormant_identity_revived', 'acces
                   'collect_and_send', 'new_network_beside_usual', 'new_network_and_client')
 
 BULK_NEW_RESOURCES = 10  # resources of kinds never touched, in one window: collection, not a new feature
+NEW_KINDS = 3  # resource kinds never touched, in one window (even a few resources of each)
 NOVEL_BREADTH = 6  # never-seen actions in one window: a rollout adds a call or two
 SWEEP_ERRORS = 10  # failed calls in one window ...
 SWEEP_ERROR_SHARE = 0.25  # ... this share above the identity's usual failure ratio ...
@@ -148,6 +150,11 @@ def activity_evidence(agg, history) -> List[Dict]:
                 'detail': f'{new_kind_resources} resources in {len(families)} kinds never touched before '
                           f'({", ".join(shown)}); at most {history.max_distinct_resources} distinct '
                           f'resources in any earlier window'})
+  elif len(families) >= NEW_KINDS:
+    shown = sorted(families)[:4]
+    out.append({'kind': 'new_kinds_breadth', 'severity': 'medium', 'actions': [],
+                'detail': f'resources of {len(families)} kinds never touched before in one window '
+                          f'({", ".join(shown)}): a rollout adds one new kind, collection reaches several'})
   sent = sum(agg.categories.get(c, 0) for c in SEND_CATEGORIES)
   most_sent = max((history.category_max.get(c, 0) for c in SEND_CATEGORIES), default=0)
   if families and sent >= SEND_MIN and sent > 2 * most_sent:

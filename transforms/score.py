@@ -169,8 +169,7 @@ class ScoreBatchFn(beam.DoFn):
           'model_version': model.version,
           'cohort': model.cohort_for(cohorts[i]),
           'reasons': model.explain(w, cohorts[i], x[i], profile=item.history) if flagged else [],
-          'rules': fired + [{'rule': e['kind'], 'severity': e['severity'], 'actions': e['actions'],
-                             'detail': e['detail']} for e in verdict.evidence if e['kind'] not in named],
+          'rules': fired + [_evidence_reason(e) for e in verdict.evidence if e['kind'] not in named],
           'actions': dict(sorted(agg.actions.items(), key=lambda kv: (-kv[1], kv[0]))[:10]),
           'resources': dict(sorted(agg.resources.items(), key=lambda kv: (-kv[1], kv[0]))[:10]),
           'panes': {str(k): v for k, v in agg.panes.items()},
@@ -178,6 +177,14 @@ class ScoreBatchFn(beam.DoFn):
           'evidence': evidence.for_window(agg, item.history),
           'context': ctx,
       }, w.window_end - EPSILON)
+
+
+def _evidence_reason(e):
+  """A judgment's evidence as a window reason (``actions`` only when it names some, as rules do)."""
+  reason = {'rule': e['kind'], 'severity': e['severity'], 'detail': e['detail']}
+  if e['actions']:
+    reason['actions'] = list(e['actions'])
+  return reason
 
 
 class ScoreWindows(beam.PTransform):

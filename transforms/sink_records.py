@@ -58,15 +58,23 @@ def finding_to_avro(f: Dict) -> Dict:
   row['last_occurrence'] = _ts(f['last_occurrence']) if f.get('last_occurrence') else None
   row['occurrence_ids'] = list(f.get('occurrence_ids') or [])
   row['identities'] = list(f.get('identities') or [])  # a fleet-change notice's identities
+  row['fleet_change_id'] = f.get('fleet_change_id') or None
+  row['page_basis'] = _page_basis(f)
   row['first_detected_at'] = _ts(f.get('first_detected_at') or f['window_end'])
   for key in ('updates', 'pages'):
     row[key] = int(f.get(key) or 0)
   for key in ('page', 'severity_raised'):
     row[key] = bool(f.get(key))
-  row['evidence'] = [dict(e, new=list(e.get('new') or [])) for e in f.get('evidence') or []]
+  row['evidence'] = [dict(e, new=list(e.get('new') or []), identity=e.get('identity', ''))
+                     for e in f.get('evidence') or []]
   row['window_actions'] = [dict(w, actions={str(k): int(v) for k, v in w['actions'].items()})
                            for w in f.get('window_actions') or []]
   return row
+
+
+def _page_basis(f: Dict) -> Dict[str, List[str]]:
+  basis = f.get('page_basis') or {}
+  return {k: [str(x) for x in basis.get(k) or []] for k in ('evidence', 'shareable', 'change')}
 
 
 def _number_or_text(value: Any):
@@ -99,6 +107,9 @@ def finding_from_avro(row: Dict) -> Dict:
     f.pop('occurrence_ids', None)
   if not f.get('identities'):
     f.pop('identities', None)
+  if not f.get('fleet_change_id'):
+    f.pop('fleet_change_id', None)
+  f['evidence'] = [{k: v for k, v in e.items() if not (k == 'identity' and not v)} for e in f.get('evidence') or []]
   if row.get('first_detected_at'):
     f['first_detected_at'] = _rfc3339(row['first_detected_at'])
   for key in ('evidence', 'window_actions'):  # a fleet-change notice has neither
@@ -144,6 +155,7 @@ def finding_to_bigquery(f: Dict) -> Dict:
       'occurrences': int(f.get('occurrences', 1)), 'last_occurrence': f.get('last_occurrence') or None,
       'occurrence_ids': list(f.get('occurrence_ids') or []),
       'identities': list(f.get('identities') or []),
+      'fleet_change_id': f.get('fleet_change_id') or None, 'page_basis': _page_basis(f),
       'first_detected_at': f.get('first_detected_at') or f['window_end'],
       'updates': int(f.get('updates') or 0), 'pages': int(f.get('pages') or 0),
       'page': bool(f.get('page')), 'severity_raised': bool(f.get('severity_raised')),
