@@ -200,3 +200,24 @@ def test_harmless_novelty_and_a_routine_burst_stay_low_whatever_the_model_says()
   item = WindowInContext(w, ctx(identity=identity, identity_type=TYPE), history, 5)
   verdict = judge(item.window, item.context, item.history, None, 'critical')
   assert verdict.severity == 'low' and not verdict.evidence and not verdict.shareable
+
+
+def test_an_identity_rotating_through_internet_egress_keeps_paging_only_with_a_new_client():
+  """Serverless calls come from ever-new provider addresses: one more is routine for an identity
+  whose own history already rotates; the same address with a new client is not."""
+  identity = 'fn-orders'
+  history = IdentityProfile().update(window(identity, DAY0 - 3600, [
+      ev(identity, DAY0 - 1800 + k, ip=f'52.{10 + k}.3.4') for k in range(6)]).agg, DAY0 - 3600)
+  peers = _fleet(['10.0.0.1']).view(TYPE, None)
+  end = DAY0 + 9 * 3600
+  w = window(identity, end, [ev(identity, end - 600 + k, ip='18.200.7.9') for k in range(10)])
+  item = WindowInContext(w, ctx(identity=identity, identity_type=TYPE), history, 5)
+  verdict = judge(item.window, item.context, history, peers, 'high')
+  assert not verdict.pages() and any('rotates' in c for c in verdict.change)
+  stolen = [e._replace(user_agent='python-requests/2.31') for e in
+            (ev(identity, end - 600 + k, ip='18.200.7.9') for k in range(10))]
+  verdict = judge(window(identity, end, stolen), item.context, history, peers, None)
+  assert verdict.pages() and [e['kind'] for e in verdict.evidence] == ['foreign_network']
+  # an identity that never left its private network pages on the same address and client
+  verdict = judge(item.window, item.context, _history(identity), peers, None)
+  assert verdict.pages()

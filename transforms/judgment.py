@@ -31,17 +31,21 @@ import math
 from typing import Dict, List, NamedTuple, Optional, Sequence
 
 from postauth.domain import high_impact
+from postauth.domain.origin import PUBLIC, RESERVED, address_scope
 from postauth.domain.taxonomy import HIGH_IMPACT_CATEGORIES, SENSITIVE_CATEGORIES
 
 SEVERITY_RANK = {'low': 0, 'medium': 1, 'high': 2, 'critical': 3}
 HUMAN_TYPES = ('human', 'user')
 
 # Rules whose firing is evidence on its own (at the rule's severity).
+# (A foreign network beside the usual one is judged by ``network_evidence``, which knows
+# identities that rotate egress addresses; its rule stays a reason.)
 EVIDENCE_RULES = ('disabled_identity_active', 'dormant_identity_revived', 'access_denied_sweep',
-                  'collect_and_send', 'new_network_beside_usual', 'new_network_and_client')
+                  'collect_and_send', 'new_network_and_client')
 
 BULK_NEW_RESOURCES = 10  # resources of kinds never touched, in one window: collection, not a new feature
 NEW_KINDS = 3  # resource kinds never touched, in one window (even a few resources of each)
+ROTATING_NETWORKS = 4  # internet networks in the identity's own history: it rotates egress addresses
 NOVEL_BREADTH = 6  # never-seen actions in one window: a rollout adds a call or two
 SWEEP_ERRORS = 10  # failed calls in one window ...
 SWEEP_ERROR_SHARE = 0.25  # ... this share above the identity's usual failure ratio ...
@@ -103,8 +107,17 @@ def high_impact_evidence(agg, identity: str, identity_type: str, history) -> Lis
   return out
 
 
+def rotates_egress(history) -> bool:
+  """Whether the identity's own calls already came from several internet networks: serverless
+  functions and managed services rotate through their provider's egress addresses, so one
+  more is routine for them (a new client with it is not)."""
+  public = sum(1 for n in history.seen['networks'] if address_scope(n) in (PUBLIC, RESERVED))
+  return public >= ROTATING_NETWORKS
+
+
 def network_evidence(agg, history, peers) -> List[Dict]:
-  """New networks outside the fleet's address space (an internet network no identity used)."""
+  """New networks outside the fleet's address space (an internet network no identity used),
+  unless the identity rotates through internet egress addresses and keeps its client."""
   if history is None or not history.windows or peers is None or not peers.fleet.identities:
     return []
   foreign = []
@@ -117,6 +130,8 @@ def network_evidence(agg, history, peers) -> List[Dict]:
   if not foreign:
     return []
   new_clients = sorted(a for a in agg.agents if a and not history.knows('agents', a))
+  if not new_clients and rotates_egress(history):
+    return []
   calls = sum(agg.networks[n] for n, _ in foreign)
   detail = f'{calls} calls from {", ".join(n for n, _ in foreign)}: {foreign[0][1]}'
   if new_clients:
@@ -206,10 +221,13 @@ def change_notes(agg, history, peers) -> List[str]:
   if sensitive and not history.unseen_families(agg.resources):
     notes.append('new sensitive calls on resource kinds it already uses: ' + ', '.join(sorted(sensitive)[:4]))
   if peers is not None and peers.fleet.identities:
-    inside = [n for n in sorted(agg.networks) if n and not history.knows('networks', n)
-              and peers.network_standing(n)[0] != 'foreign']
+    new = [n for n in sorted(agg.networks) if n and not history.knows('networks', n)]
+    inside = [n for n in new if peers.network_standing(n)[0] != 'foreign']
     if inside:
       notes.append('new network inside the fleet\'s address space: ' + ', '.join(inside[:3]))
+    if len(inside) < len(new) and rotates_egress(history):
+      notes.append('new egress address of an identity that rotates through internet networks: '
+                   + ', '.join(n for n in new if n not in inside)[:120])
   for field, what in (('regions', 'region'), ('agents', 'client')):
     new = [k for k in sorted(getattr(agg, field)) if k and not history.knows(field, k)]
     if new:
