@@ -19,16 +19,17 @@ from typing import Any, Dict, Iterable, List
 
 from postauth.domain.window import WindowAggregate
 
-MAX_SEEN = {'actions': 512, 'resources': 2048, 'families': 256, 'networks': 64, 'agents': 32,
-            'regions': 32}
+MAX_SEEN = {'actions': 512, 'resources': 2048, 'families': 256, 'scopes': 128, 'networks': 64,
+            'agents': 32, 'regions': 32}
 # Seen-sets kept as 64-bit hashes of their keys, not the strings: the profile only
 # asks whether a key was seen and how many keys it keeps (explanations name keys
 # from the current window's aggregate), and long ARNs/URLs made these sets ~3/4 of
 # a capped identity's state. Networks, agents and regions stay strings: explanations
 # name the usual ones ("usual: 10.0.0.0/24"), and their caps are small.
-HASHED_SEEN = ('actions', 'resources', 'families')
-# 1: every seen-set as {string: count}; 2: HASHED_SEEN as 64-bit keys; 3: + resource families
-PROFILE_FORMAT = 3
+HASHED_SEEN = ('actions', 'resources', 'families', 'scopes')
+# 1: every seen-set as {string: count}; 2: HASHED_SEEN as 64-bit keys; 3: + resource families;
+# 4: + resource scopes (profiles of format 3 load with no scopes: every scope reads as new)
+PROFILE_FORMAT = 4
 TRACKED_CATEGORIES = (
     'secret_access', 'credential_create', 'privilege_change', 'config_change',
     'notify', 'message_publish', 'data_read', 'data_write', 'enumerate', 'delete',
@@ -91,6 +92,19 @@ def resource_family(resource: str) -> str:
   if '/' in resource.strip('/'):
     return _path_family(resource)
   return _first_token(resource)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def resource_scope(resource: str) -> str:
+  """Where a resource lives, coarser than its kind: the Kubernetes namespace, the bucket, the
+  Google project, the naming prefix of a name or ARN. An identity starting a new kind of work
+  inside its own scope (a deployer patching its namespace's autoscalers) is its own change;
+  the same calls in a scope it never worked in (another team's namespace, prod) are not."""
+  family = resource_family(resource)
+  parts = family.split('/')
+  if parts[0] in _GCP_SCOPES and len(parts) >= 2:
+    return '/'.join(parts[:2])
+  return parts[0]
 
 
 _GCP_SCOPES = ('projects', 'organizations', 'folders', 'billingAccounts')
@@ -199,9 +213,10 @@ class IdentityProfile:
     self.max_distinct_resources = max(self.max_distinct_resources, len(agg.resources))
     for field, cap in MAX_SEEN.items():
       seen = self.seen[field]
-      if field == 'families':
+      if field in ('families', 'scopes'):
+        reduce = resource_family if field == 'families' else resource_scope
         for k, v in agg.resources.items():
-          h = seen_key(resource_family(k))
+          h = seen_key(reduce(k))
           seen[h] = seen.get(h, 0) + v
       elif field in HASHED_SEEN:
         for k, v in getattr(agg, field).items():
@@ -261,6 +276,17 @@ class IdentityProfile:
       fam = resource_family(r)
       if seen_key(fam) not in seen:
         out[fam] = out.get(fam, 0) + 1
+    return out
+
+  def unseen_scopes(self, resources: Iterable[str]) -> List[str]:
+    """Scopes (namespace, bucket, project, naming prefix) of ``resources`` this identity never
+    worked in, in first-seen order."""
+    seen = self.seen['scopes']
+    out: List[str] = []
+    for r in resources:
+      scope = resource_scope(r)
+      if seen_key(scope) not in seen and scope not in out:
+        out.append(scope)
     return out
 
   def unseen(self, field: str, keys: Iterable[str]) -> List[str]:
@@ -334,3 +360,8 @@ class IdentityProfile:
         if isinstance(r, str):
           h = seen_key(resource_family(r))
           self.seen['families'][h] = self.seen['families'].get(h, 0) + n
+    if 'scopes' not in state.get('seen_hashed', {}) and isinstance(kept, dict):
+      for r, n in kept.items():  # saved before scopes were kept, with resources as strings
+        if isinstance(r, str):
+          h = seen_key(resource_scope(r))
+          self.seen['scopes'][h] = self.seen['scopes'].get(h, 0) + n

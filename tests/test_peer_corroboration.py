@@ -221,3 +221,23 @@ def test_an_identity_rotating_through_internet_egress_keeps_paging_only_with_a_n
   # an identity that never left its private network pages on the same address and client
   verdict = judge(item.window, item.context, _history(identity), peers, None)
   assert verdict.pages()
+
+
+def test_a_new_sensitive_call_within_the_identitys_own_namespace_is_its_own_change():
+  """A deployer that starts patching its namespace's autoscalers changes within its scope; the
+  same call in a namespace it never worked in (prod, from a CI account) could be abuse."""
+  identity = 'system:serviceaccount:shop:deployer'
+  end = DAY0 + 9 * 3600
+  history = IdentityProfile().update(window(identity, DAY0 - 3600, [
+      ev(identity, DAY0 - 1800 + k, 'apps', 'patch:deployments', 'config_change', 'shop/deployments/web')
+      for k in range(10)]).agg, DAY0 - 3600)
+  own = window(identity, end, [ev(identity, end - 600 + k, NEW[0], NEW[1], NEW[2], 'shop/horizontalpodautoscalers/web')
+                               for k in range(3)])
+  context = ctx(identity=identity, identity_type=TYPE)
+  verdict = judge(own, context, history, None, 'high')
+  assert verdict.severity == 'low' and not verdict.shareable
+  assert any('within the scopes' in c for c in verdict.change)
+  elsewhere = window(identity, end, [ev(identity, end - 600 + k, NEW[0], NEW[1], NEW[2], 'prod/horizontalpodautoscalers/api')
+                                     for k in range(3)])
+  verdict = judge(elsewhere, context, history, None, 'high')
+  assert verdict.pages() and verdict.shareable == [f'action:{NEW[0]}:{NEW[1]}']

@@ -14,10 +14,10 @@ unusual:
   the same (disabled or dormant identity active, access-denied sweep, collect and send);
 - **shareable novelty** (pages unless peers share it): a never-seen sensitive action
   (config changes, secrets, notifications) that the fleet does not routinely make, while the
-  window touches resource kinds the identity never touched; peers adopting it the same day
-  make it a fleet change (transforms/corroborate.py);
+  window reaches a scope (namespace, bucket, project, naming prefix) the identity never worked
+  in; peers adopting it the same day make it a fleet change (transforms/corroborate.py);
 - **change** (never pages alone): never-seen harmless calls (reads, listings, writes,
-  queries), never-seen sensitive calls on the identity's own kinds of resources, new private networks inside the fleet's address space, new regions or
+  queries), never-seen sensitive calls within the identity's own scopes, new private networks inside the fleet's address space, new regions or
   clients, bursts of routine work.
 
 The same function judges windows in training (page-budget calibration) and scoring, so a
@@ -190,11 +190,12 @@ def activity_evidence(agg, history) -> List[Dict]:
 
 
 def shareable_novelty(agg, history, peers) -> List[str]:
-  """Never-seen sensitive actions the fleet does not routinely make, on resource kinds the
-  identity never touched: a page could rest on them, unless peers adopt them too (then they
-  are a fleet change). The same calls on the identity's own kinds of resources (a deployer
-  starting to patch its own autoscalers) are its own change, not a page."""
-  if history is None or not history.windows or not history.unseen_families(agg.resources):
+  """Never-seen sensitive actions the fleet does not routinely make, while the window reaches
+  a scope (namespace, bucket, project, naming prefix) the identity never worked in: a page
+  could rest on them, unless peers adopt them too (then they are a fleet change). The same
+  calls within its own scopes (a deployer starting to patch its namespace's autoscalers) are
+  its own change, not a page."""
+  if history is None or not history.windows or not history.unseen_scopes(agg.resources):
     return []
   out = []
   for action in history.unseen('actions', agg.actions):
@@ -218,8 +219,8 @@ def change_notes(agg, history, peers) -> List[str]:
   if harmless:
     notes.append('new harmless calls: ' + ', '.join(sorted(harmless)[:4]))
   sensitive = [a for a in novel if a not in harmless]
-  if sensitive and not history.unseen_families(agg.resources):
-    notes.append('new sensitive calls on resource kinds it already uses: ' + ', '.join(sorted(sensitive)[:4]))
+  if sensitive and not history.unseen_scopes(agg.resources):
+    notes.append('new sensitive calls within the scopes it already works in: ' + ', '.join(sorted(sensitive)[:4]))
   if peers is not None and peers.fleet.identities:
     new = [n for n in sorted(agg.networks) if n and not history.knows('networks', n)]
     inside = [n for n in new if peers.network_standing(n)[0] != 'foreign']
