@@ -2,14 +2,16 @@
 
     python bench/evaluate.py [--out out/evaluate] [--identities 200] [--days 7] [--seed 7]
                              [--more-seeds 8,9] [--no-streaming] [--real-data ../shared/data]
-                             [--agent-seeds 7,8,9] [--agents 40]
+                             [--agent-seeds 7,8,9] [--agents 40] [--quiet-seeds 7]
 
 Generates the labelled sample (`postauth demo`'s defaults), trains, runs the batch
 detection, evaluates it (`postauth evaluate`), replays the live day as a stream and
 evaluates that too, then runs batch detection with the same model over every real
 sample set. Then, for each of ``--more-seeds``, the same sample, training and batch
 detection again: pages per 1,000 identity-days, overall and per benign kind, over all
-the seeds. Then the AI-agent fleet (OpenTelemetry tool-call spans, ``pipeline/agent_fleet.py``)
+the seeds. Then, for each of ``--quiet-seeds``, the quiet-history mode (``generate(quiet_history=True)``:
+no change on the history days, a third of the fleet changing on the live day) the same way, in
+its own pages table. Then the AI-agent fleet (OpenTelemetry tool-call spans, ``pipeline/agent_fleet.py``)
 for each of ``--agent-seeds``: sample, training, batch detection, the same report beside
 CloudTrail's (``pipeline/evaluate_agents.py``). Writes ``OUT/report.json`` and ``OUT/report.md`` and prints the markdown.
 """
@@ -41,6 +43,8 @@ def main(argv=None) -> int:
   ap.add_argument('--more-seeds', default='8,9',
                   help='Further generator seeds for the page rates (batch only; "" for none).')
   ap.add_argument('--no-streaming', action='store_true', help='Skip the streaming replay.')
+  ap.add_argument('--quiet-seeds', default='7',
+                  help='Generator seeds of the quiet-history mode for the page rates (batch only; "" for none).')
   ap.add_argument('--agent-seeds', default='7,8,9',
                   help='Seeds of the AI-agent fleet (OpenTelemetry tool spans) evaluation ("" for none).')
   ap.add_argument('--agents', type=int, default=40, help='Agents in each agent-fleet sample.')
@@ -86,20 +90,32 @@ def main(argv=None) -> int:
            '', tables.real_markdown(rows)]
   elif a.real_data:
     print(f'real samples skipped: {a.real_data} is absent', file=sys.stderr)
-  per_seed = [(a.seed, report['batch'])]
-  for seed in [int(x) for x in a.more_seeds.split(',') if x.strip()]:
+  def seed_run(name, seed, generate=None):
     t = time.time()
-    more = sample_run(os.path.join(out, f'seed-{seed}'), a.identities, a.days, seed, batch=True,
-                      beam_args=beam_args, echo=lambda line: print(line, file=sys.stderr, flush=True))
+    more = sample_run(os.path.join(out, name), a.identities, a.days, seed, batch=True, beam_args=beam_args,
+                      echo=lambda line: print(line, file=sys.stderr, flush=True), generate=generate)
     s_dir = more['sample']
-    per_seed.append((seed, ev.evaluate_files(more['findings'], os.path.join(s_dir, 'labels.json'),
-                                             os.path.join(s_dir, 'benign.json'),
-                                             sorted(glob.glob(os.path.join(s_dir, 'live', '*'))))))
-    report['timings_s'][f'seed_{seed}'] = round(time.time() - t, 1)
+    report['timings_s'][name.replace('-', '_')] = round(time.time() - t, 1)
+    return ev.evaluate_files(more['findings'], os.path.join(s_dir, 'labels.json'), os.path.join(s_dir, 'benign.json'),
+                             sorted(glob.glob(os.path.join(s_dir, 'live', '*'))))
+
+  per_seed = [(a.seed, report['batch'])]
+  per_seed += [(seed, seed_run(f'seed-{seed}', seed)) for seed in [int(x) for x in a.more_seeds.split(',') if x.strip()]]
   report['pages'] = ev.pages_over_seeds(per_seed)
   report['pages_per_seed'] = {str(seed): r['pages'] for seed, r in per_seed}
   md += [f'Pages (findings at medium or above) that match no attack, batch detection, seeds '
          f'{", ".join(str(s) for s, _ in per_seed)}:', '', tables.pages_markdown(report['pages'], per_seed)]
+  quiet_seeds = [int(x) for x in a.quiet_seeds.split(',') if x.strip()]
+  if quiet_seeds:  # the quiet history: no change before the live day, a third of the fleet changing on it
+    from functools import partial
+    from postauth.pipeline.generate import generate
+    quiet = [(f'{seed} quiet', seed_run(f'quiet-{seed}', seed, partial(generate, quiet_history=True)))
+             for seed in quiet_seeds]
+    report['pages_quiet'] = ev.pages_over_seeds(quiet)
+    report['pages_quiet_per_seed'] = {s: r['pages'] for s, r in quiet}
+    md += [f'Quiet history (no change on the history days, a third of the fleet changing on the live day), '
+           f'batch detection, seeds {", ".join(str(s) for s in quiet_seeds)}:', '',
+           tables.pages_markdown(report['pages_quiet'], quiet)]
   agent_seeds = [int(x) for x in a.agent_seeds.split(',') if x.strip()]
   if agent_seeds:  # the agent fleet, beside CloudTrail (pipeline/evaluate_agents.py)
     from postauth.pipeline.evaluate_agents import evaluate_agent_seeds

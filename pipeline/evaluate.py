@@ -218,11 +218,21 @@ def page_rates(ranked: Sequence[dict], labels: Sequence[dict], benign: Sequence[
                      'pages': len(paged), 'pages_per_1000_identity_days': per_k(len(paged))}
   unexplained = [f for f in false_pages if not any(matches(f, c) for c in benign)]
   return {'pages': len(false_pages), 'pages_per_1000_identity_days': per_k(len(false_pages)),
-          'findings_paged': len(false_findings),
+          'findings_paged': len(false_findings), 'paged': [false_page(f, benign) for f in false_findings],
           'pages_all': sum(pages_of(f) for f in ranked),
           'by_kind': by_kind, 'unexplained': len(unexplained),
           'unexplained_per_1000_identity_days': per_k(len(unexplained)),
           'attacks_paged': sum(1 for l in labels if any(pages_of(f) and matches(f, l) for f in ranked))}
+
+
+def false_page(finding: dict, benign: Sequence[dict]) -> Dict:
+  """What a page matching no attack rested on, for whoever owns the detection: the benign kinds it
+  matches, its rules, ``page_basis`` and the first reasons."""
+  return {'identity': finding['identity'], 'severity': finding.get('severity'), 'pages': pages_of(finding),
+          'window_start': finding.get('window_start'), 'window_end': finding.get('window_end'),
+          'kinds': sorted({c.get('kind') or case_name(c, i) for i, c in enumerate(benign) if matches(finding, c)}),
+          'rules': finding.get('rules', []), 'page_basis': finding.get('page_basis'),
+          'reasons': [r.get('detail', '')[:300] for r in finding.get('reasons', [])[:4]]}
 
 
 def evaluate(findings: Sequence[dict], labels: Sequence[dict], benign: Sequence[dict] = (),
@@ -281,13 +291,14 @@ def pages_over_seeds(reports: Sequence[Tuple[int, Dict]]) -> Dict:
   1,000 identity-days, overall and per benign kind (each kind summed over the seeds)."""
   total = {'seeds': [s for s, _ in reports], 'identity_days': 0, 'pages': 0, 'unexplained': 0,
            'attacks': 0, 'attacks_paged': 0, 'by_kind': {}}
-  for _, r in reports:
+  for seed, r in reports:
     p = r['pages']
     total['identity_days'] += r['identity_days'] or 0
     total['pages'] += p['pages']
     total['unexplained'] += p['unexplained']
     total['attacks'] += r['attacks']
     total['attacks_paged'] += p['attacks_paged']
+    total.setdefault('paged', []).extend(dict(f, seed=seed) for f in p.get('paged', []))
     for kind, v in p['by_kind'].items():
       k = total['by_kind'].setdefault(kind, {'cases': 0, 'cases_paged': 0, 'pages': 0})
       for key in k:

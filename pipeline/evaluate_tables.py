@@ -85,6 +85,18 @@ def pages_markdown(total: Dict, per_seed: Sequence[Tuple[int, Dict]]) -> str:
   for kind, v in sorted(total['by_kind'].items()):
     lines.append(f'| {kind} | {v["cases"]} | {v["cases_paged"]} | {v["pages"]} | '
                  f'{v["pages_per_1000_identity_days"]} |')
+  paged = total.get('paged') or []
+  if paged:
+    lines += ['', 'Pages matching no attack, what they rested on:', '',
+              '| seed | identity | severity | benign kinds | rules | page basis (evidence / shareable) | first reason |',
+              '| --- | --- | --- | --- | --- | --- | --- |']
+    for f in paged:
+      basis = f.get('page_basis') or {}
+      reason = (f['reasons'] or [''])[0].replace('|', '/')[:160]
+      lines.append(f'| {f.get("seed", "")} | {f["identity"].rsplit("/", 1)[-1]} | {f["severity"]} | '
+                   f'{", ".join(f["kinds"]) or "-"} | {", ".join(f["rules"]) or "-"} | '
+                   f'{", ".join(basis.get("evidence", [])) or "-"} / {", ".join(basis.get("shareable", [])) or "-"} | '
+                   f'{reason} |')
   return '\n'.join(lines) + '\n'
 
 

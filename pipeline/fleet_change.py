@@ -1,18 +1,33 @@
 """Everyday legitimate change of an NHI fleet, for the generator: the noise a detector must not page on.
 
-Six kinds, each labelled in ``benign.json`` (``kind``), present on every history day
+Ten kinds, each labelled in ``benign.json`` (``kind``), present on every history day
 at a daily rate (``HISTORY_RATES``) and all at once on the live "release day"
 (``RELEASE_RATES``). Every change is lasting, as in a real fleet: a rolled-out call,
 a new network or a new table stays part of the identity's routine on later days.
 
 - ``rollout``: 20-40% of one team's or one type's identities adopt the same new
   harmless call(s) within an hour or two of a release (client upgrade, new feature);
+- ``novel_harmless``: a rollout of 1-3 calls drawn at random from the project's own taxonomy
+  (``synthetic_fleet.harmless_calls``: reads, listings, writes, web-identity sign-ins) that no
+  identity of the fleet ever made before, each of the 20-40% adopters starting at its own
+  time over 3-8 hours; an S3 call reaches the feature's own new bucket (one new resource kind);
 - ``redeploy``: an identity's whole traffic moves to a new network (the old one stops);
+- ``scale_out``: a second deployment beside the first: calls also come from a new private /24
+  of the fleet's own range (the same /16, or another /16 of the same private block) while the
+  old network keeps working;
+- ``reschedule``: a workload's pods move between 3-5 new /24s of its cluster's pod network (its
+  /16) over the day, a replica on the previous node overlapping each move;
 - ``backfill``: 2-5x routine volume of routine actions from the usual networks;
+- ``burst``: a paused consumer catching up: silent for 1.5-4 h, then 3x routine volume for 3-6 h;
 - ``new_resources``: new tables, partitions, buckets or recipients that follow the
   identity's naming pattern;
 - ``key_rotation``: automation that rotates keys and secrets on a schedule does so;
 - ``new_identity``: a new identity joins an existing cohort, with no history of its own.
+
+``quiet=True`` (``generate(quiet_history=True)``): history days hold no change at all (no rotation
+either) and the live day has about a third of the fleet's NHIs changing at once (``QUIET_RELEASE``):
+change no history foreshadows. Scheduled key rotation is left out of that day too: a first-ever
+CreateAccessKey for another user is the high-impact evidence the detector must page on.
 """
 from __future__ import annotations
 
@@ -21,18 +36,29 @@ from typing import Dict, List, Sequence, Set, Tuple
 
 import numpy as np
 
-from postauth.pipeline.synthetic_fleet import Call, make_identity
+from postauth.pipeline.synthetic_fleet import Call, feature_call, harmless_calls, make_identity
 from postauth.pipeline.sample_layout import DAY, HOUR, benign_note, iso
 
-KINDS = ('rollout', 'redeploy', 'backfill', 'new_resources', 'key_rotation', 'new_identity')
+KINDS = ('rollout', 'novel_harmless', 'redeploy', 'scale_out', 'reschedule', 'backfill', 'burst',
+         'new_resources', 'key_rotation', 'new_identity')
+PER_IDENTITY = ('redeploy', 'scale_out', 'backfill', 'burst', 'new_resources', 'reschedule')
 
-# Per history day: rollouts per day (each to 20-40% of a group), and the share of the
-# fleet that redeploys, backfills or gets new resources; new identities per day.
-HISTORY_RATES = {'rollouts': 0.6, 'redeploy': 0.03, 'backfill': 0.03, 'new_resources': 0.05,
+# Per history day: rollouts and novel-harmless rollouts per day (each to 20-40% of a group),
+# the share of the NHIs that redeploy, scale out, backfill, burst or get new resources, the
+# share of workloads rescheduled; new identities per day.
+HISTORY_RATES = {'rollouts': 0.6, 'novel_rollouts': 0.5, 'redeploy': 0.03, 'scale_out': 0.02,
+                 'backfill': 0.03, 'burst': 0.02, 'new_resources': 0.05, 'reschedule': 0.06,
                  'new_identities': 0.7}
 # The release day: much changes at once.
-RELEASE_RATES = {'rollouts': 2, 'redeploy': 0.08, 'backfill': 0.06, 'new_resources': 0.12,
+RELEASE_RATES = {'rollouts': 2, 'novel_rollouts': 2, 'redeploy': 0.08, 'scale_out': 0.05,
+                 'backfill': 0.06, 'burst': 0.04, 'new_resources': 0.12, 'reschedule': 0.12,
                  'new_identities': 3}
+# The quiet-history mode's release day: rollouts, then the per-identity kinds in these
+# proportions until a third of the NHIs change (QUIET_SHARE).
+QUIET_RELEASE = {'rollouts': 1, 'novel_rollouts': 3, 'new_identities': 3}
+QUIET_MIX = {'scale_out': 3, 'reschedule': 3, 'burst': 2, 'redeploy': 1, 'backfill': 1, 'new_resources': 1}
+QUIET_SHARE = 1 / 3
+FEATURES = ('search', 'insights', 'exports', 'billing', 'audit', 'reports', 'sync', 'archive', 'feeds')
 
 # Harmless calls a client upgrade or a new feature starts making: (service, action,
 # read_only, resource kind). "own" = one of the identity's own resources, "" = none.
@@ -71,6 +97,13 @@ class FleetChange:
     self.sim = sim  # a pipeline.activity.Simulator
     self.rng = rng
     self.joined = 0
+    self.seen: Set[Tuple[str, str]] = set()  # (service, action) any identity made so far
+    self.pool = harmless_calls()
+    self.nets: Set[str] = set()  # /24s handed out by scale-outs and reschedules
+
+  def saw(self, records: Sequence[dict]) -> None:
+    """Marks the calls of a day's records as made by the fleet (no novel rollout draws them again)."""
+    self.seen.update((r['eventSource'].partition('.')[0], r['eventName']) for r in records)
 
   # -- helpers ------------------------------------------------------------------
   def _pick(self, pool: Sequence, share: float, at_least: int = 1) -> List:
@@ -103,16 +136,31 @@ class FleetChange:
     return Call(service, action, [''], 1.0, read_only)
 
   # -- the six kinds ------------------------------------------------------------------
-  def rollout(self, fleet, day0: float, taken: Set[str]) -> List[Change]:
-    """A release: some of a team's or a type's identities adopt the same new harmless call(s)."""
+  def _group(self, fleet):
+    """A release's audience: one team's or one type's NHIs, and how a note names it."""
     rng = self.rng
     nhis = [w for w in fleet if w.kind not in ('human', 'rotator')]
     if rng.random() < 0.5:
       team = nhis[int(rng.integers(len(nhis)))].team
-      group, label = [w for w in nhis if w.team == team], f'team {team}'
-    else:
-      kind = nhis[int(rng.integers(len(nhis)))].kind
-      group, label = [w for w in nhis if w.kind == kind], f'{kind} identities'
+      return [w for w in nhis if w.team == team], f'team {team}'
+    kind = nhis[int(rng.integers(len(nhis)))].kind
+    return [w for w in nhis if w.kind == kind], f'{kind} identities'
+
+  def _fresh_net(self, fleet, base: str, same16: bool) -> str:
+    """A /24 no identity calls from, in ``base``'s /16 or (else) another /16 of its private block."""
+    a, b, _ = base.split('.')
+    used = {n for w in fleet for n in w.networks} | self.nets
+    while True:
+      b2 = b if same16 or a != '10' else str(int(self.rng.integers(0, 64)))
+      net = f'{a}.{b2}.{int(self.rng.integers(0, 255))}'
+      if net not in used:
+        self.nets.add(net)
+        return net
+
+  def rollout(self, fleet, day0: float, taken: Set[str]) -> List[Change]:
+    """A release: some of a team's or a type's identities adopt the same new harmless call(s)."""
+    rng = self.rng
+    group, label = self._group(fleet)
     specs = [ROLLOUT_CALLS[int(i)] for i in rng.choice(len(ROLLOUT_CALLS), size=int(rng.integers(1, 3)),
                                                       replace=False)]
     free = [w for w in group if w.canonical not in taken]
@@ -132,6 +180,37 @@ class FleetChange:
                                               f'release for {label}: now also calls {names}')))
     return out
 
+  def novel_harmless(self, fleet, day0: float, taken: Set[str]) -> List[Change]:
+    """A release of harmless calls no identity of the fleet ever made, adopted over several hours."""
+    rng = self.rng
+    fresh = [c for c in self.pool if c[:2] not in self.seen]
+    group, label = self._group(fleet)
+    free = [w for w in group if w.canonical not in taken]
+    if not fresh or not free:
+      return []
+    specs = [fresh[int(i)] for i in rng.choice(len(fresh), size=min(len(fresh), int(rng.integers(1, 4))),
+                                               replace=False)]
+    self.seen.update(c[:2] for c in specs)
+    feature = FEATURES[int(rng.integers(len(FEATURES)))]
+    adopters = self._pick(free, float(rng.uniform(0.2, 0.4)), at_least=min(3, len(free)))
+    release, spread = day0 + float(rng.uniform(6, 11)) * HOUR, float(rng.uniform(3, 8)) * HOUR
+    offsets = np.sort(rng.uniform(0, spread, len(adopters)))
+    if len(offsets) > 1:  # the first adopter at the release, the last ``spread`` later
+      offsets[0], offsets[-1] = 0.0, spread
+    out = []
+    for who, offset in zip(adopters, offsets.tolist()):
+      calls = [feature_call(s, a, cat, who, feature, float(rng.uniform(0.5, 2.0))) for s, a, cat in specs]
+      start = release + offset
+      before = self.sim.normal(who, day0, start)
+      who.extra_calls.extend(calls)
+      after = self.sim.normal(who, start, day0 + DAY)
+      names = [f'{c.service}:{c.action}' for c in calls]
+      note = _note(who, 'novel_harmless', start, day0 + DAY - 1,
+                   f'{feature} release for {label}, adopted over {spread / HOUR:.1f} h: now also calls '
+                   f'{", ".join(names)} (no identity of the fleet made them before)')
+      out.append(Change(before + after, dict(note, calls=names, categories=[c[2] for c in specs])))
+    return out
+
   def redeploy(self, who, day0: float) -> Change:
     """The identity moves to a new network: the old one stops when the new one starts."""
     rng = self.rng
@@ -144,6 +223,44 @@ class FleetChange:
     after = self.sim.normal(who, t, day0 + DAY)
     return Change(before + after, _note(who, 'redeploy', t, day0 + DAY - 1,
                                         f'moved from {", ".join(old)} to {new[0]} (old network stopped)'))
+
+  def scale_out(self, fleet, who, day0: float) -> Change:
+    """A second deployment beside the first: a new private /24 of the fleet's range, the old one kept."""
+    rng = self.rng
+    old = list(who.networks)
+    new = self._fresh_net(fleet, old[0], same16=bool(rng.random() < 0.5))
+    t = day0 + float(rng.uniform(1, 20)) * HOUR
+    before = self.sim.normal(who, day0, t)
+    who.networks = old + [new]
+    after = self.sim.normal(who, t, day0 + DAY)
+    return Change(before + after, dict(_note(who, 'scale_out', t, day0 + DAY - 1,
+                                             f'now also calls from {new} beside {", ".join(old)}'),
+                                       networks=[new], old_networks=old))
+
+  def reschedule(self, fleet, who, day0: float) -> Change:
+    """A workload's pods rescheduled over the day onto nodes of new /24s of its cluster's pod network."""
+    rng = self.rng
+    old = list(who.networks)
+    new = [self._fresh_net(fleet, old[0], same16=True) for _ in range(int(rng.integers(3, 6)))]
+    moves = np.sort(rng.uniform(1, 22, len(new))) * HOUR + day0
+    records = self.sim.normal(who, day0, float(moves[0]))
+    for i, t in enumerate(moves.tolist()):  # each move: the new node, and a replica left on the last one
+      who.networks = [new[i], new[i - 1] if i else old[0]]
+      records += self.sim.normal(who, t, float(moves[i + 1]) if i + 1 < len(new) else day0 + DAY)
+    return Change(records, dict(_note(who, 'reschedule', float(moves[0]), day0 + DAY - 1,
+                                      f'pods moved from {", ".join(old)} through {", ".join(new)}'),
+                                networks=new, old_networks=old))
+
+  def burst(self, who, day0: float) -> Change:
+    """A paused consumer catching up: silent for a while, then 3x its routine volume for hours."""
+    rng = self.rng
+    pause = day0 + float(rng.uniform(2, 14)) * HOUR
+    resume = pause + float(rng.uniform(1.5, 4)) * HOUR
+    hours = float(rng.uniform(3, 6))
+    recs = (self.sim.normal(who, day0, pause) + self.sim.normal(who, resume, day0 + DAY)
+            + self.sim.normal(who, resume, resume + hours * HOUR, volume=2.0))
+    return Change(recs, _note(who, 'burst', pause, resume + hours * HOUR,
+                              f'paused {(resume - pause) / HOUR:.1f} h, then 3x routine volume for {hours:.1f} h'))
 
   def backfill(self, who, day0: float) -> Change:
     """Planned bulk work: 2-5x the routine volume of routine calls, from the usual networks."""
@@ -208,26 +325,38 @@ class FleetChange:
                         f'new {who.identity_type} of team {who.team}, created {iso(day0)[:10]}'))
 
   # -- one day ------------------------------------------------------------------------
-  def day(self, fleet, day0: float, release: bool, taken: Set[str]) -> Tuple[List[Change], Set[str]]:
-    """Every change of one day; ``taken`` identities (e.g. the live day's attack targets) are left alone."""
-    rates = RELEASE_RATES if release else HISTORY_RATES
+  def day(self, fleet, day0: float, release: bool, taken: Set[str],
+          quiet: bool = False) -> Tuple[List[Change], Set[str]]:
+    """Every change of one day; ``taken`` identities (e.g. the live day's attack targets) are left alone.
+    ``quiet``: nothing changes on history days; the release day changes a third of the NHIs."""
+    if quiet and not release:
+      return [], set()
+    rates = QUIET_RELEASE if quiet else RELEASE_RATES if release else HISTORY_RATES
     changes: List[Change] = []
     busy: Set[str] = set(taken)
-    for who in [w for w in fleet if w.kind == 'rotator']:
+    for who in [w for w in fleet if w.kind == 'rotator' and not quiet]:
       if who.canonical in busy:
         continue
       if release or int(day0 // DAY) % who.rotation_every == who.rotation_phase:
         changes.append(self.key_rotation(who, day0))
         busy.add(who.canonical)
-    for _ in range(self._count(rates['rollouts'])):
-      done = self.rollout(fleet, day0, busy)
-      changes += done
-      busy.update(c.note['identity'] for c in done)
-    nhis = [w for w in fleet if w.kind not in ('human', 'rotator') and w.canonical not in busy]
-    for kind in ('redeploy', 'backfill', 'new_resources'):
-      chosen = self._pick([w for w in nhis if w.canonical not in busy], rates[kind], at_least=1)
+    nhis = [w for w in fleet if w.kind not in ('human', 'rotator')]
+    for kind, n in (('rollout', rates['rollouts']), ('novel_harmless', rates['novel_rollouts'])):
+      for _ in range(self._count(n)):
+        done = getattr(self, kind)(fleet, day0, busy)
+        changes += done
+        busy.update(c.note['identity'] for c in done)
+    left = max(0, int(round(QUIET_SHARE * len(nhis))) - len(busy - taken))
+    weight = sum(QUIET_MIX.values())
+    for kind in PER_IDENTITY:
+      pool = [w for w in nhis if w.canonical not in busy and (kind != 'reschedule' or w.kind == 'workload')]
+      if quiet:
+        chosen = self._pick(pool, 0.0, at_least=max(1, int(round(left * QUIET_MIX[kind] / weight))))
+      else:
+        chosen = self._pick(pool, rates[kind], at_least=1)
       for who in chosen:
-        changes.append(getattr(self, kind)(who, day0))
+        extra = (fleet,) if kind in ('scale_out', 'reschedule') else ()
+        changes.append(getattr(self, kind)(*extra, who, day0))
         busy.add(who.canonical)
     for _ in range(self._count(rates['new_identities'])):
       change = self.new_identity(fleet, day0)

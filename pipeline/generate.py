@@ -60,9 +60,12 @@ def _inventory_rows(identities: List[Identity], first_day0: float, dormant: Iden
 
 
 def generate(out_dir: str, identities: int = 200, days: int = 7, seed: int = 7,
-             end: str = DEFAULT_END, rate_scale: float = 0.4, agents: int = 0) -> Dict[str, int]:
-  """Writes the sample; returns counts for the caller to report. ``agents``: also an AI-agent
-  fleet as OpenTelemetry traces (``pipeline/agent_fleet.py``), in the same sample."""
+             end: str = DEFAULT_END, rate_scale: float = 0.4, agents: int = 0,
+             quiet_history: bool = False) -> Dict[str, int]:
+  """Writes the sample; returns counts for the caller to report (``history_changes``: the
+  history days' changes by kind). ``agents``: also an AI-agent fleet as OpenTelemetry traces
+  (``pipeline/agent_fleet.py``), in the same sample. ``quiet_history``: no change at all on the
+  history days, a third of the fleet changing at once on the live day (``pipeline/fleet_change.py``)."""
   if days < 2:
     raise ValueError('need at least 2 days: history and a live day')
   rng = np.random.default_rng(seed)
@@ -76,7 +79,11 @@ def generate(out_dir: str, identities: int = 200, days: int = 7, seed: int = 7,
   change = FleetChange(sim3, sim3.rng)
   extras = scenarios.extra_identities(sim2.rng)
   counts = {'identities': len(fleet) + len(extras), 'history_events': 0, 'live_events': 0}
+  history_changes: Dict[str, int] = {}
+  # what the fleet already does: a novel-harmless rollout draws only calls none of it ever made
+  change.seen.update((c.service, c.action) for w in fleet + list(extras.values()) for c in w.calls + w.extra_calls)
   old_day0, old_records = scenarios.dormant_history(sim2, extras, starts[-1])
+  change.saw(old_records)
   _write_history(out_dir, old_day0, old_records)
   counts['history_events'] += len(old_records)
   for d, day0 in enumerate(starts):
@@ -84,7 +91,7 @@ def generate(out_dir: str, identities: int = 200, days: int = 7, seed: int = 7,
     records: List[dict] = []
     # The live day's attack targets are chosen first and left out of the day's change.
     taken = scenarios.attack_targets(fleet) if live else set()
-    changes, changed = change.day(fleet, day0, release=live, taken=taken)
+    changes, changed = change.day(fleet, day0, release=live, taken=taken, quiet=quiet_history)
     for who in fleet:
       if who.canonical not in changed or who.canonical in taken:
         records += sim.normal(who, day0, day0 + DAY)
@@ -92,6 +99,8 @@ def generate(out_dir: str, identities: int = 200, days: int = 7, seed: int = 7,
       records += c.records
       if live:
         benign.append(c.note)
+      else:
+        history_changes[c.note['kind']] = history_changes.get(c.note['kind'], 0) + 1
     taken |= changed
     if live:
       injected, day_labels, day_benign = scenarios.live_day(sim, sim2, fleet, extras, day0, taken)
@@ -106,12 +115,14 @@ def generate(out_dir: str, identities: int = 200, days: int = 7, seed: int = 7,
     else:
       _write_history(out_dir, day0, records)
       counts['history_events'] += len(records)
+      change.saw(records)
   write_inventory(out_dir, _inventory_rows(fleet + list(extras.values()), starts[0], extras['dormant'], old_day0))
   write_cases(out_dir, 'labels.json', labels)
   write_cases(out_dir, 'benign.json', benign)
   counts['labels'] = len(labels)
   counts['identities'] = len(fleet) + len(extras)  # with the identities that joined
   counts['benign_changes'] = len(benign)
+  counts['history_changes'] = dict(sorted(history_changes.items()))
   if agents:
     from postauth.pipeline.agent_fleet import generate_agents
     counts['otel'] = generate_agents(out_dir, agents, days, seed, end, append=True)

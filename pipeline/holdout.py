@@ -28,6 +28,7 @@ from postauth.pipeline.options import (DetectOptions, EventOptions, OptionsError
 from postauth.pipeline.train import TrainModel
 from postauth.transforms.inventory import EnrichWindows, InventorySnapshots, ReadInventory
 from postauth.transforms.parse import ParseFiles
+from postauth.transforms.records import ReadLimits
 from postauth.transforms.sinks import WriteJsonLines
 from postauth.transforms.windowing import IdentityWindows
 
@@ -293,7 +294,8 @@ def build_retrain(p: beam.Pipeline, options: PipelineOptions, current: Optional[
                           options.view_as(DetectOptions), options.view_as(TrainOptions),
                           options.view_as(RetrainOptions))
   config = TrainConfig.from_file(tr.train_config)
-  parsed = p | 'ParseHistory' >> ParseFiles(ev.events, ev.format, ev.taxonomy_files)
+  parsed = p | 'ParseHistory' >> ParseFiles(ev.events, ev.format, ev.taxonomy_files,
+                                            ReadLimits.from_options(options))
   bounds = (parsed.events
             | 'NewestEvent' >> beam.CombineGlobally(_Newest()).without_defaults()
             | 'SliceBounds' >> beam.Map(slice_bounds, rt.days, rt.holdout_days))

@@ -24,6 +24,17 @@ class EventOptions(PipelineOptions):
                         help='Sink for records that could not be parsed and findings that could not be '
                              'delivered: a JSON-lines path, or any --sink URI (default: dead-letter.jsonl '
                              'beside the findings or model).')
+    parser.add_argument('--max-record-bytes', dest='max_record_bytes', type=int, default=1 << 20,
+                        help='A record larger than this is dead-lettered unparsed, with its first bytes, '
+                             'size and SHA-256 (default 1048576; CloudTrail\'s own limit is far below '
+                             'it; an OTLP/JSON batch line may take 64 MiB).')
+    parser.add_argument('--max-gzip-bytes', dest='max_gzip_bytes', type=int, default=1 << 30,
+                        help='A gzip file or message that would expand beyond this many bytes is one '
+                             'dead letter, never decompressed further (default 1073741824).')
+    parser.add_argument('--max-gzip-ratio', dest='max_gzip_ratio', type=float, default=200.0,
+                        help='... nor beyond this many times its compressed size, once past '
+                             '--max-record-bytes (default 200; audit logs compress 10-30x, a '
+                             'decompression bomb about 1000x).')
 
 
 class WindowOptions(PipelineOptions):
@@ -226,6 +237,12 @@ class SinkOptions(PipelineOptions):
                         choices=('STREAMING_INSERTS', 'FILE_LOADS', 'STORAGE_WRITE_API'),
                         help='BigQuery sinks: WriteToBigQuery method (FILE_LOADS needs --temp_location '
                              'on GCS; STORAGE_WRITE_API needs Beam\'s Java expansion service).')
+    parser.add_argument('--last-resort', dest='last_resort', default=None,
+                        help='File (local, gs://, s3://) for dead letters the dead-letter sink refuses '
+                             '(a Pub/Sub message over its size limit, a row BigQuery rejects), counted as '
+                             'last_resort_records, so that no bundle is retried forever (default: '
+                             'last-resort.jsonl beside the dead-letter file or the first findings file, '
+                             'else under --temp_location, else in the working directory).')
 
 
 class OptionsError(ValueError):
@@ -240,6 +257,14 @@ def validate_window(options: PipelineOptions) -> None:
     raise OptionsError(f'--window-period ({w.window_period}) must divide --window-size ({w.window_size})')
   if w.allowed_lateness < 0:
     raise OptionsError('--allowed-lateness must be >= 0')
+
+
+def validate_limits(options: PipelineOptions) -> None:
+  e = options.view_as(EventOptions)
+  for flag, value, least in (('--max-record-bytes', e.max_record_bytes, 1),
+                             ('--max-gzip-bytes', e.max_gzip_bytes, 1), ('--max-gzip-ratio', e.max_gzip_ratio, 1)):
+    if value < least:
+      raise OptionsError(f'{flag} {value:g} is out of range (at least {least})')
 
 
 def validate_watch(options: PipelineOptions) -> None:

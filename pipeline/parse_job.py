@@ -20,9 +20,10 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from postauth.pipeline.options import EventOptions, OptionsError
+from postauth.pipeline.options import EventOptions, OptionsError, validate_limits
 from postauth.transforms import formats
 from postauth.transforms.avro_events import schema_json, to_avro
+from postauth.transforms.records import ReadLimits
 from postauth.transforms.parse import CATEGORY_NAMESPACE, FORMAT_NAMESPACE, NAMESPACE, SKIP_NAMESPACE, ParseFiles
 
 EVENTS_PREFIX = 'events'
@@ -57,6 +58,7 @@ def validate_parse(options: PipelineOptions) -> None:
     raise OptionsError('postauth parse needs ' + ', '.join(missing))
   if ev.format and ev.format not in formats.BY_NAME:
     raise OptionsError(f'--format {ev.format!r} is not one of {", ".join(sorted(formats.BY_NAME))}')
+  validate_limits(options)
   for path in ev.taxonomy_files or ():
     if not os.path.exists(path):
       raise OptionsError(f'--taxonomy-file {path} does not exist')
@@ -77,7 +79,7 @@ def prepare_out(options: PipelineOptions) -> None:
 
 def build_parse(p: beam.Pipeline, options: PipelineOptions) -> Dict[str, beam.PCollection]:
   ev, out = options.view_as(EventOptions), options.view_as(ParseOptions).out
-  parsed = p | 'ParseFiles' >> ParseFiles(ev.events, ev.format, ev.taxonomy_files)
+  parsed = p | 'ParseFiles' >> ParseFiles(ev.events, ev.format, ev.taxonomy_files, ReadLimits.from_options(options))
   (parsed.events
    | 'ToAvroDict' >> beam.Map(to_avro)
    | 'WriteEvents' >> beam.io.WriteToAvro(os.path.join(out, EVENTS_PREFIX), schema=schema_json(),

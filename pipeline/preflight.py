@@ -54,6 +54,7 @@ def validate_run(options: PipelineOptions) -> None:
     raise opts.OptionsError('postauth run needs ' + ', '.join(missing).replace(
         '--events', '--events (or --subscription/--topic) or --events-watch').replace('--findings', '--findings (or --sink)'))
   opts.validate_window(options)
+  opts.validate_limits(options)
   opts.validate_watch(options)
   validate_io(options)
   if options.view_as(StandardOptions).streaming and d.replay_step <= 0:
@@ -82,6 +83,7 @@ def validate_train(options: PipelineOptions, model_dir: str, inventory: str) -> 
   if options.view_as(opts.TrainOptions).page_budget <= 0:
     raise opts.OptionsError('--page-budget must be > 0 (pages per 1,000 identity-days)')
   opts.validate_window(options)
+  opts.validate_limits(options)
 
 
 def why(e: BaseException) -> str:

@@ -57,7 +57,8 @@ from postauth.models import artifact, registry
 from postauth.models.model import DetectionModel, TrainConfig
 from postauth.pipeline.holdout import COMPARISON, build_retrain, gate, iso, read_labels
 from postauth.pipeline.options import (DetectOptions, EventOptions, OptionsError, RetrainOptions,
-                                       TrainOptions, WindowOptions, validate_window)
+                                       TrainOptions, WindowOptions, validate_limits,
+                                       validate_window)
 
 EXIT_REFUSED = 3
 _log = logging.getLogger('postauth.retrain')
@@ -79,6 +80,7 @@ def validate(options: PipelineOptions) -> None:
   if r.max_alert_increase < 0 or r.alert_slack < 0:
     raise OptionsError('--max-alert-increase and --alert-slack must be >= 0')
   validate_window(options)
+  validate_limits(options)
 
 
 def translate_labels_flag(argv: List[str]) -> List[str]:

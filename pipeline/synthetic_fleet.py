@@ -8,7 +8,7 @@ into CloudTrail records; ``pipeline/fleet_change.py`` changes them for good, day
 from __future__ import annotations
 
 import dataclasses
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -187,3 +187,100 @@ def expected_actions(who: Identity) -> List[str]:
   if who.kind != 'ci':
     return []
   return ['ecr:*', 's3:GetObject', 's3:PutObject', 'sts:GetCallerIdentity']
+
+
+# -- harmless calls nobody in the fleet makes: drawn from the project's own taxonomy ----------------
+# Categories whose never-seen calls are change, not abuse (domain/taxonomy.py: neither sensitive nor
+# high-impact). compute_launch is left out on purpose: the taxonomy does not list it sensitive, but
+# an identity launching instances or tasks that no identity of the fleet ever launched is what
+# cryptomining and persistence look like; labelling it harmless would ask the detector to be blind to it.
+HARMLESS_CATEGORIES = ('data_read', 'enumerate', 'data_write', 'auth_other')
+# auth_other rows that a client upgrade never starts making: human sign-ins.
+NOT_A_CLIENT_CALL = {('signin', 'ConsoleLogin'), ('sts', 'AssumeRoleWithSAML')}
+# What the verbs of domain/taxonomy/prefixes.csv act on, per service (the suffix of the action
+# name: verb + noun, e.g. describe + Volumes = ec2:DescribeVolumes); also the suffixes of aws.csv's
+# glob rows (ec2 Describe*, iam List*, ...). Data-plane and read-side nouns of real AWS APIs.
+VERB_NOUNS = {
+    'ec2': {'describe': ('Volumes', 'Subnets', 'Vpcs', 'Images', 'Snapshots', 'NetworkInterfaces',
+                         'InstanceTypes', 'RouteTables', 'AvailabilityZones', 'LaunchTemplates')},
+    's3': {'get': ('BucketLocation', 'BucketVersioning', 'ObjectTagging', 'BucketTagging', 'ObjectAttributes'),
+           'list': ('ObjectVersions', 'MultipartUploads', 'Parts'), 'head': ('Bucket',), 'put': ('ObjectTagging',)},
+    'dynamodb': {'describe': ('TimeToLive', 'ContinuousBackups', 'Limits', 'Endpoints'),
+                 'list': ('Tables', 'TagsOfResource', 'Backups'), 'batchget': ('Item',), 'scan': ('',)},
+    'sqs': {'get': ('QueueAttributes', 'QueueUrl'), 'list': ('Queues', 'QueueTags', 'DeadLetterSourceQueues')},
+    'sns': {'get': ('TopicAttributes',), 'list': ('Topics', 'SubscriptionsByTopic')},
+    'kinesis': {'describe': ('StreamSummary', 'Limits'), 'list': ('Shards', 'Streams'), 'get': ('ShardIterator',)},
+    'lambda': {'getfunction': ('Configuration', 'Concurrency', 'CodeSigningConfig'),
+               'listfunctions': ('',), 'list': ('Aliases', 'Versions', 'EventSourceMappings', 'Layers')},
+    'logs': {'describe': ('LogStreams', 'LogGroups', 'MetricFilters'), 'get': ('QueryResults', 'LogRecord'),
+             'put': ('LogEvents',)},
+    'cloudwatch': {'put': ('MetricData',), 'get': ('MetricStatistics', 'MetricData'),
+                   'list': ('Metrics', 'Dashboards'), 'describe': ('Alarms',)},
+    'kms': {'list': ('Aliases', 'Keys', 'ResourceTags'), 'describe': ('Key',), 'get': ('PublicKey', 'KeyRotationStatus')},
+    'ecr': {'describe': ('Images', 'Repositories', 'ImageScanFindings'), 'list': ('Images',),
+            'get': ('LifecyclePolicy', 'DownloadUrlForLayer'), 'batchget': ('Image',)},
+    'ecs': {'describe': ('Clusters', 'TaskDefinition', 'ContainerInstances', 'Services', 'Tasks'),
+            'list': ('Tasks', 'Services', 'Clusters')},
+    'eks': {'describe': ('Cluster', 'Nodegroup', 'Addon'), 'list': ('Nodegroups', 'Clusters', 'Addons')},
+    'cloudformation': {'describe': ('StackResources', 'StackEvents', 'Stacks'), 'list': ('StackResources', 'Exports'),
+                       'get': ('Template',)},
+    'bedrock': {'invokemodel': ('WithResponseStream',), 'converse': ('', 'Stream'), 'list': ('FoundationModels',)},
+    'iam': {'get': ('Role', 'Policy', 'PolicyVersion', 'InstanceProfile'), 'list': ('RoleTags', 'InstanceProfiles')},
+    'organizations': {'describe': ('Organization',), 'list': ('Roots',)},
+    'secretsmanager': {'list': ('SecretVersionIds',), 'describe': ('Secret',)},
+    'xray': {'put': ('TraceSegments', 'TelemetryRecords'), 'get': ('SamplingRules', 'ServiceGraph')},
+    'sts': {'get': ('CallerIdentity', 'AccessKeyInfo')},
+    'cloudtrail': {'lookup': ('Events',), 'describe': ('Trails',)},
+}
+_CAMEL = {'batchget': 'BatchGet', 'getfunction': 'GetFunction', 'listfunctions': 'ListFunctions',
+          'invokemodel': 'InvokeModel'}
+
+
+def _taxonomy_text(name: str) -> List[dict]:
+  import csv
+  import io
+  from importlib import resources
+  text = resources.files('postauth.domain').joinpath('taxonomy', name).read_text()
+  return list(csv.DictReader(io.StringIO('\n'.join(l for l in text.splitlines() if l.strip() and not l.startswith('#')))))
+
+
+def harmless_calls() -> List[Tuple[str, str, str]]:
+  """(service, action, category) of every harmless AWS call the project's taxonomy names: the exact
+  rows of ``domain/taxonomy/aws.csv`` in ``HARMLESS_CATEGORIES``, and each ``VERB_NOUNS`` verb
+  (a verb prefix of ``prefixes.csv`` or an aws.csv glob's stem) with its nouns; each kept only when
+  the taxonomy itself puts it in a harmless category and the high-impact list does not name it."""
+  from postauth.domain import high_impact
+  from postauth.domain.taxonomy import Taxonomy
+  taxonomy = Taxonomy()
+  names = {(r['service'], r['action']) for r in _taxonomy_text('aws.csv') if '*' not in r['action']}
+  verbs = {r['verb'] for r in _taxonomy_text('prefixes.csv')}
+  stems = {r['action'].rstrip('*').lower() for r in _taxonomy_text('aws.csv') if r['action'].endswith('*')}
+  for service, by_verb in VERB_NOUNS.items():
+    for verb, nouns in by_verb.items():
+      if verb not in verbs and verb not in stems:
+        raise ValueError(f'{verb!r} is neither a verb of prefixes.csv nor an aws.csv glob stem')
+      names.update((service, _CAMEL.get(verb, verb.capitalize()) + noun) for noun in nouns)
+  out = []
+  for service, action in sorted(names):
+    category = taxonomy.categorize('aws', service, action)
+    if (category in HARMLESS_CATEGORIES and (service, action) not in NOT_A_CLIENT_CALL
+        and high_impact.what_of(f'{service}:{action}', 'aws') is None):
+      out.append((service, action, category))
+  return out
+
+
+def feature_call(service: str, action: str, category: str, who: Identity, feature: str,
+                 weight: float) -> Call:
+  """A new feature's call as ``who`` makes it: on its own resources of that service when it has
+  some, on the feature's bucket for S3, on nothing for listings and sign-ins, else on a resource
+  named in its team's namespace (``payments-search-prod``)."""
+  read_only = category in ('data_read', 'enumerate')
+  own = next((c for c in who.calls if c.service == service and c.resources and c.resources[0]), None)
+  if category == 'auth_other' or (category == 'enumerate' and own is None and service != 's3'):
+    return Call(service, action, [''], weight, read_only)
+  if own is not None:
+    return Call(service, action, list(own.resources[:3]), weight, read_only, own.param)
+  if service == 's3':
+    return Call(service, action, [f'{who.team}-{feature}-{who.environment}/{feature}/{who.name}.json'],
+                weight, read_only)
+  return Call(service, action, [f'{who.team}-{feature}-{who.environment}'], weight, read_only)

@@ -32,6 +32,7 @@ from postauth.transforms.judgment import judge
 from postauth.pipeline.options import EventOptions, TrainOptions, WindowOptions
 from postauth.transforms.inventory import ReadInventory, context_for
 from postauth.transforms.parse import ParseFiles
+from postauth.transforms.records import ReadLimits
 from postauth.transforms.sinks import WriteJsonLines
 from postauth.transforms.windowing import IdentityWindow, IdentityWindows
 
@@ -241,7 +242,8 @@ def build_training(p: beam.Pipeline, options: PipelineOptions, inventory_path: s
   ev, win, tr = (options.view_as(EventOptions), options.view_as(WindowOptions),
                  options.view_as(TrainOptions))
   config = TrainConfig.from_file(tr.train_config)
-  parsed = p | 'ParseHistory' >> ParseFiles(ev.events, ev.format, ev.taxonomy_files)
+  parsed = p | 'ParseHistory' >> ParseFiles(ev.events, ev.format, ev.taxonomy_files,
+                                            ReadLimits.from_options(options))
   windows = (parsed.events
              | 'IdentityWindows' >> IdentityWindows(win.window_size, win.window_period, evidence=False)
              | 'GlobalWindow' >> beam.WindowInto(window.GlobalWindows()))

@@ -51,8 +51,10 @@ def test_parse_writes_avro_and_dead_letters_and_round_trips(tmp_path, capsys):
   assert code == 0
   events, dead = read_avro(first), read_dead(first)
   # the summary comes from the job's counters and agrees with what it wrote
-  assert s['read'] == s['parsed'] + s['dead_lettered'] == 28
-  assert (s['parsed'], s['dead_lettered']) == (len(events), len(dead)) == (18, 10)
+  assert s['read'] == s['parsed'] + s['dead_lettered'] + s['skipped'] == 28
+  assert (s['parsed'], s['dead_lettered']) == (len(events), len(dead)) == (18, 9)
+  assert s['skipped_by_reason'] == {  # the k8s fixture's RequestReceived stage
+      'k8s_audit: stage RequestReceived is not the final stage (ResponseComplete or Panic)': 1}
   assert s['by_format'] == {'cloudtrail': 5, 'gcp_audit': 5, 'k8s_audit': 5, 'ocsf': 3}
   assert sum(s['by_category'].values()) == s['parsed']
   assert s['by_category'] == {c: sum(e.category == c for e in events) for c in s['by_category']}
@@ -184,8 +186,10 @@ def test_bad_input_is_dead_lettered_with_payload_and_reason(tmp_path, capsys):
     assert len(got) == len(reasons), (name, [d['reason'] for d in got])
     for d, prefix in zip(got, reasons):
       assert re.match(prefix, d['reason']), (name, d['reason'], prefix)
-  # the raw payload is the record itself, whole and readable
-  assert len(by_file['huge.jsonl'][0]['raw']) > 10 << 20
+  # the raw payload is the record itself, whole and readable, but for an oversized one: its first
+  # 64 KiB, its size and SHA-256 (tests/test_bounded_input.py)
+  huge = by_file['huge.jsonl'][0]
+  assert len(huge['raw']) == 64 << 10 and huge['raw_bytes'] > 10 << 20 and len(huge['raw_sha256']) == 64
   assert by_file['truncated.jsonl'][0]['raw'] == orjson.dumps(_ct())[:70].decode()
   assert '\\xe9' in by_file['latin1.jsonl'][0]['raw']  # undecodable byte kept, visibly
   assert by_file['corrupt.avro'][0]['raw'].startswith('Obj\x01\x02\x00garbage')

@@ -22,7 +22,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from postauth.transforms.versions import version_rank
 from postauth.pipeline import local_pubsub
 from postauth.transforms.outputs import read_avro
-from postauth.transforms.pubsub_sink import PublishFailed, PublishToPubSub, finding_message
+from postauth.transforms.pubsub_sink import PublishToPubSub, finding_message
 from conftest import terminate
 
 PROJECT = 'projects/postauth-local'
@@ -243,7 +243,7 @@ FINDINGS = [{'finding_id': f'f{i}', 'identity': f'arn:aws:iam::1:role/r{i}', 'id
              'severity': 'high', 'score': 4.5, 'model_version': 'v1', 'reasons': []} for i in range(3)]
 
 
-def _publish(topic: str, retries: int = 3, backoff: float = 0.05, raise_on_failure: bool = False):
+def _publish(topic: str, retries: int = 3, backoff: float = 0.05, last_resort=None):
   """Runs PublishToPubSub in a batch pipeline; returns the failed-publish dead letters."""
   import tempfile
   with tempfile.TemporaryDirectory() as tmp:
@@ -251,7 +251,7 @@ def _publish(topic: str, retries: int = 3, backoff: float = 0.05, raise_on_failu
     with beam.Pipeline(runner='FnApiRunner', options=PipelineOptions()) as p:
       (p | beam.Create(FINDINGS)
        | PublishToPubSub(topic, finding_message, retries=retries, backoff=backoff, timeout=5,
-                         raise_on_failure=raise_on_failure)
+                         last_resort=last_resort)
        | beam.io.WriteToText(out_path, shard_name_template='', num_shards=1))
     with open(out_path) as f:
       return [json.loads(line) for line in f if line.strip()]
@@ -289,11 +289,14 @@ def test_publish_to_a_stopped_server_is_retried_with_backoff_then_dead_lettered(
   assert elapsed >= 0.2 + 0.4 + 0.8  # three backoff sleeps before the 2nd, 3rd and 4th attempts
 
 
-def test_dead_letter_sink_that_cannot_publish_fails_loudly(pubsub):
+def test_dead_letter_sink_that_cannot_publish_writes_the_last_resort(pubsub, tmp_path):
+  """Failing the bundle would only repeat the refusal forever (tests/test_last_resort.py)."""
   topic = f'{PROJECT}/topics/missing-dl-{uuid.uuid4().hex[:6]}'
-  with pytest.raises(Exception, match='failed \\(permanent\\)') as info:
-    _publish(topic, raise_on_failure=True)
-  assert 'PublishFailed' in repr(info.value) or isinstance(info.value, PublishFailed)
+  last = tmp_path / 'last-resort.jsonl'
+  assert _publish(topic, last_resort=str(last)) == []
+  rows = [json.loads(line) for line in last.read_text().splitlines()]
+  assert sorted(r['finding_id'] for r in rows) == ['f0', 'f1', 'f2']
+  assert all('failed (permanent)' in r['refusal'] and r['refused_by'] == f'pubsub://{topic}' for r in rows)
 
 
 # --- the DirectRunner's event-time watermark policy (no server needed) -----------------------

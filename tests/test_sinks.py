@@ -182,7 +182,7 @@ def test_bigquery_sinks_build_with_the_shipped_schema_and_dispositions(sample, m
             for w in _transforms(p, WriteToBigQuery)}
   assert set(writes) == {'security.findings', 'security.dead_letters'}
   for name, kind, retry in (('security.findings', 'finding', RetryStrategy.RETRY_ON_TRANSIENT_ERROR),
-                            ('security.dead_letters', 'dead_letter', RetryStrategy.RETRY_ALWAYS)):
+                            ('security.dead_letters', 'dead_letter', RetryStrategy.RETRY_ON_TRANSIENT_ERROR)):
     w = writes[name]
     assert w.table_reference.projectId == 'my-project'
     assert w.schema == sink_records.bigquery_schema(kind)

@@ -9,7 +9,8 @@ whole in batch and as windowed parts in streaming (``fileio.WriteToFiles``);
 bounded streaming replay. Deliveries that fail (Pub/Sub after retries, BigQuery
 rows the service rejects) come back from ``apply_sinks`` as dead letters, so the
 caller routes them to the dead-letter sink: a finding is delivered or
-dead-lettered, never lost.
+dead-lettered, never lost. What the dead-letter sink itself refuses goes to the
+last-resort file (``transforms/last_resort.py``), never into a bundle retried forever.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from apache_beam.io import fileio
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from postauth.transforms.last_resort import LastResort
 from postauth.transforms.compact import LatestVersions, compact_findings, latest_lines, versions_path
 from postauth.transforms.parse import dead_letter
 from postauth.transforms.versions import version_rank
@@ -32,8 +34,8 @@ from postauth.transforms.sinks import (WriteJsonLines, WriteParts, WriteWholeFil
 
 from postauth.transforms.sink_records import (avro_schema, bigquery_schema, dead_letter_record,
                                              finding_to_avro, finding_to_bigquery)
-from postauth.transforms.sink_uris import (DEAD_LETTER, FINDING, SinkSpec, dead_letter_spec, sink_specs,
-                                          suppressed_path)
+from postauth.transforms.sink_uris import (DEAD_LETTER, FINDING, SinkSpec, dead_letter_spec, last_resort_path,
+                                          sink_specs, suppressed_path)
 
 
 # --- file sinks -------------------------------------------------------------------------------
@@ -140,32 +142,59 @@ def count_records(spec: SinkSpec) -> Optional[int]:
 
 # --- BigQuery ---------------------------------------------------------------------------------
 
+def _bigquery_failure(failure):
+  """WriteToBigQuery's failed_rows_with_errors: (destination, row, errors)."""
+  return (list(failure) + [None, None, None])[:3]
+
+
+class _BigQueryFailuresToLastResort(beam.DoFn):
+  """Dead-letter rows BigQuery rejected (or Beam found too large to send) -> the last-resort file."""
+
+  def __init__(self, table: str, path: str):
+    self._last_resort = LastResort(path, f'bq://{table}')
+    self._table = table
+
+  def start_bundle(self):
+    self._refused = []
+
+  def process(self, failure):
+    _, row, errors = _bigquery_failure(failure)
+    self._refused.append((row if isinstance(row, dict) else str(row),
+                          f'BigQuery insert into {self._table} rejected the row: {errors}'))
+
+  def finish_bundle(self):
+    self._last_resort.write(self._refused)
+    self._refused = []
+
+
 class _BigQueryFailuresToDeadLetters(beam.DoFn):
   def __init__(self, table: str):
     self._table = table
     self.failed = Metrics.counter('postauth', 'bigquery_rows_failed')
 
   def process(self, failure):
-    # WriteToBigQuery's failed_rows_with_errors: (destination, row, errors)
-    destination, row, errors = (list(failure) + [None, None, None])[:3]
+    _, row, errors = _bigquery_failure(failure)
     self.failed.inc()
     yield dead_letter(f'BigQuery insert into {self._table} rejected the row: {errors}'[:1000],
                       f'bq:{self._table}#{row.get("finding_id", "") if isinstance(row, dict) else ""}',
                       json.dumps(row, sort_keys=True, default=str), stage='sink')
 
 
-def bigquery_write(table: str, record_kind: str, method: str, streaming: bool,
-                   retry_always: bool = False):
-  """Beam's WriteToBigQuery with the shipped schema: create the table if needed, append."""
+def bigquery_write(table: str, record_kind: str, method: str, streaming: bool, client=None):
+  """Beam's WriteToBigQuery with the shipped schema: create the table if needed, append.
+
+  Streaming inserts retry transient errors only: a row the service rejects comes back on
+  ``failed_rows_with_errors`` instead of being retried forever. ``client``: BigQuery itself
+  for Beam's code to call instead of Google's (tests).
+  """
   from apache_beam.io.gcp.bigquery import BigQueryDisposition, WriteToBigQuery
   from apache_beam.io.gcp.bigquery_tools import RetryStrategy
   kwargs = dict(
       table=table, schema=bigquery_schema(record_kind), method=method,
       create_disposition=BigQueryDisposition.CREATE_IF_NEEDED,
-      write_disposition=BigQueryDisposition.WRITE_APPEND)
+      write_disposition=BigQueryDisposition.WRITE_APPEND, test_client=client)
   if method == 'STREAMING_INSERTS':
-    kwargs['insert_retry_strategy'] = (RetryStrategy.RETRY_ALWAYS if retry_always
-                                       else RetryStrategy.RETRY_ON_TRANSIENT_ERROR)
+    kwargs['insert_retry_strategy'] = RetryStrategy.RETRY_ON_TRANSIENT_ERROR
   if method == 'FILE_LOADS' and streaming:
     kwargs['triggering_frequency'] = 300
   return WriteToBigQuery(**kwargs)
@@ -174,17 +203,18 @@ def bigquery_write(table: str, record_kind: str, method: str, streaming: bool,
 # --- wiring -----------------------------------------------------------------------------------
 
 def apply_sinks(records, specs: List[SinkSpec], record_kind: str, streaming: bool,
-                options: PipelineOptions, label: str) -> List[beam.PCollection]:
+                options: PipelineOptions, label: str, bigquery_client=None) -> List[beam.PCollection]:
   """Writes ``records`` (finding dicts or dead-letter JSON lines) to every sink in ``specs``.
 
   Returns the dead-letter PCollections of failed deliveries (Pub/Sub publishes that
   failed after retries, BigQuery rows rejected). For the dead-letter sink itself
-  failures raise instead: there is no further place to route them.
+  they go to the last-resort file (``--last-resort``) and its counter instead.
   """
   from postauth.pipeline.options import SinkOptions
   from postauth.transforms.pubsub_sink import PublishToPubSub, dead_letter_message, finding_message
   so = options.view_as(SinkOptions)
   is_finding = record_kind == FINDING
+  last_resort = None if is_finding else last_resort_path(options)
   failures = []
   for i, spec in enumerate(specs):
     name = f'{label}{spec.kind.capitalize()}{i if i else ""}'
@@ -193,7 +223,7 @@ def apply_sinks(records, specs: List[SinkSpec], record_kind: str, streaming: boo
       if spec.kind == 'pubsub':  # one message per version, as the postauth-format Pub/Sub sink
         failures.append(records | name >> PublishToPubSub(
             spec.target, ocsf_message, retries=so.publish_retries, backoff=so.publish_backoff,
-            timeout=so.publish_timeout, raise_on_failure=False))
+            timeout=so.publish_timeout))
       else:
         latest = records if streaming else records | f'{name}Latest' >> LatestVersions()
         latest | f'{name}ToOcsf' >> beam.Map(to_ocsf_json) | name >> WriteJsonLines(spec.target, streaming)
@@ -215,17 +245,22 @@ def apply_sinks(records, specs: List[SinkSpec], record_kind: str, streaming: boo
       failed = records | name >> PublishToPubSub(
           spec.target, finding_message if is_finding else dead_letter_message,
           retries=so.publish_retries, backoff=so.publish_backoff, timeout=so.publish_timeout,
-          raise_on_failure=not is_finding)
+          last_resort=last_resort)
       if is_finding:
         failures.append(failed)
     elif spec.kind == 'bigquery':
       convert = finding_to_bigquery if is_finding else dead_letter_record
       result = (records | f'{name}ToRow' >> beam.Map(convert)
                 | name >> bigquery_write(spec.target, record_kind, so.bigquery_method, streaming,
-                                         retry_always=not is_finding))
-      if is_finding and so.bigquery_method == 'STREAMING_INSERTS':
+                                         client=bigquery_client))
+      if so.bigquery_method != 'STREAMING_INSERTS':
+        continue
+      if is_finding:
         failures.append(result.failed_rows_with_errors
                         | f'{name}Failures' >> beam.ParDo(_BigQueryFailuresToDeadLetters(spec.target)))
+      else:
+        _ = (result.failed_rows_with_errors
+             | f'{name}Refused' >> beam.ParDo(_BigQueryFailuresToLastResort(spec.target, last_resort)))
     else:  # parse_sink only yields KINDS
       raise ValueError(f'unknown sink kind {spec.kind}')
   return failures
@@ -263,15 +298,18 @@ class WriteSuppressed(WriteFindings):
 
 
 class WriteDeadLetters(beam.PTransform):
-  """Dead-letter lines to ``--dead-letters``; a failure here raises (nowhere further to route it)."""
+  """Dead-letter lines to ``--dead-letters``; what that sink refuses, to ``--last-resort``.
 
-  def __init__(self, options: PipelineOptions):
+  ``bigquery_client``: BigQuery itself for a ``bq://`` sink, instead of Google's (tests).
+  """
+
+  def __init__(self, options: PipelineOptions, bigquery_client=None):
     super().__init__()
-    self._options = options
+    self._options, self._bigquery_client = options, bigquery_client
 
   def expand(self, dead_letters) -> None:
     apply_sinks(dead_letters, [dead_letter_spec(self._options)], DEAD_LETTER, _streaming(self._options),
-                self._options, '')
+                self._options, '', bigquery_client=self._bigquery_client)
 
 
 def _streaming(options: PipelineOptions) -> bool:

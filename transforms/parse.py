@@ -6,6 +6,7 @@ so a record is parsed the same way whichever path it took.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
@@ -18,8 +19,10 @@ from apache_beam.transforms.window import TimestampedValue
 
 from postauth.transforms import formats
 from postauth.domain.event import Event
+from postauth.domain.redact import redact_payload, redact_text
 from postauth.transforms.formats.base import Item
-from postauth.transforms.records import RawRecord, decode, raw_text, split_records
+from postauth.transforms.records import (DEFAULT_LIMITS, OTLP_MAX_BYTES, OTLP_PREFIXES, RawRecord, ReadLimits,
+                                         decode, raw_text, split_records)
 from postauth.domain.taxonomy import Taxonomy
 
 DEAD_LETTER = 'dead_letter'
@@ -33,16 +36,34 @@ CATEGORY_NAMESPACE = 'postauth.category'
 SKIP_NAMESPACE = 'postauth.skipped'
 
 
-def dead_letter(reason: str, ref: str, raw: Union[bytes, str], stage: str = 'parse') -> str:
-  """A dead-letter line: why, where from, and the raw payload itself."""
+# A dead letter keeps its payload whole up to this size; a larger one keeps its first
+# TRUNCATED_RAW_BYTES with the whole payload's size and SHA-256 (to find it at the source), so a
+# dead letter always fits a dead-letter sink (Pub/Sub takes 10 MB a message, BigQuery 10 MB a row).
+DEAD_LETTER_RAW_BYTES = 1 << 20
+TRUNCATED_RAW_BYTES = 64 << 10
+
+
+def dead_letter(reason: str, ref: str, raw: Union[bytes, str], stage: str = 'parse',
+                keep_bytes: int = DEAD_LETTER_RAW_BYTES) -> str:
+  """A dead-letter line: why, where from, and the raw payload, its secrets redacted.
+
+  Every dead letter is made here (parse, late events, sinks), so every one is bounded and
+  redacted (``domain/redact.py``) the same way. A payload over ``keep_bytes`` (the parse
+  step passes ``--max-record-bytes``) keeps a prefix, its size and its SHA-256, also in
+  ``reason`` (all an Avro or BigQuery dead-letter row has).
+  """
   source, _, index = ref.rpartition('#')
-  return json.dumps({
-      'stage': stage,
-      'reason': reason,
-      'source': source or ref,
-      'index': index,
-      'raw': raw_text(raw) if isinstance(raw, bytes) else raw,
-  }, ensure_ascii=False)
+  doc = {'stage': stage, 'reason': reason, 'source': source or ref, 'index': index}
+  payload = raw if isinstance(raw, bytes) else raw.encode('utf-8', errors='surrogatepass')
+  keep = min(keep_bytes, DEAD_LETTER_RAW_BYTES)
+  if len(payload) <= keep:
+    doc['raw'] = redact_payload(raw)
+  else:
+    digest, cut = hashlib.sha256(payload).hexdigest(), min(keep, TRUNCATED_RAW_BYTES)
+    doc['reason'] = f'{reason} (payload of {len(payload)} bytes, sha256 {digest}; its first {cut} kept)'
+    doc.update(raw=redact_text(raw_text(payload[:cut])), raw_bytes=len(payload), raw_sha256=digest,
+               raw_truncated=True)
+  return json.dumps(doc, ensure_ascii=False)
 
 
 class RecordParser:
@@ -54,9 +75,10 @@ class RecordParser:
   """
 
   def __init__(self, format_name: Optional[str] = None,
-               taxonomy_files: Optional[List[str]] = None):
+               taxonomy_files: Optional[List[str]] = None, limits: ReadLimits = DEFAULT_LIMITS):
     self.taxonomy = Taxonomy(taxonomy_files)
     self.forced = formats.BY_NAME[format_name] if format_name else None
+    self.limits = limits
 
   def parse(self, record: RawRecord) -> Union[Event, str]:
     return self.parse_with_format(record)[1]
@@ -72,8 +94,12 @@ class RecordParser:
 
   def parse_items(self, record: RawRecord) -> Iterator[Tuple[str, Item]]:
     """(format name or '', Item) for every outcome of the record; never raises."""
-    if record.obj is None and not record.error:
-      record = decode(record.raw, record.ref)  # records that travelled as bytes only
+    if record.obj is None and not record.error:  # records that travelled as bytes only
+      limit = OTLP_MAX_BYTES if record.raw.startswith(OTLP_PREFIXES) else self.limits.max_record_bytes
+      if len(record.raw) > limit and record.raw[:64].lstrip()[:1] in (b'{', b'['):
+        record = RawRecord(record.raw, None, f'record of {len(record.raw)} bytes exceeds {limit}', record.ref)
+      else:
+        record = decode(record.raw, record.ref)
     if record.error:
       binary = self._binary(record)
       if binary is not None:
@@ -128,17 +154,18 @@ class _ParseFn(beam.DoFn):
   """
 
   def __init__(self, format_name: Optional[str], taxonomy_files: Optional[List[str]],
-               with_raw: bool = False):
+               with_raw: bool = False, limits: ReadLimits = DEFAULT_LIMITS):
     self._format_name = format_name
     self._with_raw = with_raw
     self._taxonomy_files = taxonomy_files
+    self._limits = limits
     self.read = Metrics.counter(NAMESPACE, 'records_read')
     self.parsed = Metrics.counter(NAMESPACE, 'events_parsed')
     self.dead = Metrics.counter(NAMESPACE, 'dead_lettered')
     self.skipped = Metrics.counter(NAMESPACE, 'skipped')
 
   def setup(self):
-    self._parser = RecordParser(self._format_name, self._taxonomy_files)
+    self._parser = RecordParser(self._format_name, self._taxonomy_files, self._limits)
     self._by_format: Dict[str, Any] = {}  # counters of this DoFn instance, by name
     self._by_category: Dict[str, Any] = {}
     self._by_skip: Dict[str, Any] = {}
@@ -164,7 +191,8 @@ class _ParseFn(beam.DoFn):
           self._count(self._by_skip, SKIP_NAMESPACE, item.reason[:120])
         else:
           self.dead.inc()
-          yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(item.reason, item.ref, item.raw))
+          yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(
+              item.reason, item.ref, item.raw, keep_bytes=self._limits.max_record_bytes))
 
 
 def read_all(path: str) -> bytes:
@@ -190,7 +218,7 @@ class ParseFileFn(_ParseFn):
       yield beam.pvalue.TaggedOutput(
           DEAD_LETTER, dead_letter(f'unreadable file: {e}'[:300], path + '#', b''))
       return
-    yield from self._emit(split_records(data, path))
+    yield from self._emit(split_records(data, path, self._limits))
 
 
 class ParseRecordFn(_ParseFn):
@@ -202,10 +230,10 @@ class ParseFiles(beam.PTransform):
   """File glob -> timestamped Events (main) and dead-letter JSON lines (``dead_letter``)."""
 
   def __init__(self, pattern: str, format_name: Optional[str] = None,
-               taxonomy_files: Optional[List[str]] = None):
+               taxonomy_files: Optional[List[str]] = None, limits: ReadLimits = DEFAULT_LIMITS):
     super().__init__()
     self._pattern = pattern
-    self._fn = ParseFileFn(format_name, taxonomy_files)
+    self._fn = ParseFileFn(format_name, taxonomy_files, limits=limits)
 
   def expand(self, pbegin):
     return (
@@ -224,9 +252,10 @@ class ParseRecords(beam.PTransform):
   """
 
   def __init__(self, format_name: Optional[str] = None,
-               taxonomy_files: Optional[List[str]] = None, with_raw: bool = False):
+               taxonomy_files: Optional[List[str]] = None, with_raw: bool = False,
+               limits: ReadLimits = DEFAULT_LIMITS):
     super().__init__()
-    self._fn = ParseRecordFn(format_name, taxonomy_files, with_raw)
+    self._fn = ParseRecordFn(format_name, taxonomy_files, with_raw, limits)
     self._with_raw = with_raw
 
   def expand(self, records):

@@ -4,22 +4,24 @@ Beam's ``WriteToPubSub`` fails the bundle on the first publish error. A findings
 sink must neither crash the job over a missing topic nor lose findings: each
 message is published with the real ``google-cloud-pubsub`` client; transient
 errors (server unavailable, deadline, quota) are retried with exponential
-backoff; a message that still fails (or fails permanently, e.g. the topic does
-not exist) leaves on the ``failed_publish`` output as a dead letter that keeps
-the reason and the message body. For the dead-letter sink itself there is
-nowhere further to go, so ``raise_on_failure`` fails the bundle instead (the
-runner retries it; nothing is lost quietly).
+backoff; a message that still fails (or fails permanently: the topic does not
+exist, the message is over Pub/Sub's 10 MB limit, which the client refuses before
+sending) leaves on the ``failed_publish`` output as a dead letter that keeps the
+reason and the message body. For the dead-letter sink itself there is nowhere
+further to route it: it goes to the last-resort file (``transforms/last_resort.py``),
+so no bundle is retried forever over one message.
 """
 from __future__ import annotations
 
 import json
 import logging
 import time
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+from postauth.transforms.last_resort import LastResort
 from postauth.transforms.parse import dead_letter
 
 FAILED = 'failed_publish'
@@ -37,21 +39,18 @@ def _transient(error: BaseException) -> bool:
                             gexc.Unknown, gexc.Cancelled, gexc.RetryError))
 
 
-class PublishFailed(RuntimeError):
-  """Raised for sinks that must not route failures elsewhere (the dead-letter sink)."""
-
-
 class _PublishBatchFn(beam.DoFn):
-  """A batch of records -> Pub/Sub; failures after retries -> ``failed_publish`` dead letters."""
+  """A batch of records -> Pub/Sub; failures after retries -> ``failed_publish`` dead letters,
+  or with ``last_resort`` (the dead-letter sink) the last-resort file."""
 
   def __init__(self, topic: str, to_message: Callable[[Any], Message], retries: int,
-               backoff: float, timeout: float, raise_on_failure: bool):
+               backoff: float, timeout: float, last_resort: Optional[str]):
     self._topic = topic
     self._to_message = to_message
     self._retries = max(1, retries)
     self._backoff = backoff
     self._timeout = timeout
-    self._raise = raise_on_failure
+    self._last_resort = LastResort(last_resort, f'pubsub://{topic}') if last_resort else None
     self.published = Metrics.counter('postauth', 'messages_published')
     self.retried = Metrics.counter('postauth', 'publish_retries')
     self.failed = Metrics.counter('postauth', 'publish_failed')
@@ -67,12 +66,14 @@ class _PublishBatchFn(beam.DoFn):
       publisher.stop()
 
   def _attempt(self, items: List[Tuple[Any, Message]]) -> List[Tuple[Any, Message, BaseException]]:
-    futures = []
+    futures, failed = [], []
     for record, (data, attrs) in items:
       # retry=None: this DoFn owns the retry policy, so failures surface here, bounded.
-      futures.append((record, (data, attrs), self._publisher.publish(
-          self._topic, data, retry=None, timeout=self._timeout, **attrs)))
-    failed = []
+      try:
+        futures.append((record, (data, attrs), self._publisher.publish(
+            self._topic, data, retry=None, timeout=self._timeout, **attrs)))
+      except Exception as e:  # refused before sending (MessageTooLargeError): never retried
+        failed.append((record, (data, attrs), e))
     for record, message, future in futures:
       try:
         future.result(timeout=self._timeout)
@@ -103,25 +104,30 @@ class _PublishBatchFn(beam.DoFn):
       pending = [(r, m) for r, m, _ in transient]
 
   def _give_up(self, failed, attempts: int):
+    refused = []
     for record, (data, attrs), error in failed:
       self.failed.inc()
       kind = 'transient' if _transient(error) else 'permanent'
       reason = (f'publish to {self._topic} failed ({kind}) after {attempts} attempt(s): '
                 f'{type(error).__name__}: {error}')[:1000]
-      if self._raise:
-        raise PublishFailed(reason)
+      if self._last_resort is not None:
+        refused.append((data, reason))
+        continue
       ref = f'pubsub:{self._topic}#{attrs.get("finding_id", "")}'
       yield beam.pvalue.TaggedOutput(FAILED, dead_letter(reason, ref, data, stage='sink'))
+    if refused:
+      self._last_resort.write(refused)
 
 
 class PublishToPubSub(beam.PTransform):
-  """Records -> one Pub/Sub message each; returns the ``failed_publish`` dead letters."""
+  """Records -> one Pub/Sub message each; returns the ``failed_publish`` dead letters (none when
+  ``last_resort`` names the file that takes them instead)."""
 
   def __init__(self, topic: str, to_message: Callable[[Any], Message], retries: int = 5,
-               backoff: float = 0.5, timeout: float = 30.0, raise_on_failure: bool = False,
+               backoff: float = 0.5, timeout: float = 30.0, last_resort: Optional[str] = None,
                max_batch_size: int = 500):
     super().__init__()
-    self._fn = _PublishBatchFn(topic, to_message, retries, backoff, timeout, raise_on_failure)
+    self._fn = _PublishBatchFn(topic, to_message, retries, backoff, timeout, last_resort)
     self._max_batch = max_batch_size
 
   def expand(self, records):

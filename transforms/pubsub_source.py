@@ -34,7 +34,7 @@ from apache_beam.metrics import Metrics
 
 from postauth.transforms.lateness import LATE, LateEventGate
 from postauth.transforms.parse import DEAD_LETTER, ParseRecords
-from postauth.transforms.records import RawRecord
+from postauth.transforms.records import DEFAULT_LIMITS, RawRecord, ReadLimits
 
 
 class ParsedStream(typing.NamedTuple):
@@ -77,8 +77,10 @@ class ReadPubSubEvents(beam.PTransform):
                timestamp_attribute: Optional[str] = None, format_name: Optional[str] = None,
                taxonomy_files: Optional[List[str]] = None, dedup_seconds: int = 3600,
                window_period: int = 900, allowed_lateness: Optional[int] = None,
-               reader: str = 'native', pull_settings=None, events_out: Optional[str] = None):
+               reader: str = 'native', pull_settings=None, events_out: Optional[str] = None,
+               limits: ReadLimits = DEFAULT_LIMITS):
     super().__init__()
+    self._limits = limits
     if reader not in ('native', 'sdf'):
       raise ValueError(f'reader must be native or sdf, not {reader!r}')
     self._reader, self._pull_settings, self._events_out = reader, pull_settings, events_out
@@ -112,7 +114,8 @@ class ReadPubSubEvents(beam.PTransform):
     from postauth.transforms.dedup_events import DUPLICATE, DropDuplicateEvents
     gate = self._lateness is not None
     records, ack_ids = self._records(pbegin)
-    parsed = records | 'ParseRecords' >> ParseRecords(self._format, self._taxonomy, with_raw=gate)
+    parsed = records | 'ParseRecords' >> ParseRecords(self._format, self._taxonomy, with_raw=gate,
+                                                      limits=self._limits)
     events, late = parsed.events, None
     if gate:  # late events dead-lettered with their message body, before the windows drop them
       gated = events | 'LateEvents' >> LateEventGate(self._period, self._lateness)

@@ -8,7 +8,6 @@ once, in the parse step.
 from __future__ import annotations
 
 import base64
-import gzip
 import io
 import typing
 import zlib
@@ -18,10 +17,70 @@ import fastavro
 import orjson
 
 AVRO_MAGIC = b'Obj\x01'
+GZIP_MAGIC = b'\x1f\x8b'
 # An OTLP/JSON line (the collector's file exporter) is a whole batch of spans, often several MB;
 # each span is then parsed as its own record, so such a line may be this large.
 OTLP_MAX_BYTES = 64 << 20
 OTLP_PREFIXES = (b'{"resourceSpans"', b'{"resource_spans"')
+
+
+class ReadLimits(typing.NamedTuple):
+  """What one bad input may cost the job (``--max-record-bytes``, ``--max-gzip-*``).
+
+  A record over ``max_record_bytes`` is dead-lettered unparsed (CloudTrail's own limit is far
+  below the default 1 MiB; an OTLP/JSON batch line may take ``OTLP_MAX_BYTES``). A gzip file
+  may always expand to ``max_record_bytes``; beyond that, to at most ``max_gzip_ratio`` times
+  its compressed size and never past ``max_gzip_bytes`` (a 1000:1 bomb stops at the bound,
+  not at memory's end). A file over its bound is one dead letter naming the flag to raise.
+  """
+  max_record_bytes: int = 1 << 20
+  max_gzip_bytes: int = 1 << 30
+  max_gzip_ratio: float = 200.0
+
+  def gzip_bound(self, compressed: int) -> int:
+    return min(self.max_gzip_bytes, max(self.max_record_bytes, int(self.max_gzip_ratio * compressed)))
+
+  def gzip_too_large(self, compressed: int) -> str:
+    return (f'gzip expands beyond {self.gzip_bound(compressed)} bytes (--max-gzip-bytes '
+            f'{self.max_gzip_bytes}, --max-gzip-ratio {self.max_gzip_ratio:g} of its {compressed} bytes)')
+
+  @classmethod
+  def from_options(cls, options) -> 'ReadLimits':
+    from postauth.pipeline.options import EventOptions
+    ev = options.view_as(EventOptions)
+    return cls(ev.max_record_bytes, ev.max_gzip_bytes, ev.max_gzip_ratio)
+
+
+DEFAULT_LIMITS = ReadLimits()
+
+
+class GzipTooLarge(ValueError):
+  """A gzip stream that would expand beyond its bound (``ReadLimits.gzip_bound``)."""
+
+
+def gunzip(data: bytes, bound: int) -> bytes:
+  """``data`` decompressed (every member, as ``gzip.decompress``), never more than ``bound`` bytes.
+
+  Raises ``GzipTooLarge`` past the bound, ``zlib.error`` or ``EOFError`` on a damaged stream.
+  Memory stays within the bound plus one chunk: output is requested in limited slices.
+  """
+  out, total, rest = [], 0, data
+  while rest:
+    d = zlib.decompressobj(wbits=31)  # gzip header and trailer (CRC, length) checked by zlib
+    pending = rest
+    while not d.eof:
+      chunk = d.decompress(pending, bound - total + 1)
+      total += len(chunk)
+      if total > bound:
+        raise GzipTooLarge(bound)
+      out.append(chunk)
+      pending = d.unconsumed_tail
+      if not chunk and not pending:
+        break
+    if not d.eof:
+      raise EOFError('Compressed file ended before the end-of-stream marker was reached')
+    rest = d.unused_data.lstrip(b'\x00')
+  return b''.join(out)
 
 
 class RawRecord(typing.NamedTuple):
@@ -89,7 +148,8 @@ def _avro_blocks(data: bytes) -> Iterator[Tuple[int, int, Any, str]]:
     yield start, good_end, block, ''
 
 
-def split_avro(data: bytes, source: str, max_record_bytes: int = 1 << 20) -> Iterator[RawRecord]:
+def split_avro(data: bytes, source: str, max_record_bytes: int = DEFAULT_LIMITS.max_record_bytes
+               ) -> Iterator[RawRecord]:
   """Records of an Avro container file, block by block.
 
   Each record's ``raw`` is its JSON form (what a dead letter shows, and what a
@@ -130,11 +190,18 @@ def split_avro(data: bytes, source: str, max_record_bytes: int = 1 << 20) -> Ite
         yield RawRecord(raw, record, '', ref)
 
 
-def split_records(data: bytes, source: str, max_record_bytes: int = 1 << 20) -> Iterator[RawRecord]:
-  """Yields every record in ``data``; undecodable parts come out with ``error`` set."""
-  if data[:2] == b'\x1f\x8b':
+def split_records(data: bytes, source: str, limits: ReadLimits = DEFAULT_LIMITS) -> Iterator[RawRecord]:
+  """Yields every record in ``data``; undecodable parts come out with ``error`` set.
+
+  A gzip file over its bound (``ReadLimits``) is one record holding the compressed bytes.
+  """
+  max_record_bytes = limits.max_record_bytes
+  if data[:2] == GZIP_MAGIC:
     try:
-      data = gzip.decompress(data)
+      data = gunzip(data, limits.gzip_bound(len(data)))
+    except GzipTooLarge:
+      yield RawRecord(data, None, limits.gzip_too_large(len(data)), f'{source}#0')
+      return
     except (OSError, EOFError, zlib.error) as e:
       yield RawRecord(data, None, f'corrupt gzip: {e}'[:300], f'{source}#0')
       return

@@ -18,6 +18,7 @@ from postauth.pipeline.options import (DetectOptions, EventOptions, OptionsError
                                        SinkOptions)
 
 FINDING, DEAD_LETTER = 'finding', 'dead_letter'
+LAST_RESORT = 'last-resort.jsonl'
 KINDS = ('jsonl', 'avro', 'pubsub', 'bigquery')
 
 _PROJECT = r'[a-z][-a-z0-9]{4,28}[a-z0-9]'
@@ -84,6 +85,13 @@ def sink_specs(options: PipelineOptions) -> List[SinkSpec]:
   return out
 
 
+def beside(path: str, name: str) -> str:
+  """A file called ``name`` in the folder of ``path`` (local, made absolute, or remote)."""
+  if '://' in path:
+    return path.rsplit('/', 1)[0] + '/' + name
+  return os.path.join(os.path.dirname(os.path.abspath(path)), name)
+
+
 def dead_letter_spec(options: PipelineOptions) -> SinkSpec:
   """--dead-letters URI, else dead-letter.jsonl beside the first file sink."""
   uri = options.view_as(EventOptions).dead_letters
@@ -92,11 +100,28 @@ def dead_letter_spec(options: PipelineOptions) -> SinkSpec:
   files = [s for s in sink_specs(options) if s.kind in ('jsonl', 'avro')]
   if not files:
     raise ValueError('--dead-letters is needed when no file sink (--findings or --sink PATH) is given')
-  base = files[0].target
-  if '://' in base:
-    return SinkSpec('jsonl', base.rsplit('/', 1)[0] + '/dead-letter.jsonl', '')
-  path = os.path.join(os.path.dirname(os.path.abspath(base)), 'dead-letter.jsonl')
-  return SinkSpec('jsonl', path, path)
+  path = beside(files[0].target, 'dead-letter.jsonl')
+  return SinkSpec('jsonl', path, '' if '://' in path else path)
+
+
+def last_resort_path(options: PipelineOptions) -> str:
+  """--last-resort, else last-resort.jsonl beside the dead-letter file or the first findings file,
+  else under --temp_location (a remote runner's workers share it), else in the working directory."""
+  path = options.view_as(SinkOptions).last_resort
+  if path:
+    return path
+  try:
+    files = [dead_letter_spec(options)]
+  except ValueError:
+    files = []
+  files = [s for s in files + sink_specs(options) if s.kind in ('jsonl', 'avro')]
+  if files:
+    return beside(files[0].target, LAST_RESORT)
+  from apache_beam.options.pipeline_options import GoogleCloudOptions
+  temp = options.view_as(GoogleCloudOptions).temp_location
+  if temp:
+    return temp.rstrip('/') + '/postauth/' + LAST_RESORT
+  return os.path.abspath(LAST_RESORT)
 
 
 def validate_io(options: PipelineOptions) -> None:
@@ -135,6 +160,9 @@ def validate_io(options: PipelineOptions) -> None:
     raise OptionsError('no findings sink: give --findings PATH or --sink URI')
   if any(s.target == dead.target for s in specs):
     raise OptionsError(f'the dead-letter sink {dead.target} is also a findings sink')
+  last = last_resort_path(options)
+  if any(s.target == last for s in specs + [dead]):
+    raise OptionsError(f'--last-resort {last} is also a findings or dead-letter sink')
   if any(s.kind == 'bigquery' for s in specs + [dead]) and so.bigquery_method == 'FILE_LOADS':
     from apache_beam.options.pipeline_options import GoogleCloudOptions
     if not (options.view_as(GoogleCloudOptions).temp_location or '').startswith('gs://'):
@@ -146,7 +174,4 @@ def suppressed_path(options: PipelineOptions) -> str:
   det = options.view_as(DetectOptions)
   if det.suppressed:
     return det.suppressed
-  base = dead_letter_spec(options).target
-  if '://' in base:
-    return base.rsplit('/', 1)[0] + '/suppressed.jsonl'
-  return os.path.join(os.path.dirname(os.path.abspath(base)), 'suppressed.jsonl')
+  return beside(dead_letter_spec(options).target, 'suppressed.jsonl')

@@ -18,6 +18,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from postauth.pipeline.options import DetectOptions, EventOptions, PubSubSourceOptions, WatchOptions, WindowOptions
 from postauth.transforms.lateness import LATE, LateEventGate, beam_lateness
 from postauth.transforms.parse import DEAD_LETTER, ParseFiles, ParseRecords
+from postauth.transforms.records import ReadLimits
 from postauth.transforms.pubsub_source import ParsedStream, ReadPubSubEvents, choose_reader, pull_settings
 from postauth.transforms.replay import ReplayFiles
 from postauth.transforms.watch import WatchFiles
@@ -44,8 +45,9 @@ class ReadEvents(beam.PTransform):
     o = self._options
     ev, win, ps = o.view_as(EventOptions), o.view_as(WindowOptions), o.view_as(PubSubSourceOptions)
     streaming = o.view_as(StandardOptions).streaming
+    limits = ReadLimits.from_options(o)
     if not streaming:
-      parsed = pbegin | 'ParseFiles' >> ParseFiles(ev.events, ev.format, ev.taxonomy_files)
+      parsed = pbegin | 'ParseFiles' >> ParseFiles(ev.events, ev.format, ev.taxonomy_files, limits)
       return ParsedStream(parsed.events, parsed.dead_letter, None)
     if ps.subscription or ps.topic:
       reader = choose_reader(ps.pubsub_reader, str(o.view_as(StandardOptions).runner or ''))
@@ -53,7 +55,7 @@ class ReadEvents(beam.PTransform):
           ps.subscription, ps.topic, ps.timestamp_attribute, ev.format, ev.taxonomy_files,
           ps.dedup_seconds or win.window_size + beam_lateness(win.allowed_lateness),
           window_period=win.window_period, allowed_lateness=win.allowed_lateness, reader=reader,
-          pull_settings=pull_settings(ps), events_out=ps.events_out)
+          pull_settings=pull_settings(ps), events_out=ps.events_out, limits=limits)
     if ev.events:
       records = pbegin | 'ReplayFiles' >> ReplayFiles(
           ev.events, o.view_as(DetectOptions).replay_step, test_stream=self._test_stream)
@@ -61,6 +63,6 @@ class ReadEvents(beam.PTransform):
       w = o.view_as(WatchOptions)
       records = pbegin | 'WatchFiles' >> WatchFiles(ev.events_watch, w.watch_interval, w.watch_max_delay,
                                                     w.watch_idle_seconds, w.watch_idle_limit, w.watch_stop_idle)
-    parsed = records | 'ParseRecords' >> ParseRecords(ev.format, ev.taxonomy_files, with_raw=True)
+    parsed = records | 'ParseRecords' >> ParseRecords(ev.format, ev.taxonomy_files, with_raw=True, limits=limits)
     gated = parsed.events | 'LateEvents' >> LateEventGate(win.window_period, win.allowed_lateness)
     return ParsedStream(gated['events'], parsed[DEAD_LETTER], gated[LATE])

@@ -4,11 +4,14 @@ from __future__ import annotations
 from typing import Any
 
 from postauth.domain.event import Event
-from postauth.transforms.formats.base import ParseError, parse_time, text
+from postauth.transforms.formats.base import ParseError, Skip, parse_time, text
 
-# The API server logs a request once per stage; only the final stage is counted
-# so that one call is one event (a watch or exec also logs ResponseStarted).
-COUNTED_STAGE = 'ResponseComplete'
+# The API server logs a request once per stage; only the final stage is counted so that one
+# call is one event: ResponseComplete, or Panic when the server failed the call. The earlier
+# stages (RequestReceived; ResponseStarted of a watch, exec or attach) are skipped and counted,
+# not dead-lettered: at RequestResponse level they carry the request body (a Secret's data).
+FINAL_STAGES = ('ResponseComplete', 'Panic')
+EARLIER_STAGES = ('RequestReceived', 'ResponseStarted')
 READ_VERBS = ('get', 'list', 'watch')
 
 def identity_type(username: str) -> str:
@@ -61,7 +64,8 @@ def _action_and_resource(record: dict, verb: str):
 
 
 def _outcome(record: dict):
-  """(success, error_code): HTTP status below 400 is success; no status falls back to the authz decision."""
+  """(success, error_code): HTTP status below 400 is success; no status falls back to the authz
+  decision; a Panic without a status failed with 'panic'."""
   status = record.get('responseStatus')
   code = status.get('code') if isinstance(status, dict) else None
   if code is not None:
@@ -70,6 +74,8 @@ def _outcome(record: dict):
     except (TypeError, ValueError) as e:
       raise ParseError(f'responseStatus.code: not a number: {code!r}'[:200]) from e
     return (True, '') if code < 400 else (False, str(code))
+  if record.get('stage') == 'Panic':
+    return False, 'panic'
   annotations = record.get('annotations')
   if isinstance(annotations, dict) and annotations.get('authorization.k8s.io/decision') == 'forbid':
     return False, 'forbid'
@@ -91,8 +97,10 @@ class K8sAudit:
 
   def parse(self, record: dict, raw_ref: str, taxonomy) -> Event:
     stage = record.get('stage')
-    if stage is not None and stage != COUNTED_STAGE:
-      raise ParseError(f'stage {text(stage, 50)} is not counted (only {COUNTED_STAGE})')
+    if stage in EARLIER_STAGES:
+      raise Skip(f'stage {stage} is not the final stage ({" or ".join(FINAL_STAGES)})')
+    if stage is not None and stage not in FINAL_STAGES:
+      raise ParseError(f'stage {text(stage, 50)} is not an audit stage')
     user = record.get('user')
     if not isinstance(user, dict):
       raise ParseError('missing user')

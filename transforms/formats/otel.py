@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import gzip
 import zlib
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 from urllib.parse import urlsplit
@@ -30,7 +29,10 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from postauth.domain.event import Event
 from postauth.transforms.formats.base import Item, ParseError, Skip, check_time, text
+from postauth.transforms.records import GZIP_MAGIC, OTLP_MAX_BYTES, GzipTooLarge, ReadLimits, gunzip
 
+# A gzip OTLP message (the collector's Pub/Sub exporter) may expand to one OTLP/JSON batch line.
+OTLP_LIMITS = ReadLimits(max_record_bytes=OTLP_MAX_BYTES, max_gzip_bytes=OTLP_MAX_BYTES)
 TOOL_OPERATION = 'execute_tool'
 MCP_TOOL_CALL = 'tools/call'
 PROVIDER = 'otel'
@@ -348,9 +350,11 @@ class OtelTraces:
   def parse_bytes(self, raw: bytes, raw_ref: str, taxonomy) -> Optional[Iterator[Item]]:
     """Items of an OTLP protobuf ExportTraceServiceRequest (gzip or not); None if it is not one."""
     data = raw
-    if data[:2] == b'\x1f\x8b':
+    if data[:2] == GZIP_MAGIC:
       try:
-        data = gzip.decompress(data)
+        data = gunzip(data, OTLP_LIMITS.gzip_bound(len(data)))
+      except GzipTooLarge:  # a bomb, whatever it holds: one dead letter
+        return iter([Item(None, OTLP_LIMITS.gzip_too_large(len(raw)), False, raw, raw_ref)])
       except (OSError, EOFError, zlib.error):
         return None
     # field 1 (resource_spans), length-delimited: the first byte of any non-empty request
