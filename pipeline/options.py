@@ -261,8 +261,8 @@ def validate_window(options: PipelineOptions) -> None:
 
 def validate_limits(options: PipelineOptions) -> None:
   e = options.view_as(EventOptions)
-  for flag, value, least in (('--max-record-bytes', e.max_record_bytes, 1),
-                             ('--max-gzip-bytes', e.max_gzip_bytes, 1), ('--max-gzip-ratio', e.max_gzip_ratio, 1)):
+  for flag, value, least in (('--max-record-bytes', e.max_record_bytes, 1), ('--max-gzip-bytes', e.max_gzip_bytes, 1),
+                             ('--max-gzip-ratio', e.max_gzip_ratio, 1)):
     if value < least:
       raise OptionsError(f'{flag} {value:g} is out of range (at least {least})')
 

@@ -11,8 +11,9 @@ from apache_beam.metrics.metric import MetricsFilter
 # The `findings` counter counts findings before the allow-list and the folding of repeats:
 # the summary shows instead what was raised, folded, suppressed and written
 # (raised = folded + suppressed + written; see findings_accounting).
-COUNTERS = ('records_read', 'events_parsed', 'dead_lettered', 'events_late', 'identity_windows',
-            'windows_scored', 'windows_anomalous', 'training_windows',
+# last_resort_records shows only when a dead-letter sink refused records (transforms/last_resort.py).
+COUNTERS = ('records_read', 'events_parsed', 'dead_lettered', 'last_resort_records', 'events_late',
+            'identity_windows', 'windows_scored', 'windows_anomalous', 'training_windows',
             'windows_unregistered_identity', 'findings_raised', 'findings_folded',
             'findings_suppressed', 'findings_written')
 
