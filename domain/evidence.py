@@ -223,7 +223,8 @@ def _time(t: float) -> str:
       '%Y-%m-%dT%H:%M:%S.%f')[:-3] + 'Z'
 
 
-def _public(ev: Dict, reason_key: str) -> Dict:
+def public(ev: Dict, reason_key: str) -> Dict:
+  """A sample as a finding's evidence record (transforms/schemas/finding.avsc ``Evidence``)."""
   out = {k: ev[k] for k in FIELDS if k != 'time'}
   out['time'] = _time(ev['time'])
   # The log's own id (eventID, insertId, auditID, metadata.uid by format); a record without
@@ -262,7 +263,7 @@ def pick(windows: Sequence[Dict], reasons: Sequence[Dict], limit: int = MAX_EVID
   if not chosen and ranked:  # no event names what the top reasons say: the earliest ones
     for k in sorted(pool, key=lambda k: (pool[k]['time'], pool[k]['event_id']))[:limit]:
       chosen[k] = ranked[0][0]
-  evidence = sorted((_public(pool[k], why) for k, why in chosen.items()),
+  evidence = sorted((public(pool[k], why) for k, why in chosen.items()),
                     key=lambda e: (e['time'], e['event_id']))
   window_actions = [{'window_start': _time(w['window_start']), 'window_end': _time(w['window_end']),
                      'calls': w.get('event_count', 0),

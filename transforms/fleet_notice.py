@@ -23,6 +23,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms import trigger, window
 from apache_beam.utils import shared
 
+from postauth.domain import evidence
 from postauth.domain.evidence import FIELDS, MAX_EVIDENCE
 from postauth.domain.origin import network_of
 from postauth.transforms.corroborate import fleet_change_id
@@ -115,9 +116,9 @@ def _evidence(adopters: Dict) -> List[Dict]:
   out = []
   for identity, s in sorted((adopters.get('samples') or {}).items())[:MAX_EVIDENCE]:
     ev = dict(zip(FIELDS, s))
-    out.append({'identity': identity, 'event_id': ev['event_id'], 'time': rfc3339(ev['time']),
-                'action': ev['action'], 'resource': ev['resource'], 'network': network_of(ev['source_ip']),
-                'read_from': ev['raw_ref']})
+    ev['network'] = network_of(ev['source_ip'])
+    ev['new'] = ['action']
+    out.append(dict(evidence.public(ev, NOTICE), identity=identity))
   return out
 
 

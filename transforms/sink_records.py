@@ -115,8 +115,8 @@ def finding_from_avro(row: Dict) -> Dict:
   for key in ('evidence', 'window_actions'):  # a fleet-change notice has neither
     if not f.get(key):
       f.pop(key, None)
-  if row.get('kind') == 'rule' and not row.get('model_version'):
-    f['score_components'] = {}  # an unregistered-identity finding has no model score
+  if row.get('kind') == 'fleet_change' or (row.get('kind') == 'rule' and not row.get('model_version')):
+    f['score_components'] = {}  # a fleet notice or an unregistered-identity finding has no model score
   return f
 
 
