@@ -24,6 +24,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms import trigger, window
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration
+from apache_beam.utils.windowed_value import PaneInfoTiming
 
 from postauth.domain.window import WindowAggregate
 from postauth.transforms.aggregate import WindowAggregateFn, aggregate_fields, aggregate_from_fields, dumps_or_pickle, loads_or_unpickle
@@ -68,13 +69,29 @@ _PANE_AGG = typing.Tuple[typing.Tuple[str, int], WindowAggregate]
 
 
 class _AttachWindow(beam.DoFn):
-  """(identity, agg) in a Beam sliding window -> IdentityWindow."""
+  """(identity, agg) in a Beam sliding window -> IdentityWindow, once per firing that can bring
+  something new.
+
+  The windows accumulate, so a late firing repeats the whole window with its late events. A
+  runner may also fire an accumulating window once more when it closes (Prism does, with
+  nothing new; Dataflow only when something arrived since the last firing). That closing pane
+  (late and last) can bring nothing: every event the late-event gate lets through is within
+  the allowed lateness, at least ``GATE_MARGIN`` before the window closes, and fired its own
+  late pane (``AfterCount(1)``). Re-scoring it an hour later would re-judge the window against
+  a history that moved on and reopen or split the finding it belongs to, so it is dropped
+  (counted as ``identity_windows_closing_repeats``): a window reaches scoring on time and once
+  per late event, in batch and streaming alike.
+  """
 
   def __init__(self):
     self.windows = Metrics.counter('postauth', 'identity_windows')
+    self.repeats = Metrics.counter('postauth', 'identity_windows_closing_repeats')
 
-  def process(self, kv, win=beam.DoFn.WindowParam):
+  def process(self, kv, win=beam.DoFn.WindowParam, pane=beam.DoFn.PaneInfoParam):
     identity, agg = kv
+    if pane.is_last and pane.timing == PaneInfoTiming.LATE:
+      self.repeats.inc()
+      return
     self.windows.inc()
     yield IdentityWindow(identity, float(win.start), float(win.end), agg)
 
