@@ -97,7 +97,10 @@ def rank_findings(findings: Iterable[dict]) -> List[dict]:
 
 
 def matches(finding: dict, case: dict) -> bool:
-  return (finding['identity'] == case['identity']
+  """The finding is about the case's identity (a fleet notice: among its identities) and overlaps it."""
+  who = finding['identity'] == case['identity'] or (
+      finding.get('kind') == 'fleet_change' and case['identity'] in (finding.get('identities') or ()))
+  return (who
           and parse_time(finding['window_start']) <= parse_time(case['end'])
           and parse_time(case['start']) <= parse_time(finding['window_end']))
 
