@@ -58,15 +58,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
-from yardstick_report import minutes, table_row, mean, summarise, summary_markdown, timings_markdown  # noqa: E402 (bench/ is the script folder)
+from yardstick_report import KINDS, OTHER, TABLE_HEAD, table_row, summarise, summary_markdown, timings_markdown  # noqa: E402 (bench/ is the script folder)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # postauth imports from the venv's install
 GENERATOR = os.path.normpath(os.path.join(ROOT, '..', 'shared', 'yardsticks', 'cloudtrail_fleet.py'))
-KINDS = ('new_actions', 'redeploy_beside', 'backfill')
-OTHER = 'other'
 FLEET_PREFIX = 'fleet:'
 MARKER = 'yardstick-fleet.json'  # written after a fleet generated completely: its arguments
-STEPS = ('generate', 'train', 'run', 'evaluate')
 
 
 @dataclass

@@ -5,10 +5,14 @@ Renders and sums what ``bench/yardstick.py`` measured per fleet; runs nothing.
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, Optional, Sequence
 
 if TYPE_CHECKING:  # the bench's per-fleet record
   from yardstick import Fleet
+
+KINDS = ('new_actions', 'redeploy_beside', 'backfill')  # the generator's benign.json kinds
+OTHER = 'other'
+STEPS = ('generate', 'train', 'run', 'evaluate')
 
 
 def minutes(seconds: Optional[float]) -> str:
