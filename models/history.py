@@ -29,7 +29,7 @@ def day_of(window_end: float) -> int:
 class IdentityHistory:
   """Per-identity history: ``observe(window)`` returns the profile to judge it against."""
 
-  __slots__ = ('base', 'today', 'day', 'first_day', 'unregistered_clock')
+  __slots__ = ('base', 'today', 'day', 'first_day', 'unregistered_clock', 'last_active')
 
   def __init__(self, base: Optional[IdentityProfile] = None):
     self.base = base or IdentityProfile()
@@ -40,6 +40,9 @@ class IdentityHistory:
     self.first_day: Optional[int] = None if not self.base.windows else -1
     # When an unregistered-identity finding was last raised (transforms/unregistered.py).
     self.unregistered_clock = None
+    # The latest window end observed: what the streaming state's expiry counts idle time from
+    # (transforms/history.py). None in state written before it: set at the next window.
+    self.last_active: Optional[float] = None
 
   def observe(self, agg, window_end: float) -> IdentityProfile:
     """Folds the window into today's delta; returns the profile of the days before."""
@@ -57,6 +60,7 @@ class IdentityHistory:
     # folded into today's delta: history never moves backwards.
     before = self.base
     self.today.update(agg, window_end)
+    self.last_active = window_end if self.last_active is None else max(self.last_active, window_end)
     return before
 
   def final_profile(self) -> IdentityProfile:
@@ -74,6 +78,10 @@ class IdentityHistory:
   def last_seen_before(self) -> float:
     """When the identity was last active before the current day (-inf if never)."""
     return self.base.last_seen
+
+  def last_seen(self) -> float:
+    """The latest event time seen of the identity, today included (-inf if never)."""
+    return max(self.base.last_seen, self.today.last_seen)
 
   # -- persistence (Beam state coders pickle this object; keep it small) -------
   def __getstate__(self):

@@ -17,7 +17,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from postauth.pipeline import options as opts
 from postauth.pipeline import preflight, stop, summary
 from postauth.transforms import outputs, sink_records, sink_uris
-from postauth.transforms.sinks import clear_parts, compact_parts
+from postauth.transforms.sinks import compact_parts
 
 
 def pipeline_options(argv: List[str]) -> PipelineOptions:
@@ -72,13 +72,12 @@ def run(argv: List[str]) -> dict:
   streaming = options.view_as(StandardOptions).streaming
   dead_letters = sink_uris.dead_letter_spec(options)
   ps = options.view_as(opts.PubSubSourceOptions)
-  # A bounded replay into local files: clear earlier parts first, compact them after.
-  replay_to_local = (streaming and not (ps.subscription or ps.topic)
-                     and '://' not in suppressed_path(options))
+  # A replay or folder watch into local files: compact the parts when it ends. Nothing an
+  # earlier run wrote is deleted (a replay sets its parts aside; a watch joins them).
+  files_to_local = (streaming and not (ps.subscription or ps.topic)
+                    and '://' not in suppressed_path(options))
   if streaming:
     outputs.prepare_file_sinks(options)
-    if replay_to_local:
-      clear_parts(suppressed_path(options))
   interrupted = None
   try:
     result = run_pipeline(lambda p: build_detection(p, options), options)
@@ -86,7 +85,7 @@ def run(argv: List[str]) -> dict:
     interrupted, result = e, e.result
   if streaming:
     outputs.finish_file_sinks(options)
-    if replay_to_local:
+    if files_to_local:
       compact_parts(suppressed_path(options), key='finding_id')
   counters = _counters(result)
   if streaming:

@@ -35,6 +35,11 @@ class EventOptions(PipelineOptions):
                         help='... nor beyond this many times its compressed size, once past '
                              '--max-record-bytes (default 200; audit logs compress 10-30x, a '
                              'decompression bomb about 1000x).')
+    parser.add_argument('--max-clock-skew', dest='max_clock_skew', type=float, default=900.0,
+                        help='A record dated more than this many seconds ahead of the wall clock '
+                             '(a Pub/Sub timestamp attribute too) moves no watermark and goes to the '
+                             'dead letters with reason time_ahead_of_clock (default 900). Times in '
+                             'the past are never refused: a replay of an old day is far behind.')
 
 
 class WindowOptions(PipelineOptions):
@@ -262,7 +267,7 @@ def validate_window(options: PipelineOptions) -> None:
 def validate_limits(options: PipelineOptions) -> None:
   e = options.view_as(EventOptions)
   for flag, value, least in (('--max-record-bytes', e.max_record_bytes, 1), ('--max-gzip-bytes', e.max_gzip_bytes, 1),
-                             ('--max-gzip-ratio', e.max_gzip_ratio, 1)):
+                             ('--max-gzip-ratio', e.max_gzip_ratio, 1), ('--max-clock-skew', e.max_clock_skew, 0)):
     if value < least:
       raise OptionsError(f'{flag} {value:g} is out of range (at least {least})')
 

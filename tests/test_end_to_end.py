@@ -83,8 +83,10 @@ def test_batch_detects_every_injected_scenario(batch_run, sample):
   c = out['counters']
   assert c['records_read'] == c['events_parsed'] + c.get('dead_lettered', 0)
   assert c['records_read'] == sample['counts']['live_events']
-  # a repeat folded into an earlier finding re-emits that finding's id: one row per id
-  assert c['findings'] - c.get('findings_deduplicated', 0) == len(rows)
+  # a repeat folded into an earlier finding re-emits that finding's id: one row per id; fleet
+  # notices and unregistered identities are findings of their own
+  made = c['findings'] + c.get('findings_fleet_change', 0) + c.get('findings_unregistered_identity', 0)
+  assert made - c.get('findings_deduplicated', 0) == len(rows)
 
 
 def test_batch_is_deterministic(batch_run, sample, model_dir, tmp_path):

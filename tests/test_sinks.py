@@ -245,3 +245,59 @@ def test_batch_file_writer_writes_whole_files_even_when_empty(tmp_path):
          | WriteWholeFiles(str(two / 'all.txt'),
                            lambda lines: {str(two / 'all.txt'): lines, str(two / 'last.txt'): lines[-1:]}))
   assert (two / 'all.txt').read_text() == 'x\ny\nz\n' and (two / 'last.txt').read_text() == 'z\n'
+
+
+# --- a restart loses nothing: no run deletes or overwrites another's parts ---------------------
+
+def _stream_one_run(path, rows, t0):
+  stream = (test_stream.TestStream().advance_watermark_to(t0)
+            .add_elements([TimestampedValue(json.dumps(r), t0 + 60) for r in rows])
+            .advance_watermark_to_infinity())
+  o = PipelineOptions()
+  o.view_as(StandardOptions).streaming = True
+  with beam.Pipeline(runner='BundleBasedDirectRunner', options=o) as p:
+    p | stream | outputs.WriteJsonLines(path, streaming=True)
+
+
+def test_a_restarted_streaming_job_writes_beside_the_earlier_runs_part_of_the_same_hour(tmp_path):
+  """The same window and pane in two runs (a Pub/Sub or watch job restarted within the hour):
+  before, the second run's part had the first's name and replaced it."""
+  from postauth.transforms.sinks import compact_parts
+  path, t0 = str(tmp_path / 'dead-letter.jsonl'), 1_780_000_000 - 1_780_000_000 % 3600
+  _stream_one_run(path, [{'run': 1}], t0)
+  _stream_one_run(path, [{'run': 2}], t0)
+  assert len(glob.glob(path + '.parts/*.jsonl')) == 2
+  assert compact_parts(path) == 2
+  assert sorted(json.loads(l)['run'] for l in open(path)) == [1, 2]
+
+
+def _earlier_parts(tmp_path):
+  """Parts an earlier run left at the findings, dead-letter and suppressed paths."""
+  paths = [tmp_path / 'findings.jsonl', tmp_path / 'dead-letter.jsonl', tmp_path / 'suppressed.jsonl']
+  for p in paths:
+    os.makedirs(str(p) + '.parts')
+    with open(str(p) + '.parts/earlier-run.jsonl', 'w') as f:
+      f.write(json.dumps({'finding_id': 'f1', 'run': 'earlier'}) + '\n')
+  return [f'--findings={paths[0]}', f'--dead-letters={paths[1]}', f'--suppressed={paths[2]}'], paths
+
+
+def test_a_restarted_watch_job_keeps_the_earlier_runs_parts(tmp_path):
+  from postauth.pipeline.jobs import pipeline_options
+  flags, paths = _earlier_parts(tmp_path)
+  options = pipeline_options(['--streaming', f'--events-watch={tmp_path}/in/*', *flags])
+  moved = outputs.prepare_file_sinks(options)
+  assert all(os.path.exists(f'{p}.parts/earlier-run.jsonl') for p in paths) and not moved
+  # its compaction joins them with its own parts (this run wrote none here)
+  assert outputs.finish_file_sinks(options) == {str(paths[0]): 1, str(paths[1]): 1}
+
+
+def test_a_replay_sets_the_earlier_runs_parts_aside_instead_of_deleting_them(tmp_path):
+  """A bounded replay recomputes its files: its earlier parts are kept beside, not compacted
+  with its own (its dead letters would count twice)."""
+  from postauth.pipeline.jobs import pipeline_options
+  flags, paths = _earlier_parts(tmp_path)
+  options = pipeline_options(['--streaming', f'--events={tmp_path}/in/*', *flags])
+  aside = outputs.prepare_file_sinks(options)
+  assert len(aside) == 3 and all(os.path.exists(os.path.join(a, 'earlier-run.jsonl')) for a in aside)
+  assert sorted(os.path.dirname(a) for a in aside) == sorted(f'{p}.parts' for p in paths)
+  assert outputs.finish_file_sinks(options) == {str(paths[0]): 0, str(paths[1]): 0}

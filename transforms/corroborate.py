@@ -38,6 +38,7 @@ from postauth.transforms.triage import finding_time as _finding_time
 
 
 DAY_MS = 86400 * 1000
+ADOPTION_KEPT_MS = 2 * DAY_MS  # a decision reads the day before it, plus a day of margin
 SIGHTING = 'peer_sighting'
 RANK = {'low': 0, 'medium': 1, 'high': 2, 'critical': 3}
 
@@ -103,7 +104,14 @@ class _Corroborator:
     return ms
 
   def step(self, now: int, waiting: List[Tuple[int, Dict]]):
-    """(versions to emit, entries still waiting, next timer in ms or None)."""
+    """(versions to emit, entries still waiting, next timer in ms or None).
+
+    Adopters are kept ``ADOPTION_KEPT_MS`` (2 days: a decision looks back one day) and the step
+    asks for a timer when the oldest is due to go, so a group that falls silent (no more
+    sightings or findings to tick it) leaves no state behind. Pruning at ``now`` before
+    handling what is due is that timer's work, so batch (every timer fires) and streaming (a
+    new entry may reset the timer to a later time) decide from the same adopters."""
+    self._prune(now)
     due = sorted((e for e in waiting if self.due(e) <= now),
                  key=lambda e: (self.due(e), e[1].get('kind') != SIGHTING, e[0],
                                 e[1].get('updates', 0), e[1].get('finding_id', '')))
@@ -121,11 +129,17 @@ class _Corroborator:
         self.held.inc()
         x = self._decide(x, at)
       out.append(TimestampedValue(x, at_ms(at) if at > ms else at_ms(ms)))
-    horizon = now - 2 * DAY_MS
+    self._prune(now)
+    nxt = [self.due(e) for e in rest]
+    if self.adopters:  # when the oldest adoption goes
+      nxt.append(min(t for ids in self.adopters.values() for t in ids.values()) + ADOPTION_KEPT_MS + 1)
+    return out, rest, min(nxt) if nxt else None
+
+  def _prune(self, now: int) -> None:
+    """Drops adoptions older than ``ADOPTION_KEPT_MS`` by ``now`` (the expiry timer's work)."""
+    horizon = now - ADOPTION_KEPT_MS
     self.adopters = {a: kept for a, ids in self.adopters.items()
                      if (kept := {i: t for i, t in ids.items() if t >= horizon})}
-    nxt = [self.due(e) for e in rest]
-    return out, rest, min(nxt) if nxt else None
 
   def _decide(self, finding: Dict, at: int) -> Dict:
     """The finding as a fleet change when peers adopted each of its shareable actions."""

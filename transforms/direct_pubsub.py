@@ -28,7 +28,11 @@ reports, following the policy of Beam's Kafka
   past every window, finding flush and file part of that event), so older logs
   published after a quiet spell (a backfill, a delivery backlog) are not all late.
   Events later than the allowed lateness are dead-lettered with reason ``late`` by
-  ``transforms.lateness.LateEventGate``, never dropped silently.
+  ``transforms.lateness.LateEventGate``, never dropped silently;
+* a timestamp attribute more than ``--max-clock-skew`` ahead of the wall clock is not
+  a time the watermark follows (``stamp_messages``, shared with the splittable reader):
+  before, one message stamped 2099 took the watermark to the wall clock, and a replay of
+  older logs was late from then on. Its record is dead-lettered (``time_ahead_of_clock``).
 
 It also pulls up to ``--pubsub-max-messages`` per bundle (Beam's evaluator pulls
 10) and creates the temporary subscription of a ``topic`` read with an explicit
@@ -44,8 +48,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import typing
 import weakref
-from typing import List
+from typing import List, Optional, Tuple
 
 from apache_beam.runners.direct.direct_runner import _DirectReadFromPubSub
 from apache_beam.runners.direct.transform_evaluator import (TransformEvaluatorRegistry,
@@ -55,6 +60,8 @@ from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
 
 from apache_beam import pvalue
+
+from postauth.transforms.clock import ClockSkew, ahead_reason
 
 _LOG = logging.getLogger(__name__)
 
@@ -105,13 +112,47 @@ def _attribute_time(value):
     return None
   try:
     return Timestamp(micros=int(value) * 1000)
-  except ValueError:
+  except (ValueError, OverflowError):
     pass
   try:
     return Timestamp.from_rfc3339(value)
   except ValueError:
     _LOG.warning('timestamp attribute %r does not parse; using the publish time', value[:100])
     return None
+
+
+class Stamp(typing.NamedTuple):
+  """How one pulled message is stamped, the same in both Pub/Sub readers."""
+  ts: Timestamp  # the element timestamp
+  ahead: str  # '' or the record's error (clock.ahead_reason): its attribute is ahead of the clock
+  bad: bool  # a timestamp attribute was asked for and is absent or unparsable: the publish time
+
+
+def stamp_messages(pulled: List[Tuple[Optional[str], Timestamp]], attribute: Optional[str],
+                   skew: ClockSkew, newest: Optional[Timestamp]) -> List[Stamp]:
+  """(timestamp attribute value, publish time) of each message of a pull -> its ``Stamp``.
+
+  The attribute time stamps the message and is what the watermark follows; absent or
+  unparsable, the publish time does. An attribute more than ``--max-clock-skew`` ahead of the
+  wall clock (``transforms/clock.py``) moves nothing: the message is stamped with the newest
+  acceptable time read so far (this pull's or ``newest``; before any, its publish time) and
+  marked, so the parse dead-letters it as ``time_ahead_of_clock``. Callers give the watermark
+  only the stamps without ``ahead``.
+  """
+  horizon = skew.horizon()
+  out = []
+  for value, published in pulled:
+    ts = _attribute_time(value) if attribute else None
+    ahead = skew.ahead(ts.micros / 1e6, f'timestamp attribute {attribute}', horizon) if ts is not None else ''
+    out.append(Stamp(published if ts is None else ts, ahead_reason(ahead) if ahead else '',
+                     bool(attribute) and ts is None))
+  good = [st.ts for st in out if not st.ahead] + ([newest] if newest is not None else [])
+  return [st._replace(ts=max(good) if good else st.ts) if st.ahead else st for st in out]
+
+
+def _max_clock_skew(evaluation_context) -> float:
+  from postauth.pipeline.options import EventOptions
+  return evaluation_context.pipeline_options.view_as(EventOptions).max_clock_skew
 
 
 def _settings(evaluation_context):
@@ -163,44 +204,44 @@ class EventTimePubSubReadEvaluator(_PubSubReadEvaluator):
             settings.watermark_idle_limit)
       return clock
 
-  def _pull(self, max_messages: int):
-    """Beam's _read_from_pubsub with a configurable batch size.
+  def _pull(self, max_messages: int, skew: ClockSkew = ClockSkew(), newest: Optional[Timestamp] = None):
+    """Beam's _read_from_pubsub with a configurable batch size: [(Stamp, PubsubMessage)].
 
     A timestamp attribute that does not parse falls back to the publish time (Beam's
     evaluator raises and stops the job): the record's own event time, read by the
-    parser, decides its windows anyway.
+    parser, decides its windows anyway. One ahead of the clock moves nothing
+    (``stamp_messages``); ``_ToRawRecord`` marks its record for the dead letters.
     """
     from apache_beam.io.gcp.pubsub import PubsubMessage
     attribute = self.source.timestamp_attribute
     client = self._get_subscriber_client(self._applied_ptransform)
     response = client.pull(subscription=self._sub_name, max_messages=max_messages, timeout=30)
-    out = []
-    for received in response.received_messages:
-      message = PubsubMessage._from_message(received.message)
-      ts = _attribute_time(message.attributes.get(attribute)) if attribute else None
-      if ts is None:
-        ts = Timestamp.from_utc_datetime(received.message.publish_time)
-      out.append((ts, message))
+    messages = [PubsubMessage._from_message(r.message) for r in response.received_messages]
+    stamps = stamp_messages(
+        [((m.attributes or {}).get(attribute) if attribute else None,
+          Timestamp.from_utc_datetime(r.message.publish_time))
+         for m, r in zip(messages, response.received_messages)], attribute, skew, newest)
     ack_ids = [r.ack_id for r in response.received_messages]
     if ack_ids:
       client.acknowledge(subscription=self._sub_name, ack_ids=ack_ids)
-    return out
+    return list(zip(stamps, messages))
 
   def finish_bundle(self) -> TransformResult:
     settings = _settings(self._evaluation_context)
     if settings is None or settings.direct_pubsub_watermark != 'event-time':
       return super().finish_bundle()
     max_messages = settings.pubsub_max_messages
-    data = self._pull(max_messages)
+    clock = self._clock(settings)
+    data = self._pull(max_messages, ClockSkew(_max_clock_skew(self._evaluation_context)), clock.newest)
     bundles = []
     if data:
       bundle = self._evaluation_context.create_bundle(list(self._outputs)[0])
-      for ts, message in data:
+      for stamp, message in data:
         element = message if self.source.with_attributes else message.data
-        bundle.output(GlobalWindows.windowed_value(element, timestamp=ts))
+        bundle.output(GlobalWindows.windowed_value(element, timestamp=stamp.ts))
       bundles = [bundle]
-    watermark = self._clock(settings).advance([ts for ts, _ in data], len(data) < max_messages,
-                                              time.time(), time.monotonic())
+    watermark = clock.advance([st.ts for st, _ in data if not st.ahead], len(data) < max_messages,
+                              time.time(), time.monotonic())
     if self._applied_ptransform.inputs:
       input_pvalue = self._applied_ptransform.inputs[0]
     else:

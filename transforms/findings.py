@@ -250,17 +250,27 @@ def _stamp(ts: float) -> float:
   return ts - 1e-6
 
 
+# A run rolls over into a new finding (new ``finding_id``, ``continues``: the one before) once its
+# span would pass a day or it holds MAX_RUN_WINDOWS windows: a week-long anomaly otherwise kept 672
+# windows in one run (~3 MB of state rewritten per window, each version's work growing with the
+# run). A day is what a responder reads as one finding; the cap holds whatever the window period.
+RUN_ROLLOVER_SECONDS = 86400
+MAX_RUN_WINDOWS = 96  # a day of 15-minute periods
+
+
 class _RunMerger:
   """The merge at one timer time, on plain values: scored windows due by ``now`` join the open
   run they overlap, in event-time order, and each run they touch emits its finding's version.
+  Invariant: a run spans at most ``rollover_seconds`` and holds at most MAX_RUN_WINDOWS windows.
   Held in state by the streaming DoFn, in local variables by the batch walk."""
 
-  def __init__(self, window_size: int, allowed_lateness: int = 0):
-    self._size = window_size
-    self._lateness = allowed_lateness
+  def __init__(self, window_size: int, allowed_lateness: int = 0,
+               rollover_seconds: float = RUN_ROLLOVER_SECONDS):
+    self._size, self._lateness, self._rollover = window_size, allowed_lateness, rollover_seconds
     self.runs: List[Dict] = []
     self.findings = Metrics.counter('postauth', 'findings')
     self.updates = Metrics.counter('postauth', 'finding_updates')
+    self.rollovers = Metrics.counter('postauth', 'finding_rollovers')
 
   def _expiry(self, run: Dict) -> float:
     return _run_end(run) + self._size + self._lateness
@@ -274,12 +284,7 @@ class _RunMerger:
     for end in sorted({w['window_end'] for w in due}):
       touched = []
       for w in (w for w in due if w['window_end'] == end):
-        run = next((r for r in runs if w['window_start'] < _run_end(r)
-                    and min(s for s, _ in r['windows']) < w['window_end']), None)
-        if run is None:
-          run = {'windows': {}, 'finding_id': None, 'first_detected_at': None, 'versions': 0,
-                 'severity': None}
-          runs.append(run)
+        run = self._place(runs, w)
         run['windows'][(w['window_start'], w['window_end'])] = w  # a re-scored window replaces its version
         if not any(run is t for t in touched):
           touched.append(run)
@@ -288,6 +293,21 @@ class _RunMerger:
     self.runs = [r for r in runs if timer_ms(self._expiry(r)) > now]
     nxt = [timer_ms(_stamp(w['window_end'])) for w in rest] + [timer_ms(self._expiry(r)) for r in self.runs]
     return out, rest, min(nxt) if nxt else None
+
+  def _place(self, runs: List[Dict], w: Dict) -> Dict:
+    """The run ``w`` joins: the one holding its earlier version, else the first it overlaps and
+    fits in (span and cap); else a new run, continuing the latest one it overlaps (a rollover)."""
+    key, first = (w['window_start'], w['window_end']), lambda r: min(s for s, _ in r['windows'])
+    over = [r for r in runs if key in r['windows']] or [
+        r for r in runs if w['window_start'] < _run_end(r) and first(r) < w['window_end']]
+    run = next((r for r in over if key in r['windows'] or (len(r['windows']) < MAX_RUN_WINDOWS and max(
+        _run_end(r), w['window_end']) - min(first(r), w['window_start']) <= self._rollover)), None)
+    if run is None:
+      run = {'windows': {}, 'finding_id': None, 'first_detected_at': None, 'versions': 0,
+             'severity': None, 'continues': over[-1]['finding_id'] if over else None}
+      self.rollovers.inc(int(bool(over)))
+      runs.append(run)
+    return run
 
   def _version(self, run: Dict) -> Dict:
     """The run's finding as of now: the first version, or an update under the same id."""
@@ -302,6 +322,8 @@ class _RunMerger:
     run['pages'] = run.get('pages', 0) + int(flags['page'])
     f.update(finding_id=run['finding_id'], first_detected_at=run['first_detected_at'],
              updates=run['versions'], severity=severity, pages=run['pages'], **flags)
+    if run.get('continues'):
+      f['continues'] = run['continues']  # the finding this run rolled over from
     run['versions'] += 1
     run['severity'] = severity
     return f
@@ -318,21 +340,21 @@ class _MergeRunsFn(beam.DoFn):
   Windows wait in ``pending`` until the watermark passes them (a timer at the
   earliest), then join the open run they overlap, in event-time order, so batch
   (any arrival order) and streaming emit the same versions. A run stays open
-  until no window can overlap it any more, late ones included (its last end
-  plus one window size plus the allowed lateness): a late window within the
-  lateness updates the finding already emitted, under the same ``finding_id``.
+  until no window can overlap it any more, late ones included (its last end plus
+  one window size plus the allowed lateness): a late window within the lateness
+  updates the finding already emitted, under the same ``finding_id``. A run past a
+  day rolls over into a new finding: no run holds more than a day of windows.
   """
 
   PENDING = BagStateSpec('pending', PickleCoder())
   RUNS = ReadModifyWriteStateSpec('runs', PickleCoder())
   TICK = TimerSpec('tick', TimeDomain.WATERMARK)
 
-  def __init__(self, window_size: int, allowed_lateness: int = 0):
-    self._size = window_size
-    self._lateness = allowed_lateness
+  def __init__(self, *merger_args):  # _RunMerger's: window size, allowed lateness, rollover
+    self._args = merger_args
 
   def setup(self):
-    self._merger = _RunMerger(self._size, self._lateness)
+    self._merger = _RunMerger(*self._args)
 
   def process(self, kv, pending=beam.DoFn.StateParam(PENDING), tick=beam.DoFn.TimerParam(TICK)):
     pending.add(kv[1])
@@ -353,8 +375,8 @@ class _MergeRunsFn(beam.DoFn):
     yield from out
 
 
-def _new_merger(window_size: int, allowed_lateness: int):
-  return _RunMerger(window_size, allowed_lateness).step
+def _new_merger(*merger_args):
+  return _RunMerger(*merger_args).step
 
 
 def _walk_start(stamped: List[Tuple[int, Dict]]) -> Tuple[List[Dict], int]:
@@ -366,13 +388,13 @@ def _walk_start(stamped: List[Tuple[int, Dict]]) -> Tuple[List[Dict], int]:
 class MergeOverlappingWindows(beam.PTransform):
   """Scored-window dicts -> one finding dict per identity and run of overlapping windows."""
 
-  def __init__(self, window_size_seconds: int, allowed_lateness: int = 0):
+  def __init__(self, window_size_seconds: int, allowed_lateness: int = 0,
+               rollover_seconds: float = RUN_ROLLOVER_SECONDS):
     super().__init__()
-    self._size = window_size_seconds
-    self._lateness = allowed_lateness
+    self._args = (window_size_seconds, allowed_lateness, rollover_seconds)
 
   def expand(self, scored):
     globally = scored | 'GlobalWindow' >> beam.WindowInto(
-        window.GlobalWindows(), allowed_lateness=Duration(seconds=self._lateness))
-    return per_identity(globally, functools.partial(_new_merger, self._size, self._lateness), _walk_start,
-                        _MergeRunsFn(self._size, self._lateness), 'WalkRuns', 'MergeRuns')
+        window.GlobalWindows(), allowed_lateness=Duration(seconds=self._args[1]))
+    return per_identity(globally, functools.partial(_new_merger, *self._args), _walk_start,
+                        _MergeRunsFn(*self._args), 'WalkRuns', 'MergeRuns')

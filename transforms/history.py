@@ -9,19 +9,38 @@ from the live stream, bounded by the profile's caps.
 Identities absent from the inventory raise one ``unregistered_identity``
 finding per identity and 24 h of event time from its first report (shadow NHIs),
 from the same state (the clock is in transforms/unregistered.py).
+
+Expiry (identities that stop: CI namespaces, short-lived agents, rotated keys). An
+identity without a window for ``retention`` (``HISTORY_RETENTION``, 35 days) loses
+its history; what is kept is when it was last seen and last active (a *departed*
+record, a few dozen bytes), for ``departed`` (``DEPARTED_RETENTION``, 400 days)
+after its last activity, then nothing. An identity that comes back after its
+history expired starts again from the profile the model holds for it (read again
+from the model; the live-learned days are gone), or as a new identity (warm-up)
+if the model has none; either way with its real last sighting, so
+``dormant_identity_revived`` still fires for a key silent for a month or a year
+(the daily retrain keeps a week of history, so the model alone would not know).
+The rule is a function of the windows alone (``_resume``), applied when a window
+arrives, in batch and streaming alike; the streaming timer (last activity +
+retention + ``EXPIRY_GRACE``) only frees the state of identities that never
+come back. Counters: ``history_expired``, ``history_forgotten``,
+``history_returned``.
 """
 from __future__ import annotations
 
+import copy
 import math
 import pickle
 import typing
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple, Union
 
 import apache_beam as beam
 from apache_beam.coders import BytesCoder
 from apache_beam.metrics import Metrics
-from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.utils import shared
+from apache_beam.utils.timestamp import Timestamp
 
 from postauth.models.history import IdentityHistory
 from postauth.models.profile import IdentityProfile
@@ -31,6 +50,20 @@ from postauth.transforms.unregistered import due
 from postauth.transforms.windowing import EPSILON, IdentityWindow
 
 UNREGISTERED = 'unregistered'
+DAY = 86400
+# Longer than a month: an identity that works once a month (month-end close, monthly
+# rotation) keeps its history from one run to the next instead of warming up again.
+HISTORY_RETENTION = 35 * DAY
+# Longer than a year: a key used yearly, or abandoned for a year (a favourite target), still
+# reads as returning after a silence (dormant_identity_revived), not as a new identity.
+DEPARTED_RETENTION = 400 * DAY
+# The streaming timer fires this long after the expiry instant, so a window within the
+# allowed lateness (default 1 h, plus the gate's 10 min margin) of that instant still finds
+# the history the batch walk would: invariant, --allowed-lateness + 10 min < EXPIRY_GRACE.
+EXPIRY_GRACE = DAY
+
+# What the state holds of an identity: its history, or once that expired, (last seen, last active).
+Kept = Union[IdentityHistory, Tuple[float, float]]
 
 
 class WindowInContext(typing.NamedTuple):
@@ -45,14 +78,19 @@ class _HistoryFn(beam.DoFn):
   """What both paths share: the model's profiles as starting points and the per-window step."""
 
   def __init__(self, model_dir: Optional[str], version: Optional[str] = None,
-               unregistered: bool = True, shared_handle=None):
+               unregistered: bool = True, shared_handle=None,
+               retention: float = HISTORY_RETENTION, departed: float = DEPARTED_RETENTION):
     self._unregistered_enabled = unregistered
+    self._retention, self._departed = retention, max(departed, retention)
     self._model_dir = model_dir
     self._version = version
     self._shared = shared_handle or shared.Shared()
     self.windows = Metrics.counter('postauth', 'history_windows')
     self.new_identities = Metrics.counter('postauth', 'history_new_identities')
     self.unregistered = Metrics.counter('postauth', 'findings_unregistered_identity')
+    self.expired = Metrics.counter('postauth', 'history_expired')
+    self.forgotten = Metrics.counter('postauth', 'history_forgotten')
+    self.returned = Metrics.counter('postauth', 'history_returned')
 
   def setup(self):
     self._profiles = (acquire_model(self._shared, self._model_dir, self._version).profiles
@@ -62,6 +100,29 @@ class _HistoryFn(beam.DoFn):
     base = self._profiles.get(identity)
     if base is None:
       self.new_identities.inc()
+    return IdentityHistory(base)
+
+  def _resume(self, identity: str, kept: Optional[Kept], at: float) -> IdentityHistory:
+    """The history a window ending at ``at`` is judged against, given what the state keeps.
+
+    Kept unless idle for more than ``retention`` before ``at``; then it starts again from the
+    model's profile with the identity's last sighting (a departed record), or from nothing
+    once idle for more than ``departed``. Late windows (``at`` before the last) never expire it."""
+    if kept is None:
+      return self._new_history(identity)
+    if isinstance(kept, IdentityHistory):
+      if kept.last_active is None or at - kept.last_active <= self._retention:
+        return kept
+      self.expired.inc()
+      kept = (kept.last_seen(), kept.last_active)
+    last_seen, last_active = kept
+    if at - last_active > self._departed:
+      self.forgotten.inc()
+      return self._new_history(identity)
+    self.returned.inc()
+    base = self._profiles.get(identity)
+    base = copy.deepcopy(base) if base is not None else IdentityProfile()  # never the model's own
+    base.last_seen = max(base.last_seen, last_seen)
     return IdentityHistory(base)
 
   def _step(self, hist: IdentityHistory, window: IdentityWindow, context: Dict):
@@ -88,14 +149,38 @@ class TrackHistoryFn(_HistoryFn):
   # every key's state per bundle, and copying bytes is free while deep-copying
   # profiles made the job 20x slower (measured: 6 vs 130 events/s).
   HISTORY = ReadModifyWriteStateSpec('history', BytesCoder())
+  EXPIRE = TimerSpec('expire', TimeDomain.WATERMARK)
 
-  def process(self, kv, state=beam.DoFn.StateParam(HISTORY)):
+  def process(self, kv, state=beam.DoFn.StateParam(HISTORY), expire=beam.DoFn.TimerParam(EXPIRE)):
     identity, (window, context) = kv
     stored = state.read()
-    hist = pickle.loads(stored) if stored else self._new_history(identity)
+    hist = self._resume(identity, pickle.loads(stored) if stored else None, window.window_end)
     out = list(self._step(hist, window, context))
     state.write(pickle.dumps(hist, protocol=pickle.HIGHEST_PROTOCOL))
+    expire.set(Timestamp.of(hist.last_active + self._retention + EXPIRY_GRACE))
     yield from out
+
+  @on_timer(EXPIRE)
+  def expire(self, state=beam.DoFn.StateParam(HISTORY), expire=beam.DoFn.TimerParam(EXPIRE)):
+    """No window for ``retention`` (+ grace): the history becomes a departed record; after
+    ``departed``, the state is cleared. (A window resets the timer, so this one is current.)"""
+    stored = state.read()
+    departed = self._departure(pickle.loads(stored) if stored else None)
+    if departed is None:
+      state.clear()
+    else:
+      state.write(pickle.dumps(departed, protocol=pickle.HIGHEST_PROTOCOL))
+      expire.set(Timestamp.of(departed[1] + self._departed + EXPIRY_GRACE))
+
+  def _departure(self, kept: Optional[Kept]) -> Optional[Tuple[float, float]]:
+    """What the expiry timer leaves of ``kept``: of a history, (last seen, last active); of
+    that departed record, nothing."""
+    if isinstance(kept, IdentityHistory):
+      self.expired.inc()
+      return kept.last_seen(), kept.last_active
+    if kept is not None:
+      self.forgotten.inc()
+    return None
 
 
 class WalkHistoryFn(_HistoryFn):
@@ -103,8 +188,9 @@ class WalkHistoryFn(_HistoryFn):
 
   def process(self, kv):
     identity, items = kv
-    hist = self._new_history(identity)
+    hist = None
     for window, context in sorted(items, key=lambda wc: (wc[0].window_end, wc[0].window_start)):
+      hist = self._resume(identity, hist, window.window_end)
       for out in self._step(hist, window, context):
         if isinstance(out, WindowInContext):
           yield beam.transforms.window.TimestampedValue(out, out.window.window_end - EPSILON)
@@ -117,9 +203,11 @@ class TrackHistory(beam.PTransform):
 
   def __init__(self, model_dir: Optional[str], version: Optional[str] = None,
                unregistered: bool = True, period_seconds: int = 900,
-               shared_handle: Optional[shared.Shared] = None):
+               shared_handle: Optional[shared.Shared] = None,
+               retention: float = HISTORY_RETENTION, departed: float = DEPARTED_RETENTION):
     super().__init__()
     self._shared = shared_handle or shared.Shared()
+    self._expiry = (retention, departed)
     self._period = period_seconds
     self._model_dir = model_dir
     self._version = version
@@ -133,14 +221,16 @@ class TrackHistory(beam.PTransform):
       walked = (keyed
                 | 'GroupByIdentity' >> beam.GroupByKey()
                 | 'WalkHistory' >> beam.ParDo(WalkHistoryFn(
-                    self._model_dir, self._version, self._unregistered, self._shared)).with_outputs(
+                    self._model_dir, self._version, self._unregistered, self._shared,
+                    *self._expiry)).with_outputs(
                         UNREGISTERED, main='windows'))
       return {'windows': walked.windows, UNREGISTERED: walked[UNREGISTERED]}
     tracked = (keyed
                # State must be per identity, not per (identity, sliding window).
                | 'GlobalWindow' >> beam.WindowInto(beam.transforms.window.GlobalWindows())
                | 'History' >> beam.ParDo(TrackHistoryFn(
-                   self._model_dir, self._version, self._unregistered, self._shared)).with_outputs(
+                   self._model_dir, self._version, self._unregistered, self._shared,
+                   *self._expiry)).with_outputs(
                        UNREGISTERED, main='windows'))
     # Back into short event-time windows (each element's timestamp is its window's
     # end), so downstream batching flushes as the watermark passes, not at the end.

@@ -5,12 +5,14 @@ The URIs are parsed in ``transforms/sink_uris.py`` and the records converted in
 ``PATH.avro`` Avro, Pub/Sub one message per record, BigQuery through Beam's
 ``WriteToBigQuery`` (imported only when a ``bq://`` sink is used). Files are written
 whole in batch and as windowed parts in streaming (``fileio.WriteToFiles``);
-``prepare_file_sinks``/``finish_file_sinks`` clear and compact the parts of a
-bounded streaming replay. Deliveries that fail (Pub/Sub after retries, BigQuery
-rows the service rejects) come back from ``apply_sinks`` as dead letters, so the
-caller routes them to the dead-letter sink: a finding is delivered or
-dead-lettered, never lost. What the dead-letter sink itself refuses goes to the
-last-resort file (``transforms/last_resort.py``), never into a bundle retried forever.
+``prepare_file_sinks``/``finish_file_sinks`` set aside an earlier replay's parts and
+compact the parts when a local streaming job ends. No run deletes another's output: a
+restarted folder watch or Pub/Sub job adds its parts to the earlier run's. Deliveries that
+fail (Pub/Sub after retries, BigQuery rows the service rejects) come back from
+``apply_sinks`` as dead letters, so the caller routes them to the dead-letter sink: a
+finding is delivered or dead-lettered, never lost. What the dead-letter sink itself refuses
+goes to the last-resort file (``transforms/last_resort.py``), never into a bundle retried
+forever.
 """
 from __future__ import annotations
 
@@ -29,8 +31,8 @@ from postauth.transforms.last_resort import LastResort
 from postauth.transforms.compact import LatestVersions, compact_findings, latest_lines, versions_path
 from postauth.transforms.parse import dead_letter
 from postauth.transforms.versions import version_rank
-from postauth.transforms.sinks import (WriteJsonLines, WriteParts, WriteWholeFiles, clear_parts, compact_parts,
-                                      parts_dir)
+from postauth.transforms.sinks import (WriteJsonLines, WriteParts, WriteWholeFiles, compact_parts, parts_dir,
+                                      set_aside_parts)
 
 from postauth.transforms.sink_records import (avro_schema, bigquery_schema, dead_letter_record,
                                              finding_to_avro, finding_to_bigquery)
@@ -104,16 +106,27 @@ def _local_files(options: PipelineOptions):
   from postauth.pipeline.options import PubSubSourceOptions
   ps = options.view_as(PubSubSourceOptions)
   if ps.subscription or ps.topic:
-    return []  # an unbounded job: never clear what an earlier run wrote, nothing to compact
+    return []  # never ends by itself: its parts are the output, nothing to compact
   specs = sink_specs(options) + [dead_letter_spec(options)]
   return [(s, FINDING if i < len(specs) - 1 else DEAD_LETTER) for i, s in enumerate(specs)
           if s.kind in ('jsonl', 'avro') and '://' not in s.target]
 
 
-def prepare_file_sinks(options: PipelineOptions) -> None:
-  """Removes part files an earlier bounded streaming replay left at the same local paths."""
-  for spec, _ in _local_files(options):
-    clear_parts(spec.target)
+def prepare_file_sinks(options: PipelineOptions) -> List[str]:
+  """Before a streaming job: what an earlier run left at the same local paths stays.
+
+  A bounded replay (``--streaming --events``) recomputes its files, so the earlier run's parts
+  are set aside beside them (``sinks.set_aside_parts``), not joined: its dead letters would
+  count twice. A folder watch's restart keeps them where they are, and its compaction joins
+  them with its own (findings: the latest version per id); a Pub/Sub job's parts are its
+  output. Part names carry the run, so no run overwrites another's file. Nothing is deleted.
+  Returns the folders parts were moved to.
+  """
+  from postauth.pipeline.options import EventOptions
+  if not options.view_as(EventOptions).events:
+    return []
+  paths = [spec.target for spec, _ in _local_files(options)] + [suppressed_path(options)]
+  return [aside for aside in (set_aside_parts(p) for p in paths if '://' not in p) if aside]
 
 
 def finish_file_sinks(options: PipelineOptions) -> Dict[str, int]:

@@ -18,6 +18,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import TimestampedValue
 
 from postauth.transforms import formats
+from postauth.transforms.clock import TIME_AHEAD, ahead_reason, split_reason
 from postauth.domain.event import Event
 from postauth.domain.redact import redact_payload, redact_text
 from postauth.transforms.formats.base import Item
@@ -44,16 +45,19 @@ TRUNCATED_RAW_BYTES = 64 << 10
 
 
 def dead_letter(reason: str, ref: str, raw: Union[bytes, str], stage: str = 'parse',
-                keep_bytes: int = DEAD_LETTER_RAW_BYTES) -> str:
+                keep_bytes: int = DEAD_LETTER_RAW_BYTES, detail: str = '') -> str:
   """A dead-letter line: why, where from, and the raw payload, its secrets redacted.
 
   Every dead letter is made here (parse, late events, sinks), so every one is bounded and
   redacted (``domain/redact.py``) the same way. A payload over ``keep_bytes`` (the parse
   step passes ``--max-record-bytes``) keeps a prefix, its size and its SHA-256, also in
-  ``reason`` (all an Avro or BigQuery dead-letter row has).
+  ``reason`` (all an Avro or BigQuery dead-letter row has). ``detail`` (JSON lines only, as
+  for late events) says more where ``reason`` is a fixed name (``time_ahead_of_clock``).
   """
   source, _, index = ref.rpartition('#')
   doc = {'stage': stage, 'reason': reason, 'source': source or ref, 'index': index}
+  if detail:
+    doc['detail'] = detail
   payload = raw if isinstance(raw, bytes) else raw.encode('utf-8', errors='surrogatepass')
   keep = min(keep_bytes, DEAD_LETTER_RAW_BYTES)
   if len(payload) <= keep:
@@ -93,7 +97,22 @@ class RecordParser:
     return fmt, first or 'no events'
 
   def parse_items(self, record: RawRecord) -> Iterator[Tuple[str, Item]]:
-    """(format name or '', Item) for every outcome of the record; never raises."""
+    """(format name or '', Item) for every outcome of the record; never raises.
+
+    An event dated more than ``--max-clock-skew`` ahead of the wall clock (``limits.skew``,
+    read once per record) is not an event: its item is a dead letter ``time_ahead_of_clock``
+    with the detail after the name (``clock.split_reason``), whoever parses.
+    """
+    skew = self.limits.skew
+    horizon = skew.horizon()
+    for fmt, item in self._items(record):
+      if item.event is not None:
+        ahead = skew.ahead(item.event.event_time, horizon=horizon)
+        if ahead:
+          item = item._replace(event=None, reason=ahead_reason(ahead))
+      yield fmt, item
+
+  def _items(self, record: RawRecord) -> Iterator[Tuple[str, Item]]:
     if record.obj is None and not record.error:  # records that travelled as bytes only
       limit = OTLP_MAX_BYTES if record.raw.startswith(OTLP_PREFIXES) else self.limits.max_record_bytes
       if len(record.raw) > limit and record.raw[:64].lstrip()[:1] in (b'{', b'['):
@@ -101,6 +120,9 @@ class RecordParser:
       else:
         record = decode(record.raw, record.ref)
     if record.error:
+      if split_reason(record.error)[0] == TIME_AHEAD:  # a source found its time ahead of the clock
+        yield '', Item(None, record.error, False, record.raw, record.ref)
+        return
       binary = self._binary(record)
       if binary is not None:
         yield from binary
@@ -150,7 +172,10 @@ class _ParseFn(beam.DoFn):
   """Shared counting and emitting; subclasses say where records come from.
 
   Counters: ``records_read = events_parsed + dead_lettered + skipped``, a record being
-  one log record (one span of an OTLP request; a request that cannot be read is one).
+  one log record (one span of an OTLP request; a request that cannot be read is one). An
+  event dated more than ``--max-clock-skew`` ahead of the wall clock, or a record a source
+  marked so, is a dead letter ``time_ahead_of_clock``, counted in ``dead_lettered`` and again
+  in ``time_ahead_of_clock`` (``transforms/clock.py``): it never leaves the parse as an event.
   """
 
   def __init__(self, format_name: Optional[str], taxonomy_files: Optional[List[str]],
@@ -163,6 +188,7 @@ class _ParseFn(beam.DoFn):
     self.parsed = Metrics.counter(NAMESPACE, 'events_parsed')
     self.dead = Metrics.counter(NAMESPACE, 'dead_lettered')
     self.skipped = Metrics.counter(NAMESPACE, 'skipped')
+    self.ahead = Metrics.counter(NAMESPACE, TIME_AHEAD)
 
   def setup(self):
     self._parser = RecordParser(self._format_name, self._taxonomy_files, self._limits)
@@ -191,8 +217,11 @@ class _ParseFn(beam.DoFn):
           self._count(self._by_skip, SKIP_NAMESPACE, item.reason[:120])
         else:
           self.dead.inc()
+          reason, detail = split_reason(item.reason)
+          if reason == TIME_AHEAD:
+            self.ahead.inc()
           yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(
-              item.reason, item.ref, item.raw, keep_bytes=self._limits.max_record_bytes))
+              reason, item.ref, item.raw, keep_bytes=self._limits.max_record_bytes, detail=detail))
 
 
 def read_all(path: str) -> bytes:

@@ -23,7 +23,9 @@ the deadline gets its messages redelivered, which dedup absorbs.
 Event-time watermark: the same policy as ``transforms.direct_pubsub.SourceClock`` (trail the
 newest event time by ``max_delay`` once a pull came back short; when idle for
 ``idle_seconds`` advance to wall clock - ``max_delay``, at most ``idle_limit`` past the newest
-event; never before the first message). Its state lives in the restriction (no state API:
+event; never before the first message), over the same stamps (``stamp_messages``: a timestamp
+attribute more than ``--max-clock-skew`` ahead of the wall clock moves nothing and its record
+is dead-lettered). Its state lives in the restriction (no state API:
 Prism rejects stateful SDFs), so it survives checkpoints. With ``stop_idle`` > 0 the source
 ends after that many seconds without a message (the watermark goes to infinity, every window
 closes, the job finishes): for backfills, benchmarks and tests. Only a message with a newer
@@ -52,7 +54,8 @@ from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import MIN_TIMESTAMP, Duration, Timestamp
 
-from postauth.transforms.direct_pubsub import SourceClock, _attribute_time
+from postauth.transforms.clock import ClockSkew
+from postauth.transforms.direct_pubsub import SourceClock, Stamp, stamp_messages
 from postauth.transforms.poll_tracker import PollTracker
 from postauth.transforms.records import RawRecord
 
@@ -91,6 +94,8 @@ class PullSettings(typing.NamedTuple):
   # 'counted': emit each (message id, (subscription, ack id)) on the ACK_IDS output instead, for
   # transforms.pubsub_ack to ack once the message's outcome is written.
   ack_mode: str = 'finalize'
+  # a timestamp attribute further ahead of the wall clock moves nothing (transforms/clock.py)
+  skew: ClockSkew = ClockSkew()
 
 
 ACK_IDS = 'ack_ids'
@@ -161,15 +166,16 @@ class _PullFn(beam.DoFn, RestrictionProvider):
     except Exception as e:  # they come back after the ack deadline anyway
       _LOG.warning('releasing %d message(s) on %s failed: %s', len(ack_ids), subscription, e)
 
-  def _event_time(self, received) -> Timestamp:
+  def _stamps(self, received, newest: Optional[float]) -> List[Stamp]:
+    """Each message's element timestamp; one whose attribute is ahead of the clock is marked."""
     attribute = self._s.timestamp_attribute
-    if attribute:
-      value = received.message.attributes.get(attribute)
-      ts = _attribute_time(value)
-      if ts is not None:
-        return ts
-      self.bad_times.inc()  # absent or unparsable: the publish time (the parser reads the record's own time)
-    return Timestamp.from_utc_datetime(received.message.publish_time)
+    stamps = stamp_messages(
+        [(r.message.attributes.get(attribute) if attribute else None,
+          Timestamp.from_utc_datetime(r.message.publish_time)) for r in received],
+        attribute, self._s.skew, None if newest is None else Timestamp.of(newest))
+    # absent or unparsable: the publish time (the parser reads the record's own time)
+    self.bad_times.inc(sum(1 for st in stamps if st.bad))
+    return stamps
 
   def _pull_round(self, subscription: str):
     """Pulls until a pull comes back short or ``max_pulls``; (received messages, drained)."""
@@ -201,13 +207,13 @@ class _PullFn(beam.DoFn, RestrictionProvider):
     subscription = state.subscription or self._subscription_for_topic(element)
     received, drained = self._pull_round(subscription)
     now = time.time()
-    stamped = [(self._event_time(r), r) for r in received]
+    stamped = list(zip(self._stamps(received, state.newest), received))
     clock = SourceClock(self._s.max_delay, self._s.idle_seconds, self._s.idle_limit)
     clock.newest = Timestamp.of(state.newest) if state.newest is not None else None
     clock.last_message = state.last_message
     clock.watermark = (Timestamp.of(state.watermark) if state.watermark != float('-inf')
                        else MIN_TIMESTAMP)
-    mark = clock.advance([ts for ts, _ in stamped], drained, now, now)
+    mark = clock.advance([st.ts for st, _ in stamped if not st.ahead], drained, now, now)
     last_message = now if received else state.last_message
     newest = None if clock.newest is None else clock.newest.micros / 1e6
     last_newer = state.last_newer if state.last_newer is not None else state.last_message
@@ -223,12 +229,12 @@ class _PullFn(beam.DoFn, RestrictionProvider):
       self._release(subscription, [r.ack_id for r in received])
       return
     counted = self._s.ack_mode == 'counted'
-    for ts, r in stamped:
-      yield TimestampedValue(RawRecord(r.message.data or b'', None, '',
-                                       message_ref(self._source, r.message.message_id)), ts)
+    for st, r in stamped:
+      yield TimestampedValue(RawRecord(r.message.data or b'', None, st.ahead,
+                                       message_ref(self._source, r.message.message_id)), st.ts)
       if counted:
         yield beam.pvalue.TaggedOutput(
-            ACK_IDS, TimestampedValue((r.message.message_id, (subscription, r.ack_id)), ts))
+            ACK_IDS, TimestampedValue((r.message.message_id, (subscription, r.ack_id)), st.ts))
     ack_ids = [] if counted else [r.ack_id for r in received]
     self.messages.inc(len(received))
     # Registered for an empty pull too: Prism finalizes every bundle of a stage that asks for

@@ -31,7 +31,11 @@ from typing import List, Optional
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import TimestampedValue
+from apache_beam.utils.timestamp import Timestamp
 
+from postauth.transforms.clock import ClockSkew
+from postauth.transforms.direct_pubsub import stamp_messages
 from postauth.transforms.lateness import LATE, LateEventGate
 from postauth.transforms.parse import DEAD_LETTER, ParseRecords
 from postauth.transforms.records import DEFAULT_LIMITS, RawRecord, ReadLimits
@@ -44,16 +48,32 @@ class ParsedStream(typing.NamedTuple):
 
 
 class _ToRawRecord(beam.DoFn):
-  """PubsubMessage -> RawRecord; the body is parsed later by ParseRecords, like any record."""
+  """PubsubMessage -> RawRecord; the body is parsed later by ParseRecords, like any record.
 
-  def __init__(self, source: str):
-    self._source = source
+  A message whose timestamp attribute is more than ``--max-clock-skew`` ahead of the wall
+  clock is marked for the dead letters (``time_ahead_of_clock``), as the splittable reader
+  marks it. Stamped with that attribute (Dataflow's native read), it is stamped again with its
+  publish time, so its dead letter is not held in a file part of its future hour; the
+  DirectRunner's evaluator (``transforms/direct_pubsub.py``) has stamped it already.
+  """
+
+  def __init__(self, source: str, attribute: Optional[str] = None, skew: ClockSkew = ClockSkew()):
+    self._source, self._attribute, self._skew = source, attribute, skew
     self.messages = Metrics.counter('postauth', 'pubsub_messages')
 
-  def process(self, message):
+  def process(self, message, timestamp=beam.DoFn.TimestampParam):
     self.messages.inc()
     from postauth.transforms.pubsub_sdf import message_ref
-    yield RawRecord(message.data or b'', None, '', message_ref(self._source, message.message_id))
+    ref = message_ref(self._source, message.message_id)
+    [stamp] = stamp_messages([((message.attributes or {}).get(self._attribute) if self._attribute else None,
+                               timestamp)], self._attribute, self._skew, None)
+    record = RawRecord(message.data or b'', None, stamp.ahead, ref)
+    if stamp.ahead and timestamp > Timestamp.of(self._skew.horizon()):
+      published = getattr(message, 'publish_time', None)
+      yield TimestampedValue(record, Timestamp.from_utc_datetime(published) if published is not None
+                             else Timestamp.of(self._skew.clock()))
+    else:
+      yield record
 
 
 def choose_reader(reader: str, runner: str) -> str:
@@ -99,7 +119,7 @@ class ReadPubSubEvents(beam.PTransform):
       from postauth.transforms.pubsub_sdf import ACK_IDS, PullFromPubSub, PullSettings
       settings = (self._pull_settings or PullSettings())._replace(
           timestamp_attribute=self._timestamp_attribute,
-          ack_mode='counted' if self._events_out else 'finalize')
+          ack_mode='counted' if self._events_out else 'finalize', skew=self._limits.skew)
       pulled = pbegin | 'PullFromPubSub' >> PullFromPubSub(self._subscription, self._topic, settings)
       return pulled.records, pulled[ACK_IDS] if self._events_out else None
     from apache_beam.io.gcp.pubsub import ReadFromPubSub
@@ -108,7 +128,8 @@ class ReadPubSubEvents(beam.PTransform):
     messages = pbegin | 'ReadFromPubSub' >> ReadFromPubSub(
         subscription=self._subscription, topic=self._topic, with_attributes=True,
         timestamp_attribute=self._timestamp_attribute)
-    return messages | 'ToRawRecord' >> beam.ParDo(_ToRawRecord(source)), None
+    return messages | 'ToRawRecord' >> beam.ParDo(
+        _ToRawRecord(source, self._timestamp_attribute, self._limits.skew)), None
 
   def expand(self, pbegin):
     from postauth.transforms.dedup_events import DUPLICATE, DropDuplicateEvents

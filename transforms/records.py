@@ -16,6 +16,8 @@ from typing import Any, Iterator, Optional, Tuple
 import fastavro
 import orjson
 
+from postauth.transforms.clock import ClockSkew
+
 AVRO_MAGIC = b'Obj\x01'
 GZIP_MAGIC = b'\x1f\x8b'
 # An OTLP/JSON line (the collector's file exporter) is a whole batch of spans, often several MB;
@@ -32,10 +34,13 @@ class ReadLimits(typing.NamedTuple):
   may always expand to ``max_record_bytes``; beyond that, to at most ``max_gzip_ratio`` times
   its compressed size and never past ``max_gzip_bytes`` (a 1000:1 bomb stops at the bound,
   not at memory's end). A file over its bound is one dead letter naming the flag to raise.
+  ``skew``: a record dated more than ``--max-clock-skew`` ahead of the wall clock moves no
+  watermark and is dead-lettered (``transforms/clock.py``).
   """
   max_record_bytes: int = 1 << 20
   max_gzip_bytes: int = 1 << 30
   max_gzip_ratio: float = 200.0
+  skew: ClockSkew = ClockSkew()
 
   def gzip_bound(self, compressed: int) -> int:
     return min(self.max_gzip_bytes, max(self.max_record_bytes, int(self.max_gzip_ratio * compressed)))
@@ -48,7 +53,7 @@ class ReadLimits(typing.NamedTuple):
   def from_options(cls, options) -> 'ReadLimits':
     from postauth.pipeline.options import EventOptions
     ev = options.view_as(EventOptions)
-    return cls(ev.max_record_bytes, ev.max_gzip_bytes, ev.max_gzip_ratio)
+    return cls(ev.max_record_bytes, ev.max_gzip_bytes, ev.max_gzip_ratio, ClockSkew(ev.max_clock_skew))
 
 
 DEFAULT_LIMITS = ReadLimits()

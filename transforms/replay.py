@@ -34,7 +34,7 @@ from apache_beam.utils.timestamp import Timestamp
 
 from postauth.transforms.formats.base import MIN_TIME, ParseError, check_time, parse_time
 from postauth.transforms.parse import read_all
-from postauth.transforms.records import RawRecord, split_records
+from postauth.transforms.records import DEFAULT_LIMITS, RawRecord, ReadLimits, split_records
 
 _TIME_FIELDS = ('eventTime', '@timestamp', 'timestamp', 'time', 'stageTimestamp',
                 'requestReceivedTimestamp', 'receiveTimestamp')
@@ -77,17 +77,34 @@ def _otlp_start(obj: dict) -> float:
   return min(starts) if starts else 0.0
 
 
-def load_replay(pattern: str) -> List[Tuple[float, RawRecord]]:
-  """All records of the matching files with a replay time; undated ones ride with their neighbour."""
-  out: List[Tuple[float, RawRecord]] = []
+def load_replay(pattern: str, limits: ReadLimits = DEFAULT_LIMITS,
+                horizon: Optional[float] = None) -> List[Tuple[float, RawRecord]]:
+  """All records of the matching files with a replay time; undated ones ride with their neighbour.
+
+  So do records dated after ``horizon`` (default: ``--max-clock-skew`` ahead of the wall clock
+  now, ``limits.skew``): the replay's steps and watermark end at the newest acceptable record,
+  and the parse dead-letters the record (``time_ahead_of_clock``). An old day is far behind the
+  clock, as a replay's records usually are: only the future is refused. A neighbour is the
+  dated record before (at a file's start, the first after; in a file with none, the earliest
+  of all): never a fixed early time, from which the replay would step through empty years.
+  """
+  files: List[List[Tuple[float, RawRecord]]] = []
+  horizon = limits.skew.horizon() if horizon is None else horizon
   for match in FileSystems.match([pattern])[0].metadata_list:
     data = read_all(match.path)
-    last = MIN_TIME
-    for record in split_records(data, match.path):
+    rows = []
+    for record in split_records(data, match.path, limits):
       t = record_time(record)
-      if t:
-        last = t
-      out.append((t or last, RawRecord(record.raw, None, record.error, record.ref)))
+      rows.append((t if t <= horizon else 0.0, RawRecord(record.raw, None, record.error, record.ref)))
+    files.append(rows)
+  dated = [t for rows in files for t, _ in rows if t]
+  earliest = min(dated) if dated else MIN_TIME
+  out: List[Tuple[float, RawRecord]] = []
+  for rows in files:
+    last = next((t for t, _ in rows if t), earliest)
+    for t, record in rows:
+      last = t or last
+      out.append((last, record))
   out.sort(key=lambda tr: tr[0])
   return out
 
@@ -115,15 +132,19 @@ class _ReplayFn(beam.DoFn, RestrictionProvider):
   restriction is done and the watermark goes to infinity. Empty steps are claimed in one go.
   """
 
-  def __init__(self, step_seconds: int, max_delay_seconds: int):
-    self._step, self._delay = step_seconds, max_delay_seconds
+  def __init__(self, step_seconds: int, max_delay_seconds: int, limits: ReadLimits = DEFAULT_LIMITS,
+               horizon: Optional[float] = None):
+    self._step, self._delay, self._limits = step_seconds, max_delay_seconds, limits
+    # One horizon for every worker's copy: the steps counted by initial_restriction are the
+    # steps process() releases, wherever each runs.
+    self._horizon = limits.skew.horizon() if horizon is None else horizon
     self.released = Metrics.counter('postauth', 'replay_records_released')
 
   def _load(self, pattern: str) -> Tuple[List[Tuple[float, RawRecord]], List[float], float]:
     """(records by time, their times, start of the first step); read once per DoFn instance."""
     cached = getattr(self, '_cached', None)
     if cached is None or cached[0] != pattern:
-      records = load_replay(pattern)
+      records = load_replay(pattern, self._limits, self._horizon)
       times = [t for t, _ in records]
       start = times[0] - times[0] % self._step if times else 0.0
       cached = self._cached = (pattern, records, times, start)
@@ -186,11 +207,12 @@ class ReplayFiles(beam.PTransform):
   """
 
   def __init__(self, pattern: str, step_seconds: int = 300, max_delay_seconds: int = 0,
-               test_stream: bool = False):
+               test_stream: bool = False, limits: ReadLimits = DEFAULT_LIMITS):
     super().__init__()
-    self._pattern = pattern
+    self._pattern, self._limits = pattern, limits
     self._step, self._delay, self._test_stream = step_seconds, max_delay_seconds, test_stream
-    self._fn = _ReplayFn(step_seconds, max_delay_seconds)
+    self._horizon = limits.skew.horizon()  # the wall clock at launch, for both forms of the replay
+    self._fn = _ReplayFn(step_seconds, max_delay_seconds, limits, self._horizon)
 
   def expand(self, pbegin):
     if self._test_stream:
@@ -202,7 +224,7 @@ class ReplayFiles(beam.PTransform):
             | 'ReleaseSteps' >> beam.ParDo(self._fn).with_output_types(RawRecord))
 
   def _steps_as_test_stream(self) -> TestStream:
-    records = load_replay(self._pattern)
+    records = load_replay(self._pattern, self._limits, self._horizon)
     stream = TestStream()
     if records:
       start = records[0][0] - records[0][0] % self._step

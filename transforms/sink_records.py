@@ -59,6 +59,7 @@ def finding_to_avro(f: Dict) -> Dict:
   row['occurrence_ids'] = list(f.get('occurrence_ids') or [])
   row['identities'] = list(f.get('identities') or [])  # a fleet-change notice's identities
   row['fleet_change_id'] = f.get('fleet_change_id') or None
+  row['continues'] = f.get('continues') or None
   row['page_basis'] = _page_basis(f)
   row['first_detected_at'] = _ts(f.get('first_detected_at') or f['window_end'])
   for key in ('updates', 'pages'):
@@ -107,8 +108,9 @@ def finding_from_avro(row: Dict) -> Dict:
     f.pop('occurrence_ids', None)
   if not f.get('identities'):
     f.pop('identities', None)
-  if not f.get('fleet_change_id'):
-    f.pop('fleet_change_id', None)
+  for key in ('fleet_change_id', 'continues'):
+    if not f.get(key):
+      f.pop(key, None)
   f['evidence'] = [{k: v for k, v in e.items() if not (k == 'identity' and not v)} for e in f.get('evidence') or []]
   if row.get('first_detected_at'):
     f['first_detected_at'] = _rfc3339(row['first_detected_at'])
@@ -155,7 +157,8 @@ def finding_to_bigquery(f: Dict) -> Dict:
       'occurrences': int(f.get('occurrences', 1)), 'last_occurrence': f.get('last_occurrence') or None,
       'occurrence_ids': list(f.get('occurrence_ids') or []),
       'identities': list(f.get('identities') or []),
-      'fleet_change_id': f.get('fleet_change_id') or None, 'page_basis': _page_basis(f),
+      'fleet_change_id': f.get('fleet_change_id') or None, 'continues': f.get('continues') or None,
+      'page_basis': _page_basis(f),
       'first_detected_at': f.get('first_detected_at') or f['window_end'],
       'updates': int(f.get('updates') or 0), 'pages': int(f.get('pages') or 0),
       'page': bool(f.get('page')), 'severity_raised': bool(f.get('severity_raised')),

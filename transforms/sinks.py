@@ -13,13 +13,19 @@ file): findings leave the merge step from event-time timers, and the Python
 DirectRunner does not hold the watermark for pending timers, so after a large
 watermark step (a replay's idle advance) a finding can arrive behind the
 watermark; with the default lateness of 0 the file sink would drop it silently.
+
+A part file's name carries its window, pane and run (``run_tag``: the time the job was built and
+a random suffix): a restarted job writing the same hour never replaces the earlier run's file
+(``fileio`` moves a part into place with ``rename``, which overwrites). Nothing here deletes a
+part: a bounded replay moves the earlier run's parts aside (``set_aside_parts``), an unbounded
+job's restart adds its parts to them.
 """
 from __future__ import annotations
 
 import glob
 import json
 import os
-import shutil
+import time
 import typing
 import uuid
 from typing import Callable, Dict, List, Optional
@@ -39,13 +45,22 @@ def parts_dir(path: str) -> str:
   return path + '.parts'
 
 
-def pane_file_naming(prefix: str, suffix: str):
-  """fileio naming with the pane index, so a late firing never overwrites the on-time file."""
+def run_tag() -> str:
+  """This run's mark in its part files' names: sortable by start time, unique per run."""
+  return time.strftime('%Y%m%dT%H%M%SZ', time.gmtime()) + '-' + uuid.uuid4().hex[:6]
+
+
+def pane_file_naming(prefix: str, suffix: str, run: str = ''):
+  """fileio naming with the pane index, so a late firing never overwrites the on-time file, and
+  the run, so a restarted job never overwrites the earlier run's file of the same window."""
+  run = run or run_tag()
+
   def name(win, pane, shard_index, total_shards, compression, destination):
     span = (f'{win.start.to_utc_datetime().isoformat()}-{win.end.to_utc_datetime().isoformat()}'
             if isinstance(win, window.IntervalWindow) else 'global')
     index = pane.index if pane is not None else 0
-    return f'{prefix}-{span}-pane{index:04d}-{shard_index or 0:05d}-of-{total_shards or 1:05d}{suffix}'
+    return (f'{prefix}-{span}-pane{index:04d}-{run}-{shard_index or 0:05d}-of-{total_shards or 1:05d}'
+            f'{suffix}')
   return name
 
 
@@ -136,9 +151,25 @@ class WriteJsonLines(beam.PTransform):
     return lines | 'Parts' >> WriteParts(self._path, '.jsonl', part_window_seconds=self._part_window)
 
 
-def clear_parts(path: str) -> None:
-  """Removes part files of an earlier streaming run to the same path."""
-  shutil.rmtree(parts_dir(path), ignore_errors=True)
+def set_aside_parts(path: str) -> Optional[str]:
+  """Moves the part files an earlier run left in ``<path>.parts/`` into a folder beside them,
+  ``<path>.parts/earlier-<UTC time>/``, where compaction (which reads the top level) no longer
+  joins them; returns that folder, or None when there was nothing to move.
+
+  For a bounded replay, which recomputes its files: joined with its own earlier run's parts,
+  its dead letters would count twice. Set aside, nothing is lost (``postauth compact
+  --findings`` on a copy of that folder's files gives the earlier run's findings).
+  """
+  folder = parts_dir(path)
+  names = sorted(n for n in (os.listdir(folder) if os.path.isdir(folder) else [])
+                 if not n.startswith('.') and os.path.isfile(os.path.join(folder, n)))
+  if not names:
+    return None
+  aside = os.path.join(folder, 'earlier-' + run_tag())
+  os.makedirs(aside)
+  for name in names:
+    os.replace(os.path.join(folder, name), os.path.join(aside, name))
+  return aside
 
 
 def compact_parts(path: str, key: str = '') -> int:

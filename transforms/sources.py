@@ -8,7 +8,9 @@
 
 Every branch gives the same ``ParsedStream``: canonical events, dead letters with their
 reason and raw payload, and (in streaming) the events later than ``--allowed-lateness``,
-which are dead-lettered, never dropped (transforms/lateness.py).
+which are dead-lettered, never dropped (transforms/lateness.py). Every branch gets the same
+``ReadLimits``: record and gzip bounds, and the clock skew beyond which a record's time moves
+no watermark and the record is a dead letter (transforms/clock.py).
 """
 from __future__ import annotations
 
@@ -58,11 +60,12 @@ class ReadEvents(beam.PTransform):
           pull_settings=pull_settings(ps), events_out=ps.events_out, limits=limits)
     if ev.events:
       records = pbegin | 'ReplayFiles' >> ReplayFiles(
-          ev.events, o.view_as(DetectOptions).replay_step, test_stream=self._test_stream)
+          ev.events, o.view_as(DetectOptions).replay_step, test_stream=self._test_stream, limits=limits)
     else:
       w = o.view_as(WatchOptions)
       records = pbegin | 'WatchFiles' >> WatchFiles(ev.events_watch, w.watch_interval, w.watch_max_delay,
-                                                    w.watch_idle_seconds, w.watch_idle_limit, w.watch_stop_idle)
+                                                    w.watch_idle_seconds, w.watch_idle_limit, w.watch_stop_idle,
+                                                    limits=limits)
     parsed = records | 'ParseRecords' >> ParseRecords(ev.format, ev.taxonomy_files, with_raw=True, limits=limits)
     gated = parsed.events | 'LateEvents' >> LateEventGate(win.window_period, win.allowed_lateness)
     return ParsedStream(gated['events'], parsed[DEAD_LETTER], gated[LATE])

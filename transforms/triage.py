@@ -179,6 +179,15 @@ class _Deduplicator:
   update of one) is folded only into a finding at least as severe, so a worse finding
   reaches the sinks as its own first version and pages there at medium or above. Held
   in state by the streaming DoFn, in local variables by the batch walk.
+
+  State is bounded in event time: an entry (a finding shown, a finding's counters) is kept
+  for ``retention`` after it last grew; the streaming DoFn sets a timer at ``expiry()`` that
+  drops it (``expire``), so an identity that never fires again leaves nothing behind. Each
+  step first drops what has expired by ``now``: exactly what those timers did before it, so
+  batch (whose walk needs no expiry timer: its state ends with the walk) and streaming decide
+  from the same state at every step. A new finding folds only into one that last grew
+  within the dedup period before its start, so with ``retention`` >= the period plus a window
+  (defaults: 6 h + 1 h <= 24 h) expiry never changes what folds.
   """
 
   def __init__(self, period_seconds: float, retention_seconds: float = 86400.0):
@@ -188,6 +197,7 @@ class _Deduplicator:
     self.sent: Dict[str, Dict] = {}
     self.folded = Metrics.counter('postauth', 'findings_deduplicated')
     self.stale = Metrics.counter('postauth', 'finding_versions_stale')
+    self.expired = Metrics.counter('postauth', 'dedup_state_expired')
 
   def step(self, now: int, waiting: List):
     """(versions for the sinks, (ms, finding) still waiting, next timer in ms or None)."""
@@ -195,6 +205,7 @@ class _Deduplicator:
                  key=lambda x: (x[0], x[1]['window_start'], x[1].get('updates', 0), x[1]['finding_id']))
     rest = [x for x in waiting if x[0] > now]
     out = []
+    self.expire(now)
     if due:
       known, sent = self.known, self.sent
       for ms, f in due:
@@ -207,6 +218,22 @@ class _Deduplicator:
       self.known = known
       self.sent = {k: v for k, v in sent.items() if v['seen'] >= newest - self._retention}
     return out, rest, min(t for t, _ in rest) if rest else None
+
+  def _until(self, t: float) -> int:
+    """The last timer time (ms) at which state that last grew at ``t`` is kept."""
+    return timer_ms(t + self._retention)
+
+  def expiry(self):
+    """When the oldest entry is due to go (ms), or None when nothing is kept."""
+    times = [self._until(k['last']) for k in self.known] + [self._until(v['seen']) for v in self.sent.values()]
+    return min(times) + 1 if times else None
+
+  def expire(self, now: int) -> None:
+    """Drops what has not grown for ``retention`` by ``now`` (the expiry timer's work)."""
+    known = [k for k in self.known if self._until(k['last']) >= now]
+    sent = {f: v for f, v in self.sent.items() if self._until(v['seen']) >= now}
+    self.expired.inc(len(self.known) - len(known) + len(self.sent) - len(sent))
+    self.known, self.sent = known, sent
 
   def _handle(self, known: List[Dict[str, Any]], f: Dict) -> Iterable[Dict]:
     """The versions ``f`` sends to the sinks (none when it is a repeat adding nothing)."""
@@ -289,12 +316,13 @@ def _refresh(entry: Dict[str, Any]) -> None:
 
 class _DedupFn(beam.DoFn):
   """Streaming: (identity, finding version) -> versions for the sinks; ``_Deduplicator`` in state,
-  a timer at the earliest waiting version."""
+  a timer at the earliest waiting version and one at the state's expiry."""
 
   PENDING = BagStateSpec('pending', PickleCoder())
   REPORTED = ReadModifyWriteStateSpec('reported', PickleCoder())
   SENT = ReadModifyWriteStateSpec('sent', PickleCoder())
   FLUSH = TimerSpec('flush', TimeDomain.WATERMARK)
+  EXPIRE = TimerSpec('expire', TimeDomain.WATERMARK)
 
   def __init__(self, period_seconds: float, retention_seconds: float = 86400.0):
     self._period = period_seconds
@@ -311,7 +339,7 @@ class _DedupFn(beam.DoFn):
   @on_timer(FLUSH)
   def flush(self, fired=beam.DoFn.TimestampParam, pending=beam.DoFn.StateParam(PENDING),
             reported=beam.DoFn.StateParam(REPORTED), sent_state=beam.DoFn.StateParam(SENT),
-            flush=beam.DoFn.TimerParam(FLUSH)):
+            flush=beam.DoFn.TimerParam(FLUSH), expire=beam.DoFn.TimerParam(EXPIRE)):
     dedup, waiting = self._dedup, list(pending.read())
     dedup.known, dedup.sent = reported.read() or [], sent_state.read() or {}
     out, rest, nxt = dedup.step(fired.micros // 1000, waiting)
@@ -320,10 +348,25 @@ class _DedupFn(beam.DoFn):
       pending.add(x)
     if nxt is not None:
       flush.set(at_ms(nxt))
-    if len(rest) < len(waiting):  # something was due: the state moved
-      reported.write(dedup.known)
-      sent_state.write(dedup.sent)
+    self._keep(dedup, reported, sent_state, expire)
     yield from out
+
+  @on_timer(EXPIRE)
+  def expire(self, fired=beam.DoFn.TimestampParam, reported=beam.DoFn.StateParam(REPORTED),
+             sent_state=beam.DoFn.StateParam(SENT), expire=beam.DoFn.TimerParam(EXPIRE)):
+    dedup = self._dedup
+    dedup.known, dedup.sent = reported.read() or [], sent_state.read() or {}
+    dedup.expire(fired.micros // 1000)
+    self._keep(dedup, reported, sent_state, expire)
+
+  @staticmethod
+  def _keep(dedup: _Deduplicator, reported, sent_state, expire) -> None:
+    """Writes what is kept (empty cells cleared) and sets the timer at its expiry."""
+    reported.write(dedup.known) if dedup.known else reported.clear()
+    sent_state.write(dedup.sent) if dedup.sent else sent_state.clear()
+    until = dedup.expiry()
+    if until is not None:
+      expire.set(at_ms(until))
 
 
 def _new_deduplicator(period_seconds: float, retention_seconds: float):

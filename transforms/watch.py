@@ -23,12 +23,25 @@ a ``ManualWatermarkEstimator`` holds the watermark):
   spell is not all late); before its first file it never advances (nothing is late because the
   job started before the logs arrived);
 * records behind the watermark are not dropped here: downstream, ``LateEventGate`` lets them
-  update their windows within ``--allowed-lateness`` and dead-letters later ones.
+  update their windows within ``--allowed-lateness`` and dead-letters later ones;
+* a record dated more than ``--max-clock-skew`` ahead of the wall clock (``transforms/clock.py``)
+  is never the newest record: it rides with its neighbour, like an undated record, and the
+  parse dead-letters it (``time_ahead_of_clock``). One record dated 2099 cannot move the
+  watermark to 2099 and make every later event late, nor stay in the restriction.
+
+Files are split with the job's ``ReadLimits`` (``--max-record-bytes``, ``--max-gzip-*``), as
+``--events`` splits them: an oversized record is a dead letter with its size and SHA-256.
 
 A file is read once by path: rewriting it (same name, new contents or mtime) does not read it
-again (``MatchContinuously(has_deduplication=True, match_updated_files=False)``). Paths are kept
-for ``SEEN_RETENTION`` seconds of last-modified time behind the newest file; a file older than
-the oldest path forgotten is taken as read. With ``stop_idle`` > 0 the source ends after that
+again (``MatchContinuously(has_deduplication=True, match_updated_files=False)``) while its path
+is remembered. The set of paths read is bounded (it is the restriction, written at every
+checkpoint): paths are kept for ``SEEN_RETENTION`` seconds of last-modified time behind the
+newest file, and at most ``MAX_SEEN_PATHS`` of them, the oldest forgotten first. A forgotten
+path's last-modified time raises ``cutoff`` and a file at or before the cutoff counts as read,
+so no file is read twice: a new file is written after the files already listed (object stores
+list a file once it is complete, with its completion time), and the cap keeps many hours of
+files even at thousands of files an hour. Only a file rewritten after its path was forgotten
+is read again (as a new file). With ``stop_idle`` > 0 the source ends after that
 many seconds without a new file (the watermark then goes to infinity, every window closes and
 the job finishes): for backfills and tests.
 """
@@ -51,11 +64,15 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 from postauth.transforms.parse import read_all
 from postauth.transforms.fnapi_metrics import install_fnapi_metrics_fix
 from postauth.transforms.poll_tracker import PollTracker
-from postauth.transforms.records import RawRecord, split_records
+from postauth.transforms.records import DEFAULT_LIMITS, RawRecord, ReadLimits, split_records
 from postauth.transforms.replay import record_time
 
 _LOG = logging.getLogger('postauth')
 SEEN_RETENTION = 7 * 86400  # seconds of last-modified time a read path is remembered
+# Paths remembered at most (~160 bytes each pickled, CloudTrail-length paths: ~3 MiB of
+# restriction per checkpoint; bench/state_week.py). CloudTrail writes a file per account and
+# region about every 5 minutes: 20,000 paths are a week of 10 account-regions, or 16 h of 100.
+MAX_SEEN_PATHS = 20_000
 
 
 class WatchState(typing.NamedTuple):
@@ -72,12 +89,26 @@ def _closed(state: WatchState) -> WatchState:
   return state._replace(seen={}, done=True)
 
 
+def _forget(seen: Dict[str, float], cutoff: float) -> float:
+  """Forgets paths far behind the newest file, then the oldest beyond ``MAX_SEEN_PATHS``
+  (``seen`` in place); returns the cutoff raised to the newest time forgotten."""
+  if seen:
+    horizon = max(seen.values()) - SEEN_RETENTION
+    old = [p for p, t in seen.items() if t < horizon]
+    excess = len(seen) - len(old) - MAX_SEEN_PATHS
+    if excess > 0:
+      old += sorted((p for p, t in seen.items() if t >= horizon), key=lambda p: (seen[p], p))[:excess]
+    for p in old:
+      cutoff = max(cutoff, seen.pop(p))
+  return cutoff
+
+
 class _WatchFilesFn(beam.DoFn, RestrictionProvider):
   """pattern -> RawRecords of every new matching file, timestamped with their event time."""
 
   def __init__(self, interval: float, max_delay: int, idle_seconds: float, idle_limit: int,
-               stop_idle: float = 0.0):
-    self._interval, self._delay = interval, max_delay
+               stop_idle: float = 0.0, limits: ReadLimits = DEFAULT_LIMITS):
+    self._interval, self._delay, self._limits = interval, max_delay, limits
     self._idle, self._idle_limit, self._stop_idle = idle_seconds, idle_limit, stop_idle
     self.files = Metrics.counter('postauth', 'watch_files_read')
     self.skipped = Metrics.counter('postauth', 'watch_files_rewritten')
@@ -108,8 +139,11 @@ class _WatchFilesFn(beam.DoFn, RestrictionProvider):
       return [TimestampedValue(RawRecord(b'', None, f'unreadable file: {e}'[:300], path + '#'),
                                t)], None
     out, top, last = [], None, newest
-    for record in split_records(data, path):
+    horizon = self._limits.skew.horizon()
+    for record in split_records(data, path, self._limits):
       t = record_time(record)
+      if t > horizon:
+        t = 0.0  # ahead of the clock: moves nothing (the parse dead-letters it)
       if t:
         last = t
         top = t if top is None else max(top, t)
@@ -147,12 +181,7 @@ class _WatchFilesFn(beam.DoFn, RestrictionProvider):
         newest = top if newest is None else max(newest, top)
       seen[m.path] = m.last_updated_in_seconds
     last_new = now if new else state.last_new
-    cutoff = state.cutoff
-    if seen:  # forget paths far behind the newest file: bounded restriction
-      horizon = max(seen.values()) - SEEN_RETENTION
-      old = [p for p, t in seen.items() if t < horizon]
-      for p in old:
-        cutoff = max(cutoff, seen.pop(p))
+    cutoff = _forget(seen, state.cutoff)
     stop = self._stop_idle > 0 and now - last_new >= self._stop_idle
     next_state = WatchState(seen, cutoff, newest, last_new, done=stop)
     if not tracker.try_claim(next_state):
@@ -186,10 +215,11 @@ class WatchFiles(beam.PTransform):
   """Glob -> unbounded PCollection of RawRecords of every new file, stamped with event time."""
 
   def __init__(self, pattern: str, interval: float = 30.0, max_delay: int = 600,
-               idle_seconds: float = 900.0, idle_limit: int = 14400, stop_idle: float = 0.0):
+               idle_seconds: float = 900.0, idle_limit: int = 14400, stop_idle: float = 0.0,
+               limits: ReadLimits = DEFAULT_LIMITS):
     super().__init__()
     self._pattern = pattern
-    self._fn = _WatchFilesFn(interval, max_delay, idle_seconds, idle_limit, stop_idle)
+    self._fn = _WatchFilesFn(interval, max_delay, idle_seconds, idle_limit, stop_idle, limits)
 
   def expand(self, pbegin):
     install_fnapi_metrics_fix()
