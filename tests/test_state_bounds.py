@@ -137,6 +137,30 @@ class _Timer:
     self.at = ts
 
 
+class _Bag:
+  """A bag state cell."""
+
+  def __init__(self):
+    self.items = []
+
+  def add(self, x):
+    self.items.append(x)
+
+  def read(self):
+    return list(self.items)
+
+  def clear(self):
+    self.items = []
+
+
+def _track(fn, kv, cell, expire):
+  """The streaming DoFn on one window: process it, then fire its ordering timer (the window
+  arrives once the watermark passed its end)."""
+  bag, order = _Bag(), _Timer()
+  fn.process(kv, pending=bag, order=order)
+  return list(fn.fold(fired=order.at, key=kv[0], pending=bag, state=cell, expire=expire, order=_Timer()))
+
+
 def _history_fn(cls, profiles=None):
   fn = cls(None, retention=3 * DAY, departed=10 * DAY)
   fn.setup()
@@ -147,7 +171,7 @@ def _history_fn(cls, profiles=None):
 def test_history_expires_to_a_departed_record_then_is_forgotten_on_the_streaming_timer():
   fn, cell, timer = _history_fn(TrackHistoryFn), _Cell(), _Timer()
   w = window('ci-ns-42', D0 + H, [ev('ci-ns-42', D0 + 600)])
-  list(fn.process(('ci-ns-42', (w, ctx(identity='ci-ns-42'))), state=cell, expire=timer))
+  _track(fn, ('ci-ns-42', (w, ctx(identity='ci-ns-42'))), cell, timer)
   assert isinstance(pickle.loads(cell.value), IdentityHistory) and timer.at == Timestamp.of(D0 + H + 3 * DAY + EXPIRY_GRACE)
   fn.expire(state=cell, expire=timer)  # the watermark passed it: no window for 3 days (+ grace)
   assert pickle.loads(cell.value) == (D0 + 600, D0 + H) and len(cell.value) < 64
@@ -171,7 +195,7 @@ def _history_walks(profiles, windows, identity):
       fired, timer.at = timer.at, None
       fn.expire(state=cell, expire=timer)
       assert timer.at is None or timer.at > fired
-    live += [view(x) for x in fn.process((identity, (w, c)), state=cell, expire=timer)
+    live += [view(x.value) for x in _track(fn, (identity, (w, c)), cell, timer)
              if not isinstance(x, beam.pvalue.TaggedOutput)]
   return batch, live
 

@@ -35,10 +35,10 @@ import typing
 from typing import Any, Dict, Optional, Tuple, Union
 
 import apache_beam as beam
-from apache_beam.coders import BytesCoder
+from apache_beam.coders import BytesCoder, PickleCoder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.timeutil import TimeDomain
-from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.utils import shared
 from apache_beam.utils.timestamp import Timestamp
 
@@ -149,16 +149,44 @@ class TrackHistoryFn(_HistoryFn):
   # every key's state per bundle, and copying bytes is free while deep-copying
   # profiles made the job 20x slower (measured: 6 vs 130 events/s).
   HISTORY = ReadModifyWriteStateSpec('history', BytesCoder())
+  PENDING = BagStateSpec('pending', PickleCoder())
   EXPIRE = TimerSpec('expire', TimeDomain.WATERMARK)
+  ORDER = TimerSpec('order', TimeDomain.WATERMARK)
 
-  def process(self, kv, state=beam.DoFn.StateParam(HISTORY), expire=beam.DoFn.TimerParam(EXPIRE)):
-    identity, (window, context) = kv
+  def process(self, kv, pending=beam.DoFn.StateParam(PENDING), order=beam.DoFn.TimerParam(ORDER)):
+    """Windows wait for the watermark to pass their end and are folded in event-time order,
+    as the batch walk folds them: windows of two days fired together (a watermark jump, a
+    busy worker) must not reach the history in the wrong order, or a window would be judged
+    against a profile that already holds its own day."""
+    pending.add(kv[1])
+    order.set(Timestamp.of(min(w.window_end for w, _ in pending.read()) - EPSILON))
+
+  @on_timer(ORDER)
+  def fold(self, fired=beam.DoFn.TimestampParam, key=beam.DoFn.KeyParam,
+           pending=beam.DoFn.StateParam(PENDING), state=beam.DoFn.StateParam(HISTORY),
+           expire=beam.DoFn.TimerParam(EXPIRE), order=beam.DoFn.TimerParam(ORDER)):
+    now = float(fired)
+    waiting = sorted(pending.read(), key=lambda wc: (wc[0].window_end, wc[0].window_start))
+    due = [wc for wc in waiting if wc[0].window_end - EPSILON <= now + 1e-3]
+    rest = waiting[len(due):]
+    pending.clear()
+    for wc in rest:
+      pending.add(wc)
+    if rest:
+      order.set(Timestamp.of(rest[0][0].window_end - EPSILON))
+    if not due:
+      return
     stored = state.read()
-    hist = self._resume(identity, pickle.loads(stored) if stored else None, window.window_end)
-    out = list(self._step(hist, window, context))
+    hist = pickle.loads(stored) if stored else None
+    for window, context in due:
+      hist = self._resume(key, hist, window.window_end)
+      for out in self._step(hist, window, context):
+        if isinstance(out, WindowInContext):
+          yield beam.transforms.window.TimestampedValue(out, out.window.window_end - EPSILON)
+        else:
+          yield out
     state.write(pickle.dumps(hist, protocol=pickle.HIGHEST_PROTOCOL))
     expire.set(Timestamp.of(hist.last_active + self._retention + EXPIRY_GRACE))
-    yield from out
 
   @on_timer(EXPIRE)
   def expire(self, state=beam.DoFn.StateParam(HISTORY), expire=beam.DoFn.TimerParam(EXPIRE)):
