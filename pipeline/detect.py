@@ -49,7 +49,8 @@ def build_detection(p: beam.Pipeline, options: PipelineOptions) -> Dict[str, bea
                                         refresh.inventory_updates, refresh.inventory_poll)
             | 'History' >> TrackHistory(det.model_dir, det.model_version,
                                         unregistered=UNREGISTERED not in disabled,
-                                        period_seconds=win.window_period, shared_handle=model))
+                                        period_seconds=win.window_period, shared_handle=model,
+                                        ordered=not lands_on_bundle_runner(options)))
   anomalies = (judged['windows']
                | 'Score' >> ScoreWindows(det.model_dir, det.threshold, det.model_version,
                                          window_period=win.window_period, allowed_lateness=lateness,

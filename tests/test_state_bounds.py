@@ -157,7 +157,7 @@ def _track(fn, kv, cell, expire):
   """The streaming DoFn on one window: process it, then fire its ordering timer (the window
   arrives once the watermark passed its end)."""
   bag, order = _Bag(), _Timer()
-  fn.process(kv, pending=bag, order=order)
+  list(fn.process(kv, pending=bag, order=order, state=cell, expire=expire))
   return list(fn.fold(fired=order.at, key=kv[0], pending=bag, state=cell, expire=expire, order=_Timer()))
 
 

@@ -153,13 +153,24 @@ class TrackHistoryFn(_HistoryFn):
   EXPIRE = TimerSpec('expire', TimeDomain.WATERMARK)
   ORDER = TimerSpec('order', TimeDomain.WATERMARK)
 
-  def process(self, kv, pending=beam.DoFn.StateParam(PENDING), order=beam.DoFn.TimerParam(ORDER)):
+  def __init__(self, *args, ordered: bool = True, **kwargs):
+    super().__init__(*args, **kwargs)
+    self._ordered = ordered
+
+  def process(self, kv, pending=beam.DoFn.StateParam(PENDING), order=beam.DoFn.TimerParam(ORDER),
+              state=beam.DoFn.StateParam(HISTORY), expire=beam.DoFn.TimerParam(EXPIRE)):
     """Windows wait for the watermark to pass their end and are folded in event-time order,
     as the batch walk folds them: windows of two days fired together (a watermark jump, a
     busy worker) must not reach the history in the wrong order, or a window would be judged
-    against a profile that already holds its own day."""
-    pending.add(kv[1])
-    order.set(Timestamp.of(min(w.window_end for w, _ in pending.read()) - EPSILON))
+    against a profile that already holds its own day. Ordering needs the runner to hold the
+    watermark at pending timers (the Fn API runners do); the BundleBasedDirectRunner does not
+    (the windows would pass scoring's grouping while parked here), so there (``ordered``
+    False) each window is folded as it arrives."""
+    if self._ordered:
+      pending.add(kv[1])
+      order.set(Timestamp.of(min(w.window_end for w, _ in pending.read()) - EPSILON))
+      return
+    yield from self._fold(kv[0], [kv[1]], state, expire)
 
   @on_timer(ORDER)
   def fold(self, fired=beam.DoFn.TimestampParam, key=beam.DoFn.KeyParam,
@@ -174,12 +185,15 @@ class TrackHistoryFn(_HistoryFn):
       pending.add(wc)
     if rest:
       order.set(Timestamp.of(rest[0][0].window_end - EPSILON))
-    if not due:
-      return
+    if due:
+      yield from self._fold(key, due, state, expire)
+
+  def _fold(self, identity: str, items, state, expire):
+    """Folds (window, context) pairs, in the order given, into the identity's stored history."""
     stored = state.read()
     hist = pickle.loads(stored) if stored else None
-    for window, context in due:
-      hist = self._resume(key, hist, window.window_end)
+    for window, context in items:
+      hist = self._resume(identity, hist, window.window_end)
       for out in self._step(hist, window, context):
         if isinstance(out, WindowInContext):
           yield beam.transforms.window.TimestampedValue(out, out.window.window_end - EPSILON)
@@ -232,8 +246,10 @@ class TrackHistory(beam.PTransform):
   def __init__(self, model_dir: Optional[str], version: Optional[str] = None,
                unregistered: bool = True, period_seconds: int = 900,
                shared_handle: Optional[shared.Shared] = None,
-               retention: float = HISTORY_RETENTION, departed: float = DEPARTED_RETENTION):
+               retention: float = HISTORY_RETENTION, departed: float = DEPARTED_RETENTION,
+               ordered: bool = True):
     super().__init__()
+    self._ordered = ordered  # False on a runner that ignores timer holds (TrackHistoryFn)
     self._shared = shared_handle or shared.Shared()
     self._expiry = (retention, departed)
     self._period = period_seconds
@@ -258,7 +274,7 @@ class TrackHistory(beam.PTransform):
                | 'GlobalWindow' >> beam.WindowInto(beam.transforms.window.GlobalWindows())
                | 'History' >> beam.ParDo(TrackHistoryFn(
                    self._model_dir, self._version, self._unregistered, self._shared,
-                   *self._expiry)).with_outputs(
+                   *self._expiry, ordered=self._ordered)).with_outputs(
                        UNREGISTERED, main='windows'))
     # Back into short event-time windows (each element's timestamp is its window's
     # end), so downstream batching flushes as the watermark passes, not at the end.
