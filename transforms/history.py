@@ -32,7 +32,7 @@ import copy
 import math
 import pickle
 import typing
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import apache_beam as beam
 from apache_beam.coders import BytesCoder, PickleCoder
@@ -125,6 +125,16 @@ class _HistoryFn(beam.DoFn):
     base.last_seen = max(base.last_seen, last_seen)
     return IdentityHistory(base)
 
+  def _walk(self, identity: str, hist: Optional[Kept], items) -> Tuple[IdentityHistory, List]:
+    """(the history after ``items``, folded in the order given; what they emit, each window
+    stamped at its end): the one loop of the batch walk and the streaming fold."""
+    out: List = []
+    for window, context in items:
+      hist = self._resume(identity, hist, window.window_end)
+      out.extend(beam.transforms.window.TimestampedValue(x, x.window.window_end - EPSILON)
+                 if isinstance(x, WindowInContext) else x for x in self._step(hist, window, context))
+    return hist, out
+
   def _step(self, hist: IdentityHistory, window: IdentityWindow, context: Dict):
     self.windows.inc()
     before = hist.observe(window.agg, window.window_end)
@@ -191,14 +201,8 @@ class TrackHistoryFn(_HistoryFn):
   def _fold(self, identity: str, items, state, expire):
     """Folds (window, context) pairs, in the order given, into the identity's stored history."""
     stored = state.read()
-    hist = pickle.loads(stored) if stored else None
-    for window, context in items:
-      hist = self._resume(identity, hist, window.window_end)
-      for out in self._step(hist, window, context):
-        if isinstance(out, WindowInContext):
-          yield beam.transforms.window.TimestampedValue(out, out.window.window_end - EPSILON)
-        else:
-          yield out
+    hist, out = self._walk(identity, pickle.loads(stored) if stored else None, items)
+    yield from out
     state.write(pickle.dumps(hist, protocol=pickle.HIGHEST_PROTOCOL))
     expire.set(Timestamp.of(hist.last_active + self._retention + EXPIRY_GRACE))
 
@@ -230,14 +234,7 @@ class WalkHistoryFn(_HistoryFn):
 
   def process(self, kv):
     identity, items = kv
-    hist = None
-    for window, context in sorted(items, key=lambda wc: (wc[0].window_end, wc[0].window_start)):
-      hist = self._resume(identity, hist, window.window_end)
-      for out in self._step(hist, window, context):
-        if isinstance(out, WindowInContext):
-          yield beam.transforms.window.TimestampedValue(out, out.window.window_end - EPSILON)
-        else:
-          yield out
+    yield from self._walk(identity, None, sorted(items, key=lambda wc: (wc[0].window_end, wc[0].window_start)))[1]
 
 
 class TrackHistory(beam.PTransform):
