@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import typing
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
 import apache_beam as beam
 from apache_beam.coders import PickleCoder
@@ -32,15 +31,15 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.transforms.window import TimestampedValue
 
-from postauth.domain.taxonomy import HIGH_IMPACT_CATEGORIES, SENSITIVE_CATEGORIES
+from postauth.transforms.judgment import first_time_sensitive
 from postauth.transforms.timer_walk import at_ms, per_identity, timer_ms
+from postauth.transforms.versions import RANK
 from postauth.transforms.triage import finding_time as _finding_time
 
 
 DAY_MS = 86400 * 1000
 ADOPTION_KEPT_MS = 2 * DAY_MS  # a decision reads the day before it, plus a day of margin
 SIGHTING = 'peer_sighting'
-RANK = {'low': 0, 'medium': 1, 'high': 2, 'critical': 3}
 
 
 def group_of(identity_type: str) -> str:
@@ -51,16 +50,6 @@ def fleet_change_id(group: str, action: str, day: int) -> str:
   """The id of the fleet notice for ``action`` adopted in ``group`` on UTC ``day`` (as
   transforms/fleet_notice.py names it)."""
   return hashlib.sha256(f'fleet|{group}|{action}|{day}'.encode()).hexdigest()[:24]
-
-
-def first_time_sensitive(agg, history) -> List[str]:
-  """The window's sensitive (not high-impact) actions its identity never made: what it may
-  share with peers adopting the same change."""
-  if history is None or not history.windows:
-    return []
-  return sorted(a for a in history.unseen('actions', agg.actions)
-                if agg.action_category.get(a, '') in SENSITIVE_CATEGORIES
-                and agg.action_category.get(a, '') not in HIGH_IMPACT_CATEGORIES)
 
 
 class SightingsFn(beam.DoFn):

@@ -27,14 +27,13 @@ novelty is low whatever the model says; the model's score orders them.
 """
 from __future__ import annotations
 
-import math
 from typing import Dict, List, NamedTuple, Optional, Sequence
 
 from postauth.domain import high_impact
 from postauth.domain.origin import PUBLIC, RESERVED, address_scope
 from postauth.domain.taxonomy import HIGH_IMPACT_CATEGORIES, SENSITIVE_CATEGORIES
+from postauth.transforms.versions import RANK, higher
 
-SEVERITY_RANK = {'low': 0, 'medium': 1, 'high': 2, 'critical': 3}
 HUMAN_TYPES = ('human', 'user')
 
 # Rules whose firing is evidence on its own (at the rule's severity).
@@ -64,7 +63,7 @@ class Judgment(NamedTuple):
   change: List[str]  # what is unusual but routine change, for the reader
 
   def pages(self) -> bool:
-    return SEVERITY_RANK[self.severity] >= SEVERITY_RANK['medium']
+    return RANK[self.severity] >= RANK['medium']
 
   def model_may_page(self) -> bool:
     """Whether a model flag can make this window page (it cannot on change alone)."""
@@ -73,15 +72,6 @@ class Judgment(NamedTuple):
   def to_dict(self) -> Dict:
     return {'evidence': [e['kind'] for e in self.evidence], 'shareable': list(self.shareable),
             'change': list(self.change)}
-
-
-def _higher(a: str, b: str) -> str:
-  return a if SEVERITY_RANK.get(a, -1) >= SEVERITY_RANK.get(b, -1) else b
-
-
-def _identity_account(identity: str) -> str:
-  parts = identity.split(':')
-  return parts[4] if identity.startswith('arn:') and len(parts) > 4 else ''
 
 
 def high_impact_evidence(agg, identity: str, identity_type: str, history) -> List[Dict]:
@@ -140,12 +130,12 @@ def network_evidence(agg, history, peers) -> List[Dict]:
            'actions': sorted(agg.actions, key=lambda a: (-agg.actions[a], a))[:10], 'detail': detail}]
 
 
-def activity_evidence(agg, history) -> List[Dict]:
-  """Breadth, failures, collection, sending and volume beyond what any rollout or backfill does."""
+def activity_evidence(agg, history, novel: List[str]) -> List[Dict]:
+  """Breadth, failures, collection, sending and volume beyond what any rollout or backfill does
+  (``novel``: the window's actions the identity never made)."""
   if history is None or not history.windows:
     return []
   out = []
-  novel = history.unseen('actions', agg.actions)
   if len(novel) >= NOVEL_BREADTH:
     services = sorted({a.partition(':')[0] for a in novel})
     out.append({'kind': 'novel_breadth', 'severity': 'medium', 'actions': sorted(novel)[:20],
@@ -189,7 +179,18 @@ def activity_evidence(agg, history) -> List[Dict]:
   return out
 
 
-def shareable_novelty(agg, history, peers) -> List[str]:
+def first_time_sensitive(agg, history, novel: Optional[List[str]] = None) -> List[str]:
+  """The window's sensitive (not high-impact) actions its identity never made: what it may
+  share with peers adopting the same change (``novel``: its never-made actions, if known)."""
+  if history is None or not history.windows:
+    return []
+  if novel is None:
+    novel = history.unseen('actions', agg.actions)
+  return sorted(a for a in novel if agg.action_category.get(a, '') in SENSITIVE_CATEGORIES
+                and agg.action_category.get(a, '') not in HIGH_IMPACT_CATEGORIES)
+
+
+def shareable_novelty(agg, history, peers, novel: List[str]) -> List[str]:
   """Never-seen sensitive actions the fleet does not routinely make, while the window reaches
   a scope (namespace, bucket, project, naming prefix) the identity never worked in: a page
   could rest on them, unless peers adopt them too (then they are a fleet change). The same
@@ -197,24 +198,16 @@ def shareable_novelty(agg, history, peers) -> List[str]:
   its own change, not a page."""
   if history is None or not history.windows or not history.unseen_scopes(agg.resources):
     return []
-  out = []
-  for action in history.unseen('actions', agg.actions):
-    category = agg.action_category.get(action, '')
-    if category not in SENSITIVE_CATEGORIES or category in HIGH_IMPACT_CATEGORIES:
-      continue
-    if peers is not None and peers.common(action):
-      continue
-    out.append(f'action:{action}')
-  return sorted(out)
+  return [f'action:{a}' for a in first_time_sensitive(agg, history, novel)
+          if peers is None or not peers.common(a)]
 
 
-def change_notes(agg, history, peers) -> List[str]:
+def change_notes(agg, history, peers, novel: List[str]) -> List[str]:
   """What is new but routine change: harmless never-seen calls, networks inside the fleet's
   address space, new regions and clients (for the reader of a low finding)."""
   if history is None or not history.windows:
     return []
   notes = []
-  novel = history.unseen('actions', agg.actions)
   harmless = [a for a in novel if agg.action_category.get(a, '') not in SENSITIVE_CATEGORIES]
   if harmless:
     notes.append('new harmless calls: ' + ', '.join(sorted(harmless)[:4]))
@@ -242,25 +235,26 @@ def judge(window, context: Dict, history, peers, model_severity: Optional[str],
   window (None when it did not score or flag it), ``rules_fired`` the rules' reasons."""
   agg = window.agg
   identity_type = context.get('identity_type', '') or agg.identity_type
+  novel = history.unseen('actions', agg.actions) if history is not None and history.windows else []
   evidence = (high_impact_evidence(agg, window.identity, identity_type, history)
-              + network_evidence(agg, history, peers) + activity_evidence(agg, history))
+              + network_evidence(agg, history, peers) + activity_evidence(agg, history, novel))
   for r in rules_fired:
     if r['rule'] in EVIDENCE_RULES or (r['rule'] in ('credential_created_by_nhi', 'privilege_change_by_nhi',
                                                      'out_of_scope')
-                                       and SEVERITY_RANK.get(r['severity'], 0) >= SEVERITY_RANK['high']
+                                       and RANK.get(r['severity'], 0) >= RANK['high']
                                        and _rule_on_high_impact(r, agg)):
       evidence.append({'kind': r['rule'], 'severity': r['severity'], 'actions': r.get('actions', []),
                        'detail': r['detail']})
-  shareable = shareable_novelty(agg, history, peers)
-  change = change_notes(agg, history, peers)
+  shareable = shareable_novelty(agg, history, peers, novel)
+  change = change_notes(agg, history, peers, novel)
   if evidence:
     severity = 'medium'
     for e in evidence:
-      severity = _higher(severity, e['severity'])
+      severity = higher(severity, e['severity'])
     if model_severity:
-      severity = _higher(severity, model_severity)
+      severity = higher(severity, model_severity)
   elif shareable and (model_severity or any(r['rule'] == 'out_of_scope' for r in rules_fired)):
-    severity = _higher('medium', model_severity or 'medium')
+    severity = higher('medium', model_severity or 'medium')
   else:
     severity = 'low'
   return Judgment(severity, evidence, shareable, change)
