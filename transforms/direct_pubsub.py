@@ -62,6 +62,7 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
 from apache_beam import pvalue
 
 from postauth.transforms.clock import ClockSkew, ahead_reason
+from postauth.transforms.options import EventOptions, PubSubSourceOptions
 
 _LOG = logging.getLogger(__name__)
 
@@ -151,12 +152,10 @@ def stamp_messages(pulled: List[Tuple[Optional[str], Timestamp]], attribute: Opt
 
 
 def _max_clock_skew(evaluation_context) -> float:
-  from postauth.pipeline.options import EventOptions
   return evaluation_context.pipeline_options.view_as(EventOptions).max_clock_skew
 
 
 def _settings(evaluation_context):
-  from postauth.pipeline.options import PubSubSourceOptions
   options = getattr(evaluation_context, 'pipeline_options', None)
   if options is None:
     return None

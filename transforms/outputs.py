@@ -28,6 +28,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from postauth.transforms.last_resort import LastResort
+from postauth.transforms.options import EventOptions, PubSubSourceOptions, SinkOptions
 from postauth.transforms.compact import LatestVersions, compact_findings, latest_lines, versions_path
 from postauth.transforms.parse import dead_letter
 from postauth.transforms.versions import version_rank
@@ -103,7 +104,6 @@ def read_avro(path: str) -> List[Dict]:
 
 
 def _local_files(options: PipelineOptions):
-  from postauth.pipeline.options import PubSubSourceOptions
   ps = options.view_as(PubSubSourceOptions)
   if ps.subscription or ps.topic:
     return []  # never ends by itself: its parts are the output, nothing to compact
@@ -122,7 +122,6 @@ def prepare_file_sinks(options: PipelineOptions) -> List[str]:
   output. Part names carry the run, so no run overwrites another's file. Nothing is deleted.
   Returns the folders parts were moved to.
   """
-  from postauth.pipeline.options import EventOptions
   if not options.view_as(EventOptions).events:
     return []
   paths = [spec.target for spec, _ in _local_files(options)] + [suppressed_path(options)]
@@ -223,7 +222,6 @@ def apply_sinks(records, specs: List[SinkSpec], record_kind: str, streaming: boo
   failed after retries, BigQuery rows rejected). For the dead-letter sink itself
   they go to the last-resort file (``--last-resort``) and its counter instead.
   """
-  from postauth.pipeline.options import SinkOptions
   from postauth.transforms.pubsub_sink import PublishToPubSub, dead_letter_message, finding_message
   so = options.view_as(SinkOptions)
   is_finding = record_kind == FINDING

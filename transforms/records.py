@@ -51,7 +51,7 @@ class ReadLimits(typing.NamedTuple):
 
   @classmethod
   def from_options(cls, options) -> 'ReadLimits':
-    from postauth.pipeline.options import EventOptions
+    from postauth.transforms.options import EventOptions
     ev = options.view_as(EventOptions)
     return cls(ev.max_record_bytes, ev.max_gzip_bytes, ev.max_gzip_ratio, ClockSkew(ev.max_clock_skew))
 

@@ -18,7 +18,7 @@ from typing import Any, Optional
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from postauth.pipeline.options import DetectOptions, EventOptions, PubSubSourceOptions, WatchOptions
+from postauth.transforms.options import DetectOptions, EventOptions, PubSubSourceOptions, WatchOptions
 from postauth.transforms.inventory import InventoryRefresh
 from postauth.transforms.score import WatchModelPointer
 from postauth.transforms.updates import refresh_by_polling

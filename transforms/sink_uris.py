@@ -14,8 +14,8 @@ from typing import List, Optional
 
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from postauth.pipeline.options import (DetectOptions, EventOptions, OptionsError, PubSubSourceOptions,
-                                       SinkOptions)
+from postauth.transforms.options import (DetectOptions, EventOptions, OptionsError, PubSubSourceOptions,
+                                         SinkOptions)
 
 FINDING, DEAD_LETTER = 'finding', 'dead_letter'
 LAST_RESORT = 'last-resort.jsonl'

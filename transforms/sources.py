@@ -17,7 +17,7 @@ from __future__ import annotations
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from postauth.pipeline.options import DetectOptions, EventOptions, PubSubSourceOptions, WatchOptions, WindowOptions
+from postauth.transforms.options import DetectOptions, EventOptions, PubSubSourceOptions, WatchOptions, WindowOptions
 from postauth.transforms.lateness import LATE, LateEventGate, beam_lateness
 from postauth.transforms.parse import DEAD_LETTER, ParseFiles, ParseRecords
 from postauth.transforms.records import ReadLimits
