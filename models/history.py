@@ -6,15 +6,31 @@ over. Sliding windows overlap, so folding each window in at once would make a
 burst look familiar to the very next window; folding per day is also what the
 training job sees, so features are computed the same way in training and live.
 
-The state is two bounded ``IdentityProfile`` s (the base and today's delta) plus
-a few scalars, so it can live in Beam keyed state per identity (streaming) or be
-rebuilt by walking an identity's sorted windows (batch): both call ``observe``.
+A streaming window fires again when late events arrive (its aggregate then holds
+every event so far), and some runners fire it once more when it closes, with
+nothing new. So live scoring folds windows through a small ledger: a window that
+may still fire again (its end within ``refire_horizon`` of the newest window end)
+is kept apart, one single-window profile per window start, and a later firing
+replaces it; once past the horizon it settles into the day's profile, and its
+event count is kept a day longer. A firing with no event beyond the one before
+is a repeat (``firing``), for the caller to drop; a firing with new events of a
+window that settled already is scored but not folded again. The history is
+therefore the fold of each window's last firing, once, as in a batch run over the
+same events. Invariants: no window counts twice; a window is never judged against
+its own contribution; profiles handed out are never modified (every change to
+``base`` makes a new object).
+
+The state is a few bounded ``IdentityProfile`` s (the base, today's settled
+delta, the ledger of at most ``horizon / period + 1`` windows, and the day
+before's base while its windows may still fire) plus a few scalars, so it can
+live in Beam keyed state per identity (streaming) or be rebuilt by walking an
+identity's sorted windows (batch): both call ``observe``.
 """
 from __future__ import annotations
 
 import copy
 import math
-from typing import Optional
+from typing import Dict, Optional, Tuple
 
 from postauth.models.profile import IdentityProfile
 
@@ -29,11 +45,13 @@ def day_of(window_end: float) -> int:
 class IdentityHistory:
   """Per-identity history: ``observe(window)`` returns the profile to judge it against."""
 
-  __slots__ = ('base', 'today', 'day', 'first_day', 'unregistered_clock', 'last_active')
+  __slots__ = ('base', 'today', 'day', 'first_day', 'unregistered_clock', 'last_active', 'open',
+               'closed', 'previous', '_merged')
+  _TRANSIENT = ('_merged',)
 
   def __init__(self, base: Optional[IdentityProfile] = None):
-    self.base = base or IdentityProfile()
-    self.today = IdentityProfile()
+    self.base = base or IdentityProfile()  # days before ``day``, settled windows
+    self.today = IdentityProfile()  # settled windows of ``day``
     self.day: Optional[int] = None
     # The first day this history covers: a trained profile counts as history
     # from the start; a new identity needs warm-up days before it is judged.
@@ -41,31 +59,99 @@ class IdentityHistory:
     # When an unregistered-identity finding was last raised (transforms/unregistered.py).
     self.unregistered_clock = None
     # The latest window end observed: what the streaming state's expiry counts idle time from
-    # (transforms/history.py). None in state written before it: set at the next window.
+    # (transforms/history.py), and the clock windows settle by. None in state written before it.
     self.last_active: Optional[float] = None
+    # The ledger: window start -> (window end, that window's last firing as a profile).
+    self.open: Dict[float, Tuple[float, IdentityProfile]] = {}
+    # Settled windows of the last day: window start -> (window end, events in its last firing).
+    self.closed: Dict[float, Tuple[float, int]] = {}
+    # (the day before ``day``, its base): what a late firing of that day is judged against.
+    self.previous: Optional[Tuple[int, IdentityProfile]] = None
+    self._merged = None  # cache of the last base + ledger merge (not persisted)
 
-  def observe(self, agg, window_end: float) -> IdentityProfile:
-    """Folds the window into today's delta; returns the profile of the days before."""
+  def observe(self, agg, window_end: float, window_start: Optional[float] = None,
+              refire_horizon: float = 0.0) -> IdentityProfile:
+    """Folds the window in; returns the profile of the days before its day.
+
+    With ``refire_horizon`` > 0 (live scoring) the window goes through the ledger, replacing
+    an earlier firing of the same ``window_start``; without it (training, where each window
+    comes once) it is folded into today's delta at once."""
     day = day_of(window_end)
     if self.first_day is None:
       self.first_day = day
     if self.day is not None and day > self.day:
-      # A new base object, never an in-place merge: profiles handed out for
-      # earlier windows stay as they were (they may not be scored yet).
-      self.base = copy.deepcopy(self.base).merge(self.today)
-      self.today = IdentityProfile()
+      self._roll_over()
     if self.day is None or day > self.day:
       self.day = day
-    # A late window of an earlier day is judged against the current base and
-    # folded into today's delta: history never moves backwards.
-    before = self.base
-    self.today.update(agg, window_end)
+    before = self._before(day, window_start)
     self.last_active = window_end if self.last_active is None else max(self.last_active, window_end)
+    if refire_horizon > 0 and window_start is not None:
+      if window_start not in self.closed:  # else: folded already; scored, not counted twice
+        self.open[window_start] = (window_end, IdentityProfile().update(agg, window_end))
+      self._settle(self.last_active - refire_horizon)
+    else:
+      # A late window of an earlier day is judged against the current base and folded into
+      # today's delta: history never moves backwards.
+      self.today.update(agg, window_end)
     return before
+
+  def firing(self, window_start: float, events: int) -> str:
+    """What a firing of the window starting at ``window_start`` with ``events`` events is:
+    ``first``; ``again`` (it replaces the one in the ledger); ``late`` (new events for a window
+    that settled: scored, not folded again); or ``repeat`` (no event beyond the last firing)."""
+    if window_start in self.open:
+      return 'again' if events > self.open[window_start][1].events else 'repeat'
+    if window_start in self.closed:
+      return 'late' if events > self.closed[window_start][1] else 'repeat'
+    return 'first'
+
+  def _roll_over(self) -> None:
+    # A new base object, never an in-place merge: profiles handed out for
+    # earlier windows stay as they were (they may not be scored yet).
+    self.previous = (self.day, self.base) if self.open else None
+    self.base = copy.deepcopy(self.base).merge(self.today)
+    self.today = IdentityProfile()
+
+  def _before(self, day: int, window_start: Optional[float]) -> IdentityProfile:
+    """The base for a window of ``day``: settled days before it plus ledger windows of days
+    before it, never the window's own earlier firing."""
+    root = self.base
+    if day < (self.day or day) and self.previous is not None:
+      root = self.previous[1]  # a late firing of the day before: judged as it was then
+    prior = sorted((s, p) for s, (e, p) in self.open.items() if day_of(e) < day and s != window_start)
+    if not prior:
+      return root
+    key = (id(root),) + tuple(id(p) for _, p in prior)
+    if self._merged is None or self._merged[0] != key:
+      merged = copy.deepcopy(root)
+      for _, p in prior:
+        merged.merge(p)
+      self._merged = (key, merged)
+    return self._merged[1]
+
+  def _settle(self, upto: float) -> None:
+    """Moves ledger windows that can no longer fire again (ending at or before ``upto``) into
+    the profiles: the day's own one by one into today's delta, the day before's all at once
+    into the base when the whole day is past (one merge, the one ``_before`` already made)."""
+    for start in sorted(s for s, (e, _) in self.open.items() if e <= upto and day_of(e) == self.day):
+      end, profile = self.open.pop(start)
+      self.today.merge(profile)
+      self.closed[start] = (end, profile.events)
+    if self.day is not None and upto >= self.day * DAY:
+      if any(day_of(e) < self.day for e, _ in self.open.values()):
+        self.base = self._before(self.day, None)
+        for start, (end, profile) in list(self.open.items()):
+          if day_of(end) < self.day:
+            self.closed[start] = (end, self.open.pop(start)[1].events)
+      self.previous = None
+    self.closed = {s: v for s, v in self.closed.items() if v[0] > upto - DAY}
 
   def final_profile(self) -> IdentityProfile:
     """Everything observed so far folded together (what a trained model stores per identity)."""
-    return copy.deepcopy(self.base).merge(self.today)
+    merged = copy.deepcopy(self.base).merge(self.today)
+    for _, (_, p) in sorted(self.open.items()):
+      merged.merge(p)
+    return merged
 
   def days_of_history(self, window_end: float) -> int:
     """Complete days of history before this window's day (a trained base counts as many)."""
@@ -81,12 +167,14 @@ class IdentityHistory:
 
   def last_seen(self) -> float:
     """The latest event time seen of the identity, today included (-inf if never)."""
-    return max(self.base.last_seen, self.today.last_seen)
+    return max([self.base.last_seen, self.today.last_seen] + [p.last_seen for _, p in self.open.values()])
 
   # -- persistence (Beam state coders pickle this object; keep it small) -------
   def __getstate__(self):
-    return {k: getattr(self, k) for k in self.__slots__}
+    return {k: getattr(self, k) for k in self.__slots__ if k not in self._TRANSIENT}
 
   def __setstate__(self, state):
     for k in self.__slots__:
       setattr(self, k, state.get(k))
+    if self.open is None:  # state written before the ledger
+      self.open, self.closed = {}, {}

@@ -21,7 +21,7 @@ from postauth.transforms.corroborate import CorroborateWithPeers
 from postauth.transforms.findings import MergeOverlappingWindows
 from postauth.transforms.fleet_notice import FleetChangeNotices
 from postauth.transforms.history import UNREGISTERED as UNREGISTERED_WINDOWS
-from postauth.transforms.history import TrackHistory
+from postauth.transforms.history import refire_horizon, TrackHistory
 from postauth.transforms.inventory import EnrichWindows, InventorySnapshots
 from postauth.transforms.lateness import beam_lateness
 from postauth.transforms.outputs import WriteDeadLetters, WriteFindings, WriteSuppressed
@@ -50,7 +50,10 @@ def build_detection(p: beam.Pipeline, options: PipelineOptions) -> Dict[str, bea
             | 'History' >> TrackHistory(det.model_dir, det.model_version,
                                         unregistered=UNREGISTERED not in disabled,
                                         period_seconds=win.window_period, shared_handle=model,
-                                        ordered=not lands_on_bundle_runner(options)))
+                                        ordered=not lands_on_bundle_runner(options),
+                                        # batch too, so both fold the same way
+                                        refire_horizon=refire_horizon(win.allowed_lateness,
+                                                                      win.window_period)))
   anomalies = (judged['windows']
                | 'Score' >> ScoreWindows(det.model_dir, det.threshold, det.model_version,
                                          window_period=win.window_period, allowed_lateness=lateness,

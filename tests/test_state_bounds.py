@@ -173,11 +173,26 @@ def test_history_expires_to_a_departed_record_then_is_forgotten_on_the_streaming
   w = window('ci-ns-42', D0 + H, [ev('ci-ns-42', D0 + 600)])
   _track(fn, ('ci-ns-42', (w, ctx(identity='ci-ns-42'))), cell, timer)
   assert isinstance(pickle.loads(cell.value), IdentityHistory) and timer.at == Timestamp.of(D0 + H + 3 * DAY + EXPIRY_GRACE)
-  fn.expire(state=cell, expire=timer)  # the watermark passed it: no window for 3 days (+ grace)
+  list(fn.expire(key=None, state=cell, expire=timer, pending=_Bag()))  # the watermark passed it: no window for 3 days (+ grace)
   assert pickle.loads(cell.value) == (D0 + 600, D0 + H) and len(cell.value) < 64
   assert timer.at == Timestamp.of(D0 + H + 10 * DAY + EXPIRY_GRACE)
-  fn.expire(state=cell, expire=timer)
+  list(fn.expire(key=None, state=cell, expire=timer, pending=_Bag()))
   assert cell.value is None
+
+
+def test_an_expiry_timer_fired_before_waiting_windows_folds_them_instead():
+  """A watermark jump can fire the expiry before the ordering timer of windows already waiting:
+  they are folded (and scored), the history is kept and its expiry follows them."""
+  fn, cell, timer = _history_fn(TrackHistoryFn), _Cell(), _Timer()
+  w = window('agent-9', D0 + H, [ev('agent-9', D0 + 600)])
+  _track(fn, ('agent-9', (w, ctx(identity='agent-9'))), cell, timer)
+  later = window('agent-9', D0 + 2 * H, [ev('agent-9', D0 + H + 600)])
+  bag = _Bag()
+  bag.add((later, ctx(identity='agent-9')))
+  out = list(fn.expire(key='agent-9', state=cell, expire=timer, pending=bag))
+  assert [x.value.window.window_end for x in out if not isinstance(x, beam.pvalue.TaggedOutput)] == [D0 + 2 * H]
+  assert isinstance(pickle.loads(cell.value), IdentityHistory) and bag.items == []
+  assert timer.at == Timestamp.of(D0 + 2 * H + 3 * DAY + EXPIRY_GRACE)
 
 
 def _history_walks(profiles, windows, identity):
@@ -193,7 +208,7 @@ def _history_walks(profiles, windows, identity):
   for w, c in pairs:
     while timer.at is not None and timer.at <= Timestamp.of(w.window_end - EPSILON):
       fired, timer.at = timer.at, None
-      fn.expire(state=cell, expire=timer)
+      list(fn.expire(key=None, state=cell, expire=timer, pending=_Bag()))
       assert timer.at is None or timer.at > fired
     live += [view(x.value) for x in _track(fn, (identity, (w, c)), cell, timer)
              if not isinstance(x, beam.pvalue.TaggedOutput)]

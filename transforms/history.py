@@ -45,6 +45,7 @@ from apache_beam.utils.timestamp import Timestamp
 from postauth.models.history import IdentityHistory
 from postauth.models.profile import IdentityProfile
 from postauth.transforms.findings import unregistered_finding
+from postauth.transforms.lateness import DEFAULT_ALLOWED_LATENESS, beam_lateness
 from postauth.transforms.model_cache import acquire_model
 from postauth.transforms.unregistered import due
 from postauth.transforms.windowing import EPSILON, IdentityWindow
@@ -61,6 +62,17 @@ DEPARTED_RETENTION = 400 * DAY
 # allowed lateness (default 1 h, plus the gate's 10 min margin) of that instant still finds
 # the history the batch walk would: invariant, --allowed-lateness + 10 min < EXPIRY_GRACE.
 EXPIRY_GRACE = DAY
+
+
+def refire_horizon(allowed_lateness: int, period: int) -> int:
+  """How long after its end a history keeps a window's firing apart, so that a later one
+  replaces it instead of counting twice (models/history.py): the windows' state lifetime
+  (transforms/lateness.py), when a runner last re-fires them, plus one period, so windows
+  folded while the closing re-fire is on its way do not settle it first."""
+  return beam_lateness(allowed_lateness) + period
+
+
+REFIRE_HORIZON = refire_horizon(DEFAULT_ALLOWED_LATENESS, 900)
 
 # What the state holds of an identity: its history, or once that expired, (last seen, last active).
 Kept = Union[IdentityHistory, Tuple[float, float]]
@@ -79,8 +91,10 @@ class _HistoryFn(beam.DoFn):
 
   def __init__(self, model_dir: Optional[str], version: Optional[str] = None,
                unregistered: bool = True, shared_handle=None,
-               retention: float = HISTORY_RETENTION, departed: float = DEPARTED_RETENTION):
+               retention: float = HISTORY_RETENTION, departed: float = DEPARTED_RETENTION,
+               refire_horizon: Optional[float] = None):
     self._unregistered_enabled = unregistered
+    self._refire_horizon = REFIRE_HORIZON if refire_horizon is None else refire_horizon
     self._retention, self._departed = retention, max(departed, retention)
     self._model_dir = model_dir
     self._version = version
@@ -91,6 +105,9 @@ class _HistoryFn(beam.DoFn):
     self.expired = Metrics.counter('postauth', 'history_expired')
     self.forgotten = Metrics.counter('postauth', 'history_forgotten')
     self.returned = Metrics.counter('postauth', 'history_returned')
+    self.replaced = Metrics.counter('postauth', 'history_windows_replaced')
+    self.repeats = Metrics.counter('postauth', 'identity_windows_repeated')
+    self.settled_late = Metrics.counter('postauth', 'history_windows_late_after_settling')
 
   def setup(self):
     self._profiles = (acquire_model(self._shared, self._model_dir, self._version).profiles
@@ -136,8 +153,14 @@ class _HistoryFn(beam.DoFn):
     return hist, out
 
   def _step(self, hist: IdentityHistory, window: IdentityWindow, context: Dict):
+    firing = hist.firing(window.window_start, window.agg.count)
+    if firing == 'repeat':  # a window's closing re-fire with nothing new: judged already
+      self.repeats.inc()
+      return
     self.windows.inc()
-    before = hist.observe(window.agg, window.window_end)
+    if firing != 'first':
+      (self.replaced if firing == 'again' else self.settled_late).inc()
+    before = hist.observe(window.agg, window.window_end, window.window_start, self._refire_horizon)
     yield WindowInContext(window, context, before, hist.days_of_history(window.window_end))
     if context.get('registered') == 'false' and self._unregistered_enabled:
       agg = window.agg
@@ -207,9 +230,17 @@ class TrackHistoryFn(_HistoryFn):
     expire.set(Timestamp.of(hist.last_active + self._retention + EXPIRY_GRACE))
 
   @on_timer(EXPIRE)
-  def expire(self, state=beam.DoFn.StateParam(HISTORY), expire=beam.DoFn.TimerParam(EXPIRE)):
+  def expire(self, key=beam.DoFn.KeyParam, state=beam.DoFn.StateParam(HISTORY),
+             expire=beam.DoFn.TimerParam(EXPIRE), pending=beam.DoFn.StateParam(PENDING)):
     """No window for ``retention`` (+ grace): the history becomes a departed record; after
-    ``departed``, the state is cleared. (A window resets the timer, so this one is current.)"""
+    ``departed``, the state is cleared. (A window resets the timer, so this one is current.)
+    Windows still waiting for their turn (a watermark jump fired this timer first) are folded
+    instead, and the timer follows them."""
+    waiting = sorted(pending.read(), key=lambda wc: (wc[0].window_end, wc[0].window_start))
+    if waiting:
+      pending.clear()
+      yield from self._fold(key, waiting, state, expire)
+      return
     stored = state.read()
     departed = self._departure(pickle.loads(stored) if stored else None)
     if departed is None:
@@ -244,8 +275,9 @@ class TrackHistory(beam.PTransform):
                unregistered: bool = True, period_seconds: int = 900,
                shared_handle: Optional[shared.Shared] = None,
                retention: float = HISTORY_RETENTION, departed: float = DEPARTED_RETENTION,
-               ordered: bool = True):
+               ordered: bool = True, refire_horizon: Optional[float] = None):
     super().__init__()
+    self._refire_horizon = refire_horizon
     self._ordered = ordered  # False on a runner that ignores timer holds (TrackHistoryFn)
     self._shared = shared_handle or shared.Shared()
     self._expiry = (retention, departed)
@@ -263,7 +295,7 @@ class TrackHistory(beam.PTransform):
                 | 'GroupByIdentity' >> beam.GroupByKey()
                 | 'WalkHistory' >> beam.ParDo(WalkHistoryFn(
                     self._model_dir, self._version, self._unregistered, self._shared,
-                    *self._expiry)).with_outputs(
+                    *self._expiry, refire_horizon=self._refire_horizon)).with_outputs(
                         UNREGISTERED, main='windows'))
       return {'windows': walked.windows, UNREGISTERED: walked[UNREGISTERED]}
     tracked = (keyed
@@ -271,7 +303,8 @@ class TrackHistory(beam.PTransform):
                | 'GlobalWindow' >> beam.WindowInto(beam.transforms.window.GlobalWindows())
                | 'History' >> beam.ParDo(TrackHistoryFn(
                    self._model_dir, self._version, self._unregistered, self._shared,
-                   *self._expiry, ordered=self._ordered)).with_outputs(
+                   *self._expiry, refire_horizon=self._refire_horizon,
+                   ordered=self._ordered)).with_outputs(
                        UNREGISTERED, main='windows'))
     # Back into short event-time windows (each element's timestamp is its window's
     # end), so downstream batching flushes as the watermark passes, not at the end.

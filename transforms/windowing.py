@@ -24,7 +24,6 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms import trigger, window
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration
-from apache_beam.utils.windowed_value import PaneInfoTiming
 
 from postauth.domain.window import WindowAggregate
 from postauth.transforms.aggregate import WindowAggregateFn, aggregate_fields, aggregate_from_fields, dumps_or_pickle, loads_or_unpickle
@@ -64,34 +63,31 @@ class IdentityWindowCoder(beam.coders.Coder):
 
 beam.coders.registry.register_coder(IdentityWindow, IdentityWindowCoder)
 
-# (identity, pane or window start) -> aggregate: typed so shuffles use WindowAggregateCoder.
-_PANE_AGG = typing.Tuple[typing.Tuple[str, int], WindowAggregate]
+# (identity, a pane's aggregate or a part of it): typed so the shuffle uses WindowAggregateCoder.
+PANE_PART = typing.Tuple[str, WindowAggregate]
+
+
+def is_pane_parts(pcoll: beam.PCollection) -> bool:
+  """Whether ``pcoll`` holds pane parts (``PANE_PART``) rather than Events."""
+  return pcoll.element_type == beam.typehints.Tuple[str, WindowAggregate]
 
 
 class _AttachWindow(beam.DoFn):
-  """(identity, agg) in a Beam sliding window -> IdentityWindow, once per firing that can bring
-  something new.
+  """(identity, agg) in a Beam sliding window -> IdentityWindow, once per firing.
 
   The windows accumulate, so a late firing repeats the whole window with its late events. A
-  runner may also fire an accumulating window once more when it closes (Prism does, with
-  nothing new; Dataflow only when something arrived since the last firing). That closing pane
-  (late and last) can bring nothing: every event the late-event gate lets through is within
-  the allowed lateness, at least ``GATE_MARGIN`` before the window closes, and fired its own
-  late pane (``AfterCount(1)``). Re-scoring it an hour later would re-judge the window against
-  a history that moved on and reopen or split the finding it belongs to, so it is dropped
-  (counted as ``identity_windows_closing_repeats``): a window reaches scoring on time and once
-  per late event, in batch and streaming alike.
+  runner may also fire an accumulating window once more when it closes: Prism does, with
+  nothing new, and a late event that reaches the window as it closes comes only in that
+  closing pane (late and last). So every firing goes on; the history, which holds each
+  identity's windows, drops the repeats that bring nothing new and folds each window once
+  (transforms/history.py, models/history.py).
   """
 
   def __init__(self):
     self.windows = Metrics.counter('postauth', 'identity_windows')
-    self.repeats = Metrics.counter('postauth', 'identity_windows_closing_repeats')
 
-  def process(self, kv, win=beam.DoFn.WindowParam, pane=beam.DoFn.PaneInfoParam):
+  def process(self, kv, win=beam.DoFn.WindowParam):
     identity, agg = kv
-    if pane.is_last and pane.timing == PaneInfoTiming.LATE:
-      self.repeats.inc()
-      return
     self.windows.inc()
     yield IdentityWindow(identity, float(win.start), float(win.end), agg)
 
@@ -116,35 +112,54 @@ def _pane_start(agg: WindowAggregate, period: int) -> int:
   return int(agg.first_time // period) * period
 
 
-class _SlidePanes(beam.DoFn):
-  """(identity, its pane aggregates) -> ((identity, window start), agg) per window with activity.
+def _part_order(agg: WindowAggregate):
+  return agg.first_time, agg.last_time, agg.count
 
-  Each window's aggregate is a fresh merge of the panes it holds, in time order (a pane sits
-  in ``size / period`` windows; merging copies, so panes are never shared between windows).
-  One shuffle of panes by identity instead of one per window holding the pane.
+
+class _SlidePanes(beam.DoFn):
+  """(identity, its pane parts) -> IdentityWindow per window with activity, stamped at its end.
+
+  Parts of one pane (one per file it spans, when the parse aggregated them) are merged first,
+  in time order. Each window's aggregate is then a fresh merge of the panes it holds, in time
+  order (a pane sits in ``size / period`` windows; merging copies, so panes are never shared
+  between windows). One shuffle of panes by identity instead of one per window holding the
+  pane; the windows leave stamped like Beam's window output (``end - EPSILON``).
   """
 
   def __init__(self, size: int, period: int):
     self._size, self._period = size, period
+    self.windows = Metrics.counter('postauth', 'identity_windows')
 
   def process(self, kv):
-    identity, panes = kv
-    panes = sorted(panes, key=lambda a: a.first_time)
-    starts = [_pane_start(a, self._period) for a in panes]
-    windows = sorted({s - k * self._period for s in starts for k in range(self._size // self._period)})
-    lo = 0
+    identity, parts = kv
+    period, size = self._period, self._size
+    parts = sorted(parts, key=_part_order)
+    panes: typing.List[WindowAggregate] = []
+    starts: typing.List[int] = []
+    for part in parts:  # sorted by first event: a pane's parts are adjacent
+      start = _pane_start(part, period)
+      if starts and starts[-1] == start:
+        panes[-1].merge(part)
+      else:
+        panes.append(part)
+        starts.append(start)
+    windows = sorted({s - k * period for s in starts for k in range(size // period)})
+    lo, n = 0, 0
     for start in windows:
       while starts[lo] < start:
         lo += 1
       agg, i = WindowAggregate(), lo
-      while i < len(starts) and starts[i] < start + self._size:
+      while i < len(starts) and starts[i] < start + size:
         agg.merge(panes[i])
         i += 1
-      yield (identity, start), agg
+      end = float(start + size)
+      n += 1
+      yield TimestampedValue(IdentityWindow(identity, float(start), end, agg), end - EPSILON)
+    self.windows.inc(n)
 
 
 class _MergePanes(beam.PTransform):
-  """(identity, pane aggregate) -> ((identity, window start), window aggregate), bounded input."""
+  """(identity, pane aggregate or part) -> IdentityWindow per window, bounded input."""
 
   def __init__(self, size: int, period: int):
     super().__init__()
@@ -154,21 +169,7 @@ class _MergePanes(beam.PTransform):
     return (panes
             | 'GroupByIdentity' >> beam.GroupByKey()
             | 'SlidePanes' >> beam.ParDo(_SlidePanes(self._size, self._period)).with_output_types(
-                _PANE_AGG))
-
-
-class _AttachKeyedWindow(beam.DoFn):
-  """((identity, window start), agg) -> IdentityWindow stamped like Beam's window output."""
-
-  def __init__(self, size: int):
-    self._size = size
-    self.windows = Metrics.counter('postauth', 'identity_windows')
-
-  def process(self, kv):
-    (identity, start), agg = kv
-    self.windows.inc()
-    end = float(start + self._size)
-    yield TimestampedValue(IdentityWindow(identity, float(start), end, agg), end - EPSILON)
+                IdentityWindow))
 
 
 class IdentityWindows(beam.PTransform):
@@ -198,6 +199,8 @@ class IdentityWindows(beam.PTransform):
     return self._windowed(events)
 
   def _keyed(self, events):
+    if is_pane_parts(events):  # the parse aggregated them (ParseFiles(pane_seconds=...))
+      return events | 'MergePanes' >> _MergePanes(self.size, self.period)
     period = self.period
     return (
         events
@@ -205,11 +208,8 @@ class IdentityWindows(beam.PTransform):
             lambda e: ((e.identity, int(e.event_time // period) * period), e)).with_output_types(
                 typing.Tuple[typing.Tuple[str, int], Event])
         | 'AggregatePanes' >> beam.CombinePerKey(WindowAggregateFn(period, self.evidence))
-        | 'PaneToWindows' >> beam.Map(lambda kv: (kv[0][0], kv[1])).with_output_types(
-            typing.Tuple[str, WindowAggregate])
-        | 'MergePanes' >> _MergePanes(self.size, period)
-        | 'AttachWindow' >> beam.ParDo(_AttachKeyedWindow(self.size)).with_output_types(
-            IdentityWindow))
+        | 'PaneToWindows' >> beam.Map(lambda kv: (kv[0][0], kv[1])).with_output_types(PANE_PART)
+        | 'MergePanes' >> _MergePanes(self.size, period))
 
   def _windowed(self, events):
     pane_kwargs, slide_kwargs = {}, {}

@@ -1,0 +1,229 @@
+"""A window that fires again for late events replaces its earlier firing in the history.
+
+Streaming windows accumulate: a late event re-fires each window holding it with the whole,
+updated aggregate. The history must fold each window once, as its last firing, so that the
+profile a window is judged against equals the batch one over the same events; and a window is
+never judged against its own earlier firing. Shown on the history class, and on Prism with
+events delivered after the watermark passed them (``ScriptedStream``).
+"""
+from __future__ import annotations
+
+import os
+
+import apache_beam as beam
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.testing.util import assert_that, equal_to
+
+from postauth.domain.event import Event
+from postauth.domain.window import WindowAggregate
+from postauth.models.history import DAY, IdentityHistory
+from postauth.pipeline import prism
+from postauth.transforms.history import TrackHistory, refire_horizon
+from postauth.transforms.lateness import beam_lateness
+from postauth.transforms.windowing import IdentityWindows
+from scripted_stream import ScriptedStream
+
+D0 = 1_800_028_800 - 1_800_028_800 % DAY  # midnight UTC
+H, Q = 3600, 900
+HORIZON = refire_horizon(3600, 900)
+
+
+def ev(t: float, action: str = 'GetObject', identity: str = 'role/etl') -> Event:
+  return Event(f'{identity}-{t}-{action}', float(t), identity, 'AssumedRole', identity, '', 'aws', 's3',
+               action, 'data_read', 'b/k', 'us-east-1', '10.0.0.1', 'aws-cli/2', True, '', True, 'x#0')
+
+
+def agg(*events: Event) -> WindowAggregate:
+  a = WindowAggregate()
+  for e in events:
+    a.add(e, Q)
+  return a
+
+
+def view(profile):
+  return profile.windows, profile.events, dict(profile.category_events)
+
+
+# -- the history class --------------------------------------------------------------------------
+def test_a_refired_window_replaces_its_first_firing():
+  live, batch = IdentityHistory(), IdentityHistory()
+  first, late = ev(D0 + 10 * H), ev(D0 + 10 * H + 60, 'PutObject')
+  start = D0 + 10 * H
+  live.observe(agg(first), start + H, start, HORIZON)
+  live.observe(agg(first, late), start + H, start, HORIZON)  # the late firing: the whole window again
+  batch.observe(agg(first, late), start + H, start, HORIZON)
+  nxt = D0 + DAY + H  # a window of the next day sees the day before
+  assert view(live.observe(agg(ev(nxt - 60)), nxt, nxt - H, HORIZON)) == \
+      view(batch.observe(agg(ev(nxt - 60)), nxt, nxt - H, HORIZON)) == (1, 2, {'data_read': 2})
+  assert view(live.final_profile()) == view(batch.final_profile())
+
+
+def test_without_a_horizon_each_firing_counts_as_a_window():
+  """What training does (each window comes once), and what live scoring did before."""
+  h = IdentityHistory()
+  start = D0 + 10 * H
+  h.observe(agg(ev(start)), start + H)
+  h.observe(agg(ev(start), ev(start + 60)), start + H)
+  assert view(h.final_profile())[:2] == (2, 3)
+
+
+def test_a_late_firing_of_the_day_before_is_judged_against_that_days_base_not_itself():
+  h = IdentityHistory()
+  burst = [ev(D0 + DAY - 30 * 60 + i, 'GetSecretValue') for i in range(5)]
+  last = D0 + DAY - H  # the day's last window: 23:00-24:00
+  h.observe(agg(ev(D0 + 2 * H)), D0 + 3 * H, D0 + 2 * H, HORIZON)
+  assert view(h.observe(agg(*burst), D0 + DAY, last, HORIZON)) == (0, 0, {})
+  # the next day starts: its first window sees the day before, burst included
+  assert view(h.observe(agg(ev(D0 + DAY + 60)), D0 + DAY + Q, D0 + DAY + Q - H, HORIZON))[:2] == (2, 6)
+  # a late event re-fires the burst's window after midnight: judged as on time (nothing of its
+  # day), never against its own first firing
+  again = h.observe(agg(*burst, ev(D0 + DAY - 60, 'GetSecretValue')), D0 + DAY, last, HORIZON)
+  assert view(again) == (0, 0, {})
+  # later windows of the new day see the day before once, with the late event
+  after = h.observe(agg(ev(D0 + DAY + 2 * H)), D0 + DAY + 2 * H + Q, D0 + DAY + H + Q, HORIZON)
+  assert view(after)[:2] == (2, 7)
+  assert h.previous is None and all(end > D0 + DAY for end, _ in h.open.values())
+
+
+def test_the_ledger_stays_within_the_horizon():
+  """Within a day, the windows of the last horizon; across midnight, also the day before's."""
+  h = IdentityHistory()
+  for k in range(4 * 24):  # a day of windows every 15 min (the last four end the next day)
+    start = D0 + k * Q
+    h.observe(agg(ev(start + 1)), start + H, start, HORIZON)
+    assert len(h.open) <= 2 * (HORIZON // Q) + 1
+    if start + H < D0 + DAY:
+      assert len(h.open) <= HORIZON // Q + 1
+  assert h.final_profile().windows == 96
+
+
+def test_state_written_before_the_ledger_still_loads():
+  h = IdentityHistory()
+  h.observe(agg(ev(D0 + 60)), D0 + H)
+  state = h.__getstate__()
+  for k in ('open', 'previous'):
+    state.pop(k)
+  old = IdentityHistory.__new__(IdentityHistory)
+  old.__setstate__(state)
+  old.observe(agg(ev(D0 + H + 60)), D0 + 2 * H, D0 + H, HORIZON)
+  assert old.final_profile().windows == 2
+
+
+# -- on Prism, with late events ------------------------------------------------------------------
+def _events_and_script():
+  """Day 1: an event every 10 min, 06:00-24:00; day 2: every 10 min, 00:00-04:00. Late: a third
+  of day 1's afternoon events arrive 40 min after the watermark passed them, and a burst at
+  23:50 arrives after midnight (watermark 00:30)."""
+  day1 = [ev(D0 + 6 * H + 600 * i) for i in range(18 * 6)]
+  day2 = [ev(D0 + DAY + 600 * i) for i in range(4 * 6)]
+  late = [e for e in day1 if 12 * H <= e.event_time - D0 < 18 * H and int(e.event_time) % 1800 == 0]
+  burst = [ev(D0 + DAY - 600 + i, 'ListBuckets') for i in range(3)]
+  on_time = [e for e in day1 + day2 if e not in late]
+  steps, mark, t = [], D0 + 6 * H, D0 + 6 * H
+  while t < D0 + DAY + 5 * H:
+    t += 300
+    batch = [(e, e.event_time) for e in on_time if t - 300 <= e.event_time < t]
+    batch += [(e, e.event_time) for e in late if t - 300 <= e.event_time + 40 * 60 < t]
+    if t - 300 <= D0 + DAY + 30 * 60 < t:
+      batch += [(e, e.event_time) for e in burst]
+    steps.append((batch, t - 1))
+  steps.append(([], t + DAY))  # a finite drain step before the end, as the file replay has
+  return day1 + day2 + burst, steps
+
+
+def _options(argv):
+  o = PipelineOptions(argv)
+  o.view_as(StandardOptions).streaming = True
+  return o
+
+
+def _history_views(windows):
+  return (windows
+          | 'Context' >> beam.Map(lambda w: (w, {'registered': 'true'}))
+          | 'History' >> TrackHistory(None, refire_horizon=HORIZON))['windows'] \
+      | 'View' >> beam.Map(lambda x: (int(x.window.window_end - D0), x.window.agg.count, x.history.windows,
+                                      x.history.events))
+
+
+def _prism_argv():
+  if prism.local_binary() is None:
+    if os.environ.get('CI', '').lower() == 'true':
+      pytest.fail('no Prism binary: make test builds it first')
+    pytest.skip(f'no Prism binary at {prism.binary_path()}: run `make prism`')
+  return ['--runner=PrismRunner', f'--prism_location={prism.local_binary()}']
+
+
+class _Append(beam.DoFn):
+  """Writes each element as a JSON line to a file of its own under ``out`` (any runner)."""
+
+  def __init__(self, out: str):
+    self._out = out
+
+  def process(self, row):
+    import json, uuid
+    with open(os.path.join(self._out, uuid.uuid4().hex), 'w') as f:
+      f.write(json.dumps(row))
+
+
+def _collect(run, out: str):
+  import json
+  os.makedirs(out)
+  run(out)
+  rows = []
+  for name in os.listdir(out):
+    with open(os.path.join(out, name)) as f:
+      rows.append(tuple(json.load(f)))
+  return rows
+
+
+def _last_firings(rows):
+  """end -> (events, history windows, history events) of each window's last firing (most events)."""
+  last = {}
+  for end, count, windows, n in rows:
+    if end not in last or count >= last[end][0]:
+      last[end] = (count, windows, n)
+  return last
+
+
+def test_streaming_history_equals_batch_under_late_data_on_prism(tmp_path):
+  events, steps = _events_and_script()
+  assert sum(len(b) for b, _ in steps) == len(events)
+
+  def batch(out):
+    with beam.Pipeline(runner='FnApiRunner') as p:
+      _history_views(p | beam.Create(events) | IdentityWindows(H, Q)) | beam.ParDo(_Append(out))
+
+  def live(out):
+    with beam.Pipeline(options=_options(_prism_argv())) as p:
+      (_history_views(p | ScriptedStream(steps) | IdentityWindows(H, Q, HORIZON))
+       | beam.ParDo(_Append(out)))
+
+  expected = _last_firings(_collect(batch, str(tmp_path / 'batch')))
+  got = _last_firings(_collect(live, str(tmp_path / 'live')))
+  # every window's final aggregate is the batch one: the late events re-fired their windows
+  assert {e: v[0] for e, v in got.items()} == {e: v[0] for e, v in expected.items()}
+  assert len(expected) > 80
+  # day one's windows were judged against nothing (its first day), late firings included
+  assert all(v[1:] == (0, 0) for e, v in got.items() if e <= DAY)
+  # the next day's windows that close after the last late event (00:30) saw the whole day before,
+  # each of its windows once, as in batch
+  after = lambda d: sorted((e, v) for e, v in d.items() if e > DAY + 30 * 60 + H)
+  assert after(expected) and all(v[1] > 0 for _, v in after(expected))
+  assert after(got) == after(expected)
+
+
+def test_a_firing_with_nothing_new_is_a_repeat_and_a_late_one_after_settling_is_not_folded_again():
+  h = IdentityHistory()
+  start = D0 + 10 * H
+  a = agg(ev(start + 60))
+  assert h.firing(start, a.count) == 'first'
+  h.observe(a, start + H, start, HORIZON)
+  assert h.firing(start, a.count) == 'repeat'  # a closing re-fire: nothing new
+  assert h.firing(start, a.count + 1) == 'again'
+  later = start + H + HORIZON  # a window far enough on settles the first one
+  h.observe(agg(ev(later)), later + H, later, HORIZON)
+  assert start not in h.open and h.firing(start, a.count) == 'repeat'
+  assert h.firing(start, a.count + 1) == 'late'
+  h.observe(agg(ev(start + 60), ev(start + 120)), start + H, start, HORIZON)
+  assert h.final_profile().windows == 2  # scored, never folded twice
