@@ -1,8 +1,8 @@
 """What one identity did in one window, as a bounded, mergeable summary.
 
 The summary keeps counts, not events: per action, category, resource, network,
-user-agent family and region, each capped so a noisy identity cannot grow it
-without bound. Beam combines panes of a sliding window into it
+user-agent family and region (and, for spans, the services that emitted them), each
+capped so a noisy identity cannot grow it without bound. Beam combines panes of a sliding window into it
 (``transforms.aggregate.WindowAggregateFn``), and the model reads it
 (``models.features``): it is a domain type, below both, and imports no Beam.
 """
@@ -11,10 +11,13 @@ from __future__ import annotations
 from typing import Dict, List, Optional
 
 from postauth.domain import evidence as evidence_sample
+from postauth.domain.emitter import emitter_of
 from postauth.domain.origin import agent_family, network_of
 from postauth.domain.event import Event
 
 MAX_KEYS = 256  # distinct values kept per field; beyond it, counted in *_overflow
+MAX_EMITTERS = 16  # services emitting one identity's self-named records, per window
+EMITTER_EVENTS = 3  # first events kept per emitting service (by time, then id)
 
 
 def _bump(counts: Dict[str, int], key: str, n: int = 1) -> int:
@@ -25,13 +28,36 @@ def _bump(counts: Dict[str, int], key: str, n: int = 1) -> int:
   return n
 
 
+def _note_emitter(emitters: Dict[str, list], emitter: str, n: int, events: List[list]) -> int:
+  """Adds ``n`` calls and their first ``events`` ([time, id, action], sorted) to an emitting
+  service's entry; returns the calls that did not fit. The events kept are exact under merging
+  (the first k of a union are among the first k of each part): batch and streaming name the
+  same ones."""
+  entry = emitters.get(emitter)
+  if entry is None:
+    if len(emitters) >= MAX_EMITTERS:
+      return n
+    emitters[emitter] = [n, [list(x) for x in events[:EMITTER_EVENTS]]]
+    return 0
+  entry[0] += n
+  kept = entry[1]
+  for ev in events:
+    if len(kept) >= EMITTER_EVENTS and ev[:2] >= kept[-1][:2]:
+      break  # ``events`` is sorted: none after it is among the first either
+    if not any(k[:2] == ev[:2] for k in kept):  # the same event seen twice (a replay)
+      kept.append(list(ev))
+      kept.sort(key=lambda k: (k[0], k[1]))
+      del kept[EMITTER_EVENTS:]
+  return 0
+
+
 class WindowAggregate:
   """Mergeable per-identity-window counts."""
 
   __slots__ = ('count', 'errors', 'read_only', 'actions', 'action_category',
                'categories', 'resources', 'networks', 'agents', 'regions',
                'panes', 'first_time', 'last_time', 'overflow', 'identity_type', 'network_spans',
-               'evidence')
+               'evidence', 'emitters')
 
   def __init__(self):
     self.count = 0
@@ -54,6 +80,9 @@ class WindowAggregate:
     self.network_spans: Dict[str, List[float]] = {}
     # A bounded sample of the events themselves, with their ids: domain/evidence.py.
     self.evidence: evidence_sample.Store = {}
+    # Records that name their own identity (spans, domain/emitter.py): the service that emitted
+    # them -> [calls, [[time, event id, action] of its first EMITTER_EVENTS]]; empty for other logs.
+    self.emitters: Dict[str, list] = {}
 
   def add(self, e: Event, pane_seconds: Optional[int] = None,
           sample: bool = True) -> 'WindowAggregate':
@@ -84,6 +113,9 @@ class WindowAggregate:
     if sample:  # training needs no evidence: it skips the sample's cost
       evidence_sample.add(self.evidence, e, action, net)
     self.overflow += _bump(self.agents, agent_family(e.user_agent))
+    emitter = emitter_of(e.provider, e.user_agent)
+    if emitter is not None:
+      self.overflow += _note_emitter(self.emitters, emitter, 1, [[e.event_time, e.event_id, action]])
     self.overflow += _bump(self.regions, e.region)
     if pane_seconds:
       pane = int(e.event_time // pane_seconds * pane_seconds)
@@ -114,6 +146,8 @@ class WindowAggregate:
         span = self.network_spans.get(k)
         self.network_spans[k] = [lo, hi] if span is None else [min(span[0], lo), max(span[1], hi)]
     evidence_sample.merge(self.evidence, other.evidence)
+    for k, (n, events) in other.emitters.items():
+      self.overflow += _note_emitter(self.emitters, k, n, events)
     self.first_time = min(self.first_time, other.first_time)
     self.last_time = max(self.last_time, other.last_time)
     self.overflow += other.overflow

@@ -40,7 +40,7 @@ def aggregate_fields(a: WindowAggregate) -> List[Any]:
           _time_out(a.last_time), a.identity_type, a.actions, a.action_category, a.categories,
           a.resources, a.networks, a.agents, a.regions,
           list(itertools.chain.from_iterable(a.panes.items())), a.network_spans,
-          evidence_sample.encode(a.evidence)]
+          evidence_sample.encode(a.evidence), a.emitters]
 
 
 def aggregate_from_fields(v: List[Any]) -> WindowAggregate:
@@ -50,6 +50,7 @@ def aggregate_from_fields(v: List[Any]) -> WindowAggregate:
    a.action_category, a.categories, a.resources, a.networks, a.agents, a.regions, panes) = v[:15]
   a.network_spans = v[15] if len(v) > 15 else {}  # encoded before spans were kept: none
   a.evidence = evidence_sample.decode(v[16] if len(v) > 16 else None)  # likewise
+  a.emitters = v[17] if len(v) > 17 else {}  # likewise: before emitting services were kept
   a.first_time, a.last_time = _time_in(first), _time_in(last)
   a.panes = dict(zip(panes[::2], panes[1::2]))
   return a

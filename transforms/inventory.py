@@ -34,7 +34,9 @@ from postauth.transforms.updates import PeriodicReads, PolledRead
 from postauth.transforms.updates import newest as updates_newest
 
 REQUIRED = ('identity', 'identity_type', 'owner', 'team', 'environment')
-LIST_FIELDS = ('expected_actions', 'expected_services')
+# Glob lists. ``emitted_by``: the services (OpenTelemetry ``service.name``) that may emit spans
+# naming this identity (domain/emitter.py); absent or empty, any may.
+LIST_FIELDS = ('expected_actions', 'expected_services', 'emitted_by')
 TEXT_FIELDS = ('identity', 'identity_type', 'owner', 'team', 'environment', 'criticality',
                'created_at', 'last_rotated_at', 'status', 'display_name')
 

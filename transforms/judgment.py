@@ -11,7 +11,8 @@ unusual:
   actions at once, bulk reads of resource kinds never touched or reads reaching several
   such kinds at once, data leaving to new
   destinations, volume far beyond anything the identity ever did, and the rules that say
-  the same (disabled or dormant identity active, access-denied sweep, collect and send);
+  the same (disabled or dormant identity active, access-denied sweep, collect and send, an
+  agent's spans emitted by a service the inventory does not let speak for it);
 - **shareable novelty** (pages unless peers share it): a never-seen sensitive action
   (config changes, secrets, notifications) that the fleet does not routinely make, while the
   window reaches a scope (namespace, bucket, project, naming prefix) the identity never worked
@@ -40,7 +41,7 @@ HUMAN_TYPES = ('human', 'user')
 # (A foreign network beside the usual one is judged by ``network_evidence``, which knows
 # identities that rotate egress addresses; its rule stays a reason.)
 EVIDENCE_RULES = ('disabled_identity_active', 'dormant_identity_revived', 'access_denied_sweep',
-                  'collect_and_send', 'new_network_and_client')
+                  'collect_and_send', 'new_network_and_client', 'agent_identity_claimed_by_other_service')
 
 BULK_NEW_RESOURCES = 10  # resources of kinds never touched, in one window: collection, not a new feature
 NEW_KINDS = 3  # resource kinds never touched, in one window (even a few resources of each)

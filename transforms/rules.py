@@ -90,6 +90,35 @@ def out_of_scope(window, context: Dict, history, config: RuleConfig, peers=None)
           'detail': f'{_listing(agg, outside)} outside the declared scope ({declared}){why}'}
 
 
+def agent_identity_claimed_by_other_service(window, context: Dict, history, config: RuleConfig,
+                                            peers=None) -> Optional[Dict]:
+  """Records naming this identity emitted by a service the inventory does not let speak for it.
+
+  A span claims the agent it acts for (``gen_ai.agent.id``): any service that reaches the
+  collector can claim any agent. The inventory's ``emitted_by`` lists the services (globs on
+  ``service.name``) that may; a span from another one is a forged or misattributed identity,
+  whatever the rest of the window shows. No ``emitted_by``, or no self-named records: silent.
+  """
+  allowed = context.get('emitted_by') or []
+  emitters = getattr(window.agg, 'emitters', None) or {}
+  if not allowed or not emitters:
+    return None
+  others = sorted((e for e in emitters if not matches_any(e, allowed)), key=lambda e: (-emitters[e][0], e))
+  if not others:
+    return None
+  spans = sum(emitters[e][0] for e in others)
+  allowed_spans = sum(n for e, (n, _) in emitters.items() if e not in others)
+  named = '; '.join(f'{e or "(no service.name)"} x{emitters[e][0]} (first spans: '
+                    + ', '.join(eid for _, eid, _ in emitters[e][1]) + ')'
+                    for e in others[:5])
+  more = f'; and {len(others) - 5} more services' if len(others) > 5 else ''
+  actions = sorted({action for e in others for _, _, action in emitters[e][1]})
+  return {'rule': 'agent_identity_claimed_by_other_service', 'severity': 'high', 'actions': actions,
+          'detail': f'{spans} spans claiming {window.identity} were emitted by {named}{more}: '
+                    f'not among the services allowed to speak for it (emitted_by: {", ".join(allowed)}); '
+                    f'{allowed_spans} from allowed ones'}
+
+
 def disabled_identity_active(window, context: Dict, history, config: RuleConfig, peers=None) -> Optional[Dict]:
   """An identity the inventory marks disabled made successful calls."""
   status = context.get('status', '')
@@ -247,6 +276,7 @@ privilege_change_by_nhi = _nhi_category_rule(
     'privilege_change_by_nhi', 'privilege_change', 'changed privileges (policies, role bindings)')
 
 RULES: Dict[str, Callable] = {
+    'agent_identity_claimed_by_other_service': agent_identity_claimed_by_other_service,
     'out_of_scope': out_of_scope,
     'disabled_identity_active': disabled_identity_active,
     'dormant_identity_revived': dormant_identity_revived,

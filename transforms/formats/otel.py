@@ -4,7 +4,9 @@ An agent's riskiest actions (mail through a SaaS API, a POST to a web endpoint, 
 a driver) often leave no cloud audit record; its runtime's OpenTelemetry spans do. Each
 ``execute_tool`` span (GenAI semantic conventions; MCP ``tools/call`` likewise) becomes one
 event: identity = ``gen_ai.agent.id`` (else ``service.name/gen_ai.agent.name``), action =
-``execute_tool:<tool>``, resource = the call's target reduced to what a baseline needs.
+``execute_tool:<tool>``, resource = the call's target reduced to what a baseline needs, user
+agent = the emitting service (``service.name/service.version``, domain/emitter.py): a span only
+claims its agent, the inventory says which services may (``emitted_by``).
 
 Read with the OpenTelemetry project's own protobuf classes (``opentelemetry-proto``):
 OTLP/JSON lines as the collector's file exporter writes them (hex ids, int64 as strings),
@@ -27,6 +29,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
+from postauth.domain.emitter import service_user_agent
 from postauth.domain.event import Event
 from postauth.transforms.formats.base import Item, ParseError, Skip, check_time, text
 from postauth.transforms.records import GZIP_MAGIC, OTLP_MAX_BYTES, GzipTooLarge, ReadLimits, gunzip
@@ -274,7 +277,7 @@ def span_event(span: Span, resource: Dict[str, Any], ref: str, taxonomy) -> Even
       resource=resource_name,
       region=text(resource.get('cloud.region'), 64),
       source_ip=text(resource.get('host.ip') if isinstance(resource.get('host.ip'), str) else '', 64),
-      user_agent=f'{service_name}/{version}' if version else service_name,
+      user_agent=service_user_agent(service_name, version),
       success=not failed,
       error_code=(error_type or 'STATUS_CODE_ERROR') if failed else '',
       read_only=category in READ_CATEGORIES,
