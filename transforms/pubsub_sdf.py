@@ -6,8 +6,8 @@ This source is an ordinary unbounded splittable DoFn, so Prism, Flink, the FnApi
 and the PortableRunner run it (``--pubsub-reader``, see ``pipeline/options.py``).
 
 At least once, never ack at pull time: every ``process`` call pulls one batch
-(``SubscriberClient.pull``, ``max_messages`` at a time, while the backlog lasts up to
-``max_pulls`` pulls), emits one ``RawRecord`` per message stamped with its event time, and
+(``SubscriberClient.pull``, ``max_messages`` at a time, up to ``max_pulls`` pulls while each
+comes back full), emits one ``RawRecord`` per message stamped with its event time, and
 registers the batch's ack ids with ``DoFn.BundleFinalizerParam``. The runner calls that
 callback only after it has committed the bundle's outputs (Prism: after ``PersistBundle``,
 ``prism/internal/stage.go``; the FnApiRunner: after the bundle's outputs are stored;
@@ -20,31 +20,51 @@ wasteful; a failed ack is logged as a warning. No lease extension is done: a bat
 within a bundle, far inside any sane ack deadline (>= 10 s); a bundle that takes longer than
 the deadline gets its messages redelivered, which dedup absorbs.
 
-Event-time watermark: the same policy as ``transforms.direct_pubsub.SourceClock`` (trail the
-newest event time by ``max_delay`` once a pull came back short; when idle for
-``idle_seconds`` advance to wall clock - ``max_delay``, at most ``idle_limit`` past the newest
-event; never before the first message), over the same stamps (``stamp_messages``: a timestamp
-attribute more than ``--max-clock-skew`` ahead of the wall clock moves nothing and its record
-is dead-lettered). Its state lives in the restriction (no state API:
-Prism rejects stateful SDFs), so it survives checkpoints. With ``stop_idle`` > 0 the source
-ends after that many seconds without a message (the watermark goes to infinity, every window
-closes, the job finishes): for backfills, benchmarks and tests. Only a message with a newer
-event time counts there: redeliveries of messages not acked yet do not keep the source alive.
+Reader slots: the initial restriction holds ``readers`` slots and ``split`` makes one part of
+each, so several workers read the subscription at once (Pub/Sub hands each message to one of
+the pullers); a runner's dynamic split (``try_split`` with a fraction) gives away slots of a
+part that holds more than one. Each part keeps its own watermark state; the stage's watermark
+is the least of them, so it starts to move once every part has read a message.
+
+Event-time watermark (``advance``), for each part. Pub/Sub has no backlog count in its data
+plane and answers a pull short, or empty, while messages remain (and a killed reader's leased
+messages come back only after the ack deadline), so a short pull proves nothing:
+
+* it follows the data: after a pull it may rise to the oldest event time that pull returned
+  minus ``max_delay`` (never past wall clock - ``max_delay``), so it never passes what is being
+  read; a backlog older than the allowed lateness, read after an outage or a restart, starts
+  from the minimum and is scored, not dead-lettered as late;
+* the reader is *caught up* only after ``caught_up_pulls`` consecutive empty answers spanning
+  at least ``caught_up_seconds`` (a pull that timed out with nothing is an empty answer; a failed
+  pull breaks the run); then it trails the newest event time by ``max_delay``, and once
+  ``idle_seconds`` passed without a message it moves to wall clock - ``max_delay``, at most
+  ``idle_limit`` past the newest event;
+* never before the part's first message, and never from a timestamp attribute more than
+  ``--max-clock-skew`` ahead of the wall clock (``stamp_messages``, shared with the native reader:
+  such a record is stamped with the newest acceptable time and dead-lettered).
+
+Its state lives in the restriction (no state API: Prism rejects stateful SDFs), so it survives
+checkpoints. With ``stop_idle`` > 0 a part ends after that many seconds without a message (its
+watermark goes to infinity; once every part ended every window closes and the job finishes): for
+backfills, benchmarks and tests. Only a message with a newer event time counts there:
+redeliveries of messages not acked yet do not keep the source alive.
 
 With ``ack_mode='counted'`` (``--events-out`` given) the reader acks nothing itself: it hands
 each ack id to ``transforms.pubsub_ack``, which acks once the message's outcome is written
 (what makes a kill of Prism, whose commits are in memory, lose nothing).
 
-A ``topic`` read creates its own subscription on the first call (ack deadline 60 s) and keeps
-its name in the restriction; it is deleted when the source stops.
+A ``topic`` read creates its own subscription (ack deadline 60 s) in the initial restriction,
+before the parts split, so every slot reads the same one; the first part to stop deletes it and
+the others end when they find it gone.
 """
 from __future__ import annotations
 
 import logging
+import math
 import time
 import typing
 import uuid
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam.coders import PickleCoder
@@ -55,7 +75,7 @@ from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import MIN_TIMESTAMP, Duration, Timestamp
 
 from postauth.transforms.clock import ClockSkew
-from postauth.transforms.direct_pubsub import SourceClock, Stamp, stamp_messages
+from postauth.transforms.direct_pubsub import Stamp, stamp_messages
 from postauth.transforms.poll_tracker import PollTracker
 from postauth.transforms.records import RawRecord
 
@@ -64,8 +84,8 @@ ACK_CHUNK = 1000  # ack ids per Acknowledge request (Pub/Sub caps a request at 5
 
 
 class PullState(typing.NamedTuple):
-  """The restriction: what the source must remember across checkpoints."""
-  subscription: str  # '' until a topic read has created its subscription
+  """The restriction: what one part of the source must remember across checkpoints."""
+  subscription: str
   newest: Optional[float]  # newest event time read so far (seconds)
   watermark: float  # seconds; float('-inf') before the first advance
   last_message: float  # wall-clock time a message was last read (or the source started)
@@ -73,6 +93,13 @@ class PullState(typing.NamedTuple):
   # wall-clock time the newest event time last moved (or the source started): what
   # --pubsub-stop-idle waits on, so redeliveries of unacked messages do not keep a source alive
   last_newer: Optional[float] = None
+  # consecutive empty answers since the last message, and the wall-clock time the first of them
+  # was sent: the only evidence that the backlog is empty (a short answer is none)
+  empty_pulls: int = 0
+  empty_since: Optional[float] = None
+  # the reader slots [slot_start, slot_end) this part holds; each slot is one pull loop
+  slot_start: int = 0
+  slot_end: int = 1
 
 
 def message_ref(source: str, message_id: str) -> str:
@@ -80,11 +107,14 @@ def message_ref(source: str, message_id: str) -> str:
   return f'pubsub:{source}#{message_id}'
 
 
+DEFAULT_READERS = 2
+
+
 class PullSettings(typing.NamedTuple):
   timestamp_attribute: Optional[str] = None
   max_messages: int = 500
   max_pulls: int = 20  # pulls per process() call while each one comes back full
-  interval: float = 0.2  # seconds between pull rounds once the backlog is drained
+  interval: float = 0.2  # seconds between pull rounds once a pull came back short
   max_delay: int = 60
   idle_seconds: float = 10.0
   idle_limit: int = 14400
@@ -96,6 +126,76 @@ class PullSettings(typing.NamedTuple):
   ack_mode: str = 'finalize'
   # a timestamp attribute further ahead of the wall clock moves nothing (transforms/clock.py)
   skew: ClockSkew = ClockSkew()
+  readers: int = DEFAULT_READERS  # reader slots: parts that pull the subscription concurrently
+  # Caught up (the backlog is empty) only after this many consecutive empty answers spanning
+  # at least this long: until then the watermark only follows the data read. At least the
+  # subscription's ack deadline waits out the leases of a reader that died.
+  caught_up_pulls: int = 3
+  caught_up_seconds: float = 30.0
+
+
+class PullOutcome(typing.NamedTuple):
+  """One pull: when it was sent and how many messages came back (0: none; -1: it failed)."""
+  sent: float
+  count: int
+
+
+def advance(state: PullState, times: List[float], pulls: List[PullOutcome], now: float,
+            s: PullSettings) -> PullState:
+  """The part's state after a pull round that read messages with event times ``times``.
+
+  Invariants: the watermark never decreases and never passes wall clock - ``max_delay``; a
+  round with messages raises it at most to its oldest event time - ``max_delay``; it does not
+  move before the part's first message; only ``caught_up_pulls`` empty answers in a row spanning
+  ``caught_up_seconds`` take it further (to the newest event - ``max_delay``, and once idle for
+  ``idle_seconds`` to the clock).
+  """
+  empty, since = state.empty_pulls, state.empty_since
+  for p in pulls:
+    if p.count == 0:
+      empty, since = empty + 1, (since if empty else p.sent)
+    else:  # messages, or a failed pull: no evidence either way
+      empty, since = 0, None
+  known = ([state.newest] if state.newest is not None else []) + list(times)
+  newest = max(known) if known else None
+  last_message = now if any(p.count > 0 for p in pulls) else state.last_message
+  bound = now - s.max_delay
+  candidate = float('-inf')
+  if times:
+    candidate = min(min(times) - s.max_delay, bound)
+  caught_up = (newest is not None and empty >= max(1, s.caught_up_pulls)
+               and now - since >= s.caught_up_seconds)
+  if caught_up:
+    candidate = max(candidate, min(newest - s.max_delay, bound))
+    if now - last_message >= s.idle_seconds:
+      idle = bound if s.idle_limit <= 0 else min(bound, newest + s.idle_limit)
+      candidate = max(candidate, idle)
+  return state._replace(newest=newest, watermark=max(state.watermark, candidate),
+                        last_message=last_message, empty_pulls=empty, empty_since=since)
+
+
+class SlotTracker(PollTracker):
+  """One claim per process() call; a checkpoint keeps the slots, a split gives some away."""
+
+  def try_claim(self, new_state: PullState) -> bool:
+    # (the state was computed from the restriction at the start of the call: a split since
+    # then took slots away, and the claim must not hand them back)
+    return super().try_claim(new_state._replace(slot_start=self._state.slot_start,
+                                                slot_end=self._state.slot_end))
+
+  def try_split(self, fraction_of_remainder):
+    if fraction_of_remainder <= 0:
+      return super().try_split(fraction_of_remainder)  # a checkpoint
+    state, claimed = self._state, self._claimed
+    slots = state.slot_end - state.slot_start
+    if state.done or slots < 2 or (claimed is not None and claimed.done):
+      return None
+    cut = state.slot_start + min(slots - 1, max(1, math.ceil(slots * fraction_of_remainder)))
+    residual = (claimed if claimed is not None else state)._replace(slot_start=cut, done=False)
+    self._state = state._replace(slot_end=cut)
+    if claimed is not None:
+      self._claimed = claimed._replace(slot_end=cut)
+    return self._state, residual
 
 
 ACK_IDS = 'ack_ids'
@@ -121,13 +221,24 @@ class _PullFn(beam.DoFn, RestrictionProvider):
 
   # -- RestrictionProvider
   def initial_restriction(self, element) -> PullState:
-    return PullState('' if self._is_topic else element, None, float('-inf'), time.time())
+    # (a topic's subscription is made here, before the parts split: they all read the same one)
+    subscription = self._subscription_for_topic(element) if self._is_topic else element
+    return PullState(subscription, None, float('-inf'), time.time(),
+                     slot_end=max(1, self._s.readers))
 
-  def create_tracker(self, restriction) -> PollTracker:
-    return PollTracker(restriction, 'pubsub')
+  def split(self, element, restriction: PullState):
+    """One part per reader slot: each pulls the same subscription in its own loop."""
+    if restriction.done:
+      yield restriction
+      return
+    for slot in range(restriction.slot_start, restriction.slot_end):
+      yield restriction._replace(slot_start=slot, slot_end=slot + 1)
+
+  def create_tracker(self, restriction) -> SlotTracker:
+    return SlotTracker(restriction, 'pubsub')
 
   def restriction_size(self, element, restriction) -> int:
-    return 1
+    return restriction.slot_end - restriction.slot_start
 
   def restriction_coder(self):
     return PickleCoder()
@@ -137,9 +248,16 @@ class _PullFn(beam.DoFn, RestrictionProvider):
 
   # -- pulling
   def _subscription_for_topic(self, topic: str) -> str:
+    # (called where the runner pairs the element with its restriction: no setup() ran there)
+    from google.cloud import pubsub_v1
     project = topic.split('/')[1]
     name = f'projects/{project}/subscriptions/postauth-{uuid.uuid4().hex[:12]}'
-    self._client.create_subscription(name=name, topic=topic, ack_deadline_seconds=60)
+    client = self._client or pubsub_v1.SubscriberClient()
+    try:
+      client.create_subscription(name=name, topic=topic, ack_deadline_seconds=60)
+    finally:
+      if client is not self._client:
+        client.close()
     _LOG.info('--topic %s: reading through the new subscription %s', topic, name)
     return name
 
@@ -177,21 +295,33 @@ class _PullFn(beam.DoFn, RestrictionProvider):
     self.bad_times.inc(sum(1 for st in stamps if st.bad))
     return stamps
 
-  def _pull_round(self, subscription: str):
-    """Pulls until a pull comes back short or ``max_pulls``; (received messages, drained)."""
-    out, drained = [], False
+  def _pull_round(self, subscription: str) -> Tuple[list, List[PullOutcome], bool]:
+    """Pulls until one comes back short or ``max_pulls``: (messages, each pull, subscription gone)."""
+    from google.api_core.exceptions import DeadlineExceeded, NotFound
+    out, pulls = [], []
     for _ in range(max(1, self._s.max_pulls)):
+      sent = time.time()
       try:
         response = self._client.pull(subscription=subscription, max_messages=self._s.max_messages,
                                      timeout=self._s.pull_timeout)
-      except Exception as e:  # transient (deadline, unavailable): try again next round
-        _LOG.warning('pull from %s failed: %s', subscription, e)
-        return out, False
-      out += response.received_messages
-      if len(response.received_messages) < self._s.max_messages:
-        drained = True
+      except DeadlineExceeded:  # the server held the pull and had nothing: an empty answer
+        pulls.append(PullOutcome(sent, 0))
         break
-    return out, drained
+      except NotFound as e:
+        if self._is_topic:  # our own subscription, deleted by the part that stopped first
+          return out, pulls, True
+        _LOG.warning('pull from %s failed: %s', subscription, e)
+        pulls.append(PullOutcome(sent, -1))
+        break
+      except Exception as e:  # transient (unavailable): try again next round
+        _LOG.warning('pull from %s failed: %s', subscription, e)
+        pulls.append(PullOutcome(sent, -1))
+        break
+      out += response.received_messages
+      pulls.append(PullOutcome(sent, len(response.received_messages)))
+      if len(response.received_messages) < self._s.max_messages:
+        break
+    return out, pulls, False
 
   @beam.DoFn.unbounded_per_element()
   def process(self, element, finalizer=beam.DoFn.BundleFinalizerParam,
@@ -204,27 +334,24 @@ class _PullFn(beam.DoFn, RestrictionProvider):
       return
     if watermark.current_watermark() is None:
       watermark.set_watermark(MIN_TIMESTAMP)
-    subscription = state.subscription or self._subscription_for_topic(element)
-    received, drained = self._pull_round(subscription)
+    subscription = state.subscription
+    received, pulls, gone = self._pull_round(subscription)
+    if gone:
+      _LOG.info('pubsub %s: the subscription %s is gone, this reader stops', self._source, subscription)
+      tracker.try_claim(state._replace(done=True))
+      finalizer.register(lambda: None)  # (see below: every bundle of the stage registers one)
+      return
     now = time.time()
     stamped = list(zip(self._stamps(received, state.newest), received))
-    clock = SourceClock(self._s.max_delay, self._s.idle_seconds, self._s.idle_limit)
-    clock.newest = Timestamp.of(state.newest) if state.newest is not None else None
-    clock.last_message = state.last_message
-    clock.watermark = (Timestamp.of(state.watermark) if state.watermark != float('-inf')
-                       else MIN_TIMESTAMP)
-    mark = clock.advance([st.ts for st, _ in stamped if not st.ahead], drained, now, now)
-    last_message = now if received else state.last_message
-    newest = None if clock.newest is None else clock.newest.micros / 1e6
+    next_state = advance(state, [st.ts.micros / 1e6 for st, _ in stamped if not st.ahead], pulls,
+                         now, self._s)
     last_newer = state.last_newer if state.last_newer is not None else state.last_message
-    if newest is not None and (state.newest is None or newest > state.newest):
+    if next_state.newest is not None and (state.newest is None or next_state.newest > state.newest):
       last_newer = now
     # (a message redelivered because its outcome is not written yet -- with ack_mode 'counted'
     # that can wait for the watermark -- is not news: it must not keep the source from ending)
     stop = self._s.stop_idle > 0 and now - last_newer >= self._s.stop_idle
-    next_state = PullState(subscription, newest,
-                           float('-inf') if mark == MIN_TIMESTAMP else mark.micros / 1e6,
-                           last_message, done=stop, last_newer=last_newer)
+    next_state = next_state._replace(done=stop, last_newer=last_newer)
     if not tracker.try_claim(next_state):
       self._release(subscription, [r.ack_id for r in received])
       return
@@ -243,14 +370,23 @@ class _PullFn(beam.DoFn, RestrictionProvider):
     if stop:
       _LOG.info('pubsub %s: no newer event for %.0f s, stopping', self._source, now - last_newer)
       if self._is_topic:
-        try:
-          self._client.delete_subscription(subscription=subscription)
-        except Exception as e:
-          _LOG.warning('deleting the temporary subscription %s failed: %s', subscription, e)
+        self._delete_subscription(subscription)
       return  # restriction done: the watermark goes to infinity
+    mark = (MIN_TIMESTAMP if next_state.watermark == float('-inf')
+            else Timestamp.of(next_state.watermark))
     if mark > watermark.current_watermark():
       watermark.set_watermark(mark)
-    tracker.defer_remainder(Duration.of(0 if received and not drained else self._s.interval))
+    full = bool(pulls) and pulls[-1].count >= self._s.max_messages
+    tracker.defer_remainder(Duration.of(0 if full else self._s.interval))
+
+  def _delete_subscription(self, subscription: str) -> None:
+    from google.api_core.exceptions import NotFound
+    try:
+      self._client.delete_subscription(subscription=subscription)
+    except NotFound:
+      pass  # another part stopped first and deleted it
+    except Exception as e:
+      _LOG.warning('deleting the temporary subscription %s failed: %s', subscription, e)
 
 
 class PullFromPubSub(beam.PTransform):
@@ -261,9 +397,10 @@ class PullFromPubSub(beam.PTransform):
     super().__init__()
     if bool(subscription) == bool(topic):
       raise ValueError('give exactly one of subscription or topic')
-    if settings.max_messages < 1 or settings.stop_idle < 0 or settings.ack_mode not in (
-        'finalize', 'counted'):
-      raise ValueError('--pubsub-max-messages must be >= 1 and --pubsub-stop-idle >= 0')
+    if (settings.max_messages < 1 or settings.stop_idle < 0 or settings.readers < 1
+        or settings.ack_mode not in ('finalize', 'counted')):
+      raise ValueError('--pubsub-max-messages and the reader slots must be >= 1 and '
+                       '--pubsub-stop-idle >= 0')
     self._path = subscription or topic
     self._fn = _PullFn(self._path, bool(topic), settings)
 
