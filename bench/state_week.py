@@ -185,6 +185,19 @@ class Loop:
                for c in list(self.cells(s)) + [w] if c), len(self.keys)
 
 
+class _NoneWaiting:
+  """The history's bag of windows waiting for their turn: always empty here (in order)."""
+
+  def read(self):
+    return []
+
+  def clear(self):
+    pass
+
+
+_NOTHING_WAITING = _NoneWaiting()
+
+
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   ap.add_argument('--services', type=int, default=120)
@@ -206,7 +219,8 @@ def main(argv=None) -> int:
     findings_mod.MAX_RUN_WINDOWS = 10 ** 9
     watch.MAX_SEEN_PATHS = 10 ** 9
   hist_fn = TrackHistoryFn(None, retention=FOREVER if before else a.history_retention_days * DAY,
-                           departed=FOREVER if before else a.departed_days * DAY)
+                           departed=FOREVER if before else a.departed_days * DAY,
+                           ordered=False)  # windows come here in event-time order already
   hist_fn.setup()
   cells: Dict[str, Cell] = {}
   timers: List = []
@@ -234,7 +248,7 @@ def main(argv=None) -> int:
       cell = cells.get(identity)
       if cell is not None and cell.at == at:
         cell.at = None
-        hist_fn.expire(state=cell, expire=cell)
+        list(hist_fn.expire(key=identity, state=cell, expire=cell, pending=_NOTHING_WAITING))
         if cell.at is not None:
           heapq.heappush(timers, (cell.at, identity))
         if cell.value is None:
@@ -247,7 +261,7 @@ def main(argv=None) -> int:
       kind = agg.identity_type
       w = IdentityWindow(identity, end - H, end, agg)
       cell = cells.setdefault(identity, Cell())
-      item = next(iter(hist_fn.process((identity, (w, dict(CTX, identity_type=kind))), state=cell, expire=cell)))
+      item = list(hist_fn.process((identity, (w, dict(CTX, identity_type=kind))), state=cell, expire=cell))[0].value
       heapq.heappush(timers, (cell.at, identity))
       active_today.add(identity)
       windows_done += 1

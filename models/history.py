@@ -12,7 +12,7 @@ nothing new. So live scoring folds windows through a small ledger: a window that
 may still fire again (its end within ``refire_horizon`` of the newest window end)
 is kept apart, one single-window profile per window start, and a later firing
 replaces it; once past the horizon it settles into the day's profile, and its
-event count is kept a day longer. A firing with no event beyond the one before
+event count is kept one horizon longer. A firing with no event beyond the one before
 is a repeat (``firing``), for the caller to drop; a firing with new events of a
 window that settled already is scored but not folded again. The history is
 therefore the fold of each window's last firing, once, as in a batch run over the
@@ -63,7 +63,7 @@ class IdentityHistory:
     self.last_active: Optional[float] = None
     # The ledger: window start -> (window end, that window's last firing as a profile).
     self.open: Dict[float, Tuple[float, IdentityProfile]] = {}
-    # Settled windows of the last day: window start -> (window end, events in its last firing).
+    # Windows settled within the last horizon: start -> (end, events in its last firing).
     self.closed: Dict[float, Tuple[float, int]] = {}
     # (the day before ``day``, its base): what a late firing of that day is judged against.
     self.previous: Optional[Tuple[int, IdentityProfile]] = None
@@ -88,7 +88,7 @@ class IdentityHistory:
     if refire_horizon > 0 and window_start is not None:
       if window_start not in self.closed:  # else: folded already; scored, not counted twice
         self.open[window_start] = (window_end, IdentityProfile().update(agg, window_end))
-      self._settle(self.last_active - refire_horizon)
+      self._settle(self.last_active - refire_horizon, refire_horizon)
     else:
       # A late window of an earlier day is judged against the current base and folded into
       # today's delta: history never moves backwards.
@@ -129,7 +129,7 @@ class IdentityHistory:
       self._merged = (key, merged)
     return self._merged[1]
 
-  def _settle(self, upto: float) -> None:
+  def _settle(self, upto: float, horizon: float) -> None:
     """Moves ledger windows that can no longer fire again (ending at or before ``upto``) into
     the profiles: the day's own one by one into today's delta, the day before's all at once
     into the base when the whole day is past (one merge, the one ``_before`` already made)."""
@@ -144,7 +144,8 @@ class IdentityHistory:
           if day_of(end) < self.day:
             self.closed[start] = (end, self.open.pop(start)[1].events)
       self.previous = None
-    self.closed = {s: v for s, v in self.closed.items() if v[0] > upto - DAY}
+    # A closing re-fire reaches the history at most about a horizon after its window settled.
+    self.closed = {s: v for s, v in self.closed.items() if v[0] > upto - horizon}
 
   def final_profile(self) -> IdentityProfile:
     """Everything observed so far folded together (what a trained model stores per identity)."""

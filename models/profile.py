@@ -343,6 +343,9 @@ class IdentityProfile:
   # Beam state pickles profiles (inside IdentityHistory): hashed seen-sets go packed.
   def __getstate__(self) -> dict:
     state = {k: v for k, v in self.__dict__.items() if k != 'seen'}
+    # Hours with windows only ({hour: [n, sum, sum of squares]}): a single window's profile
+    # (the history's ledger) has one, and 24 empty triples were over half its bytes.
+    state['hourly'] = {h: s for h, s in enumerate(self.hourly) if s[0]}
     state['seen'] = {f: s for f, s in self.seen.items() if f not in HASHED_SEEN}
     state['seen_hashed'] = {f: _pack(self.seen[f]) for f in HASHED_SEEN}
     return state
@@ -350,7 +353,13 @@ class IdentityProfile:
   def __setstate__(self, state: dict) -> None:
     """Also reads state pickled before seen-sets were hashed (string keys get hashed)."""
     self.__init__()
-    self.__dict__.update({k: v for k, v in state.items() if k not in ('seen', 'seen_hashed')})
+    self.__dict__.update({k: v for k, v in state.items() if k not in ('seen', 'seen_hashed', 'hourly')})
+    hourly = state.get('hourly')
+    if isinstance(hourly, dict):
+      for h, stats in hourly.items():
+        self.hourly[h] = list(stats)
+    elif hourly is not None:
+      self.hourly = hourly
     for field, kept in [*state.get('seen', {}).items(), *state.get('seen_hashed', {}).items()]:
       self.seen[field] = _hashed(kept) if field in HASHED_SEEN else dict(kept)
     kept = state.get('seen', {}).get('resources')
