@@ -4,8 +4,9 @@ Beam's ``DeduplicatePerKey`` drops duplicates silently. A Pub/Sub reader that ac
 message only once its outcome is counted (``transforms.pubsub_ack``) must learn about the
 dropped copies too, or their messages would never be acknowledged and would come back after
 every ack deadline. Same semantics otherwise: the first copy of an id passes, later copies
-within ``duration`` seconds of event time are dropped, the per-id state is released by an
-event-time timer (so it stays bounded). Only a watermark timer: no REAL_TIME timer, which would
+until ``duration`` seconds after its pane ends are dropped, and the state is released by an
+event-time timer (so it stays bounded). Keyed per (identity, pane) and batched per bundle, so
+state is touched per batch, not per event, and keys spread with the data. Only a watermark timer: no REAL_TIME timer, which would
 keep the DirectRunner from picking Prism.
 """
 from __future__ import annotations
@@ -13,37 +14,59 @@ from __future__ import annotations
 import typing
 
 import apache_beam as beam
-from apache_beam.coders import BooleanCoder
+from apache_beam.coders import PickleCoder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.timeutil import TimeDomain
-from apache_beam.transforms.userstate import BagStateSpec, TimerSpec, on_timer
-from apache_beam.utils.timestamp import Duration
+from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.transforms.window import TimestampedValue
+from apache_beam.utils.timestamp import Timestamp
 
 from postauth.domain.event import Event
+from postauth.transforms.bundle_batches import BatchPerBundle
 
 DUPLICATE = 'duplicate'  # tagged output: raw_ref of every dropped copy
 
 
+def _pane_key(period: int):
+  return lambda e: (e.identity, int(e.event_time // period) * period)
+
+
 class _DropDuplicatesFn(beam.DoFn):
-  SEEN = BagStateSpec('seen', BooleanCoder())
+  """((identity, pane start), [events]) -> first copy of each event id; raw_ref of the others.
+
+  Copies of one event share its identity and time, so they meet under one (identity, pane)
+  key: the state is that pane's ids, read and written once per batch (``BatchPerBundle``), and
+  cleared by an event-time timer ``duration`` after the pane ends."""
+
+  SEEN = ReadModifyWriteStateSpec('seen', PickleCoder())
   EXPIRE = TimerSpec('expire', TimeDomain.WATERMARK)
 
-  def __init__(self, seconds: int):
-    self._duration = Duration(seconds=seconds)
+  def __init__(self, seconds: int, period: int):
+    self._duration, self._period = seconds, period
     self.unique = Metrics.counter('postauth', 'events_unique')
     self.duplicates = Metrics.counter('postauth', 'events_duplicate')
+    self.batches = Metrics.counter('postauth', 'dedup_batches')  # state reads: one per batch
 
-  def process(self, kv, ts=beam.DoFn.TimestampParam, seen=beam.DoFn.StateParam(SEEN),
-              expire=beam.DoFn.TimerParam(EXPIRE)):
-    _, event = kv
-    if True in seen.read():
-      self.duplicates.inc()
-      yield beam.pvalue.TaggedOutput(DUPLICATE, event.raw_ref)
-      return
-    expire.set(ts + self._duration)
-    seen.add(True)
-    self.unique.inc()
-    yield event
+  def process(self, kv, seen=beam.DoFn.StateParam(SEEN), expire=beam.DoFn.TimerParam(EXPIRE)):
+    (_, pane), events = kv
+    self.batches.inc()
+    known = seen.read()
+    first = known is None
+    known = known or set()
+    before = len(known)
+    for event in events:
+      key = event.event_id or event.raw_ref
+      if key in known:
+        self.duplicates.inc()
+        yield beam.pvalue.TaggedOutput(DUPLICATE, event.raw_ref)
+        continue
+      known.add(key)
+      self.unique.inc()
+      yield TimestampedValue(event, event.event_time)
+    if len(known) != before:
+      seen.write(known)
+    if first:
+      expire.set(Timestamp.of(pane + self._period + self._duration))
 
   @on_timer(EXPIRE)
   def release(self, seen=beam.DoFn.StateParam(SEEN)):
@@ -53,13 +76,13 @@ class _DropDuplicatesFn(beam.DoFn):
 class DropDuplicateEvents(beam.PTransform):
   """Events -> {'events': first copy of each event id, DUPLICATE: raw_ref of each later copy}."""
 
-  def __init__(self, seconds: int):
+  def __init__(self, seconds: int, period: int = 900):
     super().__init__()
-    self._seconds = seconds
+    self._seconds, self._period = seconds, period
 
   def expand(self, events):
     return (events
-            | 'KeyByEventId' >> beam.Map(lambda e: (e.event_id or e.raw_ref, e)).with_output_types(
-                typing.Tuple[str, Event])
-            | 'DropDuplicates' >> beam.ParDo(_DropDuplicatesFn(self._seconds)).with_outputs(
+            | 'BatchPerPane' >> beam.ParDo(BatchPerBundle(_pane_key(self._period))).with_output_types(
+                typing.Tuple[typing.Tuple[str, int], typing.List[Event]])
+            | 'DropDuplicates' >> beam.ParDo(_DropDuplicatesFn(self._seconds, self._period)).with_outputs(
                 DUPLICATE, main='events'))

@@ -7,7 +7,10 @@ cannot read the watermark either. So ``LateEventGate`` learns it the only
 portable way, from event-time timers, and decides itself, upstream of the
 windows:
 
-* Events are keyed by a few shards of their identity; each shard holds ``known``,
+* Events reach the gate in batches (``transforms/bundle_batches.py``): each bundle's events
+  go to one of ``shards`` keys in turn, so the gate reads and writes its state once per
+  batch, not per event, and a busy identity spreads over every shard (no hot key).
+  Each shard holds ``known``,
   the timestamp of the latest of its event-time timers that fired: a lower bound
   of its input watermark.
 * Each shard keeps a ladder of probe timers at ``known + tick * 2**i``
@@ -48,7 +51,6 @@ from __future__ import annotations
 import json
 import math
 import typing
-import zlib
 
 import apache_beam as beam
 from apache_beam.coders import FloatCoder
@@ -60,6 +62,7 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
 
 from postauth.domain.event import Event
 from postauth.transforms.formats.base import MAX_TIME, MIN_TIME
+from postauth.transforms.bundle_batches import BatchPerBundle
 from postauth.transforms.parse import EVENT_WITH_RAW, dead_letter
 
 LATE = 'late'
@@ -72,8 +75,8 @@ DEFAULT_ALLOWED_LATENESS = 3600
 PROBE_TICK = 60  # seconds of event time between the gate's finest probes
 PROBES = 27  # PROBE_TICK * 2**26 > MAX_TIME - MIN_TIME
 GATE_MARGIN = 600  # windows keep state this much beyond the gate's lateness
-SHARDS = 8
-_KEYED = typing.Tuple[int, typing.Optional[EVENT_WITH_RAW]]
+SHARDS = 16  # gate keys: a bundle's events are dealt over them, whatever their identity
+_KEYED = typing.Tuple[int, typing.Optional[typing.List[EVENT_WITH_RAW]]]
 
 
 def beam_lateness(allowed_lateness: int) -> int:
@@ -86,7 +89,7 @@ def pane_end(event_time: float, period: int) -> float:
 
 
 class _LateGateFn(beam.DoFn):
-  """(shard, (Event, raw) or None for a seed) -> Event (main) or a late dead letter."""
+  """(shard, [(Event, raw), ...] or None for a seed) -> Event (main) or a late dead letter each."""
 
   KNOWN = ReadModifyWriteStateSpec('known', FloatCoder())
   PROBE = TimerSpec('probe', TimeDomain.WATERMARK)
@@ -98,6 +101,7 @@ class _LateGateFn(beam.DoFn):
     self._limit = MAX_TIME + period + lateness + tick
     self.late = Metrics.counter('postauth', 'events_late')
     self.on_time = Metrics.counter('postauth', 'events_on_time')
+    self.batches = Metrics.counter('postauth', 'gate_batches')  # state reads: one per batch
 
   def _ladder(self, probe, known: float) -> None:
     for i in range(PROBES):
@@ -115,19 +119,20 @@ class _LateGateFn(beam.DoFn):
       self._ladder(probe, horizon)
     if item is None:
       return
-    event, raw = item
-    deadline = pane_end(event.event_time, self._period) + self._lateness
-    if deadline < horizon:
-      self.late.inc()
-      line = json.loads(dead_letter(LATE, event.raw_ref, raw, stage='window'))
-      line['detail'] = (f'event time {event.event_time:.0f} is {horizon - event.event_time:.0f} s behind '
-                        f'the watermark (>= {horizon:.0f}); its {self._period} s pane closed more than '
-                        f'the allowed lateness of {self._lateness} s before')
-      yield beam.pvalue.TaggedOutput(
-          LATE, TimestampedValue(json.dumps(line, ensure_ascii=False), event.event_time))
-      return
-    self.on_time.inc()
-    yield TimestampedValue(event, event.event_time)
+    self.batches.inc()
+    for event, raw in item:
+      deadline = pane_end(event.event_time, self._period) + self._lateness
+      if deadline < horizon:
+        self.late.inc()
+        line = json.loads(dead_letter(LATE, event.raw_ref, raw, stage='window'))
+        line['detail'] = (f'event time {event.event_time:.0f} is {horizon - event.event_time:.0f} s behind '
+                          f'the watermark (>= {horizon:.0f}); its {self._period} s pane closed more than '
+                          f'the allowed lateness of {self._lateness} s before')
+        yield beam.pvalue.TaggedOutput(
+            LATE, TimestampedValue(json.dumps(line, ensure_ascii=False), event.event_time))
+      else:
+        self.on_time.inc()
+        yield TimestampedValue(event, event.event_time)
 
   @on_timer(PROBE)
   def on_probe(self, fired=beam.DoFn.TimestampParam, known=beam.DoFn.StateParam(KNOWN),
@@ -152,12 +157,11 @@ class LateEventGate(beam.PTransform):
     self._shards, self._tick = shards, tick
 
   def expand(self, pairs):
-    shards = self._shards
-    keyed = pairs | 'KeyByShard' >> beam.Map(
-        lambda pair: TimestampedValue((zlib.crc32(pair[0].identity.encode()) % shards, pair),
-                                      MIN_TIMESTAMP)).with_output_types(_KEYED)
+    keyed = pairs | 'BatchPerBundle' >> beam.ParDo(
+        BatchPerBundle(spread=self._shards, stamp=MIN_TIMESTAMP)).with_output_types(_KEYED)
     seeds = (pairs.pipeline
-             | 'SeedShards' >> beam.Create([(i, None) for i in range(shards)]).with_output_types(_KEYED))
+             | 'SeedShards' >> beam.Create([(i, None) for i in range(self._shards)])
+             .with_output_types(_KEYED))
     gated = ((keyed, seeds)
              | 'WithSeeds' >> beam.Flatten()
              | 'Gate' >> beam.ParDo(_LateGateFn(self._period, self._lateness, self._tick))
