@@ -20,6 +20,8 @@ from apache_beam.transforms.window import TimestampedValue
 from postauth.transforms import formats
 from postauth.transforms.clock import TIME_AHEAD, ahead_reason, split_reason
 from postauth.domain.event import Event
+from postauth.domain.window import WindowAggregate
+from postauth.transforms import aggregate as _aggregate  # noqa: F401  (registers WindowAggregateCoder)
 from postauth.domain.redact import redact_payload, redact_text
 from postauth.transforms.formats.base import Item
 from postauth.transforms.records import (DEFAULT_LIMITS, OTLP_MAX_BYTES, OTLP_PREFIXES, RawRecord, ReadLimits,
@@ -28,6 +30,8 @@ from postauth.domain.taxonomy import Taxonomy
 
 DEAD_LETTER = 'dead_letter'
 EVENT_WITH_RAW = Tuple[Event, bytes]  # an event and the record it was parsed from
+# (identity, its events in one pane of one file): what ParseFiles(pane_seconds=...) gives.
+PANE_PART = Tuple[str, WindowAggregate]
 NAMESPACE = 'postauth'
 # Parsed events per format and per category; counter names are the format and
 # category names (dynamic, so a new format or taxonomy category needs no change).
@@ -196,32 +200,61 @@ class _ParseFn(beam.DoFn):
     self._by_category: Dict[str, Any] = {}
     self._by_skip: Dict[str, Any] = {}
 
-  def _count(self, cache: Dict[str, Any], namespace: str, name: str) -> None:
+  def _count(self, cache: Dict[str, Any], namespace: str, name: str, n: int = 1) -> None:
     counter = cache.get(name)
     if counter is None:
       counter = cache[name] = Metrics.counter(namespace, name)
-    counter.inc()
+    counter.inc(n)
+
+  def _outcomes(self, records: Iterable[RawRecord]) -> Iterator[Any]:
+    """Each parsed Event (with its raw record if ``with_raw``) and each dead letter as a
+    tagged output (a tagged output among ``records`` passes as it is); counts every record.
+
+    Counts are kept in plain ints and added to the counters once per call (a whole file),
+    not once per record; ``finally`` adds them even if the caller stops early.
+    """
+    read = parsed = dead = ahead = 0
+    by_format: Dict[str, int] = {}
+    by_category: Dict[str, int] = {}
+    try:
+      for record in records:
+        if record.__class__ is beam.pvalue.TaggedOutput:
+          yield record
+          continue
+        for fmt, item in self._parser.parse_items(record):
+          read += 1
+          event = item.event
+          if event is not None:
+            parsed += 1
+            by_format[fmt] = by_format.get(fmt, 0) + 1
+            by_category[event.category] = by_category.get(event.category, 0) + 1
+            yield (event, item.raw) if self._with_raw else event
+          elif item.skipped:
+            self.skipped.inc()
+            self._count(self._by_skip, SKIP_NAMESPACE, item.reason[:120])
+          else:
+            dead += 1
+            reason, detail = split_reason(item.reason)
+            if reason == TIME_AHEAD:
+              ahead += 1
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(
+                reason, item.ref, item.raw, keep_bytes=self._limits.max_record_bytes, detail=detail))
+    finally:
+      for counter, n in ((self.read, read), (self.parsed, parsed), (self.dead, dead), (self.ahead, ahead)):
+        if n:
+          counter.inc(n)
+      for cache, namespace, counts in ((self._by_format, FORMAT_NAMESPACE, by_format),
+                                       (self._by_category, CATEGORY_NAMESPACE, by_category)):
+        for name, n in counts.items():
+          self._count(cache, namespace, name, n)
 
   def _emit(self, records: Iterable[RawRecord]):
-    for record in records:
-      for fmt, item in self._parser.parse_items(record):
-        self.read.inc()
-        if item.event is not None:
-          self.parsed.inc()
-          self._count(self._by_format, FORMAT_NAMESPACE, fmt)
-          self._count(self._by_category, CATEGORY_NAMESPACE, item.event.category)
-          yield TimestampedValue((item.event, item.raw) if self._with_raw else item.event,
-                                 item.event.event_time)
-        elif item.skipped:
-          self.skipped.inc()
-          self._count(self._by_skip, SKIP_NAMESPACE, item.reason[:120])
-        else:
-          self.dead.inc()
-          reason, detail = split_reason(item.reason)
-          if reason == TIME_AHEAD:
-            self.ahead.inc()
-          yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(
-              reason, item.ref, item.raw, keep_bytes=self._limits.max_record_bytes, detail=detail))
+    with_raw = self._with_raw
+    for out in self._outcomes(records):
+      if out.__class__ is beam.pvalue.TaggedOutput:
+        yield out
+      else:
+        yield TimestampedValue(out, (out[0] if with_raw else out).event_time)
 
 
 def read_all(path: str) -> bytes:
@@ -237,7 +270,8 @@ def read_all(path: str) -> bytes:
 
 
 class ParseFileFn(_ParseFn):
-  def process(self, readable: fileio.ReadableFile):
+  def _file_records(self, readable: fileio.ReadableFile) -> Iterator[Any]:
+    """The file's RawRecords, or one dead letter (a tagged output) if it cannot be read."""
     path = readable.metadata.path
     try:
       data = read_all(path)
@@ -247,7 +281,44 @@ class ParseFileFn(_ParseFn):
       yield beam.pvalue.TaggedOutput(
           DEAD_LETTER, dead_letter(f'unreadable file: {e}'[:300], path + '#', b''))
       return
-    yield from self._emit(split_records(data, path, self._limits))
+    yield from split_records(data, path, self._limits)
+
+  def process(self, readable: fileio.ReadableFile):
+    yield from self._emit(self._file_records(readable))
+
+
+class ParseFileToPanesFn(ParseFileFn):
+  """A whole file -> (identity, pane aggregate) per (identity, 15 min pane) it holds events of.
+
+  The batch detection job needs panes, not events: aggregating while parsing means no event
+  ever becomes a Beam element (no per-event output, key, shuffle or combine), and the raw
+  payloads stay here. Events are added to their pane in file order, as the pane combine did
+  within a file's bundle; a pane that spans files comes out once per file, and the windowing
+  step merges those parts (``transforms/windowing.py``). Counters and dead letters are those
+  of ``ParseFileFn``: ``records_read = events_parsed + dead_lettered + skipped``.
+  """
+
+  def __init__(self, format_name: Optional[str], taxonomy_files: Optional[List[str]],
+               period: int, evidence: bool = True, limits: ReadLimits = DEFAULT_LIMITS):
+    super().__init__(format_name, taxonomy_files, limits=limits)
+    self._period, self._evidence = period, evidence
+    self.panes = Metrics.counter(NAMESPACE, 'pane_parts')
+
+  def process(self, readable: fileio.ReadableFile):
+    period, evidence = self._period, self._evidence
+    panes: Dict[Tuple[str, int], WindowAggregate] = {}
+    for out in self._outcomes(self._file_records(readable)):
+      if out.__class__ is beam.pvalue.TaggedOutput:
+        yield out
+        continue
+      key = (out.identity, int(out.event_time // period) * period)
+      agg = panes.get(key)
+      if agg is None:
+        agg = panes[key] = WindowAggregate()
+      agg.add(out, period, evidence)
+    self.panes.inc(len(panes))
+    for (identity, _), agg in panes.items():
+      yield identity, agg
 
 
 class ParseRecordFn(_ParseFn):
@@ -256,21 +327,32 @@ class ParseRecordFn(_ParseFn):
 
 
 class ParseFiles(beam.PTransform):
-  """File glob -> timestamped Events (main) and dead-letter JSON lines (``dead_letter``)."""
+  """File glob -> timestamped Events (main) and dead-letter JSON lines (``dead_letter``).
+
+  ``pane_seconds``: the main output is ``(identity, WindowAggregate)`` pane parts instead
+  (``PANE_PART``, see ``ParseFileToPanesFn``), for ``transforms.windowing.IdentityWindows``
+  on bounded input; ``evidence`` says whether the panes keep their evidence sample.
+  """
 
   def __init__(self, pattern: str, format_name: Optional[str] = None,
-               taxonomy_files: Optional[List[str]] = None, limits: ReadLimits = DEFAULT_LIMITS):
+               taxonomy_files: Optional[List[str]] = None, limits: ReadLimits = DEFAULT_LIMITS,
+               pane_seconds: Optional[int] = None, evidence: bool = True):
     super().__init__()
     self._pattern = pattern
-    self._fn = ParseFileFn(format_name, taxonomy_files, limits=limits)
+    self._panes = bool(pane_seconds)
+    self._fn = (ParseFileToPanesFn(format_name, taxonomy_files, pane_seconds, evidence, limits)
+                if pane_seconds else ParseFileFn(format_name, taxonomy_files, limits=limits))
 
   def expand(self, pbegin):
+    parse = beam.ParDo(self._fn)
+    if self._panes:
+      parse = parse.with_output_types(PANE_PART)
     return (
         pbegin
         | 'MatchFiles' >> fileio.MatchFiles(self._pattern)
         | 'ReadMatches' >> fileio.ReadMatches()
         | 'Reshuffle' >> beam.Reshuffle()
-        | 'ParseFile' >> beam.ParDo(self._fn).with_outputs(DEAD_LETTER, main='events'))
+        | 'ParseFile' >> parse.with_outputs(DEAD_LETTER, main='events'))
 
 
 class ParseRecords(beam.PTransform):

@@ -6,7 +6,9 @@ results leave the GroupByKey one key (identity) per bundle and BatchElements
 never batches across bundles, so every model call would score a single window;
 keyed batching gathers the windows of all identities of a cohort that close
 together (same end, so same fixed period window) into one vectorised call, while
-the shard spreads the work over workers. A GroupByKey rather than
+the shard spreads the work over workers: a cohort gets one shard per
+``IDENTITIES_PER_SHARD`` identities the model knows of its type (``shards_for``), so a
+large cohort is no hot key and a scoring call stays about that many windows. A GroupByKey rather than
 ``GroupIntoBatches``: the latter parks windows in state behind timers, and the
 Python DirectRunner does not hold the watermark for pending timers, so the
 findings merge could pass a window still parked there and split one finding in
@@ -19,7 +21,7 @@ import functools
 import logging
 import typing
 import zlib
-from typing import List, Optional, Set
+from typing import Dict, List, Optional, Set
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -68,6 +70,41 @@ class WatchModelPointer(beam.PTransform):
   def polled(model_dir: str, refresh_seconds: float) -> PolledRead:
     """The same pointer read, polled by ``ScoreWindows`` itself (runners where the side input fails)."""
     return PolledRead(functools.partial(registry.current, model_dir), refresh_seconds, 'model_pointer')
+
+
+IDENTITIES_PER_SHARD = 256  # identities of a cohort scored per key and period, about
+
+
+def shards_for(identities: int, per_shard: int = IDENTITIES_PER_SHARD) -> int:
+  """Scoring shards of a cohort of ``identities``: at least one, one more per ``per_shard``."""
+  return max(1, -(-identities // per_shard))
+
+
+class KeyByCohortShard(beam.DoFn):
+  """WindowInContext -> ((identity type, shard), window), the shard a hash of the identity.
+
+  A cohort's shard count grows with its size in the model's fleet (identities per type in
+  the training history); a type the model does not know gets one shard. ``shards``: a fixed
+  count for every cohort instead.
+  """
+
+  def __init__(self, model_dir: str, version: Optional[str] = None,
+               shared_handle: Optional[shared.Shared] = None, shards: Optional[int] = None,
+               per_shard: int = IDENTITIES_PER_SHARD):
+    self._model_dir, self._version = model_dir, version
+    self._shared = shared_handle or shared.Shared()
+    self._fixed, self._per_shard = shards, per_shard
+
+  def setup(self):
+    self._shards: Dict[str, int] = {}
+    if self._fixed is None:
+      model = acquire_model(self._shared, self._model_dir, self._version)
+      self._shards = {t: shards_for(n, self._per_shard) for t, n in model.fleet.identities.items()}
+
+  def process(self, element):
+    kind = element.context.get('identity_type', '')
+    n = self._fixed or self._shards.get(kind, 1)
+    yield (kind, zlib.crc32(element.window.identity.encode()) % n), element
 
 
 class ScoreBatchFn(beam.DoFn):
@@ -191,25 +228,19 @@ class ScoreWindows(beam.PTransform):
   """WindowInContext -> scored-window dicts the model (above the threshold) or a rule flags."""
 
   def __init__(self, model_dir: str, threshold: float, version: Optional[str] = None,
-               max_batch_size: int = 4096, shards: int = 1, window_period: int = 900,
+               max_batch_size: int = 4096, shards: Optional[int] = None, window_period: int = 900,
                allowed_lateness: int = 0, rules: Optional[RuleConfig] = None,
                shared_handle: Optional[shared.Shared] = None, model_updates=None,
                pointer_poll: Optional[PolledRead] = None):
     super().__init__()
     self._fn = ScoreBatchFn(model_dir, threshold, version, rules, shared_handle, pointer_poll)
+    self._key = KeyByCohortShard(model_dir, version, shared_handle, shards)
     self._updates = [] if model_updates is None else [model_updates]
     self._max = max_batch_size
-    self._shards = shards
     self._period = window_period
     self._lateness = allowed_lateness
 
   def expand(self, enriched):
-    shards = self._shards
-
-    def key(element):
-      return ((element.context.get('identity_type', ''),
-               zlib.crc32(element.window.identity.encode()) % shards), element)
-
     if enriched.is_bounded:
       return (enriched
               | 'BatchWindows' >> beam.BatchElements(min_batch_size=64, max_batch_size=self._max)
@@ -227,7 +258,7 @@ class ScoreWindows(beam.PTransform):
 
     # Windows are stamped at their end: those closing together share one fixed period window.
     return (enriched
-            | 'KeyByCohortShard' >> beam.Map(key).with_output_types(
+            | 'KeyByCohortShard' >> beam.ParDo(self._key).with_output_types(
                 typing.Tuple[typing.Tuple[str, int], typing.Any])
             | 'ClosingTogether' >> beam.WindowInto(
                 window.FixedWindows(self._period),

@@ -1,12 +1,15 @@
 """Where events come from, chosen by the flags: one transform, four sources.
 
-- ``--events`` in batch: whole files parsed (``ParseFiles``);
+- ``--events`` in batch: whole files parsed (``ParseFiles``) into pane parts: the batch job
+  needs each identity's 15 min panes, not its events, so events are aggregated where they
+  are parsed and never become Beam elements (``ParseFileToPanesFn``);
 - ``--events`` with ``--streaming``: the files replayed in event-time order (``ReplayFiles``);
 - ``--events-watch``: new files in a folder or bucket, read once each (``WatchFiles``);
 - ``--subscription``/``--topic``: Pub/Sub, Beam's native read or postauth's splittable
   reader that acks at bundle finalization (``--pubsub-reader``; docs/pubsub.md).
 
-Every branch gives the same ``ParsedStream``: canonical events, dead letters with their
+Every branch gives the same ``ParsedStream``: canonical events (in batch, pane parts that
+``IdentityWindows`` takes as it takes events), dead letters with their
 reason and raw payload, and (in streaming) the events later than ``--allowed-lateness``,
 which are dead-lettered, never dropped (transforms/lateness.py). Every branch gets the same
 ``ReadLimits``: record and gzip bounds, and the clock skew beyond which a record's time moves
@@ -49,7 +52,8 @@ class ReadEvents(beam.PTransform):
     streaming = o.view_as(StandardOptions).streaming
     limits = ReadLimits.from_options(o)
     if not streaming:
-      parsed = pbegin | 'ParseFiles' >> ParseFiles(ev.events, ev.format, ev.taxonomy_files, limits)
+      parsed = pbegin | 'ParseFiles' >> ParseFiles(ev.events, ev.format, ev.taxonomy_files, limits,
+                                                   pane_seconds=win.window_period)
       return ParsedStream(parsed.events, parsed.dead_letter, None)
     if ps.subscription or ps.topic:
       reader = choose_reader(ps.pubsub_reader, str(o.view_as(StandardOptions).runner or ''))
