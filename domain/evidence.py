@@ -195,18 +195,25 @@ def _novelty_field(key: str) -> Optional[str]:
   return None
 
 
-def _relevance(reason: Dict, ev: Dict) -> int:
-  """How directly an event backs a reason: 0 not at all, higher is better."""
+Terms = Tuple  # (key, named actions, detail/value tokens, novelty field): what _relevance reads of a reason
+
+
+def reason_terms(reason: Dict) -> Terms:
+  """What of a reason decides an event's relevance (hashable: equal terms rank events alike)."""
   key = reason.get('rule') or reason.get('feature') or ''
-  named = set(reason.get('actions') or ())
   tokens = set(_TOKEN.split(str(reason.get('detail', ''))))
   tokens.update(_TOKEN.split(str(reason.get('value', '')) if reason.get('value') is not None else ''))
+  return key, frozenset(reason.get('actions') or ()), frozenset(tokens), _novelty_field(key)
+
+
+def _relevance_of(terms: Terms, ev: Dict) -> int:
+  """How directly an event backs a reason (given by its ``reason_terms``): 0 not at all, higher is better."""
+  key, named, tokens, novelty = terms
   score = 0
   if ev['action'] in named or ev['action'] in tokens:
     score += 2
   if (ev['resource'] and ev['resource'] in tokens) or (ev['network'] and ev['network'] in tokens):
     score += 1
-  novelty = _novelty_field(key)
   if novelty and novelty in ev.get('new', ()):
     score += 4
   if key.startswith('excess_') and ev.get('category') == key[len('excess_'):]:
@@ -216,6 +223,18 @@ def _relevance(reason: Dict, ev: Dict) -> int:
   if key in ALL_EVENTS and score == 0:
     score = 1  # every event is behind a volume or breadth reason
   return score
+
+
+def _relevance(reason: Dict, ev: Dict) -> int:
+  """How directly an event backs a reason: 0 not at all, higher is better."""
+  return _relevance_of(reason_terms(reason), ev)
+
+
+def rank_entry(terms: Terms, k: Tuple[str, float], ev: Dict) -> Optional[tuple]:
+  """An event's place in a reason's ranking (ties: more that is new to the identity, then the
+  earliest), or None when it does not back the reason."""
+  rel = _relevance_of(terms, ev)
+  return (-rel, -len(ev.get('new', ())), ev['time'], ev['event_id'], k) if rel > 0 else None
 
 
 def _time(t: float) -> str:
@@ -237,20 +256,8 @@ def public(ev: Dict, reason_key: str) -> Dict:
   return out
 
 
-def pick(windows: Sequence[Dict], reasons: Sequence[Dict], limit: int = MAX_EVIDENCE,
-         top_reasons: int = 4) -> Dict:
-  """Up to ``limit`` events behind the finding's top reasons, taken in turn per reason
-  (most relevant first, then earliest); and each window's calls per action."""
-  pool: Dict[Tuple[str, float], Dict] = {}
-  for w in sorted(windows, key=lambda w: (-w.get('score', 0.0), w['window_start'], w['window_end'])):
-    for ev in (w.get('evidence') or {}).get('events', ()):
-      pool.setdefault((ev['event_id'], ev['time']), ev)
-  ranked = []
-  for r in list(reasons)[:top_reasons]:
-    # ties: the event with more that is new to the identity, then the earliest
-    scored = [(-_relevance(r, ev), -len(ev.get('new', ())), ev['time'], ev['event_id'], k)
-              for k, ev in pool.items()]
-    ranked.append((r.get('rule') or r.get('feature') or '', [x for x in sorted(scored) if x[0] < 0]))
+def choose(ranked: List[Tuple[str, List[tuple]]], limit: int) -> Dict[Tuple[str, float], str]:
+  """Events taken in turn per reason from its ranking, each once: pool key -> the reason's key."""
   chosen: Dict[Tuple[str, float], str] = {}
   at = [0] * len(ranked)
   while len(chosen) < limit and any(at[i] < len(lst) for i, (_, lst) in enumerate(ranked)):
@@ -260,16 +267,40 @@ def pick(windows: Sequence[Dict], reasons: Sequence[Dict], limit: int = MAX_EVID
       if at[i] < len(lst) and len(chosen) < limit:
         chosen[lst[at[i]][-1]] = key
         at[i] += 1
+  return chosen
+
+
+def evidence_records(pool: Dict[Tuple[str, float], Dict], chosen: Dict[Tuple[str, float], str]) -> List[Dict]:
+  return sorted((public(pool[k], why) for k, why in chosen.items()), key=lambda e: (e['time'], e['event_id']))
+
+
+def window_calls(w: Dict) -> Dict:
+  """One window's line of a finding's ``window_actions``."""
+  return {'window_start': _time(w['window_start']), 'window_end': _time(w['window_end']),
+          'calls': w.get('event_count', 0),
+          'actions': (w.get('evidence') or {}).get('actions') or w.get('actions', {})}
+
+
+def pick(windows: Sequence[Dict], reasons: Sequence[Dict], limit: int = MAX_EVIDENCE,
+         top_reasons: int = 4) -> Dict:
+  """Up to ``limit`` events behind the finding's top reasons, taken in turn per reason
+  (most relevant first, then earliest); and each window's calls per action.
+  The definition domain/evidence_pool.py keeps up to date window by window."""
+  pool: Dict[Tuple[str, float], Dict] = {}
+  for w in sorted(windows, key=lambda w: (-w.get('score', 0.0), w['window_start'], w['window_end'])):
+    for ev in (w.get('evidence') or {}).get('events', ()):
+      pool.setdefault((ev['event_id'], ev['time']), ev)
+  ranked = []
+  for r in list(reasons)[:top_reasons]:
+    terms = reason_terms(r)
+    ranked.append((terms[0], sorted(x for x in (rank_entry(terms, k, ev) for k, ev in pool.items())
+                                    if x is not None)))
+  chosen = choose(ranked, limit)
   if not chosen and ranked:  # no event names what the top reasons say: the earliest ones
     for k in sorted(pool, key=lambda k: (pool[k]['time'], pool[k]['event_id']))[:limit]:
       chosen[k] = ranked[0][0]
-  evidence = sorted((public(pool[k], why) for k, why in chosen.items()),
-                    key=lambda e: (e['time'], e['event_id']))
-  window_actions = [{'window_start': _time(w['window_start']), 'window_end': _time(w['window_end']),
-                     'calls': w.get('event_count', 0),
-                     'actions': (w.get('evidence') or {}).get('actions') or w.get('actions', {})}
-                    for w in sorted(windows, key=lambda w: w['window_start'])]
-  return {'evidence': evidence, 'window_actions': window_actions}
+  window_actions = [window_calls(w) for w in sorted(windows, key=lambda w: w['window_start'])]
+  return {'evidence': evidence_records(pool, chosen), 'window_actions': window_actions}
 
 
 def from_aggregate(agg, reasons: Iterable[Dict], window_start: float, window_end: float) -> Dict:

@@ -23,6 +23,7 @@ import os
 from typing import Dict, List, Optional, Tuple
 
 import apache_beam as beam
+import orjson
 
 from postauth.transforms.versions import version_rank
 
@@ -65,9 +66,19 @@ class LatestVersions(beam.PTransform):
             | 'Drop ids' >> beam.Values())
 
 
+def _loads(line: str):
+  """A version line's values: orjson (~2x faster than json on these ~12 kB lines; only the id,
+  ``updates``, ``occurrences`` and times are read, which both read alike); json for what orjson
+  refuses (NaN, Infinity)."""
+  try:
+    return orjson.loads(line)
+  except orjson.JSONDecodeError:
+    return json.loads(line)
+
+
 def latest_lines(lines: List[str]) -> Tuple[List[str], List[str]]:
   """JSON lines of finding versions -> (latest line per id, first-seen order; every line in version order)."""
-  parsed = [(json.loads(line), line) for line in lines if line.strip()]
+  parsed = [(_loads(line), line) for line in lines if line.strip()]
   best: Dict[str, Tuple[tuple, int, str]] = {}
   order: List[str] = []
   for n, (f, line) in enumerate(parsed):

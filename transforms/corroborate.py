@@ -101,25 +101,24 @@ class _Corroborator:
     handling what is due is that timer's work, so batch (every timer fires) and streaming (a
     new entry may reset the timer to a later time) decide from the same adopters."""
     self._prune(now)
-    due = sorted((e for e in waiting if self.due(e) <= now),
-                 key=lambda e: (self.due(e), e[1].get('kind') != SIGHTING, e[0],
-                                e[1].get('updates', 0), e[1].get('finding_id', '')))
-    rest = [e for e in waiting if self.due(e) > now]
+    timed = [(self.due(e), e) for e in waiting]  # once per entry and tick (a group waits on many)
+    due = sorted(((t, e) for t, e in timed if t <= now),
+                 key=lambda te: (te[0], te[1][1].get('kind') != SIGHTING, te[1][0],
+                                 te[1][1].get('updates', 0), te[1][1].get('finding_id', '')))
+    rest = [e for t, e in timed if t > now]
     out = []
-    for entry in due:
-      ms, x = entry
+    for at, (ms, x) in due:
       if x.get('kind') == SIGHTING:
         for action in x['actions']:
           seen = self.adopters.setdefault(action, {})
           seen[x['identity']] = min(seen.get(x['identity'], ms), ms)
         continue
-      at = self.due(entry)
       if holds(x):
         self.held.inc()
         x = self._decide(x, at)
       out.append(TimestampedValue(x, at_ms(at) if at > ms else at_ms(ms)))
     self._prune(now)
-    nxt = [self.due(e) for e in rest]
+    nxt = [t for t, _ in timed if t > now]
     if self.adopters:  # when the oldest adoption goes
       nxt.append(min(t for ids in self.adopters.values() for t in ids.values()) + ADOPTION_KEPT_MS + 1)
     return out, rest, min(nxt) if nxt else None

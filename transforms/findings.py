@@ -7,7 +7,9 @@ window closes (the watermark passes it), then an update under the same
 ``finding_id`` for each later window that joins the run, in event-time order
 (an event-time timer at each window's end), so batch and streaming emit the
 same versions. Paging within minutes of the first bad window instead of when
-the run ends (issue 16); ``transforms/versions.py`` says what a version carries.
+the run ends (issue 16); ``transforms/versions.py`` says what a version carries,
+transforms/finding_content.py what a finding says, transforms/finding_builder.py how each
+version is kept up to date as windows join.
 On bounded input the same step runs as a plain loop per identity instead of
 state and timers (transforms/timer_walk.py: Beam's state-cache commits were most
 of the batch job's CPU). (Sessions windows express the same merge, but the streaming DirectRunner fired
@@ -16,7 +18,6 @@ on every runner.)
 """
 from __future__ import annotations
 
-import datetime
 import functools
 import hashlib
 from typing import Dict, Iterable, List, Tuple
@@ -32,160 +33,11 @@ from apache_beam.utils.timestamp import Duration
 
 from postauth.transforms.timer_walk import at_ms, per_identity, timer_ms
 from postauth.transforms.versions import first_version, higher, version_flags
+from postauth.transforms.finding_builder import FindingBuilder
+# what a finding says, defined beside to_finding; imported from here by callers of this module
+from postauth.transforms.finding_content import contextual_severity, finding_id, rfc3339, to_finding  # noqa: F401
 
 from postauth.domain import evidence
-
-SEVERITY_ORDER = {'low': 0, 'medium': 1, 'high': 2, 'critical': 3}
-
-
-def rfc3339(t: float) -> str:
-  return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')
-
-
-def finding_id(identity: str, start: float, end: float) -> str:
-  """Deterministic and stable through updates: the identity and its run's first window."""
-  return hashlib.sha256(f'{identity}|{start:.0f}|{end:.0f}'.encode()).hexdigest()[:24]
-
-
-SEVERITIES = ('low', 'medium', 'high', 'critical')
-RAISING_CRITICALITY = ('critical', 'high')
-LOWERING_CRITICALITY = ('low',)
-LOWER_ENVIRONMENTS = ('dev', 'development', 'test', 'testing', 'sandbox', 'lab')
-
-
-def max_severity(levels: Iterable[str]) -> str:
-  levels = [l for l in levels if l in SEVERITY_ORDER]
-  return max(levels, key=SEVERITY_ORDER.get) if levels else 'low'
-
-
-def contextual_severity(detected: str, context: Dict) -> Tuple[str, Dict[str, str]]:
-  """The detectors' severity moved one step up for critical identities, one down for
-  low-criticality or dev/test/sandbox ones: the same anomaly matters more on a
-  prod payment key than on a sandbox bot. Context orders pages; it never makes one
-  or takes one away: evidence below medium stays below (a high-criticality identity's
-  routine oddity is not a page), evidence at medium or above stays at medium or above
-  (an attack on a sandbox key still pages). Returns the level and how it was reached."""
-  level = SEVERITY_ORDER[detected]
-  basis = {'detected': detected}
-  criticality = (context.get('criticality') or '').lower()
-  environment = (context.get('environment') or '').lower()
-  if criticality in RAISING_CRITICALITY:
-    level += 1
-    basis['criticality'] = f'+1 ({criticality})'
-  elif criticality in LOWERING_CRITICALITY:
-    level -= 1
-    basis['criticality'] = f'-1 ({criticality})'
-  if environment in LOWER_ENVIRONMENTS:
-    level -= 1
-    basis['environment'] = f'-1 ({environment})'
-  page = SEVERITY_ORDER['medium']
-  bounded = max(page, level) if SEVERITY_ORDER[detected] >= page else min(page - 1, level)
-  if bounded != level:
-    basis['bounded'] = 'evidence decides whether it pages; context only orders pages'
-  return SEVERITIES[max(0, min(bounded, len(SEVERITIES) - 1))], basis
-
-
-# Features that say the same thing to a responder: a finding keeps the first (rarest, from its
-# highest-scoring window) of each group, not three lines about the same new resources.
-REASON_GROUPS = {
-    'novel_resources': 'new resources', 'novel_family_share': 'new resources',
-    'novel_resource_families': 'new resources',
-    'novel_action_share': 'new actions', 'novel_sensitive_actions': 'new actions',
-    'novel_high_impact_events': 'new actions', 'novel_rare_actions': 'new actions',
-}
-
-
-def _reason_key(r: Dict) -> str:
-  key = r.get('rule') or r.get('feature', '')
-  return REASON_GROUPS.get(key, key)
-
-
-def _public(r: Dict) -> Dict:
-  if 'rule' in r:
-    return {k: r[k] for k in ('rule', 'detail', 'severity', 'actions') if k in r}
-  return {k: r[k] for k in ('feature', 'value', 'baseline', 'detail', 'actions') if k in r}
-
-
-def page_basis(windows: List[Dict]) -> Dict[str, List[str]]:
-  """What the finding's page rests on, over its windows: ``evidence`` no rollout explains,
-  ``shareable`` novelty of its paging windows without evidence (peers may share it), and
-  ``change`` that is routine. A finding whose ``evidence`` is empty pages only on novelty
-  its peers could share (transforms/corroborate.py)."""
-  ev, share, change = set(), set(), set()
-  for w in windows:
-    j = w.get('judgment') or {}
-    ev.update(j.get('evidence', ()))
-    change.update(j.get('change', ()))
-    if SEVERITY_ORDER.get(w.get('severity'), 0) >= SEVERITY_ORDER['medium'] and not j.get('evidence'):
-      share.update(j.get('shareable', ()))
-  return {'evidence': sorted(ev), 'shareable': sorted(share), 'change': sorted(change)[:6]}
-
-
-def to_finding(windows: List[Dict]) -> Dict:
-  """The finding of a run of overlapping windows as they are so far (its first version when
-  ``windows`` is the run's first window; an update when more have joined)."""
-  unique: Dict[tuple, Dict] = {}
-  for w in windows:  # a window re-scored after late data replaces its earlier version
-    unique[(w['window_start'], w['window_end'])] = w
-  windows = sorted(unique.values(), key=lambda w: w['window_start'])
-  top = max(windows, key=lambda w: (w['score'], len(w.get('rules', ())), -w['window_start']))
-  start = min(w['window_start'] for w in windows)
-  end = max(w['window_end'] for w in windows)
-  panes: Dict[str, int] = {}
-  for w in windows:
-    panes.update(w['panes'])
-  reasons, seen = [], set()
-  for w in sorted(windows, key=lambda w: (-w['score'], w['window_start'], w['window_end'])):
-    for r in list(w.get('rules', ())) + list(w['reasons']):
-      key = _reason_key(r)
-      if key not in seen and r['detail'] not in seen:
-        seen.update((key, r['detail']))
-        reasons.append(_public(r))
-  ctx = top['context']
-  # Each window's severity is already its judgment (transforms/judgment.py): evidence pages,
-  # shareable novelty pages unless peers share it, change alone stays low.
-  detected = max_severity([w['severity'] for w in windows])
-  severity, basis = contextual_severity(detected, ctx)
-  actions: Dict[str, int] = {}
-  resources: Dict[str, int] = {}
-  for w in windows:
-    for a, n in w.get('actions', {}).items():
-      actions[a] = max(actions.get(a, 0), n)
-    for r, n in w.get('resources', {}).items():
-      resources[r] = max(resources.get(r, 0), n)
-  first = windows[0]  # the earliest window: its end is when the finding was first emitted
-  finding = {
-      'finding_id': finding_id(top['identity'], first['window_start'], first['window_end']),
-      'kind': 'anomaly' if any(w.get('model_flagged', True) for w in windows) else 'rule',
-      'identity': top['identity'],
-      'identity_type': ctx.get('identity_type', ''),
-      'window_start': rfc3339(start),
-      'window_end': rfc3339(end),
-      'score': max(w['score'] for w in windows),
-      'score_components': {'isolation_forest': top['score_forest'], 'feature_rarity': top['score_rarity']},
-      'severity': severity,
-      'severity_basis': basis,
-      'model_version': top['model_version'],
-      'cohort': top['cohort'],
-      'reasons': reasons,
-      'rules': sorted({r['rule'] for r in reasons if 'rule' in r}),
-      'actions': dict(sorted(actions.items(), key=lambda kv: (-kv[1], kv[0]))[:10]),
-      'resources': dict(sorted(resources.items(), key=lambda kv: (-kv[1], kv[0]))[:10]),
-      'event_count': sum(panes.values()),
-      'windows': len(windows),
-      'peak_window': [rfc3339(top['window_start']), rfc3339(top['window_end'])],
-      'owner': ctx.get('owner', ''),
-      'team': ctx.get('team', ''),
-      'environment': ctx.get('environment', ''),
-      'criticality': ctx.get('criticality', ''),
-      'registered': ctx.get('registered', 'false') == 'true',
-      'occurrences': 1,
-      'first_detected_at': rfc3339(first['window_end']),
-      'page_basis': page_basis(windows),
-      **first_version(severity),
-  }
-  finding.update(evidence.pick(windows, reasons))  # events behind the top reasons, calls per action
-  return finding
 
 
 def unregistered_finding(window, context: Dict) -> Dict:
@@ -241,8 +93,16 @@ def split_runs(windows: List[Dict]) -> List[List[Dict]]:
   return runs
 
 
+def _view(run: Dict) -> FindingBuilder:
+  """The run's finding builder (made from its windows for a run kept in state without one)."""
+  view = run.get('view')
+  if view is None:
+    view = run['view'] = FindingBuilder(run['windows'])
+  return view
+
+
 def _run_end(run: Dict) -> float:
-  return max(e for _, e in run['windows'])
+  return _view(run).end
 
 
 def _stamp(ts: float) -> float:
@@ -268,6 +128,7 @@ class _RunMerger:
                rollover_seconds: float = RUN_ROLLOVER_SECONDS):
     self._size, self._lateness, self._rollover = window_size, allowed_lateness, rollover_seconds
     self.runs: List[Dict] = []
+    self._due: Dict[float, int] = {}
     self.findings = Metrics.counter('postauth', 'findings')
     self.updates = Metrics.counter('postauth', 'finding_updates')
     self.rollovers = Metrics.counter('postauth', 'finding_rollovers')
@@ -277,33 +138,44 @@ class _RunMerger:
 
   def step(self, now: int, waiting: List[Dict]):
     """(versions to emit, windows still waiting, next timer in ms or None)."""
-    due = sorted((w for w in waiting if timer_ms(_stamp(w['window_end'])) <= now),
-                 key=lambda w: (w['window_end'], w['window_start']))
-    rest = [w for w in waiting if timer_ms(_stamp(w['window_end'])) > now]
+    at = [(self._due_ms(w['window_end']), w) for w in waiting]
+    due = sorted((w for t, w in at if t <= now), key=lambda w: (w['window_end'], w['window_start']))
+    rest = [w for t, w in at if t > now]
     runs, out = self.runs, []
     for end in sorted({w['window_end'] for w in due}):
       touched = []
       for w in (w for w in due if w['window_end'] == end):
         run = self._place(runs, w)
-        run['windows'][(w['window_start'], w['window_end'])] = w  # a re-scored window replaces its version
+        _view(run).put(w)  # a re-scored window replaces its version
         if not any(run is t for t in touched):
           touched.append(run)
       for run in touched:
         out.append(TimestampedValue(self._version(run), _stamp(end)))
     self.runs = [r for r in runs if timer_ms(self._expiry(r)) > now]
-    nxt = [timer_ms(_stamp(w['window_end'])) for w in rest] + [timer_ms(self._expiry(r)) for r in self.runs]
+    nxt = [t for t, _ in at if t > now] + [timer_ms(self._expiry(r)) for r in self.runs]
     return out, rest, min(nxt) if nxt else None
+
+  def _due_ms(self, window_end: float) -> int:
+    """The timer time of a window ending at ``window_end``, remembered: the batch walk asks again
+    for every window still waiting at each tick."""
+    ms = self._due.get(window_end)
+    if ms is None:
+      if len(self._due) > 4096:
+        self._due.clear()
+      ms = self._due[window_end] = timer_ms(_stamp(window_end))
+    return ms
 
   def _place(self, runs: List[Dict], w: Dict) -> Dict:
     """The run ``w`` joins: the one holding its earlier version, else the first it overlaps and
     fits in (span and cap); else a new run, continuing the latest one it overlaps (a rollover)."""
-    key, first = (w['window_start'], w['window_end']), lambda r: min(s for s, _ in r['windows'])
+    key, first = (w['window_start'], w['window_end']), lambda r: _view(r).start
     over = [r for r in runs if key in r['windows']] or [
         r for r in runs if w['window_start'] < _run_end(r) and first(r) < w['window_end']]
     run = next((r for r in over if key in r['windows'] or (len(r['windows']) < MAX_RUN_WINDOWS and max(
         _run_end(r), w['window_end']) - min(first(r), w['window_start']) <= self._rollover)), None)
     if run is None:
-      run = {'windows': {}, 'finding_id': None, 'first_detected_at': None, 'versions': 0,
+      view = FindingBuilder()
+      run = {'windows': view.windows, 'view': view, 'finding_id': None, 'first_detected_at': None, 'versions': 0,
              'severity': None, 'continues': over[-1]['finding_id'] if over else None}
       self.rollovers.inc(int(bool(over)))
       runs.append(run)
@@ -311,7 +183,7 @@ class _RunMerger:
 
   def _version(self, run: Dict) -> Dict:
     """The run's finding as of now: the first version, or an update under the same id."""
-    f = to_finding(list(run['windows'].values()))
+    f = _view(run).finding()
     if run['finding_id'] is None:
       run['finding_id'], run['first_detected_at'] = f['finding_id'], f['first_detected_at']
       self.findings.inc()
