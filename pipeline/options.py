@@ -74,6 +74,9 @@ def validate_limits(options: PipelineOptions) -> None:
                              ('--max-gzip-ratio', e.max_gzip_ratio, 1), ('--max-clock-skew', e.max_clock_skew, 0)):
     if value < least:
       raise OptionsError(f'{flag} {value:g} is out of range (at least {least})')
+  readers = options.view_as(PubSubSourceOptions).pubsub_readers
+  if readers < 1:
+    raise OptionsError(f'--pubsub-readers {readers} is out of range (at least 1)')
 
 
 def validate_watch(options: PipelineOptions) -> None:

@@ -519,3 +519,17 @@ def test_prism_scores_a_backlog_older_than_the_allowed_lateness_read_in_short_pu
   assert late == [], f'{len(late)} late: {[d.get("detail") for d in late][:3]}'
   assert set(got) == set(event_id.values()) and max(got.values()) == 1, _log_tail(tmp_path)
   assert job.returncode == 0, _log_tail(tmp_path)
+
+
+def test_reader_slots_are_a_checked_flag_with_one_pull_loop_by_default():
+  """One slot unless asked: a part holds the watermark until it reads a message, so a second
+  part that a quiet subscription never feeds would hold every window open."""
+  import pytest as _pytest
+  from postauth.pipeline import options as opts
+  from postauth.pipeline.jobs import pipeline_options
+  from postauth.transforms.pubsub_source import pull_settings
+  from postauth.transforms.options import PubSubSourceOptions
+  assert pull_settings(pipeline_options([]).view_as(PubSubSourceOptions)).readers == 1
+  assert pull_settings(pipeline_options(['--pubsub-readers=3']).view_as(PubSubSourceOptions)).readers == 3
+  with _pytest.raises(opts.OptionsError, match='--pubsub-readers 0 is out of range'):
+    opts.validate_limits(pipeline_options(['--pubsub-readers=0']))

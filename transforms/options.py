@@ -166,6 +166,11 @@ class PubSubSourceOptions(PipelineOptions):
     parser.add_argument('--pubsub-max-messages', dest='pubsub_max_messages', type=int, default=500,
                         help='Messages per pull (DirectRunner: per bundle; sdf reader: per pull, up '
                              'to 20 pulls per round while the backlog lasts).')
+    parser.add_argument('--pubsub-readers', dest='pubsub_readers', type=int, default=1,
+                        help='sdf reader: pull loops on the subscription, each a part a runner can '
+                             'run on its own worker. The watermark is the least of the parts\' and a '
+                             'part moves only once it read a message: more than 1 only for a '
+                             'subscription busy enough to feed every part.')
     parser.add_argument('--pubsub-reader', dest='pubsub_reader', choices=('auto', 'native', 'sdf'),
                         default='auto',
                         help='How Pub/Sub is read. native: Beam\'s ReadFromPubSub (Dataflow and the '
