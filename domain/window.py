@@ -54,10 +54,13 @@ def _note_emitter(emitters: Dict[str, list], emitter: str, n: int, events: List[
 class WindowAggregate:
   """Mergeable per-identity-window counts."""
 
-  __slots__ = ('count', 'errors', 'read_only', 'actions', 'action_category',
-               'categories', 'resources', 'networks', 'agents', 'regions',
-               'panes', 'first_time', 'last_time', 'overflow', 'identity_type', 'network_spans',
-               'evidence', 'emitters')
+  FIELDS = ('count', 'errors', 'read_only', 'actions', 'action_category',
+            'categories', 'resources', 'networks', 'agents', 'regions',
+            'panes', 'first_time', 'last_time', 'overflow', 'identity_type', 'network_spans',
+            'evidence', 'emitters')
+  # ``evidence`` is a property over a store and the stores still to merge into it (``merge``
+  # with ``lazy``): most windows are never flagged, and never need their panes' samples merged.
+  __slots__ = tuple(f for f in FIELDS if f != 'evidence') + ('_evidence', '_evidence_parts')
 
   def __init__(self):
     self.count = 0
@@ -79,7 +82,8 @@ class WindowAggregate:
     # ones (stolen credentials) or after them (a redeploy); kept for the networks counted above.
     self.network_spans: Dict[str, List[float]] = {}
     # A bounded sample of the events themselves, with their ids: domain/evidence.py.
-    self.evidence: evidence_sample.Store = {}
+    self._evidence: evidence_sample.Store = {}
+    self._evidence_parts: List[evidence_sample.Store] = []
     # Records that name their own identity (spans, domain/emitter.py): the service that emitted
     # them -> [calls, [[time, event id, action] of its first EMITTER_EVENTS]]; empty for other logs.
     self.emitters: Dict[str, list] = {}
@@ -125,7 +129,24 @@ class WindowAggregate:
     self.identity_type = self.identity_type or e.identity_type
     return self
 
-  def merge(self, other: 'WindowAggregate') -> 'WindowAggregate':
+  @property
+  def evidence(self) -> evidence_sample.Store:
+    """The evidence sample (merged now from the parts ``merge(lazy=True)`` left pending)."""
+    parts = self._evidence_parts
+    if parts:
+      self._evidence_parts = []
+      for part in parts:
+        evidence_sample.merge(self._evidence, part)
+    return self._evidence
+
+  @evidence.setter
+  def evidence(self, store: evidence_sample.Store) -> None:
+    self._evidence, self._evidence_parts = store, []
+
+  def merge(self, other: 'WindowAggregate', lazy: bool = False) -> 'WindowAggregate':
+    """Adds ``other``'s counts and samples. ``lazy``: its evidence sample is merged only when
+    this aggregate's evidence is read (the result is the same: the sample is exact under
+    merging); ``other`` must not change afterwards."""
     self.count += other.count
     self.errors += other.errors
     self.read_only += other.read_only
@@ -145,7 +166,10 @@ class WindowAggregate:
       if k in self.networks:
         span = self.network_spans.get(k)
         self.network_spans[k] = [lo, hi] if span is None else [min(span[0], lo), max(span[1], hi)]
-    evidence_sample.merge(self.evidence, other.evidence)
+    if lazy:
+      self._evidence_parts.append(other.evidence)
+    else:
+      evidence_sample.merge(self.evidence, other.evidence)
     for k, (n, events) in other.emitters.items():
       self.overflow += _note_emitter(self.emitters, k, n, events)
     self.first_time = min(self.first_time, other.first_time)
@@ -155,12 +179,12 @@ class WindowAggregate:
     return self
 
   def to_dict(self) -> dict:
-    return {k: getattr(self, k) for k in self.__slots__}
+    return {k: getattr(self, k) for k in self.FIELDS}
 
   @classmethod
   def from_dict(cls, d: dict) -> 'WindowAggregate':
     agg = cls()
-    for k in cls.__slots__:
+    for k in cls.FIELDS:
       if k in d:
         setattr(agg, k, d[k])
     agg.panes = {int(k): v for k, v in agg.panes.items()}

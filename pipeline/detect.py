@@ -37,14 +37,16 @@ def build_detection(p: beam.Pipeline, options: PipelineOptions) -> Dict[str, bea
   win, det = options.view_as(WindowOptions), options.view_as(DetectOptions)
   # Streaming windows keep state a margin past --allowed-lateness; later events are
   # dead-lettered by the source's gate, never dropped silently (transforms/lateness.py).
-  lateness = beam_lateness(win.allowed_lateness) if options.view_as(StandardOptions).streaming else 0
+  batch = not options.view_as(StandardOptions).streaming
+  lateness = 0 if batch else beam_lateness(win.allowed_lateness)
   disabled = disabled_rules(options)
   model = shared.Shared()  # one model per worker for history, scoring and fleet notices
   refresh = plan_refreshes(p, options)
 
   source = p | 'ReadEvents' >> ReadEvents(options, test_stream=lands_on_bundle_runner(options))
   judged = (source.events
-            | 'IdentityWindows' >> IdentityWindows(win.window_size, win.window_period, lateness)
+            | 'IdentityWindows' >> IdentityWindows(win.window_size, win.window_period, lateness,
+                                                   grouped=batch)
             | 'Enrich' >> EnrichWindows(p | 'Inventory' >> InventorySnapshots(det.inventory),
                                         refresh.inventory_updates, refresh.inventory_poll)
             | 'History' >> TrackHistory(det.model_dir, det.model_version,
@@ -53,7 +55,8 @@ def build_detection(p: beam.Pipeline, options: PipelineOptions) -> Dict[str, bea
                                         ordered=not lands_on_bundle_runner(options),
                                         # batch too, so both fold the same way
                                         refire_horizon=refire_horizon(win.allowed_lateness,
-                                                                      win.window_period)))
+                                                                      win.window_period),
+                                        grouped=batch))
   anomalies = (judged['windows']
                | 'Score' >> ScoreWindows(det.model_dir, det.threshold, det.model_version,
                                          window_period=win.window_period, allowed_lateness=lateness,

@@ -39,7 +39,7 @@ def full_aggregate() -> WindowAggregate:
 
 def assert_exact(a: WindowAggregate, b: WindowAggregate) -> None:
   assert a == b
-  for field in WindowAggregate.__slots__:
+  for field in WindowAggregate.FIELDS:
     x, y = getattr(a, field), getattr(b, field)
     assert type(x) is type(y), field
     if isinstance(x, dict):

@@ -108,3 +108,38 @@ def test_batch_keyed_path_and_streaming_path_give_the_same_windows():
   s = sp | stream | 'W' >> IdentityWindows(3600, 900) | beam.Map(full)
   assert_that(s, equal_to(expected))
   sp.run().wait_until_finish()
+
+
+def _evidence_by_window(events, size=3600, period=900):
+  """(identity, window start) -> the window's evidence sample, each event added eagerly."""
+  from postauth.domain.window import WindowAggregate
+  out = {}
+  for e in events:
+    pane = int(e.event_time // period) * period
+    for k in range(size // period):
+      out.setdefault((e.identity, float(pane - k * period)), WindowAggregate()).add(e, period)
+  return {key: agg.evidence for key, agg in out.items()}
+
+
+def test_grouped_batch_windows_are_the_same_windows_per_identity_in_time_order():
+  """IdentityWindows(grouped=True): one element per identity, its windows in time order, the
+  same windows as ungrouped, and the same evidence samples (merged lazily from the panes)."""
+  import random
+  rng = random.Random(5)
+  events = [ev(rng.choice('abc'), T0 + rng.uniform(0, 4 * 3600), rng.choice(['GetObject', 'PutObject']))
+            for _ in range(300)]
+  expected = oracle_windows(events)
+  evidence = _evidence_by_window(events)
+
+  def check(kv):
+    identity, windows = kv
+    ends = [w.window_end for w in windows]
+    assert ends == sorted(ends) and all(w.identity == identity for w in windows)
+    for w in windows:
+      assert w.agg.evidence == evidence[(identity, w.window_start)]
+    return [full(w) for w in windows]
+
+  with beam.Pipeline(runner='FnApiRunner') as p:
+    grouped = (p | beam.Create([TimestampedValue(e, e.event_time) for e in events])
+               | IdentityWindows(3600, 900, grouped=True))
+    assert_that(grouped | beam.FlatMap(check), equal_to(expected))

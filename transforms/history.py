@@ -269,15 +269,20 @@ class WalkHistoryFn(_HistoryFn):
 
 
 class TrackHistory(beam.PTransform):
-  """(IdentityWindow, context) -> WindowInContext (main) and unregistered-identity findings."""
+  """(IdentityWindow, context) -> WindowInContext (main) and unregistered-identity findings.
+
+  ``grouped`` (bounded input): the input is (identity, [(window, context)]) per identity, as
+  ``IdentityWindows(grouped=True)`` and ``EnrichWindows`` give it, and is walked without a
+  shuffle of its own."""
 
   def __init__(self, model_dir: Optional[str], version: Optional[str] = None,
                unregistered: bool = True, period_seconds: int = 900,
                shared_handle: Optional[shared.Shared] = None,
                retention: float = HISTORY_RETENTION, departed: float = DEPARTED_RETENTION,
-               ordered: bool = True, refire_horizon: Optional[float] = None):
+               ordered: bool = True, refire_horizon: Optional[float] = None, grouped: bool = False):
     super().__init__()
     self._refire_horizon = refire_horizon
+    self._grouped = grouped  # bounded input already (identity, [(window, context)]) per identity
     self._ordered = ordered  # False on a runner that ignores timer holds (TrackHistoryFn)
     self._shared = shared_handle or shared.Shared()
     self._expiry = (retention, departed)
@@ -287,6 +292,11 @@ class TrackHistory(beam.PTransform):
     self._unregistered = unregistered
 
   def expand(self, enriched):
+    if enriched.is_bounded and self._grouped:  # (identity, [(window, context)]): walked as is
+      walked = enriched | 'WalkHistory' >> beam.ParDo(WalkHistoryFn(
+          self._model_dir, self._version, self._unregistered, self._shared,
+          *self._expiry, refire_horizon=self._refire_horizon)).with_outputs(UNREGISTERED, main='windows')
+      return {'windows': walked.windows, UNREGISTERED: walked[UNREGISTERED]}
     # Typed so the shuffle encodes the window with IdentityWindowCoder, not Beam's pickle.
     keyed = enriched | 'KeyByIdentity' >> beam.Map(lambda wc: (wc[0].identity, wc)).with_output_types(
         typing.Tuple[str, typing.Tuple[IdentityWindow, typing.Any]])

@@ -32,6 +32,7 @@ from apache_beam.metrics import Metrics
 
 from postauth.transforms.updates import PeriodicReads, PolledRead
 from postauth.transforms.updates import newest as updates_newest
+from postauth.transforms.windowing import IdentityWindow
 
 REQUIRED = ('identity', 'identity_type', 'owner', 'team', 'environment')
 # Glob lists. ``emitted_by``: the services (OpenTelemetry ``service.name``) that may emit spans
@@ -251,14 +252,21 @@ class _EnrichFn(beam.DoFn):
         self._last = read
       if self._last is not None:
         snapshot = self._last[1]
+    if isinstance(w, IdentityWindow):
+      yield w, self._context(w, snapshot)
+    else:  # (identity, [its windows]): IdentityWindows(grouped=True)
+      yield w[0], [(x, self._context(x, snapshot)) for x in w[1]]
+
+  def _context(self, w: IdentityWindow, snapshot) -> Dict:
     context = context_for(w.identity, w.agg.identity_type, snapshot.rows)
     if context['registered'] == 'false':
       self.unregistered.inc()
-    yield w, context
+    return context
 
 
 class EnrichWindows(beam.PTransform):
-  """IdentityWindow -> (IdentityWindow, inventory context).
+  """IdentityWindow -> (IdentityWindow, inventory context); or (identity, [windows]) ->
+  (identity, [(window, context)]) for grouped windows.
 
   ``snapshots``: the start-up read (``InventorySnapshots``); ``updates``: the
   side input of an ``InventoryRefresh`` (streaming), or None; ``poll``: the same

@@ -63,6 +63,9 @@ class IdentityWindowCoder(beam.coders.Coder):
 
 beam.coders.registry.register_coder(IdentityWindow, IdentityWindowCoder)
 
+# One identity's windows, in time order (bounded input, ``grouped``).
+IDENTITY_WINDOWS = typing.Tuple[str, typing.List[IdentityWindow]]
+
 # (identity, a pane's aggregate or a part of it): typed so the shuffle uses WindowAggregateCoder.
 PANE_PART = typing.Tuple[str, WindowAggregate]
 
@@ -126,12 +129,18 @@ class _SlidePanes(beam.DoFn):
   pane; the windows leave stamped like Beam's window output (``end - EPSILON``).
   """
 
-  def __init__(self, size: int, period: int):
-    self._size, self._period = size, period
+  def __init__(self, size: int, period: int, grouped: bool = False):
+    self._size, self._period, self._grouped = size, period, grouped
     self.windows = Metrics.counter('postauth', 'identity_windows')
 
   def process(self, kv):
-    identity, parts = kv
+    windows = self._slide(*kv)
+    if self._grouped:
+      yield kv[0], [w.value for w in windows]
+    else:
+      yield from windows
+
+  def _slide(self, identity, parts) -> typing.List[TimestampedValue]:
     period, size = self._period, self._size
     parts = sorted(parts, key=_part_order)
     panes: typing.List[WindowAggregate] = []
@@ -144,32 +153,34 @@ class _SlidePanes(beam.DoFn):
         panes.append(part)
         starts.append(start)
     windows = sorted({s - k * period for s in starts for k in range(size // period)})
-    lo, n = 0, 0
+    lo, out = 0, []
     for start in windows:
       while starts[lo] < start:
         lo += 1
       agg, i = WindowAggregate(), lo
       while i < len(starts) and starts[i] < start + size:
-        agg.merge(panes[i])
+        agg.merge(panes[i], lazy=True)  # the panes stay as they are from here on
         i += 1
       end = float(start + size)
-      n += 1
-      yield TimestampedValue(IdentityWindow(identity, float(start), end, agg), end - EPSILON)
-    self.windows.inc(n)
+      out.append(TimestampedValue(IdentityWindow(identity, float(start), end, agg), end - EPSILON))
+    self.windows.inc(len(out))
+    return out
 
 
 class _MergePanes(beam.PTransform):
-  """(identity, pane aggregate or part) -> IdentityWindow per window, bounded input."""
+  """(identity, pane aggregate or part) -> IdentityWindow per window, bounded input; or, with
+  ``grouped``, (identity, [its IdentityWindows in time order]) per identity."""
 
-  def __init__(self, size: int, period: int):
+  def __init__(self, size: int, period: int, grouped: bool = False):
     super().__init__()
-    self._size, self._period = size, period
+    self._size, self._period, self._grouped = size, period, grouped
 
   def expand(self, panes):
+    out = IDENTITY_WINDOWS if self._grouped else IdentityWindow
     return (panes
             | 'GroupByIdentity' >> beam.GroupByKey()
-            | 'SlidePanes' >> beam.ParDo(_SlidePanes(self._size, self._period)).with_output_types(
-                IdentityWindow))
+            | 'SlidePanes' >> beam.ParDo(_SlidePanes(self._size, self._period, self._grouped))
+            .with_output_types(out))
 
 
 class IdentityWindows(beam.PTransform):
@@ -181,11 +192,16 @@ class IdentityWindows(beam.PTransform):
   windows. Later events are dropped by Beam, silently: the detection job puts
   ``transforms.lateness.LateEventGate`` in front, which dead-letters them first,
   and gives this transform the gate's lateness plus its margin.
+
+  ``grouped`` (bounded input only): one (identity, [its windows in time order]) per identity,
+  for a next step that walks an identity's windows in order anyway (the history), so the
+  windows need no second shuffle.
   """
 
   def __init__(self, size_seconds: int = 3600, period_seconds: int = 900,
-               allowed_lateness: int = 0, evidence: bool = True):
+               allowed_lateness: int = 0, evidence: bool = True, grouped: bool = False):
     super().__init__()
+    self.grouped = grouped
     self.evidence = evidence  # keep a sample of the events for findings (domain/evidence.py)
     if size_seconds % period_seconds:
       raise ValueError('window size must be a multiple of the period')
@@ -196,11 +212,13 @@ class IdentityWindows(beam.PTransform):
   def expand(self, events):
     if events.is_bounded:
       return self._keyed(events)
+    if self.grouped:
+      raise ValueError('grouped windows are for bounded input')
     return self._windowed(events)
 
   def _keyed(self, events):
     if is_pane_parts(events):  # the parse aggregated them (ParseFiles(pane_seconds=...))
-      return events | 'MergePanes' >> _MergePanes(self.size, self.period)
+      return events | 'MergePanes' >> _MergePanes(self.size, self.period, self.grouped)
     period = self.period
     return (
         events
@@ -209,7 +227,7 @@ class IdentityWindows(beam.PTransform):
                 typing.Tuple[typing.Tuple[str, int], Event])
         | 'AggregatePanes' >> beam.CombinePerKey(WindowAggregateFn(period, self.evidence))
         | 'PaneToWindows' >> beam.Map(lambda kv: (kv[0][0], kv[1])).with_output_types(PANE_PART)
-        | 'MergePanes' >> _MergePanes(self.size, period))
+        | 'MergePanes' >> _MergePanes(self.size, period, self.grouped))
 
   def _windowed(self, events):
     pane_kwargs, slide_kwargs = {}, {}
