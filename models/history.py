@@ -12,7 +12,7 @@ nothing new. So live scoring folds windows through a small ledger: a window that
 may still fire again (its end within ``refire_horizon`` of the newest window end)
 is kept apart, one single-window profile per window start, and a later firing
 replaces it; once past the horizon it settles into the day's profile, and its
-event count is kept one horizon longer. A firing with no event beyond the one before
+event count is kept a day longer. A firing with no event beyond the one before
 is a repeat (``firing``), for the caller to drop; a firing with new events of a
 window that settled already is scored but not folded again. The history is
 therefore the fold of each window's last firing, once, as in a batch run over the
@@ -63,7 +63,7 @@ class IdentityHistory:
     self.last_active: Optional[float] = None
     # The ledger: window start -> (window end, that window's last firing as a profile).
     self.open: Dict[float, Tuple[float, IdentityProfile]] = {}
-    # Windows settled within the last horizon: start -> (end, events in its last firing).
+    # Windows settled within the last day: start -> (end, events in its last firing).
     self.closed: Dict[float, Tuple[float, int]] = {}
     # (the day before ``day``, its base): what a late firing of that day is judged against.
     self.previous: Optional[Tuple[int, IdentityProfile]] = None
@@ -95,14 +95,20 @@ class IdentityHistory:
       self.today.update(agg, window_end)
     return before
 
-  def firing(self, window_start: float, events: int) -> str:
-    """What a firing of the window starting at ``window_start`` with ``events`` events is:
-    ``first``; ``again`` (it replaces the one in the ledger); ``late`` (new events for a window
-    that settled: scored, not folded again); or ``repeat`` (no event beyond the last firing)."""
+  def firing(self, window_start: float, window_end: float, events: int, index: int = 0) -> str:
+    """What a firing (Beam's pane ``index``) of a window with ``events`` events is: ``first``;
+    ``again`` (it replaces the one in the ledger); ``late`` (new events for a window that
+    settled: scored, not folded again); ``repeat`` (no event beyond the last firing); or
+    ``forgotten``: a later firing of a window too old for the history to have kept its record
+    (a day behind the newest window: the history ran that far ahead of it), so it cannot be told
+    from a repeat: not folded again, never counted twice. A later firing of a window the history
+    has not seen but could still hold (firings can reach it out of order) is its ``first``."""
     if window_start in self.open:
       return 'again' if events > self.open[window_start][1].events else 'repeat'
     if window_start in self.closed:
       return 'late' if events > self.closed[window_start][1] else 'repeat'
+    if index > 0 and self.last_active is not None and window_end <= self.last_active - DAY:
+      return 'forgotten'
     return 'first'
 
   def _roll_over(self) -> None:
@@ -144,8 +150,10 @@ class IdentityHistory:
           if day_of(end) < self.day:
             self.closed[start] = (end, self.open.pop(start)[1].events)
       self.previous = None
-    # A closing re-fire reaches the history at most about a horizon after its window settled.
-    self.closed = {s: v for s, v in self.closed.items() if v[0] > upto - horizon}
+    # A re-fire normally reaches the history within a horizon of its window settling, but a busy
+    # runner (a replay, a backlog) can run the history hours ahead of a window's late firings:
+    # a day of records (~30 bytes a window) tells their counts; later ones are ``forgotten``.
+    self.closed = {s: v for s, v in self.closed.items() if v[0] > upto - DAY}
 
   def final_profile(self) -> IdentityProfile:
     """Everything observed so far folded together (what a trained model stores per identity)."""

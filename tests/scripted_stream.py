@@ -5,6 +5,7 @@ so tests can deliver events after the watermark passed them (late data) where us
 """
 from __future__ import annotations
 
+import time
 from typing import List, Sequence, Tuple
 
 import apache_beam as beam
@@ -23,8 +24,8 @@ class _InOrder(OffsetRestrictionTracker):
 
 
 class _PlayFn(beam.DoFn, RestrictionProvider):
-  def __init__(self, steps: List[Step]):
-    self._steps = steps
+  def __init__(self, steps: List[Step], pace: float):
+    self._steps, self._pace = steps, pace
 
   def initial_restriction(self, _):
     return OffsetRange(0, len(self._steps))
@@ -44,6 +45,8 @@ class _PlayFn(beam.DoFn, RestrictionProvider):
     pos = tracker.current_restriction().start
     if not tracker.try_claim(pos):
       return
+    if pos and self._pace:
+      time.sleep(self._pace)  # events arrive over time: the job keeps up, as with a live source
     elements, mark = self._steps[pos]
     for value, t in elements:
       yield TimestampedValue(value, t)
@@ -54,11 +57,12 @@ class _PlayFn(beam.DoFn, RestrictionProvider):
 
 
 class ScriptedStream(beam.PTransform):
-  """Plays ``steps`` in order: each step's elements stamped with their time, then its watermark."""
+  """Plays ``steps`` in order: each step's elements stamped with their time, then its watermark;
+  ``pace`` seconds of wall time between steps (0: as fast as the runner takes them)."""
 
-  def __init__(self, steps: List[Step]):
+  def __init__(self, steps: List[Step], pace: float = 0.0):
     super().__init__()
-    self._steps = steps
+    self._steps, self._pace = steps, pace
 
   def expand(self, pbegin):
-    return pbegin | 'Script' >> beam.Create([None]) | 'Play' >> beam.ParDo(_PlayFn(self._steps))
+    return pbegin | 'Script' >> beam.Create([None]) | 'Play' >> beam.ParDo(_PlayFn(self._steps, self._pace))

@@ -196,7 +196,7 @@ def test_streaming_history_equals_batch_under_late_data_on_prism(tmp_path):
 
   def live(out):
     with beam.Pipeline(options=_options(_prism_argv())) as p:
-      (_history_views(p | ScriptedStream(steps) | IdentityWindows(H, Q, HORIZON))
+      (_history_views(p | ScriptedStream(steps, pace=0.15) | IdentityWindows(H, Q, HORIZON))
        | beam.ParDo(_Append(out)))
 
   expected = _last_firings(_collect(batch, str(tmp_path / 'batch')))
@@ -217,13 +217,29 @@ def test_a_firing_with_nothing_new_is_a_repeat_and_a_late_one_after_settling_is_
   h = IdentityHistory()
   start = D0 + 10 * H
   a = agg(ev(start + 60))
-  assert h.firing(start, a.count) == 'first'
+  assert h.firing(start, start + H, a.count) == 'first'
   h.observe(a, start + H, start, HORIZON)
-  assert h.firing(start, a.count) == 'repeat'  # a closing re-fire: nothing new
-  assert h.firing(start, a.count + 1) == 'again'
+  assert h.firing(start, start + H, a.count) == 'repeat'  # a closing re-fire: nothing new
+  assert h.firing(start, start + H, a.count + 1) == 'again'
   later = start + H + HORIZON  # a window far enough on settles the first one
   h.observe(agg(ev(later)), later + H, later, HORIZON)
-  assert start not in h.open and h.firing(start, a.count) == 'repeat'
-  assert h.firing(start, a.count + 1) == 'late'
+  assert start not in h.open and h.firing(start, start + H, a.count) == 'repeat'
+  assert h.firing(start, start + H, a.count + 1) == 'late'
   h.observe(agg(ev(start + 60), ev(start + 120)), start + H, start, HORIZON)
   assert h.final_profile().windows == 2  # scored, never folded twice
+
+
+def test_a_later_firing_of_a_window_the_history_no_longer_holds_is_never_folded_again():
+  """A busy runner can deliver a window's re-fire after the history ran more than a day past
+  it: its pane index says it is not a first firing, so it is dropped, not counted twice."""
+  h = IdentityHistory()
+  start = D0 + 10 * H
+  a = agg(ev(start + 60))
+  h.observe(a, start + H, start, HORIZON)
+  far = start + DAY + 2 * HORIZON
+  h.observe(agg(ev(far)), far + H, far, HORIZON)
+  assert start not in h.open and start not in h.closed
+  assert h.firing(start, start + H, a.count, 1) == 'forgotten'
+  assert h.firing(start, start + H, a.count, 0) == 'first'  # a window never seen: its first firing
+  # a later firing that overtook the window's first one (within a day): taken as its first
+  assert IdentityHistory().firing(start, start + H, a.count + 1, 1) == 'first'

@@ -40,7 +40,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.utils import shared
-from apache_beam.utils.timestamp import Timestamp
+from apache_beam.utils.timestamp import Duration, Timestamp
 
 from postauth.models.history import IdentityHistory
 from postauth.models.profile import IdentityProfile
@@ -86,6 +86,11 @@ class WindowInContext(typing.NamedTuple):
   history_days: int  # complete days of history behind it (large for trained identities)
 
 
+def _fold_order(wc) -> Tuple[float, float, int]:
+  """Windows in event-time order; firings of one window in the order they fired."""
+  return wc[0].window_end, wc[0].window_start, wc[0].firing
+
+
 class _HistoryFn(beam.DoFn):
   """What both paths share: the model's profiles as starting points and the per-window step."""
 
@@ -107,6 +112,7 @@ class _HistoryFn(beam.DoFn):
     self.returned = Metrics.counter('postauth', 'history_returned')
     self.replaced = Metrics.counter('postauth', 'history_windows_replaced')
     self.repeats = Metrics.counter('postauth', 'identity_windows_repeated')
+    self.forgotten_firings = Metrics.counter('postauth', 'identity_windows_refired_after_forgotten')
     self.settled_late = Metrics.counter('postauth', 'history_windows_late_after_settling')
 
   def setup(self):
@@ -153,9 +159,9 @@ class _HistoryFn(beam.DoFn):
     return hist, out
 
   def _step(self, hist: IdentityHistory, window: IdentityWindow, context: Dict):
-    firing = hist.firing(window.window_start, window.agg.count)
-    if firing == 'repeat':  # a window's closing re-fire with nothing new: judged already
-      self.repeats.inc()
+    firing = hist.firing(window.window_start, window.window_end, window.agg.count, window.firing)
+    if firing in ('repeat', 'forgotten'):  # a window's re-fire with nothing new: judged already
+      (self.repeats if firing == 'repeat' else self.forgotten_firings).inc()
       return
     self.windows.inc()
     if firing != 'first':
@@ -210,7 +216,7 @@ class TrackHistoryFn(_HistoryFn):
            pending=beam.DoFn.StateParam(PENDING), state=beam.DoFn.StateParam(HISTORY),
            expire=beam.DoFn.TimerParam(EXPIRE), order=beam.DoFn.TimerParam(ORDER)):
     now = float(fired)
-    waiting = sorted(pending.read(), key=lambda wc: (wc[0].window_end, wc[0].window_start))
+    waiting = sorted(pending.read(), key=_fold_order)
     due = [wc for wc in waiting if wc[0].window_end - EPSILON <= now + 1e-3]
     rest = waiting[len(due):]
     pending.clear()
@@ -236,7 +242,7 @@ class TrackHistoryFn(_HistoryFn):
     ``departed``, the state is cleared. (A window resets the timer, so this one is current.)
     Windows still waiting for their turn (a watermark jump fired this timer first) are folded
     instead, and the timer follows them."""
-    waiting = sorted(pending.read(), key=lambda wc: (wc[0].window_end, wc[0].window_start))
+    waiting = sorted(pending.read(), key=_fold_order)
     if waiting:
       pending.clear()
       yield from self._fold(key, waiting, state, expire)
@@ -317,7 +323,12 @@ class TrackHistory(beam.PTransform):
                    ordered=self._ordered)).with_outputs(
                        UNREGISTERED, main='windows'))
     # Back into short event-time windows (each element's timestamp is its window's
-    # end), so downstream batching flushes as the watermark passes, not at the end.
+    # end), so downstream batching flushes as the watermark passes, not at the end. A window's
+    # later firing (late events) is stamped at its end too, behind the watermark: the windows
+    # allow the re-fire horizon, or a runner that drops late data at a stage's input (Prism)
+    # would drop it before scoring.
+    horizon = REFIRE_HORIZON if self._refire_horizon is None else self._refire_horizon
     windows = tracked.windows | 'ByWindowEnd' >> beam.WindowInto(
-        beam.transforms.window.FixedWindows(self._period))
+        beam.transforms.window.FixedWindows(self._period),
+        allowed_lateness=Duration(seconds=int(horizon)))
     return {'windows': windows, UNREGISTERED: tracked[UNREGISTERED]}

@@ -33,26 +33,30 @@ EPSILON = 1e-6  # the last instant (1 us) before a window's end: Beam's window.m
 
 
 class IdentityWindow(typing.NamedTuple):
-  """One identity's activity in one event-time window."""
+  """One identity's activity in one event-time window.
+
+  ``firing``: which firing of the window this is (Beam's pane index: 0 the first; a streaming
+  window fires again for late events and, on some runners, once more as it closes)."""
   identity: str
   window_start: float
   window_end: float
   agg: WindowAggregate
+  firing: int = 0
 
 
 class IdentityWindowCoder(beam.coders.Coder):
-  """An IdentityWindow as one orjson list (identity, bounds, then its aggregate's fields).
+  """An IdentityWindow as one orjson list (identity, bounds, firing, then its aggregate's fields).
 
   Without it Beam would pickle the tuple and its aggregate at the history shuffle.
   """
 
   def encode(self, value: IdentityWindow) -> bytes:
-    return dumps_or_pickle(value, [value.identity, value.window_start, value.window_end]
+    return dumps_or_pickle(value, [value.identity, value.window_start, value.window_end, value.firing]
                            + aggregate_fields(value.agg))
 
   def decode(self, encoded: bytes) -> IdentityWindow:
     return loads_or_unpickle(
-        encoded, lambda v: IdentityWindow(v[0], v[1], v[2], aggregate_from_fields(v[3:])))
+        encoded, lambda v: IdentityWindow(v[0], v[1], v[2], aggregate_from_fields(v[4:]), v[3]))
 
   def is_deterministic(self) -> bool:
     return False
@@ -81,18 +85,18 @@ class _AttachWindow(beam.DoFn):
   The windows accumulate, so a late firing repeats the whole window with its late events. A
   runner may also fire an accumulating window once more when it closes: Prism does, with
   nothing new, and a late event that reaches the window as it closes comes only in that
-  closing pane (late and last). So every firing goes on; the history, which holds each
-  identity's windows, drops the repeats that bring nothing new and folds each window once
-  (transforms/history.py, models/history.py).
+  closing pane (late and last). So every firing goes on, numbered (``firing``); the history,
+  which holds each identity's windows, drops the repeats that bring nothing new and folds each
+  window once (transforms/history.py, models/history.py).
   """
 
   def __init__(self):
     self.windows = Metrics.counter('postauth', 'identity_windows')
 
-  def process(self, kv, win=beam.DoFn.WindowParam):
+  def process(self, kv, win=beam.DoFn.WindowParam, pane=beam.DoFn.PaneInfoParam):
     identity, agg = kv
     self.windows.inc()
-    yield IdentityWindow(identity, float(win.start), float(win.end), agg)
+    yield IdentityWindow(identity, float(win.start), float(win.end), agg, pane.index)
 
 
 class _CountPaneEvents(beam.DoFn):
