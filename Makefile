@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install prism otelcol flink flink-if-served bench bench-pipeline bench-state bench-coder bench-model bench-pubsub bench-streaming bench-startup evaluate clean pubsub-deps chromium-deps
+.PHONY: demo test install prism otelcol flink flink-if-served bench bench-pipeline bench-state bench-coder bench-model bench-pubsub bench-streaming bench-startup bench-scale evaluate clean pubsub-deps chromium-deps
 
 # The local Pub/Sub server (Google's pstest) builds from two Debian packages. Installed when
 # this user can (root or passwordless sudo, as in CI); a no-op when they are there. Without
@@ -134,6 +134,12 @@ bench-pipeline: $(STAMP)
 # Beam-free limit); docs/startup-and-marginal.md.
 bench-startup: $(STAMP)
 	$(BIN)/python bench/startup.py
+
+# Scale and skew: a 10,000-identity fleet's day in batch (FnApiRunner and the default runner),
+# the streaming job on Prism at the fleet's event rate, and the same with one identity holding
+# 30% of the events; wall, CPU-s, peak RSS, state size, Dataflow workers (docs/performance.md).
+bench-scale: $(STAMP) prism
+	$(BIN)/python bench/scale.py
 
 bench-state: $(STAMP)
 	$(BIN)/python bench/state.py

@@ -147,15 +147,26 @@ class FleetChange:
     return [w for w in nhis if w.kind == kind], f'{kind} identities'
 
   def _fresh_net(self, fleet, base: str, same16: bool) -> str:
-    """A /24 no identity calls from, in ``base``'s /16 or (else) another /16 of its private block."""
+    """A /24 no identity calls from, in ``base``'s /16 or (else) another /16 of its private block.
+
+    Bounded: after 1000 draws (a full /16 in a fleet of thousands), the first free /24 in the
+    /16, then in 10.64-127.0/16; the draws (and so every smaller sample) are as before."""
     a, b, _ = base.split('.')
     used = {n for w in fleet for n in w.networks} | self.nets
-    while True:
+    for _ in range(1000):
       b2 = b if same16 or a != '10' else str(int(self.rng.integers(0, 64)))
       net = f'{a}.{b2}.{int(self.rng.integers(0, 255))}'
       if net not in used:
         self.nets.add(net)
         return net
+    # The /16 is (nearly) full, as in a fleet of thousands: the first free /24 in it, else in 10.64-127.
+    for a2, b2 in [(a, b)] + [('10', str(x)) for x in range(64, 128)]:
+      for c in range(255):
+        net = f'{a2}.{b2}.{c}'
+        if net not in used:
+          self.nets.add(net)
+          return net
+    raise ValueError('no free /24 left for a new network')
 
   def rollout(self, fleet, day0: float, taken: Set[str]) -> List[Change]:
     """A release: some of a team's or a type's identities adopt the same new harmless call(s)."""

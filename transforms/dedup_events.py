@@ -12,6 +12,7 @@ keep the DirectRunner from picking Prism.
 from __future__ import annotations
 
 import typing
+import zlib
 
 import apache_beam as beam
 from apache_beam.coders import PickleCoder
@@ -27,16 +28,23 @@ from postauth.transforms.bundle_batches import BatchPerBundle
 DUPLICATE = 'duplicate'  # tagged output: raw_ref of every dropped copy
 
 
+SPREAD = 16  # keys per (identity, pane): a hot identity's ids are split over them
+
+
 def _pane_key(period: int):
-  return lambda e: (e.identity, int(e.event_time // period) * period)
+  """(identity, pane start, a 1/SPREAD share of event ids): copies of an event meet under one
+  key, and one identity's busy pane is SPREAD keys, each reading a SPREAD-th of its ids."""
+  return lambda e: (e.identity, int(e.event_time // period) * period,
+                    zlib.crc32((e.event_id or e.raw_ref).encode()) % SPREAD)
 
 
 class _DropDuplicatesFn(beam.DoFn):
-  """((identity, pane start), [events]) -> first copy of each event id; raw_ref of the others.
+  """((identity, pane start, share), [events]) -> first copy of each event id; raw_ref of the
+  others.
 
-  Copies of one event share its identity and time, so they meet under one (identity, pane)
-  key: the state is that pane's ids, read and written once per batch (``BatchPerBundle``), and
-  cleared by an event-time timer ``duration`` after the pane ends."""
+  Copies of one event share its identity, time and id, so they meet under one key: the state
+  is that key's ids, read and written once per batch (``BatchPerBundle``), and cleared by an
+  event-time timer ``duration`` after the pane ends."""
 
   SEEN = ReadModifyWriteStateSpec('seen', PickleCoder())
   EXPIRE = TimerSpec('expire', TimeDomain.WATERMARK)
@@ -48,7 +56,7 @@ class _DropDuplicatesFn(beam.DoFn):
     self.batches = Metrics.counter('postauth', 'dedup_batches')  # state reads: one per batch
 
   def process(self, kv, seen=beam.DoFn.StateParam(SEEN), expire=beam.DoFn.TimerParam(EXPIRE)):
-    (_, pane), events = kv
+    (_, pane, _), events = kv
     self.batches.inc()
     known = seen.read()
     first = known is None
@@ -83,6 +91,6 @@ class DropDuplicateEvents(beam.PTransform):
   def expand(self, events):
     return (events
             | 'BatchPerPane' >> beam.ParDo(BatchPerBundle(_pane_key(self._period))).with_output_types(
-                typing.Tuple[typing.Tuple[str, int], typing.List[Event]])
+                typing.Tuple[typing.Tuple[str, int, int], typing.List[Event]])
             | 'DropDuplicates' >> beam.ParDo(_DropDuplicatesFn(self._seconds, self._period)).with_outputs(
                 DUPLICATE, main='events'))
