@@ -227,6 +227,16 @@ def _attacks(tracer: Tracer, agents: List[Agent], day0: float) -> Tuple[List, Li
            ('run_shell', {'service': 'bastion'}), ('read_secret', {'secret': 'prod/stripe/key'})]
   add(ops, 'agent_tries_privileged_tools',
       [(start + i * 45.0, tries[i % len(tries)][0], tries[i % len(tries)][1], i % 6 != 5) for i in range(14)])
+  # Another workload holding a stolen agent token speaks as the agent: the spans name the
+  # victim's agent id, but come from the thief's service, doing the victim's own usual work.
+  start = day0 + 16 * HOUR + float(rng.uniform(0, HOUR))
+  victim, thief = by_kind['data'][1 % len(by_kind['data'])], by_kind['support'][1 % len(by_kind['support'])]
+  usual = [t for t, _ in TOOLS[victim.kind]]
+  items = [(start + i * 120.0, usual[i % len(usual)], None, False) for i in range(6)]
+  for t, tool, override, failed in items:
+    calls.append((thief.service, tracer.call(victim, t, tool, override, failed)))
+  labels.append({'identity': victim.id, 'scenario': 'agent_identity_forged_by_other_service', 'format': 'otel',
+                 'start': iso(items[0][0]), 'end': iso(items[-1][0] + 2)})
   return calls, labels
 
 
@@ -299,7 +309,7 @@ def _inventory_rows(crew: List[Agent], first_day0: float) -> List[List[str]]:
   """One inventory row per agent: its declared tools, registered 90 days before the sample."""
   return [[a.id, 'ai_agent', f'{a.team}-team@example.com', a.team, 'prod', 'medium',
            'genai', ';'.join(f'genai:execute_tool:{t}' for t in sorted({t for t, _ in TOOLS[a.kind]})),
-           iso(first_day0 - 90 * DAY), '', 'active', a.service] for a in crew]
+           iso(first_day0 - 90 * DAY), '', 'active', a.service, a.service] for a in crew]
 
 
 def generate_agents(out_dir: str, agents: int = 40, days: int = 7, seed: int = 7,

@@ -19,7 +19,7 @@ DEFAULT_END = '2026-11-06'  # exclusive: the live day is Thursday 2026-11-05
 
 INVENTORY_HEADER = ['identity', 'identity_type', 'owner', 'team', 'environment', 'criticality',
                     'expected_services', 'expected_actions', 'created_at', 'last_rotated_at', 'status',
-                    'display_name']
+                    'display_name', 'emitted_by']
 
 
 def iso(t: float) -> str:
@@ -54,7 +54,7 @@ def write_inventory(out_dir: str, rows: Iterable[Sequence[str]], append: bool = 
     if mode == 'w':
       w.writerow(INVENTORY_HEADER)
     for row in rows:
-      w.writerow(row)
+      w.writerow(list(row) + [''] * (len(INVENTORY_HEADER) - len(row)))
 
 
 def write_cases(out_dir: str, name: str, cases: List[Dict], append: bool = False) -> None:

@@ -231,7 +231,8 @@ def test_agent_attacks_page_and_a_tool_release_does_not(agent_run):
   findings = ev.rank_findings(ev.read_json_lines(agent_run['findings']))
   assert {l['scenario'] for l in labels} == {
       'agent_mass_mail_new_domains', 'agent_reads_new_path_posts_external',
-      'agent_queries_other_teams_and_exports', 'agent_tries_privileged_tools'}
+      'agent_queries_other_teams_and_exports', 'agent_tries_privileged_tools',
+      'agent_identity_forged_by_other_service'}
   for label in labels:
     paged = [f for f in findings if ev.matches(f, label) and ev.is_page(f)]
     assert paged, (label['scenario'], [f for f in findings if ev.matches(f, label)])
