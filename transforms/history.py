@@ -324,11 +324,13 @@ class TrackHistory(beam.PTransform):
                        UNREGISTERED, main='windows'))
     # Back into short event-time windows (each element's timestamp is its window's
     # end), so downstream batching flushes as the watermark passes, not at the end. A window's
-    # later firing (late events) is stamped at its end too, behind the watermark: the windows
-    # allow the re-fire horizon, or a runner that drops late data at a stage's input (Prism)
-    # would drop it before scoring.
+    # later firing (late events) is stamped at its end too, behind the watermark, and a busy
+    # Prism can let the watermark pass windows still on their way (timers of a split bundle,
+    # apache/beam#35771): the windows allow a day beyond the re-fire horizon, or a runner that
+    # drops late data at a stage's input would drop them before scoring. Nothing downstream
+    # keeps more than a batch per window, so the longer lifetime costs next to nothing.
     horizon = REFIRE_HORIZON if self._refire_horizon is None else self._refire_horizon
     windows = tracked.windows | 'ByWindowEnd' >> beam.WindowInto(
         beam.transforms.window.FixedWindows(self._period),
-        allowed_lateness=Duration(seconds=int(horizon)))
+        allowed_lateness=Duration(seconds=int(horizon) + DAY))
     return {'windows': windows, UNREGISTERED: tracked[UNREGISTERED]}

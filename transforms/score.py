@@ -224,6 +224,9 @@ def _evidence_reason(e):
   return reason
 
 
+DELAYED_WINDOWS = 86400  # seconds of extra lateness the scoring grouping allows (see expand)
+
+
 class ScoreWindows(beam.PTransform):
   """WindowInContext -> scored-window dicts the model (above the threshold) or a rule flags."""
 
@@ -247,8 +250,11 @@ class ScoreWindows(beam.PTransform):
               | 'ScoreBatch' >> beam.ParDo(self._fn, *self._updates))
     late = {}
     if self._lateness > 0:  # a late, re-fired window is scored again, alone (discarding)
+      # A day beyond the windows' own lateness: a busy Prism can let the watermark pass windows
+      # still on their way here (timers of a split bundle, apache/beam#35771), and this
+      # grouping would drop them. Discarding panes keep nothing once fired.
       late = dict(trigger=trigger.AfterWatermark(late=trigger.AfterCount(1)),
-                  allowed_lateness=Duration(seconds=self._lateness))
+                  allowed_lateness=Duration(seconds=self._lateness + DELAYED_WINDOWS))
     size = self._max
 
     def batches(kv):
