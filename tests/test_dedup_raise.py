@@ -139,3 +139,16 @@ def test_an_update_worse_than_its_host_leaves_the_fold_and_pages_batch():
   with beam.Pipeline(runner='FnApiRunner') as p:
     out = p | beam.Create(list(reversed(items))) | DeduplicateFindings(DAY)
     assert_that(out | beam.Map(view), equal_to(UPDATE_RAISED_EXPECTED))
+
+
+def test_an_older_version_a_window_short_arriving_last_is_stale_not_the_latest():
+  """Two versions of one run a window apart, with the same end and events (the extra window added
+  no event): if the runner delivers the newer one first, the older one adds nothing and is
+  dropped, so the newer stays the latest version the sinks hold."""
+  newer = dict(version('f1', 0, 5 * H, 'low', updates=18), windows=19, event_count=172)
+  older = dict(version('f1', 0, 5 * H, 'low', updates=17), windows=18, event_count=172)
+  dedup = _Deduplicator(6 * H)
+  out, _, _ = dedup.step(_ms(newer), [(_ms(newer), newer)])
+  assert [tv.value['windows'] for tv in out] == [19]
+  out, _, _ = dedup.step(_ms(older), [(_ms(older), older)])
+  assert out == []  # stale: before, it became the latest version, a window short

@@ -242,7 +242,7 @@ class _Deduplicator:
     shown = next((k for k in known if k['finding']['finding_id'] == fid), None)
     if shown is not None:  # an update of a finding already shown: it replaces it
       base = shown['finding']
-      if (f['window_end'], f.get('event_count', 0)) < (base['window_end'], base.get('event_count', 0)):
+      if _growth(f) < _growth(base):
         # A version older than the one shown (a runner that fires the merge's timers out of
         # order, e.g. after an idle watermark jump): versions grow, so it adds nothing.
         self.stale.inc()
@@ -297,6 +297,13 @@ class _Deduplicator:
     host = entry['finding']
     shown = (self.sent.get(host['finding_id']) or {}).get('severity')
     return RANK.get(f.get('severity'), 0) <= max(RANK.get(host.get('severity'), 0), RANK.get(shown, 0))
+
+
+def _growth(f: Dict) -> tuple:
+  """How far a version of a finding has grown: its end, its events, then the run merge's own
+  count of versions (``updates`` as the merge numbered it, before the sinks' numbering), which
+  orders two versions a window apart that added no event and kept the end."""
+  return f['window_end'], f.get('event_count', 0), f.get('windows', 0), f.get('updates', 0)
 
 
 def _refresh(entry: Dict[str, Any]) -> None:
