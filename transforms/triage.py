@@ -300,9 +300,7 @@ class _Deduplicator:
 
 
 def _growth(f: Dict) -> tuple:
-  """How far a version of a finding has grown: its end, its events, then the run merge's own
-  count of versions (``updates`` as the merge numbered it, before the sinks' numbering), which
-  orders two versions a window apart that added no event and kept the end."""
+  """How far a version has grown: end, events, windows, then the merge's own version count."""
   return f['window_end'], f.get('event_count', 0), f.get('windows', 0), f.get('updates', 0)
 
 
