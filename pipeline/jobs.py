@@ -25,8 +25,9 @@ def pipeline_options(argv: List[str]) -> PipelineOptions:
   std = options.view_as(StandardOptions)
   if not std.runner:
     std.runner = 'DirectRunner'
-  from postauth.pipeline.prism import use_local_prism
+  from postauth.pipeline.prism import use_local_prism, without_timer_splits
   use_local_prism(options)  # PrismRunner / DirectRunner: the binary `make prism` built, if any
+  without_timer_splits(options)
   from postauth.pipeline.flink import use_local_flink
   use_local_flink(options)  # FlinkRunner: the job server jar `make flink` fetched, if any
   return options

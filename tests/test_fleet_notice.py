@@ -16,6 +16,7 @@ from postauth.transforms.fleet_notice import FleetChangeNotices
 from postauth.transforms.findings import contextual_severity
 from postauth.transforms.history import WindowInContext
 from postauth.transforms.windowing import EPSILON
+from postauth.pipeline.prism import NO_RUNNER_SPLITS
 from tests.test_identity_context import ctx, ev, streaming, window
 from tests.test_prism import prism_binary  # noqa: F401  (fixture: skips, or fails under CI=true, without it)
 
@@ -47,7 +48,8 @@ def _run(items, check, streaming_mode=False, min_identities=3, runner='FnApiRunn
     p = beam.Pipeline(options=streaming())
     source = p | stream
   else:
-    args = [f'--prism_location={runner[len("prism:"):]}'] if runner.startswith('prism:') else []
+    args = ([f'--prism_location={runner[len("prism:"):]}', f'--experiments={NO_RUNNER_SPLITS}']
+            if runner.startswith('prism:') else [])
     p = beam.Pipeline(runner='PrismRunner' if args else runner, options=PipelineOptions(args))
     # As the batch history walk delivers them: grouped per identity in the global window,
     # then stamped with their own (earlier) window ends.

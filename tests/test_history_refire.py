@@ -22,6 +22,7 @@ from postauth.pipeline import prism
 from postauth.transforms.history import TrackHistory, refire_horizon
 from postauth.transforms.lateness import beam_lateness
 from postauth.transforms.windowing import IdentityWindows
+from postauth.pipeline.prism import without_timer_splits
 from scripted_stream import ScriptedStream
 
 D0 = 1_800_028_800 - 1_800_028_800 % DAY  # midnight UTC
@@ -135,6 +136,7 @@ def _events_and_script():
 def _options(argv):
   o = PipelineOptions(argv)
   o.view_as(StandardOptions).streaming = True
+  without_timer_splits(o)
   return o
 
 

@@ -19,6 +19,7 @@ from postauth.transforms.findings import contextual_severity, rfc3339
 from postauth.transforms.history import WindowInContext
 from postauth.transforms.judgment import judge
 from postauth.transforms.windowing import EPSILON
+from postauth.pipeline.prism import NO_RUNNER_SPLITS
 from tests.test_identity_context import ctx, ev, streaming, window
 from tests.test_prism import prism_binary  # noqa: F401  (fixture: skips, or fails under CI=true, without it)
 
@@ -67,7 +68,8 @@ def _run(findings, items, check, streaming_mode=False, delay=1800.0, runner='FnA
     windows = both | 'W' >> beam.Filter(lambda x: isinstance(x, WindowInContext))
     found = both | 'F' >> beam.Filter(lambda x: isinstance(x, dict))
   else:
-    args = [f'--prism_location={runner[len("prism:"):]}'] if runner.startswith('prism:') else []
+    args = ([f'--prism_location={runner[len("prism:"):]}', f'--experiments={NO_RUNNER_SPLITS}']
+            if runner.startswith('prism:') else [])
     p = beam.Pipeline(runner='PrismRunner' if args else runner, options=PipelineOptions(args))
     windows = (p | 'Windows' >> beam.Create(items)
                | 'StampW' >> beam.Map(lambda i: TimestampedValue(i, i.window.window_end - EPSILON)))

@@ -25,6 +25,7 @@ from postauth.transforms.parse import ParseRecords
 from postauth.transforms.updates import refresh_by_polling
 from postauth.transforms.watch import WatchFiles
 from postauth.transforms.windowing import IdentityWindows
+from postauth.pipeline.prism import without_timer_splits
 
 HEADER = 'identity,identity_type,owner,team,environment,expected_services\n'
 T0 = 1_780_000_000 - 1_780_000_000 % 3600
@@ -87,6 +88,7 @@ def test_prism_streaming_inventory_edit_takes_effect_mid_stream(prism_binary, tm
 
   options = PipelineOptions(['--runner=PrismRunner', f'--prism_location={prism_binary}'])
   options.view_as(StandardOptions).streaming = True
+  without_timer_splits(options)
   thread = threading.Thread(target=driver, daemon=True)
   thread.start()
   with beam.Pipeline(options=options) as p:

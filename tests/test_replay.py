@@ -87,3 +87,15 @@ def test_the_direct_runner_replays_on_prism_when_the_binary_is_there(monkeypatch
   assert prism.lands_on_bundle_runner(PipelineOptions(['--runner=DirectRunner'])) is False
   monkeypatch.setattr(prism, 'local_binary', lambda: None)
   assert prism.lands_on_bundle_runner(PipelineOptions(['--runner=DirectRunner'])) is True
+
+
+def test_prism_runs_without_runner_splits_of_timer_bundles():
+  """A Prism-starting runner gets the experiment that keeps Prism from splitting a stateful
+  bundle between its timers (their output would land behind the watermark); others do not."""
+  from apache_beam.options.pipeline_options import DebugOptions
+  from postauth.pipeline.jobs import pipeline_options
+  for runner, expected in (('PrismRunner', True), ('DirectRunner', True), ('FnApiRunner', False)):
+    experiments = pipeline_options([f'--runner={runner}']).view_as(DebugOptions).experiments or []
+    assert (prism.NO_RUNNER_SPLITS in experiments) is expected, runner
+  options = pipeline_options(['--runner=PrismRunner', f'--experiments={prism.NO_RUNNER_SPLITS}'])
+  assert options.view_as(DebugOptions).experiments.count(prism.NO_RUNNER_SPLITS) == 1
