@@ -29,6 +29,13 @@ class Event(typing.NamedTuple):
   error_code: str
   read_only: bool
   raw_ref: str  # where the raw record came from: "file#index"
+  # The agent join (transforms/agent_join.py). A span's duration and its "trace_id/span_id";
+  # an audit record's own claim of whom it acts for (AWS sourceIdentity). On a record the
+  # join derives for an agent: the tool call that made it ('' when none was in flight) and
+  # how it was joined (JOIN_BASES in transforms/agent_join.py).
+  duration: float = 0.0
+  tool_call: str = ''
+  acting_for: str = ''
 
 
 beam.coders.registry.register_coder(Event, beam.coders.RowCoder)

@@ -22,6 +22,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 from postauth.domain.event import Event
 from postauth.domain.origin import agent_family, network_of
 from postauth.domain.taxonomy import SENSITIVE_CATEGORIES
+from postauth.domain.tool_calls import is_derived
 
 MAX_ACTIONS = 32  # distinct actions sampled per window (beyond them: counted, not sampled)
 MAX_NETWORKS = 8
@@ -32,7 +33,7 @@ MAX_WINDOW_ACTIONS = 50  # actions listed per window of a finding
 
 # A sample, as a tuple (compact in the coder, hashable):
 FIELDS = ('event_id', 'time', 'provider', 'action', 'category', 'resource', 'source_ip',
-          'user_agent', 'error_code', 'region', 'raw_ref')
+          'user_agent', 'error_code', 'region', 'raw_ref', 'tool_call', 'joined_by')
 _ID, _TIME, _ACTION, _CATEGORY, _IP = 0, 1, 3, 4, 6
 
 Sample = Tuple  # (event_id, time, provider, action, category, resource, source_ip, ...)
@@ -41,7 +42,8 @@ Store = Dict[str, List[Sample]]  # 'a<action>' | 'n<network>' -> samples sorted 
 
 def _sample(e: Event, action: str) -> Sample:
   return (e.event_id, e.event_time, e.provider, action, e.category, e.resource[:MAX_TEXT],
-          e.source_ip, e.user_agent[:MAX_TEXT], e.error_code[:64], e.region, e.raw_ref[:MAX_TEXT])
+          e.source_ip, e.user_agent[:MAX_TEXT], e.error_code[:64], e.region, e.raw_ref[:MAX_TEXT],
+          e.tool_call, e.acting_for if is_derived(action) else '')
 
 
 def _wanted(lst: List[Sample], t: float, eid: str, first: int, last: int) -> bool:
@@ -140,7 +142,7 @@ def encode(store: Store) -> list:
         if src is None:
           src = slots[source] = len(strings)
           strings.append(source)
-        rows.append((*s[:7], ua, *s[8:10], src, at))
+        rows.append((*s[:7], ua, *s[8:10], src, at, *s[11:]))
       out.append(i)
     keys[k] = out
   return [strings, rows, keys]
@@ -151,7 +153,8 @@ def decode(v: Optional[list]) -> Store:
     return {}
   strings, rows, keys = v
   built = [(*r[:7], strings[r[7]], r[8], r[9],
-            strings[r[10]] if r[11] is None else f'{strings[r[10]]}#{r[11]}') for r in rows]
+            strings[r[10]] if r[11] is None else f'{strings[r[10]]}#{r[11]}',
+            *(r[12:14] if len(r) > 12 else ('', ''))) for r in rows]  # rows before the join: none
   return {k: [built[i] for i in idx] for k, idx in keys.items()}
 
 

@@ -15,7 +15,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.utils import shared
 
-from postauth.pipeline.options import DetectOptions, WindowOptions, disabled_rules
+from postauth.pipeline.options import AgentJoinOptions, DetectOptions, WindowOptions, disabled_rules
 from postauth.pipeline.prism import lands_on_bundle_runner
 from postauth.transforms.corroborate import CorroborateWithPeers
 from postauth.transforms.findings import MergeOverlappingWindows
@@ -27,6 +27,7 @@ from postauth.transforms.lateness import beam_lateness
 from postauth.transforms.outputs import WriteDeadLetters, WriteFindings, WriteSuppressed
 from postauth.transforms.refresh_plan import plan_refreshes
 from postauth.transforms.rules import FLEET_CHANGE, UNREGISTERED, RuleConfig
+from postauth.transforms.agent_join import AgentPrincipals, JoinAgentCalls
 from postauth.transforms.score import ScoreWindows
 from postauth.transforms.sources import ReadEvents
 from postauth.transforms.triage import SUPPRESSED, DeduplicateFindings, Suppress
@@ -43,8 +44,12 @@ def build_detection(p: beam.Pipeline, options: PipelineOptions) -> Dict[str, bea
   model = shared.Shared()  # one model per worker for history, scoring and fleet notices
   refresh = plan_refreshes(p, options)
 
-  source = p | 'ReadEvents' >> ReadEvents(options, test_stream=lands_on_bundle_runner(options))
+  joined = AgentPrincipals.from_inventory(det.inventory)
+  source = p | 'ReadEvents' >> ReadEvents(options, test_stream=lands_on_bundle_runner(options),
+                                          pane_parts=not joined.agents_of)
+  join = options.view_as(AgentJoinOptions)
   judged = (source.events
+            | 'JoinAgentCalls' >> JoinAgentCalls(joined, join.join_clock_skew, join.join_window, lateness)
             | 'IdentityWindows' >> IdentityWindows(win.window_size, win.window_period, lateness,
                                                    grouped=batch)
             | 'Enrich' >> EnrichWindows(p | 'Inventory' >> InventorySnapshots(det.inventory),

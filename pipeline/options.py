@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from postauth.transforms.options import (DetectOptions, EventOptions, OptionsError, PubSubSourceOptions,
+from postauth.transforms.options import (AgentJoinOptions, DetectOptions, EventOptions, OptionsError, PubSubSourceOptions,
                                          SinkOptions, WatchOptions, WindowOptions)
 
-__all__ = ['ALL_OPTIONS', 'DetectOptions', 'EventOptions', 'OptionsError', 'PubSubSourceOptions',
-           'RetrainOptions', 'SinkOptions', 'TrainOptions', 'WatchOptions', 'WindowOptions',
+__all__ = ['ALL_OPTIONS', 'AgentJoinOptions', 'DetectOptions', 'EventOptions', 'OptionsError',
+           'PubSubSourceOptions', 'RetrainOptions', 'SinkOptions', 'TrainOptions', 'WatchOptions', 'WindowOptions',
            'disabled_rules', 'validate_limits', 'validate_watch', 'validate_window']
 
 
@@ -103,4 +103,4 @@ def disabled_rules(options: PipelineOptions) -> list:
 
 
 ALL_OPTIONS = (EventOptions, WindowOptions, DetectOptions, TrainOptions, PubSubSourceOptions,
-               WatchOptions, SinkOptions, RetrainOptions)
+               WatchOptions, SinkOptions, RetrainOptions, AgentJoinOptions)

@@ -27,9 +27,10 @@ from postauth.models.fleet import FleetProfile, network_keys
 from postauth.models.history import IdentityHistory
 from postauth.models.model import SEVERITIES, DetectionModel, TrainConfig, cohort_key, levels_from_medium
 from postauth.models.profile import IdentityProfile, seen_key
+from postauth.transforms.agent_join import AgentPrincipals, JoinAgentCalls
 from postauth.transforms import rules
 from postauth.transforms.judgment import judge
-from postauth.pipeline.options import EventOptions, TrainOptions, WindowOptions
+from postauth.pipeline.options import AgentJoinOptions, EventOptions, TrainOptions, WindowOptions
 from postauth.transforms.inventory import ReadInventory, context_for
 from postauth.transforms.parse import ParseFiles
 from postauth.transforms.records import ReadLimits
@@ -244,7 +245,10 @@ def build_training(p: beam.Pipeline, options: PipelineOptions, inventory_path: s
   config = TrainConfig.from_file(tr.train_config)
   parsed = p | 'ParseHistory' >> ParseFiles(ev.events, ev.format, ev.taxonomy_files,
                                             ReadLimits.from_options(options))
+  join = options.view_as(AgentJoinOptions)
   windows = (parsed.events
+             | 'JoinAgentCalls' >> JoinAgentCalls(AgentPrincipals.from_inventory(inventory_path),
+                                                  join.join_clock_skew, join.join_window)
              | 'IdentityWindows' >> IdentityWindows(win.window_size, win.window_period, evidence=False)
              | 'GlobalWindow' >> beam.WindowInto(window.GlobalWindows()))
   inventory = p | 'ReadInventory' >> ReadInventory(inventory_path)

@@ -36,8 +36,10 @@ from postauth.transforms.windowing import IdentityWindow
 
 REQUIRED = ('identity', 'identity_type', 'owner', 'team', 'environment')
 # Glob lists. ``emitted_by``: the services (OpenTelemetry ``service.name``) that may emit spans
-# naming this identity (domain/emitter.py); absent or empty, any may.
-LIST_FIELDS = ('expected_actions', 'expected_services', 'emitted_by')
+# naming this identity (domain/emitter.py); absent or empty, any may. ``runs_as``: for an agent,
+# the principals (canonical identities, no globs) whose audit records its tool calls make
+# (transforms/agent_join.py); several agents may share one.
+LIST_FIELDS = ('expected_actions', 'expected_services', 'emitted_by', 'runs_as')
 TEXT_FIELDS = ('identity', 'identity_type', 'owner', 'team', 'environment', 'criticality',
                'created_at', 'last_rotated_at', 'status', 'display_name')
 

@@ -41,7 +41,10 @@ HUMAN_TYPES = ('human', 'user')
 # (A foreign network beside the usual one is judged by ``network_evidence``, which knows
 # identities that rotate egress addresses; its rule stays a reason.)
 EVIDENCE_RULES = ('disabled_identity_active', 'dormant_identity_revived', 'access_denied_sweep',
-                  'collect_and_send', 'new_network_and_client', 'agent_identity_claimed_by_other_service')
+                  'collect_and_send', 'new_network_and_client', 'agent_identity_claimed_by_other_service',
+                  'agent_credential_used_outside_agent', 'agent_tool_without_cloud_call')
+# Evidence only at medium or above (at low: a tool's new harmless read, a context note).
+GRADED_EVIDENCE_RULES = ('agent_tool_caused_unusual_call',)
 
 BULK_NEW_RESOURCES = 10  # resources of kinds never touched, in one window: collection, not a new feature
 NEW_KINDS = 3  # resource kinds never touched, in one window (even a few resources of each)
@@ -240,10 +243,11 @@ def judge(window, context: Dict, history, peers, model_severity: Optional[str],
   evidence = (high_impact_evidence(agg, window.identity, identity_type, history)
               + network_evidence(agg, history, peers) + activity_evidence(agg, history, novel))
   for r in rules_fired:
-    if r['rule'] in EVIDENCE_RULES or (r['rule'] in ('credential_created_by_nhi', 'privilege_change_by_nhi',
-                                                     'out_of_scope')
-                                       and RANK.get(r['severity'], 0) >= RANK['high']
-                                       and _rule_on_high_impact(r, agg)):
+    rank = RANK.get(r['severity'], 0)
+    graded = r['rule'] in GRADED_EVIDENCE_RULES and rank >= RANK['medium']
+    on_high_impact = (r['rule'] in ('credential_created_by_nhi', 'privilege_change_by_nhi', 'out_of_scope')
+                      and rank >= RANK['high'] and _rule_on_high_impact(r, agg))
+    if r['rule'] in EVIDENCE_RULES or graded or on_high_impact:
       evidence.append({'kind': r['rule'], 'severity': r['severity'], 'actions': r.get('actions', []),
                        'detail': r['detail']})
   shareable = shareable_novelty(agg, history, peers, novel)

@@ -59,7 +59,8 @@ def _evidence(e: Dict, user: Dict) -> Dict:
     api['response'] = {'error': e['error_code']}
   out = {'uid': e['event_id'], 'name': e['action'], 'actor': {'user': user}, 'api': api,
          'data': {k: e[k] for k in ('time', 'provider', 'id_from_log', 'read_from', 'category',
-                                    'region', 'network', 'user_agent', 'reason', 'new')
+                                    'region', 'network', 'user_agent', 'reason', 'new', 'tool_call',
+                                    'joined_by')
                   if e.get(k) not in (None, '', [])}}
 
   src = _endpoint(e.get('source_ip', ''))

@@ -66,6 +66,20 @@ class WindowOptions(PipelineOptions):
                              'and written to the dead letters with reason "late" and their payload.')
 
 
+class AgentJoinOptions(PipelineOptions):
+  """The join of AI agents' tool-call spans to the audit log of the principals they run as."""
+
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    parser.add_argument('--join-clock-skew', dest='join_clock_skew', type=float, default=2.0,
+                        help='Seconds an audit record may fall outside a tool call\'s span and still be '
+                             'attributed to it: the two clocks differ and CloudTrail logs whole seconds '
+                             '(default 2). Only agents with a runs_as column in the inventory are joined.')
+    parser.add_argument('--join-window', dest='join_window', type=int, default=300,
+                        help='Event-time window (s) the join groups a principal\'s records and spans in; '
+                             'streaming holds the watermark at most this long for it (default 300).')
+
+
 class DetectOptions(PipelineOptions):
   """The detection job: model, inventory, findings."""
 

@@ -12,7 +12,9 @@ import dataclasses
 import datetime
 from typing import Callable, Dict, List, Optional, Sequence
 
+from postauth.domain.tool_calls import is_derived
 from postauth.models.features import concurrent_new_networks, peer_note
+from postauth.transforms.agent_rules import AGENT_RULES
 from postauth.transforms.inventory import matches_any
 from postauth.domain.taxonomy import HIGH_IMPACT_CATEGORIES, SENSITIVE_CATEGORIES
 
@@ -59,6 +61,8 @@ def out_of_scope(window, context: Dict, history, config: RuleConfig, peers=None)
   agg = window.agg
   outside = []
   for action in agg.actions:
+    if is_derived(action):  # an agent tool's cloud calls: judged by transforms/agent_rules.py
+      continue
     service = action.partition(':')[0]
     if services and not matches_any(service, services):
       outside.append(action)
@@ -286,6 +290,7 @@ RULES: Dict[str, Callable] = {
     'access_denied_sweep': access_denied_sweep,
     'new_network_and_client': new_network_and_client,
     'collect_and_send': collect_and_send,
+    **AGENT_RULES,
 }
 # Raised by the history step, not per window: see transforms/history.py.
 UNREGISTERED = 'unregistered_identity'

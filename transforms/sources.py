@@ -39,12 +39,14 @@ class ReadEvents(beam.PTransform):
 
   ``test_stream``: replay with ``TestStream`` instead of the splittable replay (the
   BundleBasedDirectRunner cannot expand an unbounded SDF; ``pipeline.prism`` decides).
+  ``pane_parts=False``: batch events stay events (a step before the windows needs each one).
   """
 
-  def __init__(self, options: PipelineOptions, test_stream: bool = False):
+  def __init__(self, options: PipelineOptions, test_stream: bool = False, pane_parts: bool = True):
     super().__init__()
     self._options = options
     self._test_stream = test_stream
+    self._pane_parts = pane_parts  # batch: aggregate per identity-pane while parsing
 
   def expand(self, pbegin: beam.pvalue.PBegin) -> ParsedStream:
     o = self._options
@@ -52,8 +54,9 @@ class ReadEvents(beam.PTransform):
     streaming = o.view_as(StandardOptions).streaming
     limits = ReadLimits.from_options(o)
     if not streaming:
-      parsed = pbegin | 'ParseFiles' >> ParseFiles(ev.events, ev.format, ev.taxonomy_files, limits,
-                                                   pane_seconds=win.window_period)
+      parsed = pbegin | 'ParseFiles' >> ParseFiles(
+          ev.events, ev.format, ev.taxonomy_files, limits,
+          pane_seconds=win.window_period if self._pane_parts else None)
       return ParsedStream(parsed.events, parsed.dead_letter, None)
     if ps.subscription or ps.topic:
       reader = choose_reader(ps.pubsub_reader, str(o.view_as(StandardOptions).runner or ''))

@@ -47,6 +47,14 @@ def _time(value: Any) -> float:
   return check_time(value)
 
 
+def _duration(value: Any) -> float:
+  if value is None:
+    return 0.0
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 86400:
+    raise ParseError(f'duration: expected seconds in [0, 86400), got {str(value)[:40]!r}')
+  return float(value)
+
+
 class Canonical:
   name = 'canonical'
 
@@ -85,4 +93,7 @@ class Canonical:
         read_only=_flag(record, 'read_only', False),
         # Keep the reference to the original log record: re-reading postauth's
         # own output must give the same events.
-        raw_ref=_text(record, 'raw_ref') or raw_ref)
+        raw_ref=_text(record, 'raw_ref') or raw_ref,
+        duration=_duration(record.get('duration')),
+        tool_call=_text(record, 'tool_call'),
+        acting_for=_text(record, 'acting_for'))

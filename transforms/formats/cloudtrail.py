@@ -88,6 +88,14 @@ def canonical_identity(ui: dict, account: str = '') -> str:
   return text(ui.get('principalId')) or _built_arn(ui, account)
 
 
+def _source_identity(ui: dict) -> str:
+  """The session's ``sourceIdentity`` (set when the role was assumed, kept through role chains):
+  whom the caller says it acts for, e.g. an agent's id."""
+  context = ui.get('sessionContext')
+  value = context.get('sourceIdentity') if isinstance(context, dict) else None
+  return text(value)[:200] if isinstance(value, str) else ''
+
+
 def _built_arn(ui: dict, account: str) -> str:
   """An IAM user's (or the root's) ARN from ``userName`` and the account, when no arn is logged."""
   account = text(ui.get('accountId')) or account
@@ -375,4 +383,5 @@ class CloudTrail:
         success=not error_code,
         error_code=error_code,
         read_only=_read_only(record, category),
-        raw_ref=raw_ref)
+        raw_ref=raw_ref,
+        acting_for=_source_identity(ui))

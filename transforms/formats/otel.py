@@ -237,6 +237,15 @@ def _json_operation(span: dict) -> Optional[str]:
   return _operation(found)
 
 
+MAX_SPAN_SECONDS = 3600.0  # a longer (or reversed) range is clipped: it would join everything
+
+
+def _duration(span: Span) -> float:
+  if span.end_time_unix_nano <= span.start_time_unix_nano:
+    return 0.0
+  return min((span.end_time_unix_nano - span.start_time_unix_nano) / 1e9, MAX_SPAN_SECONDS)
+
+
 def span_event(span: Span, resource: Dict[str, Any], ref: str, taxonomy) -> Event:
   """One execute_tool span -> Event; ``Skip`` for other spans, ``ParseError`` for bad ones."""
   attrs = attributes(span.attributes)
@@ -281,7 +290,9 @@ def span_event(span: Span, resource: Dict[str, Any], ref: str, taxonomy) -> Even
       success=not failed,
       error_code=(error_type or 'STATUS_CODE_ERROR') if failed else '',
       read_only=category in READ_CATEGORIES,
-      raw_ref=ref)
+      raw_ref=ref,
+      duration=_duration(span),
+      tool_call=f'{span.trace_id.hex()}/{span.span_id.hex()}')
 
 
 def _item(span: Span, resource: Dict[str, Any], ref: str, raw: bytes, taxonomy) -> Item:

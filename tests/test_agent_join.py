@@ -1,0 +1,147 @@
+"""The agent join: audit records of an agent's principal attributed to its tool calls, in batch
+and in streaming on Prism with late records (transforms/agent_join.py)."""
+from __future__ import annotations
+
+import apache_beam as beam
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.testing.util import assert_that, equal_to
+
+from postauth.domain.event import Event
+from postauth.pipeline.prism import without_timer_splits
+from postauth.transforms.agent_join import AgentPrincipals, JoinAgentCalls, attribute
+from scripted_stream import ScriptedStream
+from test_prism import prism_binary  # noqa: F401  (the fixture)
+
+T0 = 1_762_300_800.0  # 2025-11-05T00:00:00Z, on a 300 s boundary
+ROLE = 'arn:aws:iam::111122223333:role/agent-data'
+SHARED = 'arn:aws:iam::111122223333:role/agent-ops'
+PRINCIPALS = AgentPrincipals.from_rows([
+    ('agent-a', {'runs_as': [ROLE]}), ('agent-b', {'runs_as': [SHARED]}), ('agent-c', {'runs_as': [SHARED]}),
+    ('someone', {'runs_as': []})])
+
+
+def span(agent, t, tool, duration=3.0, sid='01', ok=True):
+  return Event(f'span-{sid}', t, agent, 'ai_agent', agent, 'conv-1', 'otel', 'genai', f'execute_tool:{tool}',
+               'data_read', '', '', '', 'data-agent/1.0', ok, '' if ok else 'err', True, f'spans#{sid}',
+               duration, f'{"ab" * 16}/{sid * 8}')
+
+
+def call(t, action='GetObject', service='s3', principal=ROLE, eid='c1', acting_for='', ua='Boto3/1.34',
+         session='i-0abc', ip='10.1.2.3'):
+  category = {'GetObject': 'data_read', 'GetSecretValue': 'secret_access', 'ListBuckets': 'enumerate'}[action]
+  name = principal.rsplit('/', 1)[-1]
+  return Event(eid, t, principal, 'AssumedRole', f'arn:aws:sts::111122223333:assumed-role/{name}/{session}',
+               'ASIA1', 'aws', service, action, category, 'arn:aws:s3:::data-finance/x', 'us-east-1', ip, ua,
+               True, '', True, f'trail#{eid}', 0.0, '', acting_for)
+
+
+def _view(derived):
+  return sorted((e.identity, e.action, e.event_id, e.tool_call.rpartition('/')[2], e.acting_for) for e in derived)
+
+
+def test_a_record_during_a_tool_call_is_that_call_s_and_a_record_outside_is_the_credential_s():
+  derived, counts = attribute(ROLE, ('agent-a',), [span('agent-a', T0 + 10, 'export_table')],
+                              [call(T0 + 11), call(T0 + 12, eid='c1b'), call(T0 + 100, eid='c2')], 2.0)
+  assert _view(derived) == [
+      ('agent-a', 'GetObject@export_table', 'c1', '01' * 8, 'time'),
+      ('agent-a', 'GetObject@export_table', 'c1b', '01' * 8, 'time'),
+      ('agent-a', 'GetObject@no_tool_call', 'c2', '', 'time'),
+      ('agent-a', 'execute_tool:export_table@cloud_call', 'span-01', '01' * 8, 'time')]
+  assert counts == {'attributed': 2, 'ambiguous': 0, 'outside': 1, 'backed': 1}
+  assert derived[0].raw_ref == 'trail#c1' and derived[0].session_id == 'conv-1'  # the record's log id stays
+  assert derived[0].source_ip == '10.1.2.3' and derived[0].category == 'data_read'
+
+
+def test_clock_skew_widens_the_call_and_a_call_with_no_record_gets_no_backing():
+  spans = [span('agent-a', T0 + 10, 'run_sql', duration=1.0), span('agent-a', T0 + 50, 'run_sql', sid='02')]
+  derived, counts = attribute(ROLE, ('agent-a',), spans, [call(T0 + 12.5)], 2.0)
+  assert _view(derived) == [
+      ('agent-a', 'GetObject@run_sql', 'c1', '01' * 8, 'time'),
+      ('agent-a', 'execute_tool:run_sql@cloud_call', 'span-01', '01' * 8, 'time')]
+  derived, _ = attribute(ROLE, ('agent-a',), spans[:1], [call(T0 + 13.5)], 2.0)
+  assert [e.action for e in derived] == ['GetObject@no_tool_call']
+
+
+def test_shared_principal_strong_keys_and_ambiguity():
+  b, c = span('agent-b', T0 + 10, 'restart', sid='0b'), span('agent-c', T0 + 11, 'get_metrics', sid='0c')
+  agents = PRINCIPALS.agents_of[SHARED]
+  assert agents == ('agent-b', 'agent-c')
+  by_time, counts = attribute(SHARED, agents, [b, c], [call(T0 + 12, principal=SHARED)], 2.0)
+  assert _view(by_time)[0] == ('agent-c', 'GetObject@get_metrics', 'c1', '0c' * 8, 'time ambiguous:2')
+  assert counts['ambiguous'] == 1
+  for kwargs, basis in (({'acting_for': 'agent-b'}, 'source_identity'),
+                        ({'ua': 'Boto3/1.34 agent/agent-b'}, 'user_agent'), ({'session': 'agent-b'}, 'session_name')):
+    derived, _ = attribute(SHARED, agents, [b, c], [call(T0 + 12, principal=SHARED, **kwargs)], 2.0)
+    assert _view(derived)[0] == ('agent-b', 'GetObject@restart', 'c1', '0b' * 8, basis)
+  # a record naming agent-b while only agent-c had a call in flight: agent-b's credential, outside
+  derived, _ = attribute(SHARED, agents, [c], [call(T0 + 12, principal=SHARED, acting_for='agent-b')], 2.0)
+  assert _view(derived)[0] == ('agent-b', 'GetObject@no_tool_call', 'c1', '', 'source_identity')
+  # no key and nothing in flight: on every agent running as the principal
+  derived, _ = attribute(SHARED, agents, [], [call(T0 + 12, principal=SHARED)], 2.0)
+  assert [e.identity for e in derived] == ['agent-b', 'agent-c']
+
+
+def test_a_call_across_a_join_window_boundary_is_joined_in_the_record_s_window():
+  s = span('agent-a', T0 + 298, 'export_table', duration=4.0)
+  events = [s, call(T0 + 301), call(T0 + 5, eid='c0'), call(T0 + 9, principal='arn:other', eid='x')]
+  with beam.Pipeline('FnApiRunner') as p:
+    out = (p | beam.Create(events) | beam.Map(lambda e: beam.window.TimestampedValue(e, e.event_time))
+           | JoinAgentCalls(PRINCIPALS, 2.0, 300))
+    derived = out | beam.Filter(lambda e: '@' in e.action)
+    assert_that(derived | 'View' >> beam.Map(lambda e: (e.identity, e.action, e.event_id, e.acting_for)),
+                equal_to([('agent-a', 'GetObject@export_table', 'c1', 'time'),
+                          ('agent-a', 'execute_tool:export_table@cloud_call', 'span-01', 'time'),
+                          ('agent-a', 'GetObject@no_tool_call', 'c0', 'time')]), label='derived')
+    assert_that(out | beam.combiners.Count.Globally(), equal_to([len(events) + 3]), label='all')
+
+
+def test_no_agent_runs_as_anything_adds_no_step():
+  with beam.Pipeline('FnApiRunner') as p:
+    events = p | beam.Create([call(T0)])
+    assert (events | JoinAgentCalls(AgentPrincipals({}))) is events
+
+
+def _stream_steps():
+  """Spans on time; one record on time, one arriving after the watermark passed its window (late,
+  within the lateness), whose span already fired; then a record on time in the next window."""
+  s1, s2 = span('agent-a', T0 + 10, 'export_table'), span('agent-a', T0 + 100, 'summarize', sid='02')
+  on_time, late = call(T0 + 11), call(T0 + 101, 'GetSecretValue', 'secretsmanager', eid='c2')
+  nxt = call(T0 + 400, eid='c3')
+  steps = [([(s1, s1.event_time), (s2, s2.event_time), (on_time, on_time.event_time)], T0 + 200),
+           ([], T0 + 700),
+           ([(late, late.event_time), (nxt, nxt.event_time)], T0 + 800),
+           ([], T0 + 5000)]
+  return steps, [s1, s2, on_time, late, nxt]
+
+
+EXPECTED = [('agent-a', 'GetObject@export_table', 'c1', '01' * 8, 'time'),
+            ('agent-a', 'execute_tool:export_table@cloud_call', 'span-01', '01' * 8, 'time'),
+            ('agent-a', 'GetObject@no_tool_call', 'c3', '', 'time'),
+            ('agent-a', 'GetSecretValue@summarize', 'c2', '02' * 8, 'time'),
+            ('agent-a', 'execute_tool:summarize@cloud_call', 'span-02', '02' * 8, 'time')]
+
+
+def test_streaming_on_prism_joins_a_late_record_once_as_batch_does(prism_binary):
+  steps, events = _stream_steps()
+  with beam.Pipeline('FnApiRunner') as p:
+    batch = (p | beam.Create(events) | beam.Map(lambda e: beam.window.TimestampedValue(e, e.event_time))
+             | JoinAgentCalls(PRINCIPALS, 2.0, 300))
+    assert_that(batch | beam.Filter(lambda e: '@' in e.action)
+                | beam.Map(lambda e: (e.identity, e.action, e.event_id, e.tool_call.rpartition('/')[2], e.acting_for)),
+                equal_to(EXPECTED))
+  options = PipelineOptions(['--runner=PrismRunner', f'--prism_location={prism_binary}'])
+  options.view_as(StandardOptions).streaming = True
+  without_timer_splits(options)
+  with beam.Pipeline(options=options) as p:
+    joined = p | ScriptedStream(steps, pace=0.2) | JoinAgentCalls(PRINCIPALS, 2.0, 300, allowed_lateness=3600)
+    assert_that(joined | beam.Filter(lambda e: '@' in e.action)
+                | beam.Map(lambda e: (e.identity, e.action, e.event_id, e.tool_call.rpartition('/')[2], e.acting_for)),
+                equal_to(EXPECTED))
+
+
+def test_bad_join_settings_are_refused():
+  with pytest.raises(ValueError):
+    JoinAgentCalls(PRINCIPALS, -1.0, 300)
+  with pytest.raises(ValueError):
+    JoinAgentCalls(PRINCIPALS, 2.0, 0)

@@ -1,0 +1,259 @@
+"""AI agents' tool calls joined to the audit log of the principals they run as.
+
+An agent shows up twice: in its own OpenTelemetry spans (which tool it called, when) and in the
+cloud audit log of the role or service account it runs as (which API calls that credential
+made). The inventory's ``runs_as`` names an agent's principals; this step attributes each audit
+record of such a principal to the agent's tool call in flight at the record's time, and derives
+one event on the *agent's* identity per finding of the join, so the agent's windows, history,
+features, rules and evidence see it like any event of its own (training runs the same step):
+
+- a record made during a tool call: ``service:Action@tool`` (the record's own category,
+  resource, network and client; ``tool_call`` = the call's ``trace_id/span_id``);
+- a record made while no tool call of any agent running as the principal was in flight (the
+  credential used outside the agent): ``service:Action@no_tool_call``, on each such agent;
+- a tool call with records behind it, once: ``genai:execute_tool:T@cloud_call`` (beside the
+  call's own event: a window's calls of T minus these are its calls that made no record).
+
+Keys, strongest first: the record's ``acting_for`` (AWS ``sourceIdentity``), the agent id in its
+user agent, the agent id as its session name; else time alone, the call whose start is nearest
+before the record winning when several were in flight (``acting_for`` says ``time ambiguous:N``).
+A call's range is its span widened by ``skew`` on both sides (clocks differ; CloudTrail logs
+whole seconds).
+
+Grouping is per principal and ``window`` seconds of event time (a span is copied into every
+window its widened range touches), so batch and streaming group the same records; streaming
+holds the watermark at a group's earliest element until it fires, and a late firing emits only
+what earlier firings of the window did not (state per principal-window, read once per firing).
+A late record is joined as in batch; a late *span* cannot take back a record already emitted as
+made outside any tool call (counted as ``join_changed_too_late``): spans come from the agent's
+runtime within seconds, audit logs within minutes.
+"""
+from __future__ import annotations
+
+import logging
+import typing
+from typing import Dict, FrozenSet, Iterable, Iterator, List, Optional, Tuple
+
+import apache_beam as beam
+from apache_beam.coders import PickleCoder
+from apache_beam.metrics import Metrics
+from apache_beam.transforms import trigger, window
+from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
+from apache_beam.utils.timestamp import Duration
+
+from postauth.domain.event import Event
+from postauth.domain.tool_calls import CLOUD_CALL, NO_TOOL_CALL, caused_action
+from postauth.transforms.inventory import read_inventory
+
+_LOG = logging.getLogger('postauth')
+SPAN_PROVIDER = 'otel'
+JOIN_BASES = ('source_identity', 'user_agent', 'session_name', 'time')
+
+
+class AgentPrincipals(typing.NamedTuple):
+  """principal -> the agents running as it (sorted); empty when no agent has ``runs_as``."""
+  agents_of: Dict[str, Tuple[str, ...]]
+
+  @classmethod
+  def from_rows(cls, rows: Iterable[Tuple[str, dict]]) -> 'AgentPrincipals':
+    agents_of: Dict[str, List[str]] = {}
+    for identity, row in rows:
+      for principal in row.get('runs_as') or ():
+        agents_of.setdefault(principal, []).append(identity)
+    return cls({p: tuple(sorted(set(a))) for p, a in agents_of.items()})
+
+  @classmethod
+  def from_inventory(cls, path: Optional[str]) -> 'AgentPrincipals':
+    """Read once when the job is built: whether the graph joins at all depends on it."""
+    if not path or path.startswith('bq://'):
+      return cls({})
+    return cls.from_rows(read_inventory(path))
+
+  def principals_of(self) -> Dict[str, Tuple[str, ...]]:
+    out: Dict[str, List[str]] = {}
+    for principal, agents in self.agents_of.items():
+      for a in agents:
+        out.setdefault(a, []).append(principal)
+    return {a: tuple(sorted(p)) for a, p in out.items()}
+
+
+def _tool(span: Event) -> str:
+  return span.action.partition(':')[2] or span.action
+
+
+def _range(span: Event, skew: float) -> Tuple[float, float]:
+  return span.event_time - skew, span.event_time + span.duration + skew
+
+
+def _strong_agent(call: Event, agents: Tuple[str, ...]) -> Tuple[Optional[str], str]:
+  """The agent the record itself names, and by which key; (None, '') when it names none."""
+  if call.acting_for in agents:
+    return call.acting_for, 'source_identity'
+  for agent in agents:
+    if agent in call.user_agent:
+      return agent, 'user_agent'
+  session = call.principal_raw.rsplit('/', 1)[-1]
+  if session in agents:
+    return session, 'session_name'
+  return None, ''
+
+
+def _derived(call: Event, agent: str, action: str, tool_call: str, basis: str,
+             session: str = '') -> Event:
+  return call._replace(identity=agent, identity_type='ai_agent', action=action, session_id=session,
+                       duration=0.0, tool_call=tool_call, acting_for=basis)
+
+
+def attribute(principal: str, agents: Tuple[str, ...], spans: List[Event],
+              calls: List[Event], skew: float) -> Tuple[List[Event], Dict[str, int]]:
+  """One principal-window's join: the derived events and counts by outcome (pure, so batch and
+  streaming run the same code). Only ever adds: a later record adds an attribution and a
+  backing, and takes nothing back, so a streaming job's late firings converge on the batch."""
+  counts = dict.fromkeys(('attributed', 'ambiguous', 'outside', 'backed'), 0)
+  spans = sorted({s.tool_call: s for s in spans}.values(), key=lambda s: (s.event_time, s.tool_call))
+  out: List[Event] = []
+  backed: Dict[str, Event] = {}
+  for call in sorted(calls, key=lambda c: (c.event_time, c.event_id)):
+    named, key = _strong_agent(call, agents)
+    live = [s for s in spans if (named is None or s.identity == named)
+            and _range(s, skew)[0] <= call.event_time <= _range(s, skew)[1]]
+    if not live:
+      counts['outside'] += 1
+      for agent in (named,) if named else agents:
+        out.append(_derived(call, agent, caused_action(call.action, NO_TOOL_CALL), '',
+                            key or 'time'))
+      continue
+    started = [s for s in live if s.event_time <= call.event_time] or live
+    span = max(started, key=lambda s: (s.event_time, s.tool_call))
+    basis = key or 'time'
+    if len(live) > 1:
+      counts['ambiguous'] += 1
+      basis += f' ambiguous:{len(live)}'
+    counts['attributed'] += 1
+    backed.setdefault(span.tool_call, span)
+    out.append(_derived(call, span.identity, caused_action(call.action, _tool(span)), span.tool_call,
+                        basis, span.session_id))
+  for span in backed.values():
+    counts['backed'] += 1
+    out.append(span._replace(action=caused_action(span.action, CLOUD_CALL), duration=0.0,
+                             acting_for='time'))
+  return out, counts
+
+
+def _derived_key(e: Event) -> Tuple[str, str, str]:
+  return e.identity, e.event_id, e.action
+
+
+class _KeyForJoin(beam.DoFn):
+  """Spans of joined agents (one copy per principal and window touched) and records of their
+  principals, keyed by principal; every other event is not joined."""
+
+  def __init__(self, principals: AgentPrincipals, skew: float, window_seconds: int):
+    self._agents_of = principals.agents_of
+    self._principals_of = principals.principals_of()
+    self._skew = skew
+    self._window = window_seconds
+
+  def process(self, e: Event) -> Iterator:
+    if e.provider == SPAN_PROVIDER:
+      principals = self._principals_of.get(e.identity)
+      if not principals or not e.tool_call:
+        return
+      start, end = _range(e, self._skew)
+      first = int(start // self._window) * self._window
+      for w in range(first, int(end // self._window) * self._window + 1, self._window):
+        stamp = max(float(w), start)
+        for principal in principals:
+          yield window.TimestampedValue((principal, ('span', e)), stamp)
+    elif e.identity in self._agents_of:
+      yield window.TimestampedValue((e.identity, ('call', e)), e.event_time)
+
+
+class _AttributeFn(beam.DoFn):
+  """(principal, [('span'|'call', Event)]) in a join window -> derived events at their own times.
+
+  Streaming: state keeps what earlier firings of this principal-window emitted, so a late firing
+  (accumulating: it holds every element again) emits only what is new. A record emitted as
+  outside that a late span would now explain cannot be taken back: counted, not re-emitted."""
+
+  def __init__(self, principals: AgentPrincipals, skew: float):
+    self._agents_of = principals.agents_of
+    self._skew = skew
+    self._counters = {k: Metrics.counter('postauth', f'join_{k}')
+                      for k in ('attributed', 'ambiguous', 'outside', 'backed')}
+    self._changed = Metrics.counter('postauth', 'join_changed_too_late')
+
+  def _join(self, kv) -> List[Event]:
+    principal, items = kv
+    spans = [e for kind, e in items if kind == 'span']
+    calls = [e for kind, e in items if kind == 'call']
+    derived, counts = attribute(principal, self._agents_of.get(principal, ()), spans, calls, self._skew)
+    for k, n in counts.items():
+      if n:
+        self._counters[k].inc(n)
+    return derived
+
+  def process(self, kv) -> Iterator:
+    for e in self._join(kv):
+      yield window.TimestampedValue(e, e.event_time)
+
+
+class _AttributeOnceFn(_AttributeFn):
+  EMITTED = ReadModifyWriteStateSpec('emitted', PickleCoder())
+
+  def process(self, kv, emitted=beam.DoFn.StateParam(EMITTED)) -> Iterator:
+    done: FrozenSet = emitted.read() or frozenset()
+    derived = self._join(kv)
+    seen_ids = {(k[0], k[1]) for k in done}
+    fresh = []
+    for e in derived:
+      key = _derived_key(e)
+      if key in done:
+        continue
+      if (e.identity, e.event_id) in seen_ids:
+        self._changed.inc()
+        continue
+      fresh.append(e)
+    if fresh:
+      emitted.write(done | {_derived_key(e) for e in fresh})
+    for e in fresh:
+      yield window.TimestampedValue(e, e.event_time)
+
+
+class JoinAgentCalls(beam.PTransform):
+  """Events -> the same events plus the join's derived events on the agents' identities.
+
+  With no agent declaring ``runs_as`` the input passes through unchanged (no step is added)."""
+
+  def __init__(self, principals: AgentPrincipals, skew: float = 2.0, window_seconds: int = 300,
+               allowed_lateness: int = 0):
+    super().__init__()
+    if window_seconds <= 0 or skew < 0:
+      raise ValueError('the join window must be > 0 and the clock skew >= 0')
+    self._principals = principals
+    self._skew = skew
+    self._window = window_seconds
+    self._lateness = allowed_lateness
+
+  def expand(self, events):
+    if not self._principals.agents_of:
+      return events
+    keyed = events | 'KeyByPrincipal' >> beam.ParDo(_KeyForJoin(self._principals, self._skew, self._window))
+    if events.is_bounded:
+      grouped = (keyed | 'JoinWindows' >> beam.WindowInto(window.FixedWindows(self._window))
+                 | 'GroupByPrincipal' >> beam.GroupByKey())
+      derived = grouped | 'Attribute' >> beam.ParDo(
+          _AttributeFn(self._principals, self._skew)).with_output_types(Event)
+    else:
+      grouped = (keyed
+                 | 'JoinWindows' >> beam.WindowInto(
+                     window.FixedWindows(self._window),
+                     trigger=trigger.AfterWatermark(late=trigger.AfterCount(1)),
+                     accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
+                     timestamp_combiner=window.TimestampCombiner.OUTPUT_AT_EARLIEST,
+                     allowed_lateness=Duration(seconds=self._lateness))
+                 | 'GroupByPrincipal' >> beam.GroupByKey())
+      derived = grouped | 'Attribute' >> beam.ParDo(
+          _AttributeOnceFn(self._principals, self._skew)).with_output_types(Event)
+    derived = derived | 'BackToGlobal' >> beam.WindowInto(window.GlobalWindows())
+    return (events, derived) | 'WithDerived' >> beam.Flatten()
