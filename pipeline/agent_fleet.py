@@ -13,7 +13,11 @@ Attacks: ``agent_mass_mail_new_domains``, ``agent_reads_new_path_posts_external`
 Benign: ``tool_release`` (a new harmless tool adopted by most agents of one team the same day),
 ``busier_day`` (2-4x an agent's usual volume with its usual tools and targets).
 
-    python -m postauth.pipeline.agent_fleet --out DIR [--agents 40] [--days 7] [--seed 7]
+``joint``: each agent's runtime also runs as a cloud role, and its tool calls leave CloudTrail
+records dated inside their spans (``cloudtrail-agents-<date>.jsonl``, the inventory's
+``runs_as``), with three more attacks and two more benign kinds (``pipeline/agent_cloud.py``).
+
+    python -m postauth.pipeline.agent_fleet --out DIR [--agents 40] [--days 7] [--seed 7] [--joint]
 """
 from __future__ import annotations
 
@@ -26,8 +30,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import orjson
 
-from postauth.pipeline.sample_layout import (DAY, DEFAULT_END, HOUR, benign_note, iso, make_day_dirs, sample_days,
-                                             write_cases, write_inventory)
+from postauth.pipeline.agent_cloud import CloudSide, day_note
+from postauth.pipeline.sample_layout import (DAY, DEFAULT_END, HOUR, iso, make_day_dirs, sample_days, write_cases,
+                                             write_inventory)
 
 TEAMS = {'support': ['support'], 'coding': ['platform', 'growth'], 'data': ['finance', 'growth', 'marketing'],
          'ops': ['sre']}
@@ -58,6 +63,7 @@ class Agent:
     self.version = f'{1 + i % 3}.{int(rng.integers(0, 9))}.{int(rng.integers(0, 20))}'
     self.rate = rate  # tool calls per active hour
     self.tools = list(TOOLS[kind])
+    self.declared = sorted({t for t, _ in self.tools})  # what its inventory row lists
     # its own working set: a few customers' domains, repos, tables, namespaces
     self.domains = list(rng.choice(CUSTOMER_DOMAINS, size=8, replace=False))
     self.repos = list(rng.choice(REPOS, size=2, replace=False))
@@ -78,6 +84,7 @@ class Tracer:
 
   def __init__(self, rng: np.random.Generator):
     self.rng = rng
+    self.cloud: Optional[CloudSide] = None  # a joint fleet: longer tool calls, with their cloud records
 
   def _hex(self, n: int) -> str:
     return self.rng.bytes(n).hex()
@@ -125,17 +132,21 @@ class Tracer:
     return [], {}
 
   def call(self, agent: Agent, t: float, tool: str, override: Optional[dict] = None,
-           failed: bool = False) -> List[dict]:
-    """The spans of one tool call: invoke_agent (root), chat, execute_tool."""
+           failed: bool = False, cloud: bool = True) -> List[dict]:
+    """The spans of one tool call: invoke_agent (root), chat, execute_tool (``cloud``: whether the
+    agent's runtime made it, so a joint fleet records its cloud side)."""
     trace, root = self._hex(16), self._hex(8)
     start = int(t * 1e9)
     attrs, args = self.target(agent, tool, override)
+    end = start + 1_400_000_000
+    if self.cloud is not None:
+      end = self.cloud.tool_call(agent, tool, start + 900_000_000, args, attrs, emit=cloud)
     common = [_attr('gen_ai.agent.id', agent.id), _attr('gen_ai.agent.name', agent.service)]
     conversation = _attr('gen_ai.conversation.id', f'conv-{self._hex(6)}')
     tool_span = {
         'traceId': trace, 'spanId': self._hex(8), 'parentSpanId': root,
         'name': f'execute_tool {tool}', 'kind': 1, 'startTimeUnixNano': str(start + 900_000_000),
-        'endTimeUnixNano': str(start + 1_400_000_000),
+        'endTimeUnixNano': str(end),
         'attributes': common + [conversation, _attr('gen_ai.operation.name', 'execute_tool'),
                                 _attr('gen_ai.tool.name', tool), _attr('gen_ai.tool.type', 'function'),
                                 _attr('gen_ai.tool.call.id', f'call_{self._hex(8)}'),
@@ -145,7 +156,7 @@ class Tracer:
       tool_span['attributes'].append(_attr('error.type', 'PermissionDenied'))
     return [
         {'traceId': trace, 'spanId': root, 'name': f'invoke_agent {agent.service}', 'kind': 1,
-         'startTimeUnixNano': str(start), 'endTimeUnixNano': str(start + 2_000_000_000),
+         'startTimeUnixNano': str(start), 'endTimeUnixNano': str(max(start + 2_000_000_000, end + 600_000_000)),
          'attributes': common + [conversation, _attr('gen_ai.operation.name', 'invoke_agent')], 'status': {}},
         {'traceId': trace, 'spanId': self._hex(8), 'parentSpanId': root, 'name': 'chat gpt-4o', 'kind': 3,
          'startTimeUnixNano': str(start + 100_000_000), 'endTimeUnixNano': str(start + 800_000_000),
@@ -234,16 +245,10 @@ def _attacks(tracer: Tracer, agents: List[Agent], day0: float) -> Tuple[List, Li
   usual = [t for t, _ in TOOLS[victim.kind]]
   items = [(start + i * 120.0, usual[i % len(usual)], None, False) for i in range(6)]
   for t, tool, override, failed in items:
-    calls.append((thief.service, tracer.call(victim, t, tool, override, failed)))
+    calls.append((thief.service, tracer.call(victim, t, tool, override, failed, cloud=False)))
   labels.append({'identity': victim.id, 'scenario': 'agent_identity_forged_by_other_service', 'format': 'otel',
                  'start': iso(items[0][0]), 'end': iso(items[-1][0] + 2)})
   return calls, labels
-
-
-def _day_note(agent: Agent, kind: str, day: List[Tuple[str, List[dict]]], day0: float, detail: str) -> Dict:
-  """The benign note of an agent's changed day: from its first to its last tool call."""
-  times = [int(spans[2]['startTimeUnixNano']) / 1e9 for _, spans in day] or [day0]
-  return benign_note(agent.id, kind, min(times), max(times), detail)
 
 
 def _changes(tracer: Tracer, agents: List[Agent], day0: float, live: bool, taken: set
@@ -266,8 +271,8 @@ def _changes(tracer: Tracer, agents: List[Agent], day0: float, live: bool, taken
       calls += day
       a.tools.append((tool, 1.5))  # the tool stays in use afterwards
       changed.add(a.id)
-      notes.append(_day_note(a, 'tool_release', day, day0,
-                             f'{tool} released to the {team} {kind} agents ({len(adopters)} of {len(members)})'))
+      notes.append(day_note(a, 'tool_release', day, day0,
+                            f'{tool} released to the {team} {kind} agents ({len(adopters)} of {len(members)})'))
   free = [a for a in agents if a.id not in taken and a.id not in changed]
   if live:  # the live day: several at once, as a release day brings them
     busy = [free[int(i)] for i in sorted(rng.choice(len(free), size=min(len(free), max(2, len(agents) // 10)),
@@ -279,7 +284,7 @@ def _changes(tracer: Tracer, agents: List[Agent], day0: float, live: bool, taken
     day = routine(tracer, a, day0, scale=scale)
     calls += day
     changed.add(a.id)
-    notes.append(_day_note(a, 'busier_day', day, day0, f'{scale:.1f}x its usual volume, usual tools and targets'))
+    notes.append(day_note(a, 'busier_day', day, day0, f'{scale:.1f}x its usual volume, usual tools and targets'))
   return calls, notes, changed
 
 
@@ -305,39 +310,50 @@ def _requests(calls: List[Tuple[str, List[dict]]], agents: Dict[str, Agent]) -> 
   return lines
 
 
-def _inventory_rows(crew: List[Agent], first_day0: float) -> List[List[str]]:
-  """One inventory row per agent: its declared tools, registered 90 days before the sample."""
-  return [[a.id, 'ai_agent', f'{a.team}-team@example.com', a.team, 'prod', 'medium',
-           'genai', ';'.join(f'genai:execute_tool:{t}' for t in sorted({t for t, _ in TOOLS[a.kind]})),
-           iso(first_day0 - 90 * DAY), '', 'active', a.service, a.service] for a in crew]
+def _inventory_rows(crew: List[Agent], first_day0: float, cloud: Optional[CloudSide]) -> List[List[str]]:
+  """A row per agent (declared tools, registered 90 days before; joint: ``runs_as``) and role."""
+  rows = [[a.id, 'ai_agent', f'{a.team}-team@example.com', a.team, 'prod', 'medium',
+           'genai', ';'.join(f'genai:execute_tool:{t}' for t in a.declared),
+           iso(first_day0 - 90 * DAY), '', 'active', a.service, a.service] + ([cloud.runs_as(a.id)] if cloud else [])
+          for a in crew]
+  roles = {cloud.runs_as(a.id): a for a in crew} if cloud else {}
+  return rows + [[arn, 'workload_identity', f'{a.team}-team@example.com', a.team, 'prod', 'medium', '', '',
+                  iso(first_day0 - 90 * DAY), '', 'active', arn.rsplit('/', 1)[-1], '', '']
+                 for arn, a in sorted(roles.items())]
 
 
 def generate_agents(out_dir: str, agents: int = 40, days: int = 7, seed: int = 7,
-                    end: str = DEFAULT_END, append: bool = False) -> Dict[str, int]:
+                    end: str = DEFAULT_END, append: bool = False, joint: bool = False) -> Dict[str, int]:
   """Writes the agent fleet's traces (``history/``, ``live/``), inventory, labels and benign cases.
 
   ``append``: add to a sample already written by ``pipeline.generate`` (its inventory, labels and
-  benign files get the agents' rows) instead of writing a sample of agents alone.
+  benign files get the agents' rows) instead of writing a sample of agents alone. ``joint``: the
+  fleet's CloudTrail records too (``pipeline/agent_cloud.py``, from a stream of their own).
   """
   if days < 2:
     raise ValueError('need at least 2 days: history and a live day')
   rng = np.random.default_rng([seed, 17])
   tracer = Tracer(rng)
   crew = fleet(agents, rng)
+  tracer.cloud = cloud = CloudSide(np.random.default_rng([seed, 17, 1]), crew, tracer) if joint else None
   by_service = {a.service: a for a in crew}
   make_day_dirs(out_dir)
   labels, benign = [], []
   counts = {'agents': len(crew), 'history_tool_calls': 0, 'live_tool_calls': 0}
-  attack_agents = set()
+  counts.update({'history_cloud_events': 0, 'live_cloud_events': 0, 'history_changes': cloud.history_changes}
+                if cloud else {})
   for d, day0 in enumerate(sample_days(end, days)):
     live = d == days - 1
     calls: List = []
     taken: set = set()
     if live:
       attack_calls, labels = _attacks(tracer, crew, day0)
-      attack_agents = {l['identity'] for l in labels}
-      taken |= attack_agents
+      attack_calls += cloud.attacks(day0, {l['identity'] for l in labels}) if cloud else []
+      taken |= {l['identity'] for l in labels} | (cloud.attacked if cloud else set())
     changes, notes, changed = _changes(tracer, crew, day0, live, taken)
+    if cloud:
+      more, more_notes, more_changed = cloud.changes(routine, day0, live, taken | changed)
+      changes, notes, changed = changes + more, notes + more_notes, changed | more_changed
     calls += changes
     if live:
       benign += notes
@@ -351,7 +367,15 @@ def generate_agents(out_dir: str, agents: int = 40, days: int = 7, seed: int = 7
       for line in _requests(calls, by_service):
         f.write(line + b'\n')
     counts['live_tool_calls' if live else 'history_tool_calls'] += len(calls)
-  write_inventory(out_dir, _inventory_rows(crew, sample_days(end, days)[0]), append)
+    if cloud:
+      if live:
+        cloud.outside_use(day0)
+      counts['live_cloud_events' if live else 'history_cloud_events'] += cloud.write_day(out_dir, day0, live)
+  if cloud:
+    labels = [l if l['scenario'] == 'agent_identity_forged_by_other_service'  # spans only: no cloud call made
+              else dict(l, principal=cloud.runs_as(l['identity'])) for l in labels] + cloud.labels
+    benign = [dict(n, principal=cloud.runs_as(n['identity'])) for n in benign]
+  write_inventory(out_dir, _inventory_rows(crew, sample_days(end, days)[0], cloud), append)
   write_cases(out_dir, 'labels.json', labels, append)
   write_cases(out_dir, 'benign.json', benign, append)
   counts['labels'] = len(labels)
@@ -366,8 +390,9 @@ def main(argv: Optional[List[str]] = None) -> int:
   ap.add_argument('--days', type=int, default=7)
   ap.add_argument('--seed', type=int, default=7)
   ap.add_argument('--append', action='store_true', help='Add to a sample pipeline.generate wrote.')
+  ap.add_argument('--joint', action='store_true', help='Also the CloudTrail records of the agents\' tool calls.')
   a = ap.parse_args(argv)
-  print(json.dumps(generate_agents(a.out, a.agents, a.days, a.seed, append=a.append)))
+  print(json.dumps(generate_agents(a.out, a.agents, a.days, a.seed, append=a.append, joint=a.joint)))
   return 0
 
 

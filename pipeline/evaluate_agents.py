@@ -56,3 +56,34 @@ def evaluate_agent_seeds(out: str, seeds: Sequence[int], agents: int = 40, days:
   md += [f'Agent fleet: pages (medium or above) that match no attack, seeds '
          f'{", ".join(str(s) for s, _ in per_seed)}:', '', tables.pages_markdown(report['pages'], per_seed)]
   return report, '\n'.join(md)
+
+
+def joint_outcomes(findings: Sequence[dict], labels: Sequence[dict], identity_days: Optional[int] = None) -> Dict:
+  """A joint fleet's attacks (``agent_fleet --joint``) against the findings, where a finding may name
+  the agent (spans) or the role it runs as (cloud records): per attack, whether a finding at medium
+  or above on the label's ``identity`` or its ``principal`` overlaps the label's time range; and the
+  pages (medium or above) that match no attack, per 1,000 identity-days when ``identity_days`` is given."""
+  from postauth.pipeline import evaluate as ev
+  ranked = ev.rank_findings(ev.latest_versions(findings))
+
+  def hit(finding: dict, label: dict) -> bool:
+    return any(ev.matches(finding, dict(label, identity=who)) for who in (label['identity'], label.get('principal')) if who)
+
+  attacks = []
+  for label in labels:
+    paged = [f for f in ranked if ev.is_page(f) and hit(f, label)]
+    attacks.append({'scenario': label.get('scenario'), 'identity': label['identity'],
+                    'principal': label.get('principal', ''), 'paged': bool(paged),
+                    'paged_on': sorted({f['identity'] for f in paged})})
+  false = [f for f in ranked if ev.pages_of(f) and not any(hit(f, l) for l in labels)]
+  pages = sum(ev.pages_of(f) for f in false)
+  return {'attacks': attacks, 'attacks_paged': sum(1 for a in attacks if a['paged']), 'pages': pages,
+          'findings_paged': len(false), 'identity_days': identity_days,
+          'pages_per_1000_identity_days': round(1000.0 * pages / identity_days, 2) if identity_days else None}
+
+
+def joint_outcomes_files(findings: str, sample: str) -> Dict:
+  """``joint_outcomes`` of a findings file on a joint sample (identity-days: its live files' events)."""
+  from postauth.pipeline import evaluate as ev
+  days, _, _ = ev.identity_days_of_events(sorted(glob.glob(os.path.join(sample, 'live', '*'))))
+  return joint_outcomes(ev.read_json_lines(findings), ev.read_cases(os.path.join(sample, 'labels.json')), days)

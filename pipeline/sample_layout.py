@@ -17,9 +17,10 @@ HOUR = 3600.0
 DAY = 86400.0
 DEFAULT_END = '2026-11-06'  # exclusive: the live day is Thursday 2026-11-05
 
+# ``runs_as``: the cloud principals an AI agent's runtime acts as (pipeline/agent_cloud.py); '' for others.
 INVENTORY_HEADER = ['identity', 'identity_type', 'owner', 'team', 'environment', 'criticality',
                     'expected_services', 'expected_actions', 'created_at', 'last_rotated_at', 'status',
-                    'display_name', 'emitted_by']
+                    'display_name', 'emitted_by', 'runs_as']
 
 
 def iso(t: float) -> str:
