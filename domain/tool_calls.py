@@ -13,6 +13,7 @@ from typing import Optional, Tuple
 SEPARATOR = '@'
 NO_TOOL_CALL = 'no_tool_call'
 CLOUD_CALL = 'cloud_call'
+TOOLS_JOINED = '|'  # several tools' calls were in flight: ``s3:GetObject@read_file|run_sql``
 
 
 def caused_action(action: str, by: str) -> str:
@@ -25,6 +26,10 @@ def split_caused(action_key: str) -> Optional[Tuple[str, str]]:
   if not sep or not base or not by or '/' in by:
     return None
   return base, by
+
+
+def tools_of(by: str) -> Tuple[str, ...]:
+  return tuple(by.split(TOOLS_JOINED))
 
 
 def is_derived(action_key: str) -> bool:

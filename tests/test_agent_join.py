@@ -68,7 +68,11 @@ def test_shared_principal_strong_keys_and_ambiguity():
   agents = PRINCIPALS.agents_of[SHARED]
   assert agents == ('agent-b', 'agent-c')
   by_time, counts = attribute(SHARED, agents, [b, c], [call(T0 + 12, principal=SHARED)], 2.0)
-  assert _view(by_time)[0] == ('agent-c', 'GetObject@get_metrics', 'c1', '0c' * 8, 'time ambiguous:2')
+  assert _view(by_time) == [
+      ('agent-b', 'GetObject@restart', 'c1', '0b' * 8, 'time ambiguous:2'),
+      ('agent-b', 'execute_tool:restart@cloud_call', 'span-0b', '0b' * 8, 'time'),
+      ('agent-c', 'GetObject@get_metrics', 'c1', '0c' * 8, 'time ambiguous:2'),
+      ('agent-c', 'execute_tool:get_metrics@cloud_call', 'span-0c', '0c' * 8, 'time')]
   assert counts['ambiguous'] == 1
   for kwargs, basis in (({'acting_for': 'agent-b'}, 'source_identity'),
                         ({'ua': 'Boto3/1.34 agent/agent-b'}, 'user_agent'), ({'session': 'agent-b'}, 'session_name')):
@@ -80,6 +84,15 @@ def test_shared_principal_strong_keys_and_ambiguity():
   # no key and nothing in flight: on every agent running as the principal
   derived, _ = attribute(SHARED, agents, [], [call(T0 + 12, principal=SHARED)], 2.0)
   assert [e.identity for e in derived] == ['agent-b', 'agent-c']
+
+
+def test_calls_of_two_tools_in_flight_both_may_have_made_the_record():
+  first, second = span('agent-a', T0 + 10, 'get_metrics', duration=7.0), span('agent-a', T0 + 14, 'run_kubectl', sid='02')
+  derived, counts = attribute(ROLE, ('agent-a',), [first, second], [call(T0 + 16)], 2.0)
+  assert _view(derived) == [
+      ('agent-a', 'GetObject@get_metrics|run_kubectl', 'c1', '02' * 8, 'time ambiguous:2'),
+      ('agent-a', 'execute_tool:get_metrics@cloud_call', 'span-01', '01' * 8, 'time'),
+      ('agent-a', 'execute_tool:run_kubectl@cloud_call', 'span-02', '02' * 8, 'time')]
 
 
 def test_a_call_across_a_join_window_boundary_is_joined_in_the_record_s_window():

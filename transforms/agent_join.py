@@ -15,8 +15,11 @@ features, rules and evidence see it like any event of its own (training runs the
   call's own event: a window's calls of T minus these are its calls that made no record).
 
 Keys, strongest first: the record's ``acting_for`` (AWS ``sourceIdentity``), the agent id in its
-user agent, the agent id as its session name; else time alone, the call whose start is nearest
-before the record winning when several were in flight (``acting_for`` says ``time ambiguous:N``).
+user agent, the agent id as its session name; else time alone. When several calls were in
+flight, any of them may have made the record: it names all their tools
+(``dynamodb:GetItem@lookup_order|search_kb``), cites the call whose start is nearest before it
+(``acting_for`` says ``time ambiguous:N``), and backs every one of them; calls of several agents
+sharing the principal each get it.
 A call's range is its span widened by ``skew`` on both sides (clocks differ; CloudTrail logs
 whole seconds).
 
@@ -42,7 +45,7 @@ from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 from apache_beam.utils.timestamp import Duration
 
 from postauth.domain.event import Event
-from postauth.domain.tool_calls import CLOUD_CALL, NO_TOOL_CALL, caused_action
+from postauth.domain.tool_calls import CLOUD_CALL, NO_TOOL_CALL, TOOLS_JOINED, caused_action
 from postauth.transforms.inventory import read_inventory
 
 _LOG = logging.getLogger('postauth')
@@ -123,16 +126,20 @@ def attribute(principal: str, agents: Tuple[str, ...], spans: List[Event],
         out.append(_derived(call, agent, caused_action(call.action, NO_TOOL_CALL), '',
                             key or 'time'))
       continue
-    started = [s for s in live if s.event_time <= call.event_time] or live
-    span = max(started, key=lambda s: (s.event_time, s.tool_call))
     basis = key or 'time'
     if len(live) > 1:
       counts['ambiguous'] += 1
       basis += f' ambiguous:{len(live)}'
     counts['attributed'] += 1
-    backed.setdefault(span.tool_call, span)
-    out.append(_derived(call, span.identity, caused_action(call.action, _tool(span)), span.tool_call,
-                        basis, span.session_id))
+    for agent in sorted({s.identity for s in live}):
+      theirs = [s for s in live if s.identity == agent]
+      started = [s for s in theirs if s.event_time <= call.event_time] or theirs
+      span = max(started, key=lambda s: (s.event_time, s.tool_call))
+      by = TOOLS_JOINED.join(sorted({_tool(s) for s in theirs}))
+      out.append(_derived(call, agent, caused_action(call.action, by), span.tool_call, basis,
+                          span.session_id))
+    for s in live:  # any of them may have made it: none is said to have made no record
+      backed.setdefault(s.tool_call, s)
   for span in backed.values():
     counts['backed'] += 1
     out.append(span._replace(action=caused_action(span.action, CLOUD_CALL), duration=0.0,

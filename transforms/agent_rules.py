@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Dict, List, Optional, Tuple
 
 from postauth.domain.taxonomy import HIGH_IMPACT_CATEGORIES, SENSITIVE_CATEGORIES
-from postauth.domain.tool_calls import CLOUD_CALL, NO_TOOL_CALL, caused_action, split_caused
+from postauth.domain.tool_calls import CLOUD_CALL, NO_TOOL_CALL, caused_action, split_caused, tools_of
 from postauth.models.profile import seen_key
 
 # A tool "normally makes a cloud call" when the history saw it this often, and saw it end with
@@ -80,11 +80,11 @@ def agent_tool_caused_unusual_call(window, context: Dict, history, config, peers
   for by, keys in _caused(agg).items():
     if by in (NO_TOOL_CALL, CLOUD_CALL):
       continue
-    tool_known = any(_known(history, f'{service}:execute_tool:{by}') for service in ('genai', 'mcp'))
-    if not tool_known:
+    tools = tools_of(by)  # several when calls of several tools were in flight
+    if not any(_known(history, f'{service}:execute_tool:{t}') for t in tools for service in ('genai', 'mcp')):
       continue
-    for key, _ in keys:
-      if not _known(history, key):
+    for key, base in keys:
+      if not _known(history, key) and not any(_known(history, caused_action(base, t)) for t in tools):
         unusual.append(key)
       elif agg.action_category.get(key, '') in WRITE_CATEGORIES + ('data_read',):
         scopes = history.unseen_scopes(s[5] for s in agg.evidence.get('a' + key, ()) if s[5])
