@@ -21,7 +21,7 @@ import json
 import re
 from typing import Dict, Iterable, List, Optional, Set, Tuple
 
-from postauth.pipeline import report_plot
+from postauth.pipeline import report_plot, report_timeline
 from postauth.pipeline.summary import read_findings
 
 SEVERITIES = ('critical', 'high', 'medium', 'low')
@@ -164,7 +164,8 @@ def _finding(f: Dict, plot: str) -> str:
       f'<b>{esc(f.get("owner", "") or "?")}</b>, {esc(f.get("environment", "") or "?")}; '
       f'{esc(f["window_start"])} &rarr; {esc(f["window_end"])}, {int(f.get("event_count", 0))} events in '
       f'{int(f.get("windows", 0))} windows; finding <code>{esc(f["finding_id"])}</code></p>'
-      f'<ul>{reasons}</ul><p>Top actions: {actions}</p>{plot}{_evidence(f)}</section>')
+      f'<ul>{reasons}</ul><p>Top actions: {actions}</p>{plot}'
+      f'{report_timeline.timeline(f.get("evidence") or [], esc)}{_evidence(f)}</section>')
 
 
 def _plot(f: Dict, panes: Dict[int, int], baseline, size: int, period: int, days_before: int) -> str:
@@ -191,7 +192,7 @@ def render(findings: List[Dict], panes: Optional[Dict[str, Dict[int, int]]] = No
   return (
       '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
       f'<meta http-equiv="Content-Security-Policy" content="{csp}">'
-      f'<title>postauth findings</title><style>{STYLE}</style></head><body>'
+      f'<title>postauth findings</title><style>{STYLE}{report_timeline.STYLE}</style></head><body>'
       f'<h1>postauth findings: {len(findings)}</h1><p class="legend">{esc(sources)}</p>'
       f'{_summary(findings)}<h2>Findings</h2>{_table(findings)}{report_plot.legend()}{body}'
       f'<script>{SCRIPT}</script></body></html>')
