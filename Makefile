@@ -113,7 +113,7 @@ chromium-deps:
 	  || { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q chromium >/dev/null; } \
 	  || echo "chromium-deps: apt-get install chromium failed"; fi
 
-test: $(STAMP) pubsub-deps chromium-deps prism flink-if-served
+test: $(STAMP) pubsub-deps chromium-deps prism otelcol flink-if-served
 	$(BIN)/python -m pytest -q tests
 
 bench: $(STAMP)

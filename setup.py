@@ -40,9 +40,11 @@ setuptools.setup(
         # bench/pipeline.py: Beam's AnomalyDetection peer (PyOD IForest) and the scaling plot.
         'bench': ['pyod>=2', 'matplotlib>=3.7'],
         # OCSF findings are validated against OCSF's own schema (ocsf-json-schema + jsonschema);
-        # the report's screenshot is checked with Pillow.
+        # the report's screenshot is checked with Pillow. Spans are sent through the collector
+        # (`make otelcol`) by the OpenTelemetry SDK's own OTLP/HTTP exporter.
         'test': ['pytest>=8', 'hypothesis>=6.100', 'setuptools>=70.1', 'apache-beam[gcp]==2.77.0',
-                 'ocsf-json-schema>=1.2', 'jsonschema>=4.20', 'pillow>=10'],
+                 'ocsf-json-schema>=1.2', 'jsonschema>=4.20', 'pillow>=10',
+                 'opentelemetry-exporter-otlp-proto-http>=1.20'],
     },
     entry_points={'console_scripts': ['postauth=postauth.pipeline.cli:main']},
 )
