@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install prism otelcol flink flink-if-served bench bench-pipeline bench-state bench-coder bench-model bench-pubsub bench-streaming bench-startup bench-scale evaluate clean pubsub-deps chromium-deps
+.PHONY: demo test install prism otelcol flink flink-if-served bench bench-pipeline bench-state bench-coder bench-model bench-pubsub bench-streaming bench-startup bench-scale evaluate evaluate-joint clean pubsub-deps chromium-deps
 
 # The local Pub/Sub server (Google's pstest) builds from two Debian packages. Installed when
 # this user can (root or passwordless sudo, as in CI); a no-op when they are there. Without
@@ -124,6 +124,10 @@ bench: $(STAMP)
 # writes out/evaluate/report.{json,md} (docs/detection-quality.md tables).
 evaluate: $(STAMP)
 	$(BIN)/python bench/evaluate.py --out out/evaluate
+
+# The joint agent fleet: spans joined to the roles' CloudTrail (docs/agent-join.md).
+evaluate-joint: $(STAMP)
+	$(BIN)/python -m postauth.pipeline.evaluate_agents --out out/evaluate-joint --seeds 7,8,9
 
 # Per-stage throughput, the Beam-free limit, Beam's AnomalyDetection peer and scaling (needs [bench]).
 bench-pipeline: $(STAMP)

@@ -87,3 +87,39 @@ def joint_outcomes_files(findings: str, sample: str) -> Dict:
   from postauth.pipeline import evaluate as ev
   days, _, _ = ev.identity_days_of_events(sorted(glob.glob(os.path.join(sample, 'live', '*'))))
   return joint_outcomes(ev.read_json_lines(findings), ev.read_cases(os.path.join(sample, 'labels.json')), days)
+
+
+def evaluate_joint_seeds(out: str, seeds: Sequence[int], agents: int = 40, days: int = 7,
+                         beam_args: Optional[List[str]] = None, echo=print) -> Dict:
+  """The joint fleet (spans and the roles' CloudTrail, ``agent_fleet --joint``) per seed:
+  generate -> train -> batch detection -> ``joint_outcomes_files``."""
+  import functools
+  from postauth.pipeline.agent_fleet import generate_agents
+  from postauth.pipeline.sample_run import sample_run
+  report: Dict = {'agents': agents, 'days': days, 'per_seed': {}}
+  for seed in seeds:
+    t = time.time()
+    done = sample_run(os.path.join(out, f'joint-seed-{seed}'), agents, days, seed, batch=True,
+                      beam_args=beam_args, generate=functools.partial(generate_agents, joint=True),
+                      describe=describe_agents)
+    result = joint_outcomes_files(done['findings'], done['sample'])
+    report['per_seed'][str(seed)] = result
+    echo(f'joint seed {seed}: {result["attacks_paged"]}/{len(result["attacks"])} attacks paged, '
+         f'{result["pages"]} pages matching no attack in {result["identity_days"]} identity-days '
+         f'({time.time() - t:.1f}s)')
+    for a in result['attacks']:
+      echo(f'  {a["scenario"]}: {"paged on " + ", ".join(a["paged_on"]) if a["paged"] else "MISSED"}')
+  return report
+
+
+if __name__ == '__main__':
+  import argparse
+  import json
+  ap = argparse.ArgumentParser(description='Evaluate the joint agent fleet (spans + CloudTrail).')
+  ap.add_argument('--out', default='out/evaluate-joint')
+  ap.add_argument('--seeds', default='7,8')
+  ap.add_argument('--agents', type=int, default=40)
+  a = ap.parse_args()
+  summary = evaluate_joint_seeds(a.out, [int(s) for s in a.seeds.split(',')], a.agents)
+  with open(os.path.join(a.out, 'joint.json'), 'w') as f:
+    json.dump(summary, f, indent=1)

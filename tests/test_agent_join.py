@@ -158,3 +158,18 @@ def test_bad_join_settings_are_refused():
     JoinAgentCalls(PRINCIPALS, -1.0, 300)
   with pytest.raises(ValueError):
     JoinAgentCalls(PRINCIPALS, 2.0, 0)
+
+
+def test_a_principal_listed_in_runs_as_is_registered_with_its_agent_s_owner(tmp_path):
+  from postauth.transforms.inventory import read_inventory
+  path = tmp_path / 'inventory.csv'
+  path.write_text('identity,identity_type,owner,team,environment,criticality,runs_as\n'
+                  f'agent-b,ai_agent,ops@example.com,sre,prod,high,{SHARED}\n'
+                  f'agent-a,ai_agent,data@example.com,finance,prod,medium,{ROLE};{SHARED}\n'
+                  f'{ROLE},workload_identity,platform@example.com,platform,prod,low,\n')
+  rows = dict(read_inventory(str(path)))
+  assert rows[ROLE]['owner'] == 'platform@example.com'  # its own row wins
+  assert (rows[SHARED]['owner'], rows[SHARED]['team'], rows[SHARED]['identity_type']) == (
+      'data@example.com', 'finance', 'workload_identity')  # agent-a sorts first
+  assert rows[SHARED]['display_name'] == 'runs agent-a' and rows[SHARED]['runs_as'] == []
+  assert AgentPrincipals.from_rows(rows.items()).agents_of == {ROLE: ('agent-a',), SHARED: ('agent-a', 'agent-b')}

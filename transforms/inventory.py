@@ -125,10 +125,27 @@ def read_inventory(path: str) -> Iterator[Tuple[str, Dict[str, Any]]]:
     rows = _rows_jsonl(data, path)
   else:
     rows = _rows_csv(data, path)
-  for row in rows:
-    row = normalise(row)
-    if row['identity']:
-      yield row['identity'], row
+  yield from with_agent_principals(
+      (row['identity'], row) for row in map(normalise, rows) if row['identity'])
+
+
+def with_agent_principals(pairs: Iterable[Tuple[str, Dict[str, Any]]]) -> Iterator[Tuple[str, Dict[str, Any]]]:
+  """The rows, then one for each principal an agent runs as (``runs_as``) that has none of its
+  own: listing it registers it, with the agent's owner, team and environment (the first agent's,
+  by identity, when several share it)."""
+  pairs = list(pairs)
+  known = {identity for identity, _ in pairs}
+  yield from pairs
+  added: Dict[str, Dict[str, Any]] = {}
+  for identity, row in sorted(pairs, key=lambda kv: kv[0]):
+    for principal in row.get('runs_as') or ():
+      if principal in known or principal in added:
+        continue
+      added[principal] = normalise({
+          'identity': principal, 'identity_type': 'workload_identity', 'owner': row['owner'],
+          'team': row['team'], 'environment': row['environment'], 'criticality': row['criticality'],
+          'created_at': row['created_at'], 'status': row['status'], 'display_name': f'runs {identity}'})
+  yield from added.items()
 
 
 class Snapshot(typing.NamedTuple):
@@ -188,8 +205,8 @@ class InventorySnapshots(beam.PTransform):
               | 'ReadInventoryTable' >> beam.io.ReadFromBigQuery(table=table)
               | 'Normalise' >> beam.Map(lambda r: ('', normalise(r)))
               | 'Gather' >> beam.GroupByKey()
-              | 'ToSnapshot' >> beam.Map(lambda kv: snapshot_of(
-                  ((r['identity'], r) for r in kv[1] if r['identity']), time.time())))
+              | 'ToSnapshot' >> beam.Map(lambda kv: snapshot_of(with_agent_principals(
+                  (r['identity'], r) for r in kv[1] if r['identity']), time.time())))
     path = self._path
     return (pbegin
             | 'InventoryPath' >> beam.Create([path])
