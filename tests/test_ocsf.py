@@ -129,3 +129,32 @@ def test_pubsub_sink_publishes_valid_ocsf(evidence_run):
     assert m.attributes['format'] == 'ocsf'
     assert _errors(doc) == []
     assert doc['finding_info']['uid'] == m.attributes['finding_id']
+
+
+def test_an_agent_finding_names_its_tool_call_and_the_cloud_records_it_made():
+  """The agent join's chain (docs/agent-join.md): the span and the CloudTrail record it caused,
+  by their own log ids, as related events and in each evidence's data; valid OCSF."""
+  span = {'event_id': '83c65956d1ff55b2', 'time': '2026-11-05T12:19:43.678Z', 'provider': 'otel',
+          'action': 'genai:execute_tool:summarize_thread', 'read_from': 'otel.jsonl#73/5.0.20',
+          'tool_call': '412f99b96f2872b5b2526f4a463a6f2a/83c65956d1ff55b2', 'joined_by': '',
+          'id_from_log': True, 'reason': 'r', 'new': []}
+  record = {'event_id': '26cae9c6-cd87-46ae-bb17-9c1838cc92d8', 'time': '2026-11-05T12:19:45.000Z',
+            'provider': 'aws', 'action': 'secretsmanager:GetSecretValue@summarize_thread',
+            'resource': 'prod/db/admin', 'source_ip': '10.40.0.16', 'read_from': 'trail.jsonl#1057',
+            'tool_call': span['tool_call'], 'joined_by': 'user_agent', 'id_from_log': True,
+            'reason': 'agent_tool_caused_unusual_call', 'new': ['actions']}
+  plain = {'event_id': 'e9', 'time': '2026-11-05T12:30:00.000Z', 'provider': 'aws', 'action': 's3:GetObject',
+           'read_from': 'f#9', 'id_from_log': True, 'reason': 'r', 'new': []}
+  f = {'finding_id': 'f2', 'identity': 'agent-support-06', 'identity_type': 'ai_agent',
+       'window_start': '2026-11-05T12:00:00Z', 'window_end': '2026-11-05T13:00:00Z', 'score': 4.1,
+       'severity': 'high', 'reasons': [{'rule': 'agent_tool_caused_unusual_call', 'detail': 'd'}],
+       'evidence': [span, record, plain]}
+  doc = to_ocsf(f)
+  assert _errors(doc) == []
+  related = doc['finding_info']['related_events']
+  assert [(r['uid'], r['type']) for r in related] == [
+      (span['event_id'], span['action']), (record['event_id'], record['action'])]
+  assert span['tool_call'] in related[1]['title'] and 'user_agent' in related[1]['title']
+  assert related[1]['first_seen_time'] == 1793881185000  # 2026-11-05T12:19:45Z
+  assert doc['evidences'][1]['data']['tool_call'] == span['tool_call']
+  assert 'tool_call' not in doc['evidences'][2]['data']

@@ -81,6 +81,22 @@ def _cloud(f: Dict) -> Dict:
   return cloud
 
 
+def _related(evidence) -> list:
+  """The agent join's chain (transforms/agent_join.py): each tool call in the evidence and the
+  cloud records it made, by their own log ids, the records citing their call."""
+  out = []
+  for e in evidence:
+    call = e.get('tool_call')
+    if not call:
+      continue
+    joined = e.get('joined_by')
+    desc = (f'cloud record made by tool call {call} (joined by {joined})' if joined and e.get('provider') != 'otel'
+            else f'tool call {call}')
+    out.append({'uid': e['event_id'], 'type': e['action'], 'title': desc, 'desc': e.get('read_from', ''),
+                'first_seen_time': _ms(e['time'])})
+  return out
+
+
 def to_ocsf(f: Dict, product_version: str = '') -> Dict:
   """One finding dict (as the JSON-lines sink writes it) -> one OCSF Detection Finding."""
   severity = f.get('severity', 'low')
@@ -142,6 +158,9 @@ def to_ocsf(f: Dict, product_version: str = '') -> Dict:
   evidence = [_evidence(e, user) for e in f.get('evidence') or []]
   if evidence:
     event['evidences'] = evidence
+  related = _related(f.get('evidence') or [])
+  if related:
+    event['finding_info']['related_events'] = related
   if not event['finding_info']['data_sources']:
     del event['finding_info']['data_sources']
   return event
