@@ -247,7 +247,7 @@ def _time(t: float) -> str:
 
 def public(ev: Dict, reason_key: str) -> Dict:
   """A sample as a finding's evidence record (transforms/schemas/finding.avsc ``Evidence``)."""
-  out = {k: ev[k] for k in FIELDS if k != 'time'}
+  out = {k: ev.get(k, '') for k in FIELDS if k != 'time'}  # a sample kept before the join: no tool call
   out['time'] = _time(ev['time'])
   # The log's own id (eventID, insertId, auditID, metadata.uid by format); a record without
   # one is named by where it was read, and says so.
