@@ -173,3 +173,40 @@ def test_a_principal_listed_in_runs_as_is_registered_with_its_agent_s_owner(tmp_
       'data@example.com', 'finance', 'workload_identity')  # agent-a sorts first
   assert rows[SHARED]['display_name'] == 'runs agent-a' and rows[SHARED]['runs_as'] == []
   assert AgentPrincipals.from_rows(rows.items()).agents_of == {ROLE: ('agent-a',), SHARED: ('agent-a', 'agent-b')}
+
+
+def test_gcp_and_kubernetes_records_join_by_time_and_by_the_agent_id_in_their_user_agent():
+  """Nothing AWS-only: a GCP service account's audit record and a Kubernetes service account's
+  request, as their parsers read them, join the agent running as them."""
+  import json
+  from postauth.transforms.parse import RecordParser
+  from postauth.transforms.records import RawRecord
+  sa, ksa = 'agent-runner@acme-prod.iam.gserviceaccount.com', 'system:serviceaccount:agents:runner'
+  gcp = {'insertId': 'g1', 'logName': 'projects/acme-prod/logs/cloudaudit.googleapis.com%2Fdata_access',
+         'timestamp': '2025-11-05T00:00:11Z', 'resource': {'type': 'audited_resource', 'labels': {'project_id': 'acme-prod'}},
+         'protoPayload': {'@type': 'type.googleapis.com/google.cloud.audit.AuditLog',
+                          'serviceName': 'secretmanager.googleapis.com',
+                          'methodName': 'google.cloud.secretmanager.v1.SecretManagerService.AccessSecretVersion',
+                          'resourceName': 'projects/acme-prod/secrets/db/versions/1',
+                          'authenticationInfo': {'principalEmail': sa},
+                          'requestMetadata': {'callerIp': '10.9.0.4',
+                                              'callerSuppliedUserAgent': 'grpc-python/1.6 agent/agent-g'}}}
+  k8s = {'kind': 'Event', 'apiVersion': 'audit.k8s.io/v1', 'level': 'Metadata', 'auditID': 'k1', 'stage': 'ResponseComplete',
+         'requestURI': '/api/v1/namespaces/prod/secrets/db', 'verb': 'get', 'user': {'username': ksa},
+         'sourceIPs': ['10.9.0.5'], 'userAgent': 'python-requests/2.31',
+         'objectRef': {'resource': 'secrets', 'namespace': 'prod', 'name': 'db', 'apiVersion': 'v1'},
+         'responseStatus': {'code': 200}, 'requestReceivedTimestamp': '2025-11-05T00:00:12.000000Z',
+         'stageTimestamp': '2025-11-05T00:00:12.100000Z'}
+  parser = RecordParser()
+  records = [parser.parse(RawRecord(json.dumps(r).encode(), r, '', f'log#{i}')) for i, r in enumerate((gcp, k8s))]
+  assert all(not isinstance(e, str) for e in records), records
+  g, k = records
+  assert (g.identity, k.identity) == (sa, ksa)
+  principals = AgentPrincipals.from_rows([('agent-g', {'runs_as': [sa]}), ('agent-h', {'runs_as': [sa, ksa]})])
+  spans = [span('agent-g', T0 + 10, 'read_secret', sid='0a'), span('agent-h', T0 + 10, 'fetch', sid='0b')]
+  derived, _ = attribute(sa, principals.agents_of[sa], spans, [g], 2.0)
+  assert [(e.identity, e.action, e.acting_for) for e in derived if '@cloud' not in e.action] == [
+      ('agent-g', g.action + '@read_secret', 'user_agent')]
+  derived, _ = attribute(ksa, principals.agents_of[ksa], spans, [k], 2.0)
+  assert [(e.identity, e.action, e.acting_for) for e in derived if '@cloud' not in e.action] == [
+      ('agent-h', k.action + '@fetch', 'time')]

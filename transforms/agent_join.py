@@ -113,7 +113,8 @@ def attribute(principal: str, agents: Tuple[str, ...], spans: List[Event],
   streaming run the same code). Only ever adds: a later record adds an attribution and a
   backing, and takes nothing back, so a streaming job's late firings converge on the batch."""
   counts = dict.fromkeys(('attributed', 'ambiguous', 'outside', 'backed'), 0)
-  spans = sorted({s.tool_call: s for s in spans}.values(), key=lambda s: (s.event_time, s.tool_call))
+  spans = sorted({s.tool_call: s for s in spans if s.identity in agents}.values(),
+                 key=lambda s: (s.event_time, s.tool_call))
   out: List[Event] = []
   backed: Dict[str, Event] = {}
   for call in sorted(calls, key=lambda c: (c.event_time, c.event_id)):
