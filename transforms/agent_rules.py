@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional, Tuple
 
+from postauth.domain.origin import agent_family, network_of
 from postauth.domain.taxonomy import HIGH_IMPACT_CATEGORIES, SENSITIVE_CATEGORIES
 from postauth.domain.tool_calls import CLOUD_CALL, NO_TOOL_CALL, caused_action, split_caused, tools_of
-from postauth.models.profile import seen_key
+from postauth.models.profile import resource_scope, seen_key
 
 # A tool "normally makes a cloud call" when the history saw it this often, and saw it end with
 # no record behind it at most this share of the time.
@@ -48,8 +49,11 @@ def _listing(agg, keys: List[str], limit: int = 5) -> str:
 def agent_credential_used_outside_agent(window, context: Dict, history, config, peers=None) -> Optional[Dict]:
   """The agent's principal made calls while no tool call of the agent was in flight, of a kind
   its history never shows outside a tool call: the credential used by someone else (stolen, or
-  a person reusing it). High when they are sensitive or come from a network the agent's calls
-  never came from."""
+  a person reusing it).
+
+  Where the calls came from decides: from a network or with a client the agent's calls never
+  used, high; from its own known places, a new secret, credential or privilege call is medium
+  and anything else is left alone (a job sharing the role that rolled out a new call)."""
   if history is None or not history.windows:
     return None
   agg = window.agg
@@ -57,13 +61,27 @@ def agent_credential_used_outside_agent(window, context: Dict, history, config, 
                key=lambda k: (-agg.actions[k], k))
   if not new:
     return None
+  samples = [smp for k in new for smp in agg.evidence.get('a' + k, ())]
+  nets = sorted({network_of(smp[6]) for smp in samples} - {''})
+  clients = sorted({agent_family(smp[7]) for smp in samples} - {''})
+  new_nets = [n for n in nets if not history.knows('networks', n)]
+  new_clients = [c for c in clients if not history.knows('agents', c)]
   cats = {agg.action_category.get(k, '') for k in new}
-  nets = sorted(n for n in agg.networks if n and not history.knows('networks', n))
-  severity = 'high' if cats & set(SENSITIVE_CATEGORIES + ('data_read', 'enumerate')) or nets else 'medium'
-  where = f'; from {", ".join(nets[:3])}, a network its calls never came from' if nets else ''
+  if new_nets or new_clients:
+    severity = 'high'
+  elif cats & set(SENSITIVE_CATEGORIES):
+    severity = 'medium'
+  else:
+    return None
+  where = []
+  if new_nets:
+    where.append(f'from {", ".join(new_nets[:3])}, where its calls never came from')
+  if new_clients:
+    where.append(f'with {", ".join(new_clients[:2])}, a client it never used')
   return {'rule': 'agent_credential_used_outside_agent', 'severity': severity, 'actions': new[:20],
           'detail': f'{_listing(agg, new)} made with its credential while none of its tool calls was '
-                    f'in flight, never seen before outside a tool call{where}'}
+                    f'in flight, never seen before outside a tool call'
+                    + ('; ' + '; '.join(where) if where else '')}
 
 
 def agent_tool_caused_unusual_call(window, context: Dict, history, config, peers=None) -> Optional[Dict]:
@@ -87,9 +105,10 @@ def agent_tool_caused_unusual_call(window, context: Dict, history, config, peers
       if not _known(history, key) and not any(_known(history, caused_action(base, t)) for t in tools):
         unusual.append(key)
       elif agg.action_category.get(key, '') in WRITE_CATEGORIES + ('data_read',):
-        scopes = history.unseen_scopes(s[5] for s in agg.evidence.get('a' + key, ()) if s[5])
+        resources = sorted({smp[5] for smp in agg.evidence.get('a' + key, ()) if smp[5]})
+        scopes = set(history.unseen_scopes(resources))
         if scopes:
-          elsewhere.append((key, scopes))
+          elsewhere.append((key, [r for r in resources if resource_scope(r) in scopes]))
   if not unusual and not elsewhere:
     return None
   unusual.sort(key=lambda k: (-agg.actions[k], k))
