@@ -173,6 +173,10 @@ def test_a_principal_listed_in_runs_as_is_registered_with_its_agent_s_owner(tmp_
       'data@example.com', 'finance', 'workload_identity')  # agent-a sorts first
   assert rows[SHARED]['display_name'] == 'runs agent-a' and rows[SHARED]['runs_as'] == []
   assert AgentPrincipals.from_rows(rows.items()).agents_of == {ROLE: ('agent-a',), SHARED: ('agent-a', 'agent-b')}
+  # a session ARN in runs_as stands for its role, as the CloudTrail parser names the records
+  path.write_text('identity,identity_type,owner,team,environment,runs_as\n'
+                  'agent-c,ai_agent,o@example.com,t,prod,arn:aws:sts::111122223333:assumed-role/agent-ops/i-0abc\n')
+  assert dict(read_inventory(str(path)))['agent-c']['runs_as'] == [SHARED]
 
 
 def test_gcp_and_kubernetes_records_join_by_time_and_by_the_agent_id_in_their_user_agent():
