@@ -77,6 +77,10 @@ def validate_limits(options: PipelineOptions) -> None:
   readers = options.view_as(PubSubSourceOptions).pubsub_readers
   if readers < 1:
     raise OptionsError(f'--pubsub-readers {readers} is out of range (at least 1)')
+  j = options.view_as(AgentJoinOptions)
+  for flag, value, least in (('--join-clock-skew', j.join_clock_skew, 0), ('--join-window', j.join_window, 1)):
+    if value < least:
+      raise OptionsError(f'{flag} {value:g} is out of range (at least {least})')
 
 
 def validate_watch(options: PipelineOptions) -> None:

@@ -214,3 +214,13 @@ def test_gcp_and_kubernetes_records_join_by_time_and_by_the_agent_id_in_their_us
   derived, _ = attribute(ksa, principals.agents_of[ksa], spans, [k], 2.0)
   assert [(e.identity, e.action, e.acting_for) for e in derived if '@cloud' not in e.action] == [
       ('agent-h', k.action + '@fetch', 'time')]
+
+
+def test_bad_join_flags_are_refused_before_launch():
+  from postauth.pipeline import options as opts
+  from postauth.pipeline.jobs import pipeline_options
+  opts.validate_limits(pipeline_options(['--join-clock-skew=0', '--join-window=60']))
+  with pytest.raises(opts.OptionsError, match='--join-clock-skew -1 is out of range'):
+    opts.validate_limits(pipeline_options(['--join-clock-skew=-1']))
+  with pytest.raises(opts.OptionsError, match='--join-window 0 is out of range'):
+    opts.validate_limits(pipeline_options(['--join-window=0']))

@@ -533,3 +533,5 @@ def test_reader_slots_are_a_checked_flag_with_one_pull_loop_by_default():
   assert pull_settings(pipeline_options(['--pubsub-readers=3']).view_as(PubSubSourceOptions)).readers == 3
   with _pytest.raises(opts.OptionsError, match='--pubsub-readers 0 is out of range'):
     opts.validate_limits(pipeline_options(['--pubsub-readers=0']))
+  assert pull_settings(pipeline_options([]).view_as(PubSubSourceOptions)).interval == 1.0
+  assert pull_settings(pipeline_options(['--pubsub-pull-interval=0.2']).view_as(PubSubSourceOptions)).interval == 0.2

@@ -180,6 +180,10 @@ class PubSubSourceOptions(PipelineOptions):
     parser.add_argument('--pubsub-max-messages', dest='pubsub_max_messages', type=int, default=500,
                         help='Messages per pull (DirectRunner: per bundle; sdf reader: per pull, up '
                              'to 20 pulls per round while the backlog lasts).')
+    parser.add_argument('--pubsub-pull-interval', dest='pubsub_pull_interval', type=float, default=1.0,
+                        help='sdf reader: seconds between pull rounds once a pull came back short (default '
+                             '1). Each round is a bundle every later step pays for on Prism and Flink; '
+                             'a backlog is read without waiting (full pulls go on at once).')
     parser.add_argument('--pubsub-readers', dest='pubsub_readers', type=int, default=1,
                         help='sdf reader: pull loops on the subscription, each a part a runner can '
                              'run on its own worker. The watermark is the least of the parts\' and a '

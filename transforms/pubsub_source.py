@@ -162,6 +162,7 @@ def pull_settings(options):
   from postauth.transforms.pubsub_sdf import PullSettings
   return PullSettings(timestamp_attribute=options.timestamp_attribute,
                       max_messages=options.pubsub_max_messages,
+                      interval=options.pubsub_pull_interval,
                       readers=options.pubsub_readers,
                       max_delay=options.watermark_max_delay,
                       idle_seconds=options.watermark_idle_seconds,

@@ -53,7 +53,7 @@ class PullSettings(typing.NamedTuple):
   timestamp_attribute: Optional[str] = None
   max_messages: int = 500
   max_pulls: int = 20  # pulls per process() call while each one comes back full
-  interval: float = 0.2  # seconds between pull rounds once a pull came back short
+  interval: float = 1.0  # seconds between pull rounds once a pull came back short
   max_delay: int = 60
   idle_seconds: float = 10.0
   idle_limit: int = 14400

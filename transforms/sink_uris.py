@@ -146,6 +146,7 @@ def validate_io(options: PipelineOptions) -> None:
                           ('--watermark-idle-seconds', ps.watermark_idle_seconds,
                            ps.watermark_idle_seconds > 0),
                           ('--pubsub-max-messages', ps.pubsub_max_messages, ps.pubsub_max_messages >= 1),
+                          ('--pubsub-pull-interval', ps.pubsub_pull_interval, 0 < ps.pubsub_pull_interval <= 60),
                           ('--publish-retries', so.publish_retries, so.publish_retries >= 1),
                           ('--publish-backoff', so.publish_backoff, so.publish_backoff >= 0),
                           ('--publish-timeout', so.publish_timeout, so.publish_timeout > 0)):
