@@ -129,6 +129,11 @@ class WindowAggregate:
     self.identity_type = self.identity_type or e.identity_type
     return self
 
+  def listing(self, actions: List[str], limit: int = 5) -> str:
+    """'action xN, ...' for the first ``limit`` actions, then how many more: how rules name calls."""
+    shown = ', '.join(f'{a} x{self.actions.get(a, 0)}' for a in actions[:limit])
+    return shown + (f' and {len(actions) - limit} more' if len(actions) > limit else '')
+
   @property
   def evidence(self) -> evidence_sample.Store:
     """The evidence sample (merged now from the parts ``merge(lazy=True)`` left pending)."""

@@ -268,6 +268,10 @@ class IdentityProfile:
     """Whether ``value`` (an action, resource, network, agent or region) is in the seen-set."""
     return (seen_key(value) if field in HASHED_SEEN else value) in self.seen[field]
 
+  def seen_count(self, field: str, value: str) -> int:
+    """How often ``value`` was seen (events summed over the windows folded); 0 if never."""
+    return int(self.seen[field].get(seen_key(value) if field in HASHED_SEEN else value, 0))
+
   def unseen_families(self, resources: Iterable[str]) -> Dict[str, int]:
     """Resource families of ``resources`` this identity never touched: family -> resources in it."""
     seen = self.seen['families']

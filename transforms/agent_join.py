@@ -33,7 +33,6 @@ runtime within seconds, audit logs within minutes.
 """
 from __future__ import annotations
 
-import logging
 import typing
 from typing import Dict, FrozenSet, Iterable, Iterator, List, Optional, Tuple
 
@@ -48,7 +47,6 @@ from postauth.domain.event import Event
 from postauth.domain.tool_calls import CLOUD_CALL, NO_TOOL_CALL, TOOLS_JOINED, caused_action
 from postauth.transforms.inventory import read_inventory
 
-_LOG = logging.getLogger('postauth')
 SPAN_PROVIDER = 'otel'
 JOIN_BASES = ('source_identity', 'user_agent', 'session_name', 'time')
 
@@ -115,12 +113,12 @@ def attribute(principal: str, agents: Tuple[str, ...], spans: List[Event],
   counts = dict.fromkeys(('attributed', 'ambiguous', 'outside', 'backed'), 0)
   spans = sorted({s.tool_call: s for s in spans if s.identity in agents}.values(),
                  key=lambda s: (s.event_time, s.tool_call))
+  ranges = [(s, *_range(s, skew)) for s in spans]
   out: List[Event] = []
   backed: Dict[str, Event] = {}
   for call in sorted(calls, key=lambda c: (c.event_time, c.event_id)):
     named, key = _strong_agent(call, agents)
-    live = [s for s in spans if (named is None or s.identity == named)
-            and _range(s, skew)[0] <= call.event_time <= _range(s, skew)[1]]
+    live = [s for s, lo, hi in ranges if (named is None or s.identity == named) and lo <= call.event_time <= hi]
     if not live:
       counts['outside'] += 1
       for agent in (named,) if named else agents:
@@ -247,21 +245,16 @@ class JoinAgentCalls(beam.PTransform):
     if not self._principals.agents_of:
       return events
     keyed = events | 'KeyByPrincipal' >> beam.ParDo(_KeyForJoin(self._principals, self._skew, self._window))
-    if events.is_bounded:
-      grouped = (keyed | 'JoinWindows' >> beam.WindowInto(window.FixedWindows(self._window))
-                 | 'GroupByPrincipal' >> beam.GroupByKey())
-      derived = grouped | 'Attribute' >> beam.ParDo(
-          _AttributeFn(self._principals, self._skew)).with_output_types(Event)
-    else:
-      grouped = (keyed
-                 | 'JoinWindows' >> beam.WindowInto(
-                     window.FixedWindows(self._window),
-                     trigger=trigger.AfterWatermark(late=trigger.AfterCount(1)),
-                     accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
-                     timestamp_combiner=window.TimestampCombiner.OUTPUT_AT_EARLIEST,
-                     allowed_lateness=Duration(seconds=self._lateness))
-                 | 'GroupByPrincipal' >> beam.GroupByKey())
-      derived = grouped | 'Attribute' >> beam.ParDo(
-          _AttributeOnceFn(self._principals, self._skew)).with_output_types(Event)
+    late, attribute_fn = {}, _AttributeFn
+    if not events.is_bounded:  # a firing per late element; state keeps what earlier ones emitted
+      late = dict(trigger=trigger.AfterWatermark(late=trigger.AfterCount(1)),
+                  accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
+                  timestamp_combiner=window.TimestampCombiner.OUTPUT_AT_EARLIEST,
+                  allowed_lateness=Duration(seconds=self._lateness))
+      attribute_fn = _AttributeOnceFn
+    derived = (keyed
+               | 'JoinWindows' >> beam.WindowInto(window.FixedWindows(self._window), **late)
+               | 'GroupByPrincipal' >> beam.GroupByKey()
+               | 'Attribute' >> beam.ParDo(attribute_fn(self._principals, self._skew)).with_output_types(Event))
     derived = derived | 'BackToGlobal' >> beam.WindowInto(window.GlobalWindows())
     return (events, derived) | 'WithDerived' >> beam.Flatten()

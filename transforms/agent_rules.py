@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Tuple
 from postauth.domain.origin import agent_family, network_of
 from postauth.domain.taxonomy import HIGH_IMPACT_CATEGORIES, SENSITIVE_CATEGORIES
 from postauth.domain.tool_calls import CLOUD_CALL, NO_TOOL_CALL, caused_action, split_caused, tools_of
-from postauth.models.profile import resource_scope, seen_key
+from postauth.models.profile import resource_scope
 
 # A tool "normally makes a cloud call" when the history saw it this often, and saw it end with
 # no record behind it at most this share of the time.
@@ -38,12 +38,7 @@ def _known(history, key: str) -> bool:
 
 
 def _seen_count(history, key: str) -> int:
-  return int(history.seen['actions'].get(seen_key(key), 0)) if history is not None else 0
-
-
-def _listing(agg, keys: List[str], limit: int = 5) -> str:
-  shown = ', '.join(f'{k} x{agg.actions[k]}' for k in keys[:limit])
-  return shown + (f' and {len(keys) - limit} more' if len(keys) > limit else '')
+  return history.seen_count('actions', key) if history is not None else 0
 
 
 def agent_credential_used_outside_agent(window, context: Dict, history, config, peers=None) -> Optional[Dict]:
@@ -79,7 +74,7 @@ def agent_credential_used_outside_agent(window, context: Dict, history, config, 
   if new_clients:
     where.append(f'with {", ".join(new_clients[:2])}, a client it never used')
   return {'rule': 'agent_credential_used_outside_agent', 'severity': severity, 'actions': new[:20],
-          'detail': f'{_listing(agg, new)} made with its credential while none of its tool calls was '
+          'detail': f'{agg.listing(new)} made with its credential while none of its tool calls was '
                     f'in flight, never seen before outside a tool call'
                     + ('; ' + '; '.join(where) if where else '')}
 
@@ -122,7 +117,7 @@ def agent_tool_caused_unusual_call(window, context: Dict, history, config, peers
     severity = 'low'
   parts = []
   if unusual:
-    parts.append(f'{_listing(agg, unusual)}: cloud calls these tools never made before')
+    parts.append(f'{agg.listing(unusual)}: cloud calls these tools never made before')
   if elsewhere:
     parts.append('; '.join(f'{k} x{agg.actions[k]} in {", ".join(sc[:3])}' for k, sc in elsewhere[:4])
                  + ': usual calls of these tools, on resources where this agent never worked')

@@ -30,6 +30,7 @@ import fastavro
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from postauth.transforms.formats.cloudtrail import session_role
 from postauth.transforms.updates import PeriodicReads, PolledRead
 from postauth.transforms.updates import newest as updates_newest
 from postauth.transforms.windowing import IdentityWindow
@@ -69,15 +70,6 @@ def _split_patterns(value: Any) -> List[str]:
   return [p.strip() for p in items if p and p.strip()]
 
 
-def _session_role(principal: str) -> str:
-  """An AWS assumed-role session ARN as the role ARN its records are canonicalised to (the
-  CloudTrail parser's rule); any other principal as written."""
-  head, sep, rest = principal.partition(':assumed-role/')
-  if not sep or ':sts:' not in head:
-    return principal
-  return head.replace(':sts:', ':iam:') + ':role/' + rest.split('/')[0]
-
-
 def normalise(row: Dict[str, Any]) -> Dict[str, Any]:
   """One inventory row in the shape every consumer reads (text fields, pattern lists)."""
   out: Dict[str, Any] = {}
@@ -92,7 +84,7 @@ def normalise(row: Dict[str, Any]) -> Dict[str, Any]:
     out.setdefault(k, '')
   for k in LIST_FIELDS:
     out.setdefault(k, [])
-  out['runs_as'] = [_session_role(p) for p in out['runs_as']]
+  out['runs_as'] = [session_role(p) for p in out['runs_as']]  # as the CloudTrail parser names them
   out['status'] = (out['status'] or 'active').lower()
   out['criticality'] = out['criticality'].lower()
   out['environment'] = out['environment'].lower()

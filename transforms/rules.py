@@ -39,12 +39,6 @@ def _actions_in(agg, categories: Sequence[str]) -> List[str]:
                 key=lambda a: (-agg.actions.get(a, 0), a))
 
 
-def _listing(agg, actions: List[str], limit: int = 5) -> str:
-  shown = ', '.join(f'{a} x{agg.actions.get(a, 0)}' for a in actions[:limit])
-  more = f' and {len(actions) - limit} more' if len(actions) > limit else ''
-  return shown + more
-
-
 def out_of_scope(window, context: Dict, history, config: RuleConfig, peers=None) -> Optional[Dict]:
   """Actions or services outside the inventory's expected patterns.
 
@@ -91,7 +85,7 @@ def out_of_scope(window, context: Dict, history, config: RuleConfig, peers=None)
   elif sensitive_new and severity == 'low':
     why = '; routine for other identities of the fleet, on resources of kinds it already uses'
   return {'rule': 'out_of_scope', 'severity': severity, 'actions': outside[:20],
-          'detail': f'{_listing(agg, outside)} outside the declared scope ({declared}){why}'}
+          'detail': f'{agg.listing(outside)} outside the declared scope ({declared}){why}'}
 
 
 def agent_identity_claimed_by_other_service(window, context: Dict, history, config: RuleConfig,
@@ -131,7 +125,7 @@ def disabled_identity_active(window, context: Dict, history, config: RuleConfig,
     return None
   return {'rule': 'disabled_identity_active', 'severity': 'critical', 'actions': list(agg.actions)[:20],
           'detail': f'inventory status is {status!r} but {agg.count - agg.errors} calls succeeded '
-                    f'({_listing(agg, sorted(agg.actions, key=lambda a: (-agg.actions[a], a)), 3)})'}
+                    f'({agg.listing(sorted(agg.actions, key=lambda a: (-agg.actions[a], a)), 3)})'}
 
 
 def dormant_identity_revived(window, context: Dict, history, config: RuleConfig, peers=None) -> Optional[Dict]:
@@ -148,7 +142,7 @@ def dormant_identity_revived(window, context: Dict, history, config: RuleConfig,
   return {'rule': 'dormant_identity_revived', 'severity': 'high' if sensitive else 'medium',
           'actions': sorted(agg.actions, key=lambda a: (-agg.actions[a], a))[:20],
           'detail': f'active again after {gap / DAY:.0f} days of silence (last seen {when}); '
-                    f'{agg.count} calls' + (f', sensitive: {_listing(agg, sensitive, 3)}' if sensitive else '')}
+                    f'{agg.count} calls' + (f', sensitive: {agg.listing(sensitive, 3)}' if sensitive else '')}
 
 
 def new_network_beside_usual(window, context: Dict, history, config: RuleConfig, peers=None) -> Optional[Dict]:
@@ -217,7 +211,7 @@ def access_denied_sweep(window, context: Dict, history, config: RuleConfig, peer
   return {'rule': 'access_denied_sweep', 'severity': 'medium', 'actions': novel[:20],
           'detail': f'{len(novel)} never-seen actions over {len(services)} services '
                     f'({", ".join(services[:8])}), {agg.errors} of {agg.count} calls failed: '
-                    f'{_listing(agg, novel)}'}
+                    f'{agg.listing(novel)}'}
 
 
 # Categories that move data to someone or somewhere: what exfiltration ends with.
@@ -247,7 +241,7 @@ def collect_and_send(window, context: Dict, history, config: RuleConfig, peers=N
   actions = _actions_in(agg, SEND_CATEGORIES)
   return {'rule': 'collect_and_send', 'severity': 'medium', 'actions': actions[:20],
           'detail': f'{sum(families.values())} resources in {len(families)} kinds never touched before '
-                    f'({", ".join(shown)}) and {sent} calls sending data out ({_listing(agg, actions)}); '
+                    f'({", ".join(shown)}) and {sent} calls sending data out ({agg.listing(actions)}); '
                     f'at most {most} of one kind in any earlier window'}
 
 
@@ -267,7 +261,7 @@ def _nhi_category_rule(name: str, category: str, what: str):
       note = peer_note(actions[0], peers)
       absence = f'; {actions[0]}: {note}' if note else ''
     return {'rule': name, 'severity': 'high' if first else 'low', 'actions': actions[:20],
-            'detail': f'non-human identity {what}: {_listing(agg, actions)}'
+            'detail': f'non-human identity {what}: {agg.listing(actions)}'
                       + ('; never before' + absence if first else f'; routine (up to {before} per window before)')}
   rule.__name__ = name
   rule.__doc__ = f'A non-human identity {what}.'

@@ -59,6 +59,14 @@ _RESOURCE_KEYS = (
     'destination', 'streamName', 'modelId', 'parameterName')
 
 
+def session_role(arn: str) -> str:
+  """arn:aws:sts::ACCT:assumed-role/ROLE/SESSION -> arn:aws:iam::ACCT:role/ROLE; others as they are."""
+  if ':assumed-role/' not in arn:
+    return arn
+  head, _, rest = arn.partition(':assumed-role/')
+  return head.replace(':sts:', ':iam:') + ':role/' + rest.split('/')[0]
+
+
 def canonical_identity(ui: dict, account: str = '') -> str:
   """The stable identity behind a CloudTrail principal.
 
@@ -73,13 +81,7 @@ def canonical_identity(ui: dict, account: str = '') -> str:
     issuer = (ui.get('sessionContext') or {}).get('sessionIssuer') or {}
     if isinstance(issuer, dict) and issuer.get('arn'):
       return text(issuer['arn'])
-    arn = text(ui.get('arn'))
-    # arn:aws:sts::ACCT:assumed-role/ROLE/SESSION -> arn:aws:iam::ACCT:role/ROLE
-    if ':assumed-role/' in arn:
-      head, _, rest = arn.partition(':assumed-role/')
-      role = rest.split('/')[0]
-      return head.replace(':sts:', ':iam:') + ':role/' + role
-    return arn
+    return session_role(text(ui.get('arn')))
   if kind == 'AWSService':
     return 'aws-service:' + text(ui.get('invokedBy') or ui.get('principalId'))
   arn = text(ui.get('arn'))
