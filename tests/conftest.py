@@ -11,6 +11,14 @@ import pytest
 SHARED_DATA = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data'))
 FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures')
 
+def missing_tool(message: str, provided_by: str = 'make test builds it first') -> None:
+  """A tool the tests need is absent: skip with how to get it, but fail under CI=true, where
+  ``make test`` provides every tool before the tests run."""
+  if os.environ.get('CI', '').lower() == 'true':
+    pytest.fail(f'{message} (CI=true: {provided_by})')
+  pytest.skip(message)
+
+
 
 def streaming_options():
   """PipelineOptions of a streaming job (TestStream pipelines)."""

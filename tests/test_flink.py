@@ -22,6 +22,7 @@ from postauth.pipeline.jobs import pipeline_options
 # Fixtures and helpers shared with the portable-runner, Prism and end-to-end tests.
 from test_end_to_end import _assert_attacks_on_top, _detect as _detect_sorted  # noqa: F401
 from test_runners import _detect, fnapi_batch  # noqa: F401
+from conftest import missing_tool
 
 # An embedded Flink cluster in the job server's JVM; the SDK harness is this process.
 FLINK = ['--runner=FlinkRunner', '--flink_master=[local]', '--environment_type=LOOPBACK',
@@ -39,9 +40,7 @@ def flink_jar():
       pytest.skip('Flink not tested here: ' + ' '.join(f.read().split()) + ' (`make flink` asks again)')
   message = (f'no Flink job server jar at {flink.jar_path()}: run `make flink` '
              f'(mvn dependency:copy -Dartifact={flink.coordinates()}:jar)')
-  if os.environ.get('CI', '').lower() == 'true':
-    pytest.fail(message + ' (CI=true: make test fetches it first)')
-  pytest.skip(message)
+  missing_tool(message, 'make test fetches it first')
 
 
 # -- what `make flink` fetches and where the CLI looks for it (no jar needed) --------------------

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 
 import apache_beam as beam
-import pytest
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.testing.util import assert_that, equal_to
 
@@ -24,6 +23,7 @@ from postauth.transforms.lateness import beam_lateness
 from postauth.transforms.windowing import IdentityWindows
 from postauth.pipeline.prism import without_timer_splits
 from scripted_stream import ScriptedStream
+from conftest import missing_tool
 
 D0 = 1_800_028_800 - 1_800_028_800 % DAY  # midnight UTC
 H, Q = 3600, 900
@@ -150,9 +150,7 @@ def _history_views(windows):
 
 def _prism_argv():
   if prism.local_binary() is None:
-    if os.environ.get('CI', '').lower() == 'true':
-      pytest.fail('no Prism binary: make test builds it first')
-    pytest.skip(f'no Prism binary at {prism.binary_path()}: run `make prism`')
+    missing_tool(f'no Prism binary at {prism.binary_path()}: run `make prism`')
   return ['--runner=PrismRunner', f'--prism_location={prism.local_binary()}']
 
 

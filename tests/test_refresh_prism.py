@@ -26,6 +26,7 @@ from postauth.transforms.updates import refresh_by_polling
 from postauth.transforms.watch import WatchFiles
 from postauth.transforms.windowing import IdentityWindows
 from postauth.pipeline.prism import without_timer_splits
+from conftest import missing_tool
 
 HEADER = 'identity,identity_type,owner,team,environment,expected_services\n'
 T0 = 1_780_000_000 - 1_780_000_000 % 3600
@@ -44,9 +45,7 @@ def _event(identity: str, t: float, i: int) -> dict:
 def prism_binary():
   path = prism.local_binary()
   if path is None:
-    if os.environ.get('CI', '').lower() == 'true':
-      pytest.fail('no Prism binary: make test builds it first (make prism)')
-    pytest.skip(f'no Prism binary at {prism.binary_path()}: run `make prism`')
+    missing_tool(f'no Prism binary at {prism.binary_path()}: run `make prism`')
   return path
 
 

@@ -4,7 +4,6 @@ already passed would be dropped by its window, so every window's count must be e
 from __future__ import annotations
 
 import json
-import os
 
 import apache_beam as beam
 import pytest
@@ -15,6 +14,7 @@ from apache_beam.transforms import window
 from postauth.pipeline import prism
 from postauth.pipeline.jobs import pipeline_options
 from postauth.transforms.replay import ReplayFiles
+from conftest import missing_tool
 
 T0 = 1_780_000_000 - 1_780_000_000 % 3600  # an hour boundary
 # 3 files, records out of order across and within files, gaps of empty steps between bursts
@@ -62,9 +62,7 @@ def test_replay_on_the_fnapi_runner_counts_every_record(tmp_path):
 
 def test_replay_on_prism_loses_no_record(tmp_path):
   if prism.local_binary() is None:
-    if os.environ.get('CI', '').lower() == 'true':
-      pytest.fail('no Prism binary: make test builds it first')
-    pytest.skip(f'no Prism binary at {prism.binary_path()}: run `make prism`')
+    missing_tool(f'no Prism binary at {prism.binary_path()}: run `make prism`')
   _run(_write(tmp_path), ['--runner=PrismRunner', f'--prism_location={prism.local_binary()}'])
 
 
