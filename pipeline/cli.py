@@ -12,7 +12,7 @@ from typing import List, Optional
 from postauth.pipeline import quiet  # noqa: F401  (first: imports Beam without its apitools warning)
 
 from postauth.pipeline import options as opts
-from postauth.pipeline import stop, summary
+from postauth.pipeline import collector, stop, summary
 from postauth.pipeline.jobs import run, run_pipeline, train
 
 USAGE = """postauth <command> [flags]
@@ -178,6 +178,7 @@ def main(argv: Optional[List[str]] = None) -> int:
   logging.getLogger('postauth').setLevel(logging.INFO)  # progress of long stages (train, retrain)
   from postauth.models.artifact import ArtifactError
   from postauth.models.model import ConfigError
+  collector.settle_before_job()
   try:
     return COMMANDS[command](rest)
   except (opts.OptionsError, ArtifactError, ConfigError) as e:

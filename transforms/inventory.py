@@ -209,10 +209,10 @@ class InventorySnapshots(beam.PTransform):
               | 'Gather' >> beam.GroupByKey()
               | 'ToSnapshot' >> beam.Map(lambda kv: snapshot_of(with_agent_principals(
                   (r['identity'], r) for r in kv[1] if r['identity']), time.time())))
-    path = self._path
+    path = self._path  # an Impulse, not a Create: no reshuffle step for one path
     return (pbegin
-            | 'InventoryPath' >> beam.Create([path])
-            | 'ReadInventory' >> beam.Map(read_snapshot))
+            | 'Impulse' >> beam.Impulse()
+            | 'ReadInventory' >> beam.Map(lambda _: read_snapshot(path)))
 
 
 class InventoryRefresh(beam.PTransform):
@@ -314,6 +314,7 @@ class ReadInventory(beam.PTransform):
     self._path = path
 
   def expand(self, pbegin):
+    path = self._path
     return (pbegin
-            | 'InventoryPath' >> beam.Create([self._path])
-            | 'ReadInventoryRows' >> beam.FlatMap(read_inventory))
+            | 'Impulse' >> beam.Impulse()
+            | 'ReadInventoryRows' >> beam.FlatMap(lambda _: read_inventory(path)))

@@ -347,9 +347,12 @@ class ParseFiles(beam.PTransform):
     parse = beam.ParDo(self._fn)
     if self._panes:
       parse = parse.with_output_types(PANE_PART)
+    pattern = self._pattern
     return (
-        pbegin
-        | 'MatchFiles' >> fileio.MatchFiles(self._pattern)
+        pbegin  # fileio.MatchFiles less its Create: an Impulse needs no reshuffle for one pattern
+        | 'Impulse' >> beam.Impulse()
+        | 'Pattern' >> beam.Map(lambda _: pattern)
+        | 'MatchFiles' >> fileio.MatchAll()
         | 'ReadMatches' >> fileio.ReadMatches()
         | 'Reshuffle' >> beam.Reshuffle()
         | 'ParseFile' >> parse.with_outputs(DEAD_LETTER, main='events'))

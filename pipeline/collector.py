@@ -1,0 +1,37 @@
+"""Python's cyclic garbage collector, set for a short-lived job process.
+
+Why: after ``import apache_beam`` a process holds ~1,900 modules and their objects, and a
+job adds the model and the pipeline graph. Every full collection walks all of them again,
+and so does the final collection at interpreter exit: 0.23 s of an empty Beam job's 0.96 s
+on this project's machine. None of those objects ever becomes garbage while the job runs.
+
+``settle_before_job`` moves everything alive to the permanent generation (``gc.freeze``) so
+later collections skip it, and raises the young generation's threshold so a job that
+allocates millions of short-lived tuples and dicts collects every 100,000 allocations rather
+than every 700. ``skip_final_collection`` freezes again at exit: the process ends
+without the last walk; atexit handlers, file flushes and reference-counted frees still run
+(only objects in reference cycles are left for the OS to reclaim, as at any exit).
+
+Invariants: collection still runs (cycles made by the job are freed); nothing here changes
+a result, only when the collector walks. It is the launching process's setting: workers
+started by a runner (Dataflow, Flink, Prism's external workers) keep their defaults.
+"""
+from __future__ import annotations
+
+import atexit
+import gc
+
+YOUNG_THRESHOLD = 100_000
+
+
+def settle_before_job() -> None:
+  """Freeze what is alive now (imports, options) and collect the young generation less often."""
+  gc.freeze()
+  young, middle, old = gc.get_threshold()
+  gc.set_threshold(max(YOUNG_THRESHOLD, young), middle, old)
+  atexit.register(skip_final_collection)
+
+
+def skip_final_collection() -> None:
+  """Registered at exit: the interpreter's final walk skips what is alive at the end."""
+  gc.freeze()
