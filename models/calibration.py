@@ -88,16 +88,17 @@ class FeatureDistribution:
     """P(training value >= x) per feature; rows are windows, columns features."""
     X = np.atleast_2d(np.asarray(X, dtype=np.float64))
     floor = 1.0 / (self.n + 1)
-    out = np.empty_like(X)
-    last = len(QUANTILE_LEVELS) - 1
-    for i in range(X.shape[1]):
-      q, v = self.quantiles[i], X[:, i]
-      below = np.searchsorted(q, v, side='left') / last
-      p = np.maximum(1.0 - np.minimum(below, 1.0), floor)
-      beyond = v > q[-1]
-      p[beyond] = floor * np.exp(-(v[beyond] - q[-1]) / self.scales[i])
-      out[:, i] = p
-    return out
+    last = self.quantiles.shape[1] - 1
+    # All features at once: a feature's training quantiles below x, as searchsorted(side='left')
+    # counts them (NaN sorts after every quantile).
+    below = (self.quantiles[None, :, :] < X[:, :, None]).sum(axis=2)
+    below = np.where(np.isnan(X), last + 1, below) / last
+    p = np.maximum(1.0 - np.minimum(below, 1.0), floor)
+    top = self.quantiles[:, -1]
+    beyond = X > top
+    with np.errstate(over='ignore', invalid='ignore'):
+      decayed = floor * np.exp(-(X - top) / self.scales)
+    return np.where(beyond, decayed, p)
 
   def rarity(self, X: np.ndarray) -> np.ndarray:
     """-log10 tail probabilities of the three rarest features, with diminishing weight."""

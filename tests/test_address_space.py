@@ -209,3 +209,16 @@ def test_a_table_without_prefixes_from_an_older_model_answers():
   assert _standing('52.94.133.0/24', fleet=old, own=own)[0] == FOREIGN
   assert old.view('AssumedRole', own['pods-a']).range_users('10.53.0.0/16') == (0, 7)
   assert FleetProfile().view('x', None).network_standing('10.0.0.0/24')[0] == FOREIGN  # no fleet at all
+
+
+@pytest.mark.parametrize('text', ['1.2.3.4', '0.0.0.0', '255.255.255.255', '10.0.0.1', '256.1.1.1', '01.2.3.4',
+                                  '1.2.3.04', '1.2.3', '1.2.3.4.5', '1..3.4', '+1.2.3.4', ' 1.2.3.4',
+                                  '\u0661.2.3.4', '::1', '2001:db8::1', 'ec2.amazonaws.com', ''])
+def test_network_of_reads_dotted_quads_as_ipaddress_does(text):
+  import ipaddress
+  try:
+    addr = ipaddress.ip_address(text)
+    expected = str(ipaddress.ip_network(f'{text}/{24 if addr.version == 4 else 48}', strict=False))
+  except ValueError:
+    expected = text.lower()[:128]
+  assert network_of.__wrapped__(text) == expected

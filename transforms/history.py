@@ -91,6 +91,22 @@ def _fold_order(wc) -> Tuple[float, float, int]:
   return wc[0].window_end, wc[0].window_start, wc[0].firing
 
 
+def _take_due(pending, until: float, order=None) -> List:
+  """The pending windows whose end is due by ``until``, in fold order, taken out of
+  ``pending``; the rest stay, and ``order`` (if given) is set for the first of them."""
+  waiting = sorted(pending.read(), key=_fold_order)
+  if not waiting:
+    return []
+  due = [wc for wc in waiting if wc[0].window_end - EPSILON <= until + 1e-3]  # a prefix: sorted by end
+  rest = waiting[len(due):]
+  pending.clear()
+  for wc in rest:
+    pending.add(wc)
+  if rest and order is not None:
+    order.set(Timestamp.of(rest[0][0].window_end - EPSILON))
+  return due
+
+
 class _HistoryFn(beam.DoFn):
   """What both paths share: the model's profiles as starting points and the per-window step."""
 
@@ -215,15 +231,7 @@ class TrackHistoryFn(_HistoryFn):
   def fold(self, fired=beam.DoFn.TimestampParam, key=beam.DoFn.KeyParam,
            pending=beam.DoFn.StateParam(PENDING), state=beam.DoFn.StateParam(HISTORY),
            expire=beam.DoFn.TimerParam(EXPIRE), order=beam.DoFn.TimerParam(ORDER)):
-    now = float(fired)
-    waiting = sorted(pending.read(), key=_fold_order)
-    due = [wc for wc in waiting if wc[0].window_end - EPSILON <= now + 1e-3]
-    rest = waiting[len(due):]
-    pending.clear()
-    for wc in rest:
-      pending.add(wc)
-    if rest:
-      order.set(Timestamp.of(rest[0][0].window_end - EPSILON))
+    due = _take_due(pending, float(fired), order)
     if due:
       yield from self._fold(key, due, state, expire)
 
@@ -242,9 +250,8 @@ class TrackHistoryFn(_HistoryFn):
     ``departed``, the state is cleared. (A window resets the timer, so this one is current.)
     Windows still waiting for their turn (a watermark jump fired this timer first) are folded
     instead, and the timer follows them."""
-    waiting = sorted(pending.read(), key=_fold_order)
+    waiting = _take_due(pending, math.inf)
     if waiting:
-      pending.clear()
       yield from self._fold(key, waiting, state, expire)
       return
     stored = state.read()
@@ -271,7 +278,7 @@ class WalkHistoryFn(_HistoryFn):
 
   def process(self, kv):
     identity, items = kv
-    yield from self._walk(identity, None, sorted(items, key=lambda wc: (wc[0].window_end, wc[0].window_start)))[1]
+    yield from self._walk(identity, None, sorted(items, key=_fold_order))[1]
 
 
 class TrackHistory(beam.PTransform):
