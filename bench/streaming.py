@@ -6,6 +6,8 @@
 Generates a labelled CloudTrail sample, trains a model, runs batch detection on the live day
 (the reference findings), starts the local Pub/Sub server (pstest), then for each runner:
 
+0. batch: `postauth run` (FnApiRunner) on the same live events, CPU-seconds of its process tree,
+   start-up included: the baseline of the drain's events per CPU-second;
 1. drain: the whole live day is published at once (timestamp attribute = eventTime) to a fresh
    subscription of a job that is already pulling; reported: the seconds until every event is in
    ``--events-out`` (read, parsed, deduplicated, written), events/s of wall time, and events per
@@ -16,7 +18,8 @@ Generates a labelled CloudTrail sample, trains a model, runs batch detection on 
    its close (run end + one window size + --watermark-max-delay); reported: the delay from
    publishing that message to the finding arriving on the findings topic.
 
-Ratios are Prism / BundleBasedDirectRunner. Both jobs read the inventory and model once.
+Ratios are Prism / BundleBasedDirectRunner, and each drain / the batch job. Both streaming jobs read the
+inventory and model once.
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ sys.path[:] = [ROOT] + [p for p in sys.path if os.path.abspath(p or '.') != BENC
 
 from bench.pubsub_setup import (FindingsReader, parse_time, prepare, publish_all,  # noqa: E402
                                 topic_and_sub, wait_ready)
+from bench.startup import timed  # noqa: E402
 from postauth.pipeline import local_pubsub  # noqa: E402
 from postauth.transforms.events_out import read_events_out  # noqa: E402
 
@@ -138,6 +142,21 @@ def drain(a, server, publisher, runner, bodies, expected, work, sample, model, f
   return out
 
 
+def batch(sample: str, model: str, work: str, n: int) -> dict:
+  """`postauth run` in batch on the same live events (FnApiRunner: the batch runner with the
+  least CPU per event, so the ratio is the strict one), CPU of its process tree, start-up included."""
+  scratch = tempfile.mkdtemp(prefix='batch-', dir=work)
+  out = timed([sys.executable, '-m', 'postauth.pipeline.cli', 'run', f'--events={sample}/live/*',
+               f'--inventory={sample}/inventory.csv', f'--model-dir={model}', '--runner=FnApiRunner',
+               f'--findings={scratch}/findings.jsonl', f'--dead-letters={scratch}/dead-letter.jsonl'], ROOT)
+  if 'error' in out:
+    raise RuntimeError(f'batch run failed: {out["error"]}')
+  out['events_per_cpu_s'] = n / out['cpu']
+  print(f'[batch FnApiRunner] {n} events in {out["wall"]:.1f}s, {out["cpu"]:.2f} CPU-s: '
+        f'{out["events_per_cpu_s"]:.0f} events per CPU-second', flush=True)
+  return out
+
+
 def replay(a, server, publisher, runner, bodies, expected, work, sample, model, first):
   job = Job(server, runner, work, sample, model,
             ['--watermark-idle-seconds=100000', f'--watermark-max-delay={a.max_delay}'])
@@ -191,7 +210,7 @@ def main():
   ap.add_argument('--tail', type=float, default=20.0, help='Seconds to keep reading after the replay.')
   ap.add_argument('--timeout', type=float, default=600.0)
   ap.add_argument('--runners', default=','.join(RUNNERS))
-  ap.add_argument('--phases', default='drain,replay')
+  ap.add_argument('--phases', default='batch,drain,replay')
   ap.add_argument('--no-events-out', action='store_true',
                   help='Run without --events-out (the sdf reader then acks at bundle finalization); '
                        'the drain then reports the findings time only.')
@@ -205,6 +224,8 @@ def main():
         f'{os.cpu_count()} cores on this machine', flush=True)
   runners = a.runners.split(',')
   results = {}
+  if 'batch' in a.phases:
+    results['batch'] = batch(sample, model, work, len(records))
   server = local_pubsub.LocalPubSub()
   with server, local_pubsub.emulator_host(server.host):
     from google.cloud import pubsub_v1
@@ -229,6 +250,12 @@ def main():
       r0, r1 = results[(base, 'replay')], results[(other, 'replay')]
       print(f'  replay median window-closing delay {r1["median"] / r0["median"]:.2f}x '
             f'({r1["median"]:.2f}s vs {r0["median"]:.2f}s)')
+  if 'batch' in a.phases and 'drain' in a.phases:
+    for runner in runners:
+      d = results[(runner, 'drain')]
+      print(f'  {runner} drain / batch events per CPU-second: {d["events_per_cpu_s"]:.0f} / '
+            f'{results["batch"]["events_per_cpu_s"]:.0f} = '
+            f'{d["events_per_cpu_s"] / results["batch"]["events_per_cpu_s"]:.2f}')
   print(f'\nwork dir: {work}')
 
 
