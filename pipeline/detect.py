@@ -25,6 +25,7 @@ from postauth.transforms.history import refire_horizon, TrackHistory
 from postauth.transforms.inventory import EnrichWindows, InventorySnapshots
 from postauth.transforms.lateness import beam_lateness
 from postauth.transforms.outputs import WriteDeadLetters, WriteFindings, WriteSuppressed
+from postauth.transforms.sinks import FileGathering
 from postauth.transforms.refresh_plan import plan_refreshes
 from postauth.transforms.rules import FLEET_CHANGE, UNREGISTERED, RuleConfig
 from postauth.transforms.agent_join import AgentPrincipals, JoinAgentCalls
@@ -79,13 +80,15 @@ def build_detection(p: beam.Pipeline, options: PipelineOptions) -> Dict[str, bea
 
   triaged = [anomalies, unregistered] + fleet | 'AllFindings' >> beam.Flatten() | 'Suppress' >> Suppress(det.allowlist)
   findings = triaged.findings | 'Deduplicate' >> DeduplicateFindings(det.dedup_period)
-  undelivered = findings | 'WriteFindings' >> WriteFindings(options)
-  triaged[SUPPRESSED] | 'WriteSuppressed' >> WriteSuppressed(options)
+  files = FileGathering()  # batch: the job's JSON-lines files, written by one step
+  undelivered = findings | 'WriteFindings' >> WriteFindings(options, files=files)
+  triaged[SUPPRESSED] | 'WriteSuppressed' >> WriteSuppressed(options, files=files)
   dead_letters = [source.dead_letter] + ([source.late] if source.late is not None else []) + undelivered
   if len(dead_letters) > 1:
     dead_letters = dead_letters | 'AllDeadLetters' >> beam.Flatten()
   else:
     dead_letters = dead_letters[0]
-  dead_letters | 'WriteDeadLetters' >> WriteDeadLetters(options)
+  dead_letters | 'WriteDeadLetters' >> WriteDeadLetters(options, files=files)
+  files.write()
   return {'findings': findings, 'dead_letter': dead_letters, 'events': source.events, 'late': source.late,
           'suppressed': triaged[SUPPRESSED]}

@@ -32,7 +32,7 @@ from postauth.transforms.options import EventOptions, PubSubSourceOptions, SinkO
 from postauth.transforms.compact import LatestVersions, compact_findings, latest_lines, versions_path
 from postauth.transforms.parse import dead_letter
 from postauth.transforms.versions import version_rank
-from postauth.transforms.sinks import (WriteJsonLines, WriteParts, WriteWholeFiles, compact_parts, parts_dir,
+from postauth.transforms.sinks import (FileGathering, WriteJsonLines, WriteParts, WriteWholeFiles, compact_parts, parts_dir,
                                       set_aside_parts)
 
 from postauth.transforms.sink_records import (avro_schema, bigquery_schema, dead_letter_record,
@@ -215,8 +215,11 @@ def bigquery_write(table: str, record_kind: str, method: str, streaming: bool, c
 # --- wiring -----------------------------------------------------------------------------------
 
 def apply_sinks(records, specs: List[SinkSpec], record_kind: str, streaming: bool,
-                options: PipelineOptions, label: str, bigquery_client=None) -> List[beam.PCollection]:
+                options: PipelineOptions, label: str, bigquery_client=None,
+                files: Optional[FileGathering] = None) -> List[beam.PCollection]:
   """Writes ``records`` (finding dicts or dead-letter JSON lines) to every sink in ``specs``.
+
+  ``files``: batch JSON-lines files join this job-wide gathering instead of a grouping each.
 
   Returns the dead-letter PCollections of failed deliveries (Pub/Sub publishes that
   failed after retries, BigQuery rows rejected). For the dead-letter sink itself
@@ -238,14 +241,19 @@ def apply_sinks(records, specs: List[SinkSpec], record_kind: str, streaming: boo
       else:
         latest = records if streaming else records | f'{name}Latest' >> LatestVersions()
         latest | f'{name}ToOcsf' >> beam.Map(to_ocsf_json) | name >> WriteJsonLines(spec.target, streaming)
-    elif spec.kind == 'jsonl' and is_finding and not streaming:
-      # Every version to the log, the latest per finding to the file: both from one gathering.
-      (records | f'{name}ToJson' >> beam.Map(lambda f: json.dumps(f, sort_keys=True))
-       | name >> WriteWholeFiles(spec.target, functools.partial(_latest_and_versions, spec.target)))
     elif spec.kind == 'jsonl':
       lines = (records | f'{name}ToJson' >> beam.Map(lambda f: json.dumps(f, sort_keys=True))
                if is_finding else records)
-      lines | name >> WriteJsonLines(spec.target, streaming)
+      # Batch findings: every version to the log, the latest per finding to the file, both
+      # from one gathering.
+      render = (functools.partial(_latest_and_versions, spec.target)
+                if is_finding and not streaming else None)
+      if streaming:
+        lines | name >> WriteJsonLines(spec.target, streaming)
+      elif files is not None:
+        files.add(lines, spec.target, render)
+      else:
+        lines | name >> WriteWholeFiles(spec.target, render)
     elif spec.kind == 'avro':
       convert = finding_to_avro if is_finding else dead_letter_record
       written = (records | f'{name}Latest' >> LatestVersions()
@@ -291,21 +299,23 @@ class WriteFindings(beam.PTransform):
   for the caller to route to the dead-letter sink.
   """
 
-  def __init__(self, options: PipelineOptions, specs: Optional[List[SinkSpec]] = None):
+  def __init__(self, options: PipelineOptions, specs: Optional[List[SinkSpec]] = None,
+               files: Optional[FileGathering] = None):
     super().__init__()
-    self._options, self._specs = options, specs
+    self._options, self._specs, self._files = options, specs, files
 
   def expand(self, findings) -> List[beam.PCollection]:
     specs = sink_specs(self._options) if self._specs is None else self._specs
-    return apply_sinks(findings, specs, FINDING, _streaming(self._options), self._options, '')
+    return apply_sinks(findings, specs, FINDING, _streaming(self._options), self._options, '',
+                       files=self._files)
 
 
 class WriteSuppressed(WriteFindings):
   """Suppressed findings to ``--suppressed`` (default: suppressed.jsonl beside the dead letters)."""
 
-  def __init__(self, options: PipelineOptions):
+  def __init__(self, options: PipelineOptions, files: Optional[FileGathering] = None):
     path = suppressed_path(options)
-    super().__init__(options, [SinkSpec('jsonl', path, path)])
+    super().__init__(options, [SinkSpec('jsonl', path, path)], files)
 
 
 class WriteDeadLetters(beam.PTransform):
@@ -314,13 +324,13 @@ class WriteDeadLetters(beam.PTransform):
   ``bigquery_client``: BigQuery itself for a ``bq://`` sink, instead of Google's (tests).
   """
 
-  def __init__(self, options: PipelineOptions, bigquery_client=None):
+  def __init__(self, options: PipelineOptions, bigquery_client=None, files: Optional[FileGathering] = None):
     super().__init__()
-    self._options, self._bigquery_client = options, bigquery_client
+    self._options, self._bigquery_client, self._files = options, bigquery_client, files
 
   def expand(self, dead_letters) -> None:
     apply_sinks(dead_letters, [dead_letter_spec(self._options)], DEAD_LETTER, _streaming(self._options),
-                self._options, '', bigquery_client=self._bigquery_client)
+                self._options, '', bigquery_client=self._bigquery_client, files=self._files)
 
 
 def _streaming(options: PipelineOptions) -> bool:

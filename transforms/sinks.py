@@ -1,9 +1,9 @@
 """JSON-lines file sinks that work for bounded and unbounded input.
 
-Batch writes one file at exactly the requested path (``WriteWholeFiles``: every line
-gathered under one key, written to a temporary name and renamed into place, five
-steps where Beam's ``WriteToText`` applies eleven; each step is a cost at start-up
-and, on Prism, stages to schedule). Streaming cannot (the file
+Batch writes one file at exactly the requested path (``GatherWholeFiles``: every line
+gathered under its file's key, written to a temporary name and renamed into place; one
+grouping serves all of a job's files (``FileGathering``), where Beam's ``WriteToText`` applies
+eleven steps per file; each step is a cost at start-up and, on Prism, stages to schedule). Streaming cannot (the file
 is never "finished"), so it writes one file per event-time window and pane under
 ``<path>.parts/`` with ``fileio.WriteToFiles``; ``compact_parts`` joins them into
 the requested path when a bounded replay ends.
@@ -101,39 +101,80 @@ def write_whole_file(path: str, lines: List[str]) -> None:
   FileSystems.rename([tmp], [path])  # replaces an earlier file in one step (os.rename; a GCS copy)
 
 
+Render = Callable[[List[str]], Dict[str, List[str]]]
+_GATHERED = typing.Tuple[str, typing.Optional[str]]
+
+
 class _WriteGatheredFn(beam.DoFn):
-  def __init__(self, render: Callable[[List[str]], Dict[str, List[str]]]):
-    self._render = render
+  def __init__(self, renders: Dict[str, Render]):
+    self._renders = renders
 
   def process(self, kv):
-    lines = sorted(line for line in kv[1] if line is not None)
-    for path, content in self._render(lines).items():
+    name, lines = kv
+    lines = sorted(line for line in lines if line is not None)
+    for path, content in self._renders[name](lines).items():
       write_whole_file(path, content)
       yield path
 
 
-class WriteWholeFiles(beam.PTransform):
-  """Bounded lines -> the files ``render(sorted lines)`` maps paths to; written even when no
-  line comes (an empty file says "nothing", a missing one "did not run").
+class GatherWholeFiles(beam.PTransform):
+  """{name: bounded lines} -> the files each ``renders[name](sorted lines)`` maps paths to;
+  written even when no line comes (an empty file says "nothing", a missing one "did not run").
 
-  One key gathers every line on one worker, as ``WriteToText(num_shards=1)`` does; for
-  findings and dead letters of a batch run that is small. Returns the paths written.
+  One grouping for all of them (a key per name: each file's lines on one worker, as
+  ``WriteToText(num_shards=1)`` does; findings and dead letters of a batch run are small).
+  Returns the paths written.
   """
 
-  def __init__(self, path: str, render: Optional[Callable[[List[str]], Dict[str, List[str]]]] = None):
+  def __init__(self, renders: Dict[str, Render]):
+    super().__init__()
+    self._renders = dict(renders)
+
+  def expand(self, inputs: Dict[str, beam.PCollection]):
+    names = sorted(self._renders)
+    if sorted(inputs) != names:
+      raise ValueError(f'lines for {sorted(inputs)}, renders for {names}')
+    keyed = [inputs[name] | f'Key{i}' >> beam.Map(lambda line, name=name: (name, line)).with_output_types(
+        _GATHERED) for i, name in enumerate(names)]
+    seed = (next(iter(inputs.values())).pipeline | 'Impulse' >> beam.Impulse()
+            | 'Seed' >> beam.FlatMap(lambda _: [(name, None) for name in names]).with_output_types(_GATHERED))
+    return ((*keyed, seed) | 'WithSeed' >> beam.Flatten()
+            | 'Gather' >> beam.GroupByKey()
+            | 'Write' >> beam.ParDo(_WriteGatheredFn(self._renders)).with_output_types(str))
+
+
+class WriteWholeFiles(beam.PTransform):
+  """Bounded lines -> one file at ``path`` (or the files ``render(sorted lines)`` maps paths to)."""
+
+  def __init__(self, path: str, render: Optional[Render] = None):
     super().__init__()
     self._path = path
     self._render = render or (lambda lines, path=path: {path: lines})
 
   def expand(self, lines):
-    keyed = lines | 'OneKey' >> beam.Map(lambda line: ('', line)).with_output_types(
-        typing.Tuple[str, typing.Optional[str]])
-    seed = (lines.pipeline | 'Impulse' >> beam.Impulse()
-            | 'Seed' >> beam.Map(lambda _: ('', None)).with_output_types(
-                typing.Tuple[str, typing.Optional[str]]))
-    return ((keyed, seed) | 'WithSeed' >> beam.Flatten()
-            | 'Gather' >> beam.GroupByKey()
-            | 'Write' >> beam.ParDo(_WriteGatheredFn(self._render)).with_output_types(str))
+    return {self._path: lines} | 'Gather' >> GatherWholeFiles({self._path: self._render})
+
+
+class FileGathering:
+  """The batch files of one job, written by one ``GatherWholeFiles`` step instead of a grouping
+  each: every step costs at start-up, and each grouping is a stage to schedule.
+
+  Sinks ``add`` their lines while the job is built; ``write`` applies the step once, after the last.
+  """
+
+  def __init__(self):
+    self._lines: Dict[str, beam.PCollection] = {}
+    self._renders: Dict[str, Render] = {}
+
+  def add(self, lines: beam.PCollection, path: str, render: Optional[Render] = None) -> None:
+    if path in self._lines:
+      raise ValueError(f'{path}: two sinks write this file')
+    self._lines[path] = lines
+    self._renders[path] = render or (lambda lines, path=path: {path: lines})
+
+  def write(self, label: str = 'WriteFiles') -> None:
+    if self._lines:
+      _ = self._lines | label >> GatherWholeFiles(self._renders)
 
 
 class WriteJsonLines(beam.PTransform):
