@@ -82,11 +82,12 @@ def is_pane_parts(pcoll: beam.PCollection) -> bool:
 class _AttachWindow(beam.DoFn):
   """(identity, agg) in a Beam sliding window -> IdentityWindow, once per firing.
 
-  The windows accumulate, so a late firing repeats the whole window with its late events. A
-  runner may also fire an accumulating window once more when it closes: Prism does, with
-  nothing new, and a late event that reaches the window as it closes comes only in that
-  closing pane (late and last). So every firing goes on, numbered (``firing``); the history,
-  which holds each identity's windows, drops the repeats that bring nothing new and folds each
+  The windows discard, so a late firing carries only its late events; the history step, which
+  keeps each identity's recent windows, puts the whole window back together (an accumulating
+  grouping on Prism keeps every fired element until the window expires and holds the
+  watermark, so every finding, the allowed lateness behind). A late event that reaches the
+  window as it closes comes only in that closing pane (late and last). So every firing goes on,
+  numbered (``firing``); the history drops the repeats that bring nothing new and folds each
   window once (transforms/history.py, models/history.py).
   """
 
@@ -190,10 +191,10 @@ class _MergePanes(beam.PTransform):
 class IdentityWindows(beam.PTransform):
   """Timestamped Events -> IdentityWindow per (identity, sliding window) with activity.
 
-  Streaming: late events within ``allowed_lateness`` re-fire their panes
-  (discarding, so only the late delta travels) and their windows re-fire with
-  the full, updated aggregate (accumulating), so downstream always sees whole
-  windows. Later events are dropped by Beam, silently: the detection job puts
+  Streaming: late events within ``allowed_lateness`` re-fire their panes and
+  their windows, both discarding: only the late delta travels, and the history
+  step (``TrackHistoryFn``) adds it to the window's earlier firings, so scoring
+  always sees whole windows. Later events are dropped by Beam, silently: the detection job puts
   ``transforms.lateness.LateEventGate`` in front, which dead-letters them first,
   and gives this transform the gate's lateness plus its margin.
 
@@ -240,8 +241,9 @@ class IdentityWindows(beam.PTransform):
       lateness = Duration(seconds=self.allowed_lateness)
       pane_kwargs = dict(trigger=late, allowed_lateness=lateness,
                          accumulation_mode=trigger.AccumulationMode.DISCARDING)
+      # Discarding, see _AttachWindow: TrackHistoryFn adds a late firing to the earlier ones.
       slide_kwargs = dict(trigger=late, allowed_lateness=lateness,
-                          accumulation_mode=trigger.AccumulationMode.ACCUMULATING)
+                          accumulation_mode=trigger.AccumulationMode.DISCARDING)
     return (
         events
         | 'KeyByIdentity' >> beam.Map(lambda e: (e.identity, e)).with_output_types(
