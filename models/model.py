@@ -235,7 +235,10 @@ class DetectionModel:
                                  promote)
 
   @classmethod
-  def load(cls, model_dir: str, version: Optional[str] = None) -> 'DetectionModel':
+  def verify(cls, model_dir: str, version: Optional[str] = None) -> Tuple[dict, Dict[str, bytes], Dict[str, str]]:
+    """(manifest, files, each cohort's forest file) of a version whose every file matches its
+    manifest hash and that this code can read; no file is parsed (what a launcher checks before
+    submitting a job, without paying for the load the workers do)."""
     manifest, files = artifact.load_verified(model_dir, version)
     if manifest.get('feature_names') != list(FEATURE_NAMES):
       raise artifact.ArtifactError(
@@ -245,15 +248,22 @@ class DetectionModel:
       raise artifact.ArtifactError(
           f'{model_dir}/{manifest.get("version")}: profiles in format {manifest["profile_format"]}, '
           f'this code reads up to {PROFILE_FORMAT}; upgrade postauth to load it')
-    forests = {}
+    forest_files, needed = {}, ['calibration.json', 'profiles.json.gz']
     for cohort in manifest['cohorts']:
       skops_name = manifest.get('cohort_files', {}).get(cohort, f'forest-{cohort}.skops')
       # Versions saved before the arrays existed list none: their skops forest is converted.
-      name = manifest.get('forest_arrays', {}).get(cohort, skops_name)
-      for needed in (skops_name, name):
-        if needed not in files:
-          raise artifact.ArtifactError(f'{model_dir}/{manifest["version"]}/{needed}: missing from manifest')
-      forests[cohort] = forest_store.load_scorer(name, files[name], manifest['files'][name])
+      forest_files[cohort] = manifest.get('forest_arrays', {}).get(cohort, skops_name)
+      needed += [skops_name, forest_files[cohort]]
+    for name in needed:
+      if name not in files:
+        raise artifact.ArtifactError(f'{model_dir}/{manifest["version"]}/{name}: missing from manifest')
+    return manifest, files, forest_files
+
+  @classmethod
+  def load(cls, model_dir: str, version: Optional[str] = None) -> 'DetectionModel':
+    manifest, files, forest_files = cls.verify(model_dir, version)
+    forests = {cohort: forest_store.load_scorer(name, files[name], manifest['files'][name])
+               for cohort, name in forest_files.items()}
     cal = artifact.loads_json(files['calibration.json'])
     profiles = {k: IdentityProfile.from_dict(v)
                 for k, v in artifact.loads_json_gz(files['profiles.json.gz']).items()}

@@ -26,6 +26,7 @@ from postauth.transforms.inventory import EnrichWindows, InventorySnapshots
 from postauth.transforms.lateness import beam_lateness
 from postauth.transforms.outputs import WriteDeadLetters, WriteFindings, WriteSuppressed
 from postauth.transforms.sinks import FileGathering
+from postauth.transforms.timer_walk import in_global_window
 from postauth.transforms.refresh_plan import plan_refreshes
 from postauth.transforms.rules import FLEET_CHANGE, UNREGISTERED, RuleConfig
 from postauth.transforms.agent_join import AgentPrincipals, JoinAgentCalls
@@ -72,8 +73,7 @@ def build_detection(p: beam.Pipeline, options: PipelineOptions) -> Dict[str, bea
                | 'MergeOverlapping' >> MergeOverlappingWindows(win.window_size, lateness)
                | 'AskPeers' >> CorroborateWithPeers(judged['windows'], det.corroboration_delay,
                                                     det.corroboration_peers))
-  unregistered = judged[UNREGISTERED_WINDOWS] | 'UnregisteredGlobal' >> beam.WindowInto(
-      beam.transforms.window.GlobalWindows())
+  unregistered = in_global_window(judged[UNREGISTERED_WINDOWS], 'UnregisteredGlobal')
   fleet = ([judged['windows'] | 'FleetChanges' >> FleetChangeNotices(
       det.model_dir, det.model_version, det.fleet_change_identities, model, lateness)]
            if FLEET_CHANGE not in disabled else [])

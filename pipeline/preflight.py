@@ -243,7 +243,9 @@ def check_train_config(path: Optional[str]) -> None:
 
 
 def check_model(model_dir: Optional[str], version: Optional[str]) -> None:
-  """The model version loads and verifies (the same load the workers do)."""
+  """The model version verifies: every file is there and matches its manifest hash, in a format
+  this code reads. The files are not parsed here: the workers load them (a fleet's profiles
+  are most of a model's load)."""
   if not model_dir:
     return
   if not is_remote(model_dir) and os.path.exists(model_dir) and not os.path.isdir(model_dir):
@@ -251,7 +253,7 @@ def check_model(model_dir: Optional[str], version: Optional[str]) -> None:
   from postauth.models.artifact import ArtifactError
   from postauth.models.model import DetectionModel
   try:
-    DetectionModel.load(model_dir, version)
+    DetectionModel.verify(model_dir, version)
   except ArtifactError:
     raise  # already names the file and the problem
   except (OSError, ValueError, KeyError, TypeError) as e:

@@ -26,13 +26,12 @@ from typing import Any, Dict, List, Tuple
 import apache_beam as beam
 from apache_beam.coders import PickleCoder
 from apache_beam.metrics import Metrics
-from apache_beam.transforms import window
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.transforms.window import TimestampedValue
 
 from postauth.transforms.judgment import first_time_sensitive
-from postauth.transforms.timer_walk import at_ms, per_identity, timer_ms
+from postauth.transforms.timer_walk import at_ms, in_global_window, per_identity, timer_ms
 from postauth.transforms.versions import RANK
 from postauth.transforms.triage import finding_time as _finding_time
 
@@ -214,8 +213,7 @@ class CorroborateWithPeers(beam.PTransform):
 
   def expand(self, findings):
     sightings = self._windows | 'Sightings' >> beam.ParDo(SightingsFn())
-    both = ((findings | 'FindingsGlobal' >> beam.WindowInto(window.GlobalWindows()),
-             sightings | 'SightingsGlobal' >> beam.WindowInto(window.GlobalWindows()))
+    both = ((in_global_window(findings, 'FindingsGlobal'), in_global_window(sightings, 'SightingsGlobal'))
             | 'FindingsAndSightings' >> beam.Flatten())
     return per_identity(both, functools.partial(_new_step, self._delay, self._min),
                         functools.partial(_walk_start, self._delay, self._min),

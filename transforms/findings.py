@@ -25,13 +25,11 @@ from typing import Dict, Iterable, List, Tuple
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.coders import PickleCoder
-from apache_beam.transforms import window
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.transforms.window import TimestampedValue
-from apache_beam.utils.timestamp import Duration
 
-from postauth.transforms.timer_walk import at_ms, per_identity, timer_ms
+from postauth.transforms.timer_walk import at_ms, in_global_window, per_identity, timer_ms
 from postauth.transforms.versions import first_version, higher, version_flags
 from postauth.transforms.finding_builder import FindingBuilder
 # what a finding says, defined beside to_finding; imported from here by callers of this module
@@ -266,7 +264,6 @@ class MergeOverlappingWindows(beam.PTransform):
     self._args = (window_size_seconds, allowed_lateness, rollover_seconds)
 
   def expand(self, scored):
-    globally = scored | 'GlobalWindow' >> beam.WindowInto(
-        window.GlobalWindows(), allowed_lateness=Duration(seconds=self._args[1]))
+    globally = in_global_window(scored, 'GlobalWindow', self._args[1])
     return per_identity(globally, functools.partial(_new_merger, *self._args), _walk_start,
                         _MergeRunsFn(*self._args), 'WalkRuns', 'MergeRuns')

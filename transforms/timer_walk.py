@@ -15,7 +15,8 @@ import typing
 from typing import Any, Callable, Iterable, List, Optional, Tuple
 
 import apache_beam as beam
-from apache_beam.utils.timestamp import Timestamp
+from apache_beam.transforms import trigger, window
+from apache_beam.utils.timestamp import Duration, Timestamp
 
 # step(now_ms, waiting) -> (outputs, still waiting, next timer in ms or None)
 Step = Callable[[int, List[Any]], Tuple[Iterable[Any], List[Any], Optional[int]]]
@@ -80,6 +81,19 @@ class GroupWithTimestamps(beam.PTransform):
 
 def _identity(x) -> str:
   return x['identity']
+
+
+def in_global_window(pcoll: beam.PCollection, label: str, allowed_lateness: int = 0) -> beam.PCollection:
+  """``pcoll`` in the global window with the default trigger, as the per-identity walks need it.
+  No step when it is there already, as a bounded pipeline's usually is: every step costs at
+  start-up."""
+  ws = pcoll.windowing
+  if (pcoll.is_bounded and isinstance(ws.windowfn, window.GlobalWindows)
+      and ws.triggerfn == trigger.DefaultTrigger() and ws.allowed_lateness == Duration(seconds=allowed_lateness)
+      and ws.accumulation_mode == trigger.AccumulationMode.DISCARDING):
+    return pcoll
+  return pcoll | label >> beam.WindowInto(window.GlobalWindows(),
+                                          allowed_lateness=Duration(seconds=allowed_lateness))
 
 
 def per_identity(globally: beam.PCollection, new_step: Callable[[], Step],

@@ -31,12 +31,11 @@ import apache_beam as beam
 from apache_beam.coders import PickleCoder
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
-from apache_beam.transforms import window
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.transforms.window import TimestampedValue
 
-from postauth.transforms.timer_walk import at_ms, per_identity, timer_ms
+from postauth.transforms.timer_walk import at_ms, in_global_window, per_identity, timer_ms
 from postauth.transforms.versions import RANK, stamp
 
 SUPPRESSED = 'suppressed'
@@ -395,6 +394,6 @@ class DeduplicateFindings(beam.PTransform):
     self._retention = retention_seconds
 
   def expand(self, findings):
-    globally = findings | 'GlobalWindow' >> beam.WindowInto(window.GlobalWindows())
+    globally = in_global_window(findings, 'GlobalWindow')
     return per_identity(globally, functools.partial(_new_deduplicator, self._period, self._retention),
                         _walk_start, _DedupFn(self._period, self._retention), 'WalkRepeats', 'FoldRepeats')
