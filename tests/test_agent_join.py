@@ -47,7 +47,7 @@ def test_a_record_during_a_tool_call_is_that_call_s_and_a_record_outside_is_the_
       ('agent-a', 'GetObject@export_table', 'c1', '01' * 8, 'time'),
       ('agent-a', 'GetObject@export_table', 'c1b', '01' * 8, 'time'),
       ('agent-a', 'GetObject@no_tool_call', 'c2', '', 'time'),
-      ('agent-a', 'execute_tool:export_table@cloud_call', 'span-01', '01' * 8, 'time')]
+      ('agent-a', 'execute_tool:export_table@cloud_call', 'span-01@cloud_call', '01' * 8, 'time')]
   assert counts == {'attributed': 2, 'ambiguous': 0, 'outside': 1, 'backed': 1}
   assert derived[0].raw_ref == 'trail#c1' and derived[0].session_id == 'conv-1'  # the record's log id stays
   assert derived[0].source_ip == '10.1.2.3' and derived[0].category == 'data_read'
@@ -58,7 +58,7 @@ def test_clock_skew_widens_the_call_and_a_call_with_no_record_gets_no_backing():
   derived, counts = attribute(ROLE, ('agent-a',), spans, [call(T0 + 12.5)], 2.0)
   assert _view(derived) == [
       ('agent-a', 'GetObject@run_sql', 'c1', '01' * 8, 'time'),
-      ('agent-a', 'execute_tool:run_sql@cloud_call', 'span-01', '01' * 8, 'time')]
+      ('agent-a', 'execute_tool:run_sql@cloud_call', 'span-01@cloud_call', '01' * 8, 'time')]
   derived, _ = attribute(ROLE, ('agent-a',), spans[:1], [call(T0 + 13.5)], 2.0)
   assert [e.action for e in derived] == ['GetObject@no_tool_call']
 
@@ -70,9 +70,9 @@ def test_shared_principal_strong_keys_and_ambiguity():
   by_time, counts = attribute(SHARED, agents, [b, c], [call(T0 + 12, principal=SHARED)], 2.0)
   assert _view(by_time) == [
       ('agent-b', 'GetObject@restart', 'c1', '0b' * 8, 'time ambiguous:2'),
-      ('agent-b', 'execute_tool:restart@cloud_call', 'span-0b', '0b' * 8, 'time'),
+      ('agent-b', 'execute_tool:restart@cloud_call', 'span-0b@cloud_call', '0b' * 8, 'time'),
       ('agent-c', 'GetObject@get_metrics', 'c1', '0c' * 8, 'time ambiguous:2'),
-      ('agent-c', 'execute_tool:get_metrics@cloud_call', 'span-0c', '0c' * 8, 'time')]
+      ('agent-c', 'execute_tool:get_metrics@cloud_call', 'span-0c@cloud_call', '0c' * 8, 'time')]
   assert counts['ambiguous'] == 1
   for kwargs, basis in (({'acting_for': 'agent-b'}, 'source_identity'),
                         ({'ua': 'Boto3/1.34 agent/agent-b'}, 'user_agent'), ({'session': 'agent-b'}, 'session_name')):
@@ -91,8 +91,8 @@ def test_calls_of_two_tools_in_flight_both_may_have_made_the_record():
   derived, counts = attribute(ROLE, ('agent-a',), [first, second], [call(T0 + 16)], 2.0)
   assert _view(derived) == [
       ('agent-a', 'GetObject@get_metrics|run_kubectl', 'c1', '02' * 8, 'time ambiguous:2'),
-      ('agent-a', 'execute_tool:get_metrics@cloud_call', 'span-01', '01' * 8, 'time'),
-      ('agent-a', 'execute_tool:run_kubectl@cloud_call', 'span-02', '02' * 8, 'time')]
+      ('agent-a', 'execute_tool:get_metrics@cloud_call', 'span-01@cloud_call', '01' * 8, 'time'),
+      ('agent-a', 'execute_tool:run_kubectl@cloud_call', 'span-02@cloud_call', '02' * 8, 'time')]
 
 
 def test_a_call_across_a_join_window_boundary_is_joined_in_the_record_s_window():
@@ -104,7 +104,7 @@ def test_a_call_across_a_join_window_boundary_is_joined_in_the_record_s_window()
     derived = out | beam.Filter(lambda e: '@' in e.action)
     assert_that(derived | 'View' >> beam.Map(lambda e: (e.identity, e.action, e.event_id, e.acting_for)),
                 equal_to([('agent-a', 'GetObject@export_table', 'c1', 'time'),
-                          ('agent-a', 'execute_tool:export_table@cloud_call', 'span-01', 'time'),
+                          ('agent-a', 'execute_tool:export_table@cloud_call', 'span-01@cloud_call', 'time'),
                           ('agent-a', 'GetObject@no_tool_call', 'c0', 'time')]), label='derived')
     assert_that(out | beam.combiners.Count.Globally(), equal_to([len(events) + 3]), label='all')
 
@@ -129,10 +129,10 @@ def _stream_steps():
 
 
 EXPECTED = [('agent-a', 'GetObject@export_table', 'c1', '01' * 8, 'time'),
-            ('agent-a', 'execute_tool:export_table@cloud_call', 'span-01', '01' * 8, 'time'),
+            ('agent-a', 'execute_tool:export_table@cloud_call', 'span-01@cloud_call', '01' * 8, 'time'),
             ('agent-a', 'GetObject@no_tool_call', 'c3', '', 'time'),
             ('agent-a', 'GetSecretValue@summarize', 'c2', '02' * 8, 'time'),
-            ('agent-a', 'execute_tool:summarize@cloud_call', 'span-02', '02' * 8, 'time')]
+            ('agent-a', 'execute_tool:summarize@cloud_call', 'span-02@cloud_call', '02' * 8, 'time')]
 
 
 def test_streaming_on_prism_joins_a_late_record_once_as_batch_does(prism_binary):

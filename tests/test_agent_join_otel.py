@@ -197,9 +197,9 @@ def test_sdk_spans_through_the_collector_join_cloudtrail_records(otelcol_binary,
       (AGENT, 'GetObject@run_sql', 'ct-skew', call['run_sql'], 'time'),
       (AGENT, 'GetObject@summarize', 'ct-live', call['summarize'], 'time'),
       (AGENT, 'GetSecretValue@no_tool_call', 'ct-outside', '', 'time'),
-      (AGENT, 'execute_tool:export_table@cloud_call', span_id['export_table'], call['export_table'], 'time'),
-      (AGENT, 'execute_tool:run_sql@cloud_call', span_id['run_sql'], call['run_sql'], 'time'),
-      (AGENT, 'execute_tool:summarize@cloud_call', span_id['summarize'], call['summarize'], 'time'),
+      (AGENT, 'execute_tool:export_table@cloud_call', span_id['export_table'] + '@cloud_call', call['export_table'], 'time'),
+      (AGENT, 'execute_tool:run_sql@cloud_call', span_id['run_sql'] + '@cloud_call', call['run_sql'], 'time'),
+      (AGENT, 'execute_tool:summarize@cloud_call', span_id['summarize'] + '@cloud_call', call['summarize'], 'time'),
   ]  # send_mail made no record: no cloud_call; ct-stranger's role runs no agent: nothing derived
   parsed_spans = sorted((tc, tc.rpartition('/')[2], d) for tc, _, _, d in spans.values())
 

@@ -40,8 +40,9 @@ import apache_beam as beam
 from apache_beam.coders import PickleCoder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms import trigger, window
-from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
-from apache_beam.utils.timestamp import Duration
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.utils.timestamp import Duration, Timestamp
 
 from postauth.domain.event import Event
 from postauth.domain.tool_calls import CLOUD_CALL, NO_TOOL_CALL, TOOLS_JOINED, caused_action
@@ -141,8 +142,11 @@ def attribute(principal: str, agents: Tuple[str, ...], spans: List[Event],
       backed.setdefault(s.tool_call, s)
   for span in backed.values():
     counts['backed'] += 1
+    # Its own id: beside the span itself (same time, same window), an event sharing the span's
+    # id would tie with it wherever events are kept by (time, id), and which one a bounded
+    # evidence sample kept would depend on arrival order.
     out.append(span._replace(action=caused_action(span.action, CLOUD_CALL), duration=0.0,
-                             acting_for='time'))
+                             acting_for='time', event_id=f'{span.event_id}@{CLOUD_CALL}'))
   return out, counts
 
 
@@ -178,9 +182,10 @@ class _KeyForJoin(beam.DoFn):
 class _AttributeFn(beam.DoFn):
   """(principal, [('span'|'call', Event)]) in a join window -> derived events at their own times.
 
-  Streaming: state keeps what earlier firings of this principal-window emitted, so a late firing
-  (accumulating: it holds every element again) emits only what is new. A record emitted as
-  outside that a late span would now explain cannot be taken back: counted, not re-emitted."""
+  Streaming (``_AttributeOnceFn``): a late firing holds only the late elements; the window's
+  earlier ones and what they emitted are in state, so the window is joined whole again and only
+  what is new is emitted. A record emitted as outside that a late span would now explain cannot
+  be taken back: counted, not re-emitted."""
 
   def __init__(self, principals: AgentPrincipals, skew: float):
     self._agents_of = principals.agents_of
@@ -204,12 +209,37 @@ class _AttributeFn(beam.DoFn):
       yield window.TimestampedValue(e, e.event_time)
 
 
-class _AttributeOnceFn(_AttributeFn):
-  EMITTED = ReadModifyWriteStateSpec('emitted', PickleCoder())
+class _KeyByJoinWindow(beam.DoFn):
+  """(principal, elements) of a join window's firing -> ((principal, window end), elements)."""
 
-  def process(self, kv, emitted=beam.DoFn.StateParam(EMITTED)) -> Iterator:
+  def process(self, kv, w=beam.DoFn.WindowParam):
+    yield (kv[0], int(w.end.micros // 1_000_000)), list(kv[1])
+
+
+class _AttributeOnceFn(_AttributeFn):
+  """Streaming, in the global window, keyed by (principal, join window end).
+
+  Why not state in the join window itself: the windows discard (an accumulating grouping on
+  Prism holds the watermark, and every finding downstream, until the window expires), and on
+  Prism 2.77 a discarding window's late firing reached a stateful step with that window's state
+  already gone. Here the state lives until the window can fire no more (end + lateness)."""
+
+  SEEN = ReadModifyWriteStateSpec('seen', PickleCoder())  # the window's elements so far
+  EMITTED = ReadModifyWriteStateSpec('emitted', PickleCoder())
+  DONE = TimerSpec('done', TimeDomain.WATERMARK)
+
+  def __init__(self, principals: AgentPrincipals, skew: float, allowed_lateness: int):
+    super().__init__(principals, skew)
+    self._lateness = allowed_lateness
+
+  def process(self, kv, seen=beam.DoFn.StateParam(SEEN), emitted=beam.DoFn.StateParam(EMITTED),
+              done_timer=beam.DoFn.TimerParam(DONE)) -> Iterator:
+    (principal, end), items = kv
+    items = (seen.read() or []) + list(items)
+    seen.write(items)
+    done_timer.set(Timestamp.of(end + self._lateness + 1))
     done: FrozenSet = emitted.read() or frozenset()
-    derived = self._join(kv)
+    derived = self._join((principal, items))
     seen_ids = {(k[0], k[1]) for k in done}
     fresh = []
     for e in derived:
@@ -224,6 +254,11 @@ class _AttributeOnceFn(_AttributeFn):
       emitted.write(done | {_derived_key(e) for e in fresh})
     for e in fresh:
       yield window.TimestampedValue(e, e.event_time)
+
+  @on_timer(DONE)
+  def forget(self, seen=beam.DoFn.StateParam(SEEN), emitted=beam.DoFn.StateParam(EMITTED)):
+    seen.clear()
+    emitted.clear()
 
 
 class JoinAgentCalls(beam.PTransform):
@@ -245,16 +280,23 @@ class JoinAgentCalls(beam.PTransform):
     if not self._principals.agents_of:
       return events
     keyed = events | 'KeyByPrincipal' >> beam.ParDo(_KeyForJoin(self._principals, self._skew, self._window))
-    late, attribute_fn = {}, _AttributeFn
-    if not events.is_bounded:  # a firing per late element; state keeps what earlier ones emitted
+    if events.is_bounded:
+      derived = (keyed
+                 | 'JoinWindows' >> beam.WindowInto(window.FixedWindows(self._window))
+                 | 'GroupByPrincipal' >> beam.GroupByKey()
+                 | 'Attribute' >> beam.ParDo(_AttributeFn(self._principals, self._skew)).with_output_types(Event))
+    else:  # a firing per late element, with only what is new; state keeps the earlier ones
       late = dict(trigger=trigger.AfterWatermark(late=trigger.AfterCount(1)),
-                  accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
+                  accumulation_mode=trigger.AccumulationMode.DISCARDING,
                   timestamp_combiner=window.TimestampCombiner.OUTPUT_AT_EARLIEST,
                   allowed_lateness=Duration(seconds=self._lateness))
-      attribute_fn = _AttributeOnceFn
-    derived = (keyed
-               | 'JoinWindows' >> beam.WindowInto(window.FixedWindows(self._window), **late)
-               | 'GroupByPrincipal' >> beam.GroupByKey()
-               | 'Attribute' >> beam.ParDo(attribute_fn(self._principals, self._skew)).with_output_types(Event))
+      derived = (keyed
+                 | 'JoinWindows' >> beam.WindowInto(window.FixedWindows(self._window), **late)
+                 | 'GroupByPrincipal' >> beam.GroupByKey()
+                 | 'ByPrincipalWindow' >> beam.ParDo(_KeyByJoinWindow()).with_output_types(
+                     typing.Tuple[typing.Tuple[str, int], typing.List[typing.Any]])
+                 | 'JoinStateGlobal' >> beam.WindowInto(window.GlobalWindows())
+                 | 'Attribute' >> beam.ParDo(_AttributeOnceFn(self._principals, self._skew, self._lateness))
+                 .with_output_types(Event))
     derived = derived | 'BackToGlobal' >> beam.WindowInto(window.GlobalWindows())
     return (events, derived) | 'WithDerived' >> beam.Flatten()
