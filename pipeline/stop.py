@@ -132,17 +132,38 @@ def quiet_shutdown() -> None:
   threads still streaming to it die with gRPC ``UNAVAILABLE`` tracebacks, "Bundle
   Failed (pipeline canceled)" and "Error processing instruction" lines: the expected
   end of a cancelled job, not news for the user. From here on, the root handlers only
-  pass postauth's own records, and thread exceptions go to this module's DEBUG log.
+  pass postauth's own records, thread exceptions go to this module's DEBUG log, and so does
+  what other threads print to stderr (Beam's SDK harness prints a bundle's traceback there
+  directly, e.g. ``KeyError`` when the harness shut down the bundle's processor under it).
   """
   for h in logging.getLogger().handlers:
     if _postauth_only not in h.filters:
       h.addFilter(_postauth_only)
+  if not isinstance(sys.stderr, _MainThreadOnly):
+    sys.stderr = _MainThreadOnly(sys.stderr)
 
   def quiet(args):
     _log.debug('runner thread %s ended after the stop: %r',
                getattr(args.thread, 'name', '?'), args.exc_value)
 
   threading.excepthook = quiet
+
+
+class _MainThreadOnly:
+  """A stream that passes the main thread's writes and sends other threads' to the DEBUG log."""
+
+  def __init__(self, stream):
+    self._stream = stream
+
+  def write(self, text: str) -> int:
+    if threading.current_thread() is threading.main_thread():
+      return self._stream.write(text)
+    if text.strip():
+      _log.debug('runner thread output after the stop: %s', text.rstrip())
+    return len(text)
+
+  def __getattr__(self, name):  # flush, fileno, encoding, isatty...: the real stream's
+    return getattr(self._stream, name)
 
 
 def cancel(result) -> str:

@@ -240,3 +240,18 @@ def test_streaming_run_on_prism_is_cancelled_on_a_signal(sample, model_dir, tmp_
   assert 'Traceback' not in stderr and 'Exception in thread' not in stderr, stderr[-3000:]
   name = signal.Signals(signum).name
   assert f'postauth run: stopped by {name}: job cancelled' in stderr, stderr[-3000:]
+
+
+def test_after_a_stop_only_the_main_thread_reaches_stderr():
+  """Beam's SDK harness prints a failed bundle's traceback to stderr itself, from its thread (a
+  cancelled job's bundle whose processor was shut down under it): after the stop that is the
+  expected end of the job, so it goes to the DEBUG log; postauth's own lines still show."""
+  script = ('import sys, threading\n'
+            'from postauth.pipeline import stop\n'
+            'stop.quiet_shutdown()\n'
+            't = threading.Thread(target=lambda: print("Traceback (most recent call last): KeyError", file=sys.stderr))\n'
+            't.start(); t.join()\n'
+            'print("postauth run: stopped by SIGINT", file=sys.stderr)\n')
+  out = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=60)
+  assert out.returncode == 0, out.stderr
+  assert 'stopped by SIGINT' in out.stderr and 'Traceback' not in out.stderr, out.stderr
