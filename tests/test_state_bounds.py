@@ -157,7 +157,7 @@ def _track(fn, kv, cell, expire):
   """The streaming DoFn on one window: process it, then fire its ordering timer (the window
   arrives once the watermark passed its end)."""
   bag, order = _Bag(), _Timer()
-  list(fn.process(kv, pending=bag, order=order, state=cell, expire=expire, fired=_Cell()))
+  list(fn.process(kv, pending=bag, order=order, state=cell, expire=expire, firings=_Cell()))
   return list(fn.fold(fired=order.at, key=kv[0], pending=bag, state=cell, expire=expire, order=_Timer()))
 
 
@@ -173,10 +173,10 @@ def test_history_expires_to_a_departed_record_then_is_forgotten_on_the_streaming
   w = window('ci-ns-42', D0 + H, [ev('ci-ns-42', D0 + 600)])
   _track(fn, ('ci-ns-42', (w, ctx(identity='ci-ns-42'))), cell, timer)
   assert isinstance(pickle.loads(cell.value), IdentityHistory) and timer.at == Timestamp.of(D0 + H + 3 * DAY + EXPIRY_GRACE)
-  list(fn.expire(key=None, state=cell, expire=timer, pending=_Bag(), fired=_Cell()))  # the watermark passed it: no window for 3 days (+ grace)
+  list(fn.expire(key=None, state=cell, expire=timer, pending=_Bag(), firings=_Cell()))  # the watermark passed it: no window for 3 days (+ grace)
   assert pickle.loads(cell.value) == (D0 + 600, D0 + H) and len(cell.value) < 64
   assert timer.at == Timestamp.of(D0 + H + 10 * DAY + EXPIRY_GRACE)
-  list(fn.expire(key=None, state=cell, expire=timer, pending=_Bag(), fired=_Cell()))
+  list(fn.expire(key=None, state=cell, expire=timer, pending=_Bag(), firings=_Cell()))
   assert cell.value is None
 
 
@@ -189,7 +189,7 @@ def test_an_expiry_timer_fired_before_waiting_windows_folds_them_instead():
   later = window('agent-9', D0 + 2 * H, [ev('agent-9', D0 + H + 600)])
   bag = _Bag()
   bag.add((later, ctx(identity='agent-9')))
-  out = list(fn.expire(key='agent-9', state=cell, expire=timer, pending=bag, fired=_Cell()))
+  out = list(fn.expire(key='agent-9', state=cell, expire=timer, pending=bag, firings=_Cell()))
   assert [x.value.window.window_end for x in out if not isinstance(x, beam.pvalue.TaggedOutput)] == [D0 + 2 * H]
   assert isinstance(pickle.loads(cell.value), IdentityHistory) and bag.items == []
   assert timer.at == Timestamp.of(D0 + 2 * H + 3 * DAY + EXPIRY_GRACE)
@@ -208,7 +208,7 @@ def _history_walks(profiles, windows, identity):
   for w, c in pairs:
     while timer.at is not None and timer.at <= Timestamp.of(w.window_end - EPSILON):
       fired, timer.at = timer.at, None
-      list(fn.expire(key=None, state=cell, expire=timer, pending=_Bag(), fired=_Cell()))
+      list(fn.expire(key=None, state=cell, expire=timer, pending=_Bag(), firings=_Cell()))
       assert timer.at is None or timer.at > fired
     live += [view(x.value) for x in _track(fn, (identity, (w, c)), cell, timer)
              if not isinstance(x, beam.pvalue.TaggedOutput)]
@@ -391,16 +391,16 @@ def test_a_late_firing_is_put_back_together_with_the_earlier_ones_and_kept_withi
   """The sliding windows discard: a late firing carries only its late events. The history step
   judges the whole window (earlier firings + the late one), keeps what a later firing may need
   for the re-fire horizon, and forgets it all when the identity expires."""
-  fn, fired = _history_fn(TrackHistoryFn), _Cell()
+  fn, firings = _history_fn(TrackHistoryFn), _Cell()
   on_time = window('ci-7', D0 + H, [ev('ci-7', D0 + 600), ev('ci-7', D0 + 900)])
   late = window('ci-7', D0 + H, [ev('ci-7', D0 + 700, action='DeleteObject')])._replace(firing=1)
-  assert fn._whole_window((on_time, ctx()), fired)[0].agg.count == 2
-  whole = fn._whole_window((late, ctx()), fired)[0]
+  assert fn._whole_window((on_time, ctx()), firings)[0].agg.count == 2
+  whole = fn._whole_window((late, ctx()), firings)[0]
   assert whole.agg.count == 3 and whole.firing == 1
   assert whole.agg.actions == {'s3:GetObject': 2, 's3:DeleteObject': 1}
   assert late.agg.count == 1  # the firing itself is not changed
   far = window('ci-7', D0 + H + fn._refire_horizon + 900, [ev('ci-7', D0 + H + fn._refire_horizon + 100)])
-  fn._whole_window((far, ctx()), fired)
-  assert list(fired.value) == [(far.window_start, far.window_end)]  # the old window can no longer fire
-  list(fn.expire(key=None, state=_Cell(), expire=_Timer(), pending=_Bag(), fired=fired))
-  assert fired.value is None
+  fn._whole_window((far, ctx()), firings)
+  assert list(firings.value) == [(far.window_start, far.window_end)]  # the old window can no longer fire
+  list(fn.expire(key=None, state=_Cell(), expire=_Timer(), pending=_Bag(), firings=firings))
+  assert firings.value is None

@@ -207,12 +207,10 @@ class TrackHistoryFn(_HistoryFn):
   PENDING = BagStateSpec('pending', PickleCoder())
   EXPIRE = TimerSpec('expire', TimeDomain.WATERMARK)
   ORDER = TimerSpec('order', TimeDomain.WATERMARK)
-  # (start, end) -> the window's aggregate over its firings so far. The sliding windows discard
-  # (a late firing carries only its new panes: an accumulating grouping on Prism keeps every
-  # fired element pending until the window expires, holding the watermark, and every finding,
-  # the allowed lateness behind); the whole window is put back together here. Kept while a
+  # (start, end) -> the window's aggregate over its firings so far: the sliding windows discard
+  # (see windowing._AttachWindow), so the whole window is put back together here. Kept while a
   # later firing can come: the re-fire horizon behind the identity's newest window.
-  FIRED = ReadModifyWriteStateSpec('fired', PickleCoder())
+  FIRINGS = ReadModifyWriteStateSpec('firings', PickleCoder())
 
   def __init__(self, *args, ordered: bool = True, **kwargs):
     super().__init__(*args, **kwargs)
@@ -220,7 +218,7 @@ class TrackHistoryFn(_HistoryFn):
 
   def process(self, kv, pending=beam.DoFn.StateParam(PENDING), order=beam.DoFn.TimerParam(ORDER),
               state=beam.DoFn.StateParam(HISTORY), expire=beam.DoFn.TimerParam(EXPIRE),
-              fired=beam.DoFn.StateParam(FIRED)):
+              firings=beam.DoFn.StateParam(FIRINGS)):
     """Windows wait for the watermark to pass their end and are folded in event-time order,
     as the batch walk folds them: windows of two days fired together (a watermark jump, a
     busy worker) must not reach the history in the wrong order, or a window would be judged
@@ -228,7 +226,7 @@ class TrackHistoryFn(_HistoryFn):
     watermark at pending timers (the Fn API runners do); the BundleBasedDirectRunner does not
     (the windows would pass scoring's grouping while parked here), so there (``ordered``
     False) each window is folded as it arrives."""
-    kv = (kv[0], self._whole_window(kv[1], fired))
+    kv = (kv[0], self._whole_window(kv[1], firings))
     if self._ordered:
       pending.add(kv[1])
       order.set(Timestamp.of(min(w.window_end for w, _ in pending.read()) - EPSILON))
@@ -243,17 +241,17 @@ class TrackHistoryFn(_HistoryFn):
     if due:
       yield from self._fold(key, due, state, expire)
 
-  def _whole_window(self, item, fired):
+  def _whole_window(self, item, firings):
     """(window, context) with the window's whole aggregate: this firing's and its earlier ones'."""
     window, context = item
-    kept = fired.read() or {}
+    kept = firings.read() or {}
     key = (window.window_start, window.window_end)
     prior = kept.get(key)
     if prior is not None:
       window = window._replace(agg=copy.deepcopy(prior).merge(window.agg))
     kept[key] = window.agg
     newest = max(end for _, end in kept)
-    fired.write({k: v for k, v in kept.items() if k[1] >= newest - self._refire_horizon})
+    firings.write({k: v for k, v in kept.items() if k[1] >= newest - self._refire_horizon})
     return window, context
 
   def _fold(self, identity: str, items, state, expire):
@@ -267,7 +265,7 @@ class TrackHistoryFn(_HistoryFn):
   @on_timer(EXPIRE)
   def expire(self, key=beam.DoFn.KeyParam, state=beam.DoFn.StateParam(HISTORY),
              expire=beam.DoFn.TimerParam(EXPIRE), pending=beam.DoFn.StateParam(PENDING),
-             fired=beam.DoFn.StateParam(FIRED)):
+             firings=beam.DoFn.StateParam(FIRINGS)):
     """No window for ``retention`` (+ grace): the history becomes a departed record; after
     ``departed``, the state is cleared. (A window resets the timer, so this one is current.)
     Windows still waiting for their turn (a watermark jump fired this timer first) are folded
@@ -276,7 +274,7 @@ class TrackHistoryFn(_HistoryFn):
     if waiting:
       yield from self._fold(key, waiting, state, expire)
       return
-    fired.clear()  # idle for the retention: no window of it can fire again
+    firings.clear()  # idle for the retention: no window of it can fire again
     stored = state.read()
     departed = self._departure(pickle.loads(stored) if stored else None)
     if departed is None:

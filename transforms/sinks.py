@@ -105,6 +105,11 @@ Render = Callable[[List[str]], Dict[str, List[str]]]
 _GATHERED = typing.Tuple[str, typing.Optional[str]]
 
 
+def _one_file(path: str) -> Render:
+  """The render that writes the lines, as they are, to ``path``."""
+  return lambda lines: {path: lines}
+
+
 class _WriteGatheredFn(beam.DoFn):
   def __init__(self, renders: Dict[str, Render]):
     self._renders = renders
@@ -149,7 +154,7 @@ class WriteWholeFiles(beam.PTransform):
   def __init__(self, path: str, render: Optional[Render] = None):
     super().__init__()
     self._path = path
-    self._render = render or (lambda lines, path=path: {path: lines})
+    self._render = render or _one_file(path)
 
   def expand(self, lines):
     return {self._path: lines} | 'Gather' >> GatherWholeFiles({self._path: self._render})
@@ -170,7 +175,7 @@ class FileGathering:
     if path in self._lines:
       raise ValueError(f'{path}: two sinks write this file')
     self._lines[path] = lines
-    self._renders[path] = render or (lambda lines, path=path: {path: lines})
+    self._renders[path] = render or _one_file(path)
 
   def write(self, label: str = 'WriteFiles') -> None:
     if self._lines:

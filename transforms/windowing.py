@@ -239,11 +239,9 @@ class IdentityWindows(beam.PTransform):
     if self.allowed_lateness > 0:
       late = trigger.AfterWatermark(late=trigger.AfterCount(1))
       lateness = Duration(seconds=self.allowed_lateness)
-      pane_kwargs = dict(trigger=late, allowed_lateness=lateness,
-                         accumulation_mode=trigger.AccumulationMode.DISCARDING)
-      # Discarding, see _AttachWindow: TrackHistoryFn adds a late firing to the earlier ones.
-      slide_kwargs = dict(trigger=late, allowed_lateness=lateness,
-                          accumulation_mode=trigger.AccumulationMode.DISCARDING)
+      # Both discard, see _AttachWindow: TrackHistoryFn adds a late firing to the earlier ones.
+      pane_kwargs = slide_kwargs = dict(trigger=late, allowed_lateness=lateness,
+                                        accumulation_mode=trigger.AccumulationMode.DISCARDING)
     return (
         events
         | 'KeyByIdentity' >> beam.Map(lambda e: (e.identity, e)).with_output_types(
