@@ -28,6 +28,7 @@ setuptools.setup(
         'scikit-learn>=1.5,<1.10',
         'numpy>=1.26',
         'orjson>=3.9',
+        'zstandard>=0.18,<1',  # packed shuffles (transforms/packed.py); Beam requires it too
         'opentelemetry-proto>=1.27,<2',  # OTLP trace messages (transforms/formats/otel.py)
         'skops>=0.10',
         'matplotlib>=3.8',  # training report plot (models/report.py, Agg canvas only)

@@ -28,7 +28,7 @@ import os
 import time
 import typing
 import uuid
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam.io import fileio
@@ -36,6 +36,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms import trigger, window
 from apache_beam.utils.timestamp import Duration
 
+from postauth.transforms.packed import Packed
 from postauth.transforms.versions import version_rank
 
 PART_LATENESS = Duration(seconds=365 * 86400)
@@ -102,7 +103,14 @@ def write_whole_file(path: str, lines: List[str]) -> None:
 
 
 Render = Callable[[List[str]], Dict[str, List[str]]]
-_GATHERED = typing.Tuple[str, typing.Optional[str]]
+_GATHERED = typing.Tuple[str, Packed]  # a line, or None (the seed); packed: transforms/packed.py
+
+
+ToLine = Callable[[Any], str]  # a record -> its line, applied in the keying step (one step less)
+
+
+def _keyed_line(record: Any, name: str, to_line: Optional[ToLine]) -> Tuple[str, Optional[str]]:
+  return name, record if to_line is None else to_line(record)
 
 
 def _one_file(path: str) -> Render:
@@ -131,15 +139,16 @@ class GatherWholeFiles(beam.PTransform):
   Returns the paths written.
   """
 
-  def __init__(self, renders: Dict[str, Render]):
+  def __init__(self, renders: Dict[str, Render], to_lines: Optional[Dict[str, ToLine]] = None):
     super().__init__()
     self._renders = dict(renders)
+    self._to_lines = dict(to_lines or {})
 
   def expand(self, inputs: Dict[str, beam.PCollection]):
     names = sorted(self._renders)
     if sorted(inputs) != names:
       raise ValueError(f'lines for {sorted(inputs)}, renders for {names}')
-    keyed = [inputs[name] | f'Key{i}' >> beam.Map(lambda line, name=name: (name, line)).with_output_types(
+    keyed = [inputs[name] | f'Key{i}' >> beam.Map(_keyed_line, name, self._to_lines.get(name)).with_output_types(
         _GATHERED) for i, name in enumerate(names)]
     seed = (next(iter(inputs.values())).pipeline | 'Impulse' >> beam.Impulse()
             | 'Seed' >> beam.FlatMap(lambda _: [(name, None) for name in names]).with_output_types(_GATHERED))
@@ -164,22 +173,27 @@ class FileGathering:
   """The batch files of one job, written by one ``GatherWholeFiles`` step instead of a grouping
   each: every step costs at start-up, and each grouping is a stage to schedule.
 
-  Sinks ``add`` their lines while the job is built; ``write`` applies the step once, after the last.
+  Sinks ``add`` their lines (or records and ``to_line``) while the job is built; ``write``
+  applies the step once, after the last.
   """
 
   def __init__(self):
     self._lines: Dict[str, beam.PCollection] = {}
     self._renders: Dict[str, Render] = {}
+    self._to_lines: Dict[str, ToLine] = {}
 
-  def add(self, lines: beam.PCollection, path: str, render: Optional[Render] = None) -> None:
+  def add(self, lines: beam.PCollection, path: str, render: Optional[Render] = None,
+          to_line: Optional[ToLine] = None) -> None:
     if path in self._lines:
       raise ValueError(f'{path}: two sinks write this file')
     self._lines[path] = lines
     self._renders[path] = render or _one_file(path)
+    if to_line is not None:
+      self._to_lines[path] = to_line
 
   def write(self, label: str = 'WriteFiles') -> None:
     if self._lines:
-      _ = self._lines | label >> GatherWholeFiles(self._renders)
+      _ = self._lines | label >> GatherWholeFiles(self._renders, self._to_lines)
 
 
 class WriteJsonLines(beam.PTransform):

@@ -18,6 +18,8 @@ import apache_beam as beam
 from apache_beam.transforms import trigger, window
 from apache_beam.utils.timestamp import Duration, Timestamp
 
+from postauth.transforms.packed import Packed
+
 # step(now_ms, waiting) -> (outputs, still waiting, next timer in ms or None)
 Step = Callable[[int, List[Any]], Tuple[Iterable[Any], List[Any], Optional[int]]]
 
@@ -66,7 +68,8 @@ class _KeyWithTimestamp(beam.DoFn):
 
 
 class GroupWithTimestamps(beam.PTransform):
-  """Bounded elements -> (key, [(timestamp ms, element), ...]) for a walk per key."""
+  """Bounded elements -> (key, [(timestamp ms, element), ...]) for a walk per key. The elements
+  (finding versions, scored windows) are shuffled packed: transforms/packed.py."""
 
   def __init__(self, key: Callable[[Any], str]):
     super().__init__()
@@ -75,7 +78,7 @@ class GroupWithTimestamps(beam.PTransform):
   def expand(self, pcoll):
     return (pcoll
             | 'KeyWithTimestamp' >> beam.ParDo(_KeyWithTimestamp(self._key)).with_output_types(
-                typing.Tuple[str, typing.Tuple[int, typing.Any]])
+                typing.Tuple[str, typing.Tuple[int, Packed]])
             | 'GroupByKey' >> beam.GroupByKey())
 
 
