@@ -75,6 +75,17 @@ def loads_or_unpickle(encoded: bytes, build: Callable[[List[Any]], Any]) -> Any:
   return build(orjson.loads(encoded))
 
 
+def estimated_size(a: WindowAggregate) -> int:
+  """About the encoded size of ``a`` in bytes, from its entry counts (within ~20% on a generated
+  day), without encoding it: Beam encodes sampled elements of every PCollection, fused or not, to
+  estimate sizes, and encoding a window costs more than the step that made it."""
+  entries = (len(a.actions) + len(a.action_category) + len(a.categories) + len(a.resources)
+             + len(a.networks) + len(a.agents) + len(a.regions) + len(a.network_spans)
+             + len(a.emitters) + len(a.panes))
+  samples = sum(len(v) for store in (a._evidence, *a._evidence_parts) for v in store.values())
+  return 60 + 80 * entries + 20 * samples
+
+
 class WindowAggregateCoder(beam.coders.Coder):
   """A WindowAggregate as one orjson list: ~2x faster and ~30% smaller than Beam's pickle fallback.
 
@@ -86,6 +97,9 @@ class WindowAggregateCoder(beam.coders.Coder):
 
   def decode(self, encoded: bytes) -> WindowAggregate:
     return loads_or_unpickle(encoded, aggregate_from_fields)
+
+  def estimate_size(self, value: WindowAggregate) -> int:
+    return estimated_size(value)
 
   def is_deterministic(self) -> bool:
     return False

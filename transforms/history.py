@@ -48,7 +48,7 @@ from postauth.transforms.findings import unregistered_finding
 from postauth.transforms.lateness import DEFAULT_ALLOWED_LATENESS, beam_lateness
 from postauth.transforms.model_cache import acquire_model
 from postauth.transforms.unregistered import due
-from postauth.transforms.windowing import EPSILON, IdentityWindow
+from postauth.transforms.windowing import EPSILON, IdentityWindow, IdentityWindowCoder
 
 UNREGISTERED = 'unregistered'
 DAY = 86400
@@ -84,6 +84,31 @@ class WindowInContext(typing.NamedTuple):
   context: Dict[str, Any]
   history: IdentityProfile  # the identity's profile before the window's day
   history_days: int  # complete days of history behind it (large for trained identities)
+
+
+class WindowInContextCoder(beam.coders.Coder):
+  """Pickle, as Beam's fallback would, with a size estimate that encodes nothing (Beam sizes
+  sampled elements of every PCollection; these are scored in the same fused step)."""
+
+  def encode(self, value: WindowInContext) -> bytes:
+    return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+
+  def decode(self, encoded: bytes) -> WindowInContext:
+    return pickle.loads(encoded)
+
+  def estimate_size(self, value: WindowInContext) -> int:
+    profile = value.history
+    entries = sum(map(len, profile.seen.values())) + len(profile.category_max) + len(profile.category_events)
+    return 200 + 2 * IdentityWindowCoder().estimate_size(value.window) + 60 * len(value.context) + 20 * entries
+
+  def is_deterministic(self) -> bool:
+    return False
+
+  def to_type_hint(self):
+    return WindowInContext
+
+
+beam.coders.registry.register_coder(WindowInContext, WindowInContextCoder)
 
 
 def _fold_order(wc) -> Tuple[float, float, int]:
@@ -329,7 +354,8 @@ class TrackHistory(beam.PTransform):
     if enriched.is_bounded and self._grouped:  # (identity, [(window, context)]): walked as is
       walked = enriched | 'WalkHistory' >> beam.ParDo(WalkHistoryFn(
           self._model_dir, self._version, self._unregistered, self._shared,
-          *self._expiry, refire_horizon=self._refire_horizon)).with_outputs(UNREGISTERED, main='windows')
+          *self._expiry, refire_horizon=self._refire_horizon)).with_output_types(
+              WindowInContext).with_outputs(UNREGISTERED, main='windows')
       return {'windows': walked.windows, UNREGISTERED: walked[UNREGISTERED]}
     # Typed so the shuffle encodes the window with IdentityWindowCoder, not Beam's pickle.
     keyed = enriched | 'KeyByIdentity' >> beam.Map(lambda wc: (wc[0].identity, wc)).with_output_types(

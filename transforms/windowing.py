@@ -26,7 +26,8 @@ from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration
 
 from postauth.domain.window import WindowAggregate
-from postauth.transforms.aggregate import WindowAggregateFn, aggregate_fields, aggregate_from_fields, dumps_or_pickle, loads_or_unpickle
+from postauth.transforms.aggregate import (WindowAggregateFn, aggregate_fields, aggregate_from_fields, dumps_or_pickle,
+                                          estimated_size, loads_or_unpickle)
 from postauth.domain.event import Event
 
 EPSILON = 1e-6  # the last instant (1 us) before a window's end: Beam's window.max_timestamp()
@@ -57,6 +58,9 @@ class IdentityWindowCoder(beam.coders.Coder):
   def decode(self, encoded: bytes) -> IdentityWindow:
     return loads_or_unpickle(
         encoded, lambda v: IdentityWindow(v[0], v[1], v[2], aggregate_from_fields(v[4:]), v[3]))
+
+  def estimate_size(self, value: IdentityWindow) -> int:
+    return 40 + len(value.identity) + estimated_size(value.agg)
 
   def is_deterministic(self) -> bool:
     return False
