@@ -30,6 +30,7 @@ from postauth.transforms.corroborate import fleet_change_id
 from postauth.transforms.findings import rfc3339
 from postauth.transforms.versions import first_version
 from postauth.transforms.model_cache import acquire_model
+from postauth.transforms.timer_walk import in_global_window
 from postauth.domain.taxonomy import HIGH_IMPACT_CATEGORIES
 
 NOTICE = 'fleet_change'
@@ -219,13 +220,17 @@ class FleetChangeNotices(beam.PTransform):
     # in the global window: the batch history walk stamps windows with their own (earlier)
     # times after a global GroupByKey, which a runner that tracks watermarks in batch too
     # (Prism) would count as late for a day window, and drop.
-    daily = (window.FixedWindows(DAY) if not windows.is_bounded else window.GlobalWindows())
-    return (windows
-            | 'NewActions' >> beam.ParDo(NewActionsFn())
-            # accumulating: a late window re-fires its day with every adopter, not only the late
-            # one, so the notice is updated (same finding_id) rather than replaced by a partial one
-            | 'Daily' >> beam.WindowInto(daily, allowed_lateness=self._lateness,
-                                         accumulation_mode=trigger.AccumulationMode.ACCUMULATING)
-            | 'AdoptersPerAction' >> beam.CombinePerKey(AdoptersFn())
-            | 'Notice' >> beam.ParDo(self._fn)
-            | 'NoticesGlobal' >> beam.WindowInto(window.GlobalWindows()))
+    # (Bounded input in the global window fires once: no step is needed for it.)
+    actions = windows | 'NewActions' >> beam.ParDo(NewActionsFn())
+    if windows.is_bounded:
+      daily = in_global_window(actions, 'Daily', self._lateness)
+    else:
+      # accumulating: a late window re-fires its day with every adopter, not only the late
+      # one, so the notice is updated (same finding_id) rather than replaced by a partial one
+      daily = actions | 'Daily' >> beam.WindowInto(
+          window.FixedWindows(DAY), allowed_lateness=self._lateness,
+          accumulation_mode=trigger.AccumulationMode.ACCUMULATING)
+    notices = (daily
+               | 'AdoptersPerAction' >> beam.CombinePerKey(AdoptersFn())
+               | 'Notice' >> beam.ParDo(self._fn))
+    return in_global_window(notices, 'NoticesGlobal')

@@ -242,18 +242,17 @@ def apply_sinks(records, specs: List[SinkSpec], record_kind: str, streaming: boo
         latest = records if streaming else records | f'{name}Latest' >> LatestVersions()
         latest | f'{name}ToOcsf' >> beam.Map(to_ocsf_json) | name >> WriteJsonLines(spec.target, streaming)
     elif spec.kind == 'jsonl':
-      lines = (records | f'{name}ToJson' >> beam.Map(lambda f: json.dumps(f, sort_keys=True))
-               if is_finding else records)
+      to_line = _finding_line if is_finding else None
       # Batch findings: every version to the log, the latest per finding to the file, both
       # from one gathering.
       render = (functools.partial(_latest_and_versions, spec.target)
                 if is_finding and not streaming else None)
-      if streaming:
-        lines | name >> WriteJsonLines(spec.target, streaming)
-      elif files is not None:
-        files.add(lines, spec.target, render)
-      else:
-        lines | name >> WriteWholeFiles(spec.target, render)
+      if streaming or files is None:
+        lines = records | f'{name}ToJson' >> beam.Map(to_line) if to_line else records
+        lines | name >> (WriteJsonLines(spec.target, streaming) if streaming
+                         else WriteWholeFiles(spec.target, render))
+      else:  # the gathering's keying step makes the lines
+        files.add(records, spec.target, render, to_line)
     elif spec.kind == 'avro':
       convert = finding_to_avro if is_finding else dead_letter_record
       written = (records | f'{name}Latest' >> LatestVersions()
@@ -283,6 +282,10 @@ def apply_sinks(records, specs: List[SinkSpec], record_kind: str, streaming: boo
     else:  # parse_sink only yields KINDS
       raise ValueError(f'unknown sink kind {spec.kind}')
   return failures
+
+
+def _finding_line(finding: Dict) -> str:
+  return json.dumps(finding, sort_keys=True)
 
 
 def _latest_and_versions(path: str, lines: List[str]) -> Dict[str, List[str]]:

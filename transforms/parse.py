@@ -12,7 +12,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import apache_beam as beam
 from apache_beam.io import fileio
-from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystem import CompressionTypes, FileMetadata
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import TimestampedValue
@@ -270,9 +270,14 @@ def read_all(path: str) -> bytes:
 
 
 class ParseFileFn(_ParseFn):
-  def _file_records(self, readable: fileio.ReadableFile) -> Iterator[Any]:
+  """A matched file (its ``FileMetadata``) -> its events; a directory's entry is skipped, as
+  ``fileio.ReadMatches`` does (the file is read here, so that step is not needed)."""
+
+  def _file_records(self, matched: FileMetadata) -> Iterator[Any]:
     """The file's RawRecords, or one dead letter (a tagged output) if it cannot be read."""
-    path = readable.metadata.path
+    path = matched.path
+    if path.endswith(('/', '\\')):
+      return
     try:
       data = read_all(path)
     except Exception as e:  # unreadable file: one dead letter naming it
@@ -283,8 +288,8 @@ class ParseFileFn(_ParseFn):
       return
     yield from split_records(data, path, self._limits)
 
-  def process(self, readable: fileio.ReadableFile):
-    yield from self._emit(self._file_records(readable))
+  def process(self, matched: FileMetadata):
+    yield from self._emit(self._file_records(matched))
 
 
 class ParseFileToPanesFn(ParseFileFn):
@@ -304,10 +309,10 @@ class ParseFileToPanesFn(ParseFileFn):
     self._period, self._evidence = period, evidence
     self.panes = Metrics.counter(NAMESPACE, 'pane_parts')
 
-  def process(self, readable: fileio.ReadableFile):
+  def process(self, matched: FileMetadata):
     period, evidence = self._period, self._evidence
     panes: Dict[Tuple[str, int], WindowAggregate] = {}
-    for out in self._outcomes(self._file_records(readable)):
+    for out in self._outcomes(self._file_records(matched)):
       if out.__class__ is beam.pvalue.TaggedOutput:
         yield out
         continue
@@ -353,7 +358,6 @@ class ParseFiles(beam.PTransform):
         | 'Impulse' >> beam.Impulse()
         | 'Pattern' >> beam.Map(lambda _: pattern)
         | 'MatchFiles' >> fileio.MatchAll()
-        | 'ReadMatches' >> fileio.ReadMatches()
         | 'Reshuffle' >> beam.Reshuffle()
         | 'ParseFile' >> parse.with_outputs(DEAD_LETTER, main='events'))
 
