@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import pickle
 import typing
 
 import apache_beam as beam
@@ -172,3 +173,36 @@ def test_history_shuffle_is_typed_for_the_identity_window_coder():
            if node.full_label == 'History/KeyByIdentity']
   coder = beam.coders.registry.get_coder(keyed[0].element_type)
   assert isinstance(coder.coders()[1].coders()[0], IdentityWindowCoder)
+
+
+def test_size_estimates_are_near_the_encoding_and_encode_nothing(monkeypatch):
+  """Beam sizes sampled elements of every PCollection: the estimates must not encode (that cost
+  more than the steps making the windows) and must stay near the real size."""
+  from postauth.models.profile import IdentityProfile
+  from postauth.transforms.history import WindowInContext, WindowInContextCoder
+  agg = full_aggregate()  # and a day's busy window: many calls, resources, a few networks
+  for i in range(120):
+    agg.add(ev(T0 + 20.0 * i, ['GetObject', 'PutObject', 'ListBucket', 'GetSecretValue'][i % 4] + str(i % 9),
+               ip=f'10.0.{i % 3}.{i}'), 900)
+  window = IdentityWindow('role/a', T0, T0 + 3600.0, agg)
+  in_context = WindowInContext(window, {'registered': 'true', 'team': 'data'},
+                               IdentityProfile().update(agg, T0 + 3600.0), 3)
+  sizes = {'aggregate': len(WindowAggregateCoder().encode(agg)),
+           'window': len(IdentityWindowCoder().encode(window)),
+           'in_context': len(WindowInContextCoder().encode(in_context))}
+  back = WindowInContextCoder().decode(WindowInContextCoder().encode(in_context))
+  assert back[0] == window and back[1:2] == in_context[1:2] and back.history_days == 3
+  assert pickle.dumps(back.history) == pickle.dumps(in_context.history)
+
+  def refuse(*_):
+    raise AssertionError('an estimate encoded')
+
+  for cls in (WindowAggregateCoder, IdentityWindowCoder, WindowInContextCoder):
+    monkeypatch.setattr(cls, 'encode', refuse)
+  monkeypatch.setattr('pickle.dumps', refuse)
+  estimates = {'aggregate': WindowAggregateCoder().estimate_size(agg),
+               'window': IdentityWindowCoder().estimate_size(window),
+               'in_context': WindowInContextCoder().estimate_size(in_context)}
+  for name, size in sizes.items():
+    assert size / 2 <= estimates[name] <= size * 2, (name, estimates[name], size)
+  assert beam.coders.registry.get_coder(WindowInContext).__class__ is WindowInContextCoder

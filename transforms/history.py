@@ -99,7 +99,7 @@ class WindowInContextCoder(beam.coders.Coder):
   def estimate_size(self, value: WindowInContext) -> int:
     profile = value.history
     entries = sum(map(len, profile.seen.values())) + len(profile.category_max) + len(profile.category_events)
-    return 200 + 2 * IdentityWindowCoder().estimate_size(value.window) + 60 * len(value.context) + 20 * entries
+    return 900 + int(1.2 * IdentityWindowCoder().estimate_size(value.window)) + 40 * len(value.context) + 20 * entries
 
   def is_deterministic(self) -> bool:
     return False
