@@ -106,6 +106,11 @@ class Table:
     """The rows of an action, in file order (empty when it is not high-impact)."""
     return self._match(provider, service, action)
 
+  def listed(self, action_key: str) -> bool:
+    """Whether a window's action key (``service:Action``) has a row for any provider."""
+    service, _, action = action_key.partition(':')
+    return any(self._match(p, service, action) for p in PROVIDERS)
+
 
 @functools.lru_cache(maxsize=1)
 def table() -> Table:
@@ -341,12 +346,17 @@ def first_uses(agg, identity: str, known: Callable[[str], bool],
   sampled call succeeded; None without samples).
   """
   tab = table_ or table()
+  # Most windows hold no listed action their history lacks: their evidence sample, which may
+  # still be in parts to merge (WindowAggregate.merge lazy), is then never read.
+  candidates = [a for a in sorted(agg.actions) if tab.listed(a) and not known(a)]
+  if not candidates:
+    return []
   store = getattr(agg, 'evidence', None) or {}
   out = []
-  for action in sorted(agg.actions):
+  for action in candidates:
     samples = store.get('a' + action) or ()
     provider, rows = _rows_of(tab, action, samples, identity)
-    if not rows or known(action):
+    if not rows:
       continue
     chosen, verified, targets = None, False, []
     for row in rows:
