@@ -8,7 +8,9 @@ own code (RecordParser, WindowAggregate), then round-trips each through:
 
 * Beam's fallback (``registry.get_coder(Any)``: FastPrimitivesCoder, which pickles a
   WindowAggregate or an IdentityWindow whole), what every shuffle used before;
-* ``WindowAggregateCoder`` / ``IdentityWindowCoder`` (transforms/aggregate.py, windowing.py).
+* ``WindowAggregateCoder`` / ``IdentityWindowCoder`` (transforms/aggregate.py, windowing.py);
+* with ``--versions FILE`` (a batch run's ``findings.versions.jsonl``), the finding versions
+  through ``PackedCoder`` (transforms/packed.py), as the per-identity groupings carry them.
 
 A window crosses three shuffles in the batch job: its panes' accumulators (pane combine),
 its own accumulator (sliding merge) and the IdentityWindow (history); figures are per element.
@@ -37,8 +39,10 @@ ROOT = os.path.dirname(BENCH_DIR)
 sys.path[:] = [ROOT] + [p for p in sys.path if os.path.abspath(p or '.') != BENCH_DIR]
 
 import apache_beam as beam  # noqa: E402
+import orjson  # noqa: E402
 
 from postauth.transforms.aggregate import WindowAggregateCoder  # noqa: E402
+from postauth.transforms.packed import PackedCoder  # noqa: E402
 from postauth.transforms.windowing import IdentityWindowCoder  # noqa: E402
 
 
@@ -124,6 +128,8 @@ def main(argv=None) -> int:
   ap.add_argument('--repeat', type=int, default=5)
   ap.add_argument('--versus', help='Another checkout: compare the batch jobs end to end.')
   ap.add_argument('--rounds', type=int, default=4)
+  ap.add_argument('--versions', help='A batch run\'s findings.versions.jsonl: also round-trip its '
+                  'finding versions through PackedCoder (the per-identity groupings, the files).')
   a = ap.parse_args(argv)
   if a.versus:
     versus(os.path.abspath(a.versus), 200, a.rounds)  # the main sample of bench/pipeline.py
@@ -134,6 +140,10 @@ def main(argv=None) -> int:
   cases = [('pane accumulator (pane combine)', [p for p in panes], WindowAggregateCoder()),
            ('window accumulator (sliding merge)', [w.agg for w in windows], WindowAggregateCoder()),
            ('IdentityWindow (history shuffle)', windows, IdentityWindowCoder())]
+  if a.versions:
+    with open(a.versions, 'rb') as f:
+      versions = [orjson.loads(line) for line in f if line.strip()]
+    cases.append((f'finding version ({len(versions)}, packed)', versions, PackedCoder()))
   print(f'  {"element":<36} {"fallback us":>11} {"bytes":>7} {"ours us":>8} {"bytes":>7} {"speed-up":>8}')
   total = {'before': 0.0, 'after': 0.0}
   for name, values, ours in cases:
@@ -142,7 +152,7 @@ def main(argv=None) -> int:
     total['after'] += after['us'] * len(values) / 1e6
     print(f'  {name:<36} {before["us"]:11.1f} {before["bytes"]:7.0f} {after["us"]:8.1f} '
           f'{after["bytes"]:7.0f} {before["us"] / after["us"]:7.1f}x')
-  print(f'  all three shuffles of this sample: {total["before"]:.2f} s -> {total["after"]:.2f} s '
+  print(f'  all of these shuffles of this sample: {total["before"]:.2f} s -> {total["after"]:.2f} s '
         f'of encode+decode ({total["before"] / n_events * 1e6:.1f} -> '
         f'{total["after"] / n_events * 1e6:.1f} us per event)')
   return 0
