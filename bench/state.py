@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 import tracemalloc
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 
@@ -38,8 +38,10 @@ from postauth.models.profile import MAX_SEEN  # noqa: E402
 from postauth.domain.window import WindowAggregate  # noqa: E402
 from postauth.domain.event import Event  # noqa: E402
 from postauth.transforms.history import TrackHistoryFn  # noqa: E402
+from postauth.transforms.windowing import IdentityWindow  # noqa: E402
 
 STATE_CODER = TrackHistoryFn.HISTORY.coder  # the coder Beam uses for the state cell
+FIRINGS_CODER = TrackHistoryFn.FIRINGS.coder  # and for the window firings kept for late data
 
 
 def encode(hist: IdentityHistory) -> bytes:
@@ -48,8 +50,9 @@ def encode(hist: IdentityHistory) -> bytes:
 
 
 def sample_histories(identities: int, days: int, rate_scale: float, window_size: int = 3600,
-                     period: int = 900) -> Dict[str, IdentityHistory]:
-  """Every identity's history after walking its windows of a generated sample in time order."""
+                     period: int = 900) -> Tuple[Dict[str, IdentityHistory], List[int]]:
+  """Every identity's history after walking its windows of a generated sample in time order, and
+  the encoded size of its firings cell after each window (``TrackHistoryFn._whole_window``)."""
   from postauth.pipeline.generate import generate
   from postauth.transforms.parse import RecordParser, read_all
   from postauth.transforms.records import split_records
@@ -69,9 +72,27 @@ def sample_histories(identities: int, days: int, rate_scale: float, window_size:
     for k in range(window_size // period):
       windows.setdefault((identity, start - k * period), WindowAggregate()).merge(agg)
   hists: Dict[str, IdentityHistory] = {}
+  firings: Dict[str, _Cell] = {}
+  step = TrackHistoryFn(None)  # its _whole_window: the firings cell as the streaming job keeps it
   for (identity, start), agg in sorted(windows.items(), key=lambda kv: kv[0][1]):
     hists.setdefault(identity, IdentityHistory()).observe(agg, start + window_size)
-  return hists
+    step._whole_window((IdentityWindow(identity, start, start + window_size, agg), {}),
+                       firings.setdefault(identity, _Cell()))
+  return hists, [size for cell in firings.values() for size in cell.sizes]
+
+
+class _Cell:
+  """A ReadModifyWriteState stand-in that records the bytes of every write (the state's coder)."""
+
+  def __init__(self):
+    self.value, self.sizes = None, []
+
+  def read(self):
+    return self.value
+
+  def write(self, value) -> None:
+    self.value = value
+    self.sizes.append(len(FIRINGS_CODER.encode(value)))
 
 
 def greedy_identity(distinct: int, windows_per_day: int = 96, days: int = 2,
@@ -128,13 +149,17 @@ def main(argv: List[str] = None) -> int:
                   help='Capped histories held at once to measure their Python memory.')
   a = ap.parse_args(argv)
   t = time.perf_counter()
-  hists = sample_histories(a.sample_identities, a.days, a.rate_scale)
+  hists, firings = sample_histories(a.sample_identities, a.days, a.rate_scale)
   blobs = {k: pickle.dumps(h, protocol=pickle.HIGHEST_PROTOCOL) for k, h in hists.items()}
   sizes = sorted(len(encode(h)) for h in hists.values())
   print(f'realistic state: {len(hists)} identities of a {a.days}-day sample (rate scale {a.rate_scale}), '
         f'built in {time.perf_counter() - t:.0f}s')
   print(f'  encoded (state coder: pickle under BytesCoder) bytes per identity: mean {statistics.mean(sizes):,.0f}, '
         f'median {sizes[len(sizes) // 2]:,}, p99 {sizes[int(len(sizes) * 0.99)]:,}, max {sizes[-1]:,}')
+  firings.sort()
+  print(f'  the firings cell (each window\'s aggregate kept the re-fire horizon deep, so a late firing '
+        f'is scored whole), bytes per active identity after each firing: mean {statistics.mean(firings):,.0f}, '
+        f'median {firings[len(firings) // 2]:,}, p99 {firings[int(len(firings) * 0.99)]:,}, max {firings[-1]:,}')
   largest = max(hists.values(), key=lambda h: len(encode(h)))
   print(f'  largest: distinct keys kept (base + today): {seen_sizes(largest)}')
   order = list(blobs.values())

@@ -33,7 +33,7 @@ from postauth.transforms import rules, watch
 from postauth.transforms.corroborate import ADOPTION_KEPT_MS, SIGHTING, _Corroborator
 from postauth.transforms.findings import (MAX_RUN_WINDOWS, MergeOverlappingWindows, _RunMerger, _first_due,
                                           finding_id, rfc3339)
-from postauth.transforms.history import EXPIRY_GRACE, TrackHistory, TrackHistoryFn, WalkHistoryFn
+from postauth.transforms.history import EXPIRY_GRACE, REFIRE_HORIZON, TrackHistory, TrackHistoryFn, WalkHistoryFn
 from postauth.transforms.poll_tracker import PollTracker
 from postauth.transforms.triage import DeduplicateFindings, _DedupFn, _Deduplicator
 from postauth.transforms.windowing import EPSILON
@@ -153,11 +153,12 @@ class _Bag:
     self.items = []
 
 
-def _track(fn, kv, cell, expire):
+def _track(fn, kv, cell, expire, firings=None):
   """The streaming DoFn on one window: process it, then fire its ordering timer (the window
   arrives once the watermark passed its end)."""
   bag, order = _Bag(), _Timer()
-  list(fn.process(kv, pending=bag, order=order, state=cell, expire=expire, firings=_Cell()))
+  list(fn.process(kv, pending=bag, order=order, state=cell, expire=expire,
+                  firings=_Cell() if firings is None else firings))
   return list(fn.fold(fired=order.at, key=kv[0], pending=bag, state=cell, expire=expire, order=_Timer()))
 
 
@@ -169,14 +170,19 @@ def _history_fn(cls, profiles=None):
 
 
 def test_history_expires_to_a_departed_record_then_is_forgotten_on_the_streaming_timer():
-  fn, cell, timer = _history_fn(TrackHistoryFn), _Cell(), _Timer()
+  fn, cell, timer, firings = _history_fn(TrackHistoryFn), _Cell(), _Timer(), _Cell()
   w = window('ci-ns-42', D0 + H, [ev('ci-ns-42', D0 + 600)])
-  _track(fn, ('ci-ns-42', (w, ctx(identity='ci-ns-42'))), cell, timer)
-  assert isinstance(pickle.loads(cell.value), IdentityHistory) and timer.at == Timestamp.of(D0 + H + 3 * DAY + EXPIRY_GRACE)
-  list(fn.expire(key=None, state=cell, expire=timer, pending=_Bag(), firings=_Cell()))  # the watermark passed it: no window for 3 days (+ grace)
+  _track(fn, ('ci-ns-42', (w, ctx(identity='ci-ns-42'))), cell, timer, firings)
+  # first a re-fire horizon after the window: its firings go (none can come), the history stays
+  assert firings.value and timer.at == Timestamp.of(D0 + H + REFIRE_HORIZON)
+  list(fn.expire(fired=timer.at, key=None, state=cell, expire=timer, pending=_Bag(), firings=firings))
+  assert firings.value is None and isinstance(pickle.loads(cell.value), IdentityHistory)
+  assert timer.at == Timestamp.of(D0 + H + 3 * DAY + EXPIRY_GRACE)
+  # the watermark passed it: no window for 3 days (+ grace)
+  list(fn.expire(fired=timer.at, key=None, state=cell, expire=timer, pending=_Bag(), firings=firings))
   assert pickle.loads(cell.value) == (D0 + 600, D0 + H) and len(cell.value) < 64
   assert timer.at == Timestamp.of(D0 + H + 10 * DAY + EXPIRY_GRACE)
-  list(fn.expire(key=None, state=cell, expire=timer, pending=_Bag(), firings=_Cell()))
+  list(fn.expire(fired=timer.at, key=None, state=cell, expire=timer, pending=_Bag(), firings=firings))
   assert cell.value is None
 
 
@@ -189,10 +195,10 @@ def test_an_expiry_timer_fired_before_waiting_windows_folds_them_instead():
   later = window('agent-9', D0 + 2 * H, [ev('agent-9', D0 + H + 600)])
   bag = _Bag()
   bag.add((later, ctx(identity='agent-9')))
-  out = list(fn.expire(key='agent-9', state=cell, expire=timer, pending=bag, firings=_Cell()))
+  out = list(fn.expire(fired=timer.at, key='agent-9', state=cell, expire=timer, pending=bag, firings=_Cell()))
   assert [x.value.window.window_end for x in out if not isinstance(x, beam.pvalue.TaggedOutput)] == [D0 + 2 * H]
   assert isinstance(pickle.loads(cell.value), IdentityHistory) and bag.items == []
-  assert timer.at == Timestamp.of(D0 + 2 * H + 3 * DAY + EXPIRY_GRACE)
+  assert timer.at == Timestamp.of(D0 + 2 * H + REFIRE_HORIZON)
 
 
 def _history_walks(profiles, windows, identity):
@@ -208,7 +214,7 @@ def _history_walks(profiles, windows, identity):
   for w, c in pairs:
     while timer.at is not None and timer.at <= Timestamp.of(w.window_end - EPSILON):
       fired, timer.at = timer.at, None
-      list(fn.expire(key=None, state=cell, expire=timer, pending=_Bag(), firings=_Cell()))
+      list(fn.expire(fired=fired, key=None, state=cell, expire=timer, pending=_Bag(), firings=_Cell()))
       assert timer.at is None or timer.at > fired
     live += [view(x.value) for x in _track(fn, (identity, (w, c)), cell, timer)
              if not isinstance(x, beam.pvalue.TaggedOutput)]
@@ -390,7 +396,7 @@ def test_the_watch_forgets_its_oldest_paths_beyond_the_cap_and_reads_no_file_twi
 def test_a_late_firing_is_put_back_together_with_the_earlier_ones_and_kept_within_the_horizon():
   """The sliding windows discard: a late firing carries only its late events. The history step
   judges the whole window (earlier firings + the late one), keeps what a later firing may need
-  for the re-fire horizon, and forgets it all when the identity expires."""
+  for the re-fire horizon, and forgets it all a horizon after the identity's newest window."""
   fn, firings = _history_fn(TrackHistoryFn), _Cell()
   on_time = window('ci-7', D0 + H, [ev('ci-7', D0 + 600), ev('ci-7', D0 + 900)])
   late = window('ci-7', D0 + H, [ev('ci-7', D0 + 700, action='DeleteObject')])._replace(firing=1)
@@ -402,5 +408,6 @@ def test_a_late_firing_is_put_back_together_with_the_earlier_ones_and_kept_withi
   far = window('ci-7', D0 + H + fn._refire_horizon + 900, [ev('ci-7', D0 + H + fn._refire_horizon + 100)])
   fn._whole_window((far, ctx()), firings)
   assert list(firings.value) == [(far.window_start, far.window_end)]  # the old window can no longer fire
-  list(fn.expire(key=None, state=_Cell(), expire=_Timer(), pending=_Bag(), firings=firings))
+  list(fn.expire(fired=Timestamp.of(far.window_end + fn._refire_horizon), key=None, state=_Cell(),
+                 expire=_Timer(), pending=_Bag(), firings=firings))
   assert firings.value is None

@@ -285,23 +285,30 @@ class TrackHistoryFn(_HistoryFn):
     hist, out = self._walk(identity, pickle.loads(stored) if stored else None, items)
     yield from out
     state.write(pickle.dumps(hist, protocol=pickle.HIGHEST_PROTOCOL))
-    expire.set(Timestamp.of(hist.last_active + self._retention + EXPIRY_GRACE))
+    # First a re-fire horizon after the newest window, to drop the firings kept for late data
+    # (no firing of any window can come after it); then, from there, at the retention.
+    expire.set(Timestamp.of(hist.last_active + self._refire_horizon))
 
   @on_timer(EXPIRE)
-  def expire(self, key=beam.DoFn.KeyParam, state=beam.DoFn.StateParam(HISTORY),
+  def expire(self, fired=beam.DoFn.TimestampParam, key=beam.DoFn.KeyParam, state=beam.DoFn.StateParam(HISTORY),
              expire=beam.DoFn.TimerParam(EXPIRE), pending=beam.DoFn.StateParam(PENDING),
              firings=beam.DoFn.StateParam(FIRINGS)):
-    """No window for ``retention`` (+ grace): the history becomes a departed record; after
-    ``departed``, the state is cleared. (A window resets the timer, so this one is current.)
-    Windows still waiting for their turn (a watermark jump fired this timer first) are folded
-    instead, and the timer follows them."""
+    """A re-fire horizon after the newest window, its firings are dropped (none can fire
+    again); after ``retention`` (+ grace) without a window, the history becomes a departed
+    record; after ``departed``, the state is cleared. (A window resets the timer, so this one is
+    current.) Windows still waiting for their turn (a watermark jump fired this timer first) are
+    folded instead, and the timer follows them."""
     waiting = _take_due(pending, math.inf)
     if waiting:
       yield from self._fold(key, waiting, state, expire)
       return
-    firings.clear()  # idle for the retention: no window of it can fire again
+    firings.clear()
     stored = state.read()
-    departed = self._departure(pickle.loads(stored) if stored else None)
+    kept = pickle.loads(stored) if stored else None
+    if isinstance(kept, IdentityHistory) and float(fired) < kept.last_active + self._retention + EXPIRY_GRACE:
+      expire.set(Timestamp.of(kept.last_active + self._retention + EXPIRY_GRACE))
+      return
+    departed = self._departure(kept)
     if departed is None:
       state.clear()
     else:
