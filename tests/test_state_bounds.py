@@ -173,8 +173,8 @@ def test_history_expires_to_a_departed_record_then_is_forgotten_on_the_streaming
   fn, cell, timer, firings = _history_fn(TrackHistoryFn), _Cell(), _Timer(), _Cell()
   w = window('ci-ns-42', D0 + H, [ev('ci-ns-42', D0 + 600)])
   _track(fn, ('ci-ns-42', (w, ctx(identity='ci-ns-42'))), cell, timer, firings)
-  # first a re-fire horizon after the window: its firings go (none can come), the history stays
-  assert firings.value and timer.at == Timestamp.of(D0 + H + REFIRE_HORIZON)
+  # first a day after the window: its firings go (none can come after the horizon), the history stays
+  assert firings.value and timer.at == Timestamp.of(D0 + H + max(REFIRE_HORIZON, EXPIRY_GRACE))
   list(fn.expire(fired=timer.at, key=None, state=cell, expire=timer, pending=_Bag(), firings=firings))
   assert firings.value is None and isinstance(pickle.loads(cell.value), IdentityHistory)
   assert timer.at == Timestamp.of(D0 + H + 3 * DAY + EXPIRY_GRACE)
@@ -198,7 +198,7 @@ def test_an_expiry_timer_fired_before_waiting_windows_folds_them_instead():
   out = list(fn.expire(fired=timer.at, key='agent-9', state=cell, expire=timer, pending=bag, firings=_Cell()))
   assert [x.value.window.window_end for x in out if not isinstance(x, beam.pvalue.TaggedOutput)] == [D0 + 2 * H]
   assert isinstance(pickle.loads(cell.value), IdentityHistory) and bag.items == []
-  assert timer.at == Timestamp.of(D0 + 2 * H + REFIRE_HORIZON)
+  assert timer.at == Timestamp.of(D0 + 2 * H + max(REFIRE_HORIZON, EXPIRY_GRACE))
 
 
 def _history_walks(profiles, windows, identity):
@@ -396,7 +396,7 @@ def test_the_watch_forgets_its_oldest_paths_beyond_the_cap_and_reads_no_file_twi
 def test_a_late_firing_is_put_back_together_with_the_earlier_ones_and_kept_within_the_horizon():
   """The sliding windows discard: a late firing carries only its late events. The history step
   judges the whole window (earlier firings + the late one), keeps what a later firing may need
-  for the re-fire horizon, and forgets it all a horizon after the identity's newest window."""
+  for the re-fire horizon, and forgets it all a day after the identity's newest window."""
   fn, firings = _history_fn(TrackHistoryFn), _Cell()
   on_time = window('ci-7', D0 + H, [ev('ci-7', D0 + 600), ev('ci-7', D0 + 900)])
   late = window('ci-7', D0 + H, [ev('ci-7', D0 + 700, action='DeleteObject')])._replace(firing=1)
@@ -408,6 +408,6 @@ def test_a_late_firing_is_put_back_together_with_the_earlier_ones_and_kept_withi
   far = window('ci-7', D0 + H + fn._refire_horizon + 900, [ev('ci-7', D0 + H + fn._refire_horizon + 100)])
   fn._whole_window((far, ctx()), firings)
   assert list(firings.value) == [(far.window_start, far.window_end)]  # the old window can no longer fire
-  list(fn.expire(fired=Timestamp.of(far.window_end + fn._refire_horizon), key=None, state=_Cell(),
+  list(fn.expire(fired=Timestamp.of(far.window_end + EXPIRY_GRACE), key=None, state=_Cell(),
                  expire=_Timer(), pending=_Bag(), firings=firings))
   assert firings.value is None

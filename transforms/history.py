@@ -285,16 +285,18 @@ class TrackHistoryFn(_HistoryFn):
     hist, out = self._walk(identity, pickle.loads(stored) if stored else None, items)
     yield from out
     state.write(pickle.dumps(hist, protocol=pickle.HIGHEST_PROTOCOL))
-    # First a re-fire horizon after the newest window, to drop the firings kept for late data
-    # (no firing of any window can come after it); then, from there, at the retention.
-    expire.set(Timestamp.of(hist.last_active + self._refire_horizon))
+    # First to drop the firings kept for late data (none can come a re-fire horizon after the
+    # newest window); then, from there, at the retention. A day, not the horizon: each firing
+    # of this timer is a bundle of the stage on Prism, and identities idle for longer than the
+    # horizon are common: firing that often delays the findings behind them.
+    expire.set(Timestamp.of(hist.last_active + max(self._refire_horizon, EXPIRY_GRACE)))
 
   @on_timer(EXPIRE)
   def expire(self, fired=beam.DoFn.TimestampParam, key=beam.DoFn.KeyParam, state=beam.DoFn.StateParam(HISTORY),
              expire=beam.DoFn.TimerParam(EXPIRE), pending=beam.DoFn.StateParam(PENDING),
              firings=beam.DoFn.StateParam(FIRINGS)):
-    """A re-fire horizon after the newest window, its firings are dropped (none can fire
-    again); after ``retention`` (+ grace) without a window, the history becomes a departed
+    """A day after the newest window, its firings are dropped (none can fire again); after
+    ``retention`` (+ grace) without a window, the history becomes a departed
     record; after ``departed``, the state is cleared. (A window resets the timer, so this one is
     current.) Windows still waiting for their turn (a watermark jump fired this timer first) are
     folded instead, and the timer follows them."""
@@ -381,7 +383,7 @@ class TrackHistory(beam.PTransform):
                | 'History' >> beam.ParDo(TrackHistoryFn(
                    self._model_dir, self._version, self._unregistered, self._shared,
                    *self._expiry, refire_horizon=self._refire_horizon,
-                   ordered=self._ordered)).with_outputs(
+                   ordered=self._ordered)).with_output_types(WindowInContext).with_outputs(
                        UNREGISTERED, main='windows'))
     # Back into short event-time windows (each element's timestamp is its window's
     # end), so downstream batching flushes as the watermark passes, not at the end. A window's

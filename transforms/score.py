@@ -265,7 +265,7 @@ class ScoreWindows(beam.PTransform):
     # Windows are stamped at their end: those closing together share one fixed period window.
     return (enriched
             | 'KeyByCohortShard' >> beam.ParDo(self._key).with_output_types(
-                typing.Tuple[typing.Tuple[str, int], typing.Any])
+                typing.Tuple[typing.Tuple[str, int], WindowInContext])
             | 'ClosingTogether' >> beam.WindowInto(
                 window.FixedWindows(self._period),
                 accumulation_mode=trigger.AccumulationMode.DISCARDING, **late)
