@@ -243,16 +243,17 @@ def apply_sinks(records, specs: List[SinkSpec], record_kind: str, streaming: boo
         latest | f'{name}ToOcsf' >> beam.Map(to_ocsf_json) | name >> WriteJsonLines(spec.target, streaming)
     elif spec.kind == 'jsonl':
       to_line = _finding_line if is_finding else None
-      # Batch findings: every version to the log, the latest per finding to the file, both
-      # from one gathering.
-      render = (functools.partial(_latest_and_versions, spec.target)
-                if is_finding and not streaming else None)
-      if streaming or files is None:
+      if streaming:
         lines = records | f'{name}ToJson' >> beam.Map(to_line) if to_line else records
-        lines | name >> (WriteJsonLines(spec.target, streaming) if streaming
-                         else WriteWholeFiles(spec.target, render))
-      else:  # the gathering's keying step makes the lines
-        files.add(records, spec.target, render, to_line)
+        lines | name >> WriteJsonLines(spec.target, streaming)
+      else:
+        # Findings: every version to the log, the latest per finding to the file, both from one
+        # gathering, whose keying step makes the lines.
+        render = functools.partial(_latest_and_versions, spec.target) if is_finding else None
+        if files is None:
+          records | name >> WriteWholeFiles(spec.target, render, to_line)
+        else:
+          files.add(records, spec.target, render, to_line)
     elif spec.kind == 'avro':
       convert = finding_to_avro if is_finding else dead_letter_record
       written = (records | f'{name}Latest' >> LatestVersions()

@@ -103,10 +103,8 @@ def write_whole_file(path: str, lines: List[str]) -> None:
 
 
 Render = Callable[[List[str]], Dict[str, List[str]]]
-_GATHERED = typing.Tuple[str, Packed]  # a line, or None (the seed); packed: transforms/packed.py
-
-
 ToLine = Callable[[Any], str]  # a record -> its line, applied in the keying step (one step less)
+_GATHERED = typing.Tuple[str, Packed]  # a line, or None (the seed); packed: transforms/packed.py
 
 
 def _keyed_line(record: Any, name: str, to_line: Optional[ToLine]) -> Tuple[str, Optional[str]]:
@@ -158,15 +156,18 @@ class GatherWholeFiles(beam.PTransform):
 
 
 class WriteWholeFiles(beam.PTransform):
-  """Bounded lines -> one file at ``path`` (or the files ``render(sorted lines)`` maps paths to)."""
+  """Bounded lines (or records and ``to_line``) -> one file at ``path`` (or the files
+  ``render(sorted lines)`` maps paths to)."""
 
-  def __init__(self, path: str, render: Optional[Render] = None):
+  def __init__(self, path: str, render: Optional[Render] = None, to_line: Optional[ToLine] = None):
     super().__init__()
     self._path = path
     self._render = render or _one_file(path)
+    self._to_line = to_line
 
   def expand(self, lines):
-    return {self._path: lines} | 'Gather' >> GatherWholeFiles({self._path: self._render})
+    to_lines = {self._path: self._to_line} if self._to_line else None
+    return {self._path: lines} | 'Gather' >> GatherWholeFiles({self._path: self._render}, to_lines)
 
 
 class FileGathering:
