@@ -78,6 +78,8 @@ class FeatureDistribution:
     self.quantiles = np.asarray(quantiles, dtype=np.float64)  # (features, levels)
     self.scales = np.asarray(scales, dtype=np.float64)
     self.n = int(n)
+    # Binary search needs each feature's quantiles ascending (np.quantile's are) and no NaN.
+    self._searchable = bool(np.all(np.diff(self.quantiles, axis=1) >= 0))
 
   @classmethod
   def fit(cls, X: np.ndarray) -> 'FeatureDistribution':
@@ -89,16 +91,24 @@ class FeatureDistribution:
     X = np.atleast_2d(np.asarray(X, dtype=np.float64))
     floor = 1.0 / (self.n + 1)
     last = self.quantiles.shape[1] - 1
-    # All features at once: a feature's training quantiles below x, as searchsorted(side='left')
-    # counts them (NaN sorts after every quantile).
-    below = (self.quantiles[None, :, :] < X[:, :, None]).sum(axis=2)
-    below = np.where(np.isnan(X), last + 1, below) / last
+    below = np.where(np.isnan(X), last + 1, self._below(X)) / last
     p = np.maximum(1.0 - np.minimum(below, 1.0), floor)
     top = self.quantiles[:, -1]
     beyond = X > top
     with np.errstate(over='ignore', invalid='ignore'):
       decayed = floor * np.exp(-(X - top) / self.scales)
     return np.where(beyond, decayed, p)
+
+  def _below(self, X: np.ndarray) -> np.ndarray:
+    """How many of each feature's training quantiles lie strictly below x. One binary search
+    per feature for a batch of rows; for a single row, comparing it with every quantile at once
+    is cheaper than a search per feature."""
+    if len(X) == 1 or not self._searchable:
+      return (self.quantiles[None, :, :] < X[:, :, None]).sum(axis=2)
+    below = np.empty(X.shape, dtype=np.int64)
+    for j, q in enumerate(self.quantiles):
+      below[:, j] = np.searchsorted(q, X[:, j], side='left')
+    return below
 
   def rarity(self, X: np.ndarray) -> np.ndarray:
     """-log10 tail probabilities of the three rarest features, with diminishing weight."""

@@ -67,6 +67,21 @@ def _tiny_model():
                             TrainConfig(n_estimators=20, min_cohort_windows=100), (T0, T0 + 86400))
 
 
+def test_feature_tail_probability_of_a_batch_equals_each_row_alone():
+  """A batch is searched per feature, a single row compared with every quantile: both count the
+  training quantiles strictly below x, ties, infinities and NaN included."""
+  from postauth.models.calibration import FeatureDistribution
+  rng = np.random.default_rng(3)
+  train = np.column_stack([rng.poisson(2, 500), np.zeros(500), rng.exponential(5, 500).round(1)])
+  dist = FeatureDistribution.fit(train)
+  x = np.vstack([train[:40], dist.quantiles[:, ::50].T, [[np.nan, 0.0, np.inf], [-np.inf, 1.0, 3.0]],
+                 rng.uniform(-1, 30, (60, 3)).round(0)])
+  batch = dist.tail_probability(x)
+  rows = np.vstack([dist.tail_probability(row[None, :]) for row in x])
+  assert np.array_equal(batch, rows, equal_nan=True)
+  assert batch[-62, 1] == 1.0 and batch[-62, 0] == 1.0 / 501  # 0 where all training was 0; NaN rarest
+
+
 def test_round_trip_gives_identical_scores(tmp_path):
   model = _tiny_model()
   model.save(str(tmp_path))

@@ -44,6 +44,22 @@ def test_is_smaller_than_beams_default_encoding():
   assert packed * 3 < default, (packed, default)
 
 
+def test_size_estimates_encode_one_value_in_n_and_sum_near_the_truth():
+  """Beam sizes sampled elements with ``estimate_size``; by default that is a full encode."""
+  from postauth.transforms import packed
+  coder = PackedCoder()
+  values = [finding(i) for i in range(160)]
+  for i in range(0, 160, 3):  # sizes vary: some findings carry much more evidence
+    values[i]['evidence'] = values[i]['evidence'] * 4
+  truth = sum(len(coder.encode(v)) for v in values)
+  encodes = []
+  real_encode = PackedCoder.encode
+  coder.encode = lambda v: encodes.append(v) or real_encode(coder, v)
+  estimate = sum(coder.estimate_size(v) for v in values)
+  assert len(encodes) == len(values) // packed.MEASURE_EVERY
+  assert 0.7 * truth <= estimate <= 1.3 * truth, (estimate, truth)
+
+
 def test_survives_pickling_and_concurrent_threads():
   coder = pickle.loads(pickle.dumps(PackedCoder()))  # as Beam ships it to a worker
   assert coder == PackedCoder() and not coder.is_deterministic()
