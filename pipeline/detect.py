@@ -78,7 +78,7 @@ def build_detection(p: beam.Pipeline, options: PipelineOptions) -> Dict[str, bea
       det.model_dir, det.model_version, det.fleet_change_identities, model, lateness)]
            if FLEET_CHANGE not in disabled else [])
 
-  triaged = [anomalies, unregistered] + fleet | 'AllFindings' >> beam.Flatten() | 'Suppress' >> Suppress(det.allowlist)
+  triaged = [*anomalies, unregistered] + fleet | 'AllFindings' >> beam.Flatten() | 'Suppress' >> Suppress(det.allowlist)
   findings = triaged.findings | 'Deduplicate' >> DeduplicateFindings(det.dedup_period)
   files = FileGathering()  # batch: the job's JSON-lines files, written by one step
   undelivered = findings | 'WriteFindings' >> WriteFindings(options, files=files)

@@ -75,7 +75,7 @@ def _run(findings, items, check, streaming_mode=False, delay=1800.0, runner='FnA
                | 'StampW' >> beam.Map(lambda i: TimestampedValue(i, i.window.window_end - EPSILON)))
     found = (p | 'Findings' >> beam.Create(findings)
              | 'StampF' >> beam.Map(lambda f: TimestampedValue(f, _end_of(f) - EPSILON)))
-  out = found | CorroborateWithPeers(windows, delay_seconds=delay, min_peers=2)
+  out = found | CorroborateWithPeers(windows, delay_seconds=delay, min_peers=2) | 'All' >> beam.Flatten()
   assert_that(out | beam.Map(lambda f: (f['identity'], f['severity'], f.get('fleet_change_id'))), check)
   p.run().wait_until_finish()
 
@@ -147,6 +147,29 @@ def test_evidence_never_waits_and_is_never_folded():
   from postauth.transforms.timer_walk import walk
   got = [v.value for v in walk(step.step, waiting, min(step.due(e) for e in waiting))]
   assert [f['severity'] for f in got] == ['medium'] and 'fleet_change_id' not in got[0]
+
+
+def test_only_findings_that_wait_reach_the_keyed_step_the_rest_pass_untouched():
+  """The step's key is a whole type: a finding that cannot wait (evidence, or below a page)
+  must not load it, and must come out as it went in."""
+  items, findings = _adoption()
+  findings[0]['page_basis']['evidence'] = ['foreign_network']  # never waits
+  findings[1]['severity'] = 'low'  # not a page: nothing to wait for
+  p = beam.Pipeline('FnApiRunner')
+  windows = (p | 'Windows' >> beam.Create(items)
+             | 'StampW' >> beam.Map(lambda i: TimestampedValue(i, i.window.window_end - EPSILON)))
+  found = (p | 'Findings' >> beam.Create(findings)
+           | 'StampF' >> beam.Map(lambda f: TimestampedValue(f, _end_of(f) - EPSILON)))
+  passing, decided = found | CorroborateWithPeers(windows, delay_seconds=1800.0, min_peers=2)
+  assert_that(passing, lambda got: _same(got, findings[:2]), label='Passing')
+  assert_that(decided | beam.Map(lambda f: (f['identity'], f['severity'])),
+              lambda got: _same(got, [(i.window.identity, 'low') for i in items[2:]]), label='Decided')
+  p.run().wait_until_finish()
+
+
+def _same(got, want):
+  key = repr
+  assert sorted(got, key=key) == sorted(want, key=key), got
 
 
 # -- the judgment ------------------------------------------------------------------------------

@@ -201,9 +201,21 @@ def _key(x: Dict) -> str:
   return x['group'] if x.get('kind') == SIGHTING else group_of(x.get('identity_type', ''))
 
 
+def _waits_for_peers(finding: Dict, _partitions: int) -> int:
+  return 0 if holds(finding) else 1
+
+
 class CorroborateWithPeers(beam.PTransform):
-  """(findings, WindowInContext) -> findings; those resting only on novelty that at least
-  ``min_peers`` peers of the same type also started within the day become low fleet changes."""
+  """(findings, WindowInContext) -> (findings that never wait, findings decided by peers): those
+  resting only on novelty that at least ``min_peers`` peers of the same type also started
+  within the day become low fleet changes.
+
+  Only the findings that wait meet the sightings in the keyed step; the rest go by as they came
+  (the step would emit them at their own time, unchanged), so the step's key carries a type's
+  novel windows, not its whole finding stream. Two outputs, flattened by the caller where it
+  flattens its findings anyway: the FnApiRunner copies every element of a multi-input Flatten
+  once more, and these carry each finding version's evidence.
+  """
 
   def __init__(self, windows: beam.PCollection, delay_seconds: float = 1800.0, min_peers: int = 2):
     super().__init__()
@@ -212,9 +224,11 @@ class CorroborateWithPeers(beam.PTransform):
     self._min = min_peers
 
   def expand(self, findings):
+    waiting, passing = findings | 'WaitsForPeers' >> beam.Partition(_waits_for_peers, 2)
     sightings = self._windows | 'Sightings' >> beam.ParDo(SightingsFn())
-    both = ((in_global_window(findings, 'FindingsGlobal'), in_global_window(sightings, 'SightingsGlobal'))
+    both = ((in_global_window(waiting, 'FindingsGlobal'), in_global_window(sightings, 'SightingsGlobal'))
             | 'FindingsAndSightings' >> beam.Flatten())
-    return per_identity(both, functools.partial(_new_step, self._delay, self._min),
-                        functools.partial(_walk_start, self._delay, self._min),
-                        _CorroborateFn(self._delay, self._min), 'WalkPeers', 'AskPeers', key=_key)
+    decided = per_identity(both, functools.partial(_new_step, self._delay, self._min),
+                           functools.partial(_walk_start, self._delay, self._min),
+                           _CorroborateFn(self._delay, self._min), 'WalkPeers', 'AskPeers', key=_key)
+    return passing, decided
