@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 import uuid
-from typing import List
+from typing import Dict, List
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH_DIR)
@@ -49,20 +49,23 @@ RUNNERS = ('BundleBasedDirectRunner', 'PrismRunner')
 WINDOW = 3600
 
 
-def cpu_seconds(pgid: int) -> float:
-  """User + system CPU seconds of the live processes of a process group."""
-  tick, total = os.sysconf('SC_CLK_TCK'), 0
+def cpu_by_process(pgid: int) -> Dict[str, float]:
+  """User + system CPU seconds of the live processes of a process group, by command name
+  (``python`` the launcher and its in-process SDK worker, ``prism`` the runner)."""
+  tick, out = os.sysconf('SC_CLK_TCK'), {}
   for pid in os.listdir('/proc'):
     if not pid.isdigit():
       continue
     try:
       with open(f'/proc/{pid}/stat') as f:
-        rest = f.read().rsplit(')', 1)[1].split()
+        head, rest = f.read().rsplit(')', 1)
     except OSError:
       continue
+    rest = rest.split()
     if int(rest[2]) == pgid:
-      total += int(rest[11]) + int(rest[12])
-  return total / tick
+      name = head.partition('(')[2]
+      out[name] = out.get(name, 0.0) + (int(rest[11]) + int(rest[12])) / tick
+  return out
 
 
 class Job:
@@ -112,13 +115,16 @@ def drain(a, server, publisher, runner, bodies, expected, work, sample, model, f
     ready = job.wait_ready(publisher, first)
     reader = FindingsReader(job.out_sub)
     reader.start()
-    cpu0, t0 = cpu_seconds(job.proc.pid), time.time()
+    by0, t0 = cpu_by_process(job.proc.pid), time.time()
+    cpu0, split = sum(by0.values()), {}
     publish_all(publisher, job.in_topic, bodies)
     t_events = cpu_events = None
     deadline = t0 + a.timeout
     while time.time() < deadline:
       if t_events is None and (a.no_events_out or len(read_events_out(job.events)) >= len(bodies)):
-        t_events, cpu_events = time.time() - t0, cpu_seconds(job.proc.pid) - cpu0
+        t_events, by1 = time.time() - t0, cpu_by_process(job.proc.pid)
+        cpu_events = sum(by1.values()) - cpu0
+        split = {name: cpu - by0.get(name, 0.0) for name, cpu in by1.items()}
       if t_events is not None and expected <= {f['finding_id'] for _, f in reader.arrivals}:
         break
       time.sleep(0.2)
@@ -135,10 +141,12 @@ def drain(a, server, publisher, runner, bodies, expected, work, sample, model, f
   out = {'ready_s': ready, 'events_s': t_events, 'cpu_s': cpu_events, 'counted': counted,
          'events_per_s': n / t_events if t_events else float('nan'),
          'events_per_cpu_s': n / cpu_events if cpu_events else float('nan'),
-         'findings_s': t_findings, 'findings': len(expected & got), 'extra': len(got - expected)}
+         'findings_s': t_findings, 'findings': len(expected & got), 'extra': len(got - expected),
+         'cpu_by_process': split}
   print(f'[drain {runner}{" no --events-out" if a.no_events_out else ""}] ready {ready:.1f}s after start; {counted}/{n} events counted in '
         f'{t_events or float("nan"):.1f}s = {out["events_per_s"]:.0f} events/s, '
-        f'{out["events_per_cpu_s"]:.0f} events per CPU-second ({cpu_events or float("nan"):.1f} CPU-s); '
+        f'{out["events_per_cpu_s"]:.0f} events per CPU-second ({cpu_events or float("nan"):.1f} CPU-s'
+        + ''.join(f', {name} {cpu:.1f}' for name, cpu in sorted(split.items())) + '); '
         f'{out["findings"]}/{len(expected)} batch findings on the topic after {t_findings:.1f}s '
         f'(idle advance {a.idle:.0f}s included)', flush=True)
   return out
