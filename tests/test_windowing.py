@@ -112,27 +112,6 @@ def test_batch_keyed_path_and_streaming_path_give_the_same_windows():
   sp.run().wait_until_finish()
 
 
-def test_streaming_pane_combine_takes_a_part_per_bundle_not_every_event():
-  """Streaming runners do not lift combiners: a bundle's events of one identity and pane reach
-  the pane combine as one part, and the windows are the same."""
-  from apache_beam.metrics.metric import MetricsFilter
-  events = [ev('a', T0 + 10 * k, ['GetObject', 'PutObject'][k % 2]) for k in range(150)]  # 2 panes
-  events += [ev('b', T0 + 30 * k) for k in range(20)]
-  stream = (TestStream().advance_watermark_to(T0)
-            .add_elements([TimestampedValue(e, e.event_time) for e in events[:90]])  # a bundle
-            .add_elements([TimestampedValue(e, e.event_time) for e in events[90:]])
-            .advance_watermark_to_infinity())
-  p = beam.Pipeline(runner='BundleBasedDirectRunner', options=streaming_options())
-  out = p | stream | IdentityWindows(3600, 900) | beam.Map(full)
-  assert_that(out, equal_to(oracle_windows(events)))
-  result = p.run()
-  result.wait_until_finish()
-  counters = {c.key.metric.name: c.committed for c in
-              result.metrics().query(MetricsFilter().with_namespace('postauth'))['counters']}
-  assert counters['events_windowed'] == len(events)
-  assert counters['pane_parts'] <= 6, counters  # at most (a, 2 panes) + (b, 1) per bundle
-
-
 def _evidence_by_window(events, size=3600, period=900):
   """(identity, window start) -> the window's evidence sample, each event added eagerly."""
   from postauth.domain.window import WindowAggregate

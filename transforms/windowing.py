@@ -23,7 +23,6 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.transforms import trigger, window
 from apache_beam.transforms.window import TimestampedValue
-from apache_beam.utils.windowed_value import WindowedValue
 from apache_beam.utils.timestamp import Duration
 
 from postauth.domain.window import WindowAggregate
@@ -103,37 +102,6 @@ class _AttachWindow(beam.DoFn):
     identity, agg = kv
     self.windows.inc()
     yield IdentityWindow(identity, float(win.start), float(win.end), agg, pane.index)
-
-
-class _PanePartsPerBundle(beam.DoFn):
-  """(identity, event) in a pane window -> (identity, the bundle's aggregate of its events in
-  that pane), emitted as the bundle ends, stamped at its first event, in the same window.
-
-  Streaming runners do not lift combiners (Dataflow streaming, Prism): each input of the pane
-  combine is a keyed state access, and a busy identity's pane is one key taking every event.
-  Parts are exact to merge (``WindowAggregate.merge``, as the batch parse's per-file parts are),
-  so the combine takes a part per bundle instead. Holds one bundle's parts, nothing longer.
-  """
-
-  def __init__(self, period: int, evidence: bool):
-    self._period, self._evidence = period, evidence
-    self.parts = Metrics.counter('postauth', 'pane_parts')
-
-  def start_bundle(self):
-    self._open: typing.Dict[typing.Tuple[str, typing.Any], WindowAggregate] = {}
-
-  def process(self, kv, win=beam.DoFn.WindowParam):
-    identity, event = kv
-    agg = self._open.get((identity, win))
-    if agg is None:
-      agg = self._open[(identity, win)] = WindowAggregate()
-    agg.add(event, self._period, self._evidence)
-
-  def finish_bundle(self):
-    parts, self._open = self._open, {}
-    self.parts.inc(len(parts))
-    for (identity, win), agg in parts.items():
-      yield WindowedValue((identity, agg), agg.first_time, [win])
 
 
 class _CountPaneEvents(beam.DoFn):
@@ -283,8 +251,6 @@ class IdentityWindows(beam.PTransform):
         | 'KeyByIdentity' >> beam.Map(lambda e: (e.identity, e)).with_output_types(
             typing.Tuple[str, Event])
         | 'PaneWindows' >> beam.WindowInto(window.FixedWindows(self.period), **pane_kwargs)
-        | 'PanePartsPerBundle' >> beam.ParDo(_PanePartsPerBundle(self.period, self.evidence)).with_output_types(
-            typing.Tuple[str, WindowAggregate])
         | 'AggregatePanes' >> beam.CombinePerKey(WindowAggregateFn(self.period, self.evidence))
         | 'CountPaneEvents' >> beam.ParDo(_CountPaneEvents()).with_output_types(
             typing.Tuple[str, WindowAggregate])
