@@ -186,6 +186,20 @@ def test_history_expires_to_a_departed_record_then_is_forgotten_on_the_streaming
   assert cell.value is None
 
 
+def test_a_history_stored_before_last_active_existed_still_expires_on_its_timer():
+  """State written by an older job (no ``last_active``) whose timer fires before any new window:
+  it departs as it did then, without failing the bundle."""
+  fn, cell, timer, firings = _history_fn(TrackHistoryFn), _Cell(), _Timer(), _Cell()
+  w = window('ci-ns-42', D0 + H, [ev('ci-ns-42', D0 + 600)])
+  _track(fn, ('ci-ns-42', (w, ctx(identity='ci-ns-42'))), cell, timer, firings)
+  old = pickle.loads(cell.value)
+  old.last_active = None
+  cell.value = pickle.dumps(old)
+  list(fn.expire(fired=Timestamp.of(D0 + 5 * DAY), key=None, state=cell, expire=timer, pending=_Bag(),
+                 firings=firings))
+  assert pickle.loads(cell.value) == (D0 + 600, D0 + 600)  # its last event stands for its last window
+
+
 def test_an_expiry_timer_fired_before_waiting_windows_folds_them_instead():
   """A watermark jump can fire the expiry before the ordering timer of windows already waiting:
   they are folded (and scored), the history is kept and its expiry follows them."""

@@ -307,8 +307,9 @@ class TrackHistoryFn(_HistoryFn):
     firings.clear()
     stored = state.read()
     kept = pickle.loads(stored) if stored else None
-    if isinstance(kept, IdentityHistory) and float(fired) < kept.last_active + self._retention + EXPIRY_GRACE:
-      expire.set(Timestamp.of(kept.last_active + self._retention + EXPIRY_GRACE))
+    if (isinstance(kept, IdentityHistory) and kept.last_active is not None  # None: state from before it
+        and float(fired) < (until := kept.last_active + self._retention + EXPIRY_GRACE)):
+      expire.set(Timestamp.of(until))
       return
     departed = self._departure(kept)
     if departed is None:
@@ -322,7 +323,7 @@ class TrackHistoryFn(_HistoryFn):
     that departed record, nothing."""
     if isinstance(kept, IdentityHistory):
       self.expired.inc()
-      return kept.last_seen(), kept.last_active
+      return kept.last_seen(), kept.last_seen() if kept.last_active is None else kept.last_active
     if kept is not None:
       self.forgotten.inc()
     return None
