@@ -67,9 +67,9 @@ def state_estimate(work: str, records: List[dict], sample: int, window: int = 36
 
 # -- a hot identity at the Pub/Sub dedup ------------------------------------------------------
 
-class _PickledCell:
+class _EncodedCell:
   """A ReadModifyWrite state cell as a runner stores it: the value encoded on write, decoded on
-  read (the dedup's ``PickleCoder``)."""
+  read (with the state's coder)."""
 
   def __init__(self, coder):
     self.coder, self.data = coder, None
@@ -91,9 +91,8 @@ class _NoTimer:
 
 def dedup_pane_cost(events_in_pane: int, batch: int = 500) -> float:
   """CPU seconds the Pub/Sub path's event dedup (``_DropDuplicatesFn``) spends on one identity's
-  pane of ``events_in_pane`` events arriving in batches of ``batch``, each batch split over the
-  job's keys (``_pane_key``: identity, pane and a share of the ids) as the runner would: each
-  key's batch reads and writes that key's id set."""
+  pane of ``events_in_pane`` events arriving in batches of ``batch``, keyed as the job keys them
+  (``_pane_key``): each key's batch reads and writes that key's id digests."""
   from postauth.domain.event import Event
   from postauth.transforms.dedup_events import _DropDuplicatesFn, _pane_key
   fn, key_of = _DropDuplicatesFn(7800, 900), _pane_key(900)
@@ -107,7 +106,7 @@ def dedup_pane_cost(events_in_pane: int, batch: int = 500) -> float:
     for e in events[k:k + batch]:
       by_key.setdefault(key_of(e), []).append(e)
     for key, items in by_key.items():
-      cell = cells.setdefault(key, _PickledCell(_DropDuplicatesFn.SEEN.coder))
+      cell = cells.setdefault(key, _EncodedCell(_DropDuplicatesFn.SEEN.coder))
       for _ in fn.process((key, items), seen=cell, expire=timer):
         pass
   return time.process_time() - t
@@ -115,9 +114,9 @@ def dedup_pane_cost(events_in_pane: int, batch: int = 500) -> float:
 
 def dedup_section(a) -> Dict:
   """The Pub/Sub path's dedup with one identity's pane growing: CPU per pane against its size."""
-  sizes = (1_000, 10_000, 50_000) if a.quick else (10_000, 50_000, 200_000)
-  print('\nPub/Sub event dedup, one identity\'s pane, batches of 500 over the job\'s keys (the job\'s '
-        '_DropDuplicatesFn, state pickled per key batch):')
+  sizes = (1_000, 10_000, 50_000) if a.quick else (10_000, 50_000, 200_000, 1_000_000)
+  print('\nPub/Sub event dedup, one identity\'s pane, batches of 500 on the job\'s key (the job\'s '
+        '_DropDuplicatesFn, its state encoded per key batch):')
   out = {}
   for n in sizes:
     out[n] = cpu = dedup_pane_cost(n)

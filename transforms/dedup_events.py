@@ -6,16 +6,19 @@ dropped copies too, or their messages would never be acknowledged and would come
 every ack deadline. Same semantics otherwise: the first copy of an id passes, later copies
 until ``duration`` seconds after its pane ends are dropped, and the state is released by an
 event-time timer (so it stays bounded). Keyed per (identity, pane) and batched per bundle, so
-state is touched per batch, not per event, and keys spread with the data. Only a watermark timer: no REAL_TIME timer, which would
-keep the DirectRunner from picking Prism.
+state is touched per batch, not per event, and keys spread with the identities. A busy
+identity's pane is one key whose batches each copy its id digests (8 bytes an id): linear in
+the pane's size with a small constant (``bench/scale.py --hot-key-only``). Only a watermark
+timer: no REAL_TIME timer, which would keep the DirectRunner from picking Prism.
 """
 from __future__ import annotations
 
+import hashlib
 import typing
-import zlib
 
 import apache_beam as beam
-from apache_beam.coders import PickleCoder
+import numpy as np
+from apache_beam.coders import BytesCoder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
@@ -28,25 +31,44 @@ from postauth.transforms.bundle_batches import BatchPerBundle
 DUPLICATE = 'duplicate'  # tagged output: raw_ref of every dropped copy
 
 
-SPREAD = 16  # keys per (identity, pane): a hot identity's ids are split over them
-
-
 def _pane_key(period: int):
-  """(identity, pane start, a 1/SPREAD share of event ids): copies of an event meet under one
-  key, and one identity's busy pane is SPREAD keys, each reading a SPREAD-th of its ids."""
-  return lambda e: (e.identity, int(e.event_time // period) * period,
-                    zlib.crc32((e.event_id or e.raw_ref).encode()) % SPREAD)
+  """(identity, pane start): copies of an event share its identity and time, so they meet under
+  one key, and an identity's few events in a bundle are one key batch, not one each."""
+  return lambda e: (e.identity, int(e.event_time // period) * period)
+
+
+_DIGEST = np.dtype('<u8')
+
+
+def id_digests(ids: typing.Iterable[str]) -> np.ndarray:
+  """Stable 64-bit digests (blake2b) of event ids, what the dedup state holds: 8 bytes an id.
+
+  A collision makes a unique event pass for a copy of another in the same key; with n ids under
+  a key that has probability ~n**2 / 2**65 (a share of a hot pane, 200,000 ids: ~1e-9)."""
+  return np.frombuffer(b''.join(hashlib.blake2b(i.encode('utf-8', 'surrogatepass'), digest_size=8).digest()
+                                for i in ids), _DIGEST)
+
+
+def _copies(known: np.ndarray, digests: np.ndarray) -> np.ndarray:
+  """Which of ``digests`` (a batch, in order) are copies: in ``known`` (sorted, unique) or equal
+  to an earlier one in the batch. The first copy of an id is never one."""
+  at = np.searchsorted(known, digests)
+  copy = known[np.minimum(at, len(known) - 1)] == digests if len(known) else np.zeros(len(digests), bool)
+  first = np.zeros(len(digests), bool)
+  first[np.unique(digests, return_index=True)[1]] = True
+  return copy | ~first
 
 
 class _DropDuplicatesFn(beam.DoFn):
-  """((identity, pane start, share), [events]) -> first copy of each event id; raw_ref of the
-  others.
+  """((identity, pane start), [events]) -> first copy of each event id; raw_ref of the others.
 
-  Copies of one event share its identity, time and id, so they meet under one key: the state
-  is that key's ids, read and written once per batch (``BatchPerBundle``), and cleared by an
-  event-time timer ``duration`` after the pane ends."""
+  Copies of one event share its identity, time and id, so they meet under one key. The state is
+  that key's id digests, sorted, 8 bytes each: read and written once per batch
+  (``BatchPerBundle``), a copy of bytes rather than a set to unpickle, so a busy pane's batch
+  costs a memory copy of its ids plus a search per event; cleared by an event-time timer
+  ``duration`` after the pane ends."""
 
-  SEEN = ReadModifyWriteStateSpec('seen', PickleCoder())
+  SEEN = ReadModifyWriteStateSpec('seen', BytesCoder())
   EXPIRE = TimerSpec('expire', TimeDomain.WATERMARK)
 
   def __init__(self, seconds: int, period: int):
@@ -56,24 +78,23 @@ class _DropDuplicatesFn(beam.DoFn):
     self.batches = Metrics.counter('postauth', 'dedup_batches')  # state reads: one per batch
 
   def process(self, kv, seen=beam.DoFn.StateParam(SEEN), expire=beam.DoFn.TimerParam(EXPIRE)):
-    (_, pane, _), events = kv
+    (_, pane), events = kv
     self.batches.inc()
-    known = seen.read()
-    first = known is None
-    known = known or set()
-    before = len(known)
-    for event in events:
-      key = event.event_id or event.raw_ref
-      if key in known:
+    stored = seen.read()
+    known = id_digests(()) if stored is None else np.frombuffer(stored, _DIGEST)
+    digests = id_digests([event.event_id or event.raw_ref for event in events])
+    copy = _copies(known, digests)
+    for event, is_copy in zip(events, copy.tolist()):
+      if is_copy:
         self.duplicates.inc()
         yield beam.pvalue.TaggedOutput(DUPLICATE, event.raw_ref)
-        continue
-      known.add(key)
-      self.unique.inc()
-      yield TimestampedValue(event, event.event_time)
-    if len(known) != before:
-      seen.write(known)
-    if first:
+      else:
+        self.unique.inc()
+        yield TimestampedValue(event, event.event_time)
+    if not copy.all():
+      new = np.unique(digests[~copy])
+      seen.write(np.insert(known, np.searchsorted(known, new), new).tobytes())
+    if stored is None:
       expire.set(Timestamp.of(pane + self._period + self._duration))
 
   @on_timer(EXPIRE)
@@ -91,6 +112,6 @@ class DropDuplicateEvents(beam.PTransform):
   def expand(self, events):
     return (events
             | 'BatchPerPane' >> beam.ParDo(BatchPerBundle(_pane_key(self._period))).with_output_types(
-                typing.Tuple[typing.Tuple[str, int, int], typing.List[Event]])
+                typing.Tuple[typing.Tuple[str, int], typing.List[Event]])
             | 'DropDuplicates' >> beam.ParDo(_DropDuplicatesFn(self._seconds, self._period)).with_outputs(
                 DUPLICATE, main='events'))
