@@ -6,6 +6,7 @@ import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.util import assert_that, equal_to
 import numpy as np
+import pytest
 
 from postauth.transforms.bundle_batches import BatchPerBundle
 from postauth.transforms.dedup_events import DUPLICATE, DropDuplicateEvents
@@ -112,8 +113,11 @@ class _Timer:
     self.at.append(ts)
 
 
-def test_dedup_state_holds_each_id_once_as_8_bytes_and_passes_the_first_copy_in_order():
+@pytest.mark.parametrize('search_from', [1, 10 ** 6], ids=['binary-search', 'set'])
+def test_dedup_state_holds_each_id_once_as_8_bytes_and_passes_the_first_copy_in_order(monkeypatch, search_from):
+  from postauth.transforms import dedup_events
   from postauth.transforms.dedup_events import _DropDuplicatesFn, id_digests
+  monkeypatch.setattr(dedup_events, '_SEARCH_FROM', search_from)
   fn, cell, timer = _DropDuplicatesFn(3600, 900), _Cell(_DropDuplicatesFn.SEEN.coder), _Timer()
   def event(i, ref=None):
     e = ev('role/a', T0 + i)._replace(event_id=f'id-{i}')

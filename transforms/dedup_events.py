@@ -49,14 +49,24 @@ def id_digests(ids: typing.Iterable[str]) -> np.ndarray:
                                 for i in ids), _DIGEST)
 
 
-def _copies(known: np.ndarray, digests: np.ndarray) -> np.ndarray:
+_SEARCH_FROM = 256  # from this many ids in the state, a binary search beats building a set
+
+
+def _copies(known: np.ndarray, digests: np.ndarray) -> typing.List[bool]:
   """Which of ``digests`` (a batch, in order) are copies: in ``known`` (sorted, unique) or equal
-  to an earlier one in the batch. The first copy of an id is never one."""
-  at = np.searchsorted(known, digests)
-  copy = known[np.minimum(at, len(known) - 1)] == digests if len(known) else np.zeros(len(digests), bool)
-  first = np.zeros(len(digests), bool)
-  first[np.unique(digests, return_index=True)[1]] = True
-  return copy | ~first
+  to an earlier one in the batch. The first copy of an id is never one. Plain Python for the
+  few ids of a typical batch and state (numpy's per-call cost is larger there)."""
+  if len(known) >= _SEARCH_FROM:
+    found = (known.take(known.searchsorted(digests), mode='clip') == digests).tolist()
+  else:
+    held = set(known.tolist())
+    found = [d in held for d in digests.tolist()]
+  in_batch: typing.Set[int] = set()
+  copies = []
+  for d, is_known in zip(digests.tolist(), found):
+    copies.append(is_known or d in in_batch)
+    in_batch.add(d)
+  return copies
 
 
 class _DropDuplicatesFn(beam.DoFn):
@@ -83,17 +93,19 @@ class _DropDuplicatesFn(beam.DoFn):
     stored = seen.read()
     known = id_digests(()) if stored is None else np.frombuffer(stored, _DIGEST)
     digests = id_digests([event.event_id or event.raw_ref for event in events])
-    copy = _copies(known, digests)
-    for event, is_copy in zip(events, copy.tolist()):
+    copies = _copies(known, digests)
+    for event, is_copy in zip(events, copies):
       if is_copy:
-        self.duplicates.inc()
         yield beam.pvalue.TaggedOutput(DUPLICATE, event.raw_ref)
       else:
-        self.unique.inc()
         yield TimestampedValue(event, event.event_time)
-    if not copy.all():
-      new = np.unique(digests[~copy])
-      seen.write(np.insert(known, np.searchsorted(known, new), new).tobytes())
+    dropped = sum(copies)
+    if dropped:
+      self.duplicates.inc(dropped)
+    if dropped < len(copies):
+      self.unique.inc(len(copies) - dropped)
+      new = np.sort(digests[~np.array(copies)])  # unique: each is its id's first copy
+      seen.write(np.insert(known, known.searchsorted(new), new).tobytes())
     if stored is None:
       expire.set(Timestamp.of(pane + self._period + self._duration))
 
