@@ -65,7 +65,7 @@ def build_cut(p, options, stage: str) -> None:
   from apache_beam.utils import shared
   from postauth.pipeline.options import DetectOptions, EventOptions, WindowOptions
   from postauth.transforms.history import TrackHistory
-  from postauth.transforms.inventory import EnrichWindows, InventorySnapshots
+  from postauth.transforms.inventory import EnrichWindows, start_up_inventory
   from postauth.transforms.parse import ParseFiles
   from postauth.transforms.score import ScoreWindows
   from postauth.transforms.windowing import IdentityWindows
@@ -78,7 +78,7 @@ def build_cut(p, options, stage: str) -> None:
   if STAGES.index(stage) >= STAGES.index('windows'):
     pc = pc | 'IdentityWindows' >> IdentityWindows(win.window_size, win.window_period)
   if STAGES.index(stage) >= STAGES.index('enrich'):
-    pc = pc | 'Enrich' >> EnrichWindows(p | 'Inventory' >> InventorySnapshots(det.inventory))
+    pc = pc | 'Enrich' >> EnrichWindows(start_up_inventory(p, det.inventory, bounded=True))
   handle = shared.Shared()
   if STAGES.index(stage) >= STAGES.index('history'):
     pc = (pc | 'History' >> TrackHistory(det.model_dir, det.model_version,

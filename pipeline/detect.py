@@ -22,7 +22,7 @@ from postauth.transforms.findings import MergeOverlappingWindows
 from postauth.transforms.fleet_notice import FleetChangeNotices
 from postauth.transforms.history import UNREGISTERED as UNREGISTERED_WINDOWS
 from postauth.transforms.history import refire_horizon, TrackHistory
-from postauth.transforms.inventory import EnrichWindows, InventorySnapshots
+from postauth.transforms.inventory import EnrichWindows, start_up_inventory
 from postauth.transforms.lateness import beam_lateness
 from postauth.transforms.outputs import WriteDeadLetters, WriteFindings, WriteSuppressed
 from postauth.transforms.sinks import FileGathering
@@ -54,7 +54,7 @@ def build_detection(p: beam.Pipeline, options: PipelineOptions) -> Dict[str, bea
             | 'JoinAgentCalls' >> JoinAgentCalls(joined, join.join_clock_skew, join.join_window, lateness)
             | 'IdentityWindows' >> IdentityWindows(win.window_size, win.window_period, lateness,
                                                    grouped=batch)
-            | 'Enrich' >> EnrichWindows(p | 'Inventory' >> InventorySnapshots(det.inventory),
+            | 'Enrich' >> EnrichWindows(start_up_inventory(p, det.inventory, batch),
                                         refresh.inventory_updates, refresh.inventory_poll)
             | 'History' >> TrackHistory(det.model_dir, det.model_version,
                                         unregistered=UNREGISTERED not in disabled,

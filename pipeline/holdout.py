@@ -26,7 +26,7 @@ from postauth.models.model import DetectionModel, TrainConfig
 from postauth.pipeline.options import (DetectOptions, EventOptions, OptionsError, RetrainOptions,
                                        TrainOptions, WindowOptions)
 from postauth.pipeline.train import TrainModel
-from postauth.transforms.inventory import EnrichWindows, InventorySnapshots, ReadInventory
+from postauth.transforms.inventory import EnrichWindows, ReadInventory, start_up_inventory
 from postauth.transforms.parse import ParseFiles
 from postauth.transforms.records import ReadLimits
 from postauth.transforms.sinks import WriteJsonLines
@@ -310,7 +310,7 @@ def build_retrain(p: beam.Pipeline, options: PipelineOptions, current: Optional[
   candidate = windows.train | 'TrainCandidate' >> TrainModel(inventory, det.model_dir, config,
                                                              promote=False)
   evaluation = (windows[HOLDOUT]
-                | 'Enrich' >> EnrichWindows(p | 'InventorySnapshot' >> InventorySnapshots(det.inventory))
+                | 'Enrich' >> EnrichWindows(start_up_inventory(p, det.inventory, bounded=True))
                 | 'BatchHeldBack' >> beam.BatchElements(min_batch_size=64, max_batch_size=4096)
                 | 'ScoreBothModels' >> beam.ParDo(
                     EvaluateBatch(det.model_dir, current, det.threshold, labels),

@@ -112,6 +112,60 @@ def test_enrichment_uses_the_newest_snapshot_it_can_see():
     assert_that(out, equal_to([('a', 'new', 'true', 'ai_agent'), ('c', '', 'false', 'workload_identity')]))
 
 
+def _enrich_from_file(at_setup, team):
+  """Run EnrichWindows on a file read at setup, check 'a' gets ``team``; the number of workers
+  that counted inventory_changed_since_launch."""
+  from apache_beam.metrics.metric import MetricsFilter
+  p = beam.Pipeline(runner='FnApiRunner')
+  out = (p | beam.Create([window('a', T0 + 3600, [ev('a', T0 + 10)])])
+         | EnrichWindows(at_setup) | beam.Map(lambda wc: wc[1]['team']))
+  assert_that(out, equal_to([team]))
+  result = p.run()
+  result.wait_until_finish()
+  changed = result.metrics().query(MetricsFilter().with_name('inventory_changed_since_launch'))['counters']
+  return sum(c.committed or 0 for c in changed)
+
+
+def test_a_batch_job_reads_its_inventory_file_at_setup_and_counts_a_change_since_launch(tmp_path):
+  """No side input (a Prism stage that reads one keeps the runner's scheduler spinning while it
+  runs): each worker reads the file in setup; one rewritten after launch is counted."""
+  import os
+  from postauth.transforms.inventory import InventoryAtSetup
+  path = tmp_path / 'inv.csv'
+  path.write_text('identity,identity_type,owner,team,environment\na,api_key,o,t1,prod\n')
+  at_launch = InventoryAtSetup.at_launch(str(path))
+  assert _enrich_from_file(at_launch, 't1') == 0
+  path.write_text('identity,identity_type,owner,team,environment\na,api_key,o,t2,prod\n')
+  os.utime(path, (T0, T0))  # a different stamp even within the filesystem's time resolution
+  assert _enrich_from_file(at_launch, 't2') >= 1
+
+
+def test_the_batch_detection_graph_has_no_side_input_the_streaming_one_reads_its_inventory(sample, model_dir, tmp_path):
+  from postauth.pipeline import preflight
+  from postauth.pipeline.detect import build_detection
+
+  def side_inputs(streaming):
+    source = (['--streaming', '--subscription=projects/my-project/subscriptions/cloudtrail'] if streaming
+              else [f'--events={sample["dir"]}/live/*'])
+    options = PipelineOptions([f'--inventory={sample["inventory"]}', f'--model-dir={model_dir}', *source,
+                               f'--findings={tmp_path}/findings.jsonl'])
+    preflight.validate_run(options)
+    p = beam.Pipeline(runner='BundleBasedDirectRunner', options=options)
+    build_detection(p, options)
+    found = []
+
+    def walk(node):
+      if node.side_inputs:
+        found.append(node.full_label)
+      for part in node.parts:
+        walk(part)
+    walk(p.transforms_stack[0])
+    return found
+
+  assert side_inputs(streaming=False) == []
+  assert any('Enrich' in label for label in side_inputs(streaming=True))
+
+
 def test_inventory_reread_survives_a_half_written_edit(tmp_path):
   path = tmp_path / 'inv.csv'
   path.write_text('identity,identity_type,owner,team,environment\na,api_key,o,t1,prod\n')

@@ -6,8 +6,9 @@ shape (``normalise``), so rules and findings read the same fields whatever the
 source.
 
 The side input holds *snapshots* (the whole inventory, versioned by when it
-was read). Every job reads one at start (``InventorySnapshots``, global
-window); a streaming job from an unbounded source also re-reads it every
+was read). Every job reads one at start: a batch job's inventory file in each worker's
+``DoFn.setup`` (``InventoryAtSetup``), a BigQuery table or a streaming job's inventory as a
+side input (``InventorySnapshots``, global window); a streaming job from an unbounded source also re-reads it every
 ``refresh_seconds`` (``InventoryRefresh``), a windowed side input that each
 identity-window sees from the last complete refresh period, so an edited
 inventory applies without a restart (see transforms/updates.py for why
@@ -21,6 +22,7 @@ import fnmatch
 import hashlib
 import io
 import json
+import logging
 import time
 import typing
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
@@ -247,22 +249,72 @@ class InventoryRefresh(beam.PTransform):
     return PolledRead(functools.partial(read_snapshot, path), refresh_seconds, 'inventory')
 
 
+def file_stamp(path: str) -> Tuple[int, float]:
+  """(size, last update) of an inventory file, as the filesystem reports it."""
+  meta = FileSystems.match([path])[0].metadata_list[0]
+  return meta.size_in_bytes, meta.last_updated_in_seconds
+
+
+class InventoryAtSetup(typing.NamedTuple):
+  """An inventory file each worker reads once, in ``DoFn.setup``, instead of a side input.
+
+  ``stamp``: the file's ``file_stamp`` at launch; a worker that finds another counts
+  ``inventory_changed_since_launch`` (and uses what it read), so a file replaced during a
+  job is visible. Why not a side input: on Prism, a stage that reads a side input keeps the
+  runner's scheduler busy (a full core) for as long as any of its bundles runs, and the
+  batch job's scoring stage, where enrichment fuses, runs for most of the job."""
+  path: str
+  stamp: Tuple[int, float]
+
+  @classmethod
+  def at_launch(cls, path: str) -> 'InventoryAtSetup':
+    return cls(path, file_stamp(path))
+
+
+def start_up_inventory(p: beam.Pipeline, path: str, bounded: bool):
+  """What ``EnrichWindows`` reads at start: a bounded job's inventory file is read by each
+  worker at setup (``InventoryAtSetup``); a BigQuery table, or any streaming job's inventory,
+  is one snapshot as a side input (``InventorySnapshots``: every worker of a long-running job
+  sees the same start-up read, whenever it joined)."""
+  if bounded and not path.startswith('bq://'):
+    return InventoryAtSetup.at_launch(path)
+  return p | 'Inventory' >> InventorySnapshots(path)
+
+
 class _EnrichFn(beam.DoFn):
   """IdentityWindow -> (IdentityWindow, context) from the newest inventory this worker has seen.
 
   Order of preference: the re-read visible to this window, else the newest
   re-read this DoFn instance saw before (a window whose side window is empty,
-  e.g. a failed re-read), else the snapshot read at start.
+  e.g. a failed re-read), else the snapshot read at start (the side input ``base``, or
+  the file read in ``setup``).
   """
 
-  def __init__(self, poll: Optional[PolledRead] = None):
+  def __init__(self, poll: Optional[PolledRead] = None, at_setup: Optional[InventoryAtSetup] = None):
     self.unregistered = Metrics.counter('postauth', 'windows_unregistered_identity')
     self.updates_used = Metrics.counter('postauth', 'inventory_updates_applied')
+    self.changed = Metrics.counter('postauth', 'inventory_changed_since_launch')
     self._last: Optional[Tuple[float, Snapshot]] = None
     self._poll = poll
+    self._at_setup = at_setup
 
-  def process(self, w, base, updates=None):
-    snapshot = newest(base)
+  def setup(self):
+    self._read: Optional[Snapshot] = None
+    self._changed = False
+    if self._at_setup is not None:
+      self._read = read_snapshot(self._at_setup.path)
+      self._changed = file_stamp(self._at_setup.path) != tuple(self._at_setup.stamp)
+      if self._changed:
+        logging.warning('inventory %s changed after the job was launched; this worker uses it as '
+                        'read now', self._at_setup.path)
+
+  def start_bundle(self):
+    if self._changed:  # counted once per worker, where metrics are collected
+      self.changed.inc()
+      self._changed = False
+
+  def process(self, w, base=None, updates=None):
+    snapshot = self._read if base is None else newest(base)
     if self._poll is not None:
       read = self._poll.poll()
       updates = [read] if read is not None else []
@@ -290,25 +342,29 @@ class EnrichWindows(beam.PTransform):
   """IdentityWindow -> (IdentityWindow, inventory context); or (identity, [windows]) ->
   (identity, [(window, context)]) for grouped windows.
 
-  ``snapshots``: the start-up read (``InventorySnapshots``); ``updates``: the
-  side input of an ``InventoryRefresh`` (streaming), or None; ``poll``: the same
-  re-read polled by this step instead (``InventoryRefresh.polled``), or None.
+  ``inventory``: the start-up read (``start_up_inventory``: an ``InventoryAtSetup`` file or
+  an ``InventorySnapshots`` side input); ``updates``: the side input of an
+  ``InventoryRefresh`` (streaming), or None; ``poll``: the same re-read polled by this step
+  instead (``InventoryRefresh.polled``), or None.
   """
 
-  def __init__(self, snapshots, updates=None, poll: Optional[PolledRead] = None):
+  def __init__(self, inventory, updates=None, poll: Optional[PolledRead] = None):
     super().__init__()
-    self._snapshots = snapshots
+    self._inventory = inventory
     self._updates = updates
     self._poll = poll
 
   def expand(self, windows):
-    extra = [] if self._updates is None else [self._updates]
+    at_setup = self._inventory if isinstance(self._inventory, InventoryAtSetup) else None
+    sides = {} if at_setup else {'base': beam.pvalue.AsList(self._inventory)}
+    if self._updates is not None:
+      sides['updates'] = self._updates
     # Typed so Beam's sampled size estimates find IdentityWindowCoder's, not a pickle of each window.
     in_context = typing.Tuple[IdentityWindow, typing.Dict[str, typing.Any]]
     out = {convert_to_beam_type(IDENTITY_WINDOWS): typing.Tuple[str, typing.List[in_context]],
            IdentityWindow: in_context}.get(windows.element_type, typing.Any)
     return windows | 'AttachInventory' >> beam.ParDo(
-        _EnrichFn(self._poll), beam.pvalue.AsList(self._snapshots), *extra).with_output_types(out)
+        _EnrichFn(self._poll, at_setup), **sides).with_output_types(out)
 
 
 class ReadInventory(beam.PTransform):
