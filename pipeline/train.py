@@ -12,7 +12,8 @@ import logging
 import os
 import time
 import typing
-from typing import Dict, Iterable, List
+from collections import defaultdict
+from typing import Any, Dict, Iterable, List, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -131,6 +132,31 @@ class WalkIdentityHistory(beam.DoFn):
     yield beam.pvalue.TaggedOutput(MEMBERS, (cohort, 1))
 
 
+_SAVED = Metrics.counter('postauth', 'model_versions_saved')
+_VECTOR, _PROFILE, _MEMBERS, _FLEET, _BOUNDS = 'vector', 'profile', 'members', 'fleet', 'bounds'
+
+
+def _unpack_fit_inputs(tagged: Iterable[Tuple[str, Any]]):
+  """(kind, value) items -> (bounds, {cohort: [(HeldOutWindow, vector)]}, {identity: profile},
+  {cohort: identities}, fleet table)."""
+  cohorts: Dict[str, List] = defaultdict(list)
+  profiles: Dict[str, IdentityProfile] = {}
+  members: Dict[str, int] = {}
+  bounds, fleet = None, None
+  for kind, value in tagged:
+    if kind == _VECTOR:
+      cohorts[value[0]].append(value[1])
+    elif kind == _PROFILE:
+      profiles[value[0]] = value[1]
+    elif kind == _MEMBERS:
+      members[value[0]] = value[1]
+    elif kind == _FLEET:
+      fleet = value
+    else:
+      bounds = value
+  return bounds, dict(cohorts), profiles, members, fleet
+
+
 class _FitAndSave(beam.DoFn):
   """Fits the cohort forests, writes the version with its training report, promotes it if asked."""
 
@@ -142,8 +168,13 @@ class _FitAndSave(beam.DoFn):
     self._promote = promote
     self._started = started
 
-  def process(self, bounds: List[float], cohorts: Dict[str, List], profiles: Dict[str, IdentityProfile],
-              members: Dict[str, int], fleet: FleetProfile):
+  def process(self, gathered: Tuple[str, Iterable[Tuple[str, Any]]]):
+    """``gathered``: ('', every input tagged by kind) from ``TrainModel``'s one-key gather."""
+    bounds, cohorts, profiles, members, fleet = _unpack_fit_inputs(gathered[1])
+    yield from self._fit(bounds, cohorts, profiles, members, fleet)
+
+  def _fit(self, bounds: List[float], cohorts: Dict[str, List], profiles: Dict[str, IdentityProfile],
+           members: Dict[str, int], fleet: FleetProfile):
     t0 = time.time()
     cohorts = {c: sorted(v, key=lambda wx: (wx[0].window_end, wx[0].identity, wx[0].window_start))
                for c, v in cohorts.items()}
@@ -229,13 +260,26 @@ class TrainModel(beam.PTransform):
                                             beam.pvalue.AsDict(self._inventory),
                                             beam.pvalue.AsSingleton(fleet)).with_outputs(
                                                 PROFILES, MEMBERS, main='vectors'))
-    cohorts = walked.vectors | 'GroupByCohort' >> beam.GroupByKey()
     members = walked[MEMBERS] | 'IdentitiesPerCohort' >> beam.CombinePerKey(sum)
     bounds = windows | 'TrainingWindow' >> beam.CombineGlobally(_Bounds())
-    return bounds | 'FitAndSave' >> beam.ParDo(
-        _FitAndSave(self._model_dir, self._config, self._promote, time.time(), self._page_budget),
-        beam.pvalue.AsDict(cohorts), beam.pvalue.AsDict(walked[PROFILES]),
-        beam.pvalue.AsDict(members), beam.pvalue.AsSingleton(fleet))
+    # The fit's inputs as one element under one key, not as side inputs: on Prism a stage that
+    # reads side inputs keeps the runner's scheduler spinning a core while its bundle runs,
+    # and the fit is the job's longest bundle. Memory is the same: the fit holds them all.
+    parts = [walked.vectors | 'TagVectors' >> beam.Map(lambda kv: ('', (_VECTOR, kv))),
+             walked[PROFILES] | 'TagProfiles' >> beam.Map(lambda kv: ('', (_PROFILE, kv))),
+             members | 'TagMembers' >> beam.Map(lambda kv: ('', (_MEMBERS, kv))),
+             fleet | 'TagFleet' >> beam.Map(lambda f: ('', (_FLEET, f))),
+             bounds | 'TagBounds' >> beam.Map(lambda b: ('', (_BOUNDS, b)))]
+    version = (parts
+               | 'FitInputs' >> beam.Flatten()
+               | 'GatherForFit' >> beam.GroupByKey()
+               | 'FitAndSave' >> beam.ParDo(_FitAndSave(self._model_dir, self._config, self._promote,
+                                                        time.time(), self._page_budget)))
+    # Another stage reads the version, so the fit's stage has a data output: on Prism a stage
+    # without one keeps the runner spinning a core for as long as its bundle runs.
+    _ = (version | 'AfterFit' >> beam.Reshuffle()
+         | 'CountVersions' >> beam.Map(lambda v: _SAVED.inc()))
+    return version
 
 
 def build_training(p: beam.Pipeline, options: PipelineOptions, inventory_path: str,

@@ -133,3 +133,24 @@ def test_model_json_is_read_fast_and_still_reads_python_json_infinity():
   assert artifact.loads_json(b'{"a": [1, 2.5]}') == {'a': [1, 2.5]}
   value = artifact.loads_json_gz(gzip.compress(b'{"hi": Infinity, "lo": -Infinity, "n": NaN}'))
   assert value['hi'] == math.inf and value['lo'] == -math.inf and math.isnan(value['n'])
+
+
+def test_the_training_fit_reads_no_side_input_and_another_stage_reads_its_version(sample, tmp_path):
+  """On Prism a stage reading side inputs, or one without a data output, keeps the runner
+  spinning a core while its bundle runs; the fit is training's longest bundle."""
+  import apache_beam as beam
+  from apache_beam.options.pipeline_options import PipelineOptions
+  from postauth.pipeline.train import build_training
+  options = PipelineOptions([f'--events={sample["dir"]}/history/*'])
+  p = beam.Pipeline(runner='BundleBasedDirectRunner', options=options)
+  version = build_training(p, options, sample['inventory'], str(tmp_path / 'model'))['version']
+  nodes = []
+
+  def walk(node):
+    nodes.append(node)
+    for part in node.parts:
+      walk(part)
+  walk(p.transforms_stack[0])
+  fit = [n for n in nodes if n.full_label.endswith('FitAndSave')]
+  assert len(fit) == 1 and not fit[0].side_inputs
+  assert any(version in n.inputs for n in nodes if 'Reshuffle' in type(n.transform).__name__)
