@@ -44,7 +44,7 @@ def id_digests(ids: typing.Iterable[str]) -> np.ndarray:
   """Stable 64-bit digests (blake2b) of event ids, what the dedup state holds: 8 bytes an id.
 
   A collision makes a unique event pass for a copy of another in the same key; with n ids under
-  a key that has probability ~n**2 / 2**65 (a share of a hot pane, 200,000 ids: ~1e-9)."""
+  a key that has probability ~n**2 / 2**65 (a pane of 200,000 ids: ~1e-9)."""
   return np.frombuffer(b''.join(hashlib.blake2b(i.encode('utf-8', 'surrogatepass'), digest_size=8).digest()
                                 for i in ids), _DIGEST)
 

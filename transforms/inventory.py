@@ -8,8 +8,8 @@ source.
 The side input holds *snapshots* (the whole inventory, versioned by when it
 was read). Every job reads one at start: a batch job's inventory file in each worker's
 ``DoFn.setup`` (``InventoryAtSetup``), a BigQuery table or a streaming job's inventory as a
-side input (``InventorySnapshots``, global window); a streaming job from an unbounded source also re-reads it every
-``refresh_seconds`` (``InventoryRefresh``), a windowed side input that each
+side input (``InventorySnapshots``, global window); a streaming job from an unbounded source
+also re-reads it every ``refresh_seconds`` (``InventoryRefresh``), a windowed side input that each
 identity-window sees from the last complete refresh period, so an edited
 inventory applies without a restart (see transforms/updates.py for why
 windowed, and for the one runner where it cannot run).
