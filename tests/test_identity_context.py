@@ -140,6 +140,12 @@ def test_a_batch_job_reads_its_inventory_file_at_setup_and_counts_a_change_since
   assert _enrich_from_file(at_launch, 't2') >= 1
 
 
+def test_an_inventory_gone_before_launch_is_named_not_an_index_error(tmp_path):
+  from postauth.transforms.inventory import InventoryAtSetup
+  with pytest.raises(InventoryError, match='not found'):
+    InventoryAtSetup.at_launch(str(tmp_path / 'gone.csv'))
+
+
 def test_the_batch_detection_graph_has_no_side_input_the_streaming_one_reads_its_inventory(sample, model_dir, tmp_path):
   from postauth.pipeline import preflight
   from postauth.pipeline.detect import build_detection

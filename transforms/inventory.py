@@ -251,8 +251,10 @@ class InventoryRefresh(beam.PTransform):
 
 def file_stamp(path: str) -> Tuple[int, float]:
   """(size, last update) of an inventory file, as the filesystem reports it."""
-  meta = FileSystems.match([path])[0].metadata_list[0]
-  return meta.size_in_bytes, meta.last_updated_in_seconds
+  found = FileSystems.match([path])[0].metadata_list
+  if not found:
+    raise InventoryError(f'inventory {path} not found')
+  return found[0].size_in_bytes, found[0].last_updated_in_seconds
 
 
 class InventoryAtSetup(typing.NamedTuple):
