@@ -87,9 +87,7 @@ def test_dedup_reads_its_state_once_per_identity_pane_batch_and_drops_copies_acr
   result = _run_on_prism(build)
   # per step and bundle, one batch per (identity, pane): (a, pane 0) and (b, pane 1), then
   # (a, pane 0) for the 10 copies -- not 160 state reads
-  batches = _counter(result, 'dedup_batches')
-  print('dedup batches', batches)
-  assert 3 <= batches <= 6
+  assert 3 <= _counter(result, 'dedup_batches') <= 6
 
 
 class _Cell:

@@ -56,14 +56,15 @@ def _copies(known: np.ndarray, digests: np.ndarray) -> typing.List[bool]:
   """Which of ``digests`` (a batch, in order) are copies: in ``known`` (sorted, unique) or equal
   to an earlier one in the batch. The first copy of an id is never one. Plain Python for the
   few ids of a typical batch and state (numpy's per-call cost is larger there)."""
+  ids = digests.tolist()
   if len(known) >= _SEARCH_FROM:
     found = (known.take(known.searchsorted(digests), mode='clip') == digests).tolist()
   else:
     held = set(known.tolist())
-    found = [d in held for d in digests.tolist()]
+    found = [d in held for d in ids]
   in_batch: typing.Set[int] = set()
   copies = []
-  for d, is_known in zip(digests.tolist(), found):
+  for d, is_known in zip(ids, found):
     copies.append(is_known or d in in_batch)
     in_batch.add(d)
   return copies
