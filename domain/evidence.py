@@ -15,6 +15,7 @@ at scoring); a finding then picks up to 20 of them for its top reasons (``pick``
 from __future__ import annotations
 
 import datetime
+import functools
 import re
 import zlib
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
@@ -240,6 +241,7 @@ def rank_entry(terms: Terms, k: Tuple[str, float], ev: Dict) -> Optional[tuple]:
   return (-rel, -len(ev.get('new', ())), ev['time'], ev['event_id'], k) if rel > 0 else None
 
 
+@functools.lru_cache(maxsize=1 << 16)  # a cache, not state: a finding's versions repeat its events
 def _time(t: float) -> str:
   return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime(
       '%Y-%m-%dT%H:%M:%S.%f')[:-3] + 'Z'

@@ -13,7 +13,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 
 from conftest import streaming_options
-from postauth.transforms.compact import compact_findings, latest_lines, versions_path
+from postauth.transforms.compact import VersionLine, compact_findings, latest_lines, latest_of, versions_path
 from postauth.transforms.findings import MergeOverlappingWindows, finding_id, rfc3339
 from postauth.transforms.outputs import apply_sinks
 from postauth.transforms.sink_records import finding_from_avro, finding_to_avro
@@ -256,6 +256,24 @@ def test_streaming_parts_compact_to_the_latest_version_per_id(tmp_path):
     assert [(d['finding_id'], d['updates']) for d in map(json.loads, f)] == [('f1', 0), ('f1', 1), ('f2', 0)]
   latest_only, _ = latest_lines([json.dumps(r) for r in rows])
   assert [json.loads(l)['updates'] for l in latest_only] == [1, 0]
+
+
+def test_a_batch_file_step_orders_version_entries_as_it_would_their_parsed_lines():
+  # ranks tie (f1's two versions with the same updates and occurrences), detection times tie
+  # (f2 and f3) and the first-seen order differs from the time order: the line order decides
+  rows = [dict(version('f1', 0, H, 'low', [SCOPE]), updates=0, occurrences=2),
+          dict(version('f1', 0, H + Q, 'medium', [SCOPE]), updates=1),
+          dict(version('f1', 0, H + Q, 'high', [SCOPE]), updates=1),
+          dict(version('f3', 3 * H, 4 * H, 'medium', [SCOPE]), updates=0),
+          dict(version('f2', 3 * H, 4 * H, 'low', [SCOPE]), updates=0)]
+  rows[3]['first_detected_at'] = rows[4]['first_detected_at'] = '2000-01-01T00:00:00Z'
+  lines = sorted(json.dumps(r, sort_keys=True) for r in rows)
+  entries = sorted(VersionLine.of(r, json.dumps(r, sort_keys=True)) for r in rows)
+  assert [e.line for e in entries] == lines
+  assert latest_of(entries) == latest_lines(lines)
+  latest, ordered = latest_of(entries)
+  assert [json.loads(l)['severity'] for l in latest if json.loads(l)['finding_id'] == 'f1'] == ['medium']
+  assert len(ordered) == 5 and [json.loads(l)['finding_id'] for l in ordered][:2] == ['f2', 'f3']
 
 
 def test_pubsub_message_says_update_and_page_and_avro_keeps_the_version_fields():

@@ -389,3 +389,15 @@ def test_repeats_fold_into_one_finding_with_a_count_in_batch_and_streaming():
 
   assert_that(out, check)
   p.run().wait_until_finish()
+
+
+def test_scope_patterns_match_as_fnmatch_does_case_insensitively():
+  import fnmatch
+  from postauth.transforms.inventory import matches_any
+  lists = [['ecr:*', 's3:Get*'], ['S3', 'sts'], ['a?c', '[ab]*'], ['a|b', '(c)'], ['.*'], ['*'], []]
+  values = ['ecr:BatchGetImage', 's3:getobject', 'S3', 'sts:AssumeRole', 'abc', 'bcd', 'a|b', '(c)',
+            '.*', 'a', '', 'x\ny']
+  for patterns in lists:
+    for value in values:
+      expected = any(fnmatch.fnmatchcase(value.lower(), p.lower()) for p in patterns)
+      assert matches_any(value, patterns) is expected, (value, patterns)

@@ -20,6 +20,7 @@ import argparse
 import glob
 import json
 import os
+import typing
 from typing import Dict, List, Optional, Tuple
 
 import apache_beam as beam
@@ -76,23 +77,39 @@ def _loads(line: str):
     return json.loads(line)
 
 
-def latest_lines(lines: List[str]) -> Tuple[List[str], List[str]]:
-  """JSON lines of finding versions -> (latest line per id, first-seen order; every line in version order)."""
-  parsed = [(_loads(line), line) for line in lines if line.strip()]
+class VersionLine(typing.NamedTuple):
+  """A finding version's JSON line with the fields ``latest_of`` orders versions by, taken from
+  the version when the line is made: a batch job's file step then never parses its own lines."""
+  line: str
+  finding_id: str
+  rank: tuple  # version_rank
+  detected: str  # first_detected_at (window_end, '' without)
+
+  @classmethod
+  def of(cls, finding: Dict, line: str) -> 'VersionLine':
+    return cls(line, finding['finding_id'], version_rank(finding),
+               finding.get('first_detected_at') or finding.get('window_end') or '')
+
+
+def latest_of(versions: List[VersionLine]) -> Tuple[List[str], List[str]]:
+  """Versions -> (the latest line per id, in first-seen order; every line ordered by detection
+  time, then rank, then position in ``versions``)."""
   best: Dict[str, Tuple[tuple, int, str]] = {}
   order: List[str] = []
-  for n, (f, line) in enumerate(parsed):
-    fid = f['finding_id']
-    rank = version_rank(f)
+  for n, v in enumerate(versions):
+    fid = v.finding_id
     if fid not in best:
       order.append(fid)
-      best[fid] = (rank, n, line)
-    elif rank >= best[fid][0]:
-      best[fid] = (rank, n, line)
-  ordered = [line for _, line in sorted(
-      ((f.get('first_detected_at') or f.get('window_end') or '', version_rank(f), n), line)
-      for n, (f, line) in enumerate(parsed))]
+      best[fid] = (v.rank, n, v.line)
+    elif v.rank >= best[fid][0]:
+      best[fid] = (v.rank, n, v.line)
+  ordered = [v.line for _, v in sorted(((v.detected, v.rank, n), v) for n, v in enumerate(versions))]
   return [best[fid][2] for fid in order], ordered
+
+
+def latest_lines(lines: List[str]) -> Tuple[List[str], List[str]]:
+  """JSON lines of finding versions -> (latest line per id, first-seen order; every line in version order)."""
+  return latest_of([VersionLine.of(_loads(line), line) for line in lines if line.strip()])
 
 
 def compact_findings(path: str, parts: Optional[List[str]] = None) -> Dict[str, int]:

@@ -6,6 +6,7 @@ transforms/finding_builder.py keeps up to date window by window.
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 from typing import Dict, Iterable, List, Tuple
 
@@ -16,6 +17,7 @@ from postauth.domain import evidence
 SEVERITY_ORDER = {'low': 0, 'medium': 1, 'high': 2, 'critical': 3}
 
 
+@functools.lru_cache(maxsize=1 << 12)  # a cache, not state: window bounds repeat across versions
 def rfc3339(t: float) -> str:
   return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')
 

@@ -29,7 +29,8 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from postauth.transforms.last_resort import LastResort
 from postauth.transforms.options import EventOptions, PubSubSourceOptions, SinkOptions
-from postauth.transforms.compact import LatestVersions, compact_findings, latest_lines, versions_path
+from postauth.transforms.compact import (LatestVersions, VersionLine, compact_findings, latest_of,
+                                         versions_path)
 from postauth.transforms.parse import dead_letter
 from postauth.transforms.versions import version_rank
 from postauth.transforms.sinks import (FileGathering, WriteJsonLines, WriteParts, WriteWholeFiles, compact_parts, parts_dir,
@@ -250,10 +251,11 @@ def apply_sinks(records, specs: List[SinkSpec], record_kind: str, streaming: boo
         # Findings: every version to the log, the latest per finding to the file, both from one
         # gathering, whose keying step makes the lines.
         render = functools.partial(_latest_and_versions, spec.target) if is_finding else None
+        to_entry = _version_line if is_finding else None
         if files is None:
-          records | name >> WriteWholeFiles(spec.target, render, to_line)
+          records | name >> WriteWholeFiles(spec.target, render, to_entry)
         else:
-          files.add(records, spec.target, render, to_line)
+          files.add(records, spec.target, render, to_entry)
     elif spec.kind == 'avro':
       convert = finding_to_avro if is_finding else dead_letter_record
       written = (records | f'{name}Latest' >> LatestVersions()
@@ -289,8 +291,12 @@ def _finding_line(finding: Dict) -> str:
   return json.dumps(finding, sort_keys=True)
 
 
-def _latest_and_versions(path: str, lines: List[str]) -> Dict[str, List[str]]:
-  latest, ordered = latest_lines(lines)
+def _version_line(finding: Dict) -> VersionLine:
+  return VersionLine.of(finding, _finding_line(finding))
+
+
+def _latest_and_versions(path: str, versions: List[VersionLine]) -> Dict[str, List[str]]:
+  latest, ordered = latest_of(versions)
   return {path: latest, versions_path(path): ordered}
 
 

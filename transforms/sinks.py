@@ -102,12 +102,14 @@ def write_whole_file(path: str, lines: List[str]) -> None:
   FileSystems.rename([tmp], [path])  # replaces an earlier file in one step (os.rename; a GCS copy)
 
 
-Render = Callable[[List[str]], Dict[str, List[str]]]
-ToLine = Callable[[Any], str]  # a record -> its line, applied in the keying step (one step less)
-_GATHERED = typing.Tuple[str, Packed]  # a line, or None (the seed); packed: transforms/packed.py
+# The render gets the lines sorted (or the entries ``to_line`` made: a tuple led by its line
+# sorts as the line does, and carries what the render would otherwise parse back out of it).
+Render = Callable[[List[Any]], Dict[str, List[str]]]
+ToLine = Callable[[Any], Any]  # a record -> its line (or entry), applied in the keying step (one step less)
+_GATHERED = typing.Tuple[str, Packed]  # a line or entry, or None (the seed); packed: transforms/packed.py
 
 
-def _keyed_line(record: Any, name: str, to_line: Optional[ToLine]) -> Tuple[str, Optional[str]]:
+def _keyed_line(record: Any, name: str, to_line: Optional[ToLine]) -> Tuple[str, Any]:
   return name, record if to_line is None else to_line(record)
 
 
