@@ -20,6 +20,9 @@ MAX_EMITTERS = 16  # services emitting one identity's self-named records, per wi
 EMITTER_EVENTS = 3  # first events kept per emitting service (by time, then id)
 
 
+_CAPPED = ('actions', 'resources', 'networks', 'agents', 'regions')  # counters of up to MAX_KEYS keys
+
+
 def _bump(counts: Dict[str, int], key: str, n: int = 1) -> int:
   """Adds to a capped counter; returns how much did not fit."""
   if key in counts or len(counts) < MAX_KEYS:
@@ -155,13 +158,17 @@ class WindowAggregate:
     self.count += other.count
     self.errors += other.errors
     self.read_only += other.read_only
-    for field in ('actions', 'categories', 'resources', 'networks', 'agents', 'regions'):
-      mine = getattr(self, field)
-      for k, v in getattr(other, field).items():
-        if field == 'categories':
+    for field in _CAPPED:
+      mine, theirs = getattr(self, field), getattr(other, field)
+      if len(mine) + len(theirs) <= MAX_KEYS:  # every key fits: _bump would spill nothing
+        for k, v in theirs.items():
           mine[k] = mine.get(k, 0) + v
-        else:
+      else:
+        for k, v in theirs.items():
           self.overflow += _bump(mine, k, v)
+    categories = self.categories  # not capped: a key per taxonomy category
+    for k, v in other.categories.items():
+      categories[k] = categories.get(k, 0) + v
     for k, v in other.action_category.items():
       if k in self.actions:
         self.action_category[k] = v

@@ -355,15 +355,14 @@ class DetectionModel:
     return components.max(axis=1), components
 
   def explain(self, window, cohort: str, x: np.ndarray, top: int = 4,
-              profile: Optional[IdentityProfile] = None) -> List[Dict]:
-    """The features that make this window rare for its cohort, in a responder's words."""
+              profile: Optional[IdentityProfile] = None, tail: Optional[np.ndarray] = None) -> List[Dict]:
+    """The features that make this window rare for its cohort, in a responder's words
+    (``tail``: its per-feature tail probabilities, when its batch has them)."""
     peers = self.peers(window.identity, _type_of(cohort))
-    cohort = self.cohort_for(cohort)
-    tail = self.distributions[cohort].tail_probability(x[None, :])[0]
+    if tail is None:
+      tail = self.distributions[self.cohort_for(cohort)].tail_probability(x[None, :])[0]
     order = np.argsort(tail, kind='stable')
-    reasons = []
-    if profile is None:
-      profile = self.profiles.get(window.identity)
+    reasons, profile = [], self.profiles.get(window.identity) if profile is None else profile
     for i in order[:top]:
       if tail[i] > 0.05 or x[i] <= 0:
         break

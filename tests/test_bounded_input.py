@@ -138,3 +138,21 @@ def test_every_dead_letter_payload_is_bounded():
   assert d['raw_bytes'] == len(payload) and d['raw_sha256'] == hashlib.sha256(payload).hexdigest()
   small = dead_letter('bad', 'f#1', b'[1, 2, 3]')
   assert json.loads(small)['raw'] == '[1, 2, 3]' and 'raw_sha256' not in json.loads(small)
+
+
+def test_a_file_is_one_document_or_json_lines_whichever_its_whole_parses_as():
+  from postauth.transforms.records import ReadLimits
+
+  def shapes(data: bytes):
+    return [(r.error, r.obj) for r in split_records(data, 'f', ReadLimits())]
+
+  doc = {'Records': [{'a': 1}, {'b': 2}]}
+  assert shapes(json.dumps(doc, indent=2).encode()) == [('', {'a': 1}), ('', {'b': 2})]
+  assert shapes(json.dumps(doc).encode() + b'\n \n') == [('', {'a': 1}), ('', {'b': 2})]
+  assert shapes(b'{"a": 1}\n{"b": 2}\n') == [('', {'a': 1}), ('', {'b': 2})]
+  # the first line a value, the rest not: lines, the damaged one dead-lettered
+  assert [e for e, _ in shapes(b'{"a": 1}\n{"b": \n')][0] == ''
+  assert [e for e, _ in shapes(b'{"a": 1}\n{"b": \n')][1].startswith('invalid JSON')
+  # a list on one line, then a second value: lines, neither an object
+  assert [e for e, _ in shapes(b'[1]\n[2]')] == ['record is a JSON list, not an object'] * 2
+  assert shapes(b'[{"a": 1},\n {"b": 2}]') == [('', {'a': 1}), ('', {'b': 2})]

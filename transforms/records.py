@@ -217,7 +217,7 @@ def split_records(data: bytes, source: str, limits: ReadLimits = DEFAULT_LIMITS)
   if not stripped:
     return
   whole = None
-  if stripped[:1] in (b'{', b'['):
+  if stripped[:1] in (b'{', b'[') and not _first_line_is_a_value(stripped):
     try:
       whole = orjson.loads(stripped)
     except orjson.JSONDecodeError:
@@ -252,6 +252,20 @@ def split_records(data: bytes, source: str, limits: ReadLimits = DEFAULT_LIMITS)
       yield RawRecord(line, None, f'record of {len(line)} bytes exceeds {limit}', ref)
     else:
       yield decode(line, ref)
+
+
+def _first_line_is_a_value(data: bytes) -> bool:
+  """Whether ``data`` (stripped) is more than one line and its first line is a JSON value by
+  itself: then the whole cannot be one document (a value is followed by nothing), so a JSON-lines
+  file skips parsing all of it as one only to fail at its second line."""
+  end = data.find(b'\n')
+  if end < 0:
+    return False
+  try:
+    orjson.loads(data[:end])
+  except orjson.JSONDecodeError:
+    return False
+  return True
 
 
 def raw_text(raw: bytes) -> str:

@@ -107,6 +107,17 @@ class KeyByCohortShard(beam.DoFn):
     yield (kind, zlib.crc32(element.window.identity.encode()) % n), element
 
 
+def _tail_probabilities(model, x: np.ndarray, cohorts: List, rows: np.ndarray) -> Dict[int, np.ndarray]:
+  """Row -> its per-feature tail probabilities against its cohort's training windows (what
+  ``explain`` ranks), for a batch's flagged rows: one search per feature and cohort, not per row."""
+  keys = np.asarray([model.cohort_for(cohorts[i]) for i in rows])
+  tails: Dict[int, np.ndarray] = {}
+  for cohort in set(keys.tolist()):
+    at = rows[keys == cohort]
+    tails.update(zip(at.tolist(), model.distributions[cohort].tail_probability(x[at])))
+  return tails
+
+
 class ScoreBatchFn(beam.DoFn):
   """A batch of WindowInContext -> scored-window dicts for windows the model or a rule flags.
 
@@ -175,6 +186,7 @@ class ScoreBatchFn(beam.DoFn):
       scores[ready], components[ready], x[ready] = s, c, f
       self.scored.inc(len(ready))
       self.batch_size.update(len(ready))
+    tails = _tail_probabilities(model, x, cohorts, np.flatnonzero(scores >= self._threshold))
     for i, item in enumerate(batch):
       w, ctx = item.window, item.context
       score = float(scores[i])
@@ -205,7 +217,7 @@ class ScoreBatchFn(beam.DoFn):
           'judgment': verdict.to_dict(),
           'model_version': model.version,
           'cohort': model.cohort_for(cohorts[i]),
-          'reasons': model.explain(w, cohorts[i], x[i], profile=item.history) if flagged else [],
+          'reasons': model.explain(w, cohorts[i], x[i], profile=item.history, tail=tails[i]) if flagged else [],
           'rules': fired + [_evidence_reason(e) for e in verdict.evidence if e['kind'] not in named],
           'actions': dict(sorted(agg.actions.items(), key=lambda kv: (-kv[1], kv[0]))[:10]),
           'resources': dict(sorted(agg.resources.items(), key=lambda kv: (-kv[1], kv[0]))[:10]),
