@@ -36,6 +36,7 @@ TRACKED_CATEGORIES = (
     'defense_evasion', 'resource_sharing', 'remote_execution', 'compute_launch')
 
 
+@functools.lru_cache(maxsize=1 << 12)  # a cache, not state: window ends repeat across identities
 def hour_of(t: float) -> int:
   return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).hour
 
@@ -237,8 +238,9 @@ class IdentityProfile:
     self.first_seen = min(self.first_seen, other.first_seen)
     self.last_seen = max(self.last_seen, other.last_seen)
     for mine, theirs in zip(self.hourly + [self.overall], other.hourly + [other.overall]):
-      for i in range(3):
-        mine[i] += theirs[i]
+      if theirs[0] or theirs[1] or theirs[2]:  # a window's profile fills one hour of 24
+        for i in range(3):
+          mine[i] += theirs[i]
     for cat, n in other.category_max.items():
       if n > self.category_max.get(cat, 0):
         self.category_max[cat] = n

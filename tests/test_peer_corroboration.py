@@ -208,6 +208,10 @@ def test_a_new_24_inside_a_used_private_range_does_not_page_alone():
   verdict = judge(item.window, item.context, item.history, peers, 'high')  # even when the model flags it
   assert not verdict.pages() and not verdict.evidence
   assert any('inside the fleet' in c for c in verdict.change)
+  assert judge(item.window, item.context, item.history, peers, 'high', bare_if_quiet=True) == verdict
+  # unflagged, no rule, no evidence: scoring drops the window, so it asks for no notes
+  assert judge(item.window, item.context, item.history, peers, None, bare_if_quiet=True) == ('low', [], [], [])
+  assert judge(item.window, item.context, item.history, peers, None).change == verdict.change
   # the same calls from an internet network no identity of the fleet used page
   w2 = window(identity, DAY0 + 9 * 3600, [ev(identity, DAY0 + 9 * 3600 - 600 + k, ip='10.0.0.1') for k in range(10)]
               + [ev(identity, DAY0 + 9 * 3600 - 500 + k, ip='93.184.216.34') for k in range(10)])

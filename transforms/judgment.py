@@ -234,9 +234,11 @@ def change_notes(agg, history, peers, novel: List[str]) -> List[str]:
 
 
 def judge(window, context: Dict, history, peers, model_severity: Optional[str],
-          rules_fired: Sequence[Dict] = ()) -> Judgment:
+          rules_fired: Sequence[Dict] = (), bare_if_quiet: bool = False) -> Judgment:
   """The window's paging basis; ``model_severity`` is the model's level when it flagged the
-  window (None when it did not score or flag it), ``rules_fired`` the rules' reasons."""
+  window (None when it did not score or flag it), ``rules_fired`` the rules' reasons.
+  ``bare_if_quiet``: a window with no evidence, no rule fired and no model flag gets 'low' with
+  no notes, for a caller that drops such windows (the notes are most of the cost)."""
   agg = window.agg
   identity_type = context.get('identity_type', '') or agg.identity_type
   novel = history.unseen('actions', agg.actions) if history is not None and history.windows else []
@@ -250,6 +252,8 @@ def judge(window, context: Dict, history, peers, model_severity: Optional[str],
     if r['rule'] in EVIDENCE_RULES or graded or on_high_impact:
       evidence.append({'kind': r['rule'], 'severity': r['severity'], 'actions': r.get('actions', []),
                        'detail': r['detail']})
+  if bare_if_quiet and not evidence and not rules_fired and not model_severity:
+    return Judgment('low', [], [], [])
   shareable = shareable_novelty(agg, history, peers, novel)
   change = change_notes(agg, history, peers, novel)
   if evidence:

@@ -194,7 +194,7 @@ class ScoreBatchFn(beam.DoFn):
       peers = model.peers(w.identity, ctx.get('identity_type', ''))
       fired = rules.evaluate(w, ctx, item.history, self._rules, peers)
       verdict = judge(w, ctx, item.history, peers,
-                      (model.severity_of(score) or 'low') if flagged else None, fired)
+                      (model.severity_of(score) or 'low') if flagged else None, fired, bare_if_quiet=True)
       if not flagged and not fired and not verdict.evidence:
         continue
       if flagged:
