@@ -118,7 +118,7 @@ class WindowAggregate:
         span[1] = e.event_time
     self.overflow += spill
     if sample:  # training needs no evidence: it skips the sample's cost
-      evidence_sample.add(self.evidence, e, action, net)
+      evidence_sample.add(self.evidence if self._evidence_parts else self._evidence, e, action, net)
     self.overflow += _bump(self.agents, agent_family(e.user_agent))
     emitter = emitter_of(e.provider, e.user_agent)
     if emitter is not None:

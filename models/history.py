@@ -46,8 +46,8 @@ class IdentityHistory:
   """Per-identity history: ``observe(window)`` returns the profile to judge it against."""
 
   __slots__ = ('base', 'today', 'day', 'first_day', 'unregistered_clock', 'last_active', 'open',
-               'closed', 'previous', '_merged')
-  _TRANSIENT = ('_merged',)
+               'closed', 'previous', '_merged', '_closed_from')
+  _TRANSIENT = ('_merged', '_closed_from')
 
   def __init__(self, base: Optional[IdentityProfile] = None):
     self.base = base or IdentityProfile()  # days before ``day``, settled windows
@@ -68,6 +68,7 @@ class IdentityHistory:
     # (the day before ``day``, its base): what a late firing of that day is judged against.
     self.previous: Optional[Tuple[int, IdentityProfile]] = None
     self._merged = None  # cache of the last base + ledger merge (not persisted)
+    self._closed_from = float('inf')  # no end in ``closed`` is below it (not persisted)
 
   def observe(self, agg, window_end: float, window_start: Optional[float] = None,
               refire_horizon: float = 0.0) -> IdentityProfile:
@@ -143,17 +144,21 @@ class IdentityHistory:
       end, profile = self.open.pop(start)
       self.today.merge(profile)
       self.closed[start] = (end, profile.events)
+      self._closed_from = min(self._closed_from, end)
     if self.day is not None and upto >= self.day * DAY:
       if any(day_of(e) < self.day for e, _ in self.open.values()):
         self.base = self._before(self.day, None)
         for start, (end, profile) in list(self.open.items()):
           if day_of(end) < self.day:
             self.closed[start] = (end, self.open.pop(start)[1].events)
+            self._closed_from = min(self._closed_from, end)
       self.previous = None
     # A re-fire normally reaches the history within a horizon of its window settling, but a busy
     # runner (a replay, a backlog) can run the history hours ahead of a window's late firings:
     # a day of records (~30 bytes a window) tells their counts; later ones are ``forgotten``.
-    self.closed = {s: v for s, v in self.closed.items() if v[0] > upto - DAY}
+    if self._closed_from <= upto - DAY:  # some record is a day old: keep the others
+      self.closed = {s: v for s, v in self.closed.items() if v[0] > upto - DAY}
+      self._closed_from = min((v[0] for v in self.closed.values()), default=float('inf'))
 
   def final_profile(self) -> IdentityProfile:
     """Everything observed so far folded together (what a trained model stores per identity)."""
@@ -185,5 +190,6 @@ class IdentityHistory:
   def __setstate__(self, state):
     for k in self.__slots__:
       setattr(self, k, state.get(k))
+    self._closed_from = float('-inf')  # unknown: the next settle looks
     if self.open is None:  # state written before the ledger
       self.open, self.closed = {}, {}
