@@ -71,7 +71,7 @@ def _insert(store: Store, key: str, s: Sample, cap: int) -> None:
   first, last = KEEP[key[0]]
   lst = store.get(key)
   if lst is None:
-    same = [k for k in store if k[0] == key[0]]
+    same = [k for k in store if k[0] == key[0]] if len(store) >= cap else ()  # fewer keys in all: not full
     if len(same) >= cap:
       worst = max(same, key=lambda k: _priority(k, store[k][0]))
       if _priority(worst, store[worst][0]) < _priority(key, s):
@@ -81,10 +81,13 @@ def _insert(store: Store, key: str, s: Sample, cap: int) -> None:
     return
   if not _wanted(lst, s[_TIME], s[_ID], first, last):
     return
-  if any(x[_ID] == s[_ID] and x[_TIME] == s[_TIME] for x in lst):
+  if (s[_TIME], s[_ID]) > (lst[-1][_TIME], lst[-1][_ID]):  # after all of them (events in time order)
+    lst.append(s)
+  elif any(x[_ID] == s[_ID] and x[_TIME] == s[_TIME] for x in lst):
     return  # the same event seen twice (a replayed message)
-  lst.append(s)
-  lst.sort(key=lambda x: (x[_TIME], x[_ID]))
+  else:
+    lst.append(s)
+    lst.sort(key=lambda x: (x[_TIME], x[_ID]))
   if len(lst) > first + last:
     del lst[first]  # neither among the first nor the last
 

@@ -19,9 +19,9 @@ def network_of(ip: str) -> str:
   """The /24 (IPv4) or /48 (IPv6) a source address belongs to; hostnames as-is."""
   if not ip:
     return ''
-  octets = ip.split('.')
-  if len(octets) == 4 and all(_is_octet(o) for o in octets):  # the common case, without ipaddress
-    return f'{octets[0]}.{octets[1]}.{octets[2]}.0/24'
+  quad = _DOTTED_QUAD.fullmatch(ip)
+  if quad is not None:  # the common case, without ipaddress
+    return f'{quad[1]}.{quad[2]}.{quad[3]}.0/24'
   try:
     addr = ipaddress.ip_address(ip)
   except ValueError:
@@ -30,10 +30,9 @@ def network_of(ip: str) -> str:
   return str(ipaddress.ip_network(f'{ip}/{prefix}', strict=False))
 
 
-def _is_octet(text: str) -> bool:
-  """A dotted-quad part as ``ipaddress`` reads it: 1-3 ASCII digits, <= 255, no leading zero."""
-  return (0 < len(text) <= 3 and text.isascii() and text.isdigit() and int(text) <= 255
-          and (text == '0' or text[0] != '0'))
+# A dotted-quad part as ``ipaddress`` reads it: 1-3 ASCII digits, <= 255, no leading zero.
+_OCTET = '(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9][0-9]|[0-9])'
+_DOTTED_QUAD = re.compile(r'\.'.join([_OCTET] * 4))
 
 
 @functools.lru_cache(maxsize=1 << 16)
