@@ -81,6 +81,7 @@ class Table:
     self.rows: Tuple[Row, ...] = tuple(rows)
     self._patterns = tuple((r, r.service.lower(), r.action.lower()) for r in self.rows)
     self._match = functools.lru_cache(maxsize=8192)(self._find)
+    self.listed = functools.lru_cache(maxsize=8192)(self._has_rows)  # every window asks, per action
 
   @classmethod
   def from_text(cls, text: str) -> 'Table':
@@ -106,8 +107,8 @@ class Table:
     """The rows of an action, in file order (empty when it is not high-impact)."""
     return self._match(provider, service, action)
 
-  def listed(self, action_key: str) -> bool:
-    """Whether a window's action key (``service:Action``) has a row for any provider."""
+  def _has_rows(self, action_key: str) -> bool:
+    """Whether a window's action key (``service:Action``) has a row for any provider (``listed``)."""
     service, _, action = action_key.partition(':')
     return any(self._match(p, service, action) for p in PROVIDERS)
 
@@ -348,7 +349,7 @@ def first_uses(agg, identity: str, known: Callable[[str], bool],
   tab = table_ or table()
   # Most windows hold no listed action their history lacks: their evidence sample, which may
   # still be in parts to merge (WindowAggregate.merge lazy), is then never read.
-  candidates = [a for a in sorted(agg.actions) if tab.listed(a) and not known(a)]
+  candidates = sorted(a for a in agg.actions if tab.listed(a) and not known(a))
   if not candidates:
     return []
   store = getattr(agg, 'evidence', None) or {}
