@@ -98,38 +98,47 @@ class WindowAggregate:
       self.errors += 1
     if e.read_only:
       self.read_only += 1
+    t = e.event_time
     action = f'{e.service}:{e.action}'
-    spill = _bump(self.actions, action)
-    if not spill:
+    actions = self.actions  # _bump inlined for the counters every event touches
+    if action in actions or len(actions) < MAX_KEYS:
+      actions[action] = actions.get(action, 0) + 1
       self.action_category[action] = e.category
-    self.overflow += spill
-    self.categories[e.category] = self.categories.get(e.category, 0) + 1
+    else:
+      self.overflow += 1
+    categories = self.categories
+    categories[e.category] = categories.get(e.category, 0) + 1
     if e.resource:
       self.overflow += _bump(self.resources, e.resource)
     net = network_of(e.source_ip)
-    spill = _bump(self.networks, net)
-    if not spill:
+    networks = self.networks
+    if net in networks or len(networks) < MAX_KEYS:
+      networks[net] = networks.get(net, 0) + 1
       span = self.network_spans.get(net)
       if span is None:
-        self.network_spans[net] = [e.event_time, e.event_time]
-      elif e.event_time < span[0]:
-        span[0] = e.event_time
-      elif e.event_time > span[1]:
-        span[1] = e.event_time
-    self.overflow += spill
+        self.network_spans[net] = [t, t]
+      elif t < span[0]:
+        span[0] = t
+      elif t > span[1]:
+        span[1] = t
+    else:
+      self.overflow += 1
     if sample:  # training needs no evidence: it skips the sample's cost
       evidence_sample.add(self.evidence if self._evidence_parts else self._evidence, e, action, net)
     self.overflow += _bump(self.agents, agent_family(e.user_agent))
     emitter = emitter_of(e.provider, e.user_agent)
     if emitter is not None:
-      self.overflow += _note_emitter(self.emitters, emitter, 1, [[e.event_time, e.event_id, action]])
+      self.overflow += _note_emitter(self.emitters, emitter, 1, [[t, e.event_id, action]])
     self.overflow += _bump(self.regions, e.region)
     if pane_seconds:
-      pane = int(e.event_time // pane_seconds * pane_seconds)
+      pane = int(t // pane_seconds * pane_seconds)
       self.panes[pane] = self.panes.get(pane, 0) + 1
-    self.first_time = min(self.first_time, e.event_time)
-    self.last_time = max(self.last_time, e.event_time)
-    self.identity_type = self.identity_type or e.identity_type
+    if t < self.first_time:
+      self.first_time = t
+    if t > self.last_time:
+      self.last_time = t
+    if not self.identity_type:
+      self.identity_type = e.identity_type
     return self
 
   def listing(self, actions: List[str], limit: int = 5) -> str:
