@@ -113,7 +113,8 @@ def main():
   a = ap.parse_args()
   from sklearn.ensemble import IsolationForest
   from postauth.models.features import feature_vector
-  from postauth.models.model import DetectionModel, TrainConfig, cohort_key
+  from postauth.models.model import DetectionModel, cohort_key
+  from postauth.models.train_config import TrainConfig
 
   t = time.perf_counter()
   windows, contexts, profiles = synthesise(a.windows, a.identities, a.history, a.seed)

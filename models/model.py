@@ -25,6 +25,7 @@ from postauth.models.fleet import FleetProfile, PeerView
 from postauth.models.forest_arrays import ForestArrays, from_sklearn
 from postauth.models.forest_store import arrays_file, forest_file
 from postauth.models.profile import PROFILE_FORMAT, IdentityProfile
+from postauth.models.train_config import TrainConfig
 
 GLOBAL = '_global'
 TEAM_SEP = '/'  # cohort "identity_type/team"
@@ -32,75 +33,10 @@ SEVERITIES = (('critical', 6.5), ('high', 5.0), ('medium', 4.0), ('low', 3.0))
 _log = logging.getLogger('postauth.model')
 
 
-class ConfigError(ValueError):
-  """A training configuration file that cannot be used (unknown key, bad value)."""
-
-
 def cohort_key(identity_type: str, team: str = '') -> str:
   """The finest cohort an identity belongs to: "identity_type/team", or the type alone."""
   team = (team or '').strip()
   return f'{identity_type}{TEAM_SEP}{team}' if team else identity_type
-
-
-@dataclasses.dataclass
-class TrainConfig:
-  """Hyperparameters; loadable from a JSON file with the same keys.
-
-  Every key is documented in docs/models.md ("Training configuration") and shown in
-  config/train-config.example.json.
-  """
-  n_estimators: int = 100  # trees per cohort forest
-  max_samples: int = 512  # windows drawn per tree (capped at the cohort's size)
-  max_features: float = 1.0  # share of features drawn per tree
-  seed: int = 42  # random_state of every forest: same data + config = same model
-  min_cohort_windows: int = 300  # smaller cohorts use the next coarser model
-  warmup_days: int = 1  # windows scored against at least this much history
-  team_cohorts: bool = False  # also train one model per (identity_type, team)
-  holdout_days: int = 2  # last history days the levels are calibrated on, each scored by a model of the days before
-
-  @classmethod
-  def from_file(cls, path: Optional[str]) -> 'TrainConfig':
-    if not path:
-      return cls()
-    from apache_beam.io.filesystems import FileSystems
-    try:
-      with FileSystems.open(path, compression_type='uncompressed') as f:
-        data = json.loads(f.read())
-    except Exception as e:  # unreadable or not JSON: say which file
-      raise ConfigError(f'--train-config {path}: {e}') from e
-    return cls.from_dict(data, source=path)
-
-  @classmethod
-  def from_dict(cls, data: Dict, source: str = 'config') -> 'TrainConfig':
-    if not isinstance(data, dict):
-      raise ConfigError(f'{source}: expected a JSON object of hyperparameters')
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-      raise ConfigError(f'{source}: unknown keys {unknown}; known keys: {sorted(known)}')
-    config = cls(**data)
-    if isinstance(config.max_features, int) and not isinstance(config.max_features, bool):
-      # JSON 1 is an int, and scikit-learn reads an int max_features as a feature *count*.
-      config.max_features = float(config.max_features)
-    config.validate(source)
-    return config
-
-  def validate(self, source: str = 'config') -> None:
-    checks = [
-        ('n_estimators', isinstance(self.n_estimators, int) and self.n_estimators >= 1, 'an integer >= 1'),
-        ('max_samples', isinstance(self.max_samples, int) and self.max_samples >= 2, 'an integer >= 2'),
-        ('max_features', isinstance(self.max_features, (int, float)) and 0 < self.max_features <= 1,
-         'a number in (0, 1]'),
-        ('seed', isinstance(self.seed, int) and not isinstance(self.seed, bool), 'an integer'),
-        ('min_cohort_windows', isinstance(self.min_cohort_windows, int) and self.min_cohort_windows >= 10,
-         'an integer >= 10'),
-        ('warmup_days', isinstance(self.warmup_days, int) and self.warmup_days >= 0, 'an integer >= 0'),
-        ('team_cohorts', isinstance(self.team_cohorts, bool), 'true or false'),
-        ('holdout_days', isinstance(self.holdout_days, int) and self.holdout_days >= 0, 'an integer >= 0'),
-    ]
-    for name, ok, expected in checks:
-      if not ok:
-        raise ConfigError(f'{source}: {name}={getattr(self, name)!r} must be {expected}')
 
 
 def severity_of(score: float, thresholds: Optional[Dict[str, float]] = None) -> Optional[str]:
@@ -139,6 +75,7 @@ class DetectionModel:
     self.profiles = profiles
     self.manifest = manifest
     self.fit_seconds: Dict[str, float] = {}  # per cohort, set by fit (for the training report)
+    self._peer_views: Dict[Tuple[str, str], PeerView] = {}
 
   # -- training ---------------------------------------------------------------
   @classmethod
@@ -306,11 +243,16 @@ class DetectionModel:
     return identity_type if identity_type in self.forests else GLOBAL
 
   def peers(self, identity: str, identity_type: str) -> PeerView:
-    """The fleet as this identity's peers see it (its own trained use not counted)."""
+    """The fleet as this identity's peers see it (its own trained use not counted); kept per
+    trained identity and type (a loaded model does not change; every window of it asks)."""
     profile = self.profiles.get(identity)
     if profile is None:
       return self.fleet.view(identity_type, None)
-    return self.fleet.view(identity_type, profile.seen['actions'], networks=profile.seen['networks'])
+    view = self._peer_views.get((identity, identity_type))
+    if view is None:
+      view = self._peer_views[identity, identity_type] = self.fleet.view(
+          identity_type, profile.seen['actions'], networks=profile.seen['networks'])
+    return view
 
   def severity_of(self, score: float) -> Optional[str]:
     return severity_of(score, self.thresholds)

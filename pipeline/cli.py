@@ -177,7 +177,7 @@ def main(argv: Optional[List[str]] = None) -> int:
   logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s')
   logging.getLogger('postauth').setLevel(logging.INFO)  # progress of long stages (train, retrain)
   from postauth.models.artifact import ArtifactError
-  from postauth.models.model import ConfigError
+  from postauth.models.train_config import ConfigError
   collector.settle_before_job()
   try:
     return COMMANDS[command](rest)

@@ -22,7 +22,8 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms import window
 
-from postauth.models.model import DetectionModel, TrainConfig
+from postauth.models.model import DetectionModel
+from postauth.models.train_config import TrainConfig
 from postauth.pipeline.options import (DetectOptions, EventOptions, OptionsError, RetrainOptions,
                                        TrainOptions, WindowOptions)
 from postauth.pipeline.train import TrainModel

@@ -171,7 +171,7 @@ def main(argv: Optional[List[str]] = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
   from postauth.models.artifact import ArtifactError
-  from postauth.models.model import ConfigError
+  from postauth.models.train_config import ConfigError
   try:
     command, postauth, beam_args = translate(argv)
     logging.info('postauth %s %s %s', command, ' '.join(postauth), ' '.join(beam_args))

@@ -22,7 +22,7 @@ class TrainOptions(PipelineOptions):
   @classmethod
   def _add_argparse_args(cls, parser):
     parser.add_argument('--train-config', dest='train_config', default=None,
-                        help='JSON file of hyperparameters (see models.model.TrainConfig).')
+                        help='JSON file of hyperparameters (see models.train_config.TrainConfig).')
     parser.add_argument('--no-promote', dest='promote', action='store_false', default=True,
                         help='Write the new version without pointing LATEST at it.')
     parser.add_argument('--page-budget', dest='page_budget', type=float, default=5.0,

@@ -235,7 +235,7 @@ def check_train_config(path: Optional[str]) -> None:
     return
   if not is_remote(path):
     read_local('--train-config', path)
-  from postauth.models.model import ConfigError, TrainConfig
+  from postauth.models.train_config import ConfigError, TrainConfig
   try:
     TrainConfig.from_file(path)
   except ConfigError as e:

@@ -54,7 +54,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from postauth.models import artifact, registry
-from postauth.models.model import DetectionModel, TrainConfig
+from postauth.models.model import DetectionModel
+from postauth.models.train_config import TrainConfig
 from postauth.pipeline.holdout import COMPARISON, build_retrain, gate, iso, read_labels
 from postauth.pipeline.options import (DetectOptions, EventOptions, OptionsError, RetrainOptions,
                                        TrainOptions, WindowOptions, validate_limits,

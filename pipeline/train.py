@@ -26,7 +26,8 @@ from postauth.models import report as training_report
 from postauth.models.features import feature_vector
 from postauth.models.fleet import FleetProfile, network_keys
 from postauth.models.history import IdentityHistory
-from postauth.models.model import SEVERITIES, DetectionModel, TrainConfig, cohort_key, levels_from_medium
+from postauth.models.model import SEVERITIES, DetectionModel, cohort_key, levels_from_medium
+from postauth.models.train_config import TrainConfig
 from postauth.models.profile import IdentityProfile, seen_key
 from postauth.transforms.agent_join import AgentPrincipals, JoinAgentCalls
 from postauth.transforms import rules

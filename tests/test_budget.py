@@ -5,7 +5,8 @@ import numpy as np
 
 from postauth.models.budget import HeldOutWindow, above_budget, calibrate, count_pages
 from postauth.models.features import FEATURE_NAMES
-from postauth.models.model import DetectionModel, TrainConfig
+from postauth.models.model import DetectionModel
+from postauth.models.train_config import TrainConfig
 
 DAY = 86400
 

@@ -13,8 +13,8 @@ from postauth.models import report as training_report
 from postauth.models.artifact import ArtifactError
 from postauth.models.calibration import Calibration
 from postauth.models.features import FEATURE_NAMES
-from postauth.models.model import (GLOBAL, SEVERITIES, ConfigError, DetectionModel, TrainConfig,
-                          forest_file)
+from postauth.models.model import GLOBAL, SEVERITIES, DetectionModel, forest_file
+from postauth.models.train_config import ConfigError, TrainConfig
 from postauth.models.profile import IdentityProfile
 from test_model import agg_of
 from test_windowing import T0, ev

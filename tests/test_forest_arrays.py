@@ -17,7 +17,8 @@ from sklearn.ensemble import IsolationForest
 from postauth.models import forest_store
 from postauth.models.features import FEATURE_NAMES
 from postauth.models.forest_arrays import ForestArrays, from_sklearn
-from postauth.models.model import DetectionModel, TrainConfig
+from postauth.models.model import DetectionModel
+from postauth.models.train_config import TrainConfig
 from postauth.models.profile import IdentityProfile
 from postauth.models.report import split_share
 from test_windowing import T0

@@ -10,7 +10,8 @@ import pytest
 from postauth.models.artifact import ArtifactError
 from postauth.models.calibration import Calibration
 from postauth.models.features import FEATURE_NAMES, INDEX, feature_vector
-from postauth.models.model import DetectionModel, TrainConfig
+from postauth.models.model import DetectionModel
+from postauth.models.train_config import TrainConfig
 from postauth.models.profile import IdentityProfile
 from postauth.domain.window import WindowAggregate
 from postauth.transforms.findings import split_runs, to_finding

@@ -10,7 +10,8 @@ import pytest
 from postauth.models import registry
 from postauth.models.artifact import LATEST, ArtifactError
 from postauth.models.features import FEATURE_NAMES
-from postauth.models.model import DetectionModel, TrainConfig
+from postauth.models.model import DetectionModel
+from postauth.models.train_config import TrainConfig
 from postauth.models.profile import IdentityProfile
 from postauth.pipeline.cli import main
 from test_windowing import T0
