@@ -170,19 +170,23 @@ class WindowAggregate:
     for field in _CAPPED:
       mine, theirs = getattr(self, field), getattr(other, field)
       if len(mine) + len(theirs) <= MAX_KEYS:  # every key fits: _bump would spill nothing
-        for k, v in theirs.items():
-          mine[k] = mine.get(k, 0) + v
+        if not mine:  # a fresh window's first pane
+          mine.update(theirs)
+        else:
+          for k, v in theirs.items():
+            mine[k] = mine.get(k, 0) + v
       else:
         for k, v in theirs.items():
           self.overflow += _bump(mine, k, v)
-    categories = self.categories  # not capped: a key per taxonomy category
-    for k, v in other.categories.items():
-      categories[k] = categories.get(k, 0) + v
+    for mine, theirs in ((self.categories, other.categories), (self.panes, other.panes)):  # not capped
+      if not mine:
+        mine.update(theirs)
+      else:
+        for k, v in theirs.items():
+          mine[k] = mine.get(k, 0) + v
     for k, v in other.action_category.items():
       if k in self.actions:
         self.action_category[k] = v
-    for k, v in other.panes.items():
-      self.panes[k] = self.panes.get(k, 0) + v
     for k, (lo, hi) in other.network_spans.items():
       if k in self.networks:
         span = self.network_spans.get(k)
