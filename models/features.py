@@ -92,7 +92,7 @@ def feature_vector(agg: WindowAggregate, profile: Optional[IdentityProfile],
   """
   p = profile or IdentityProfile()
   peers = peers or NO_FLEET.view('', None)
-  x = np.zeros(len(FEATURE_NAMES), dtype=np.float64)
+  x = [0.0] * len(FEATURE_NAMES)  # a list, then one array: numpy item assignment is slow
   mu, sd = p.volume_baseline(hour_of(window_end - 1))
   x[0] = max(0.0, (math.log1p(agg.count) - mu) / sd)
   x[1] = _excess(len(agg.actions), p.max_distinct_actions)
@@ -121,7 +121,7 @@ def feature_vector(agg: WindowAggregate, profile: Optional[IdentityProfile],
   base = len(FEATURE_NAMES) - len(EXCESS_CATEGORIES)
   for i, cat in enumerate(EXCESS_CATEGORIES):
     x[base + i] = _excess(agg.categories.get(cat, 0), p.category_max.get(cat, 0))
-  return x
+  return np.array(x, dtype=np.float64)
 
 
 def _family_in(resource: str, families: Dict[str, int]) -> bool:
