@@ -22,6 +22,7 @@ def rfc3339(t: float) -> str:
   return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')
 
 
+@functools.lru_cache(maxsize=1 << 12)  # a cache, not state: every version of a finding asks
 def finding_id(identity: str, start: float, end: float) -> str:
   """Deterministic and stable through updates: the identity and its run's first window."""
   return hashlib.sha256(f'{identity}|{start:.0f}|{end:.0f}'.encode()).hexdigest()[:24]
