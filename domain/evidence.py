@@ -81,7 +81,7 @@ def _insert(store: Store, key: str, s: Sample, cap: int) -> None:
     return
   if not _wanted(lst, s[_TIME], s[_ID], first, last):
     return
-  if (s[_TIME], s[_ID]) > (lst[-1][_TIME], lst[-1][_ID]):  # after all of them (events in time order)
+  if not lst or (s[_TIME], s[_ID]) > (lst[-1][_TIME], lst[-1][_ID]):  # after all kept (events in time order)
     lst.append(s)
   elif any(x[_ID] == s[_ID] and x[_TIME] == s[_TIME] for x in lst):
     return  # the same event seen twice (a replayed message)
