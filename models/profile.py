@@ -17,6 +17,7 @@ import re
 import struct
 from typing import Any, Dict, Iterable, List
 
+from postauth.domain.taxonomy import SENSITIVE_CATEGORIES
 from postauth.domain.window import WindowAggregate
 
 MAX_SEEN = {'actions': 512, 'resources': 2048, 'families': 256, 'scopes': 128, 'networks': 64,
@@ -193,7 +194,6 @@ class IdentityProfile:
 
   # -- building ---------------------------------------------------------------
   def update(self, agg: WindowAggregate, window_end: float) -> 'IdentityProfile':
-    from postauth.domain.taxonomy import SENSITIVE_CATEGORIES
     self.windows += 1
     self.first_seen = min(self.first_seen, agg.first_time)
     self.last_seen = max(self.last_seen, agg.last_time)
