@@ -31,6 +31,16 @@ def _bump(counts: Dict[str, int], key: str, n: int = 1) -> int:
   return n
 
 
+def _add_all(counts: Dict, more: Dict) -> None:
+  """Adds every count of ``more`` (uncapped); into an empty counter (a fresh window's first
+  pane) as one copy."""
+  if not counts:
+    counts.update(more)
+  else:
+    for k, v in more.items():
+      counts[k] = counts.get(k, 0) + v
+
+
 def _note_emitter(emitters: Dict[str, list], emitter: str, n: int, events: List[list]) -> int:
   """Adds ``n`` calls and their first ``events`` ([time, id, action], sorted) to an emitting
   service's entry; returns the calls that did not fit. The events kept are exact under merging
@@ -170,20 +180,12 @@ class WindowAggregate:
     for field in _CAPPED:
       mine, theirs = getattr(self, field), getattr(other, field)
       if len(mine) + len(theirs) <= MAX_KEYS:  # every key fits: _bump would spill nothing
-        if not mine:  # a fresh window's first pane
-          mine.update(theirs)
-        else:
-          for k, v in theirs.items():
-            mine[k] = mine.get(k, 0) + v
+        _add_all(mine, theirs)
       else:
         for k, v in theirs.items():
           self.overflow += _bump(mine, k, v)
-    for mine, theirs in ((self.categories, other.categories), (self.panes, other.panes)):  # not capped
-      if not mine:
-        mine.update(theirs)
-      else:
-        for k, v in theirs.items():
-          mine[k] = mine.get(k, 0) + v
+    _add_all(self.categories, other.categories)  # not capped: a key per taxonomy category
+    _add_all(self.panes, other.panes)
     for k, v in other.action_category.items():
       if k in self.actions:
         self.action_category[k] = v

@@ -280,11 +280,14 @@ class DetectionModel:
     """
     x = self.features(windows, profiles, [_type_of(c) for c in cohorts])
     components = np.zeros((len(windows), 2))
-    cohorts = np.asarray([self.cohort_for(c) for c in cohorts])
-    for cohort in set(cohorts.tolist()):
-      idx = np.flatnonzero(cohorts == cohort)
+    for cohort, idx in self.rows_by_cohort(cohorts):
       components[idx] = self.score_features(x[idx], cohort)[1]
     return components.max(axis=1), components, x
+
+  def rows_by_cohort(self, cohorts: Sequence) -> List[Tuple[str, np.ndarray]]:
+    """(model cohort, indices of the rows it scores) for rows given as ``cohort_for`` takes them."""
+    keys = np.asarray([self.cohort_for(c) for c in cohorts])
+    return [(cohort, np.flatnonzero(keys == cohort)) for cohort in set(keys.tolist())]
 
   def score_features(self, x: np.ndarray, cohort: str) -> Tuple[np.ndarray, np.ndarray]:
     """Calibrated scores and their (forest, rarity) components for a feature matrix of one cohort."""

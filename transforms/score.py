@@ -110,10 +110,9 @@ class KeyByCohortShard(beam.DoFn):
 def _tail_probabilities(model, x: np.ndarray, cohorts: List, rows: np.ndarray) -> Dict[int, np.ndarray]:
   """Row -> its per-feature tail probabilities against its cohort's training windows (what
   ``explain`` ranks), for a batch's flagged rows: one search per feature and cohort, not per row."""
-  keys = np.asarray([model.cohort_for(cohorts[i]) for i in rows])
   tails: Dict[int, np.ndarray] = {}
-  for cohort in set(keys.tolist()):
-    at = rows[keys == cohort]
+  for cohort, idx in model.rows_by_cohort([cohorts[i] for i in rows]):
+    at = rows[idx]
     tails.update(zip(at.tolist(), model.distributions[cohort].tail_probability(x[at])))
   return tails
 
