@@ -21,7 +21,7 @@ from postauth.transforms.corroborate import CorroborateWithPeers
 from postauth.transforms.findings import MergeOverlappingWindows
 from postauth.transforms.fleet_notice import FleetChangeNotices
 from postauth.transforms.history import UNREGISTERED as UNREGISTERED_WINDOWS
-from postauth.transforms.history import refire_horizon, TrackHistory
+from postauth.transforms.history import SCORING, refire_horizon, TrackHistory
 from postauth.transforms.inventory import EnrichWindows, start_up_inventory
 from postauth.transforms.lateness import beam_lateness
 from postauth.transforms.outputs import WriteDeadLetters, WriteFindings, WriteSuppressed
@@ -64,13 +64,15 @@ def build_detection(p: beam.Pipeline, options: PipelineOptions) -> Dict[str, bea
                                         refire_horizon=refire_horizon(win.allowed_lateness,
                                                                       win.window_period),
                                         grouped=batch))
-  anomalies = (judged['windows']
+  # Batch: an identity's windows are scored and merged into findings where its history walked
+  # them (one list per identity, no shuffle between); streaming: window by window.
+  anomalies = (judged[SCORING]
                | 'Score' >> ScoreWindows(det.model_dir, det.threshold, det.model_version,
                                          window_period=win.window_period, allowed_lateness=lateness,
                                          rules=RuleConfig(disabled=disabled, dormant_days=det.dormant_days),
                                          shared_handle=model, model_updates=refresh.model_updates,
-                                         pointer_poll=refresh.model_poll)
-               | 'MergeOverlapping' >> MergeOverlappingWindows(win.window_size, lateness)
+                                         pointer_poll=refresh.model_poll, grouped=batch)
+               | 'MergeOverlapping' >> MergeOverlappingWindows(win.window_size, lateness, grouped=batch)
                | 'AskPeers' >> CorroborateWithPeers(judged['windows'], det.corroboration_delay,
                                                     det.corroboration_peers))
   unregistered = in_global_window(judged[UNREGISTERED_WINDOWS], 'UnregisteredGlobal')

@@ -179,7 +179,7 @@ def test_size_estimates_are_near_the_encoding_and_encode_nothing(monkeypatch):
   """Beam sizes sampled elements of every PCollection: the estimates must not encode (that cost
   more than the steps making the windows) and must stay near the real size."""
   from postauth.models.profile import IdentityProfile
-  from postauth.transforms.history import WindowInContext, WindowInContextCoder
+  from postauth.transforms.window_context import WindowInContext, WindowInContextCoder
   agg = full_aggregate()  # and a day's busy window: many calls, resources, a few networks
   for i in range(120):
     agg.add(ev(T0 + 20.0 * i, ['GetObject', 'PutObject', 'ListBucket', 'GetSecretValue'][i % 4] + str(i % 9),

@@ -14,7 +14,7 @@ from postauth.models.profile import IdentityProfile, resource_family, seen_key
 from postauth.transforms import rules
 from postauth.transforms.fleet_notice import FleetChangeNotices
 from postauth.transforms.findings import contextual_severity
-from postauth.transforms.history import WindowInContext
+from postauth.transforms.window_context import WindowInContext
 from postauth.transforms.windowing import EPSILON
 from postauth.pipeline.prism import NO_RUNNER_SPLITS
 from tests.test_identity_context import ctx, ev, streaming, window

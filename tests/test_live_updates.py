@@ -26,7 +26,7 @@ from test_identity_context import ctx, ev, window
 from test_registry import _save
 from test_windowing import T0
 from postauth.domain.event import Event
-from postauth.transforms.history import WindowInContext
+from postauth.transforms.window_context import WindowInContext
 from postauth.transforms.inventory import EnrichWindows, InventoryRefresh, InventorySnapshots
 from postauth.transforms.rules import RuleConfig
 from postauth.transforms.score import ScoreWindows, WatchModelPointer

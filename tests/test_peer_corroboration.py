@@ -16,7 +16,7 @@ from postauth.models.profile import IdentityProfile, seen_key
 from postauth.models.fleet import network_key
 from postauth.transforms.corroborate import CorroborateWithPeers, _Corroborator, fleet_change_id, group_of
 from postauth.transforms.findings import contextual_severity, rfc3339
-from postauth.transforms.history import WindowInContext
+from postauth.transforms.window_context import WindowInContext
 from postauth.transforms.judgment import judge
 from postauth.transforms.windowing import EPSILON
 from postauth.pipeline.prism import NO_RUNNER_SPLITS

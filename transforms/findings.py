@@ -256,14 +256,18 @@ def _walk_start(stamped: List[Tuple[int, Dict]]) -> Tuple[List[Dict], int]:
 
 
 class MergeOverlappingWindows(beam.PTransform):
-  """Scored-window dicts -> one finding dict per identity and run of overlapping windows."""
+  """Scored-window dicts -> one finding dict per identity and run of overlapping windows.
+
+  ``grouped`` (bounded input): (identity, [(timer ms, scored-window dict)]) per identity in, as
+  ``ScoreWindows(grouped=True)`` gives them: walked without a shuffle."""
 
   def __init__(self, window_size_seconds: int, allowed_lateness: int = 0,
-               rollover_seconds: float = RUN_ROLLOVER_SECONDS):
+               rollover_seconds: float = RUN_ROLLOVER_SECONDS, grouped: bool = False):
     super().__init__()
     self._args = (window_size_seconds, allowed_lateness, rollover_seconds)
+    self._grouped = grouped
 
   def expand(self, scored):
-    globally = in_global_window(scored, 'GlobalWindow', self._args[1])
+    globally = scored if self._grouped else in_global_window(scored, 'GlobalWindow', self._args[1])
     return per_identity(globally, functools.partial(_new_merger, *self._args), _walk_start,
-                        _MergeRunsFn(*self._args), 'WalkRuns', 'MergeRuns')
+                        _MergeRunsFn(*self._args), 'WalkRuns', 'MergeRuns', grouped=self._grouped)

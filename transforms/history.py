@@ -48,9 +48,12 @@ from postauth.transforms.findings import unregistered_finding
 from postauth.transforms.lateness import DEFAULT_ALLOWED_LATENESS, beam_lateness
 from postauth.transforms.model_cache import acquire_model
 from postauth.transforms.unregistered import due
-from postauth.transforms.windowing import EPSILON, IdentityWindow, IdentityWindowCoder
+from postauth.transforms.window_context import IDENTITY_WINDOWS_IN_CONTEXT, WindowInContext
+from postauth.transforms.windowing import EPSILON, IdentityWindow
 
 UNREGISTERED = 'unregistered'
+BY_IDENTITY = 'by_identity'  # the batch walk's windows in context, one list per identity
+SCORING = 'scoring'  # TrackHistory's output for ScoreWindows: per identity (grouped batch) or per window
 DAY = 86400
 # Longer than a month: an identity that works once a month (month-end close, monthly
 # rotation) keeps its history from one run to the next instead of warming up again.
@@ -76,39 +79,6 @@ REFIRE_HORIZON = refire_horizon(DEFAULT_ALLOWED_LATENESS, 900)
 
 # What the state holds of an identity: its history, or once that expired, (last seen, last active).
 Kept = Union[IdentityHistory, Tuple[float, float]]
-
-
-class WindowInContext(typing.NamedTuple):
-  """What the scorer needs about one identity-window."""
-  window: IdentityWindow
-  context: Dict[str, Any]
-  history: IdentityProfile  # the identity's profile before the window's day
-  history_days: int  # complete days of history behind it (large for trained identities)
-
-
-class WindowInContextCoder(beam.coders.Coder):
-  """Pickle, as Beam's fallback would, with a size estimate that encodes nothing (Beam sizes
-  sampled elements of every PCollection; these are scored in the same fused step)."""
-
-  def encode(self, value: WindowInContext) -> bytes:
-    return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-
-  def decode(self, encoded: bytes) -> WindowInContext:
-    return pickle.loads(encoded)
-
-  def estimate_size(self, value: WindowInContext) -> int:
-    profile = value.history
-    entries = sum(map(len, profile.seen.values())) + len(profile.category_max) + len(profile.category_events)
-    return 900 + int(1.2 * IdentityWindowCoder().estimate_size(value.window)) + 40 * len(value.context) + 20 * entries
-
-  def is_deterministic(self) -> bool:
-    return False
-
-  def to_type_hint(self):
-    return WindowInContext
-
-
-beam.coders.registry.register_coder(WindowInContext, WindowInContextCoder)
 
 
 def _fold_order(wc) -> Tuple[float, float, int]:
@@ -330,11 +300,21 @@ class TrackHistoryFn(_HistoryFn):
 
 
 class WalkHistoryFn(_HistoryFn):
-  """Batch: (identity, all its (window, context)) -> WindowInContext, in event-time order."""
+  """Batch: (identity, all its (window, context)) -> WindowInContext, in event-time order;
+  with ``grouped``, also (identity, [its WindowInContext]) on ``BY_IDENTITY``, for scoring a
+  whole identity's windows in one batch and merging them into findings without a shuffle."""
+
+  def __init__(self, *args, grouped: bool = False, **kwargs):
+    super().__init__(*args, **kwargs)
+    self._grouped = grouped
 
   def process(self, kv):
     identity, items = kv
-    yield from self._walk(identity, None, sorted(items, key=_fold_order))[1]
+    out = self._walk(identity, None, sorted(items, key=_fold_order))[1]
+    yield from out
+    if self._grouped:
+      yield beam.pvalue.TaggedOutput(BY_IDENTITY, (identity, [x.value for x in out if isinstance(
+          x, beam.transforms.window.TimestampedValue)]))
 
 
 class TrackHistory(beam.PTransform):
@@ -342,7 +322,8 @@ class TrackHistory(beam.PTransform):
 
   ``grouped`` (bounded input): the input is (identity, [(window, context)]) per identity, as
   ``IdentityWindows(grouped=True)`` and ``EnrichWindows`` give it, and is walked without a
-  shuffle of its own."""
+  shuffle of its own; the ``SCORING`` output is then one (identity, [WindowInContext]) per
+  identity for ``ScoreWindows(grouped=True)``, else the windows themselves."""
 
   def __init__(self, model_dir: Optional[str], version: Optional[str] = None,
                unregistered: bool = True, period_seconds: int = 900,
@@ -364,9 +345,11 @@ class TrackHistory(beam.PTransform):
     if enriched.is_bounded and self._grouped:  # (identity, [(window, context)]): walked as is
       walked = enriched | 'WalkHistory' >> beam.ParDo(WalkHistoryFn(
           self._model_dir, self._version, self._unregistered, self._shared,
-          *self._expiry, refire_horizon=self._refire_horizon)).with_output_types(
-              WindowInContext).with_outputs(UNREGISTERED, main='windows')
-      return {'windows': walked.windows, UNREGISTERED: walked[UNREGISTERED]}
+          *self._expiry, refire_horizon=self._refire_horizon, grouped=True)).with_output_types(
+              WindowInContext, **{BY_IDENTITY: IDENTITY_WINDOWS_IN_CONTEXT}).with_outputs(
+                  UNREGISTERED, BY_IDENTITY, main='windows')
+      return {'windows': walked.windows, UNREGISTERED: walked[UNREGISTERED],
+              SCORING: walked[BY_IDENTITY]}
     # Typed so the shuffle encodes the window with IdentityWindowCoder, not Beam's pickle.
     keyed = enriched | 'KeyByIdentity' >> beam.Map(lambda wc: (wc[0].identity, wc)).with_output_types(
         typing.Tuple[str, typing.Tuple[IdentityWindow, typing.Any]])
@@ -377,7 +360,7 @@ class TrackHistory(beam.PTransform):
                     self._model_dir, self._version, self._unregistered, self._shared,
                     *self._expiry, refire_horizon=self._refire_horizon)).with_outputs(
                         UNREGISTERED, main='windows'))
-      return {'windows': walked.windows, UNREGISTERED: walked[UNREGISTERED]}
+      return {'windows': walked.windows, UNREGISTERED: walked[UNREGISTERED], SCORING: walked.windows}
     tracked = (keyed
                # State must be per identity, not per (identity, sliding window).
                | 'GlobalWindow' >> beam.WindowInto(beam.transforms.window.GlobalWindows())
@@ -397,4 +380,4 @@ class TrackHistory(beam.PTransform):
     windows = tracked.windows | 'ByWindowEnd' >> beam.WindowInto(
         beam.transforms.window.FixedWindows(self._period),
         allowed_lateness=Duration(seconds=int(horizon) + DAY))
-    return {'windows': windows, UNREGISTERED: tracked[UNREGISTERED]}
+    return {'windows': windows, UNREGISTERED: tracked[UNREGISTERED], SCORING: windows}

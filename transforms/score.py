@@ -21,7 +21,7 @@ import functools
 import logging
 import typing
 import zlib
-from typing import Dict, List, Optional, Set
+from typing import Dict, Iterator, List, Optional, Set, Tuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -39,7 +39,9 @@ from postauth.models.artifact import ArtifactError
 from postauth.models.features import FEATURE_NAMES
 from postauth.domain import evidence
 from postauth.transforms import rules
-from postauth.transforms.history import WindowInContext
+from postauth.transforms.packed import Packed
+from postauth.transforms.timer_walk import timer_ms
+from postauth.transforms.window_context import WindowInContext
 from postauth.transforms.judgment import judge
 from postauth.transforms.model_cache import acquire_model
 from postauth.transforms.rules import RuleConfig
@@ -165,6 +167,12 @@ class ScoreBatchFn(beam.DoFn):
     self._model = model
 
   def process(self, batch: List[WindowInContext], pointer_reads=None):
+    for item, scored in self._score(batch, pointer_reads):
+      yield TimestampedValue(scored, item.window.window_end - EPSILON)
+
+  def _score(self, batch: List[WindowInContext], pointer_reads) -> Iterator[Tuple[WindowInContext, Dict]]:
+    """(window in context, its scored-window dict) for each window of ``batch`` that the model
+    or a rule flags, or that carries evidence, in batch order."""
     if self._poll is not None:
       read = self._poll.poll()
       if read is not None:
@@ -204,7 +212,7 @@ class ScoreBatchFn(beam.DoFn):
         self.paging.inc()
       named = {r['rule'] for r in fired}
       agg = w.agg
-      yield TimestampedValue({
+      yield item, {
           'identity': w.identity,
           'window_start': w.window_start,
           'window_end': w.window_end,
@@ -224,7 +232,28 @@ class ScoreBatchFn(beam.DoFn):
           'event_count': agg.count,
           'evidence': evidence.for_window(agg, item.history),
           'context': ctx,
-      }, w.window_end - EPSILON)
+      }
+
+
+class ScoreIdentitiesFn(ScoreBatchFn):
+  """Bounded, grouped: a batch of (identity, [its WindowInContext]) -> (identity, [(timer ms,
+  scored-window dict)]) per identity with any, as ``MergeOverlappingWindows(grouped=True)`` walks
+  them: an identity's windows are scored and merged where they were walked, with no shuffle
+  between (the findings walk orders them itself)."""
+
+  def process(self, identities: List[Tuple[str, List[WindowInContext]]], pointer_reads=None):
+    scored: Dict[str, List[Tuple[int, Dict]]] = {}
+    for item, window in self._score([item for _, items in identities for item in items], pointer_reads):
+      scored.setdefault(item.window.identity, []).append((timer_ms(item.window.window_end - EPSILON), window))
+    yield from scored.items()
+
+
+# (identity, [(timer ms, scored-window dict)]): typed so Beam sizes the dicts by PackedCoder's estimate.
+STAMPED_BY_IDENTITY = typing.Tuple[str, typing.List[typing.Tuple[int, Packed]]]
+
+
+def _window_count(identity_windows: Tuple[str, List[WindowInContext]]) -> int:
+  return len(identity_windows[1])
 
 
 def _evidence_reason(e):
@@ -239,15 +268,20 @@ DELAYED_WINDOWS = 86400  # seconds of extra lateness the scoring grouping allows
 
 
 class ScoreWindows(beam.PTransform):
-  """WindowInContext -> scored-window dicts the model (above the threshold) or a rule flags."""
+  """WindowInContext -> scored-window dicts the model (above the threshold) or a rule flags.
+
+  ``grouped`` (bounded input): (identity, [WindowInContext]) per identity in, batched by their
+  window count, and (identity, [(timer ms, scored-window dict)]) out (``ScoreIdentitiesFn``)."""
 
   def __init__(self, model_dir: str, threshold: float, version: Optional[str] = None,
                max_batch_size: int = 4096, shards: Optional[int] = None, window_period: int = 900,
                allowed_lateness: int = 0, rules: Optional[RuleConfig] = None,
                shared_handle: Optional[shared.Shared] = None, model_updates=None,
-               pointer_poll: Optional[PolledRead] = None):
+               pointer_poll: Optional[PolledRead] = None, grouped: bool = False):
     super().__init__()
-    self._fn = ScoreBatchFn(model_dir, threshold, version, rules, shared_handle, pointer_poll)
+    fn_args = (model_dir, threshold, version, rules, shared_handle, pointer_poll)
+    self._fn = (ScoreIdentitiesFn if grouped else ScoreBatchFn)(*fn_args)
+    self._grouped = grouped
     self._key = KeyByCohortShard(model_dir, version, shared_handle, shards)
     self._updates = [] if model_updates is None else [model_updates]
     self._max = max_batch_size
@@ -255,6 +289,13 @@ class ScoreWindows(beam.PTransform):
     self._lateness = allowed_lateness
 
   def expand(self, enriched):
+    if self._grouped:
+      if not enriched.is_bounded:
+        raise ValueError('grouped scoring is for bounded input')
+      return (enriched
+              | 'BatchIdentities' >> beam.BatchElements(min_batch_size=64, max_batch_size=self._max,
+                                                         element_size_fn=_window_count)
+              | 'ScoreIdentities' >> beam.ParDo(self._fn, *self._updates).with_output_types(STAMPED_BY_IDENTITY))
     if enriched.is_bounded:
       return (enriched
               | 'BatchWindows' >> beam.BatchElements(min_batch_size=64, max_batch_size=self._max)

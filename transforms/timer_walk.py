@@ -102,10 +102,16 @@ def in_global_window(pcoll: beam.PCollection, label: str, allowed_lateness: int 
 def per_identity(globally: beam.PCollection, new_step: Callable[[], Step],
                  start: Callable[[List[Tuple[int, Any]]], Tuple[List[Any], int]],
                  stateful_fn: beam.DoFn, walk_label: str, stream_label: str,
-                 key: Callable[[Any], str] = _identity) -> beam.PCollection:
+                 key: Callable[[Any], str] = _identity, grouped: bool = False) -> beam.PCollection:
   """One keyed timer loop per identity (or per ``key``), chosen by boundedness: on bounded
   input the grouped walk of ``new_step`` (no state cache), on unbounded input ``stateful_fn``
-  with state and event-time timers over (key, element) pairs. Both run the same step function."""
+  with state and event-time timers over (key, element) pairs. Both run the same step function.
+  ``grouped`` (bounded input): elements are (key, [(timestamp ms, element)]) already, one per
+  key, and are walked as they come."""
+  if grouped:
+    if not globally.is_bounded:
+      raise ValueError('grouped walks are for bounded input')
+    return globally | walk_label >> beam.ParDo(WalkFn(new_step, start))
   if globally.is_bounded:
     return (globally
             | 'GroupByIdentity' >> GroupWithTimestamps(key)
