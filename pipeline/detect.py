@@ -21,7 +21,7 @@ from postauth.transforms.corroborate import CorroborateWithPeers
 from postauth.transforms.findings import MergeOverlappingWindows
 from postauth.transforms.fleet_notice import FleetChangeNotices
 from postauth.transforms.history import UNREGISTERED as UNREGISTERED_WINDOWS
-from postauth.transforms.history import SCORING, refire_horizon, TrackHistory
+from postauth.transforms.history import refire_horizon, TrackHistory
 from postauth.transforms.inventory import EnrichWindows, start_up_inventory
 from postauth.transforms.lateness import beam_lateness
 from postauth.transforms.outputs import WriteDeadLetters, WriteFindings, WriteSuppressed
@@ -66,7 +66,7 @@ def build_detection(p: beam.Pipeline, options: PipelineOptions) -> Dict[str, bea
                                         grouped=batch))
   # Batch: an identity's windows are scored and merged into findings where its history walked
   # them (one list per identity, no shuffle between); streaming: window by window.
-  anomalies = (judged[SCORING]
+  anomalies = (judged['windows']
                | 'Score' >> ScoreWindows(det.model_dir, det.threshold, det.model_version,
                                          window_period=win.window_period, allowed_lateness=lateness,
                                          rules=RuleConfig(disabled=disabled, dormant_days=det.dormant_days),

@@ -34,6 +34,7 @@ from postauth.transforms.judgment import first_time_sensitive
 from postauth.transforms.timer_walk import at_ms, in_global_window, per_identity, timer_ms
 from postauth.transforms.versions import RANK
 from postauth.transforms.triage import finding_time as _finding_time
+from postauth.transforms.window_context import windows_of
 
 
 DAY_MS = 86400 * 1000
@@ -52,12 +53,17 @@ def fleet_change_id(group: str, action: str, day: int) -> str:
 
 
 class SightingsFn(beam.DoFn):
-  """WindowInContext -> a sighting (identity, its first-time sensitive actions) at the window's end."""
+  """WindowInContext (or an identity's list of them, batch) -> a sighting (identity, its
+  first-time sensitive actions) at the window's end."""
 
   def __init__(self):
     self.sightings = Metrics.counter('postauth', 'peer_sightings')
 
-  def process(self, item):
+  def process(self, element):
+    for item in windows_of(element):
+      yield from self._sighting(item)
+
+  def _sighting(self, item):
     actions = first_time_sensitive(item.window.agg, item.history)
     if not actions:
       return

@@ -31,6 +31,7 @@ from postauth.transforms.findings import rfc3339
 from postauth.transforms.versions import first_version
 from postauth.transforms.model_cache import acquire_model
 from postauth.transforms.timer_walk import in_global_window
+from postauth.transforms.window_context import windows_of
 from postauth.domain.taxonomy import HIGH_IMPACT_CATEGORIES
 
 NOTICE = 'fleet_change'
@@ -42,7 +43,8 @@ LISTED = 8  # identities named in the notice's words (all are in ``identities``)
 
 @beam.typehints.with_output_types(typing.Tuple[typing.Tuple[str, str, int], typing.Any])
 class NewActionsFn(beam.DoFn):
-  """WindowInContext -> ((peer group, action, day), (identity, calls, category, start, end)) per new action.
+  """WindowInContext (or an identity's list of them, batch) -> ((peer group, action, day),
+  (identity, calls, category, start, end)) per new action.
 
   Peer groups are the identity's type (``type:service_account``) and its team
   (``team:payments``): releases roll out per service type and per team. Only
@@ -52,7 +54,11 @@ class NewActionsFn(beam.DoFn):
   def __init__(self):
     self.sightings = Metrics.counter('postauth', 'fleet_new_action_sightings')
 
-  def process(self, item):
+  def process(self, element):
+    for item in windows_of(element):
+      yield from self._new_actions(item)
+
+  def _new_actions(self, item):
     history = item.history
     if history is None or not history.windows:
       return

@@ -52,8 +52,6 @@ from postauth.transforms.window_context import IDENTITY_WINDOWS_IN_CONTEXT, Wind
 from postauth.transforms.windowing import EPSILON, IdentityWindow
 
 UNREGISTERED = 'unregistered'
-BY_IDENTITY = 'by_identity'  # the batch walk's windows in context, one list per identity
-SCORING = 'scoring'  # TrackHistory's output for ScoreWindows: per identity (grouped batch) or per window
 DAY = 86400
 # Longer than a month: an identity that works once a month (month-end close, monthly
 # rotation) keeps its history from one run to the next instead of warming up again.
@@ -301,8 +299,9 @@ class TrackHistoryFn(_HistoryFn):
 
 class WalkHistoryFn(_HistoryFn):
   """Batch: (identity, all its (window, context)) -> WindowInContext, in event-time order;
-  with ``grouped``, also (identity, [its WindowInContext]) on ``BY_IDENTITY``, for scoring a
-  whole identity's windows in one batch and merging them into findings without a shuffle."""
+  with ``grouped``, one (identity, [its WindowInContext]) instead, for the steps after it to take
+  an identity's windows at once (scoring them in one batch, merging them into findings without
+  a shuffle; ``window_context.windows_of``)."""
 
   def __init__(self, *args, grouped: bool = False, **kwargs):
     super().__init__(*args, **kwargs)
@@ -311,10 +310,11 @@ class WalkHistoryFn(_HistoryFn):
   def process(self, kv):
     identity, items = kv
     out = self._walk(identity, None, sorted(items, key=_fold_order))[1]
-    yield from out
-    if self._grouped:
-      yield beam.pvalue.TaggedOutput(BY_IDENTITY, (identity, [x.value for x in out if isinstance(
-          x, beam.transforms.window.TimestampedValue)]))
+    if not self._grouped:
+      yield from out
+      return
+    yield identity, [x.value for x in out if isinstance(x, beam.transforms.window.TimestampedValue)]
+    yield from (x for x in out if isinstance(x, beam.pvalue.TaggedOutput))
 
 
 class TrackHistory(beam.PTransform):
@@ -322,8 +322,8 @@ class TrackHistory(beam.PTransform):
 
   ``grouped`` (bounded input): the input is (identity, [(window, context)]) per identity, as
   ``IdentityWindows(grouped=True)`` and ``EnrichWindows`` give it, and is walked without a
-  shuffle of its own; the ``SCORING`` output is then one (identity, [WindowInContext]) per
-  identity for ``ScoreWindows(grouped=True)``, else the windows themselves."""
+  shuffle of its own, and the ``windows`` output is one (identity, [WindowInContext]) per identity
+  (``ScoreWindows(grouped=True)``; fleet notices and peers read either form)."""
 
   def __init__(self, model_dir: Optional[str], version: Optional[str] = None,
                unregistered: bool = True, period_seconds: int = 900,
@@ -346,10 +346,8 @@ class TrackHistory(beam.PTransform):
       walked = enriched | 'WalkHistory' >> beam.ParDo(WalkHistoryFn(
           self._model_dir, self._version, self._unregistered, self._shared,
           *self._expiry, refire_horizon=self._refire_horizon, grouped=True)).with_output_types(
-              WindowInContext, **{BY_IDENTITY: IDENTITY_WINDOWS_IN_CONTEXT}).with_outputs(
-                  UNREGISTERED, BY_IDENTITY, main='windows')
-      return {'windows': walked.windows, UNREGISTERED: walked[UNREGISTERED],
-              SCORING: walked[BY_IDENTITY]}
+              IDENTITY_WINDOWS_IN_CONTEXT).with_outputs(UNREGISTERED, main='windows')
+      return {'windows': walked.windows, UNREGISTERED: walked[UNREGISTERED]}
     # Typed so the shuffle encodes the window with IdentityWindowCoder, not Beam's pickle.
     keyed = enriched | 'KeyByIdentity' >> beam.Map(lambda wc: (wc[0].identity, wc)).with_output_types(
         typing.Tuple[str, typing.Tuple[IdentityWindow, typing.Any]])
@@ -360,7 +358,7 @@ class TrackHistory(beam.PTransform):
                     self._model_dir, self._version, self._unregistered, self._shared,
                     *self._expiry, refire_horizon=self._refire_horizon)).with_outputs(
                         UNREGISTERED, main='windows'))
-      return {'windows': walked.windows, UNREGISTERED: walked[UNREGISTERED], SCORING: walked.windows}
+      return {'windows': walked.windows, UNREGISTERED: walked[UNREGISTERED]}
     tracked = (keyed
                # State must be per identity, not per (identity, sliding window).
                | 'GlobalWindow' >> beam.WindowInto(beam.transforms.window.GlobalWindows())
@@ -380,4 +378,4 @@ class TrackHistory(beam.PTransform):
     windows = tracked.windows | 'ByWindowEnd' >> beam.WindowInto(
         beam.transforms.window.FixedWindows(self._period),
         allowed_lateness=Duration(seconds=int(horizon) + DAY))
-    return {'windows': windows, UNREGISTERED: tracked[UNREGISTERED], SCORING: windows}
+    return {'windows': windows, UNREGISTERED: tracked[UNREGISTERED]}

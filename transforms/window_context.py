@@ -47,3 +47,8 @@ beam.coders.registry.register_coder(WindowInContext, WindowInContextCoder)
 # One identity's windows in context, in fold order (the batch history walk's grouped output):
 # typed, so Beam's element sizing uses the coder's estimate, not a pickle of the profiles.
 IDENTITY_WINDOWS_IN_CONTEXT = typing.Tuple[str, typing.List[WindowInContext]]
+
+
+def windows_of(element) -> typing.Sequence[WindowInContext]:
+  """The windows in context an element holds: itself, or an identity's list from the batch walk."""
+  return (element,) if isinstance(element, WindowInContext) else element[1]
