@@ -20,6 +20,35 @@ def missing_tool(message: str, provided_by: str = 'make test builds it first') -
 
 
 
+@pytest.fixture(autouse=True, scope='session')
+def _project_prism_for_plain_pipelines():
+  """A test's plain ``beam.Pipeline()`` (the DirectRunner, which tries Prism first) runs Prism
+  from the project's binary, as postauth's own jobs do (``pipeline/prism.py``).
+
+  Why: Beam keeps one Prism job server per process, made with the options of the first
+  pipeline that starts one. Without a location, offline, that first server points at Beam's
+  download and its pipeline falls back to another runner; every later pipeline naming the
+  binary with ``--prism_location`` then got that server and failed, so a test passed or failed
+  by which tests ran before it in the same process."""
+  from apache_beam.runners.portability import prism_runner
+  from postauth.pipeline.prism import local_binary
+  binary = local_binary()
+  if binary is None:
+    yield
+    return
+  original = prism_runner.PrismJobServer.__init__
+
+  def init(self, options):
+    original(self, options)
+    self._path = self._path or binary
+
+  prism_runner.PrismJobServer.__init__ = init
+  try:
+    yield
+  finally:
+    prism_runner.PrismJobServer.__init__ = original
+
+
 def streaming_options():
   """PipelineOptions of a streaming job (TestStream pipelines)."""
   from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
