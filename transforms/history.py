@@ -32,7 +32,7 @@ import copy
 import math
 import pickle
 import typing
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import apache_beam as beam
 from apache_beam.coders import BytesCoder, PickleCoder

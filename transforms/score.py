@@ -243,8 +243,8 @@ class ScoreIdentitiesFn(ScoreBatchFn):
 
   def process(self, identities: List[Tuple[str, List[WindowInContext]]], pointer_reads=None):
     scored: Dict[str, List[Tuple[int, Dict]]] = {}
-    for item, window in self._score([item for _, items in identities for item in items], pointer_reads):
-      scored.setdefault(item.window.identity, []).append((timer_ms(item.window.window_end - EPSILON), window))
+    for item, out in self._score([item for _, items in identities for item in items], pointer_reads):
+      scored.setdefault(item.window.identity, []).append((timer_ms(item.window.window_end - EPSILON), out))
     yield from scored.items()
 
 
