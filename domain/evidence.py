@@ -18,7 +18,7 @@ import datetime
 import functools
 import re
 import zlib
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from postauth.domain.event import Event
 from postauth.domain.origin import agent_family, network_of
@@ -278,8 +278,12 @@ def choose(ranked: List[Tuple[str, List[tuple]]], limit: int) -> Dict[Tuple[str,
   return chosen
 
 
-def evidence_records(pool: Dict[Tuple[str, float], Dict], chosen: Dict[Tuple[str, float], str]) -> List[Dict]:
-  return sorted((public(pool[k], why) for k, why in chosen.items()), key=lambda e: (e['time'], e['event_id']))
+def evidence_records(pool: Dict[Tuple[str, float], Dict], chosen: Dict[Tuple[str, float], str],
+                     record: Optional[Callable[[Tuple[str, float], str], Dict]] = None) -> List[Dict]:
+  """The chosen events as evidence records in time order; ``record(k, why)`` makes one (by
+  default ``public`` of the pool's event)."""
+  make = record or (lambda k, why: public(pool[k], why))
+  return sorted((make(k, why) for k, why in chosen.items()), key=lambda e: (e['time'], e['event_id']))
 
 
 def window_calls(w: Dict) -> Dict:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import bisect
 from typing import Dict, List, Sequence, Tuple
 
-from postauth.domain.evidence import (MAX_EVIDENCE, Terms, choose, evidence_records, rank_entry,
+from postauth.domain.evidence import (MAX_EVIDENCE, Terms, choose, evidence_records, public, rank_entry,
                                       reason_terms)
 
 
@@ -32,6 +32,9 @@ class EvidencePool:
     self._won: Dict[Tuple[str, float], tuple] = {}  # event -> the window it is taken from
     self._by_time: List[Tuple[float, str]] = []  # the pool's (time, id), sorted
     self._rankings: Dict[Terms, Tuple[List[tuple], Dict[Tuple[str, float], tuple]]] = {}
+    # (event, reason key) -> (the pool's event it was made from, its record): a finding's
+    # versions repeat most of their evidence; a record is made again once the event is replaced.
+    self._records: Dict[Tuple[Tuple[str, float], str], Tuple[Dict, Dict]] = {}
 
   @staticmethod
   def order(w: Dict) -> tuple:
@@ -111,4 +114,15 @@ class EvidencePool:
     if not chosen and ranked:  # no event names what the top reasons say: the earliest ones
       for t, eid in self._by_time[:limit]:
         chosen[(eid, t)] = ranked[0][0]
-    return evidence_records(self.pool, chosen)
+    return evidence_records(self.pool, chosen, self._record)
+
+  def _record(self, k: Tuple[str, float], why: str) -> Dict:
+    """``public(pool[k], why)`` as ``evidence_records`` makes it: a copy of the one made for an
+    earlier version while the pool holds the same event (each version gets its own records)."""
+    ev = self.pool[k]
+    made = self._records.get((k, why))
+    if made is None or made[0] is not ev:
+      made = self._records[k, why] = (ev, public(ev, why))
+    record = dict(made[1])
+    record['new'] = list(record['new'])
+    return record
