@@ -53,6 +53,9 @@ def test_pane_parts_give_the_windows_events_give_and_count_every_record(tmp_path
   # a: 10:00-10:47, 4 panes in 7 windows; b: 10:02-10:06, 1 pane in 4 windows
   assert_that(both, equal_to([11]), label='same windows')
   assert_that(parts[DEAD_LETTER] | beam.combiners.Count.Globally(), equal_to([1]), label='dead letter')
+  # one element per identity and file (a in both files, b in one), holding its pane parts
+  assert_that(parts.events | 'PartsPerElement' >> beam.Map(lambda kv: (kv[0][-1], len(kv[1]))),
+              equal_to([('a', 2), ('a', 3), ('b', 1)]), label='parts per identity and file')
   result = p.run()
   result.wait_until_finish()
   counters = {}

@@ -30,8 +30,9 @@ from postauth.domain.taxonomy import Taxonomy
 
 DEAD_LETTER = 'dead_letter'
 EVENT_WITH_RAW = Tuple[Event, bytes]  # an event and the record it was parsed from
-# (identity, its events in one pane of one file): what ParseFiles(pane_seconds=...) gives.
-PANE_PART = Tuple[str, WindowAggregate]
+# (identity, its events of one file, one aggregate per pane): what ParseFiles(pane_seconds=...)
+# gives, one element per identity and file.
+PANE_PARTS = Tuple[str, List[WindowAggregate]]
 NAMESPACE = 'postauth'
 # Parsed events per format and per category; counter names are the format and
 # category names (dynamic, so a new format or taxonomy category needs no change).
@@ -293,7 +294,8 @@ class ParseFileFn(_ParseFn):
 
 
 class ParseFileToPanesFn(ParseFileFn):
-  """A whole file -> (identity, pane aggregate) per (identity, 15 min pane) it holds events of.
+  """A whole file -> (identity, [its pane aggregates]) per identity it holds events of, one
+  aggregate per 15 min pane.
 
   The batch detection job needs panes, not events: aggregating while parsing means no event
   ever becomes a Beam element (no per-event output, key, shuffle or combine), and the raw
@@ -322,8 +324,10 @@ class ParseFileToPanesFn(ParseFileFn):
         agg = panes[key] = WindowAggregate()
       agg.add(out, period, evidence)
     self.panes.inc(len(panes))
+    by_identity: Dict[str, List[WindowAggregate]] = {}
     for (identity, _), agg in panes.items():
-      yield identity, agg
+      by_identity.setdefault(identity, []).append(agg)
+    yield from by_identity.items()  # one element per identity: a file's panes shuffle together
 
 
 class ParseRecordFn(_ParseFn):
@@ -334,8 +338,8 @@ class ParseRecordFn(_ParseFn):
 class ParseFiles(beam.PTransform):
   """File glob -> timestamped Events (main) and dead-letter JSON lines (``dead_letter``).
 
-  ``pane_seconds``: the main output is ``(identity, WindowAggregate)`` pane parts instead
-  (``PANE_PART``, see ``ParseFileToPanesFn``), for ``transforms.windowing.IdentityWindows``
+  ``pane_seconds``: the main output is ``(identity, [WindowAggregate])`` pane parts instead
+  (``PANE_PARTS``, see ``ParseFileToPanesFn``), for ``transforms.windowing.IdentityWindows``
   on bounded input; ``evidence`` says whether the panes keep their evidence sample.
   """
 
@@ -351,7 +355,7 @@ class ParseFiles(beam.PTransform):
   def expand(self, pbegin):
     parse = beam.ParDo(self._fn)
     if self._panes:
-      parse = parse.with_output_types(PANE_PART)
+      parse = parse.with_output_types(PANE_PARTS)
     pattern = self._pattern
     return (
         pbegin  # fileio.MatchFiles less its Create: an Impulse needs no reshuffle for one pattern

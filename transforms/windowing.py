@@ -74,13 +74,13 @@ beam.coders.registry.register_coder(IdentityWindow, IdentityWindowCoder)
 # One identity's windows, in time order (bounded input, ``grouped``).
 IDENTITY_WINDOWS = typing.Tuple[str, typing.List[IdentityWindow]]
 
-# (identity, a pane's aggregate or a part of it): typed so the shuffle uses WindowAggregateCoder.
-PANE_PART = typing.Tuple[str, WindowAggregate]
+# (identity, aggregates of its panes or parts of them): typed so the shuffle uses WindowAggregateCoder.
+PANE_PARTS = typing.Tuple[str, typing.List[WindowAggregate]]
 
 
 def is_pane_parts(pcoll: beam.PCollection) -> bool:
-  """Whether ``pcoll`` holds pane parts (``PANE_PART``) rather than Events."""
-  return pcoll.element_type == beam.typehints.Tuple[str, WindowAggregate]
+  """Whether ``pcoll`` holds pane parts (``PANE_PARTS``) rather than Events."""
+  return pcoll.element_type == beam.typehints.Tuple[str, beam.typehints.List[WindowAggregate]]
 
 
 class _AttachWindow(beam.DoFn):
@@ -129,7 +129,7 @@ def _part_order(agg: WindowAggregate):
 
 
 class _SlidePanes(beam.DoFn):
-  """(identity, its pane parts) -> IdentityWindow per window with activity, stamped at its end.
+  """(identity, its lists of pane parts) -> IdentityWindow per window with activity, stamped at its end.
 
   Parts of one pane (one per file it spans, when the parse aggregated them) are merged first,
   in time order. Each window's aggregate is then a fresh merge of the panes it holds, in time
@@ -149,9 +149,9 @@ class _SlidePanes(beam.DoFn):
     else:
       yield from windows
 
-  def _slide(self, identity, parts) -> typing.List[TimestampedValue]:
+  def _slide(self, identity, part_lists) -> typing.List[TimestampedValue]:
     period, size = self._period, self._size
-    parts = sorted(parts, key=_part_order)
+    parts = sorted((part for parts in part_lists for part in parts), key=_part_order)
     panes: typing.List[WindowAggregate] = []
     starts: typing.List[int] = []
     for part in parts:  # sorted by first event: a pane's parts are adjacent
@@ -177,7 +177,7 @@ class _SlidePanes(beam.DoFn):
 
 
 class _MergePanes(beam.PTransform):
-  """(identity, pane aggregate or part) -> IdentityWindow per window, bounded input; or, with
+  """(identity, [pane aggregates or parts]) -> IdentityWindow per window, bounded input; or, with
   ``grouped``, (identity, [its IdentityWindows in time order]) per identity."""
 
   def __init__(self, size: int, period: int, grouped: bool = False):
@@ -235,7 +235,7 @@ class IdentityWindows(beam.PTransform):
             lambda e: ((e.identity, int(e.event_time // period) * period), e)).with_output_types(
                 typing.Tuple[typing.Tuple[str, int], Event])
         | 'AggregatePanes' >> beam.CombinePerKey(WindowAggregateFn(period, self.evidence))
-        | 'PaneToWindows' >> beam.Map(lambda kv: (kv[0][0], kv[1])).with_output_types(PANE_PART)
+        | 'PaneToWindows' >> beam.Map(lambda kv: (kv[0][0], [kv[1]])).with_output_types(PANE_PARTS)
         | 'MergePanes' >> _MergePanes(self.size, period, self.grouped))
 
   def _windowed(self, events):
