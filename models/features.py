@@ -120,7 +120,9 @@ def feature_vector(agg: WindowAggregate, profile: Optional[IdentityProfile],
   x[15] = max(0.0, sensitive / max(agg.count, 1) - p.sensitive_share())
   base = len(FEATURE_NAMES) - len(EXCESS_CATEGORIES)
   for i, cat in enumerate(EXCESS_CATEGORIES):
-    x[base + i] = _excess(agg.categories.get(cat, 0), p.category_max.get(cat, 0))
+    n = agg.categories.get(cat)
+    if n:  # a category the window has none of is no excess (0 beyond any maximum)
+      x[base + i] = _excess(n, p.category_max.get(cat, 0))
   return np.array(x, dtype=np.float64)
 
 
