@@ -157,14 +157,19 @@ class _HistoryFn(beam.DoFn):
     base.last_seen = max(base.last_seen, last_seen)
     return IdentityHistory(base)
 
-  def _walk(self, identity: str, hist: Optional[Kept], items) -> Tuple[IdentityHistory, List]:
+  def _walk(self, identity: str, hist: Optional[Kept], items,
+            stamped: bool = True) -> Tuple[IdentityHistory, List]:
     """(the history after ``items``, folded in the order given; what they emit, each window
-    stamped at its end): the one loop of the batch walk and the streaming fold."""
+    stamped at its end unless not ``stamped``): the one loop of the batch walk and the
+    streaming fold."""
     out: List = []
     for window, context in items:
       hist = self._resume(identity, hist, window.window_end)
-      out.extend(beam.transforms.window.TimestampedValue(x, x.window.window_end - EPSILON)
-                 if isinstance(x, WindowInContext) else x for x in self._step(hist, window, context))
+      if stamped:
+        out.extend(beam.transforms.window.TimestampedValue(x, x.window.window_end - EPSILON)
+                   if isinstance(x, WindowInContext) else x for x in self._step(hist, window, context))
+      else:
+        out.extend(self._step(hist, window, context))
     return hist, out
 
   def _step(self, hist: IdentityHistory, window: IdentityWindow, context: Dict):
@@ -309,12 +314,12 @@ class WalkHistoryFn(_HistoryFn):
 
   def process(self, kv):
     identity, items = kv
-    out = self._walk(identity, None, sorted(items, key=_fold_order))[1]
+    out = self._walk(identity, None, sorted(items, key=_fold_order), stamped=not self._grouped)[1]
     if not self._grouped:
       yield from out
       return
-    yield identity, [x.value for x in out if isinstance(x, beam.transforms.window.TimestampedValue)]
-    yield from (x for x in out if isinstance(x, beam.pvalue.TaggedOutput))
+    yield identity, [x for x in out if isinstance(x, WindowInContext)]
+    yield from (x for x in out if not isinstance(x, WindowInContext))  # unregistered findings
 
 
 class TrackHistory(beam.PTransform):
