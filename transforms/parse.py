@@ -27,12 +27,10 @@ from postauth.transforms.formats.base import Item
 from postauth.transforms.records import (DEFAULT_LIMITS, OTLP_MAX_BYTES, OTLP_PREFIXES, RawRecord, ReadLimits,
                                          decode, raw_text, split_records)
 from postauth.domain.taxonomy import Taxonomy
+from postauth.transforms.windowing import PANE_PARTS  # one element per identity and file here
 
 DEAD_LETTER = 'dead_letter'
 EVENT_WITH_RAW = Tuple[Event, bytes]  # an event and the record it was parsed from
-# (identity, its events of one file, one aggregate per pane): what ParseFiles(pane_seconds=...)
-# gives, one element per identity and file.
-PANE_PARTS = Tuple[str, List[WindowAggregate]]
 NAMESPACE = 'postauth'
 # Parsed events per format and per category; counter names are the format and
 # category names (dynamic, so a new format or taxonomy category needs no change).
