@@ -117,12 +117,11 @@ class EvidencePool:
     return evidence_records(self.pool, chosen, self._record)
 
   def _record(self, k: Tuple[str, float], why: str) -> Dict:
-    """``public(pool[k], why)`` as ``evidence_records`` makes it: a copy of the one made for an
-    earlier version while the pool holds the same event (each version gets its own records)."""
+    """``public(pool[k], why)`` as ``evidence_records`` makes it: the one made for an earlier
+    version while the pool holds the same event. Versions share their records, so a shuffle
+    of a finding's versions carries each once; records are never changed once made."""
     ev = self.pool[k]
     made = self._records.get((k, why))
     if made is None or made[0] is not ev:
       made = self._records[k, why] = (ev, public(ev, why))
-    record = dict(made[1])
-    record['new'] = list(record['new'])
-    return record
+    return made[1]

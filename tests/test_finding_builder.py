@@ -95,3 +95,19 @@ def test_pool_evidence_equals_pick_as_reasons_change():
     pool.put(wk, w)
     reasons = [r for x in rng.sample(list(windows.values()), min(2, len(windows))) for r in x['rules'] + x['reasons']]
     assert pool.evidence(reasons) == evidence.pick(list(windows.values()), reasons)['evidence'], step
+
+
+def test_versions_share_the_records_of_events_they_repeat():
+  """A record is made once while the pool holds its event: a finding's versions share it (so a
+  shuffle of a bundle's versions carries it once); a replaced event gets a new record."""
+  rng = random.Random(5)
+  pool = EvidencePool()
+  w = _window(rng, 3)
+  wk = (w['window_start'], w['window_end'])
+  pool.put(wk, w)
+  reasons = w['rules'] + w['reasons']
+  first, again = pool.evidence(reasons), pool.evidence(reasons)
+  assert first and first == again
+  assert all(a is b for a, b in zip(first, again))
+  pool.put(wk, json.loads(json.dumps(w)))  # the window re-scored: its events replaced by equal ones
+  assert all(a is not b for a, b in zip(first, pool.evidence(reasons)))

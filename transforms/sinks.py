@@ -23,6 +23,7 @@ job's restart adds its parts to them.
 from __future__ import annotations
 
 import glob
+import itertools
 import json
 import os
 import time
@@ -36,6 +37,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms import trigger, window
 from apache_beam.utils.timestamp import Duration
 
+from postauth.transforms.bundle_batches import BatchPerBundle
 from postauth.transforms.packed import Packed
 from postauth.transforms.versions import version_rank
 
@@ -106,11 +108,19 @@ def write_whole_file(path: str, lines: List[str]) -> None:
 # sorts as the line does, and carries what the render would otherwise parse back out of it).
 Render = Callable[[List[Any]], Dict[str, List[str]]]
 ToLine = Callable[[Any], Any]  # a record -> its line (or entry), applied in the keying step (one step less)
-_GATHERED = typing.Tuple[str, Packed]  # a line or entry, or None (the seed); packed: transforms/packed.py
+_GATHERED = typing.Tuple[str, Packed]  # a bundle's lines or entries (none: the seed); transforms/packed.py
 
 
-def _keyed_line(record: Any, name: str, to_line: Optional[ToLine]) -> Tuple[str, Any]:
-  return name, record if to_line is None else to_line(record)
+class _LinesPerBundle(BatchPerBundle):
+  """record -> (name, [the bundle's lines or entries]): the lines of one file share most of
+  their text (a finding's versions repeat its evidence), which one packed list compresses."""
+
+  def __init__(self, name: str, to_line: Optional[ToLine]):
+    super().__init__(key_of=lambda _: name)
+    self._to_line = to_line
+
+  def process(self, record, ts=beam.DoFn.TimestampParam):
+    yield from super().process(record if self._to_line is None else self._to_line(record), ts)
 
 
 def _one_file(path: str) -> Render:
@@ -123,8 +133,8 @@ class _WriteGatheredFn(beam.DoFn):
     self._renders = renders
 
   def process(self, kv):
-    name, lines = kv
-    lines = sorted(line for line in lines if line is not None)
+    name, batches = kv
+    lines = sorted(itertools.chain.from_iterable(batches))
     for path, content in self._renders[name](lines).items():
       write_whole_file(path, content)
       yield path
@@ -148,10 +158,10 @@ class GatherWholeFiles(beam.PTransform):
     names = sorted(self._renders)
     if sorted(inputs) != names:
       raise ValueError(f'lines for {sorted(inputs)}, renders for {names}')
-    keyed = [inputs[name] | f'Key{i}' >> beam.Map(_keyed_line, name, self._to_lines.get(name)).with_output_types(
+    keyed = [inputs[name] | f'Key{i}' >> beam.ParDo(_LinesPerBundle(name, self._to_lines.get(name))).with_output_types(
         _GATHERED) for i, name in enumerate(names)]
     seed = (next(iter(inputs.values())).pipeline | 'Impulse' >> beam.Impulse()
-            | 'Seed' >> beam.FlatMap(lambda _: [(name, None) for name in names]).with_output_types(_GATHERED))
+            | 'Seed' >> beam.FlatMap(lambda _: [(name, []) for name in names]).with_output_types(_GATHERED))
     return ((*keyed, seed) | 'WithSeed' >> beam.Flatten()
             | 'Gather' >> beam.GroupByKey()
             | 'Write' >> beam.ParDo(_WriteGatheredFn(self._renders)).with_output_types(str))

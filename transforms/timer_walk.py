@@ -11,13 +11,15 @@ same step function at the same timer times gives the same outputs without state.
 """
 from __future__ import annotations
 
+import itertools
 import typing
 from typing import Any, Callable, Iterable, List, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam.transforms import trigger, window
-from apache_beam.utils.timestamp import Duration, Timestamp
+from apache_beam.utils.timestamp import MIN_TIMESTAMP, Duration, Timestamp
 
+from postauth.transforms.bundle_batches import BatchPerBundle
 from postauth.transforms.packed import Packed
 
 # step(now_ms, waiting) -> (outputs, still waiting, next timer in ms or None)
@@ -57,19 +59,30 @@ class WalkFn(beam.DoFn):
     yield from walk(self._new_step(), waiting, first)
 
 
-class _KeyWithTimestamp(beam.DoFn):
-  """element -> (key, (timestamp in ms, element)): the grouping drops element timestamps."""
+class WalkBatchesFn(WalkFn):
+  """``WalkFn`` over (key, [batches of its (timestamp ms, element)]), as ``GroupWithTimestamps``
+  gives them."""
+
+  def process(self, kv):
+    yield from super().process((kv[0], itertools.chain.from_iterable(kv[1])))
+
+
+class _KeyWithTimestamp(BatchPerBundle):
+  """element -> (key, [(timestamp in ms, element)]) per key and bundle: the grouping drops
+  element timestamps, so each travels with its element."""
 
   def __init__(self, key: Callable[[Any], str]):
-    self._key = key
+    super().__init__(key_of=lambda stamped: key(stamped[1]), stamp=MIN_TIMESTAMP)
 
   def process(self, element, ts=beam.DoFn.TimestampParam):
-    yield self._key(element), (timer_ms(ts), element)
+    yield from super().process((timer_ms(ts), element), ts)
 
 
 class GroupWithTimestamps(beam.PTransform):
-  """Bounded elements -> (key, [(timestamp ms, element), ...]) for a walk per key. The elements
-  (finding versions, scored windows) are shuffled packed: transforms/packed.py."""
+  """Bounded elements -> (key, [[(timestamp ms, element), ...] per bundle]) for a walk per key
+  (``WalkBatchesFn``). A key's elements of a bundle are shuffled as one packed list
+  (transforms/packed.py): what they share (a finding's versions repeat most of their evidence
+  records) is pickled, and unpickled, once."""
 
   def __init__(self, key: Callable[[Any], str]):
     super().__init__()
@@ -78,7 +91,7 @@ class GroupWithTimestamps(beam.PTransform):
   def expand(self, pcoll):
     return (pcoll
             | 'KeyWithTimestamp' >> beam.ParDo(_KeyWithTimestamp(self._key)).with_output_types(
-                typing.Tuple[str, typing.Tuple[int, Packed]])
+                typing.Tuple[str, Packed])
             | 'GroupByKey' >> beam.GroupByKey())
 
 
@@ -115,7 +128,7 @@ def per_identity(globally: beam.PCollection, new_step: Callable[[], Step],
   if globally.is_bounded:
     return (globally
             | 'GroupByIdentity' >> GroupWithTimestamps(key)
-            | walk_label >> beam.ParDo(WalkFn(new_step, start)))
+            | walk_label >> beam.ParDo(WalkBatchesFn(new_step, start)))
   return (globally
           | 'KeyByIdentity' >> beam.Map(lambda x: (key(x), x)).with_output_types(
               typing.Tuple[str, typing.Any])
