@@ -80,11 +80,16 @@ def build_detection(p: beam.Pipeline, options: PipelineOptions) -> Dict[str, bea
       det.model_dir, det.model_version, det.fleet_change_identities, model, lateness)]
            if FLEET_CHANGE not in disabled else [])
 
-  triaged = [*anomalies, unregistered] + fleet | 'AllFindings' >> beam.Flatten() | 'Suppress' >> Suppress(det.allowlist)
-  findings = triaged.findings | 'Deduplicate' >> DeduplicateFindings(det.dedup_period)
+  # Each kind of finding is triaged where it is made and handed to the dedup as it is: one
+  # Flatten of whole finding versions before a step would be a stage of its own, which every
+  # version crosses encoded (transforms/timer_walk.py GroupWithTimestamps).
+  triaged = [kind | f'Suppress{i}' >> Suppress(det.allowlist)
+             for i, kind in enumerate([*anomalies, unregistered] + fleet)]
+  findings = tuple(t.findings for t in triaged) | 'Deduplicate' >> DeduplicateFindings(det.dedup_period)
+  suppressed = [t[SUPPRESSED] for t in triaged] | 'AllSuppressed' >> beam.Flatten()
   files = FileGathering()  # batch: the job's JSON-lines files, written by one step
   undelivered = findings | 'WriteFindings' >> WriteFindings(options, files=files)
-  triaged[SUPPRESSED] | 'WriteSuppressed' >> WriteSuppressed(options, files=files)
+  suppressed | 'WriteSuppressed' >> WriteSuppressed(options, files=files)
   dead_letters = [source.dead_letter] + ([source.late] if source.late is not None else []) + undelivered
   if len(dead_letters) > 1:
     dead_letters = dead_letters | 'AllDeadLetters' >> beam.Flatten()
@@ -93,4 +98,4 @@ def build_detection(p: beam.Pipeline, options: PipelineOptions) -> Dict[str, bea
   dead_letters | 'WriteDeadLetters' >> WriteDeadLetters(options, files=files)
   files.write()
   return {'findings': findings, 'dead_letter': dead_letters, 'events': source.events, 'late': source.late,
-          'suppressed': triaged[SUPPRESSED]}
+          'suppressed': suppressed}

@@ -238,8 +238,7 @@ class CorroborateWithPeers(beam.PTransform):
     else:  # streaming: every finding goes through the step (see the docstring)
       waiting, passing = findings, None
     sightings = self._windows | 'Sightings' >> beam.ParDo(SightingsFn())
-    both = ((in_global_window(waiting, 'FindingsGlobal'), in_global_window(sightings, 'SightingsGlobal'))
-            | 'FindingsAndSightings' >> beam.Flatten())
+    both = (in_global_window(waiting, 'FindingsGlobal'), in_global_window(sightings, 'SightingsGlobal'))
     decided = per_identity(both, functools.partial(_new_step, self._delay, self._min),
                            functools.partial(_walk_start, self._delay, self._min),
                            _CorroborateFn(self._delay, self._min), 'WalkPeers', 'AskPeers', key=_key)

@@ -393,7 +393,7 @@ class DeduplicateFindings(beam.PTransform):
     self._period = period_seconds
     self._retention = retention_seconds
 
-  def expand(self, findings):
+  def expand(self, findings):  # one PCollection, or several (deduplicated together)
     globally = in_global_window(findings, 'GlobalWindow')
     return per_identity(globally, functools.partial(_new_deduplicator, self._period, self._retention),
                         _walk_start, _DedupFn(self._period, self._retention), 'WalkRepeats', 'FoldRepeats')
