@@ -214,5 +214,5 @@ class FindingBuilder:
         self._event_count, len(windows),
         {'evidence': sorted(ev), 'shareable': sorted(share), 'change': sorted(change)[:6]})
     finding['evidence'] = self._pool.evidence(reasons)
-    finding['window_actions'] = [dict(self._calls[wk]) for _, _, wk in self._by_start]
+    finding['window_actions'] = [self._calls[wk] for _, _, wk in self._by_start]  # shared by versions, never changed
     return finding

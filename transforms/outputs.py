@@ -27,6 +27,7 @@ from apache_beam.io import fileio
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from postauth.transforms.finding_json import VersionLines, finding_line
 from postauth.transforms.last_resort import LastResort
 from postauth.transforms.options import EventOptions, PubSubSourceOptions, SinkOptions
 from postauth.transforms.compact import (LatestVersions, VersionLine, compact_findings, latest_of,
@@ -243,7 +244,7 @@ def apply_sinks(records, specs: List[SinkSpec], record_kind: str, streaming: boo
         latest = records if streaming else records | f'{name}Latest' >> LatestVersions()
         latest | f'{name}ToOcsf' >> beam.Map(to_ocsf_json) | name >> WriteJsonLines(spec.target, streaming)
     elif spec.kind == 'jsonl':
-      to_line = _finding_line if is_finding else None
+      to_line = finding_line if is_finding else None
       if streaming:
         lines = records | f'{name}ToJson' >> beam.Map(to_line) if to_line else records
         lines | name >> WriteJsonLines(spec.target, streaming)
@@ -251,7 +252,7 @@ def apply_sinks(records, specs: List[SinkSpec], record_kind: str, streaming: boo
         # Findings: every version to the log, the latest per finding to the file, both from one
         # gathering, whose keying step makes the lines.
         render = functools.partial(_latest_and_versions, spec.target) if is_finding else None
-        to_entry = _version_line if is_finding else None
+        to_entry = VersionLines() if is_finding else None
         if files is None:
           records | name >> WriteWholeFiles(spec.target, render, to_entry)
         else:
@@ -285,14 +286,6 @@ def apply_sinks(records, specs: List[SinkSpec], record_kind: str, streaming: boo
     else:  # parse_sink only yields KINDS
       raise ValueError(f'unknown sink kind {spec.kind}')
   return failures
-
-
-def _finding_line(finding: Dict) -> str:
-  return json.dumps(finding, sort_keys=True)
-
-
-def _version_line(finding: Dict) -> VersionLine:
-  return VersionLine.of(finding, _finding_line(finding))
 
 
 def _latest_and_versions(path: str, versions: List[VersionLine]) -> Dict[str, List[str]]:
