@@ -393,7 +393,7 @@ def test_repeats_fold_into_one_finding_with_a_count_in_batch_and_streaming():
 
 def test_scope_patterns_match_as_fnmatch_does_case_insensitively():
   import fnmatch
-  from postauth.transforms.inventory import matches_any
+  from postauth.domain.glob_match import matches_any
   lists = [['ecr:*', 's3:Get*'], ['S3', 'sts'], ['a?c', '[ab]*'], ['a|b', '(c)'], ['.*'], ['*'], []]
   values = ['ecr:BatchGetImage', 's3:getobject', 'S3', 'sts:AssumeRole', 'abc', 'bcd', 'a|b', '(c)',
             '.*', 'a', '', 'x\ny']

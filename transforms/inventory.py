@@ -18,12 +18,10 @@ from __future__ import annotations
 
 import csv
 import functools
-import fnmatch
 import hashlib
 import io
 import json
 import logging
-import re
 import time
 import typing
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
@@ -184,20 +182,6 @@ def context_for(identity: str, log_type: str, inventory: Dict[str, Dict[str, Any
                    'identity_type': LOG_TYPE_TO_INVENTORY.get(log_type, 'unknown')})
   ctx['registered'] = 'false'
   return ctx
-
-
-def matches_any(value: str, patterns: List[str]) -> bool:
-  """Case-insensitive glob match ("ecr:*", "s3:Get*"): ``fnmatchcase`` of the lowered value
-  against any lowered pattern."""
-  return bool(patterns) and _globs(tuple(patterns))(value.lower()) is not None
-
-
-# A cache, not state (like fnmatch's own): an inventory declares a few scope lists, and every
-# window's rules ask about each of its calls.
-@functools.lru_cache(maxsize=1 << 12)
-def _globs(patterns: Tuple[str, ...]):
-  """One compiled alternation of the patterns' ``fnmatch.translate``: one match call per value."""
-  return re.compile('|'.join(fnmatch.translate(p.lower()) for p in patterns)).match
 
 
 class InventorySnapshots(beam.PTransform):

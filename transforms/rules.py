@@ -15,7 +15,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 from postauth.domain.tool_calls import is_derived
 from postauth.models.features import concurrent_new_networks, peer_note
 from postauth.transforms.agent_rules import AGENT_RULES
-from postauth.transforms.inventory import matches_any
+from postauth.domain.glob_match import matcher, matches_any
 from postauth.domain.taxonomy import HIGH_IMPACT_CATEGORIES, SENSITIVE_CATEGORIES
 
 DAY = 86400.0
@@ -54,13 +54,14 @@ def out_of_scope(window, context: Dict, history, config: RuleConfig, peers=None)
     return None
   agg = window.agg
   outside = []
+  in_services = matcher(tuple(services)) if services else None
+  in_actions = matcher(tuple(actions)) if actions else None
   for action in agg.actions:
     if is_derived(action):  # an agent tool's cloud calls: judged by transforms/agent_rules.py
       continue
-    service = action.partition(':')[0]
-    if services and not matches_any(service, services):
+    if in_services is not None and not in_services(action.partition(':')[0]):
       outside.append(action)
-    elif actions and not matches_any(action, actions):
+    elif in_actions is not None and not in_actions(action):
       outside.append(action)
   if not outside:
     return None
