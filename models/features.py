@@ -2,8 +2,8 @@
 
 Every feature is oriented so that larger means more unusual for this identity, so
 the isolation forest and the explanations read them the same way. The training
-job and the scoring DoFn both call ``feature_vector``; nothing else computes
-features.
+job and the scoring DoFn both call ``feature_row`` (or ``feature_vector``, its array);
+nothing else computes features.
 """
 from __future__ import annotations
 
@@ -84,6 +84,12 @@ def concurrent_new_networks(agg: WindowAggregate, p: IdentityProfile) -> Tuple[L
 
 def feature_vector(agg: WindowAggregate, profile: Optional[IdentityProfile],
                    window_end: float, peers: Optional[PeerView] = None) -> np.ndarray:
+  """``feature_row`` as an array."""
+  return np.array(feature_row(agg, profile, window_end, peers), dtype=np.float64)
+
+
+def feature_row(agg: WindowAggregate, profile: Optional[IdentityProfile],
+                window_end: float, peers: Optional[PeerView] = None) -> List[float]:
   """The model input for one identity-window, against that identity's profile and its peers.
 
   ``peers`` (the fleet's use of each action, without this identity) makes a novel
@@ -92,7 +98,7 @@ def feature_vector(agg: WindowAggregate, profile: Optional[IdentityProfile],
   """
   p = profile or IdentityProfile()
   peers = peers or NO_FLEET.view('', None)
-  x = [0.0] * len(FEATURE_NAMES)  # a list, then one array: numpy item assignment is slow
+  x = [0.0] * len(FEATURE_NAMES)  # a list: numpy item assignment is slow, and a batch's rows make one array
   mu, sd = p.volume_baseline(hour_of(window_end - 1))
   x[0] = max(0.0, (math.log1p(agg.count) - mu) / sd)
   x[1] = _excess(len(agg.actions), p.max_distinct_actions)
@@ -123,7 +129,7 @@ def feature_vector(agg: WindowAggregate, profile: Optional[IdentityProfile],
     n = agg.categories.get(cat)
     if n:  # a category the window has none of is no excess (0 beyond any maximum)
       x[base + i] = _excess(n, p.category_max.get(cat, 0))
-  return np.array(x, dtype=np.float64)
+  return x
 
 
 def _family_in(resource: str, families: Dict[str, int]) -> bool:

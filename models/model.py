@@ -20,7 +20,7 @@ import numpy as np
 
 from postauth.models import artifact, forest_store
 from postauth.models.calibration import Calibration, FeatureDistribution
-from postauth.models.features import FEATURE_NAMES, describe, feature_vector
+from postauth.models.features import FEATURE_NAMES, describe, feature_row
 from postauth.models.fleet import FleetProfile, PeerView
 from postauth.models.forest_arrays import ForestArrays, from_sklearn
 from postauth.models.forest_store import arrays_file, forest_file
@@ -265,8 +265,8 @@ class DetectionModel:
       profiles = [self.profiles.get(w.identity) for w in windows]
     if types is None:
       types = [w.agg.identity_type for w in windows]
-    return np.vstack([feature_vector(w.agg, p, w.window_end, self.peers(w.identity, t))
-                      for w, p, t in zip(windows, profiles, types)]) if windows else np.zeros((0, len(FEATURE_NAMES)))
+    return np.array([feature_row(w.agg, p, w.window_end, self.peers(w.identity, t))
+                     for w, p, t in zip(windows, profiles, types)], dtype=np.float64).reshape(len(windows), len(FEATURE_NAMES))
 
   def score(self, windows: Sequence, cohorts: Sequence[str],
             profiles: Optional[Sequence[IdentityProfile]] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
