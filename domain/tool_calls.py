@@ -22,6 +22,8 @@ def caused_action(action: str, by: str) -> str:
 
 def split_caused(action_key: str) -> Optional[Tuple[str, str]]:
   """(the record's action key, the tool or marker) of a derived action key; None for others."""
+  if SEPARATOR not in action_key:  # most keys: no audit action or tool name holds the separator
+    return None
   base, sep, by = action_key.rpartition(SEPARATOR)
   if not sep or not base or not by or '/' in by:
     return None
