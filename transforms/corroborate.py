@@ -221,9 +221,9 @@ class CorroborateWithPeers(beam.PTransform):
   they came (the step would emit them at their own time, unchanged), so the grouping carries a
   type's novel windows, not its whole finding stream. In streaming every finding still goes
   through the step: with the pass-by, the replay's window close -> finding median on Prism was
-  ~25% longer (two interleaved pairs). The outputs (two in batch, one in streaming) are
-  flattened by the caller where it flattens its findings anyway: the FnApiRunner copies every
-  element of a multi-input Flatten once more, and these carry each finding version's evidence.
+  ~25% longer (two interleaved pairs). The outputs (two in batch, one in streaming) stay
+  apart: the caller hands each to the dedup's grouping as it is (a Flatten before a step would
+  be a stage boundary that every finding version crosses encoded).
   """
 
   def __init__(self, windows: beam.PCollection, delay_seconds: float = 1800.0, min_peers: int = 2):

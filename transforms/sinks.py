@@ -145,8 +145,9 @@ class GatherWholeFiles(beam.PTransform):
   written even when no line comes (an empty file says "nothing", a missing one "did not run").
 
   One grouping for all of them (a key per name: each file's lines on one worker, as
-  ``WriteToText(num_shards=1)`` does; findings and dead letters of a batch run are small).
-  Returns the paths written.
+  ``WriteToText(num_shards=1)`` does; findings and dead letters of a batch run are small),
+  which gets each bundle's lines of a file as one list. Inputs are bounded, in the global
+  window. Returns the paths written.
   """
 
   def __init__(self, renders: Dict[str, Render], to_lines: Optional[Dict[str, ToLine]] = None):
