@@ -205,11 +205,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
       create_topic(topic)
       create_subscription(sub, topic)
-    print(f'export {ENV}={server.host}', flush=True)
-    print('# local Pub/Sub server running (in memory); Ctrl-C stops it', file=sys.stderr, flush=True)
+    # Ctrl-C is handled from the moment the export line says the server is ready: a caller may
+    # use it and stop the server at once (a handler set after the line raced such a caller).
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
       signal.signal(sig, lambda *_: stop.set())
+    print(f'export {ENV}={server.host}', flush=True)
+    print('# local Pub/Sub server running (in memory); Ctrl-C stops it', file=sys.stderr, flush=True)
     while not stop.is_set() and server.running:
       stop.wait(0.5)
     if not server.running:
