@@ -29,7 +29,7 @@ import os
 import time
 import typing
 import uuid
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional
 
 import apache_beam as beam
 from apache_beam.io import fileio

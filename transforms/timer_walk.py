@@ -93,7 +93,7 @@ class GroupWithTimestamps(beam.PTransform):
     self._key = key
 
   def expand(self, pcolls):
-    inputs = list(pcolls) if isinstance(pcolls, (tuple, list)) else [pcolls]
+    inputs = _several(pcolls)
     keyed = [pc | ('KeyWithTimestamp' + (str(i) if len(inputs) > 1 else '')) >> beam.ParDo(
         _KeyWithTimestamp(self._key)).with_output_types(typing.Tuple[str, Packed])
              for i, pc in enumerate(inputs)]
@@ -104,6 +104,11 @@ class GroupWithTimestamps(beam.PTransform):
 
 def _identity(x) -> str:
   return x['identity']
+
+
+def _several(pcolls: Union[beam.PCollection, Sequence[beam.PCollection]]) -> List[beam.PCollection]:
+  """One PCollection or several, as a list."""
+  return list(pcolls) if isinstance(pcolls, (tuple, list)) else [pcolls]
 
 
 def in_global_window(pcoll: Union[beam.PCollection, Sequence[beam.PCollection]], label: str,
@@ -132,7 +137,7 @@ def per_identity(globally: Union[beam.PCollection, Sequence[beam.PCollection]], 
   ``globally``: one PCollection or several (walked together, as if flattened).
   ``grouped`` (bounded input): elements are (key, [(timestamp ms, element)]) already, one per
   key, and are walked as they come."""
-  inputs = list(globally) if isinstance(globally, (tuple, list)) else [globally]
+  inputs = _several(globally)
   if grouped:
     if len(inputs) > 1 or not globally.is_bounded:
       raise ValueError('grouped walks are for one bounded input')
