@@ -35,6 +35,8 @@ def pipeline_options(argv: List[str]) -> PipelineOptions:
 
 def run_pipeline(build, options: PipelineOptions):
   """Builds, runs and waits; SIGINT/SIGTERM cancel the job and raise ``stop.Interrupted``."""
+  from postauth.pipeline.bundle_ends import shorten_bundle_ends
+  shorten_bundle_ends()  # the SDK workers this process hosts (FnApiRunner, Prism's LOOPBACK)
   p = beam.Pipeline(options=options)
   build(p)
   result = None
