@@ -247,6 +247,32 @@ def test_batch_file_writer_writes_whole_files_even_when_empty(tmp_path):
   assert (two / 'all.txt').read_text() == 'x\ny\nz\n' and (two / 'last.txt').read_text() == 'z\n'
 
 
+def test_gathered_files_are_counted_behind_a_grouping_so_the_writing_stage_has_an_output(tmp_path):
+  """``FileGathering.write`` counts the files it wrote (``files_written``) in a step behind a
+  grouping: the writing stage then has a data output, which Prism needs not to poll the stage's
+  closed data channel, a core busy, while it writes (docs/performance.md)."""
+  import apache_beam as beam
+  from apache_beam.metrics.metric import MetricsFilter
+  from postauth.transforms.sinks import FileGathering
+  p = beam.Pipeline(runner='FnApiRunner')
+  files = FileGathering()
+  files.add(p | 'A' >> beam.Create(['a']).with_output_types(str), str(tmp_path / 'a.jsonl'))
+  files.add(p | 'B' >> beam.Create([], reshuffle=False).with_output_types(str), str(tmp_path / 'b.jsonl'),
+            render=lambda lines: {str(tmp_path / 'b.jsonl'): lines, str(tmp_path / 'c.jsonl'): lines})
+  files.write()
+  proto = p.to_runner_api()
+  result = p.run()
+  result.wait_until_finish()
+  counted = result.metrics().query(MetricsFilter().with_name('files_written'))['counters']
+  assert sum(c.committed for c in counted) == 3
+  assert sorted(x.name for x in tmp_path.iterdir()) == ['a.jsonl', 'b.jsonl', 'c.jsonl']
+  writes = [t for t in proto.components.transforms.values() if t.unique_name == 'WriteFiles/Write']
+  written = set(writes[0].outputs.values())
+  readers = [t.unique_name for t in proto.components.transforms.values()
+             if written & set(t.inputs.values()) and not t.subtransforms]
+  assert len(readers) == 1 and readers[0].startswith('WriteFilesCounted/')
+
+
 # --- a restart loses nothing: no run deletes or overwrites another's parts ---------------------
 
 def _stream_one_run(path, rows, t0):

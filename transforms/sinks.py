@@ -168,6 +168,30 @@ class GatherWholeFiles(beam.PTransform):
             | 'Write' >> beam.ParDo(_WriteGatheredFn(self._renders)).with_output_types(str))
 
 
+class _CountWrittenFn(beam.DoFn):
+  def __init__(self):
+    self.files = beam.metrics.Metrics.counter('postauth', 'files_written')
+
+  def process(self, kv):
+    self.files.inc(len(kv[1]))
+    return ()
+
+
+class CountFilesWritten(beam.PTransform):
+  """Written paths -> the ``files_written`` counter, counted behind a grouping.
+
+  The grouping is what matters on Prism: a stage whose outputs nothing reads has no data
+  output there, and Prism's bundle loop polls such a stage's closed data channel, a core busy,
+  for as long as its bundle runs (docs/performance.md): the writing stage is the job's last.
+  """
+
+  def expand(self, paths):
+    return (paths
+            | 'Key' >> beam.Map(lambda path: (None, path)).with_output_types(typing.Tuple[None, str])
+            | 'Together' >> beam.GroupByKey()
+            | 'Count' >> beam.ParDo(_CountWrittenFn()))
+
+
 class WriteWholeFiles(beam.PTransform):
   """Bounded lines (or records and ``to_line``) -> one file at ``path`` (or the files
   ``render(sorted lines)`` maps paths to)."""
@@ -207,7 +231,8 @@ class FileGathering:
 
   def write(self, label: str = 'WriteFiles') -> None:
     if self._lines:
-      _ = self._lines | label >> GatherWholeFiles(self._renders, self._to_lines)
+      _ = (self._lines | label >> GatherWholeFiles(self._renders, self._to_lines)
+           | f'{label}Counted' >> CountFilesWritten())
 
 
 class WriteJsonLines(beam.PTransform):
