@@ -32,7 +32,7 @@ import copy
 import math
 from typing import Dict, Optional, Tuple
 
-from postauth.models.profile import IdentityProfile
+from postauth.models.profile import IdentityProfile, prunes_alone
 
 DAY = 86400
 
@@ -40,6 +40,51 @@ DAY = 86400
 def day_of(window_end: float) -> int:
   """The UTC day a window belongs to (the day of its last instant)."""
   return int(math.floor((window_end - 1e-6) / DAY))
+
+
+class _Firing:
+  """A ledger window's last firing as its aggregate, folded into a profile only where it is
+  folded: ``fold_into(p)`` is ``p.update(agg)``, which is what merging the window's own
+  profile into ``p`` did (the same sums, keys in the same order, pruned at the same points) as
+  long as that profile would not prune a seen-set on its own: such a window is kept as its
+  profile (``ledger_entry``). Most windows settle once; building a profile per window only to
+  merge it cost as much again. The aggregate is never changed after it is observed."""
+
+  __slots__ = ('agg', 'end')
+
+  def __init__(self, agg, end: float):
+    self.agg, self.end = agg, end
+
+  @property
+  def events(self) -> int:
+    return self.agg.count
+
+  @property
+  def last_seen(self) -> float:
+    return max(float('-inf'), self.agg.last_time)
+
+  def profile(self) -> IdentityProfile:
+    return IdentityProfile().update(self.agg, self.end)
+
+  def fold_into(self, profile: IdentityProfile) -> None:
+    profile.update(self.agg, self.end)
+
+
+def ledger_entry(agg, window_end: float):
+  """What the ledger keeps of a window's firing: a ``_Firing``, or its profile if that prunes alone."""
+  return IdentityProfile().update(agg, window_end) if prunes_alone(agg) else _Firing(agg, window_end)
+
+
+def _fold(entry, into: IdentityProfile) -> IdentityProfile:
+  if isinstance(entry, _Firing):
+    entry.fold_into(into)
+  else:
+    into.merge(entry)
+  return into
+
+
+def _profile(entry) -> IdentityProfile:
+  return entry.profile() if isinstance(entry, _Firing) else entry
 
 
 class IdentityHistory:
@@ -61,8 +106,8 @@ class IdentityHistory:
     # The latest window end observed: what the streaming state's expiry counts idle time from
     # (transforms/history.py), and the clock windows settle by. None in state written before it.
     self.last_active: Optional[float] = None
-    # The ledger: window start -> (window end, that window's last firing as a profile).
-    self.open: Dict[float, Tuple[float, IdentityProfile]] = {}
+    # The ledger: window start -> (window end, that window's last firing: ``ledger_entry``).
+    self.open: Dict[float, Tuple[float, object]] = {}
     # Windows settled within the last day: start -> (end, events in its last firing).
     self.closed: Dict[float, Tuple[float, int]] = {}
     # (the day before ``day``, its base): what a late firing of that day is judged against.
@@ -88,7 +133,7 @@ class IdentityHistory:
     self.last_active = window_end if self.last_active is None else max(self.last_active, window_end)
     if refire_horizon > 0 and window_start is not None:
       if window_start not in self.closed:  # else: folded already; scored, not counted twice
-        self.open[window_start] = (window_end, IdentityProfile().update(agg, window_end))
+        self.open[window_start] = (window_end, ledger_entry(agg, window_end))
       self._settle(self.last_active - refire_horizon, refire_horizon)
     else:
       # A late window of an earlier day is judged against the current base and folded into
@@ -125,14 +170,15 @@ class IdentityHistory:
     root = self.base
     if day < (self.day or day) and self.previous is not None:
       root = self.previous[1]  # a late firing of the day before: judged as it was then
-    prior = sorted((s, p) for s, (e, p) in self.open.items() if day_of(e) < day and s != window_start)
+    prior = sorted(((s, p) for s, (e, p) in self.open.items() if day_of(e) < day and s != window_start),
+                   key=lambda sp: sp[0])
     if not prior:
       return root
     key = (id(root),) + tuple(id(p) for _, p in prior)
     if self._merged is None or self._merged[0] != key:
       merged = copy.deepcopy(root)
       for _, p in prior:
-        merged.merge(p)
+        _fold(p, merged)
       self._merged = (key, merged)
     return self._merged[1]
 
@@ -141,9 +187,9 @@ class IdentityHistory:
     the profiles: the day's own one by one into today's delta, the day before's all at once
     into the base when the whole day is past (one merge, the one ``_before`` already made)."""
     for start in sorted(s for s, (e, _) in self.open.items() if e <= upto and day_of(e) == self.day):
-      end, profile = self.open.pop(start)
-      self.today.merge(profile)
-      self.closed[start] = (end, profile.events)
+      end, entry = self.open.pop(start)
+      _fold(entry, self.today)
+      self.closed[start] = (end, entry.events)
       self._closed_from = min(self._closed_from, end)
     if self.day is not None and upto >= self.day * DAY:
       if any(day_of(e) < self.day for e, _ in self.open.values()):
@@ -163,8 +209,8 @@ class IdentityHistory:
   def final_profile(self) -> IdentityProfile:
     """Everything observed so far folded together (what a trained model stores per identity)."""
     merged = copy.deepcopy(self.base).merge(self.today)
-    for _, (_, p) in sorted(self.open.items()):
-      merged.merge(p)
+    for _, (_, p) in sorted(self.open.items(), key=lambda kv: kv[0]):
+      _fold(p, merged)
     return merged
 
   def days_of_history(self, window_end: float) -> int:
@@ -185,7 +231,9 @@ class IdentityHistory:
 
   # -- persistence (Beam state coders pickle this object; keep it small) -------
   def __getstate__(self):
-    return {k: getattr(self, k) for k in self.__slots__ if k not in self._TRANSIENT}
+    state = {k: getattr(self, k) for k in self.__slots__ if k not in self._TRANSIENT}
+    state['open'] = {s: (e, _profile(p)) for s, (e, p) in self.open.items()}  # profiles, as ever
+    return state
 
   def __setstate__(self, state):
     for k in self.__slots__:

@@ -15,7 +15,7 @@ import hashlib
 import math
 import re
 import struct
-from typing import Any, Dict, Iterable, List
+from typing import Any, Dict, Iterable, List, Tuple
 
 from postauth.domain.taxonomy import SENSITIVE_CATEGORIES
 from postauth.domain.window import WindowAggregate
@@ -57,6 +57,12 @@ def seen_key(value: str) -> int:
   """
   return int.from_bytes(hashlib.blake2b(value.encode('utf-8', 'surrogatepass'), digest_size=8).digest(),
                         'little', signed=True)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def resource_keys(resource: str) -> Tuple[int, int, int]:
+  """The seen-set keys of a resource, its family and its scope (one lookup where three were)."""
+  return seen_key(resource), seen_key(resource_family(resource)), seen_key(resource_scope(resource))
 
 
 _TOKEN = re.compile(r'[-_.:]')
@@ -165,6 +171,24 @@ def _pack(seen: Dict[int, int]) -> tuple:
   return struct.pack(f'<{n}q', *seen), struct.pack(f'<{n}{code}', *seen.values()), code
 
 
+# The aggregate's counter each seen-set is filled from (families and scopes: one key at most per resource).
+_FILLED_FROM = {'actions': 'actions', 'resources': 'resources', 'families': 'resources', 'scopes': 'resources',
+                'networks': 'networks', 'agents': 'agents', 'regions': 'regions'}
+_ALONE = tuple({source: min(cap * 1.25 for f, cap in MAX_SEEN.items() if _FILLED_FROM[f] == source)
+                for source in _FILLED_FROM.values()}.items())
+assert set(_FILLED_FROM) == set(MAX_SEEN) == {'actions', 'resources', 'families', 'scopes', 'networks', 'agents',
+                                               'regions'}, 'IdentityProfile.update fills these seen-sets by name'
+
+
+def prunes_alone(agg: WindowAggregate) -> bool:
+  """Whether one window's profile could prune a seen-set on its own (``_prune``: more than 1.25x
+  its cap of distinct keys)."""
+  for source, most in _ALONE:
+    if len(getattr(agg, source)) > most:
+      return True
+  return False
+
+
 def _prune(counts: Dict[str, int], cap: int) -> None:
   """Keeps the most frequent ``cap`` keys once a counter grows 25% past its cap."""
   if len(counts) > cap * 1.25:
@@ -212,21 +236,27 @@ class IdentityProfile:
     self.errors += agg.errors
     self.max_distinct_actions = max(self.max_distinct_actions, len(agg.actions))
     self.max_distinct_resources = max(self.max_distinct_resources, len(agg.resources))
-    for field, cap in MAX_SEEN.items():
-      seen = self.seen[field]
-      if field in ('families', 'scopes'):
-        reduce = resource_family if field == 'families' else resource_scope
-        for k, v in agg.resources.items():
-          h = seen_key(reduce(k))
-          seen[h] = seen.get(h, 0) + v
-      elif field in HASHED_SEEN:
-        for k, v in getattr(agg, field).items():
-          h = seen_key(k)
-          seen[h] = seen.get(h, 0) + v
-      else:
-        for k, v in getattr(agg, field).items():
-          seen[k] = seen.get(k, 0) + v
-      _prune(seen, cap)
+    seen = self.seen
+    kept = seen['actions']
+    for k, v in agg.actions.items():
+      h = seen_key(k)
+      kept[h] = kept.get(h, 0) + v
+    _prune(kept, MAX_SEEN['actions'])
+    # Each seen-set is its own dict: filling the three a resource feeds in one pass, then pruning
+    # each, leaves them as filling and pruning them one after the other did.
+    resources, families, scopes = seen['resources'], seen['families'], seen['scopes']
+    for k, v in agg.resources.items():
+      h, hf, hs = resource_keys(k)
+      resources[h] = resources.get(h, 0) + v
+      families[hf] = families.get(hf, 0) + v
+      scopes[hs] = scopes.get(hs, 0) + v
+    for field in ('resources', 'families', 'scopes'):
+      _prune(seen[field], MAX_SEEN[field])
+    for field in ('networks', 'agents', 'regions'):
+      kept = seen[field]
+      for k, v in getattr(agg, field).items():
+        kept[k] = kept.get(k, 0) + v
+      _prune(kept, MAX_SEEN[field])
     return self
 
   def merge(self, other: 'IdentityProfile') -> 'IdentityProfile':

@@ -47,6 +47,52 @@ def view(profile):
 
 
 # -- the history class --------------------------------------------------------------------------
+def _exact(profile) -> str:
+  """Everything a profile holds, its seen-sets' key order included (it breaks pruning ties)."""
+  import json
+  return json.dumps(profile.to_dict(), default=str)
+
+
+def test_the_ledger_keeps_aggregates_and_folds_them_as_their_profiles_merged():
+  """A ledger window is kept as its aggregate and folded with ``update`` only when it settles:
+  the same profile, bit for bit, as building the window's own profile and merging it, over days
+  of windows with spilling seen-sets; a window that would prune a seen-set alone is kept as its
+  profile; the pickled state holds profiles, as ever."""
+  import pickle
+  from postauth.models import history as history_module
+  from postauth.models.profile import IdentityProfile, prunes_alone
+  wide = agg(*[ev(D0 + 10 * H + i, f'Get{i}') for i in range(3)])
+  for i in range(90):  # networks: a seen-set of 64, pruned past 80
+    wide.networks[f'10.{i}.0.0/24'] = 1
+  assert prunes_alone(wide) and not prunes_alone(agg(ev(D0)))
+  assert isinstance(history_module.ledger_entry(wide, D0 + 11 * H), IdentityProfile)
+  lazy, eager = IdentityHistory(), IdentityHistory()
+  eager_entry = lambda a, end: IdentityProfile().update(a, end)  # what the ledger kept before
+  actions = set()
+  for day in range(3):
+    for q in range(0, 96, 3):
+      start = D0 + day * DAY + q * Q
+      events = [ev(start + j * 7, f'Act{day}.{q}.{j % (q % 7 + 4)}') for j in range(12)]
+      actions.update(e.action for e in events)
+      a = agg(*events)
+      if q == 30:
+        a = wide
+      got = lazy.observe(a, start + H, start, HORIZON)
+      original = history_module.ledger_entry
+      history_module.ledger_entry = eager_entry
+      try:
+        want = eager.observe(a, start + H, start, HORIZON)
+      finally:
+        history_module.ledger_entry = original
+      assert _exact(got) == _exact(want)
+  assert _exact(lazy.final_profile()) == _exact(eager.final_profile())
+  assert len(lazy.final_profile().seen['actions']) < len(actions)  # the actions' seen-set was pruned
+  assert any(isinstance(p, history_module._Firing) for _, p in lazy.open.values())
+  restored = pickle.loads(pickle.dumps(lazy))
+  assert all(isinstance(p, IdentityProfile) for _, p in restored.open.values())
+  assert _exact(restored.final_profile()) == _exact(eager.final_profile())
+
+
 def test_a_refired_window_replaces_its_first_firing():
   live, batch = IdentityHistory(), IdentityHistory()
   first, late = ev(D0 + 10 * H), ev(D0 + 10 * H + 60, 'PutObject')
