@@ -14,7 +14,8 @@ import numpy as np
 
 from postauth.models.fleet import EMPTY as NO_FLEET
 from postauth.models.fleet import PeerView
-from postauth.models.profile import IdentityProfile, hour_of, resource_family
+from postauth.domain.resource_kind import resource_family
+from postauth.models.profile import IdentityProfile, hour_of
 from postauth.domain.window import WindowAggregate
 from postauth.domain.taxonomy import HIGH_IMPACT_CATEGORIES, SENSITIVE_CATEGORIES
 

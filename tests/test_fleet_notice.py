@@ -10,7 +10,8 @@ from apache_beam.transforms.window import TimestampedValue
 
 from postauth.models.features import INDEX, feature_vector
 from postauth.models.fleet import FleetProfile
-from postauth.models.profile import IdentityProfile, resource_family, seen_key
+from postauth.domain.resource_kind import resource_family
+from postauth.models.profile import IdentityProfile, seen_key
 from postauth.transforms import rules
 from postauth.transforms.fleet_notice import FleetChangeNotices
 from postauth.transforms.findings import contextual_severity

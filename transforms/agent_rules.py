@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Tuple
 from postauth.domain.origin import agent_family, network_of
 from postauth.domain.taxonomy import HIGH_IMPACT_CATEGORIES, SENSITIVE_CATEGORIES
 from postauth.domain.tool_calls import CLOUD_CALL, NO_TOOL_CALL, caused_action, split_caused, tools_of
-from postauth.models.profile import resource_scope
+from postauth.domain.resource_kind import resource_scope
 
 # A tool "normally makes a cloud call" when the history saw it this often, and saw it end with
 # no record behind it at most this share of the time.
