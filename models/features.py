@@ -70,8 +70,11 @@ CONCURRENT_SECONDS = 300.0
 def concurrent_new_networks(agg: WindowAggregate, p: IdentityProfile) -> Tuple[List[str], List[str]]:
   """(new networks used while a usual network was active in the window, those usual networks)."""
   spans = getattr(agg, 'network_spans', None) or {}
-  usual = [n for n in agg.networks if p.knows('networks', n) and n in spans]
-  new = [n for n in agg.networks if not p.knows('networks', n) and n in spans]
+  seen = p.seen['networks']  # networks are kept as strings (not hashed)
+  usual, new = [], []
+  for n in agg.networks:
+    if n in spans:
+      (usual if n in seen else new).append(n)
   beside, active = [], set()
   for n in new:
     lo, hi = spans[n]

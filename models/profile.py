@@ -230,8 +230,8 @@ class IdentityProfile:
     seen = self.seen['families']
     out: Dict[str, int] = {}
     for r in resources:
-      fam = resource_family(r)
-      if seen_key(fam) not in seen:
+      if resource_keys(r)[1] not in seen:
+        fam = resource_family(r)
         out[fam] = out.get(fam, 0) + 1
     return out
 
@@ -241,9 +241,10 @@ class IdentityProfile:
     seen = self.seen['scopes']
     out: List[str] = []
     for r in resources:
-      scope = resource_scope(r)
-      if seen_key(scope) not in seen and scope not in out:
-        out.append(scope)
+      if resource_keys(r)[2] not in seen:
+        scope = resource_scope(r)
+        if scope not in out:
+          out.append(scope)
     return out
 
   def unseen(self, field: str, keys: Iterable[str]) -> List[str]:

@@ -7,8 +7,11 @@ on this project's machine. None of those objects ever becomes garbage while the 
 
 ``settle_before_job`` moves everything alive to the permanent generation (``gc.freeze``) so
 later collections skip it, and raises the young generation's threshold so a job that
-allocates millions of short-lived tuples and dicts collects every 100,000 allocations rather
-than every 700. ``skip_final_collection`` freezes again at exit: the process ends
+allocates millions of tuples and dicts collects every 1,000,000 net allocations rather than
+every 700. A young collection walks every object allocated since the last one and still
+alive: the panes, windows and profiles a batch job builds live long enough to be walked at
+100,000 (0.14 CPU s of the day's 5.4), and mostly die first at 1,000,000 (0.02). The bound:
+garbage in reference cycles waits for at most a million allocations (a few tens of MB). ``skip_final_collection`` freezes again at exit: the process ends
 without the last walk; atexit handlers, file flushes and reference-counted frees still run
 (only objects in reference cycles are left for the OS to reclaim, as at any exit).
 
@@ -21,7 +24,7 @@ from __future__ import annotations
 import atexit
 import gc
 
-YOUNG_THRESHOLD = 100_000
+YOUNG_THRESHOLD = 1_000_000
 
 
 def settle_before_job() -> None:
