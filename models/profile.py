@@ -136,9 +136,11 @@ class IdentityProfile:
     self.max_distinct_resources = 0
     self.sensitive_events = 0
     self.seen: Dict[str, Dict[str, int]] = {k: {} for k in MAX_SEEN}
+    self._asked: Dict[str, tuple] = {}  # see ``_answer``; never stored
 
   # -- building ---------------------------------------------------------------
   def update(self, agg: WindowAggregate, window_end: float) -> 'IdentityProfile':
+    self._asked.clear()
     self.windows += 1
     self.first_seen = min(self.first_seen, agg.first_time)
     self.last_seen = max(self.last_seen, agg.last_time)
@@ -185,6 +187,7 @@ class IdentityProfile:
     with its windows one by one, except that seen-set pruning happens once at the end."""
     if not other.windows:
       return self
+    self._asked.clear()
     self.windows += other.windows
     self.first_seen = min(self.first_seen, other.first_seen)
     self.last_seen = max(self.last_seen, other.last_seen)
@@ -225,8 +228,24 @@ class IdentityProfile:
     """How often ``value`` was seen (events summed over the windows folded); 0 if never."""
     return int(self.seen[field].get(seen_key(value) if field in HASHED_SEEN else value, 0))
 
+  def _answer(self, question: str, keys, answer):
+    """The answer to ``question`` about ``keys`` (a window's counter), from the last time it was
+    asked about the same object, else ``answer(keys)``: a window's features, rules and judgment
+    ask the same profile the same question about the same counter up to five times. One answer
+    kept per question; the kept counter pins its object (its ``id`` cannot be reused while kept).
+    Cleared when the profile changes (the profiles a window is judged against never do)."""
+    kept = self._asked.get(question)
+    if kept is not None and kept[0] is keys:
+      return kept[1]
+    found = answer(keys)
+    self._asked[question] = (keys, found)
+    return found
+
   def unseen_families(self, resources: Iterable[str]) -> Dict[str, int]:
     """Resource families of ``resources`` this identity never touched: family -> resources in it."""
+    return dict(self._answer('families', resources, self._unseen_families))
+
+  def _unseen_families(self, resources: Iterable[str]) -> Dict[str, int]:
     seen = self.seen['families']
     out: Dict[str, int] = {}
     for r in resources:
@@ -249,10 +268,16 @@ class IdentityProfile:
 
   def unseen(self, field: str, keys: Iterable[str]) -> List[str]:
     """The keys (in their order) that are not in the seen-set: one pass for a window's features."""
+    if field == 'actions':
+      return list(self._answer('actions', keys, self._unseen_actions))
     seen = self.seen[field]
     if field in HASHED_SEEN:
       return [k for k in keys if seen_key(k) not in seen]
     return [k for k in keys if k not in seen]
+
+  def _unseen_actions(self, keys: Iterable[str]) -> List[str]:
+    seen = self.seen['actions']
+    return [k for k in keys if seen_key(k) not in seen]
 
   def volume_baseline(self, hour: int, shrink: float = 4.0):
     """Mean and spread of log1p(events per window) at this hour, shrunk to the overall."""
@@ -281,7 +306,7 @@ class IdentityProfile:
   # instead of taking every resource for new; models also record PROFILE_FORMAT.
   def to_dict(self) -> dict:
     """JSON-ready: hashed seen-sets as ``[[key, count], ...]`` in their order (JSON keys are strings)."""
-    d: Dict[str, Any] = {k: v for k, v in self.__dict__.items() if k != 'seen'}
+    d: Dict[str, Any] = {k: v for k, v in self.__dict__.items() if k not in ('seen', '_asked')}
     d['seen'] = {f: dict(s) for f, s in self.seen.items() if f not in HASHED_SEEN}
     d['seen_hashed'] = {f: [[k, n] for k, n in self.seen[f].items()] for f in HASHED_SEEN}
     return d
@@ -300,7 +325,7 @@ class IdentityProfile:
 
   # Beam state pickles profiles (inside IdentityHistory): hashed seen-sets go packed.
   def __getstate__(self) -> dict:
-    state = {k: v for k, v in self.__dict__.items() if k != 'seen'}
+    state = {k: v for k, v in self.__dict__.items() if k not in ('seen', '_asked')}
     # Hours with windows only ({hour: [n, sum, sum of squares]}): a single window's profile
     # (the history's ledger) has one, and 24 empty triples were over half its bytes.
     state['hourly'] = {h: s for h, s in enumerate(self.hourly) if s[0]}

@@ -155,3 +155,28 @@ def test_the_training_fit_reads_no_side_input_and_another_stage_reads_its_versio
   fit = [n for n in nodes if n.full_label.endswith('FitAndSave')]
   assert len(fit) == 1 and not fit[0].side_inputs
   assert any(version in n.inputs for n in nodes if 'Reshuffle' in type(n.transform).__name__)
+
+
+def test_a_profile_answers_a_windows_repeated_questions_once_and_forgets_them_when_it_changes():
+  """unseen('actions') and unseen_families are asked up to five times per window (features,
+  rules, judgment): the profile keeps the last answer per question for the same counter object;
+  callers get their own copies; an update or merge clears it; it is never stored."""
+  import pickle
+  p = IdentityProfile()
+  a = WindowAggregate()
+  a.actions.update({'s3:GetObject': 2, 'kms:Decrypt': 1})
+  a.resources.update({'arn:aws:s3:::bucket-a/key': 2})
+  first = p.unseen('actions', a.actions)
+  first.sort()  # a caller sorting its answer in place (access_denied_sweep does)
+  assert p.unseen('actions', a.actions) == ['s3:GetObject', 'kms:Decrypt']
+  fam = p.unseen_families(a.resources)
+  fam['x'] = 1
+  assert p.unseen_families(a.resources) == {'bucket-a': 1}
+  p.update(a, 3600.0)
+  assert p.unseen('actions', a.actions) == [] and p.unseen_families(a.resources) == {}
+  other = IdentityProfile()
+  other.unseen('actions', a.actions)
+  other.merge(p)
+  assert other.unseen('actions', a.actions) == []
+  assert '_asked' not in p.to_dict() and '_asked' not in p.__getstate__()
+  assert pickle.loads(pickle.dumps(p)).unseen('actions', {'sts:AssumeRole': 1}) == ['sts:AssumeRole']
