@@ -9,11 +9,15 @@ import sys
 import time
 from typing import List, Optional
 
-from postauth.pipeline import quiet  # noqa: F401  (first: imports Beam without its apitools warning)
+from postauth.pipeline import collector  # first: no collection while the imports build what lives on
 
-from postauth.pipeline import options as opts
-from postauth.pipeline import collector, stop, summary
-from postauth.pipeline.jobs import run, run_pipeline, train
+collector.defer_during_imports()
+
+from postauth.pipeline import quiet  # noqa: E402,F401  (imports Beam without its apitools warning)
+
+from postauth.pipeline import options as opts  # noqa: E402
+from postauth.pipeline import stop, summary  # noqa: E402
+from postauth.pipeline.jobs import run, run_pipeline, train  # noqa: E402
 
 USAGE = """postauth <command> [flags]
 
