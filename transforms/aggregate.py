@@ -82,8 +82,8 @@ def estimated_size(a: WindowAggregate) -> int:
   entries = (len(a.actions) + len(a.action_category) + len(a.categories) + len(a.resources)
              + len(a.networks) + len(a.agents) + len(a.regions) + len(a.network_spans)
              + len(a.emitters) + len(a.panes))
-  samples = sum(len(v) for store in (a._evidence, *a._evidence_parts) for v in store.values())
-  return 60 + 80 * entries + 20 * samples
+  keys = sum(map(len, (a._evidence, *a._evidence_parts)))  # a key keeps its first and last event
+  return 60 + 80 * entries + 40 * keys
 
 
 class WindowAggregateCoder(beam.coders.Coder):
