@@ -14,8 +14,8 @@ allocates millions of tuples and dicts collects every 1,000,000 net allocations 
 every 700. A young collection walks every object allocated since the last one and still
 alive: the panes, windows and profiles a batch job builds live long enough to be walked at
 100,000 (0.14 CPU s of the day's 5.4), and mostly die first at 1,000,000 (0.02). The bound:
-garbage in reference cycles waits for at most a million allocations (a few tens of MB). ``skip_final_collection`` freezes again at exit: the process ends
-without the last walk; atexit handlers, file flushes and reference-counted frees still run
+garbage in reference cycles waits for at most a million allocations (a few tens of MB).
+``skip_final_collection`` freezes again at exit: the process ends without the last walk; atexit handlers, file flushes and reference-counted frees still run
 (only objects in reference cycles are left for the OS to reclaim, as at any exit).
 
 Invariants: collection still runs (cycles made by the job are freed); nothing here changes
@@ -34,7 +34,7 @@ def defer_during_imports() -> None:
   """The young threshold raised before the imports (the CLI's first statement): what
   ``import apache_beam`` builds (~1,900 modules) lives as long as the process, and collecting
   while importing only walked it, again and again (~0.1 CPU s, gen 0 to 2, on every command);
-  ``settle_before_job`` then freezes it."""
+  ``settle_before_job`` then freezes it. Idempotent."""
   young, middle, old = gc.get_threshold()
   gc.set_threshold(max(YOUNG_THRESHOLD, young), middle, old)
 
@@ -42,8 +42,7 @@ def defer_during_imports() -> None:
 def settle_before_job() -> None:
   """Freeze what is alive now (imports, options) and collect the young generation less often."""
   gc.freeze()
-  young, middle, old = gc.get_threshold()
-  gc.set_threshold(max(YOUNG_THRESHOLD, young), middle, old)
+  defer_during_imports()  # the same threshold, for callers that did not raise it before importing
   atexit.register(skip_final_collection)
 
 

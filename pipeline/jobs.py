@@ -16,6 +16,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from postauth.pipeline import options as opts
 from postauth.pipeline import preflight, stop, summary
+from postauth.pipeline.bundle_ends import shorten_bundle_ends
 from postauth.transforms import outputs, sink_records, sink_uris
 from postauth.transforms.sinks import compact_parts
 
@@ -35,7 +36,6 @@ def pipeline_options(argv: List[str]) -> PipelineOptions:
 
 def run_pipeline(build, options: PipelineOptions):
   """Builds, runs and waits; SIGINT/SIGTERM cancel the job and raise ``stop.Interrupted``."""
-  from postauth.pipeline.bundle_ends import shorten_bundle_ends
   shorten_bundle_ends()  # the SDK workers this process hosts (FnApiRunner, Prism's LOOPBACK)
   p = beam.Pipeline(options=options)
   build(p)

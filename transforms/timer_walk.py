@@ -139,9 +139,9 @@ def per_identity(globally: Union[beam.PCollection, Sequence[beam.PCollection]], 
   key, and are walked as they come."""
   inputs = _several(globally)
   if grouped:
-    if len(inputs) > 1 or not globally.is_bounded:
+    if len(inputs) > 1 or not inputs[0].is_bounded:
       raise ValueError('grouped walks are for one bounded input')
-    return globally | walk_label >> beam.ParDo(WalkFn(new_step, start))
+    return inputs[0] | walk_label >> beam.ParDo(WalkFn(new_step, start))
   if all(pc.is_bounded for pc in inputs):
     return (globally
             | 'GroupByIdentity' >> GroupWithTimestamps(key)

@@ -9,8 +9,7 @@ from typing import Any, Dict
 import apache_beam as beam
 
 from postauth.models.profile import IdentityProfile
-from postauth.transforms.aggregate import estimated_size
-from postauth.transforms.windowing import IdentityWindow
+from postauth.transforms.windowing import IdentityWindow, estimated_window_size
 
 
 class WindowInContext(typing.NamedTuple):
@@ -34,9 +33,7 @@ class WindowInContextCoder(beam.coders.Coder):
   def estimate_size(self, value: WindowInContext) -> int:
     profile = value.history
     entries = sum(map(len, profile.seen.values())) + len(profile.category_max) + len(profile.category_events)
-    window = value.window
-    return (900 + int(1.2 * (40 + len(window.identity) + estimated_size(window.agg))) + 40 * len(value.context)
-            + 20 * entries)
+    return 900 + int(1.2 * estimated_window_size(value.window)) + 40 * len(value.context) + 20 * entries
 
   def is_deterministic(self) -> bool:
     return False
