@@ -17,12 +17,13 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from postauth.pipeline import options as opts
 from postauth.pipeline import preflight, stop, summary
 from postauth.pipeline.bundle_ends import shorten_bundle_ends
+from postauth.pipeline.dofn_specs import introspect_dofns_once
 from postauth.transforms import outputs, sink_records, sink_uris
 from postauth.transforms.sinks import compact_parts
 
 
 def pipeline_options(argv: List[str]) -> PipelineOptions:
-  options = PipelineOptions(argv)
+  options = opts.JobOptions(argv)
   std = options.view_as(StandardOptions)
   if not std.runner:
     std.runner = 'DirectRunner'
@@ -37,6 +38,7 @@ def pipeline_options(argv: List[str]) -> PipelineOptions:
 def run_pipeline(build, options: PipelineOptions):
   """Builds, runs and waits; SIGINT/SIGTERM cancel the job and raise ``stop.Interrupted``."""
   shorten_bundle_ends()  # the SDK workers this process hosts (FnApiRunner, Prism's LOOPBACK)
+  introspect_dofns_once()  # here and in those workers
   p = beam.Pipeline(options=options)
   build(p)
   result = None
