@@ -108,3 +108,31 @@ def test_batch_finding_versions_meet_no_flatten_before_a_step(sample, model_dir)
     after = [c.transform for out in node.outputs.values() for c in consumers.get(out, [])]
     assert after and all(isinstance(t, beam.GroupByKey) for t in after), (node.full_label, after)
   assert checked, 'no flatten of finding versions found: the check checks nothing'
+
+
+
+def test_bounded_scoring_fills_batches_of_the_fixed_size(tmp_path):
+  """Batches are filled up to ``max_batch_size`` windows from the first on (Beam's adaptive sizing
+  started at 64 and fitted a regression of batch times after every batch); a grouped batch never
+  splits an identity's list."""
+  from apache_beam.metrics.metric import MetricsFilter
+  models = str(tmp_path / 'models')
+  registry.promote(models, _save(models, 1))
+  by_identity = {i: [_in_context(i, T0 + H + k * PERIOD, 'nothing') for k in range(50)]
+                 for i in ('id-a', 'id-b', 'id-c')}
+  wics = [w for ws in by_identity.values() for w in ws]
+
+  def batches(grouped, size, elements):
+    p = beam.Pipeline(runner='FnApiRunner')
+    _ = (p | beam.Create(elements, reshuffle=False)
+         | ScoreWindows(models, threshold=0.0, window_period=PERIOD, rules=RuleConfig(), grouped=grouped,
+                        max_batch_size=size))
+    result = p.run()
+    result.wait_until_finish()
+    d = result.metrics().query(MetricsFilter().with_name('score_batch_size'))['distributions'][0].committed
+    return d.count, d.sum, d.max
+
+  assert batches(False, 4096, wics) == (1, 150, 150)
+  assert batches(True, 4096, sorted(by_identity.items())) == (1, 150, 150)
+  assert batches(False, 100, wics) == (2, 150, 100)
+  assert batches(True, 100, sorted(by_identity.items())) == (2, 150, 100)  # two lists, then one
