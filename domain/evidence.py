@@ -207,10 +207,16 @@ Terms = Tuple  # (key, named actions, detail/value tokens, novelty field): what 
 
 def reason_terms(reason: Dict) -> Terms:
   """What of a reason decides an event's relevance (hashable: equal terms rank events alike)."""
-  key = reason.get('rule') or reason.get('feature') or ''
-  tokens = set(_TOKEN.split(str(reason.get('detail', ''))))
-  tokens.update(_TOKEN.split(str(reason.get('value', '')) if reason.get('value') is not None else ''))
-  return key, frozenset(reason.get('actions') or ()), frozenset(tokens), _novelty_field(key)
+  value = reason.get('value')
+  return _terms(reason.get('rule') or reason.get('feature') or '', str(reason.get('detail', '')),
+                '' if value is None else str(value), tuple(reason.get('actions') or ()))
+
+
+@functools.lru_cache(maxsize=1 << 12)  # a cache, not state: a finding's versions repeat their reasons
+def _terms(key: str, detail: str, value: str, actions: Tuple[str, ...]) -> Terms:
+  tokens = set(_TOKEN.split(detail))
+  tokens.update(_TOKEN.split(value))
+  return key, frozenset(actions), frozenset(tokens), _novelty_field(key)
 
 
 def _relevance_of(terms: Terms, ev: Dict) -> int:
