@@ -92,7 +92,9 @@ def cmd_train(argv: List[str]) -> int:
 def cmd_run(argv: List[str]) -> int:
   t0 = time.time()
   out = run(argv)
-  if out['findings'] and os.path.exists(out['findings']):
+  if out.get('findings_read') is not None:
+    print(summary.render(out['findings_read'], top=10))
+  elif out['findings'] and os.path.exists(out['findings']):
     print(summary.render(summary.read_findings(out['findings']), top=10))
   elif out['findings']:  # a Pub/Sub job that ended (--pubsub-stop-idle) leaves its part files
     print(f'findings: part files under {out["findings"]}.parts/')

@@ -103,15 +103,17 @@ def run(argv: List[str]) -> dict:
     if os.path.exists(suppressed_path(options)):
       counters['findings_suppressed'] = _count_lines(suppressed_path(options))
   first_file = next((s for s in sink_uris.sink_specs(options) if s.kind in ('jsonl', 'avro')), None)
-  counters.update(summary.findings_accounting(
-      counters, _written_findings(first_file), streaming))
+  written = _written_findings(first_file)
+  counters.update(summary.findings_accounting(counters, written, streaming))
   if interrupted is not None:
     processed = summary.render_counters(counters) or 'nothing counted yet'
     interrupted.detail = (f'{interrupted.detail}; {processed}; partial output in '
                           f'{first_file.target if first_file else "the sinks"}')
     raise interrupted
+  # The findings file as read for the accounting (sorted by score), so a caller need not read it again.
+  as_read = written if first_file is not None and first_file.kind == 'jsonl' and first_file.target == det.findings else None
   return {'findings': det.findings, 'dead_letters': dead_letters.target,
-          'suppressed': suppressed_path(options), 'counters': counters}
+          'suppressed': suppressed_path(options), 'counters': counters, 'findings_read': as_read}
 
 
 def _counters(result) -> dict:
