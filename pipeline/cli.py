@@ -10,8 +10,10 @@ import time
 from typing import List, Optional
 
 from postauth.pipeline import collector  # first: no collection while the imports build what lives on
+from postauth.pipeline.blas_threads import one_blas_thread
 
 collector.defer_during_imports()
+one_blas_thread()  # before numpy loads OpenBLAS
 
 from postauth.pipeline import quiet  # noqa: E402,F401  (imports Beam without its apitools warning)
 
