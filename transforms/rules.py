@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-from typing import Callable, Dict, List, Optional, Sequence
+import functools
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from postauth.domain.tool_calls import is_derived
 from postauth.models.features import concurrent_new_networks, peer_note
@@ -297,9 +298,14 @@ ALL_RULE_NAMES = tuple(RULES) + (UNREGISTERED, FLEET_CHANGE)
 def evaluate(window, context: Dict, history, config: RuleConfig, peers=None) -> List[Dict]:
   """Every enabled rule that fires on this window, as reasons (``peers``: the fleet's use of actions)."""
   fired = []
-  for name, rule in RULES.items():
-    if config.enabled(name):
-      reason = rule(window, context, history, config, peers)
-      if reason is not None:
-        fired.append(reason)
+  for rule in _enabled_rules(tuple(config.disabled)):
+    reason = rule(window, context, history, config, peers)
+    if reason is not None:
+      fired.append(reason)
   return fired
+
+
+@functools.lru_cache(maxsize=64)  # a cache, not state: a job has one configuration
+def _enabled_rules(disabled: Tuple[str, ...]) -> Tuple[Callable, ...]:
+  """The rules ``RuleConfig(disabled=...).enabled`` keeps, in ``RULES``' order."""
+  return tuple(rule for name, rule in RULES.items() if RuleConfig(disabled=disabled).enabled(name))
