@@ -109,6 +109,38 @@ def test_a_call_across_a_join_window_boundary_is_joined_in_the_record_s_window()
     assert_that(out | beam.combiners.Count.Globally(), equal_to([len(events) + 3]), label='all')
 
 
+def _crossing():
+  """A call whose range crosses a join window boundary, with a record on each side: each window
+  backs it, and the backing must come out once (it came out twice, a window each)."""
+  s = span('agent-a', T0 + 298, 'export_table', duration=4.0)
+  before, after = call(T0 + 299, eid='c0'), call(T0 + 301)
+  expected = [('agent-a', 'GetObject@export_table', 'c0', 0.0), ('agent-a', 'GetObject@export_table', 'c1', 0.0),
+              ('agent-a', 'execute_tool:export_table@cloud_call', 'span-01@cloud_call', 0.0)]
+  return [s, before, after], expected
+
+
+def _derived_view(joined):
+  return (joined | 'Derived' >> beam.Filter(lambda e: '@' in e.action)
+          | 'View' >> beam.Map(lambda e: (e.identity, e.action, e.event_id, e.duration)))
+
+
+def test_a_call_backed_in_two_join_windows_is_backed_once_in_batch_and_streaming(prism_binary):
+  events, expected = _crossing()
+  with beam.Pipeline('FnApiRunner') as p:
+    joined = (p | beam.Create(events) | beam.Map(lambda e: beam.window.TimestampedValue(e, e.event_time))
+              | JoinAgentCalls(PRINCIPALS, 2.0, 300))
+    assert_that(_derived_view(joined), equal_to(expected))
+  options = PipelineOptions(['--runner=PrismRunner', f'--prism_location={prism_binary}'])
+  options.view_as(StandardOptions).streaming = True
+  without_timer_splits(options)
+  # the first window fires (its backing goes out) before the second's record arrives
+  steps = [([(events[0], events[0].event_time), (events[1], events[1].event_time)], T0 + 450),
+           ([(events[2], events[2].event_time)], T0 + 900), ([], T0 + 5000)]
+  with beam.Pipeline(options=options) as p:
+    joined = p | ScriptedStream(steps, pace=0.2) | JoinAgentCalls(PRINCIPALS, 2.0, 300, allowed_lateness=3600)
+    assert_that(_derived_view(joined), equal_to(expected))
+
+
 def test_no_agent_runs_as_anything_adds_no_step():
   with beam.Pipeline('FnApiRunner') as p:
     events = p | beam.Create([call(T0)])

@@ -142,12 +142,23 @@ def attribute(principal: str, agents: Tuple[str, ...], spans: List[Event],
       backed.setdefault(s.tool_call, s)
   for span in backed.values():
     counts['backed'] += 1
-    # Its own id: beside the span itself (same time, same window), an event sharing the span's
-    # id would tie with it wherever events are kept by (time, id), and which one a bounded
-    # evidence sample kept would depend on arrival order.
-    out.append(span._replace(action=caused_action(span.action, CLOUD_CALL), duration=0.0,
-                             acting_for='time', event_id=f'{span.event_id}@{CLOUD_CALL}'))
+    out.append(backing(span))
   return out, counts
+
+
+def backing(span: Event) -> Event:
+  """The event saying a tool call has records behind it. Its own id: beside the span itself
+  (same time, same window), an event sharing the span's id would tie with it wherever events are
+  kept by (time, id), and which one a bounded evidence sample kept would depend on arrival order.
+  A span whose range crosses join windows can be backed in several of them: the same event each
+  time, which ``_BackedOnceFn`` lets through once (it keeps the span's duration until then, to
+  know how long another can come, and emits it with none)."""
+  return span._replace(action=caused_action(span.action, CLOUD_CALL), acting_for='time',
+                       event_id=f'{span.event_id}@{CLOUD_CALL}')
+
+
+def _is_backing(e: Event) -> bool:
+  return e.event_id.endswith(f'@{CLOUD_CALL}')
 
 
 def _derived_key(e: Event) -> Tuple[str, str, str]:
@@ -190,8 +201,7 @@ class _AttributeFn(beam.DoFn):
   def __init__(self, principals: AgentPrincipals, skew: float):
     self._agents_of = principals.agents_of
     self._skew = skew
-    self._counters = {k: Metrics.counter('postauth', f'join_{k}')
-                      for k in ('attributed', 'ambiguous', 'outside', 'backed')}
+    self._counters = {k: Metrics.counter('postauth', f'join_{k}') for k in ('attributed', 'ambiguous', 'outside')}
     self._changed = Metrics.counter('postauth', 'join_changed_too_late')
 
   def _join(self, kv) -> List[Event]:
@@ -200,7 +210,7 @@ class _AttributeFn(beam.DoFn):
     calls = [e for kind, e in items if kind == 'call']
     derived, counts = attribute(principal, self._agents_of.get(principal, ()), spans, calls, self._skew)
     for k, n in counts.items():
-      if n:
+      if n and k != 'backed':  # counted where each backed call is let through once
         self._counters[k].inc(n)
     return derived
 
@@ -261,6 +271,38 @@ class _AttributeOnceFn(_AttributeFn):
     emitted.clear()
 
 
+class _BackedOnceFn(beam.DoFn):
+  """((agent, backing id), (backing event, its span's range end)) -> the backing event once, with
+  no duration (a record's, like every derived event).
+
+  A span is copied into every join window its range touches, and each window with a record
+  behind it backs it: the same event from each. Global window, keyed by the event: the first is
+  emitted, later ones are dropped until no join window of the span can fire any more (the end of
+  the last one plus the allowed lateness), in batch and in streaming alike."""
+
+  EMITTED = ReadModifyWriteStateSpec('emitted', PickleCoder())
+  FORGET = TimerSpec('forget', TimeDomain.WATERMARK)
+
+  def __init__(self, window_seconds: int, allowed_lateness: int):
+    self._window = window_seconds
+    self._lateness = allowed_lateness
+    self._backed = Metrics.counter('postauth', 'join_backed')
+
+  def process(self, kv, emitted=beam.DoFn.StateParam(EMITTED), forget=beam.DoFn.TimerParam(FORGET)) -> Iterator:
+    event, range_end = kv[1]
+    last_window_end = (int(range_end // self._window) + 1) * self._window
+    forget.set(Timestamp.of(last_window_end + self._lateness + 1))
+    if emitted.read():
+      return
+    emitted.write(True)
+    self._backed.inc()
+    yield window.TimestampedValue(event._replace(duration=0.0), event.event_time)
+
+  @on_timer(FORGET)
+  def forget(self, emitted=beam.DoFn.StateParam(EMITTED)):
+    emitted.clear()
+
+
 class JoinAgentCalls(beam.PTransform):
   """Events -> the same events plus the join's derived events on the agents' identities.
 
@@ -299,4 +341,10 @@ class JoinAgentCalls(beam.PTransform):
                  | 'Attribute' >> beam.ParDo(_AttributeOnceFn(self._principals, self._skew, self._lateness))
                  .with_output_types(Event))
     derived = derived | 'BackToGlobal' >> beam.WindowInto(window.GlobalWindows())
-    return (events, derived) | 'WithDerived' >> beam.Flatten()
+    attributed, backings = derived | 'SplitBackings' >> beam.Partition(lambda e, _: int(_is_backing(e)), 2)
+    skew = self._skew
+    once = (backings
+            | 'KeyBySpan' >> beam.Map(lambda e: ((e.identity, e.event_id), (e, e.event_time + e.duration + skew)))
+            .with_output_types(typing.Tuple[typing.Tuple[str, str], typing.Tuple[Event, float]])
+            | 'BackedOnce' >> beam.ParDo(_BackedOnceFn(self._window, self._lateness)).with_output_types(Event))
+    return (events, attributed, once) | 'WithDerived' >> beam.Flatten()
