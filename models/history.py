@@ -61,7 +61,7 @@ class _Firing:
 
   @property
   def last_seen(self) -> float:
-    return max(float('-inf'), self.agg.last_time)
+    return self.agg.last_time  # a window's last event: what its profile's last_seen would be
 
   def profile(self) -> IdentityProfile:
     return IdentityProfile().update(self.agg, self.end)

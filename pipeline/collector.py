@@ -15,7 +15,8 @@ every 700. A young collection walks every object allocated since the last one an
 alive: the panes, windows and profiles a batch job builds live long enough to be walked at
 100,000 (0.14 CPU s of the day's 5.4), and mostly die first at 1,000,000 (0.02). The bound:
 garbage in reference cycles waits for at most a million allocations (a few tens of MB).
-``skip_final_collection`` freezes again at exit: the process ends without the last walk; atexit handlers, file flushes and reference-counted frees still run
+``skip_final_collection`` freezes again at exit: the process ends without the last walk; atexit
+handlers, file flushes and reference-counted frees still run
 (only objects in reference cycles are left for the OS to reclaim, as at any exit).
 
 Invariants: collection still runs (cycles made by the job are freed); nothing here changes

@@ -111,7 +111,8 @@ def run(argv: List[str]) -> dict:
                           f'{first_file.target if first_file else "the sinks"}')
     raise interrupted
   # The findings file as read for the accounting (sorted by score), so a caller need not read it again.
-  as_read = written if first_file is not None and first_file.kind == 'jsonl' and first_file.target == det.findings else None
+  as_read = (written if first_file is not None and first_file.kind == 'jsonl' and first_file.target == det.findings
+             else None)
   return {'findings': det.findings, 'dead_letters': dead_letters.target,
           'suppressed': suppressed_path(options), 'counters': counters, 'findings_read': as_read}
 

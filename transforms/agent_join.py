@@ -344,7 +344,7 @@ class JoinAgentCalls(beam.PTransform):
     attributed, backings = derived | 'SplitBackings' >> beam.Partition(lambda e, _: int(_is_backing(e)), 2)
     skew = self._skew
     once = (backings
-            | 'KeyBySpan' >> beam.Map(lambda e: ((e.identity, e.event_id), (e, e.event_time + e.duration + skew)))
+            | 'KeyBySpan' >> beam.Map(lambda e: ((e.identity, e.event_id), (e, _range(e, skew)[1])))
             .with_output_types(typing.Tuple[typing.Tuple[str, str], typing.Tuple[Event, float]])
             | 'BackedOnce' >> beam.ParDo(_BackedOnceFn(self._window, self._lateness)).with_output_types(Event))
     return (events, attributed, once) | 'WithDerived' >> beam.Flatten()
