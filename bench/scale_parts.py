@@ -22,10 +22,9 @@ def state_estimate(work: str, records: List[dict], sample: int, window: int = 36
                    lateness: int = 3600 + 600) -> Dict:
   """Per identity, the history state cell after the live day (the job's own fold and coder) and
   the window accumulators in flight; for ``sample`` identities, scaled to the fleet."""
-  import pickle
   from postauth.domain.window import WindowAggregate
   from postauth.transforms.aggregate import WindowAggregateFn
-  from postauth.transforms.history import TrackHistoryFn, WalkHistoryFn
+  from postauth.transforms.history import TrackHistoryFn, WalkHistoryFn, encode_state
   from postauth.transforms.parse import RecordParser
   from postauth.transforms.records import split_records
   from postauth.transforms.windowing import IdentityWindow
@@ -55,7 +54,7 @@ def state_estimate(work: str, records: List[dict], sample: int, window: int = 36
     items = [(IdentityWindow(identity, float(s), float(s + window), agg), {'registered': 'true'})
              for s, agg in sorted(ws.items())]
     hist, _ = walker._walk(identity, None, items)
-    history.append(len(coder.encode(pickle.dumps(hist, protocol=pickle.HIGHEST_PROTOCOL))))
+    history.append(len(coder.encode(encode_state(hist))))
     for s, agg in ws.items():  # a window's accumulator is held from its start to end + lateness
       size = len(acc.encode(agg))
       for t in range(s, s + window + lateness, period):
@@ -67,21 +66,21 @@ def state_estimate(work: str, records: List[dict], sample: int, window: int = 36
 
 # -- a hot identity at the Pub/Sub dedup ------------------------------------------------------
 
-class _EncodedCell:
-  """A ReadModifyWrite state cell as a runner stores it: the value encoded on write, decoded on
-  read (with the state's coder)."""
+class _EncodedBag:
+  """A bag state cell as a runner stores it: each value encoded on add, decoded on read (with
+  the state's coder)."""
 
   def __init__(self, coder):
-    self.coder, self.data = coder, None
+    self.coder, self.data = coder, []
 
   def read(self):
-    return None if self.data is None else self.coder.decode(self.data)
+    return [self.coder.decode(x) for x in self.data]
 
-  def write(self, value):
-    self.data = self.coder.encode(value)
+  def add(self, value):
+    self.data.append(self.coder.encode(value))
 
   def clear(self):
-    self.data = None
+    self.data = []
 
 
 class _NoTimer:
@@ -89,39 +88,39 @@ class _NoTimer:
     pass
 
 
-def dedup_pane_cost(events_in_pane: int, batch: int = 500) -> float:
+def dedup_span_cost(events_in_span: int, batch: int = 500) -> float:
   """CPU seconds the Pub/Sub path's event dedup (``_DropDuplicatesFn``) spends on one identity's
-  pane of ``events_in_pane`` events arriving in batches of ``batch``, keyed as the job keys them
-  (``_pane_key``): each key's batch reads and writes that key's id digests."""
+  span (an hour) of ``events_in_span`` events arriving in batches of ``batch``, keyed as the job
+  keys them (``_span_key``): each key's batch reads that key's id digests, appends its new ones."""
   from postauth.domain.event import Event
-  from postauth.transforms.dedup_events import _DropDuplicatesFn, _pane_key
-  fn, key_of = _DropDuplicatesFn(7800, 900), _pane_key(900)
+  from postauth.transforms.dedup_events import SPAN, _DropDuplicatesFn, _span_key
+  fn, key_of = _DropDuplicatesFn(7800), _span_key(SPAN)
   cells, timer = {}, _NoTimer()
-  events = [Event(f'{i:08x}-0000-4000-8000-{i:012x}', 1.8e9 + i * 900 / events_in_pane, 'hot', 'AssumedRole',
+  events = [Event(f'{i:08x}-0000-4000-8000-{i:012x}', 1.8e9 + i * SPAN / events_in_span, 'hot', 'AssumedRole',
                   '', '', 'aws', 's3', 's3:GetObject', 'data_read', '', 'us-east-1', '10.0.0.1', 'sdk',
-                  True, '', True, f'pubsub:sub#{i}') for i in range(events_in_pane)]
+                  True, '', True, f'pubsub:sub#{i}') for i in range(events_in_span)]
   t = time.process_time()
-  for k in range(0, events_in_pane, batch):
+  for k in range(0, events_in_span, batch):
     by_key: Dict = {}
     for e in events[k:k + batch]:
       by_key.setdefault(key_of(e), []).append(e)
     for key, items in by_key.items():
-      cell = cells.setdefault(key, _EncodedCell(_DropDuplicatesFn.SEEN.coder))
+      cell = cells.setdefault(key, _EncodedBag(_DropDuplicatesFn.SEEN.coder))
       for _ in fn.process((key, items), seen=cell, expire=timer):
         pass
   return time.process_time() - t
 
 
 def dedup_section(a) -> Dict:
-  """The Pub/Sub path's dedup with one identity's pane growing: CPU per pane against its size."""
+  """The Pub/Sub path's dedup with one identity's span growing: CPU per span against its size."""
   sizes = (1_000, 10_000, 50_000) if a.quick else (10_000, 50_000, 200_000, 1_000_000)
-  print('\nPub/Sub event dedup, one identity\'s pane, batches of 500 on the job\'s key (the job\'s '
+  print('\nPub/Sub event dedup, one identity\'s hour (a key), batches of 500 (the job\'s '
         '_DropDuplicatesFn, its state encoded per key batch):')
   out = {}
   for n in sizes:
-    out[n] = cpu = dedup_pane_cost(n)
-    print(f'  {n:>9,} events in the pane: {cpu:7.2f} CPU s ({n / cpu:,.0f} ev/cpu-s; a 900 s pane '
-          f'of {n / 900:,.0f} ev/s of one identity)', flush=True)
+    out[n] = cpu = dedup_span_cost(n)
+    print(f'  {n:>9,} events in the hour: {cpu:7.2f} CPU s ({n / cpu:,.0f} ev/cpu-s; '
+          f'{n / 3600:,.0f} ev/s of one identity)', flush=True)
   return out
 
 

@@ -37,22 +37,21 @@ from postauth.models.history import DAY, IdentityHistory  # noqa: E402
 from postauth.models.profile import MAX_SEEN  # noqa: E402
 from postauth.domain.window import WindowAggregate  # noqa: E402
 from postauth.domain.event import Event  # noqa: E402
-from postauth.transforms.history import TrackHistoryFn  # noqa: E402
+from postauth.transforms.history import TrackHistoryFn, encode_state  # noqa: E402
 from postauth.transforms.windowing import IdentityWindow  # noqa: E402
 
 STATE_CODER = TrackHistoryFn.HISTORY.coder  # the coder Beam uses for the state cell
-FIRINGS_CODER = TrackHistoryFn.FIRINGS.coder  # and for the window firings kept for late data
 
 
 def encode(hist: IdentityHistory) -> bytes:
-  """The state cell's bytes, exactly as TrackHistoryFn writes them."""
-  return STATE_CODER.encode(pickle.dumps(hist, protocol=pickle.HIGHEST_PROTOCOL))
+  """The state cell's bytes, exactly as TrackHistoryFn writes them (no firings kept)."""
+  return STATE_CODER.encode(encode_state(hist))
 
 
 def sample_histories(identities: int, days: int, rate_scale: float, window_size: int = 3600,
                      period: int = 900) -> Tuple[Dict[str, IdentityHistory], List[int]]:
   """Every identity's history after walking its windows of a generated sample in time order, and
-  the encoded size of its firings cell after each window (``TrackHistoryFn._whole_window``)."""
+  the bytes its recent firings add to its cell after each window (``TrackHistoryFn._whole_window``)."""
   from postauth.pipeline.generate import generate
   from postauth.transforms.parse import RecordParser, read_all
   from postauth.transforms.records import split_records
@@ -72,27 +71,15 @@ def sample_histories(identities: int, days: int, rate_scale: float, window_size:
     for k in range(window_size // period):
       windows.setdefault((identity, start - k * period), WindowAggregate()).merge(agg)
   hists: Dict[str, IdentityHistory] = {}
-  firings: Dict[str, _Cell] = {}
-  step = TrackHistoryFn(None)  # its _whole_window: the firings cell as the streaming job keeps it
+  firings: Dict[str, Dict] = {}
+  sizes: List[int] = []
+  step = TrackHistoryFn(None)  # its _whole_window: the firings as the streaming job keeps them
   for (identity, start), agg in sorted(windows.items(), key=lambda kv: kv[0][1]):
     hists.setdefault(identity, IdentityHistory()).observe(agg, start + window_size)
-    step._whole_window((IdentityWindow(identity, start, start + window_size, agg), {}),
-                       firings.setdefault(identity, _Cell()))
-  return hists, [size for cell in firings.values() for size in cell.sizes]
-
-
-class _Cell:
-  """A ReadModifyWriteState stand-in that records the bytes of every write (the state's coder)."""
-
-  def __init__(self):
-    self.value, self.sizes = None, []
-
-  def read(self):
-    return self.value
-
-  def write(self, value) -> None:
-    self.value = value
-    self.sizes.append(len(FIRINGS_CODER.encode(value)))
+    kept = firings.setdefault(identity, {})
+    step._whole_window((IdentityWindow(identity, start, start + window_size, agg), {}), kept)
+    sizes.append(len(encode_state(None, kept)) - len(encode_state(None)))
+  return hists, sizes
 
 
 def greedy_identity(distinct: int, windows_per_day: int = 96, days: int = 2,
@@ -157,7 +144,7 @@ def main(argv: List[str] = None) -> int:
   print(f'  encoded (state coder: pickle under BytesCoder) bytes per identity: mean {statistics.mean(sizes):,.0f}, '
         f'median {sizes[len(sizes) // 2]:,}, p99 {sizes[int(len(sizes) * 0.99)]:,}, max {sizes[-1]:,}')
   firings.sort()
-  print(f'  the firings cell (each window\'s aggregate kept the re-fire horizon deep, so a late firing '
+  print(f'  the firings in the cell (each window\'s aggregate kept the re-fire horizon deep, so a late firing '
         f'is scored whole), bytes per active identity after each firing: mean {statistics.mean(firings):,.0f}, '
         f'median {firings[len(firings) // 2]:,}, p99 {firings[int(len(firings) * 0.99)]:,}, max {firings[-1]:,}')
   largest = max(hists.values(), key=lambda h: len(encode(h)))

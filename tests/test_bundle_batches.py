@@ -90,17 +90,20 @@ def test_dedup_reads_its_state_once_per_identity_pane_batch_and_drops_copies_acr
   assert 3 <= _counter(result, 'dedup_batches') <= 6
 
 
-class _Cell:
-  """A ReadModifyWrite state cell as a runner keeps it: bytes through the state's coder."""
+class _Bag:
+  """A bag state cell as a runner keeps it: each value through the state's coder."""
 
   def __init__(self, coder):
-    self.coder, self.data = coder, None
+    self.coder, self.data = coder, []
 
   def read(self):
-    return None if self.data is None else self.coder.decode(self.data)
+    return [self.coder.decode(x) for x in self.data]
 
-  def write(self, value):
-    self.data = self.coder.encode(value)
+  def add(self, value):
+    self.data.append(self.coder.encode(value))
+
+  def clear(self):
+    self.data = []
 
 
 class _Timer:
@@ -116,7 +119,7 @@ def test_dedup_state_holds_each_id_once_as_8_bytes_and_passes_the_first_copy_in_
   from postauth.transforms import dedup_events
   from postauth.transforms.dedup_events import _DropDuplicatesFn, id_digests
   monkeypatch.setattr(dedup_events, '_SEARCH_FROM', search_from)
-  fn, cell, timer = _DropDuplicatesFn(3600, 900), _Cell(_DropDuplicatesFn.SEEN.coder), _Timer()
+  fn, cell, timer = _DropDuplicatesFn(3600, 900), _Bag(_DropDuplicatesFn.SEEN.coder), _Timer()
   def event(i, ref=None):
     e = ev('role/a', T0 + i)._replace(event_id=f'id-{i}')
     return e._replace(raw_ref=ref) if ref else e
@@ -133,12 +136,21 @@ def test_dedup_state_holds_each_id_once_as_8_bytes_and_passes_the_first_copy_in_
   assert run(batch) == ([e.raw_ref for e in first], ['pubsub:s#again'])
   assert len(timer.at) == 1  # set once, when the key's state is created
   stored = cell.read()
-  assert len(stored) == 8 * 3
-  held = np.frombuffer(stored, '<u8')
+  assert [len(chunk) for chunk in stored] == [8 * 3]
+  held = np.frombuffer(stored[0], '<u8')
   assert list(held) == sorted(id_digests(['id-1', 'id-2', 'id-3']).tolist())  # sorted, unique
 
   later = event(5)
   assert run([first[2], later]) == ([later.raw_ref], [first[2].raw_ref])  # a copy across batches
-  assert len(cell.read()) == 8 * 4 and len(timer.at) == 1
+  assert [len(chunk) for chunk in cell.read()] == [8 * 3, 8] and len(timer.at) == 1  # only the new id
   assert run([first[0]]) == ([], [first[0].raw_ref])
-  assert len(cell.read()) == 8 * 4  # nothing new: the same ids
+  assert len(cell.read()) == 2  # nothing new: nothing written
+  # batch after batch of new ids: the bag is written back as one chunk before it grows past
+  # _COMPACT_AT chunks, and a copy of any earlier id is still found
+  from postauth.transforms.dedup_events import _COMPACT_AT
+  for i in range(10, 30):
+    copies = [event(i - 1 if i > 10 else 5, f'pubsub:s#copy{i}'), event(1, f'pubsub:s#old{i}')]
+    assert run([event(i)] + copies) == ([event(i).raw_ref], [f'pubsub:s#copy{i}', f'pubsub:s#old{i}'])
+    assert len(cell.read()) <= _COMPACT_AT
+  held = np.frombuffer(b''.join(cell.read()), '<u8')
+  assert sorted(held.tolist()) == sorted(id_digests([f'id-{i}' for i in (1, 2, 3, 5, *range(10, 30))]).tolist())

@@ -16,7 +16,6 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import pickle
 import time
 
 import apache_beam as beam
@@ -33,7 +32,8 @@ from postauth.transforms import rules, watch
 from postauth.transforms.corroborate import ADOPTION_KEPT_MS, SIGHTING, _Corroborator
 from postauth.transforms.findings import (MAX_RUN_WINDOWS, MergeOverlappingWindows, _RunMerger, _first_due,
                                           finding_id, rfc3339)
-from postauth.transforms.history import EXPIRY_GRACE, REFIRE_HORIZON, TrackHistory, TrackHistoryFn, WalkHistoryFn
+from postauth.transforms.history import (EXPIRY_GRACE, REFIRE_HORIZON, TrackHistory, TrackHistoryFn, WalkHistoryFn,
+                                        decode_state, encode_state)
 from postauth.transforms.poll_tracker import PollTracker
 from postauth.transforms.triage import DeduplicateFindings, _DedupFn, _Deduplicator
 from postauth.transforms.windowing import EPSILON
@@ -133,7 +133,7 @@ class _Timer:
   def __init__(self):
     self.at = None
 
-  def set(self, ts):
+  def set(self, ts, dynamic_timer_tag=''):
     self.at = ts
 
 
@@ -153,13 +153,16 @@ class _Bag:
     self.items = []
 
 
-def _track(fn, kv, cell, expire, firings=None):
+def _track(fn, kv, cell, expire):
   """The streaming DoFn on one window: process it, then fire its ordering timer (the window
   arrives once the watermark passed its end)."""
   bag, order = _Bag(), _Timer()
-  list(fn.process(kv, pending=bag, order=order, state=cell, expire=expire,
-                  firings=_Cell() if firings is None else firings))
-  return list(fn.fold(fired=order.at, key=kv[0], pending=bag, state=cell, expire=expire, order=_Timer()))
+  list(fn.process(kv, pending=bag, order=order, state=cell, expire=expire))
+  return list(fn.fold(fired=order.at, key=kv[0], pending=bag, state=cell, expire=expire))
+
+
+def _kept(cell):
+  return decode_state(cell.value).kept
 
 
 def _history_fn(cls, profiles=None):
@@ -170,34 +173,33 @@ def _history_fn(cls, profiles=None):
 
 
 def test_history_expires_to_a_departed_record_then_is_forgotten_on_the_streaming_timer():
-  fn, cell, timer, firings = _history_fn(TrackHistoryFn), _Cell(), _Timer(), _Cell()
+  fn, cell, timer = _history_fn(TrackHistoryFn), _Cell(), _Timer()
   w = window('ci-ns-42', D0 + H, [ev('ci-ns-42', D0 + 600)])
-  _track(fn, ('ci-ns-42', (w, ctx(identity='ci-ns-42'))), cell, timer, firings)
+  _track(fn, ('ci-ns-42', (w, ctx(identity='ci-ns-42'))), cell, timer)
   # first a day after the window: its firings go (none can come after the horizon), the history stays
-  assert firings.value and timer.at == Timestamp.of(D0 + H + max(REFIRE_HORIZON, EXPIRY_GRACE))
-  list(fn.expire(fired=timer.at, key=None, state=cell, expire=timer, pending=_Bag(), firings=firings))
-  assert firings.value is None and isinstance(pickle.loads(cell.value), IdentityHistory)
+  assert decode_state(cell.value).firings and timer.at == Timestamp.of(D0 + H + max(REFIRE_HORIZON, EXPIRY_GRACE))
+  list(fn.expire(fired=timer.at, key=None, state=cell, expire=timer, pending=_Bag()))
+  assert decode_state(cell.value).firings == {} and isinstance(_kept(cell), IdentityHistory)
   assert timer.at == Timestamp.of(D0 + H + 3 * DAY + EXPIRY_GRACE)
   # the watermark passed it: no window for 3 days (+ grace)
-  list(fn.expire(fired=timer.at, key=None, state=cell, expire=timer, pending=_Bag(), firings=firings))
-  assert pickle.loads(cell.value) == (D0 + 600, D0 + H) and len(cell.value) < 64
+  list(fn.expire(fired=timer.at, key=None, state=cell, expire=timer, pending=_Bag()))
+  assert _kept(cell) == (D0 + 600, D0 + H) and len(cell.value) < 160
   assert timer.at == Timestamp.of(D0 + H + 10 * DAY + EXPIRY_GRACE)
-  list(fn.expire(fired=timer.at, key=None, state=cell, expire=timer, pending=_Bag(), firings=firings))
+  list(fn.expire(fired=timer.at, key=None, state=cell, expire=timer, pending=_Bag()))
   assert cell.value is None
 
 
 def test_a_history_stored_before_last_active_existed_still_expires_on_its_timer():
   """State written by an older job (no ``last_active``) whose timer fires before any new window:
   it departs as it did then, without failing the bundle."""
-  fn, cell, timer, firings = _history_fn(TrackHistoryFn), _Cell(), _Timer(), _Cell()
+  fn, cell, timer = _history_fn(TrackHistoryFn), _Cell(), _Timer()
   w = window('ci-ns-42', D0 + H, [ev('ci-ns-42', D0 + 600)])
-  _track(fn, ('ci-ns-42', (w, ctx(identity='ci-ns-42'))), cell, timer, firings)
-  old = pickle.loads(cell.value)
+  _track(fn, ('ci-ns-42', (w, ctx(identity='ci-ns-42'))), cell, timer)
+  old = _kept(cell)
   old.last_active = None
-  cell.value = pickle.dumps(old)
-  list(fn.expire(fired=Timestamp.of(D0 + 5 * DAY), key=None, state=cell, expire=timer, pending=_Bag(),
-                 firings=firings))
-  assert pickle.loads(cell.value) == (D0 + 600, D0 + 600)  # its last event stands for its last window
+  cell.value = encode_state(old)
+  list(fn.expire(fired=Timestamp.of(D0 + 5 * DAY), key=None, state=cell, expire=timer, pending=_Bag()))
+  assert _kept(cell) == (D0 + 600, D0 + 600)  # its last event stands for its last window
 
 
 def test_an_expiry_timer_fired_before_waiting_windows_folds_them_instead():
@@ -209,9 +211,9 @@ def test_an_expiry_timer_fired_before_waiting_windows_folds_them_instead():
   later = window('agent-9', D0 + 2 * H, [ev('agent-9', D0 + H + 600)])
   bag = _Bag()
   bag.add((later, ctx(identity='agent-9')))
-  out = list(fn.expire(fired=timer.at, key='agent-9', state=cell, expire=timer, pending=bag, firings=_Cell()))
+  out = list(fn.expire(fired=timer.at, key='agent-9', state=cell, expire=timer, pending=bag))
   assert [x.value.window.window_end for x in out if not isinstance(x, beam.pvalue.TaggedOutput)] == [D0 + 2 * H]
-  assert isinstance(pickle.loads(cell.value), IdentityHistory) and bag.items == []
+  assert isinstance(_kept(cell), IdentityHistory) and bag.items == []
   assert timer.at == Timestamp.of(D0 + 2 * H + max(REFIRE_HORIZON, EXPIRY_GRACE))
 
 
@@ -228,7 +230,7 @@ def _history_walks(profiles, windows, identity):
   for w, c in pairs:
     while timer.at is not None and timer.at <= Timestamp.of(w.window_end - EPSILON):
       fired, timer.at = timer.at, None
-      list(fn.expire(fired=fired, key=None, state=cell, expire=timer, pending=_Bag(), firings=_Cell()))
+      list(fn.expire(fired=fired, key=None, state=cell, expire=timer, pending=_Bag()))
       assert timer.at is None or timer.at > fired
     live += [view(x.value) for x in _track(fn, (identity, (w, c)), cell, timer)
              if not isinstance(x, beam.pvalue.TaggedOutput)]
@@ -411,7 +413,7 @@ def test_a_late_firing_is_put_back_together_with_the_earlier_ones_and_kept_withi
   """The sliding windows discard: a late firing carries only its late events. The history step
   judges the whole window (earlier firings + the late one), keeps what a later firing may need
   for the re-fire horizon, and forgets it all a day after the identity's newest window."""
-  fn, firings = _history_fn(TrackHistoryFn), _Cell()
+  fn, firings = _history_fn(TrackHistoryFn), {}
   on_time = window('ci-7', D0 + H, [ev('ci-7', D0 + 600), ev('ci-7', D0 + 900)])
   late = window('ci-7', D0 + H, [ev('ci-7', D0 + 700, action='DeleteObject')])._replace(firing=1)
   assert fn._whole_window((on_time, ctx()), firings)[0].agg.count == 2
@@ -421,7 +423,10 @@ def test_a_late_firing_is_put_back_together_with_the_earlier_ones_and_kept_withi
   assert late.agg.count == 1  # the firing itself is not changed
   far = window('ci-7', D0 + H + fn._refire_horizon + 900, [ev('ci-7', D0 + H + fn._refire_horizon + 100)])
   fn._whole_window((far, ctx()), firings)
-  assert list(firings.value) == [(far.window_start, far.window_end)]  # the old window can no longer fire
-  list(fn.expire(fired=Timestamp.of(far.window_end + EXPIRY_GRACE), key=None, state=_Cell(),
-                 expire=_Timer(), pending=_Bag(), firings=firings))
-  assert firings.value is None
+  assert list(firings) == [(far.window_start, far.window_end)]  # the old window can no longer fire
+  cell = _Cell()  # the streaming step keeps them in the identity's cell, until its expiry timer
+  _track(fn, ('ci-7', (far, ctx())), cell, _Timer())
+  assert list(decode_state(cell.value).firings) == [(far.window_start, far.window_end)]
+  list(fn.expire(fired=Timestamp.of(far.window_end + EXPIRY_GRACE), key=None, state=cell,
+                 expire=_Timer(), pending=_Bag()))
+  assert decode_state(cell.value).firings == {} and isinstance(_kept(cell), IdentityHistory)

@@ -84,20 +84,33 @@ def _fold_order(wc) -> Tuple[float, float, int]:
   return wc[0].window_end, wc[0].window_start, wc[0].firing
 
 
-def _take_due(pending, until: float, order=None) -> List:
-  """The pending windows whose end is due by ``until``, in fold order, taken out of
-  ``pending``; the rest stay, and ``order`` (if given) is set for the first of them."""
+def _take_due(pending, until: float) -> List:
+  """The pending windows due by ``until``, in fold order, taken out of ``pending``."""
   waiting = sorted(pending.read(), key=_fold_order)
   if not waiting:
     return []
   due = [wc for wc in waiting if wc[0].window_end - EPSILON <= until + 1e-3]  # a prefix: sorted by end
-  rest = waiting[len(due):]
   pending.clear()
-  for wc in rest:
+  for wc in waiting[len(due):]:
     pending.add(wc)
-  if rest and order is not None:
-    order.set(Timestamp.of(rest[0][0].window_end - EPSILON))
   return due
+
+
+class IdentityState(typing.NamedTuple):
+  """One identity's history cell, read and written once per fold: what is kept of it (``Kept``)
+  and, while a late firing can come, its recent windows' aggregates by (start, end) (the sliding
+  windows discard: windowing._AttachWindow; a late firing is put back together here)."""
+  kept: Optional[Kept]
+  firings: Dict[Tuple[float, float], typing.Any]
+
+
+def encode_state(kept: Optional[Kept], firings: Optional[Dict] = None) -> bytes:
+  """The history cell's value (the state's coder takes it as bytes)."""
+  return pickle.dumps(IdentityState(kept, firings or {}), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def decode_state(stored: Optional[bytes]) -> IdentityState:
+  return pickle.loads(stored) if stored else IdentityState(None, {})
 
 
 class _HistoryFn(beam.DoFn):
@@ -196,7 +209,10 @@ class _HistoryFn(beam.DoFn):
 
 
 class TrackHistoryFn(_HistoryFn):
-  """Streaming: (identity, (window, context)) -> WindowInContext, history in keyed state."""
+  """Streaming: (identity, (window, context)) -> WindowInContext, history in keyed state.
+
+  A window's arrival appends it to ``pending`` and sets its own ordering timer (no read); its
+  fold reads and writes the identity's one cell (``IdentityState``): state per window, not event."""
 
   # Held as pickled bytes, not as objects: the streaming DirectRunner copies
   # every key's state per bundle, and copying bytes is free while deep-copying
@@ -204,60 +220,59 @@ class TrackHistoryFn(_HistoryFn):
   HISTORY = ReadModifyWriteStateSpec('history', BytesCoder())
   PENDING = BagStateSpec('pending', PickleCoder())
   EXPIRE = TimerSpec('expire', TimeDomain.WATERMARK)
+  # A timer family: one timer per pending window end (its tag), so an arrival never reads
+  # what is pending to find the earliest; each holds the output watermark at its window's end.
   ORDER = TimerSpec('order', TimeDomain.WATERMARK)
-  # (start, end) -> the window's aggregate over its firings so far: the sliding windows discard
-  # (see windowing._AttachWindow), so the whole window is put back together here. Kept while a
-  # later firing can come: the re-fire horizon behind the identity's newest window.
-  FIRINGS = ReadModifyWriteStateSpec('firings', PickleCoder())
 
   def __init__(self, *args, ordered: bool = True, **kwargs):
     super().__init__(*args, **kwargs)
     self._ordered = ordered
 
   def process(self, kv, pending=beam.DoFn.StateParam(PENDING), order=beam.DoFn.TimerParam(ORDER),
-              state=beam.DoFn.StateParam(HISTORY), expire=beam.DoFn.TimerParam(EXPIRE),
-              firings=beam.DoFn.StateParam(FIRINGS)):
-    """Windows wait for the watermark to pass their end and are folded in event-time order,
-    as the batch walk folds them: windows of two days fired together (a watermark jump, a
-    busy worker) must not reach the history in the wrong order, or a window would be judged
-    against a profile that already holds its own day. Ordering needs the runner to hold the
-    watermark at pending timers (the Fn API runners do); the BundleBasedDirectRunner does not
-    (the windows would pass scoring's grouping while parked here), so there (``ordered``
-    False) each window is folded as it arrives."""
-    kv = (kv[0], self._whole_window(kv[1], firings))
+              state=beam.DoFn.StateParam(HISTORY), expire=beam.DoFn.TimerParam(EXPIRE)):
+    """Windows wait for the watermark to pass their end and are folded in event-time order, as
+    the batch walk folds them: windows of two days fired together (a watermark jump, a busy
+    worker) must not be judged against a profile already holding their own day. Ordering needs
+    the runner to hold the watermark at pending timers (the Fn API runners do); the
+    BundleBasedDirectRunner does not (windows would pass scoring's grouping while parked
+    here), so there (``ordered`` False) each window is folded as it arrives."""
     if self._ordered:
+      end = kv[1][0].window_end
       pending.add(kv[1])
-      order.set(Timestamp.of(min(w.window_end for w, _ in pending.read()) - EPSILON))
+      order.set(Timestamp.of(end - EPSILON), dynamic_timer_tag=repr(end))
       return
     yield from self._fold(kv[0], [kv[1]], state, expire)
 
   @on_timer(ORDER)
   def fold(self, fired=beam.DoFn.TimestampParam, key=beam.DoFn.KeyParam,
            pending=beam.DoFn.StateParam(PENDING), state=beam.DoFn.StateParam(HISTORY),
-           expire=beam.DoFn.TimerParam(EXPIRE), order=beam.DoFn.TimerParam(ORDER)):
-    due = _take_due(pending, float(fired), order)
+           expire=beam.DoFn.TimerParam(EXPIRE)):
+    """Folds every pending window due by now (none if an earlier timer folded them)."""
+    due = _take_due(pending, float(fired))
     if due:
       yield from self._fold(key, due, state, expire)
 
-  def _whole_window(self, item, firings):
-    """(window, context) with the window's whole aggregate: this firing's and its earlier ones'."""
+  def _whole_window(self, item, firings: Dict):
+    """(window, context) with the window's whole aggregate: this firing's and its earlier ones'
+    (from ``firings``, which keeps it, and drops what no firing can come for any more)."""
     window, context = item
-    kept = firings.read() or {}
     key = (window.window_start, window.window_end)
-    prior = kept.get(key)
+    prior = firings.get(key)
     if prior is not None:
       window = window._replace(agg=copy.deepcopy(prior).merge(window.agg))
-    kept[key] = window.agg
-    newest = max(end for _, end in kept)
-    firings.write({k: v for k, v in kept.items() if k[1] >= newest - self._refire_horizon})
+    firings[key] = window.agg
+    oldest = max(end for _, end in firings) - self._refire_horizon
+    for gone in [k for k in firings if k[1] < oldest]:
+      del firings[gone]
     return window, context
 
   def _fold(self, identity: str, items, state, expire):
     """Folds (window, context) pairs, in the order given, into the identity's stored history."""
-    stored = state.read()
-    hist, out = self._walk(identity, pickle.loads(stored) if stored else None, items)
+    kept, firings = decode_state(state.read())
+    items = [self._whole_window(item, firings) for item in items]
+    hist, out = self._walk(identity, kept, items)
     yield from out
-    state.write(pickle.dumps(hist, protocol=pickle.HIGHEST_PROTOCOL))
+    state.write(encode_state(hist, firings))
     # First to drop the firings kept for late data (none can come a re-fire horizon after the
     # newest window); then, from there, at the retention. A day, not the horizon: each firing
     # of this timer is a bundle of the stage on Prism, and identities idle for longer than the
@@ -266,8 +281,7 @@ class TrackHistoryFn(_HistoryFn):
 
   @on_timer(EXPIRE)
   def expire(self, fired=beam.DoFn.TimestampParam, key=beam.DoFn.KeyParam, state=beam.DoFn.StateParam(HISTORY),
-             expire=beam.DoFn.TimerParam(EXPIRE), pending=beam.DoFn.StateParam(PENDING),
-             firings=beam.DoFn.StateParam(FIRINGS)):
+             expire=beam.DoFn.TimerParam(EXPIRE), pending=beam.DoFn.StateParam(PENDING)):
     """A day after the newest window, its firings are dropped (none can fire again); after
     ``retention`` (+ grace) without a window, the history becomes a departed
     record; after ``departed``, the state is cleared. (A window resets the timer, so this one is
@@ -277,18 +291,18 @@ class TrackHistoryFn(_HistoryFn):
     if waiting:
       yield from self._fold(key, waiting, state, expire)
       return
-    firings.clear()
-    stored = state.read()
-    kept = pickle.loads(stored) if stored else None
+    kept, firings = decode_state(state.read())
     if (isinstance(kept, IdentityHistory) and kept.last_active is not None  # None: state from before it
         and float(fired) < (until := kept.last_active + self._retention + EXPIRY_GRACE)):
+      if firings:
+        state.write(encode_state(kept))
       expire.set(Timestamp.of(until))
       return
     departed = self._departure(kept)
     if departed is None:
       state.clear()
     else:
-      state.write(pickle.dumps(departed, protocol=pickle.HIGHEST_PROTOCOL))
+      state.write(encode_state(departed))
       expire.set(Timestamp.of(departed[1] + self._departed + EXPIRY_GRACE))
 
   def _departure(self, kept: Optional[Kept]) -> Optional[Tuple[float, float]]:

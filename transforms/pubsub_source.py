@@ -141,7 +141,7 @@ class ReadPubSubEvents(beam.PTransform):
     if gate:  # late events dead-lettered with their message body, before the windows drop them
       gated = events | 'LateEvents' >> LateEventGate(self._period, self._lateness)
       events, late = gated['events'], gated[LATE]
-    unique = events | 'Deduplicate' >> DropDuplicateEvents(self._dedup, self._period)
+    unique = events | 'Deduplicate' >> DropDuplicateEvents(self._dedup)
     events = unique.events
     if self._events_out:
       from postauth.transforms.events_out import WriteEventsOut
