@@ -289,3 +289,28 @@ def test_a_later_firing_of_a_window_the_history_no_longer_holds_is_never_folded_
   assert h.firing(start, start + H, a.count, 0) == 'first'  # a window never seen: its first firing
   # a later firing that overtook the window's first one (within a day): taken as its first
   assert IdentityHistory().firing(start, start + H, a.count + 1, 1) == 'first'
+
+
+def test_windows_of_two_days_arriving_together_in_reverse_are_folded_in_event_time_order_on_prism(tmp_path):
+  """A watermark jump delivers an identity's windows of two days at once, the newest first:
+  each sets its own ordering timer (a timer family), and every window is folded once and judged
+  as in batch: day two's against day one, day one's against nothing. (Prism hands a key's
+  elements over in timestamp order; the fold's own ordering, whatever order its timers fire
+  in, is tests/test_state_bounds.py's.)"""
+  from postauth.transforms.windowing import EPSILON, IdentityWindow
+  ends = [D0 + H, D0 + 2 * H, D0 + DAY + H, D0 + DAY + 2 * H]
+  windows = [IdentityWindow('role/etl', end - H, end, agg(ev(end - 600), ev(end - 300, 'PutObject')))
+             for end in ends]
+  steps = [([(w, w.window_end - EPSILON) for w in reversed(windows)], D0 + DAY + 3 * H)]
+
+  def batch(out):
+    with beam.Pipeline(runner='FnApiRunner') as p:
+      _history_views(p | beam.Create(windows)) | beam.ParDo(_Append(out))
+
+  def live(out):
+    with beam.Pipeline(options=_options(_prism_argv())) as p:
+      _history_views(p | ScriptedStream(steps)) | beam.ParDo(_Append(out))
+
+  expected = sorted(_collect(batch, str(tmp_path / 'batch')))
+  assert [row[2] for row in expected[:2]] == [0, 0] and all(row[2] > 0 for row in expected[2:])
+  assert sorted(_collect(live, str(tmp_path / 'live'))) == expected

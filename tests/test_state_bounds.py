@@ -202,6 +202,36 @@ def test_a_history_stored_before_last_active_existed_still_expires_on_its_timer(
   assert _kept(cell) == (D0 + 600, D0 + 600)  # its last event stands for its last window
 
 
+class _Timers:
+  """A timer family: one timestamp per dynamic tag."""
+
+  def __init__(self):
+    self.at = {}
+
+  def set(self, ts, dynamic_timer_tag=''):
+    self.at[dynamic_timer_tag] = ts
+
+
+def test_windows_arriving_newest_first_are_folded_in_event_time_order_whichever_timer_fires_first():
+  """Each window's arrival sets its own ordering timer and reads nothing; a fold takes every
+  pending window due by its timer, oldest first, so the day-two window is judged against day one
+  even when its timer is the one that fires (a runner may fire a key's due timers in any order)."""
+  fn, cell, expire, bag, order = _history_fn(TrackHistoryFn), _Cell(), _Timer(), _Bag(), _Timers()
+  day1 = window('svc-1', D0 + H, [ev('svc-1', D0 + 600)])
+  day2 = window('svc-1', D0 + DAY + H, [ev('svc-1', D0 + DAY + 600)])
+  for w in (day2, day1):
+    assert list(fn.process(('svc-1', (w, ctx(identity='svc-1'))), pending=bag, order=order, state=cell,
+                           expire=expire)) == []
+  assert cell.value is None and sorted(order.at.values()) == [Timestamp.of(D0 + H - EPSILON),
+                                                              Timestamp.of(D0 + DAY + H - EPSILON)]
+  out = [x.value for x in fn.fold(fired=max(order.at.values()), key='svc-1', pending=bag, state=cell,
+                                  expire=expire) if not isinstance(x, beam.pvalue.TaggedOutput)]
+  assert [x.window.window_end for x in out] == [D0 + H, D0 + DAY + H]
+  assert [x.history_days for x in out] == [0, 1] and bag.items == []
+  # the other timer then finds nothing waiting
+  assert list(fn.fold(fired=min(order.at.values()), key='svc-1', pending=bag, state=cell, expire=expire)) == []
+
+
 def test_an_expiry_timer_fired_before_waiting_windows_folds_them_instead():
   """A watermark jump can fire the expiry before the ordering timer of windows already waiting:
   they are folded (and scored), the history is kept and its expiry follows them."""
