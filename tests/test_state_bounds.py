@@ -16,6 +16,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import pickle
 import time
 
 import apache_beam as beam
@@ -200,6 +201,19 @@ def test_a_history_stored_before_last_active_existed_still_expires_on_its_timer(
   cell.value = encode_state(old)
   list(fn.expire(fired=Timestamp.of(D0 + 5 * DAY), key=None, state=cell, expire=timer, pending=_Bag()))
   assert _kept(cell) == (D0 + 600, D0 + 600)  # its last event stands for its last window
+
+
+def test_a_history_cell_written_before_it_held_the_firings_still_folds():
+  """A cell of an older job holds the pickled history alone (its firings had a cell of their
+  own): it loads with no firings and the next window folds into it."""
+  fn, cell, timer = _history_fn(TrackHistoryFn), _Cell(), _Timer()
+  _track(fn, ('svc-2', (window('svc-2', D0 + H, [ev('svc-2', D0 + 600)]), ctx(identity='svc-2'))), cell, timer)
+  cell.value = pickle.dumps(_kept(cell), protocol=pickle.HIGHEST_PROTOCOL)  # the older cell
+  assert decode_state(cell.value).firings == {}
+  later = window('svc-2', D0 + DAY + H, [ev('svc-2', D0 + DAY + 600)])
+  out = [x.value for x in _track(fn, ('svc-2', (later, ctx(identity='svc-2'))), cell, timer)]
+  assert [x.history_days for x in out] == [1] and list(decode_state(cell.value).firings) == [
+      (later.window_start, later.window_end)]
 
 
 class _Timers:

@@ -110,7 +110,9 @@ def encode_state(kept: Optional[Kept], firings: Optional[Dict] = None) -> bytes:
 
 
 def decode_state(stored: Optional[bytes]) -> IdentityState:
-  return pickle.loads(stored) if stored else IdentityState(None, {})
+  """The cell's value; a cell written before the firings moved in holds what is kept alone."""
+  value = pickle.loads(stored) if stored else None
+  return value if isinstance(value, IdentityState) else IdentityState(value, {})
 
 
 class _HistoryFn(beam.DoFn):
@@ -209,10 +211,9 @@ class _HistoryFn(beam.DoFn):
 
 
 class TrackHistoryFn(_HistoryFn):
-  """Streaming: (identity, (window, context)) -> WindowInContext, history in keyed state.
-
-  A window's arrival appends it to ``pending`` and sets its own ordering timer (no read); its
-  fold reads and writes the identity's one cell (``IdentityState``): state per window, not event."""
+  """Streaming: (identity, (window, context)) -> WindowInContext, history in keyed state. A window's
+  arrival appends it to ``pending`` and sets its ordering timer (no read); its fold reads and
+  writes the identity's one cell (``IdentityState``): state per window, not event."""
 
   # Held as pickled bytes, not as objects: the streaming DirectRunner copies
   # every key's state per bundle, and copying bytes is free while deep-copying
@@ -220,8 +221,7 @@ class TrackHistoryFn(_HistoryFn):
   HISTORY = ReadModifyWriteStateSpec('history', BytesCoder())
   PENDING = BagStateSpec('pending', PickleCoder())
   EXPIRE = TimerSpec('expire', TimeDomain.WATERMARK)
-  # A timer family: one timer per pending window end (its tag), so an arrival never reads
-  # what is pending to find the earliest; each holds the output watermark at its window's end.
+  # A timer family, one per pending window end (its tag): an arrival reads nothing to find the earliest.
   ORDER = TimerSpec('order', TimeDomain.WATERMARK)
 
   def __init__(self, *args, ordered: bool = True, **kwargs):
