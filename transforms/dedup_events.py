@@ -35,11 +35,11 @@ DUPLICATE = 'duplicate'  # tagged output: raw_ref of every dropped copy
 
 # A key's span of event time. Copies of an event share its identity and time, so any span
 # makes them meet; the span sets what a state access buys. A backlog (a restart, a drain) puts
-# many spans of an identity in one bundle, a key batch each: each costs its state requests
-# (~0.5 ms of SDK and runner CPU on Prism), so a 15-minute span made the dedup half of a
-# drain's CPU. Live, a bundle holds one span of an identity whatever the span, and a batch
-# reads the ids of the span so far: about span / (2 x bundle seconds) ids an event, a few
-# microseconds at an hour (``bench/scale.py --hot-key-only``).
+# many spans of an identity in one bundle, a key batch each, and each costs its state requests
+# (~0.5 ms of SDK and runner CPU on Prism): longer spans, fewer batches. Live, a bundle holds
+# one span of an identity whatever the span, and a batch reads the ids of the span so far:
+# about span / (2 x bundle seconds) ids an event, a few microseconds at an hour
+# (``bench/scale.py --hot-key-only``; docs/performance.md weighs other spans).
 SPAN = 3600
 
 
