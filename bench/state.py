@@ -74,11 +74,12 @@ def sample_histories(identities: int, days: int, rate_scale: float, window_size:
   firings: Dict[str, Dict] = {}
   sizes: List[int] = []
   step = TrackHistoryFn(None)  # its _whole_window: the firings as the streaming job keeps them
+  empty = len(encode_state(None))  # a cell without firings
   for (identity, start), agg in sorted(windows.items(), key=lambda kv: kv[0][1]):
     hists.setdefault(identity, IdentityHistory()).observe(agg, start + window_size)
     kept = firings.setdefault(identity, {})
     step._whole_window((IdentityWindow(identity, start, start + window_size, agg), {}), kept)
-    sizes.append(len(encode_state(None, kept)) - len(encode_state(None)))
+    sizes.append(len(encode_state(None, kept)) - empty)
   return hists, sizes
 
 

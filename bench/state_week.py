@@ -44,10 +44,11 @@ from postauth.domain.window import WindowAggregate  # noqa: E402
 from postauth.transforms import findings as findings_mod, watch  # noqa: E402
 from postauth.transforms.corroborate import SIGHTING, _Corroborator, group_of  # noqa: E402
 from postauth.transforms.findings import _RunMerger, _stamp  # noqa: E402
-from postauth.transforms.history import TrackHistoryFn  # noqa: E402
+from postauth.transforms.history import TrackHistoryFn, decode_state  # noqa: E402
 from postauth.transforms.timer_walk import timer_ms  # noqa: E402
 from postauth.transforms.triage import _Deduplicator  # noqa: E402
 from postauth.transforms.windowing import IdentityWindow  # noqa: E402
+from apache_beam.utils.timestamp import Timestamp  # noqa: E402
 
 DAY, H, Q = 86400, 3600, 900
 T0 = 1_800_000_000 - 1_800_000_000 % DAY  # midnight UTC
@@ -248,7 +249,8 @@ def main(argv=None) -> int:
       cell = cells.get(identity)
       if cell is not None and cell.at == at:
         cell.at = None
-        list(hist_fn.expire(key=identity, state=cell, expire=cell, pending=_NOTHING_WAITING))
+        list(hist_fn.expire(fired=Timestamp.of(at), key=identity, state=cell, expire=cell,
+                            pending=_NOTHING_WAITING))
         if cell.at is not None:
           heapq.heappush(timers, (cell.at, identity))
         if cell.value is None:
@@ -291,8 +293,8 @@ def main(argv=None) -> int:
             f'{time.strftime("%Y%m%dT%H%MZ", time.gmtime(t))}_{rng.getrandbits(64):016X}.json.gz')] = t
     cutoff = watch._forget(seen, cutoff)
     if tick % 4 == 0:  # hourly: each step's state, the day's peak printed
-      departed = sum(1 for c in cells.values()  # (last seen, last active): a few dozen bytes
-                     if c.value and len(c.value) < 100 and isinstance(pickle.loads(c.value), tuple))
+      departed = sum(1 for c in cells.values()  # (last seen, last active): a hundred bytes
+                     if c.value and isinstance(decode_state(c.value).kept, tuple))
       longest = max((len(r['windows']) for s, _, _, _ in merge.keys.values() for r in s.runs), default=0)
       now_sizes = {'history': (sum(len(c.value) for c in cells.values() if c.value), f'{len(cells):,} ({departed:,})'),
                    'merge': merge.size(), 'longest': (longest, longest), 'peers': peers.size(),
