@@ -73,6 +73,8 @@ class WindowAggregate:
             'evidence', 'emitters')
   # ``evidence`` is a property over a store and the stores still to merge into it (``merge``
   # with ``lazy``): most windows are never flagged, and never need their panes' samples merged.
+  # A part still to merge is a Store, or an object whose ``store()`` gives one (a sample not yet
+  # decoded from a shuffle) and whose ``len`` is its number of keys.
   __slots__ = tuple(f for f in FIELDS if f != 'evidence') + ('_evidence', '_evidence_parts')
 
   def __init__(self):
@@ -163,7 +165,7 @@ class WindowAggregate:
     if parts:
       self._evidence_parts = []
       for part in parts:
-        evidence_sample.merge(self._evidence, part)
+        evidence_sample.merge(self._evidence, part if part.__class__ is dict else part.store())
     return self._evidence
 
   @evidence.setter
@@ -194,7 +196,10 @@ class WindowAggregate:
         span = self.network_spans.get(k)
         self.network_spans[k] = [lo, hi] if span is None else [min(span[0], lo), max(span[1], hi)]
     if lazy:
-      self._evidence_parts.append(other.evidence)
+      if other._evidence:
+        self._evidence_parts.append(other.evidence)
+      else:  # a store still to merge, or one not yet decoded (transforms/aggregate.py): as it is
+        self._evidence_parts.extend(other._evidence_parts)
     else:
       evidence_sample.merge(self.evidence, other.evidence)
     for k, (n, events) in other.emitters.items():

@@ -7,12 +7,15 @@ import typing
 
 import apache_beam as beam
 import numpy as np
+import orjson
 from apache_beam.coders import coders
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.typehints.native_type_compatibility import convert_to_beam_type
 
 from postauth.domain.window import WindowAggregate
-from postauth.transforms.aggregate import WindowAggregateCoder, WindowAggregateFn
+from postauth.domain import evidence
+from postauth.transforms.aggregate import (DeferredEvidence, WindowAggregateCoder, WindowAggregateFn, aggregate_fields,
+                                           estimated_size)
 from postauth.domain.event import Event
 from postauth.transforms.windowing import IdentityWindow, IdentityWindowCoder, IdentityWindows
 
@@ -83,8 +86,64 @@ def test_values_orjson_cannot_hold_fall_back_to_pickle_exactly():
   for agg in (odd, big, numpy_count):
     assert_exact(agg, round_trip(WindowAggregateCoder(), agg))
   assert math.isnan(round_trip(WindowAggregateCoder(), nan_time).first_time)
-  assert WindowAggregateCoder().encode(full_aggregate())[:1] == b'['  # the usual case: orjson
-  assert WindowAggregateCoder().encode(odd)[:1] != b'['
+  assert WindowAggregateCoder().encode(full_aggregate())[:1] == b'E'  # the usual case: orjson, framed
+  assert WindowAggregateCoder().encode(odd)[:1] == pickle.dumps(None, protocol=pickle.HIGHEST_PROTOCOL)[:1]
+
+
+def _pane(k: int) -> WindowAggregate:
+  agg = WindowAggregate()
+  for i in range(6):
+    agg.add(ev(T0 + 900 * k + 100 * i, ['GetObject', 'PutRolePolicy', 'ListKeys'][(i + k) % 3], i % 4 != 1,
+               ip=f'10.0.{k}.{i}'), 900)
+  return agg
+
+
+def test_a_decoded_sample_is_read_only_when_asked_and_windows_over_it_match_eager_ones():
+  coder = WindowAggregateCoder()
+  decoded = [coder.decode(coder.encode(_pane(k))) for k in range(4)]
+  window, lazy, eager = WindowAggregate(), WindowAggregate(), WindowAggregate()
+  for k, pane in enumerate(decoded):
+    window.merge(pane, lazy=True)
+    lazy.merge(_pane(k), lazy=True)
+    eager.merge(_pane(k))
+  parts = window._evidence_parts
+  assert len(parts) == 4 and all(p.__class__ is DeferredEvidence and p._store is None for p in parts)
+  assert estimated_size(window) == estimated_size(lazy)  # sized from the key counts alone
+  assert_exact(window, eager)  # reading the sample decodes and merges the parts in pane order
+  assert list(window.evidence.items()) == list(eager.evidence.items())
+  assert all(p._store is not None for p in parts)
+  # A pane shared by two windows decodes once; merging copies, so the pane's store stays as it was.
+  again = WindowAggregate().merge(decoded[0], lazy=True)
+  assert again._evidence_parts[0] is parts[0] and again.evidence == _pane(0).evidence
+  assert parts[0].store() == _pane(0).evidence
+
+
+def test_an_untouched_decoded_aggregate_encodes_to_the_same_bytes_and_pickles():
+  coder = WindowAggregateCoder()
+  encoded = coder.encode(full_aggregate())
+  back = coder.decode(encoded)
+  assert coder.encode(back) == encoded  # the sample's bytes go out as they came, undecoded
+  assert back._evidence_parts[0]._store is None
+  assert_exact(pickle.loads(pickle.dumps(back, protocol=pickle.HIGHEST_PROTOCOL)), full_aggregate())
+  empty = coder.decode(coder.encode(WindowAggregate()))
+  assert empty._evidence_parts == [] and empty.evidence == {}
+
+
+def test_an_encoding_from_before_the_frame_still_decodes():
+  """Streaming state written by an earlier version holds one orjson list, the sample inside it."""
+  agg = full_aggregate()
+  fields = aggregate_fields(agg, 0)
+  fields[16] = evidence.encode(agg.evidence)
+  old = orjson.dumps(fields)
+  assert old[:1] == b'['
+  assert_exact(coder_decode(old), agg)
+  w = IdentityWindow('arn:aws:iam::1:role/x', T0 - 3600.0, float(T0), agg)
+  old_window = orjson.dumps([w.identity, w.window_start, w.window_end, w.firing] + fields)
+  assert IdentityWindowCoder().decode(old_window) == w
+
+
+def coder_decode(encoded: bytes) -> WindowAggregate:
+  return WindowAggregateCoder().decode(encoded)
 
 
 def test_identity_window_round_trips_alone_and_nested_in_the_history_shuffle_coder():

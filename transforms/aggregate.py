@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import math
 import pickle
-from typing import Any, Callable, Iterable, List, Optional
+from typing import Any, Callable, Iterable, List, Optional, Tuple
 
 import apache_beam as beam
 import orjson
@@ -23,6 +23,8 @@ from postauth.domain.window import WindowAggregate
 # round trip, against ~0.4 kB and ~6 us here).
 
 _JSON_LIST = 0x5b  # b"[": what every orjson encoding here starts with (a pickle starts with 0x80)
+_FRAMED = 0x45  # b"E": then the fields' length (4 bytes), the fields, and the evidence sample's own bytes
+_FRAME_HEAD = 5
 
 
 def _time_out(t: Any) -> Any:
@@ -34,45 +36,98 @@ def _time_in(t: Any) -> Any:
   return float(t) if t.__class__ is str else t
 
 
-def aggregate_fields(a: WindowAggregate) -> List[Any]:
-  """A WindowAggregate as a JSON-able list (dicts with str keys as-is, panes as a flat list)."""
+class DeferredEvidence:
+  """An aggregate's evidence sample as it came off a shuffle, decoded when first read.
+
+  Most windows are never flagged, so most panes' samples are never read: the bytes ride along
+  (and go out again as they came, if the aggregate is encoded untouched). ``len`` is the
+  sample's number of keys, as a ``Store``'s, for the size estimate. Never changed once made;
+  the decoded store is kept for the windows sharing the pane (they merge copies of it).
+  """
+  __slots__ = ('blob', 'keys', '_store')
+
+  def __init__(self, blob: bytes, keys: int):
+    self.blob, self.keys, self._store = blob, keys, None
+
+  def __len__(self) -> int:
+    return self.keys
+
+  def store(self) -> evidence_sample.Store:
+    if self._store is None:
+      self._store = evidence_sample.decode(orjson.loads(self.blob))
+    return self._store
+
+  def __getstate__(self):
+    return self.blob, self.keys
+
+  def __setstate__(self, state):
+    self.__init__(*state)
+
+
+def evidence_part(a: WindowAggregate) -> Tuple[int, Any]:
+  """(keys, encoding) of ``a``'s evidence sample: the bytes it was decoded from if it was never
+  read, else ``evidence.encode`` of it."""
+  parts = a._evidence_parts
+  if not a._evidence and len(parts) == 1 and parts[0].__class__ is DeferredEvidence:
+    return parts[0].keys, parts[0].blob
+  store = a.evidence
+  return len(store), evidence_sample.encode(store)
+
+
+def aggregate_fields(a: WindowAggregate, evidence_keys: int) -> List[Any]:
+  """A WindowAggregate as a JSON-able list (dicts with str keys as-is, panes as a flat list),
+  its evidence sample as its number of keys (the sample itself travels beside: ``dumps_or_pickle``)."""
   return [a.count, a.errors, a.read_only, a.overflow, _time_out(a.first_time),
           _time_out(a.last_time), a.identity_type, a.actions, a.action_category, a.categories,
           a.resources, a.networks, a.agents, a.regions,
           list(itertools.chain.from_iterable(a.panes.items())), a.network_spans,
-          evidence_sample.encode(a.evidence), a.emitters]
+          evidence_keys, a.emitters]
 
 
-def aggregate_from_fields(v: List[Any]) -> WindowAggregate:
-  """Inverse of aggregate_fields (no __init__: every slot is set here)."""
+def aggregate_from_fields(v: List[Any], evidence: Optional[bytes] = None) -> WindowAggregate:
+  """Inverse of aggregate_fields (no __init__: every slot is set here). ``evidence``: the
+  sample's bytes, deferred; without them (an encoding from before the frame) the sample is in
+  the list."""
   a = WindowAggregate.__new__(WindowAggregate)
   (a.count, a.errors, a.read_only, a.overflow, first, last, a.identity_type, a.actions,
    a.action_category, a.categories, a.resources, a.networks, a.agents, a.regions, panes) = v[:15]
   a.network_spans = v[15] if len(v) > 15 else {}  # encoded before spans were kept: none
-  a.evidence = evidence_sample.decode(v[16] if len(v) > 16 else None)  # likewise
+  if evidence is not None:
+    a._evidence, a._evidence_parts = {}, [DeferredEvidence(evidence, v[16])] if v[16] else []
+  else:
+    a.evidence = evidence_sample.decode(v[16] if len(v) > 16 else None)  # before the frame, or samples
   a.emitters = v[17] if len(v) > 17 else {}  # likewise: before emitting services were kept
   a.first_time, a.last_time = _time_in(first), _time_in(last)
   a.panes = dict(zip(panes[::2], panes[1::2]))
   return a
 
 
-def dumps_or_pickle(value: Any, fields: List[Any]) -> bytes:
-  """orjson of ``fields``; a pickle of ``value`` if orjson cannot hold it exactly.
+def dumps_or_pickle(value: Any, fields: List[Any], evidence: Any = None) -> bytes:
+  """orjson of ``fields``, framed with ``evidence`` (bytes as they are, else its orjson) when
+  given; a pickle of ``value`` if orjson cannot hold them exactly.
 
   orjson refuses non-str dict keys, ints beyond 64 bits and unknown types (numpy scalars):
   those rare aggregates are pickled whole, so decoding is exact either way.
   """
   try:
-    return orjson.dumps(fields)
+    main = orjson.dumps(fields)
+    if evidence is None:
+      return main
+    blob = evidence if evidence.__class__ is bytes else orjson.dumps(evidence)
   except (TypeError, orjson.JSONEncodeError):
     return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+  return b''.join((b'E', len(main).to_bytes(4, 'little'), main, blob))
 
 
-def loads_or_unpickle(encoded: bytes, build: Callable[[List[Any]], Any]) -> Any:
-  """Inverse of dumps_or_pickle: ``build`` of the orjson list, or the pickled value itself."""
-  if encoded[0] != _JSON_LIST:
+def loads_or_unpickle(encoded: bytes, build: Callable[..., Any]) -> Any:
+  """Inverse of dumps_or_pickle: ``build(fields, evidence bytes or None)``, or the pickled value."""
+  first = encoded[0]
+  if first == _FRAMED:
+    n = _FRAME_HEAD + int.from_bytes(encoded[1:_FRAME_HEAD], 'little')
+    return build(orjson.loads(memoryview(encoded)[_FRAME_HEAD:n]), encoded[n:])
+  if first != _JSON_LIST:
     return pickle.loads(encoded)
-  return build(orjson.loads(encoded))
+  return build(orjson.loads(encoded), None)
 
 
 def estimated_size(a: WindowAggregate) -> int:
@@ -93,7 +148,8 @@ class WindowAggregateCoder(beam.coders.Coder):
   """
 
   def encode(self, value: WindowAggregate) -> bytes:
-    return dumps_or_pickle(value, aggregate_fields(value))
+    keys, evidence = evidence_part(value)
+    return dumps_or_pickle(value, aggregate_fields(value, keys), evidence)
 
   def decode(self, encoded: bytes) -> WindowAggregate:
     return loads_or_unpickle(encoded, aggregate_from_fields)

@@ -27,7 +27,7 @@ from apache_beam.utils.timestamp import Duration
 
 from postauth.domain.window import WindowAggregate
 from postauth.transforms.aggregate import (WindowAggregateFn, aggregate_fields, aggregate_from_fields, dumps_or_pickle,
-                                          estimated_size, loads_or_unpickle)
+                                          estimated_size, evidence_part, loads_or_unpickle)
 from postauth.domain.event import Event
 
 EPSILON = 1e-6  # the last instant (1 us) before a window's end: Beam's window.max_timestamp()
@@ -57,12 +57,13 @@ class IdentityWindowCoder(beam.coders.Coder):
   """
 
   def encode(self, value: IdentityWindow) -> bytes:
+    keys, evidence = evidence_part(value.agg)
     return dumps_or_pickle(value, [value.identity, value.window_start, value.window_end, value.firing]
-                           + aggregate_fields(value.agg))
+                           + aggregate_fields(value.agg, keys), evidence)
 
   def decode(self, encoded: bytes) -> IdentityWindow:
     return loads_or_unpickle(
-        encoded, lambda v: IdentityWindow(v[0], v[1], v[2], aggregate_from_fields(v[4:]), v[3]))
+        encoded, lambda v, ev: IdentityWindow(v[0], v[1], v[2], aggregate_from_fields(v[4:], ev), v[3]))
 
   def estimate_size(self, value: IdentityWindow) -> int:
     return estimated_window_size(value)
