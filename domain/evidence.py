@@ -23,7 +23,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 from postauth.domain.event import Event
 from postauth.domain.origin import agent_family, network_of
 from postauth.domain.taxonomy import SENSITIVE_CATEGORIES
-from postauth.domain.tool_calls import is_derived
+from postauth.domain.tool_calls import SEPARATOR, is_derived
 
 MAX_ACTIONS = 32  # distinct actions sampled per window (beyond them: counted, not sampled)
 MAX_NETWORKS = 8
@@ -44,7 +44,7 @@ Store = Dict[str, List[Sample]]  # 'a<action>' | 'n<network>' -> samples sorted 
 def _sample(e: Event, action: str) -> Sample:
   return (e.event_id, e.event_time, e.provider, action, e.category, e.resource[:MAX_TEXT],
           e.source_ip, e.user_agent[:MAX_TEXT], e.error_code[:64], e.region, e.raw_ref[:MAX_TEXT],
-          e.tool_call, e.acting_for if is_derived(action) else '')
+          e.tool_call, e.acting_for if SEPARATOR in action and is_derived(action) else '')
 
 
 def _wanted(lst: List[Sample], t: float, eid: str, first: int, last: int) -> bool:
@@ -70,6 +70,14 @@ def _insert(store: Store, key: str, s: Sample, cap: int) -> None:
   """Adds ``s`` under ``key`` if it is among that key's first/last events (see KEEP)."""
   first, last = KEEP[key[0]]
   lst = store.get(key)
+  if lst is not None and not _wanted(lst, s[_TIME], s[_ID], first, last):
+    return
+  _place(store, key, s, cap, lst, first, last)
+
+
+def _place(store: Store, key: str, s: Sample, cap: int, lst: Optional[List[Sample]], first: int,
+           last: int) -> None:
+  """``_insert`` once ``lst`` (``store[key]``, or None) is known to want ``s``."""
   if lst is None:
     same = [k for k in store if k[0] == key[0]] if len(store) >= cap else ()  # fewer keys in all: not full
     if len(same) >= cap:
@@ -78,8 +86,6 @@ def _insert(store: Store, key: str, s: Sample, cap: int) -> None:
         return
       del store[worst]
     store[key] = [s]
-    return
-  if not _wanted(lst, s[_TIME], s[_ID], first, last):
     return
   if not lst or (s[_TIME], s[_ID]) > (lst[-1][_TIME], lst[-1][_ID]):  # after all kept (events in time order)
     lst.append(s)
@@ -93,16 +99,21 @@ def _insert(store: Store, key: str, s: Sample, cap: int) -> None:
 
 
 def add(store: Store, e: Event, action: str, network: str) -> None:
-  """Offers one event to the sample; builds its tuple only if some key keeps it."""
+  """Offers one event to the sample; builds its tuple only if some key keeps it. The same as
+  ``_insert`` under both keys (an action key never evicts a network key, nor the reverse)."""
+  t, eid = e.event_time, e.event_id
   a, n = 'a' + action, 'n' + network
   la, ln = store.get(a), store.get(n)
   fa, xa = KEEP['a']
   fn, xn = KEEP['n']
-  if (la is None or _wanted(la, e.event_time, e.event_id, fa, xa)) or (
-      ln is None or _wanted(ln, e.event_time, e.event_id, fn, xn)):
+  wa = la is None or _wanted(la, t, eid, fa, xa)
+  wn = ln is None or _wanted(ln, t, eid, fn, xn)
+  if wa or wn:
     s = _sample(e, action)
-    _insert(store, a, s, MAX_ACTIONS)
-    _insert(store, n, s, MAX_NETWORKS)
+    if wa:
+      _place(store, a, s, MAX_ACTIONS, la, fa, xa)
+    if wn:
+      _place(store, n, s, MAX_NETWORKS, ln, fn, xn)
 
 
 def merge(store: Store, other: Store) -> None:
