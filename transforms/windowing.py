@@ -26,8 +26,8 @@ from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration
 
 from postauth.domain.window import WindowAggregate
-from postauth.transforms.aggregate import (WindowAggregateFn, aggregate_fields, aggregate_from_fields, dumps_or_pickle,
-                                          estimated_size, evidence_part, loads_or_unpickle)
+from postauth.transforms.aggregate import (WindowAggregateFn, aggregate_from_fields, encode_aggregate, estimated_size,
+                                          loads_or_unpickle)
 from postauth.domain.event import Event
 
 EPSILON = 1e-6  # the last instant (1 us) before a window's end: Beam's window.max_timestamp()
@@ -57,9 +57,7 @@ class IdentityWindowCoder(beam.coders.Coder):
   """
 
   def encode(self, value: IdentityWindow) -> bytes:
-    keys, evidence = evidence_part(value.agg)
-    return dumps_or_pickle(value, [value.identity, value.window_start, value.window_end, value.firing]
-                           + aggregate_fields(value.agg, keys), evidence)
+    return encode_aggregate(value, value.agg, [value.identity, value.window_start, value.window_end, value.firing])
 
   def decode(self, encoded: bytes) -> IdentityWindow:
     return loads_or_unpickle(
