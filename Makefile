@@ -30,16 +30,25 @@ bytecode: $(STAMP)
 
 # Beam's Prism runner (what the DirectRunner tries first since Beam 2.68), built from source for the
 # apache-beam version pinned in setup.py into a folder the project owns; `postauth` picks it up
-# from there (pipeline/prism.py). No rebuild when the binary is there. Last line: its path.
+# from there (pipeline/prism.py). The module's source is copied from Go's module cache and the
+# project's patches (tools/prism/*.patch, docs/runners.md) applied before the build; a patch that
+# no longer applies fails the build. Rebuilt when a patch changes. Last line: its path.
 GO ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
 BEAM_VERSION := $(shell sed -n "s/.*'apache-beam==\([0-9][0-9.]*\)'.*/\1/p" setup.py | head -n 1)
 PRISM_DIR := .prism/v$(BEAM_VERSION)
 PRISM := $(PRISM_DIR)/prism
+PRISM_PATCHES := $(sort $(wildcard tools/prism/*.patch))
+PRISM_SRC := $(PRISM_DIR)/src
 
-$(PRISM):
+$(PRISM): $(PRISM_PATCHES)
 	@test -n "$(BEAM_VERSION)" || { echo "prism: no apache-beam==X.Y.Z pin in setup.py" >&2; exit 1; }
-	@echo "building Prism v$(BEAM_VERSION) with $$($(GO) version) into $(PRISM_DIR)" >&2
-	GOBIN="$(CURDIR)/$(PRISM_DIR)" GOFLAGS=-buildvcs=false $(GO) install github.com/apache/beam/sdks/v2/go/cmd/prism@v$(BEAM_VERSION)
+	@echo "building Prism v$(BEAM_VERSION) with $$($(GO) version), patched with $(notdir $(PRISM_PATCHES)), into $(PRISM_DIR)" >&2
+	rm -rf "$(PRISM_SRC)" && mkdir -p "$(PRISM_DIR)"
+	src=$$(GOFLAGS=-buildvcs=false $(GO) mod download -json github.com/apache/beam/sdks/v2@v$(BEAM_VERSION) | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",*$$/\1/p') \
+	  && test -d "$$src" && cp -R "$$src" "$(PRISM_SRC)" && chmod -R u+w "$(PRISM_SRC)"
+	for p in $(PRISM_PATCHES); do patch -d "$(PRISM_SRC)" -p1 --forward --quiet < "$$p" || exit 1; done
+	cd "$(PRISM_SRC)" && GOFLAGS=-buildvcs=false $(GO) build -o "$(CURDIR)/$(PRISM)" ./go/cmd/prism
+	rm -rf "$(PRISM_SRC)"
 
 prism: $(PRISM)
 	@echo "$(CURDIR)/$(PRISM)"

@@ -2,9 +2,10 @@
 
 Since Beam 2.68 the DirectRunner first tries Prism, and ``--runner=PrismRunner`` asks for it;
 without ``--prism_location`` Beam downloads a release zip from GitHub. `make prism` builds the
-same runner from source for the pinned apache-beam version into ``.prism/v<version>/prism``
-beside this package; when that binary exists and no ``--prism_location`` was given, the
-pipeline options point Beam at it.
+same runner from source for the pinned apache-beam version, with the project's patches
+(``tools/prism/``: a busy loop at each bundle's end), into ``.prism/v<version>/prism`` beside
+this package; when that binary exists and no ``--prism_location`` was given, the pipeline
+options point Beam at it.
 """
 from __future__ import annotations
 
