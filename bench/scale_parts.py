@@ -24,7 +24,8 @@ def state_estimate(work: str, records: List[dict], sample: int, window: int = 36
   the window accumulators in flight; for ``sample`` identities, scaled to the fleet."""
   from postauth.domain.window import WindowAggregate
   from postauth.transforms.aggregate import WindowAggregateFn
-  from postauth.transforms.history import TrackHistoryFn, WalkHistoryFn, encode_state
+  from postauth.transforms.history import TrackHistoryFn, WalkHistoryFn
+  from postauth.transforms.history_cell import IdentityState
   from postauth.transforms.parse import RecordParser
   from postauth.transforms.records import split_records
   from postauth.transforms.windowing import IdentityWindow
@@ -54,7 +55,7 @@ def state_estimate(work: str, records: List[dict], sample: int, window: int = 36
     items = [(IdentityWindow(identity, float(s), float(s + window), agg), {'registered': 'true'})
              for s, agg in sorted(ws.items())]
     hist, _ = walker._walk(identity, None, items)
-    history.append(len(coder.encode(encode_state(hist))))
+    history.append(len(coder.encode(IdentityState(hist, {}))))
     for s, agg in ws.items():  # a window's accumulator is held from its start to end + lateness
       size = len(acc.encode(agg))
       for t in range(s, s + window + lateness, period):

@@ -44,7 +44,8 @@ from postauth.domain.window import WindowAggregate  # noqa: E402
 from postauth.transforms import findings as findings_mod, watch  # noqa: E402
 from postauth.transforms.corroborate import SIGHTING, _Corroborator, group_of  # noqa: E402
 from postauth.transforms.findings import _RunMerger, _stamp  # noqa: E402
-from postauth.transforms.history import TrackHistoryFn, decode_state  # noqa: E402
+from postauth.transforms.history import TrackHistoryFn  # noqa: E402
+from postauth.transforms.history_cell import decode_state  # noqa: E402
 from postauth.transforms.timer_walk import timer_ms  # noqa: E402
 from postauth.transforms.triage import _Deduplicator  # noqa: E402
 from postauth.transforms.windowing import IdentityWindow  # noqa: E402
@@ -58,16 +59,17 @@ CTX = {'identity_type': '', 'owner': 'platform@example.com', 'team': 'platform',
 
 
 class Cell:
-  """A state cell (ReadModifyWrite) and a timer, as the history DoFn sees them."""
+  """A state cell (ReadModifyWrite) and a timer, as the history DoFn sees them; ``value`` holds
+  the bytes the cell's coder wrote (as the DirectRunner keeps them)."""
 
   def __init__(self):
     self.value, self.at = None, None
 
   def read(self):
-    return self.value
+    return None if self.value is None else TrackHistoryFn.HISTORY.coder.decode(self.value)
 
   def write(self, value):
-    self.value = value
+    self.value = TrackHistoryFn.HISTORY.coder.encode(value)
 
   def clear(self):
     self.value = None

@@ -27,14 +27,16 @@ from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
 from conftest import streaming_options
+from apache_beam.coders import BytesCoder
 from postauth.models.history import IdentityHistory
+from postauth.models.history import _profile as ledger_profile
 from postauth.models.profile import IdentityProfile
 from postauth.transforms import rules, watch
 from postauth.transforms.corroborate import ADOPTION_KEPT_MS, SIGHTING, _Corroborator
 from postauth.transforms.findings import (MAX_RUN_WINDOWS, MergeOverlappingWindows, _RunMerger, _first_due,
                                           finding_id, rfc3339)
-from postauth.transforms.history import (EXPIRY_GRACE, REFIRE_HORIZON, TrackHistory, TrackHistoryFn, WalkHistoryFn,
-                                        decode_state, encode_state)
+from postauth.transforms.history import EXPIRY_GRACE, REFIRE_HORIZON, TrackHistory, TrackHistoryFn, WalkHistoryFn
+from postauth.transforms.history_cell import decode_state, encode_state
 from postauth.transforms.poll_tracker import PollTracker
 from postauth.transforms.triage import DeduplicateFindings, _DedupFn, _Deduplicator
 from postauth.transforms.windowing import EPSILON
@@ -115,16 +117,20 @@ D0 = T0 - T0 % DAY  # midnight UTC
 
 
 class _Cell:
-  """A ReadModifyWrite state cell."""
+  """The history's ReadModifyWrite cell as the DirectRunner keeps it: ``value`` holds the bytes
+  the state's coder wrote (``keeps_objects``: the value written, as the Fn API runners keep it
+  until the bundle commits)."""
 
-  def __init__(self):
-    self.value = None
+  def __init__(self, keeps_objects: bool = False):
+    self.value, self._coder, self._objects = None, TrackHistoryFn.HISTORY.coder, keeps_objects
 
   def read(self):
-    return self.value
+    if self.value is None or self._objects:
+      return self.value
+    return self._coder.decode(self.value)
 
   def write(self, value):
-    self.value = value
+    self.value = value if self._objects else self._coder.encode(value)
 
   def clear(self):
     self.value = None
@@ -244,6 +250,59 @@ def test_windows_arriving_newest_first_are_folded_in_event_time_order_whichever_
   assert [x.history_days for x in out] == [0, 1] and bag.items == []
   # the other timer then finds nothing waiting
   assert list(fn.fold(fired=min(order.at.values()), key='svc-1', pending=bag, state=cell, expire=expire)) == []
+
+
+def _fold_one_by_one(cell):
+  """Two days of an identity's windows (one re-fired with a late event) folded one ordering timer
+  at a time, as a runner fires a key's timers after a watermark jump; -> (what each fold
+  emitted, the cell's history)."""
+  fn, expire, bag, order = _history_fn(TrackHistoryFn), _Timer(), _Bag(), _Timers()
+  windows = [window('svc-3', D0 + h * H, [ev('svc-3', D0 + h * H - 600, action=f'A{h % 5}')])
+             for h in range(1, 30, 2)]
+  windows.insert(3, window('svc-3', windows[2].window_end, [ev('svc-3', windows[2].window_end - 300,
+                                                                action='DeleteObject')])._replace(firing=1))
+  out = []
+  for w in windows:
+    list(fn.process(('svc-3', (w, ctx(identity='svc-3'))), pending=bag, order=order, state=cell, expire=expire))
+  for fired in sorted(set(order.at.values())):
+    out += [x.value for x in fn.fold(fired=fired, key='svc-3', pending=bag, state=cell, expire=expire)
+            if not isinstance(x, beam.pvalue.TaggedOutput)]
+  # viewed after the last fold: a later fold must not have changed what an earlier one handed out
+  return [(x.window.window_end, x.history.windows, sorted(x.history.seen['actions'].items()), x.history_days)
+          for x in out], cell.read()
+
+
+def _cell_view(state):
+  """What a history cell holds, comparably (pickles of equal objects may differ in their memo; a
+  ledger window is kept as its firing and stored as its profile: models/history.py)."""
+  h = state.kept
+  return (h.base.to_dict(), h.today.to_dict(), h.day, h.first_day, h.last_active, h.closed,
+          {s: (e, ledger_profile(p).to_dict()) for s, (e, p) in h.open.items()},
+          {k: a.to_dict() for k, a in state.firings.items()})
+
+
+def test_a_cell_that_keeps_the_written_object_folds_as_one_that_encodes_it():
+  """On the Fn API runners a bundle's read after a write returns the object written (its coder
+  runs once, at commit): folding a key's windows timer by timer through such a cell emits and
+  keeps what the encoding cell (the DirectRunner's) does, so no fold changes what an earlier
+  one handed out or wrote."""
+  kept_out, kept_state = _fold_one_by_one(_Cell(keeps_objects=True))
+  coded_out, coded_state = _fold_one_by_one(_Cell())
+  assert kept_out == coded_out and len(coded_out) == 16
+  assert [o[1] for o in coded_out][:3] == [0, 0, 0] and coded_out[-1][3] == 1  # judged before its day
+  assert _cell_view(kept_state) == _cell_view(coded_state)
+
+
+def test_a_history_cell_written_as_bytes_by_the_previous_version_reads_the_same():
+  """The cell's state bytes are the pickled IdentityState length-prefixed, as the BytesCoder
+  the step used before wrote them: a job updated in place reads its histories."""
+  fn, cell, timer = _history_fn(TrackHistoryFn), _Cell(), _Timer()
+  _track(fn, ('svc-4', (window('svc-4', D0 + H, [ev('svc-4', D0 + 600)]), ctx(identity='svc-4'))), cell, timer)
+  value = TrackHistoryFn.HISTORY.coder.decode(cell.value)
+  nested = TrackHistoryFn.HISTORY.coder.get_impl().encode_nested(value)
+  assert nested == BytesCoder().get_impl().encode_nested(encode_state(*value))
+  again = TrackHistoryFn.HISTORY.coder.get_impl().decode_nested(nested)
+  assert isinstance(again.kept, IdentityHistory) and list(again.firings) == list(value.firings)
 
 
 def test_an_expiry_timer_fired_before_waiting_windows_folds_them_instead():

@@ -22,7 +22,8 @@ from postauth.models.artifact import ArtifactError
 from postauth.models.profile import HASHED_SEEN, MAX_SEEN, PROFILE_FORMAT, IdentityProfile
 from postauth.domain.window import WindowAggregate
 from postauth.domain.event import Event
-from postauth.transforms.history import TrackHistoryFn, encode_state
+from postauth.transforms.history import TrackHistoryFn
+from postauth.transforms.history_cell import IdentityState
 from test_model import _tiny_model
 
 T0 = 1_800_000_000 - 1_800_000_000 % DAY
@@ -47,7 +48,7 @@ def _greedy(distinct: int, windows: int = 192) -> IdentityHistory:
 
 def _state_bytes(hist: IdentityHistory) -> int:
   """Length of the state cell as TrackHistoryFn writes it (pickle under the state's coder)."""
-  return len(TrackHistoryFn.HISTORY.coder.encode(encode_state(hist)))
+  return len(TrackHistoryFn.HISTORY.coder.encode(IdentityState(hist, {})))
 
 
 def test_state_stops_growing_past_the_caps():

@@ -30,12 +30,11 @@ from __future__ import annotations
 
 import copy
 import math
-import pickle
 import typing
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple
 
 import apache_beam as beam
-from apache_beam.coders import BytesCoder, PickleCoder
+from apache_beam.coders import PickleCoder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
@@ -45,6 +44,7 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 from postauth.models.history import IdentityHistory
 from postauth.models.profile import IdentityProfile
 from postauth.transforms.findings import unregistered_finding
+from postauth.transforms.history_cell import IdentityState, IdentityStateCoder, Kept
 from postauth.transforms.lateness import DEFAULT_ALLOWED_LATENESS, beam_lateness
 from postauth.transforms.model_cache import acquire_model
 from postauth.transforms.unregistered import due
@@ -75,10 +75,6 @@ def refire_horizon(allowed_lateness: int, period: int) -> int:
 
 REFIRE_HORIZON = refire_horizon(DEFAULT_ALLOWED_LATENESS, 900)
 
-# What the state holds of an identity: its history, or once that expired, (last seen, last active).
-Kept = Union[IdentityHistory, Tuple[float, float]]
-
-
 def _fold_order(wc) -> Tuple[float, float, int]:
   """Windows in event-time order; firings of one window in the order they fired."""
   return wc[0].window_end, wc[0].window_start, wc[0].firing
@@ -94,25 +90,6 @@ def _take_due(pending, until: float) -> List:
   for wc in waiting[len(due):]:
     pending.add(wc)
   return due
-
-
-class IdentityState(typing.NamedTuple):
-  """One identity's history cell, read and written once per fold: what is kept of it (``Kept``)
-  and, while a late firing can come, its recent windows' aggregates by (start, end) (the sliding
-  windows discard: windowing._AttachWindow; a late firing is put back together here)."""
-  kept: Optional[Kept]
-  firings: Dict[Tuple[float, float], typing.Any]
-
-
-def encode_state(kept: Optional[Kept], firings: Optional[Dict] = None) -> bytes:
-  """The history cell's value (the state's coder takes it as bytes)."""
-  return pickle.dumps(IdentityState(kept, firings or {}), protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def decode_state(stored: Optional[bytes]) -> IdentityState:
-  """The cell's value; a cell written before the firings moved in holds what is kept alone."""
-  value = pickle.loads(stored) if stored else None
-  return value if isinstance(value, IdentityState) else IdentityState(value, {})
 
 
 class _HistoryFn(beam.DoFn):
@@ -215,10 +192,7 @@ class TrackHistoryFn(_HistoryFn):
   arrival appends it to ``pending`` and sets its ordering timer (no read); its fold reads and
   writes the identity's one cell (``IdentityState``): state per window, not event."""
 
-  # Held as pickled bytes, not as objects: the streaming DirectRunner copies
-  # every key's state per bundle, and copying bytes is free while deep-copying
-  # profiles made the job 20x slower (measured: 6 vs 130 events/s).
-  HISTORY = ReadModifyWriteStateSpec('history', BytesCoder())
+  HISTORY = ReadModifyWriteStateSpec('history', IdentityStateCoder())
   PENDING = BagStateSpec('pending', PickleCoder())
   EXPIRE = TimerSpec('expire', TimeDomain.WATERMARK)
   # A timer family, one per pending window end (its tag): an arrival reads nothing to find the earliest.
@@ -268,11 +242,11 @@ class TrackHistoryFn(_HistoryFn):
 
   def _fold(self, identity: str, items, state, expire):
     """Folds (window, context) pairs, in the order given, into the identity's stored history."""
-    kept, firings = decode_state(state.read())
+    kept, firings = state.read() or IdentityState(None, {})
     items = [self._whole_window(item, firings) for item in items]
     hist, out = self._walk(identity, kept, items)
     yield from out
-    state.write(encode_state(hist, firings))
+    state.write(IdentityState(hist, firings))
     # First to drop the firings kept for late data (none can come a re-fire horizon after the
     # newest window); then, from there, at the retention. A day, not the horizon: each firing
     # of this timer is a bundle of the stage on Prism, and identities idle for longer than the
@@ -291,18 +265,18 @@ class TrackHistoryFn(_HistoryFn):
     if waiting:
       yield from self._fold(key, waiting, state, expire)
       return
-    kept, firings = decode_state(state.read())
+    kept, firings = state.read() or IdentityState(None, {})
     if (isinstance(kept, IdentityHistory) and kept.last_active is not None  # None: state from before it
         and float(fired) < (until := kept.last_active + self._retention + EXPIRY_GRACE)):
       if firings:
-        state.write(encode_state(kept))
+        state.write(IdentityState(kept, {}))
       expire.set(Timestamp.of(until))
       return
     departed = self._departure(kept)
     if departed is None:
       state.clear()
     else:
-      state.write(encode_state(departed))
+      state.write(IdentityState(departed, {}))
       expire.set(Timestamp.of(departed[1] + self._departed + EXPIRY_GRACE))
 
   def _departure(self, kept: Optional[Kept]) -> Optional[Tuple[float, float]]:
