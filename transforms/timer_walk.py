@@ -146,9 +146,10 @@ def per_identity(globally: Union[beam.PCollection, Sequence[beam.PCollection]], 
     return (globally
             | 'GroupByIdentity' >> GroupWithTimestamps(key)
             | walk_label >> beam.ParDo(WalkBatchesFn(new_step, start)))
-  if len(inputs) > 1:
-    globally = inputs | 'Together' >> beam.Flatten()
-  return (globally
-          | 'KeyByIdentity' >> beam.Map(lambda x: (key(x), x)).with_output_types(
-              typing.Tuple[str, typing.Any])
-          | stream_label >> beam.ParDo(stateful_fn))
+  # Keyed where they are made, then flattened (as GroupWithTimestamps does): a keying step after
+  # the Flatten is a stage of its own on Prism, a bundle there for each bundle of each input.
+  keyed = [pc | ('KeyByIdentity' + (str(i) if len(inputs) > 1 else '')) >> beam.Map(
+      lambda x: (key(x), x)).with_output_types(typing.Tuple[str, typing.Any]) for i, pc in enumerate(inputs)]
+  if len(keyed) > 1:
+    keyed = [keyed | 'Together' >> beam.Flatten()]
+  return keyed[0] | stream_label >> beam.ParDo(stateful_fn)
