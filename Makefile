@@ -44,8 +44,10 @@ $(PRISM): $(PRISM_PATCHES)
 	@test -n "$(BEAM_VERSION)" || { echo "prism: no apache-beam==X.Y.Z pin in setup.py" >&2; exit 1; }
 	@echo "building Prism v$(BEAM_VERSION) with $$($(GO) version), patched with $(notdir $(PRISM_PATCHES)), into $(PRISM_DIR)" >&2
 	rm -rf "$(PRISM_SRC)" && mkdir -p "$(PRISM_DIR)"
-	src=$$(GOFLAGS=-buildvcs=false $(GO) mod download -json github.com/apache/beam/sdks/v2@v$(BEAM_VERSION) | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",*$$/\1/p') \
-	  && test -d "$$src" && cp -R "$$src" "$(PRISM_SRC)" && chmod -R u+w "$(PRISM_SRC)"
+	json=$$(GOFLAGS=-buildvcs=false $(GO) mod download -json github.com/apache/beam/sdks/v2@v$(BEAM_VERSION) 2>&1); \
+	src=$$(printf '%s\n' "$$json" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",*$$/\1/p'); \
+	test -d "$$src" || { printf 'prism: no module source from go mod download:\n%s\n' "$$json" >&2; exit 1; }; \
+	cp -R "$$src" "$(PRISM_SRC)" && chmod -R u+w "$(PRISM_SRC)"
 	for p in $(PRISM_PATCHES); do patch -d "$(PRISM_SRC)" -p1 --forward --quiet < "$$p" || exit 1; done
 	cd "$(PRISM_SRC)" && GOFLAGS=-buildvcs=false $(GO) build -o "$(CURDIR)/$(PRISM)" ./go/cmd/prism
 	rm -rf "$(PRISM_SRC)"
