@@ -31,6 +31,7 @@ from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateS
 from apache_beam.transforms.window import TimestampedValue
 
 from postauth.transforms.judgment import first_time_sensitive
+from postauth.transforms.earliest_pending import EarliestPending
 from postauth.transforms.timer_walk import at_ms, in_global_window, per_identity, timer_ms
 from postauth.transforms.versions import RANK
 from postauth.transforms.triage import finding_time as _finding_time
@@ -173,21 +174,22 @@ class _CorroborateFn(beam.DoFn):
 
   def setup(self):
     self._step = _Corroborator(self._delay, self._min)
+    self._earliest = EarliestPending(self._step.due)
+
+  def start_bundle(self):
+    self._earliest.start_bundle()
 
   def process(self, kv, ts=beam.DoFn.TimestampParam, pending=beam.DoFn.StateParam(PENDING),
               tick=beam.DoFn.TimerParam(TICK)):
-    pending.add((timer_ms(ts), kv[1]))
-    tick.set(at_ms(min(self._step.due(e) for e in pending.read())))
+    tick.set(at_ms(self._earliest.add(kv[0], pending, (timer_ms(ts), kv[1]))))
 
   @on_timer(TICK)
-  def tick(self, fired=beam.DoFn.TimestampParam, pending=beam.DoFn.StateParam(PENDING),
+  def tick(self, fired=beam.DoFn.TimestampParam, key=beam.DoFn.KeyParam, pending=beam.DoFn.StateParam(PENDING),
            adopters=beam.DoFn.StateParam(ADOPTERS), tick=beam.DoFn.TimerParam(TICK)):
     step = self._step
     step.adopters = adopters.read() or {}
     out, rest, nxt = step.step(fired.micros // 1000, list(pending.read()))
-    pending.clear()
-    for e in rest:
-      pending.add(e)
+    self._earliest.rewrite(key, pending, rest)
     adopters.write(step.adopters) if step.adopters else adopters.clear()
     if nxt is not None:
       tick.set(at_ms(nxt))

@@ -29,6 +29,7 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.transforms.window import TimestampedValue
 
+from postauth.transforms.earliest_pending import EarliestPending
 from postauth.transforms.timer_walk import at_ms, in_global_window, per_identity, timer_ms
 from postauth.transforms.versions import first_version, higher, version_flags
 from postauth.transforms.finding_builder import FindingBuilder
@@ -225,19 +226,20 @@ class _MergeRunsFn(beam.DoFn):
 
   def setup(self):
     self._merger = _RunMerger(*self._args)
+    self._earliest = EarliestPending(lambda w: _first_due([w]))
+
+  def start_bundle(self):
+    self._earliest.start_bundle()
 
   def process(self, kv, pending=beam.DoFn.StateParam(PENDING), tick=beam.DoFn.TimerParam(TICK)):
-    pending.add(kv[1])
-    tick.set(at_ms(_first_due(pending.read())))
+    tick.set(at_ms(self._earliest.add(kv[0], pending, kv[1])))
 
   @on_timer(TICK)
-  def tick(self, fired=beam.DoFn.TimestampParam, pending=beam.DoFn.StateParam(PENDING),
+  def tick(self, fired=beam.DoFn.TimestampParam, key=beam.DoFn.KeyParam, pending=beam.DoFn.StateParam(PENDING),
            runs_state=beam.DoFn.StateParam(RUNS), tick=beam.DoFn.TimerParam(TICK)):
     self._merger.runs = runs_state.read() or []
     out, rest, nxt = self._merger.step(fired.micros // 1000, list(pending.read()))
-    pending.clear()
-    for w in rest:
-      pending.add(w)
+    self._earliest.rewrite(key, pending, rest)
     runs = self._merger.runs
     runs_state.write(runs) if runs else runs_state.clear()
     if nxt is not None:

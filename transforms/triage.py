@@ -1,22 +1,20 @@
 """What responders see: allow-listed reasons suppressed (and counted), repeats deduplicated.
 
-Suppression: an allow-list file of entries ``{"identity", "rule", "action",
-"resource", "expires", "reason"}`` (globs; ``rule`` matches a rule or feature
-name; ``expires`` is RFC 3339, compared with when the finding was first emitted
-(``first_detected_at``, the same for all its versions) so a
-replay judges as the live job did). A reason is suppressed when an unexpired
-entry matches it; a finding whose every reason is suppressed goes to the
-``suppressed`` output, with the entries that matched, instead of disappearing.
+Suppression: an allow-list file of entries ``{"identity", "rule", "action", "resource",
+"expires", "reason"}`` (globs; ``rule`` matches a rule or feature name; ``expires`` is RFC 3339,
+compared with when the finding was first emitted (``first_detected_at``, the same for all its
+versions) so a replay judges as the live job did). A reason is suppressed when an unexpired
+entry matches it; a finding whose every reason is suppressed goes to the ``suppressed`` output,
+with the entries that matched, instead of disappearing.
 
-Deduplication: a finding whose reasons were all reported for the same identity
-within ``period``, at the same or a lower severity, is folded into the earlier finding:
-the earlier finding is re-emitted with the same ``finding_id`` and a higher
-``occurrences`` count (sinks keep the latest version per id), so a responder gets one
-alert, not one per hour. A fold never hides a raise: a finding more severe than the
-one it would be folded into is shown on its own, and pages as any first version does
-(medium or above).
-Updates of one finding (same ``finding_id``) are its versions, not repeats; the
-dedup step numbers what reaches the sinks (transforms/versions.py).
+Deduplication: a finding whose reasons were all reported for the same identity within
+``period``, at the same or a lower severity, is folded into the earlier finding: the earlier
+finding is re-emitted with the same ``finding_id`` and a higher ``occurrences`` count (sinks
+keep the latest version per id), so a responder gets one alert, not one per hour. A fold never
+hides a raise: a finding more severe than the one it would be folded into is shown on its own,
+and pages as any first version does (medium or above). Updates of one finding (same
+``finding_id``) are its versions, not repeats; the dedup step numbers what reaches the sinks
+(transforms/versions.py).
 """
 from __future__ import annotations
 
@@ -35,6 +33,7 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.transforms.window import TimestampedValue
 
+from postauth.transforms.earliest_pending import EarliestPending
 from postauth.transforms.timer_walk import at_ms, in_global_window, per_identity, timer_ms
 from postauth.transforms.versions import RANK, stamp
 
@@ -334,22 +333,23 @@ class _DedupFn(beam.DoFn):
 
   def setup(self):
     self._dedup = _Deduplicator(self._period, self._retention)
+    self._earliest = EarliestPending(lambda x: x[0])
+
+  def start_bundle(self):
+    self._earliest.start_bundle()
 
   def process(self, kv, ts=beam.DoFn.TimestampParam, pending=beam.DoFn.StateParam(PENDING),
               flush=beam.DoFn.TimerParam(FLUSH)):
-    pending.add((timer_ms(ts), kv[1]))  # whole milliseconds, as timers carry them
-    flush.set(at_ms(min(t for t, _ in pending.read())))
+    flush.set(at_ms(self._earliest.add(kv[0], pending, (timer_ms(ts), kv[1]))))  # ms, as timers carry them
 
   @on_timer(FLUSH)
-  def flush(self, fired=beam.DoFn.TimestampParam, pending=beam.DoFn.StateParam(PENDING),
+  def flush(self, fired=beam.DoFn.TimestampParam, key=beam.DoFn.KeyParam, pending=beam.DoFn.StateParam(PENDING),
             reported=beam.DoFn.StateParam(REPORTED), sent_state=beam.DoFn.StateParam(SENT),
             flush=beam.DoFn.TimerParam(FLUSH), expire=beam.DoFn.TimerParam(EXPIRE)):
     dedup, waiting = self._dedup, list(pending.read())
     dedup.known, dedup.sent = reported.read() or [], sent_state.read() or {}
     out, rest, nxt = dedup.step(fired.micros // 1000, waiting)
-    pending.clear()
-    for x in rest:
-      pending.add(x)
+    self._earliest.rewrite(key, pending, rest)
     if nxt is not None:
       flush.set(at_ms(nxt))
     self._keep(dedup, reported, sent_state, expire)
