@@ -23,7 +23,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 from postauth.domain.event import Event
 from postauth.domain.origin import agent_family, network_of
 from postauth.domain.taxonomy import SENSITIVE_CATEGORIES
-from postauth.domain.tool_calls import SEPARATOR, is_derived
+from postauth.domain.tool_calls import is_derived
 
 MAX_ACTIONS = 32  # distinct actions sampled per window (beyond them: counted, not sampled)
 MAX_NETWORKS = 8
@@ -44,7 +44,7 @@ Store = Dict[str, List[Sample]]  # 'a<action>' | 'n<network>' -> samples sorted 
 def _sample(e: Event, action: str) -> Sample:
   return (e.event_id, e.event_time, e.provider, action, e.category, e.resource[:MAX_TEXT],
           e.source_ip, e.user_agent[:MAX_TEXT], e.error_code[:64], e.region, e.raw_ref[:MAX_TEXT],
-          e.tool_call, e.acting_for if SEPARATOR in action and is_derived(action) else '')
+          e.tool_call, e.acting_for if is_derived(action) else '')
 
 
 def _wanted(lst: List[Sample], t: float, eid: str, first: int, last: int) -> bool:

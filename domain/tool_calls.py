@@ -35,4 +35,4 @@ def tools_of(by: str) -> Tuple[str, ...]:
 
 
 def is_derived(action_key: str) -> bool:
-  return split_caused(action_key) is not None
+  return SEPARATOR in action_key and split_caused(action_key) is not None  # the test first: per event

@@ -200,8 +200,12 @@ class _RunMerger:
     return f
 
 
+def _due(window: Dict) -> int:
+  return timer_ms(_stamp(window['window_end']))
+
+
 def _first_due(windows: Iterable[Dict]) -> int:
-  return min(timer_ms(_stamp(w['window_end'])) for w in windows)
+  return min(_due(w) for w in windows)
 
 
 class _MergeRunsFn(beam.DoFn):
@@ -226,7 +230,7 @@ class _MergeRunsFn(beam.DoFn):
 
   def setup(self):
     self._merger = _RunMerger(*self._args)
-    self._earliest = EarliestPending(lambda w: _first_due([w]))
+    self._earliest = EarliestPending(_due)
 
   def start_bundle(self):
     self._earliest.start_bundle()
