@@ -1,0 +1,84 @@
+"""Prism waits, not spins, while a bundle runs: the project's patches (tools/prism/*.patch).
+
+Prism as Beam builds it turns two scheduling loops without waiting: `stage.Execute`'s progress
+loop once a bundle's data stream is closed (all of a bundle with no data output), and the
+element manager's loop while a stage that reads a side input has a bundle in progress. Each
+costs a core for as long as the bundle runs (docs/performance.md). Here one bundle sleeps in
+each such stage and the Prism process's CPU over the job is read from /proc: a spinning loop
+takes about a core for the sleep; a waiting Prism a small fraction of it.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Dict
+
+import apache_beam as beam
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from postauth.pipeline import prism
+from conftest import missing_tool
+
+SLEEP = 2.0  # seconds the one bundle of the step under test runs
+BUSY = 0.25  # Prism CPU seconds over the whole job above which it is taken to spin
+
+
+@pytest.fixture(scope='module')
+def prism_binary():
+  path = prism.local_binary()
+  if path is None:
+    missing_tool(f'no Prism binary at {prism.binary_path()}: run `make prism`')
+  return path
+
+
+def _prism_cpu(binary: str) -> Dict[int, float]:
+  """CPU seconds of each running process of ``binary`` that this process started."""
+  tick = os.sysconf('SC_CLK_TCK')
+  out = {}
+  for pid in os.listdir('/proc'):
+    if not pid.isdigit():
+      continue
+    try:
+      with open(f'/proc/{pid}/cmdline', 'rb') as f:
+        argv = f.read().split(b'\0')
+      with open(f'/proc/{pid}/stat') as f:
+        stat = f.read().rsplit(')', 1)[1].split()
+    except OSError:
+      continue
+    if argv and argv[0].decode(errors='replace') == binary and int(stat[1]) == os.getpid():
+      out[int(pid)] = (int(stat[11]) + int(stat[12])) / tick  # utime + stime
+  return out
+
+
+def _sleep_then(x, *_):
+  time.sleep(SLEEP)
+  return x
+
+
+def _run_on_prism(binary: str, build) -> float:
+  """Prism's CPU seconds over one job built by ``build(pipeline)`` (its server may be shared)."""
+  before = _prism_cpu(binary)
+  options = PipelineOptions(['--runner=PrismRunner', f'--prism_location={binary}',
+                             '--environment_type=LOOPBACK'])
+  with beam.Pipeline(options=options) as p:
+    build(p)
+  after = _prism_cpu(binary)
+  assert after, 'no Prism process of this test process found'
+  return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
+
+
+def test_prism_waits_while_a_stage_with_a_side_input_runs(prism_binary):
+  def build(p):
+    side = p | 'Side' >> beam.Create(['a', 'b'])
+    (p | 'One' >> beam.Create([1]) | 'Apart' >> beam.Reshuffle()
+     | 'Sleep' >> beam.Map(_sleep_then, beam.pvalue.AsList(side)) | 'After' >> beam.Reshuffle())
+  cpu = _run_on_prism(prism_binary, build)
+  assert cpu < BUSY, f'Prism used {cpu:.2f} CPU s while one {SLEEP} s bundle read a side input'
+
+
+def test_prism_waits_while_a_stage_without_outputs_runs(prism_binary):
+  def build(p):
+    p | 'One' >> beam.Create([1]) | 'Apart' >> beam.Reshuffle() | 'Sleep' >> beam.Map(_sleep_then)
+  cpu = _run_on_prism(prism_binary, build)
+  assert cpu < BUSY, f'Prism used {cpu:.2f} CPU s while one {SLEEP} s bundle without outputs ran'
