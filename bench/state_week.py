@@ -10,7 +10,8 @@ fake state cells), the finding merge (``_RunMerger``), peers (``_Corroborator``)
 (``process`` resets a key's timer to its earliest waiting element; a timer runs the step
 and sets the next), and the folder watch's set of paths read (``watch._forget``).
 At the end of each day it prints, per step, keys held and the bytes the runner would store
-(the history's state bytes; the others' cells pickled, as their ``PickleCoder`` does).
+(the history's state bytes, packed; the others' cells pickled, unpacked: their
+``PackedStateCoder`` stores a third of that or less).
 
 The fleet: long-lived service identities active all day; CI namespaces that live 1-4 h
 and never come back; AI agents that live 1-2 days; batch identities that work every third

@@ -1,5 +1,6 @@
 """PackedCoder: exact round trips, safe on worker threads, smaller than Beam's default, and used
-by the batch groupings that carry finding versions."""
+by the batch groupings that carry finding versions; PackedStateCoder: the streaming state that
+grows with an identity's windows, reading what PickleCoder wrote before."""
 from __future__ import annotations
 
 import math
@@ -7,11 +8,11 @@ import pickle
 import threading
 
 import apache_beam as beam
-from apache_beam.coders import coders
+from apache_beam.coders import PickleCoder, coders
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from postauth.transforms.packed import Packed, PackedCoder
+from postauth.transforms.packed import ZSTD_MAGIC, Packed, PackedCoder, PackedStateCoder
 from postauth.transforms.sinks import GatherWholeFiles
 from postauth.transforms.timer_walk import GroupWithTimestamps
 
@@ -131,3 +132,34 @@ def test_a_bundles_versions_carry_their_shared_records_once():
   back = coder.decode(coder.encode(versions))
   assert back == versions
   assert back[0][1]['evidence'][0] is back[1][1]['evidence'][0]  # shared again, as made
+
+
+# -- keyed state: packed, and what PickleCoder wrote before still reads ---------------------------
+def test_state_coder_reads_cells_and_bags_pickle_coder_wrote_and_packs_what_it_writes():
+  old, new = PickleCoder(), PackedStateCoder()
+  for value in (finding(0), None, '', (1, 'x'), {'runs': [finding(1), finding(2)]}):
+    assert new.decode(old.encode(value)) == value  # a cell written before
+    bag_element = old.get_impl().encode_nested(value)  # a bag's element: length-prefixed
+    assert new.get_impl().decode_nested(bag_element) == value
+    packed = new.encode(value)
+    assert packed.startswith(ZSTD_MAGIC) and new.decode(packed) == value
+    assert new.get_impl().decode_nested(new.get_impl().encode_nested(value)) == value
+  big = [finding(i) for i in range(8)]
+  assert len(new.encode(big)) * 4 < len(old.encode(big))
+
+
+def test_streaming_state_of_windows_findings_and_histories_is_packed():
+  """The state that grows with an identity's windows: each read and write of it crosses the
+  runner's state API whole (Prism, Dataflow, Flink)."""
+  from postauth.transforms.agent_join import _AttributeOnceFn
+  from postauth.transforms.corroborate import _CorroborateFn
+  from postauth.transforms.findings import _MergeRunsFn
+  from postauth.transforms.history import TrackHistoryFn
+  from postauth.transforms.history_cell import IdentityStateCoder, decode_state, encode_state
+  from postauth.transforms.triage import _DedupFn
+  specs = [_MergeRunsFn.PENDING, _MergeRunsFn.RUNS, TrackHistoryFn.PENDING, _DedupFn.PENDING,
+           _DedupFn.REPORTED, _CorroborateFn.PENDING, _AttributeOnceFn.SEEN]
+  assert all(isinstance(s.coder, PackedStateCoder) for s in specs), [s.name for s in specs]
+  assert isinstance(TrackHistoryFn.HISTORY.coder, IdentityStateCoder)
+  cell = encode_state(None, {(0.0, 3600.0): finding(0)})
+  assert cell.startswith(ZSTD_MAGIC) and decode_state(cell).firings == {(0.0, 3600.0): finding(0)}

@@ -303,6 +303,9 @@ def test_a_history_cell_written_as_bytes_by_the_previous_version_reads_the_same(
   assert nested == BytesCoder().get_impl().encode_nested(encode_state(*value))
   again = TrackHistoryFn.HISTORY.coder.get_impl().decode_nested(nested)
   assert isinstance(again.kept, IdentityHistory) and list(again.firings) == list(value.firings)
+  unpacked = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)  # a cell written before packing
+  before = TrackHistoryFn.HISTORY.coder.get_impl().decode_nested(BytesCoder().get_impl().encode_nested(unpacked))
+  assert isinstance(before.kept, IdentityHistory) and list(before.firings) == list(value.firings)
 
 
 def test_an_expiry_timer_fired_before_waiting_windows_folds_them_instead():

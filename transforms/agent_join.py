@@ -47,6 +47,7 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 from postauth.domain.event import Event
 from postauth.domain.tool_calls import CLOUD_CALL, NO_TOOL_CALL, TOOLS_JOINED, caused_action
 from postauth.transforms.inventory import read_inventory
+from postauth.transforms.packed import PackedStateCoder
 
 SPAN_PROVIDER = 'otel'
 JOIN_BASES = ('source_identity', 'user_agent', 'session_name', 'time')
@@ -234,7 +235,7 @@ class _AttributeOnceFn(_AttributeFn):
   Prism 2.77 a discarding window's late firing reached a stateful step with that window's state
   already gone. Here the state lives until the window can fire no more (end + lateness)."""
 
-  SEEN = ReadModifyWriteStateSpec('seen', PickleCoder())  # the window's elements so far
+  SEEN = ReadModifyWriteStateSpec('seen', PackedStateCoder())  # the window's elements so far
   EMITTED = ReadModifyWriteStateSpec('emitted', PickleCoder())
   DONE = TimerSpec('done', TimeDomain.WATERMARK)
 

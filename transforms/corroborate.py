@@ -32,6 +32,7 @@ from apache_beam.transforms.window import TimestampedValue
 
 from postauth.transforms.judgment import first_time_sensitive
 from postauth.transforms.earliest_pending import EarliestPending
+from postauth.transforms.packed import PackedStateCoder
 from postauth.transforms.timer_walk import at_ms, in_global_window, per_identity, timer_ms
 from postauth.transforms.versions import RANK
 from postauth.transforms.triage import finding_time as _finding_time
@@ -164,7 +165,7 @@ class _Corroborator:
 class _CorroborateFn(beam.DoFn):
   """Streaming: (group, finding version or sighting) -> versions, each at its decision time."""
 
-  PENDING = BagStateSpec('pending', PickleCoder())
+  PENDING = BagStateSpec('pending', PackedStateCoder())
   ADOPTERS = ReadModifyWriteStateSpec('adopters', PickleCoder())
   TICK = TimerSpec('tick', TimeDomain.WATERMARK)
 

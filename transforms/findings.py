@@ -24,7 +24,6 @@ from typing import Dict, Iterable, List, Tuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
-from apache_beam.coders import PickleCoder
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.transforms.window import TimestampedValue
@@ -37,6 +36,7 @@ from postauth.transforms.finding_builder import FindingBuilder
 from postauth.transforms.finding_content import contextual_severity, finding_id, rfc3339, to_finding  # noqa: F401
 
 from postauth.domain import evidence
+from postauth.transforms.packed import PackedStateCoder
 
 
 def unregistered_finding(window, context: Dict) -> Dict:
@@ -221,8 +221,8 @@ class _MergeRunsFn(beam.DoFn):
   day rolls over into a new finding: no run holds more than a day of windows.
   """
 
-  PENDING = BagStateSpec('pending', PickleCoder())
-  RUNS = ReadModifyWriteStateSpec('runs', PickleCoder())
+  PENDING = BagStateSpec('pending', PackedStateCoder())
+  RUNS = ReadModifyWriteStateSpec('runs', PackedStateCoder())
   TICK = TimerSpec('tick', TimeDomain.WATERMARK)
 
   def __init__(self, *merger_args):  # _RunMerger's: window size, allowed lateness, rollover

@@ -34,7 +34,6 @@ import typing
 from typing import Dict, List, Optional, Tuple
 
 import apache_beam as beam
-from apache_beam.coders import PickleCoder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
@@ -47,6 +46,7 @@ from postauth.transforms.findings import unregistered_finding
 from postauth.transforms.history_cell import IdentityState, IdentityStateCoder, Kept
 from postauth.transforms.lateness import DEFAULT_ALLOWED_LATENESS, beam_lateness
 from postauth.transforms.model_cache import acquire_model
+from postauth.transforms.packed import PackedStateCoder
 from postauth.transforms.unregistered import due
 from postauth.transforms.window_context import IDENTITY_WINDOWS_IN_CONTEXT, WindowInContext
 from postauth.transforms.windowing import EPSILON, IdentityWindow
@@ -193,7 +193,7 @@ class TrackHistoryFn(_HistoryFn):
   writes the identity's one cell (``IdentityState``): state per window, not event."""
 
   HISTORY = ReadModifyWriteStateSpec('history', IdentityStateCoder())
-  PENDING = BagStateSpec('pending', PickleCoder())
+  PENDING = BagStateSpec('pending', PackedStateCoder())
   EXPIRE = TimerSpec('expire', TimeDomain.WATERMARK)
   # A timer family, one per pending window end (its tag): an arrival reads nothing to find the earliest.
   ORDER = TimerSpec('order', TimeDomain.WATERMARK)

@@ -34,6 +34,7 @@ from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateS
 from apache_beam.transforms.window import TimestampedValue
 
 from postauth.transforms.earliest_pending import EarliestPending
+from postauth.transforms.packed import PackedStateCoder
 from postauth.transforms.timer_walk import at_ms, in_global_window, per_identity, timer_ms
 from postauth.transforms.versions import RANK, stamp
 
@@ -321,8 +322,8 @@ class _DedupFn(beam.DoFn):
   """Streaming: (identity, finding version) -> versions for the sinks; ``_Deduplicator`` in state,
   a timer at the earliest waiting version and one at the state's expiry."""
 
-  PENDING = BagStateSpec('pending', PickleCoder())
-  REPORTED = ReadModifyWriteStateSpec('reported', PickleCoder())
+  PENDING = BagStateSpec('pending', PackedStateCoder())
+  REPORTED = ReadModifyWriteStateSpec('reported', PackedStateCoder())
   SENT = ReadModifyWriteStateSpec('sent', PickleCoder())
   FLUSH = TimerSpec('flush', TimeDomain.WATERMARK)
   EXPIRE = TimerSpec('expire', TimeDomain.WATERMARK)
