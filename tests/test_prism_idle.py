@@ -32,21 +32,21 @@ def prism_binary():
   return path
 
 
-def _prism_cpu(binary: str) -> Dict[int, float]:
-  """CPU seconds of each running process of ``binary`` that this process started."""
+def _prism_cpu() -> Dict[int, float]:
+  """CPU seconds of each Prism process this process started (Beam keeps one job server per
+  process: the job runs on whichever this process started first)."""
   tick = os.sysconf('SC_CLK_TCK')
   out = {}
   for pid in os.listdir('/proc'):
     if not pid.isdigit():
       continue
     try:
-      with open(f'/proc/{pid}/cmdline', 'rb') as f:
-        argv = f.read().split(b'\0')
+      exe = os.path.basename(os.readlink(f'/proc/{pid}/exe'))
       with open(f'/proc/{pid}/stat') as f:
         stat = f.read().rsplit(')', 1)[1].split()
     except OSError:
       continue
-    if argv and argv[0].decode(errors='replace') == binary and int(stat[1]) == os.getpid():
+    if exe.startswith('prism') and int(stat[1]) == os.getpid():
       out[int(pid)] = (int(stat[11]) + int(stat[12])) / tick  # utime + stime
   return out
 
@@ -57,13 +57,13 @@ def _sleep_then(x, *_):
 
 
 def _run_on_prism(binary: str, build) -> float:
-  """Prism's CPU seconds over one job built by ``build(pipeline)`` (its server may be shared)."""
-  before = _prism_cpu(binary)
+  """Prism's CPU seconds over one job built by ``build(pipeline)``."""
+  before = _prism_cpu()
   options = PipelineOptions(['--runner=PrismRunner', f'--prism_location={binary}',
                              '--environment_type=LOOPBACK'])
   with beam.Pipeline(options=options) as p:
     build(p)
-  after = _prism_cpu(binary)
+  after = _prism_cpu()
   assert after, 'no Prism process of this test process found'
   return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
 
