@@ -19,6 +19,18 @@ def missing_tool(message: str, provided_by: str = 'make test builds it first') -
   pytest.skip(message)
 
 
+@pytest.fixture(scope='session')
+def prism_binary():
+  """The Prism binary `make prism` builds (pipeline/prism.py finds it); skips without it, fails
+  under CI=true."""
+  from postauth.pipeline import prism
+  path = prism.local_binary()
+  if path is None:
+    missing_tool(f'no Prism binary at {prism.binary_path()}: run `make prism` (it builds Beam\'s '
+                 'Prism from the Go module source for the pinned apache-beam version, patched)')
+  return path
+
+
 
 @pytest.fixture(autouse=True, scope='session')
 def _project_prism_for_plain_pipelines():

@@ -11,7 +11,6 @@ from postauth.domain.event import Event
 from postauth.pipeline.prism import without_timer_splits
 from postauth.transforms.agent_join import AgentPrincipals, JoinAgentCalls, attribute
 from scripted_stream import ScriptedStream
-from test_prism import prism_binary  # noqa: F401  (the fixture)
 
 T0 = 1_762_300_800.0  # 2025-11-05T00:00:00Z, on a 300 s boundary
 ROLE = 'arn:aws:iam::111122223333:role/agent-data'

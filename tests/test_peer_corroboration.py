@@ -21,7 +21,6 @@ from postauth.transforms.judgment import judge
 from postauth.transforms.windowing import EPSILON
 from postauth.pipeline.prism import NO_RUNNER_SPLITS
 from tests.test_identity_context import ctx, ev, streaming, window
-from tests.test_prism import prism_binary  # noqa: F401  (fixture: skips, or fails under CI=true, without it)
 
 DAY0 = 1_762_300_800  # 2025-11-05T00:00:00Z
 TYPE = 'workload_identity'

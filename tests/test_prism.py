@@ -17,17 +17,6 @@ from postauth.pipeline.jobs import pipeline_options, train
 # Fixtures and helpers shared with the portable-runner and end-to-end tests.
 from test_end_to_end import _assert_attacks_on_top, _detect as _detect_sorted  # noqa: F401
 from test_runners import _detect, assert_same_model, fnapi_batch  # noqa: F401
-from conftest import missing_tool
-
-
-@pytest.fixture(scope='module')
-def prism_binary():
-  path = prism.local_binary()
-  if path is None:
-    message = (f'no Prism binary at {prism.binary_path()}: run `make prism` '
-               '(go install github.com/apache/beam/sdks/v2/go/cmd/prism@v<apache-beam version>)')
-    missing_tool(message)
-  return path
 
 
 # -- the binary is found without --prism_location -------------------------------------------------

@@ -14,22 +14,10 @@ import time
 from typing import Dict
 
 import apache_beam as beam
-import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
-
-from postauth.pipeline import prism
-from conftest import missing_tool
 
 SLEEP = 2.0  # seconds the one bundle of the step under test runs
 BUSY = 0.25  # Prism CPU seconds over the whole job above which it is taken to spin
-
-
-@pytest.fixture(scope='module')
-def prism_binary():
-  path = prism.local_binary()
-  if path is None:
-    missing_tool(f'no Prism binary at {prism.binary_path()}: run `make prism`')
-  return path
 
 
 def _prism_cpu() -> Dict[int, float]:

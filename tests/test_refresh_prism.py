@@ -14,10 +14,8 @@ import threading
 import time
 
 import apache_beam as beam
-import pytest
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from postauth.pipeline import prism
 from postauth.pipeline.detect import build_detection  # noqa: F401  (the module that picks polling)
 from postauth.domain.event import Event
 from postauth.transforms.inventory import EnrichWindows, InventoryRefresh, InventorySnapshots
@@ -26,7 +24,6 @@ from postauth.transforms.updates import refresh_by_polling
 from postauth.transforms.watch import WatchFiles
 from postauth.transforms.windowing import IdentityWindows
 from postauth.pipeline.prism import without_timer_splits
-from conftest import missing_tool
 
 HEADER = 'identity,identity_type,owner,team,environment,expected_services\n'
 T0 = 1_780_000_000 - 1_780_000_000 % 3600
@@ -39,14 +36,6 @@ def _event(identity: str, t: float, i: int) -> dict:
             region='us-east-1', source_ip='10.0.0.1', user_agent='ua', success=True,
             error_code='', read_only=True, raw_ref='')
   return e._asdict()
-
-
-@pytest.fixture(scope='module')
-def prism_binary():
-  path = prism.local_binary()
-  if path is None:
-    missing_tool(f'no Prism binary at {prism.binary_path()}: run `make prism`')
-  return path
 
 
 def test_prism_and_the_direct_runner_refresh_by_polling():
