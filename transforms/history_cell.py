@@ -6,7 +6,6 @@ aggregates of its recent windows' firings, so that a late firing is put back tog
 """
 from __future__ import annotations
 
-import pickle
 import typing
 from typing import Dict, Optional, Tuple, Union
 
@@ -27,20 +26,20 @@ class IdentityState(typing.NamedTuple):
   firings: Dict[Tuple[float, float], typing.Any]
 
 
-# Packs and unpacks cells (zstd contexts per thread, made on first use); holds no cell's data.
+# Packs and unpacks cells as the other state is (zstd contexts per thread); holds no cell's data.
 _PACKER = PackedStateCoder()
 
 
 def encode_state(kept: Optional[Kept], firings: Optional[Dict] = None) -> bytes:
   """The history cell's bytes: the pickled ``IdentityState``, packed with zstd (a cell of
   profiles and recent aggregates compresses ~3x; every byte crosses the runner's state API)."""
-  return _PACKER.pack_bytes(pickle.dumps(IdentityState(kept, firings or {}), protocol=pickle.HIGHEST_PROTOCOL))
+  return _PACKER.encode(IdentityState(kept, firings or {}))
 
 
 def decode_state(stored: Optional[bytes]) -> IdentityState:
   """The cell's value. A cell written unpacked (before packing) reads the same, and one written
   before the firings moved in holds what is kept alone."""
-  value = pickle.loads(_PACKER.unpack_bytes(stored)) if stored else None
+  value = _PACKER.decode(stored) if stored else None
   return value if isinstance(value, IdentityState) else IdentityState(value, {})
 
 
