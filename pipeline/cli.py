@@ -10,10 +10,12 @@ import time
 from typing import List, Optional
 
 from postauth.pipeline import collector  # first: no collection while the imports build what lives on
+from postauth.pipeline.allocator import keep_freed_memory
 from postauth.pipeline.blas_threads import one_blas_thread
 
 collector.defer_during_imports()
 one_blas_thread()  # before numpy loads OpenBLAS
+keep_freed_memory()  # before any thread has an arena of its own
 
 from postauth.pipeline import quiet  # noqa: E402,F401  (imports Beam without its apitools warning)
 
