@@ -44,6 +44,7 @@ FEATURE_NAMES: Tuple[str, ...] = (
 ) + tuple(f'excess_{c}' for c in EXCESS_CATEGORIES)
 
 INDEX = {name: i for i, name in enumerate(FEATURE_NAMES)}
+EXCESS_INDEX = {c: INDEX[f'excess_{c}'] for c in EXCESS_CATEGORIES}
 
 
 def _excess(value: float, most_before: float) -> float:
@@ -51,11 +52,13 @@ def _excess(value: float, most_before: float) -> float:
   return max(0.0, math.log1p(value) - math.log1p(most_before))
 
 
-def _share_unseen(counts: Dict[str, int], p: IdentityProfile, field: str, total: int,
-                  unseen: Optional[List[str]] = None) -> float:
+def _share_unseen(counts: Dict[str, int], p: IdentityProfile, field: str, total: int) -> float:
+  """The share of ``total`` calls whose ``field`` value (networks, agents, regions: seen-sets
+  kept as strings) the profile never saw."""
   if total <= 0:
     return 0.0
-  return sum(counts[k] for k in (p.unseen(field, counts) if unseen is None else unseen)) / total
+  seen = p.seen[field]
+  return sum(n for k, n in counts.items() if k not in seen) / total
 
 
 # Reads and listings: a fleet-rare one alone is weak evidence (a new feature's describe call);
@@ -128,11 +131,10 @@ def feature_row(agg: WindowAggregate, profile: Optional[IdentityProfile],
   x[14] = max(0.0, agg.errors / max(agg.count, 1) - p.error_ratio())
   sensitive = sum(n for c, n in agg.categories.items() if c in SENSITIVE_CATEGORIES)
   x[15] = max(0.0, sensitive / max(agg.count, 1) - p.sensitive_share())
-  base = len(FEATURE_NAMES) - len(EXCESS_CATEGORIES)
-  for i, cat in enumerate(EXCESS_CATEGORIES):
-    n = agg.categories.get(cat)
-    if n:  # a category the window has none of is no excess (0 beyond any maximum)
-      x[base + i] = _excess(n, p.category_max.get(cat, 0))
+  for cat, n in agg.categories.items():
+    i = EXCESS_INDEX.get(cat)
+    if i is not None and n:  # a category the window has none of is no excess (0 beyond any maximum)
+      x[i] = _excess(n, p.category_max.get(cat, 0))
   return x
 
 

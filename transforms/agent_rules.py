@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Tuple
 
 from postauth.domain.origin import agent_family, network_of
 from postauth.domain.taxonomy import HIGH_IMPACT_CATEGORIES, SENSITIVE_CATEGORIES
-from postauth.domain.tool_calls import CLOUD_CALL, NO_TOOL_CALL, caused_action, split_caused, tools_of
+from postauth.domain.tool_calls import CLOUD_CALL, NO_TOOL_CALL, SEPARATOR, caused_action, split_caused, tools_of
 from postauth.domain.resource_kind import resource_scope
 
 # A tool "normally makes a cloud call" when the history saw it this often, and saw it end with
@@ -27,6 +27,8 @@ def _caused(agg) -> Dict[str, List[Tuple[str, str]]]:
   """by (tool or marker) -> [(derived action key, the record's action key)] in this window."""
   out: Dict[str, List[Tuple[str, str]]] = {}
   for key in agg.actions:
+    if SEPARATOR not in key:  # most keys; the test split_caused makes first, without the call
+      continue
     parts = split_caused(key)
     if parts is not None:
       out.setdefault(parts[1], []).append((key, parts[0]))
@@ -134,7 +136,7 @@ def agent_tool_without_cloud_call(window, context: Dict, history, config, peers=
   agg = window.agg
   odd = []
   for base, n in agg.actions.items():
-    if split_caused(base) is not None or ':execute_tool:' not in base:
+    if ':execute_tool:' not in base or split_caused(base) is not None:
       continue
     unbacked = n - agg.actions.get(caused_action(base, CLOUD_CALL), 0)
     calls = _seen_count(history, base)

@@ -91,10 +91,9 @@ def high_impact_evidence(agg, identity: str, identity_type: str, history) -> Lis
     listed.add(use['action'])
     out.append({'kind': 'high_impact', 'severity': 'high', 'actions': [use['action']],
                 'detail': f'{use["action"]} x{use["calls"]}: {use["what"]}, never made by this identity before'})
-  for action, category in sorted(agg.action_category.items()):
-    # a listed action pages when its condition holds (first_uses); the others by category
-    if action in listed or category not in HIGH_IMPACT_CATEGORIES or known(action) \
-        or high_impact.what_of(action) is not None:
+  # a listed action pages when its condition holds (first_uses); the others by category
+  for action, category in sorted((a, c) for a, c in agg.action_category.items() if c in HIGH_IMPACT_CATEGORIES):
+    if action in listed or known(action) or high_impact.what_of(action) is not None:
       continue
     out.append({'kind': 'high_impact', 'severity': 'high', 'actions': [action],
                 'detail': f'{action} x{agg.actions.get(action, 0)} ({category}), never made by this identity before'})
@@ -164,9 +163,9 @@ def activity_evidence(agg, history, novel: List[str]) -> List[Dict]:
     out.append({'kind': 'new_kinds_breadth', 'severity': 'medium', 'actions': [],
                 'detail': f'resources of {len(families)} kinds never touched before in one window '
                           f'({", ".join(shown)}): a rollout adds one new kind, collection reaches several'})
-  sent = sum(agg.categories.get(c, 0) for c in SEND_CATEGORIES)
-  most_sent = max((history.category_max.get(c, 0) for c in SEND_CATEGORIES), default=0)
-  if families and sent >= SEND_MIN and sent > 2 * most_sent:
+  sent = sum(agg.categories.get(c, 0) for c in SEND_CATEGORIES) if families else 0  # SEND_MIN > 0
+  most_sent = max(history.category_max.get(c, 0) for c in SEND_CATEGORIES) if sent >= SEND_MIN else 0
+  if sent >= SEND_MIN and sent > 2 * most_sent:
     actions = sorted((a for a, c in agg.action_category.items() if c in SEND_CATEGORIES),
                      key=lambda a: (-agg.actions[a], a))
     out.append({'kind': 'data_leaving', 'severity': 'medium', 'actions': actions[:10],

@@ -13,7 +13,7 @@ import datetime
 import functools
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from postauth.domain.tool_calls import is_derived
+from postauth.domain.tool_calls import SEPARATOR, is_derived
 from postauth.models.features import concurrent_new_networks, peer_note
 from postauth.transforms.agent_rules import AGENT_RULES
 from postauth.domain.glob_match import matcher, matches_any
@@ -58,7 +58,7 @@ def out_of_scope(window, context: Dict, history, config: RuleConfig, peers=None)
   in_services = matcher(tuple(services)) if services else None
   in_actions = matcher(tuple(actions)) if actions else None
   for action in agg.actions:
-    if is_derived(action):  # an agent tool's cloud calls: judged by transforms/agent_rules.py
+    if SEPARATOR in action and is_derived(action):  # an agent tool's cloud calls: transforms/agent_rules.py
       continue
     if in_services is not None and not in_services(action.partition(':')[0]):
       outside.append(action)
@@ -180,10 +180,12 @@ def new_network_and_client(window, context: Dict, history, config: RuleConfig, p
   if history is None or not history.windows or peers is None or not peers.fleet.identities:
     return None
   agg = window.agg
+  clients = sorted(a for a in agg.agents if a and not history.knows('agents', a))
+  if not clients:  # the cheaper half first
+    return None
   unknown = sorted(n for n in agg.networks
                    if not history.knows('networks', n) and peers.network_standing(n)[0] == 'foreign')
-  clients = sorted(a for a in agg.agents if a and not history.knows('agents', a))
-  if not unknown or not clients:
+  if not unknown:
     return None
   return {'rule': 'new_network_and_client', 'severity': 'medium',
           'actions': sorted(agg.actions, key=lambda a: (-agg.actions[a], a))[:20],
@@ -205,8 +207,10 @@ def access_denied_sweep(window, context: Dict, history, config: RuleConfig, peer
   if history is None or not history.windows:
     return None
   agg = window.agg
+  if agg.errors < SWEEP_FAILED * agg.count:  # the cheaper half first
+    return None
   novel = history.unseen('actions', agg.actions)
-  if len(novel) < SWEEP_ACTIONS or agg.errors < SWEEP_FAILED * agg.count:
+  if len(novel) < SWEEP_ACTIONS:
     return None
   services = sorted({a.partition(':')[0] for a in novel})
   novel.sort(key=lambda a: (-agg.actions[a], a))
