@@ -23,6 +23,7 @@ from postauth.transforms.sinks import compact_parts
 
 
 def pipeline_options(argv: List[str]) -> PipelineOptions:
+  opts.refuse_unknown_flags(argv)
   options = opts.JobOptions(argv)
   std = options.view_as(StandardOptions)
   if not std.runner:

@@ -6,14 +6,17 @@ The flags the transforms read live in ``transforms/options.py`` (a transform nev
 """
 from __future__ import annotations
 
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+import difflib
+from typing import List
+
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, _BeamArgumentParser
 
 from postauth.transforms.options import (AgentJoinOptions, DetectOptions, EventOptions, OptionsError, PubSubSourceOptions,
                                          SinkOptions, WatchOptions, WindowOptions)
 
 __all__ = ['ALL_OPTIONS', 'AgentJoinOptions', 'DetectOptions', 'EventOptions', 'JobOptions', 'OptionsError',
            'PubSubSourceOptions', 'RetrainOptions', 'SinkOptions', 'TrainOptions', 'WatchOptions', 'WindowOptions',
-           'disabled_rules', 'validate_limits', 'validate_watch', 'validate_window']
+           'disabled_rules', 'refuse_unknown_flags', 'validate_limits', 'validate_watch', 'validate_window']
 
 
 class JobOptions(PipelineOptions):
@@ -85,6 +88,23 @@ class RetrainOptions(PipelineOptions):
                              'the current model\'s by this fraction (default 0.10) ...')
     parser.add_argument('--alert-slack', dest='alert_slack', type=float, default=0.5,
                         help='... plus this many alerts per 1,000 identity-windows (default 0.5).')
+
+
+def refuse_unknown_flags(argv: List[str]) -> None:
+  """Refuses a command line with a flag no options class defines (postauth's, Beam's and its
+  runners': Dataflow, Flink, Prism). Beam itself only logs and drops such a flag, so a typo
+  (``--treshold 5``) would run the job with the default."""
+  parser = _BeamArgumentParser(allow_abbrev=False)
+  for cls in {str(c): c for c in PipelineOptions.__subclasses__()}.values():  # as Beam parses them
+    cls._add_argparse_args(parser)  # pylint: disable=protected-access
+  _, unknown = parser.parse_known_args(argv)
+  if not unknown:
+    return
+  known = [flag for action in parser._actions for flag in action.option_strings]  # pylint: disable=protected-access
+  first = unknown[0].split('=', 1)[0]
+  near = difflib.get_close_matches(first, known, n=1)
+  raise OptionsError(f'unknown argument {first}' + (f' (did you mean {near[0]}?)' if near else '')
+                     + (f' and {len(unknown) - 1} more' if len(unknown) > 1 else ''))
 
 
 def validate_window(options: PipelineOptions) -> None:

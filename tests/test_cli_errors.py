@@ -95,6 +95,24 @@ def test_train_refuses_a_bad_inventory_before_launch(inputs, capsys):
            'postauth train: error', 'inv.csv', 'identity_type')
 
 
+def test_a_misspelt_or_stray_argument_is_refused_not_dropped(inputs, capsys):
+  # Beam drops a flag no options class defines with a log line: the job would run on defaults
+  line = _refused(_run_args(inputs, **{'--treshold': '5'}), capsys, 'unknown argument --treshold',
+                  'did you mean --threshold?')
+  assert line.startswith('postauth run: error:')
+  _refused(_run_args(inputs) + ['extra'], capsys, 'unknown argument extra')
+  _refused(['train', f'--events={inputs}/logs/*', f'--inventory={inputs}/inventory.csv',
+            f'--model-dir={inputs}/model', '--no-promotion', '--runner=FnApiRunner'], capsys,
+           'postauth train: error: unknown argument --no-promotion', 'did you mean --no-promote?')
+
+
+def test_runner_flags_are_arguments_too(inputs, capsys):
+  # Dataflow's, Flink's and Prism's options are defined by Beam: they pass the check (and the
+  # run stops later, at the missing model)
+  _refused(_run_args(inputs) + ['--experiments=x', '--flink_master=localhost:8081', '--prism_location=/p',
+                                '--temp_location=/tmp', '--max_num_workers=3'], capsys, 'LATEST is missing')
+
+
 def test_missing_or_wrong_model_dir_is_refused(inputs, capsys):
   _refused(_run_args(inputs), capsys, 'model', 'LATEST is missing')
   _refused(_run_args(inputs, **{'--model-dir': f'{inputs}/inventory.csv'}), capsys,
