@@ -104,6 +104,9 @@ def test_a_misspelt_or_stray_argument_is_refused_not_dropped(inputs, capsys):
   _refused(['train', f'--events={inputs}/logs/*', f'--inventory={inputs}/inventory.csv',
             f'--model-dir={inputs}/model', '--no-promotion', '--runner=FnApiRunner'], capsys,
            'postauth train: error: unknown argument --no-promotion', 'did you mean --no-promote?')
+  _refused(['demo', f'--out={inputs}/demo', '--runer=FnApiRunner'], capsys,
+           'postauth demo: error: unknown argument --runer', 'did you mean --runner?')
+  assert not (inputs / 'demo').exists()  # refused before the sample is generated
 
 
 def test_runner_flags_are_arguments_too(inputs, capsys):
