@@ -13,6 +13,7 @@ from postauth.pipeline import quiet  # noqa: F401  (first: imports Beam without 
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.runners.runner import create_runner
 
 from postauth.pipeline import options as opts
 from postauth.pipeline import preflight, stop, summary
@@ -23,7 +24,7 @@ from postauth.transforms.sinks import compact_parts
 
 
 def pipeline_options(argv: List[str]) -> PipelineOptions:
-  opts.refuse_unknown_flags(argv)
+  opts.refuse_bad_arguments(argv)
   options = opts.JobOptions(argv)
   std = options.view_as(StandardOptions)
   if not std.runner:
@@ -33,6 +34,11 @@ def pipeline_options(argv: List[str]) -> PipelineOptions:
   without_timer_splits(options)
   from postauth.pipeline.flink import use_local_flink
   use_local_flink(options)  # FlinkRunner: the job server jar `make flink` fetched, if any
+  if isinstance(std.runner, str):  # refused here, not as a traceback from beam.Pipeline
+    try:
+      create_runner(std.runner)
+    except (ValueError, ImportError, AttributeError) as e:
+      raise opts.OptionsError(f'--runner {std.runner}: {str(e).splitlines()[0]}') from None
   return options
 
 

@@ -16,7 +16,7 @@ from postauth.transforms.options import (AgentJoinOptions, DetectOptions, EventO
 
 __all__ = ['ALL_OPTIONS', 'AgentJoinOptions', 'DetectOptions', 'EventOptions', 'JobOptions', 'OptionsError',
            'PubSubSourceOptions', 'RetrainOptions', 'SinkOptions', 'TrainOptions', 'WatchOptions', 'WindowOptions',
-           'disabled_rules', 'refuse_unknown_flags', 'validate_limits', 'validate_watch', 'validate_window']
+           'disabled_rules', 'refuse_bad_arguments', 'validate_limits', 'validate_watch', 'validate_window']
 
 
 class JobOptions(PipelineOptions):
@@ -90,11 +90,20 @@ class RetrainOptions(PipelineOptions):
                         help='... plus this many alerts per 1,000 identity-windows (default 0.5).')
 
 
-def refuse_unknown_flags(argv: List[str]) -> None:
-  """Refuses a command line with a flag no options class defines (postauth's, Beam's and its
-  runners': Dataflow, Flink, Prism). Beam itself only logs and drops such a flag, so a typo
-  (``--treshold 5``) would run the job with the default."""
-  parser = _BeamArgumentParser(allow_abbrev=False)
+class _RefusingParser(_BeamArgumentParser):
+  """Beam's argument parser, whose errors are ``OptionsError`` s (one line, exit 2) instead of
+  a usage text and an exit."""
+
+  def error(self, message):
+    raise OptionsError(message)
+
+
+def refuse_bad_arguments(argv: List[str]) -> None:
+  """Refuses a command line with an argument no options class defines (postauth's, Beam's and
+  its runners': Dataflow, Flink, Prism) or a value its flag cannot take. Beam itself only logs
+  and drops an unknown flag, so a typo (``--treshold 5``) would run the job on the default, and
+  prints its whole usage for a bad value."""
+  parser = _RefusingParser(allow_abbrev=False)
   for cls in {str(c): c for c in PipelineOptions.__subclasses__()}.values():  # as Beam parses them
     cls._add_argparse_args(parser)  # pylint: disable=protected-access
   _, unknown = parser.parse_known_args(argv)

@@ -109,6 +109,15 @@ def test_a_misspelt_or_stray_argument_is_refused_not_dropped(inputs, capsys):
   assert not (inputs / 'demo').exists()  # refused before the sample is generated
 
 
+def test_a_value_its_flag_cannot_take_or_an_unknown_runner_is_one_line(inputs, capsys):
+  # argparse printed the whole usage for the first, beam.Pipeline raised a traceback for the second
+  _refused(_run_args(inputs, **{'--threshold': 'abc'}), capsys,
+           "postauth run: error: argument --threshold: invalid float value: 'abc'")
+  args = [a for a in _run_args(inputs) if not a.startswith('--runner')]
+  _refused(args + ['--runner=NoSuchRunner'], capsys, '--runner NoSuchRunner: Unexpected pipeline runner')
+  _refused(args + ['--runner=no_such_module.Runner'], capsys, "--runner no_such_module.Runner: No module named")
+
+
 def test_runner_flags_are_arguments_too(inputs, capsys):
   # Dataflow's, Flink's and Prism's options are defined by Beam: they pass the check (and the
   # run stops later, at the missing model)
