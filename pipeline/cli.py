@@ -71,7 +71,7 @@ def _help(command: str) -> str:
 
 def cmd_generate(argv: List[str]) -> int:
   from postauth.pipeline.generate import DEFAULT_END, generate
-  ap = argparse.ArgumentParser(prog='postauth generate')
+  ap = opts.CommandParser(prog='postauth generate')
   ap.add_argument('--out', required=True)
   ap.add_argument('--identities', type=int, default=200)
   ap.add_argument('--days', type=int, default=7)
@@ -132,9 +132,9 @@ def cmd_retrain(argv: List[str]) -> int:
 
 def cmd_rollback(argv: List[str]) -> int:
   from postauth.models import registry
-  ap = argparse.ArgumentParser(prog='postauth rollback',
-                               description='Point LATEST back at the version promoted before the '
-                                           'current one (from HISTORY.jsonl), or at --to VERSION.')
+  ap = opts.CommandParser(prog='postauth rollback',
+                          description='Point LATEST back at the version promoted before the '
+                                      'current one (from HISTORY.jsonl), or at --to VERSION.')
   ap.add_argument('--model-dir', required=True, help='Model directory (local, gs://, s3://).')
   ap.add_argument('--to', default=None, help='Version to make live instead of the previous one.')
   ap.add_argument('--reason', default='', help='Recorded in HISTORY.jsonl.')

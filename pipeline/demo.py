@@ -5,18 +5,18 @@ the injected attacks they hold, the counters, and the HTML report's path.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from typing import List
 
 from postauth.pipeline import summary
 from postauth.pipeline.sample_run import sample_run
+from postauth.transforms.options import CommandParser
 
 
 def main(argv: List[str]) -> int:
   """`postauth demo`: the README's first command."""
-  ap = argparse.ArgumentParser(prog='postauth demo')
+  ap = CommandParser(prog='postauth demo')
   ap.add_argument('--out', default='out')
   ap.add_argument('--identities', type=int, default=200)
   ap.add_argument('--days', type=int, default=7)

@@ -5,7 +5,6 @@ each attack's wall-clock delay to the sink (``pipeline/sink_delay.py``).
 """
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 from typing import List
@@ -13,13 +12,14 @@ from typing import List
 from postauth.pipeline import evaluate
 from postauth.pipeline.evaluate_tables import to_markdown
 from postauth.pipeline import options as opts
+from postauth.transforms.options import CommandParser
 
 
 def main(argv: List[str]) -> int:
   """`postauth evaluate`."""
-  ap = argparse.ArgumentParser(prog='postauth evaluate',
-                               description='Detection quality of a run\'s findings against labelled attacks '
-                                           'and benign changes (no Beam job: reads the files).')
+  ap = CommandParser(prog='postauth evaluate',
+                     description='Detection quality of a run\'s findings against labelled attacks '
+                                 'and benign changes (no Beam job: reads the files).')
   ap.add_argument('--findings', required=True, help='Findings JSON lines written by `postauth run --findings`.')
   ap.add_argument('--labels', required=True, help='labels.json: [{identity, scenario, start, end}].')
   ap.add_argument('--benign', default=None, help='benign.json: legitimate changes that should stay low or silent.')

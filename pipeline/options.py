@@ -11,12 +11,13 @@ from typing import List
 
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, _BeamArgumentParser
 
-from postauth.transforms.options import (AgentJoinOptions, DetectOptions, EventOptions, OptionsError, PubSubSourceOptions,
-                                         SinkOptions, WatchOptions, WindowOptions)
+from postauth.transforms.options import (AgentJoinOptions, CommandParser, DetectOptions, EventOptions, OptionsError,
+                                         PubSubSourceOptions, SinkOptions, WatchOptions, WindowOptions)
 
-__all__ = ['ALL_OPTIONS', 'AgentJoinOptions', 'DetectOptions', 'EventOptions', 'JobOptions', 'OptionsError',
-           'PubSubSourceOptions', 'RetrainOptions', 'SinkOptions', 'TrainOptions', 'WatchOptions', 'WindowOptions',
-           'disabled_rules', 'refuse_bad_arguments', 'validate_limits', 'validate_watch', 'validate_window']
+__all__ = ['ALL_OPTIONS', 'AgentJoinOptions', 'CommandParser', 'DetectOptions', 'EventOptions', 'JobOptions',
+           'OptionsError', 'PubSubSourceOptions', 'RetrainOptions', 'SinkOptions', 'TrainOptions', 'WatchOptions',
+           'WindowOptions', 'disabled_rules', 'refuse_bad_arguments', 'validate_limits', 'validate_watch',
+           'validate_window']
 
 
 class JobOptions(PipelineOptions):

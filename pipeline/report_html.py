@@ -12,7 +12,6 @@ identity's profile in ``--model-dir`` (its hour-of-day volume baseline, as the m
 """
 from __future__ import annotations
 
-import argparse
 import base64
 import datetime
 import hashlib
@@ -23,6 +22,7 @@ from typing import Dict, Iterable, List, Optional, Set, Tuple
 
 from postauth.pipeline import report_plot, report_timeline
 from postauth.pipeline.summary import read_findings
+from postauth.transforms.options import CommandParser
 
 SEVERITIES = ('critical', 'high', 'medium', 'low')
 _CONTROL = re.compile('[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]')
@@ -217,8 +217,8 @@ def write_report(findings_path: str, out: str, events: Optional[List[str]] = Non
 
 
 def main(argv: List[str]) -> int:
-  ap = argparse.ArgumentParser(prog='postauth report',
-                               description='Findings as one self-contained HTML page (no fetches).')
+  ap = CommandParser(prog='postauth report',
+                     description='Findings as one self-contained HTML page (no fetches).')
   ap.add_argument('--findings', required=True, help='Findings JSON lines (postauth run --findings).')
   ap.add_argument('--events', action='append', default=[],
                   help='Glob of event files (repeatable): calls per window over the days before.')

@@ -118,6 +118,18 @@ def test_a_value_its_flag_cannot_take_or_an_unknown_runner_is_one_line(inputs, c
   _refused(args + ['--runner=no_such_module.Runner'], capsys, "--runner no_such_module.Runner: No module named")
 
 
+@pytest.mark.parametrize('argv, words', [
+    (['generate', '--out=OUT', '--identities=abc'], "postauth generate: error: argument --identities: invalid int value"),
+    (['evaluate', '--findings=f.jsonl'], 'postauth evaluate: error: the following arguments are required: --labels'),
+    (['report', '--findings=f.jsonl', '--bogus'], 'postauth report: error: unrecognized arguments: --bogus'),
+    (['compact'], 'postauth compact: error: the following arguments are required: --findings'),
+    (['rollback', '--model-dir=m', '--to'], 'postauth rollback: error: argument --to: expected one argument'),
+])
+def test_the_other_commands_refuse_their_bad_flags_in_one_line_too(inputs, capsys, argv, words):
+  _refused([a.replace('OUT', str(inputs / 'gen')) for a in argv], capsys, words)
+  assert not (inputs / 'gen').exists()
+
+
 def test_runner_flags_are_arguments_too(inputs, capsys):
   # Dataflow's, Flink's and Prism's options are defined by Beam: they pass the check (and the
   # run stops later, at the missing model)

@@ -16,7 +16,6 @@ PATH`` does it for a running job (``compact_findings``).
 """
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 import os
@@ -27,6 +26,7 @@ import apache_beam as beam
 import orjson
 
 from postauth.transforms.versions import version_rank
+from postauth.transforms.options import CommandParser
 
 
 def versions_path(path: str) -> str:
@@ -136,7 +136,7 @@ def compact_findings(path: str, parts: Optional[List[str]] = None) -> Dict[str, 
 
 def cmd_compact(argv: List[str]) -> int:
   """`postauth compact --findings PATH`: the latest view of a (running) streaming job's findings."""
-  ap = argparse.ArgumentParser(prog='postauth compact', description=cmd_compact.__doc__)
+  ap = CommandParser(prog='postauth compact', description=cmd_compact.__doc__)
   ap.add_argument('--findings', required=True,
                   help='The --findings path of a streaming job (its parts are PATH.parts/*.jsonl).')
   a = ap.parse_args(argv)

@@ -7,6 +7,8 @@ retraining) and the checks that run before a job is submitted. Only Beam is impo
 """
 from __future__ import annotations
 
+import argparse
+
 from apache_beam.options.pipeline_options import PipelineOptions
 
 
@@ -266,3 +268,11 @@ class SinkOptions(PipelineOptions):
 
 class OptionsError(ValueError):
   """An invalid flag combination, reported before any job is submitted."""
+
+
+class CommandParser(argparse.ArgumentParser):
+  """A `postauth` command's own flags: a bad or missing one is an ``OptionsError`` (the CLI's one
+  line, exit 2) instead of argparse's usage text; ``--help`` still prints the help."""
+
+  def error(self, message):
+    raise OptionsError(message)
