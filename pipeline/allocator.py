@@ -10,7 +10,9 @@ the SDK harness's threads, each with an arena of its own that glibc grows a page
 
 * one arena (``M_ARENA_MAX``): the job's Python threads take turns under the GIL anyway;
 * buffers up to 32 MiB come from the heap (``M_MMAP_THRESHOLD``), which is given back above
-  128 MiB free (``M_TRIM_THRESHOLD``) and grows 16 MiB at a time (``M_TOP_PAD``).
+  128 MiB free (``M_TRIM_THRESHOLD``) and grows 16 MiB at a time (``M_TOP_PAD``). glibc's own
+  dynamic thresholds move towards these (up to 32 MiB, trimming at twice that) as large
+  buffers are freed, one size at a time; here they hold from the start.
 
 A parameter the user set (glibc's ``MALLOC_*_`` environment variables) is kept. Nothing happens
 where the C library is not glibc. It is the CLI process's setting: workers a runner starts
