@@ -6,7 +6,9 @@ The flags the transforms read live in ``transforms/options.py`` (a transform nev
 """
 from __future__ import annotations
 
+import argparse
 import difflib
+import logging
 from typing import List
 
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, _BeamArgumentParser
@@ -99,22 +101,46 @@ class _RefusingParser(_BeamArgumentParser):
     raise OptionsError(message)
 
 
+# Runners that run the job in this process or beside it: nothing reads an option no class
+# defines. Dataflow, Flink, Spark and the PortableRunner hand such options to their service or
+# job server (Flink's --checkpointing_interval, say), so there only postauth's own misspellings
+# are refused.
+LOCAL_RUNNERS = ('directrunner', 'switchingdirectrunner', 'bundlebaseddirectrunner', 'fnapirunner', 'prismrunner')
+
+
 def refuse_bad_arguments(argv: List[str]) -> None:
-  """Refuses a command line with an argument no options class defines (postauth's, Beam's and
-  its runners': Dataflow, Flink, Prism) or a value its flag cannot take. Beam itself only logs
-  and drops an unknown flag, so a typo (``--treshold 5``) would run the job on the default, and
-  prints its whole usage for a bad value."""
+  """Refuses a value a flag cannot take, a stray word, and an argument no options class defines
+  (postauth's, Beam's and its runners': Dataflow, Flink, Prism) where nothing would read it: on
+  a local runner any, on a runner that hands unknown options on only those spelt as postauth's
+  (``--kebab-case``) or within a letter or two of one of its flags. Beam itself logs and drops
+  an unknown flag, so a typo (``--treshold 5``) would run the job on the default, and it prints
+  its whole usage for a bad value."""
   parser = _RefusingParser(allow_abbrev=False)
   for cls in {str(c): c for c in PipelineOptions.__subclasses__()}.values():  # as Beam parses them
     cls._add_argparse_args(parser)  # pylint: disable=protected-access
-  _, unknown = parser.parse_known_args(argv)
-  if not unknown:
-    return
-  known = [flag for action in parser._actions for flag in action.option_strings]  # pylint: disable=protected-access
-  first = unknown[0].split('=', 1)[0]
-  near = difflib.get_close_matches(first, known, n=1)
-  raise OptionsError(f'unknown argument {first}' + (f' (did you mean {near[0]}?)' if near else '')
-                     + (f' and {len(unknown) - 1} more' if len(unknown) > 1 else ''))
+  known, unknown = parser.parse_known_args(argv)
+  runner = str(getattr(known, 'runner', None) or 'DirectRunner')
+  local = runner.lower() in LOCAL_RUNNERS or runner.lower() + 'runner' in LOCAL_RUNNERS
+  ours = _postauth_flags()
+  for i, arg in enumerate(unknown):
+    name = arg.split('=', 1)[0]
+    if not name.startswith('-'):
+      if i and unknown[i - 1].startswith('--') and '=' not in unknown[i - 1]:
+        continue  # the value of the unknown flag before it
+      raise OptionsError(f'unknown argument {name}')
+    near = difflib.get_close_matches(name, ours, n=1, cutoff=0.8)
+    if local or '-' in name.lstrip('-') or near:
+      near = near or difflib.get_close_matches(
+          name, [f for a in parser._actions for f in a.option_strings], n=1)  # pylint: disable=protected-access
+      raise OptionsError(f'unknown argument {name}' + (f' (did you mean {near[0]}?)' if near else ''))
+    logging.getLogger('postauth').info('%s is no Python option: passed to the %s as it is', name, runner)
+
+
+def _postauth_flags() -> List[str]:
+  parser = argparse.ArgumentParser(add_help=False)
+  for cls in ALL_OPTIONS:
+    cls._add_argparse_args(parser)  # pylint: disable=protected-access
+  return [f for a in parser._actions for f in a.option_strings]  # pylint: disable=protected-access
 
 
 def validate_window(options: PipelineOptions) -> None:

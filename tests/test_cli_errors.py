@@ -131,10 +131,17 @@ def test_the_other_commands_refuse_their_bad_flags_in_one_line_too(inputs, capsy
 
 
 def test_runner_flags_are_arguments_too(inputs, capsys):
-  # Dataflow's, Flink's and Prism's options are defined by Beam: they pass the check (and the
-  # run stops later, at the missing model)
+  # Dataflow's, Flink's and Prism's Python options pass the check (the run stops later, at the
+  # missing model); so does a job server's own option on a runner that hands it on (Flink's
+  # checkpointing), but not on a runner where nothing would read it, nor a misspelt postauth flag
   _refused(_run_args(inputs) + ['--experiments=x', '--flink_master=localhost:8081', '--prism_location=/p',
                                 '--temp_location=/tmp', '--max_num_workers=3'], capsys, 'LATEST is missing')
+  flink = [a for a in _run_args(inputs) if not a.startswith('--runner')] + ['--runner=FlinkRunner']
+  _refused(flink + ['--checkpointing_interval=1000', '--state_backend', 'rocksdb'], capsys, 'LATEST is missing')
+  _refused(_run_args(inputs) + ['--checkpointing_interval=1000'], capsys,
+           'unknown argument --checkpointing_interval')
+  _refused(flink + ['--model-dri=m'], capsys, 'unknown argument --model-dri (did you mean --model-dir?)')
+  _refused(flink + ['--treshold=5'], capsys, 'unknown argument --treshold (did you mean --threshold?)')
 
 
 def test_missing_or_wrong_model_dir_is_refused(inputs, capsys):
