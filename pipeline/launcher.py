@@ -21,14 +21,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 from postauth.pipeline import quiet  # noqa: F401  (first: imports Beam without its apitools warning)
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
-from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOptions,
-                                                  _BeamArgumentParser)
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 
 from postauth.pipeline import options as opts
 
@@ -40,12 +39,7 @@ RETRAIN_FLAGS = {'days': '--days', 'keep': '--keep', 'labels_file': '--labels-fi
 TRUE, FALSE = ('true', '1', 'yes'), ('false', '0', 'no')
 
 
-def option_actions() -> Dict[str, argparse.Action]:
-  """dest -> argparse action of every postauth option (computed from ALL_OPTIONS)."""
-  parser = _BeamArgumentParser(allow_abbrev=False, add_help=False)
-  for cls in opts.ALL_OPTIONS:
-    cls._add_argparse_args(parser)
-  return {a.dest: a for a in parser._actions if a.option_strings}
+option_actions = opts.option_actions  # dest -> argparse action of every postauth option
 
 
 def template_parameters() -> List[str]:

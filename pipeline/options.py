@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import logging
-from typing import List
+from typing import Dict, List
 
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, _BeamArgumentParser
 
@@ -18,7 +18,7 @@ from postauth.transforms.options import (AgentJoinOptions, CommandParser, Detect
 
 __all__ = ['ALL_OPTIONS', 'AgentJoinOptions', 'CommandParser', 'DetectOptions', 'EventOptions', 'JobOptions',
            'OptionsError', 'PubSubSourceOptions', 'RetrainOptions', 'SinkOptions', 'TrainOptions', 'WatchOptions',
-           'WindowOptions', 'disabled_rules', 'refuse_bad_arguments', 'validate_limits', 'validate_watch',
+           'WindowOptions', 'disabled_rules', 'option_actions', 'refuse_bad_arguments', 'validate_limits', 'validate_watch',
            'validate_window']
 
 
@@ -93,12 +93,8 @@ class RetrainOptions(PipelineOptions):
                         help='... plus this many alerts per 1,000 identity-windows (default 0.5).')
 
 
-class _RefusingParser(_BeamArgumentParser):
-  """Beam's argument parser, whose errors are ``OptionsError`` s (one line, exit 2) instead of
-  a usage text and an exit."""
-
-  def error(self, message):
-    raise OptionsError(message)
+class _RefusingParser(CommandParser, _BeamArgumentParser):
+  """Beam's argument parser, with ``CommandParser``'s one-line errors."""
 
 
 # Runners that run the job in this process or beside it: nothing reads an option no class
@@ -121,7 +117,7 @@ def refuse_bad_arguments(argv: List[str]) -> None:
   known, unknown = parser.parse_known_args(argv)
   runner = str(getattr(known, 'runner', None) or 'DirectRunner')
   local = runner.lower() in LOCAL_RUNNERS or runner.lower() + 'runner' in LOCAL_RUNNERS
-  ours = _postauth_flags()
+  ours = [f for a in option_actions().values() for f in a.option_strings]
   for i, arg in enumerate(unknown):
     name = arg.split('=', 1)[0]
     if not name.startswith('-'):
@@ -136,11 +132,12 @@ def refuse_bad_arguments(argv: List[str]) -> None:
     logging.getLogger('postauth').info('%s is no Python option: passed to the %s as it is', name, runner)
 
 
-def _postauth_flags() -> List[str]:
-  parser = argparse.ArgumentParser(add_help=False)
+def option_actions() -> Dict[str, argparse.Action]:
+  """dest -> argparse action of every postauth option (computed from ALL_OPTIONS)."""
+  parser = _BeamArgumentParser(allow_abbrev=False, add_help=False)
   for cls in ALL_OPTIONS:
     cls._add_argparse_args(parser)  # pylint: disable=protected-access
-  return [f for a in parser._actions for f in a.option_strings]  # pylint: disable=protected-access
+  return {a.dest: a for a in parser._actions if a.option_strings}  # pylint: disable=protected-access
 
 
 def validate_window(options: PipelineOptions) -> None:
