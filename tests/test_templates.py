@@ -195,6 +195,11 @@ def test_launcher_rejects_bad_parameters_before_submitting(capsys):
   assert launcher.main(['--events=gs://b/e', '--inventory=gs://b/i.csv', '--model_dir=gs://b/m',
                         '--template_location=gs://b/t']) == 2
   assert '--findings' in capsys.readouterr().err
+  # a misspelt postauth flag on the template path too (Dataflow would get it and drop it)
+  assert launcher.main(['--events=gs://b/e', '--inventory=gs://b/i.csv', '--model_dir=gs://b/m',
+                        '--findings=gs://b/f.jsonl', '--treshold=5', '--runner=DataflowRunner',
+                        '--template_location=gs://b/t']) == 2
+  assert 'unknown argument --treshold (did you mean --threshold?)' in capsys.readouterr().err
 
 
 def test_launcher_leaves_already_spelled_postauth_flags_alone():
