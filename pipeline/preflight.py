@@ -26,6 +26,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from postauth.pipeline import options as opts
 from postauth.pipeline.options import (DetectOptions, EventOptions, OptionsError, TrainOptions,
                                        WatchOptions)
+from postauth.transforms import sink_uris
 from postauth.transforms.sink_uris import validate_io
 from postauth.transforms.rules import ALL_RULE_NAMES
 
@@ -265,6 +266,7 @@ def check_model(model_dir: Optional[str], version: Optional[str]) -> None:
 def check_run(options: PipelineOptions) -> None:
   """Every local input of ``postauth run``."""
   ev, det = options.view_as(EventOptions), options.view_as(DetectOptions)
+  check_outputs(options)
   check_events(ev.events)
   if ev.events_watch:
     note_watch_start(ev.events_watch, options.view_as(WatchOptions).watch_interval)
@@ -272,6 +274,31 @@ def check_run(options: PipelineOptions) -> None:
   check_inventory(det.inventory)
   check_allowlist(det.allowlist)
   check_model(det.model_dir, det.model_version)
+
+
+def check_outputs(options: PipelineOptions) -> None:
+  """Every local file the run will write (findings, file sinks, dead letters, suppressed) can be
+  made: not a folder itself, and under folders that are folders and can be written to. Found
+  here rather than by the sink's write at the end of the job. Nothing is created."""
+  det = options.view_as(DetectOptions)
+  outputs = [('--findings' if spec.target == det.findings else '--sink', spec.target)
+             for spec in sink_uris.sink_specs(options) if spec.kind in ('jsonl', 'avro')]
+  dead = sink_uris.dead_letter_spec(options)
+  outputs += [('--dead-letters', dead.target)] if dead.kind in ('jsonl', 'avro') else []
+  outputs += [('--suppressed', sink_uris.suppressed_path(options))]
+  for flag, path in outputs:
+    if not path or is_remote(path):
+      continue
+    if os.path.isdir(path):
+      raise PreflightError(f'{flag} {path}: is a folder, not a file to write')
+    folder = os.path.dirname(os.path.abspath(path))
+    existing = folder
+    while not os.path.exists(existing):
+      existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+      raise PreflightError(f'{flag} {path}: {existing} is a file, not a folder')
+    if not os.access(existing, os.W_OK | os.X_OK):
+      raise PreflightError(f'{flag} {path}: cannot write in {existing}')
 
 
 def check_train(options: PipelineOptions, inventory: Optional[str]) -> None:

@@ -144,6 +144,17 @@ def test_runner_flags_are_arguments_too(inputs, capsys):
   _refused(flink + ['--treshold=5'], capsys, 'unknown argument --treshold (did you mean --threshold?)')
 
 
+def test_an_output_that_cannot_be_written_is_refused_before_the_job(inputs, capsys):
+  # the sink's write failed with a traceback at the job's end
+  out = {'--findings': f'{inputs}/inventory.csv/findings.jsonl'}
+  _refused(_run_args(inputs, **out), capsys, '--findings', 'inventory.csv is a file, not a folder')
+  _refused(_run_args(inputs, **{'--findings': str(inputs / 'logs')}), capsys, 'is a folder, not a file to write')
+  for flag in ('--dead-letters', '--suppressed', '--sink'):
+    _refused(_run_args(inputs, **{flag: f'{inputs}/logs/a.jsonl/x.jsonl'}), capsys,
+             f'{flag} {inputs}/logs/a.jsonl/x.jsonl: {inputs}/logs/a.jsonl is a file, not a folder')
+  assert not (inputs / 'out').exists()
+
+
 def test_missing_or_wrong_model_dir_is_refused(inputs, capsys):
   _refused(_run_args(inputs), capsys, 'model', 'LATEST is missing')
   _refused(_run_args(inputs, **{'--model-dir': f'{inputs}/inventory.csv'}), capsys,
