@@ -11,7 +11,7 @@ from typing import List
 
 from postauth.pipeline import summary
 from postauth.pipeline.sample_run import sample_run
-from postauth.transforms.options import CommandParser
+from postauth.pipeline.options import CommandParser, refuse_bad_arguments
 
 
 def main(argv: List[str]) -> int:
@@ -24,7 +24,6 @@ def main(argv: List[str]) -> int:
   ap.add_argument('--batch', action='store_true', help='Run detection in batch mode instead of streaming.')
   ap.add_argument('--top', type=int, default=8)
   a, beam_args = ap.parse_known_args(argv)
-  from postauth.pipeline.options import refuse_bad_arguments
   refuse_bad_arguments(beam_args)  # the runner's flags go to train and run: refused before generating
   done = sample_run(a.out, a.identities, a.days, a.seed, a.batch, beam_args,
                     echo=lambda line: print(line, flush=True))

@@ -102,14 +102,9 @@ def translate(argv: List[str]) -> Tuple[str, List[str], List[str]]:
 
 
 def pipeline_options(postauth: List[str], beam_args: List[str]) -> PipelineOptions:
-  from postauth.pipeline.flink import use_local_flink
-  from postauth.pipeline.prism import use_local_prism, without_timer_splits
-  opts.refuse_bad_arguments(postauth + beam_args)  # as the CLI does
-  options = opts.JobOptions(postauth + beam_args)
-  use_local_prism(options)
-  without_timer_splits(options)
-  use_local_flink(options)
-  return options
+  """The options the CLI would make of the same arguments (checked, local runners resolved)."""
+  from postauth.pipeline.jobs import pipeline_options as job_options
+  return job_options(postauth + beam_args)
 
 
 class RunCommandFn(beam.DoFn):

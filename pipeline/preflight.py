@@ -291,9 +291,8 @@ def check_outputs(options: PipelineOptions) -> None:
       continue
     if os.path.isdir(path):
       raise PreflightError(f'{flag} {path}: is a folder, not a file to write')
-    folder = os.path.dirname(os.path.abspath(path))
-    existing = folder
-    while not os.path.exists(existing):
+    existing = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(existing):  # the nearest folder on the way that exists
       existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
       raise PreflightError(f'{flag} {path}: {existing} is a file, not a folder')
