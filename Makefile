@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install bytecode prism otelcol flink flink-if-served bench bench-pipeline bench-state bench-coder bench-model bench-pubsub bench-streaming bench-startup bench-scale evaluate evaluate-joint clean pubsub-deps chromium-deps
+.PHONY: demo test install bytecode compiled prism otelcol flink flink-if-served bench bench-pipeline bench-state bench-coder bench-model bench-pubsub bench-streaming bench-startup bench-scale evaluate evaluate-joint clean pubsub-deps chromium-deps
 
 # The local Pub/Sub server (Google's pstest) builds from two Debian packages. Installed when
 # this user can (root or passwordless sudo, as in CI); a no-op when they are there. Without
@@ -25,8 +25,14 @@ install: $(STAMP)
 # module from source in every process, ~0.15-0.2 s of each run's start (pip does this for the
 # installed packages, not for an editable install). Up-to-date files are skipped; an edited one
 # is recompiled in memory by Python until the next run of this target.
-bytecode: $(STAMP)
+bytecode: $(STAMP) compiled
 	@$(BIN)/python -m compileall -q domain models transforms pipeline >/dev/null
+
+# The per-window modules (setup.py COMPILED) built as C extensions beside their sources, with
+# Cython from the venv (docs/compiled.md). Incremental: only a module whose source changed is
+# rebuilt; the tests refuse to run on a stale one. POSTAUTH_PURE_PYTHON=1 builds nothing.
+compiled: $(STAMP)
+	@$(BIN)/python setup.py -q build_ext --inplace -j 2 >/dev/null
 
 # Beam's Prism runner (what the DirectRunner tries first since Beam 2.68), built from source for the
 # apache-beam version pinned in setup.py into a folder the project owns; `postauth` picks it up

@@ -5,9 +5,51 @@ The repository's folders install under one ``postauth`` namespace (``postauth.pi
 ``postauth.transforms``, ``postauth.models``, ``postauth.domain``), so nothing named
 ``pipeline`` or ``models`` lands in site-packages beside a platform's own modules.
 """
+import os
+
 import setuptools
 
 LAYERS = ('domain', 'models', 'transforms', 'pipeline')  # lowest first: each imports only those before it
+
+# The per-window modules, compiled to C extensions with Cython as Beam compiles its own hot
+# modules (docs/compiled.md): the same Python source, ~15% less CPU for a batch day. Pure
+# Python wherever they are not built (no Cython and no shipped C, no compiler, or
+# POSTAUTH_PURE_PYTHON=1), with identical results. A module listed here must not hand Beam a
+# lambda or closure defined in it: a compiled function cannot be pickled by value.
+COMPILED = (
+    'domain/emitter.py', 'domain/event.py', 'domain/evidence.py', 'domain/evidence_pool.py',
+    'domain/high_impact.py', 'domain/origin.py', 'domain/resource_kind.py', 'domain/taxonomy.py',
+    'domain/window.py',
+    'models/features.py', 'models/fleet.py', 'models/forest_arrays.py', 'models/history.py',
+    'models/model.py', 'models/profile.py',
+    'transforms/agent_rules.py', 'transforms/aggregate.py', 'transforms/corroborate.py',
+    'transforms/finding_builder.py', 'transforms/finding_content.py', 'transforms/finding_json.py',
+    'transforms/findings.py', 'transforms/fleet_notice.py', 'transforms/history.py',
+    'transforms/history_cell.py', 'transforms/judgment.py', 'transforms/packed.py',
+    'transforms/rules.py', 'transforms/score.py', 'transforms/triage.py', 'transforms/versions.py',
+    'transforms/window_context.py', 'transforms/windowing.py',
+)
+# Pure-Python semantics: annotations are not C types (a ``List`` parameter still takes a tuple).
+DIRECTIVES = {'language_level': 3, 'binding': True, 'annotation_typing': False}
+
+
+def extensions():
+  """The compiled modules' extensions: cythonized when Cython is importable, else from the C
+  an sdist ships (a Dataflow worker needs a compiler, not Cython); optional, so a failed
+  build leaves that module in pure Python."""
+  if os.environ.get('POSTAUTH_PURE_PYTHON'):
+    return []
+  names = {path: 'postauth.' + path[:-len('.py')].replace('/', '.') for path in COMPILED}
+  args = dict(extra_compile_args=['-O2', '-g0'], optional=True)  # -O3 -g doubles the build
+  try:
+    from Cython.Build import cythonize
+  except ImportError:  # the C Cython wrote, only where it is not older than its source
+    c = {path: path[:-len('.py')] + '.c' for path in COMPILED}
+    return [setuptools.Extension(name, [c[path]], **args) for path, name in names.items()
+            if os.path.exists(c[path]) and os.path.getmtime(c[path]) >= os.path.getmtime(path)]
+  return cythonize([setuptools.Extension(name, [path], **args) for path, name in names.items()],
+                   compiler_directives=DIRECTIVES, quiet=True)
+
 
 setuptools.setup(
     name='postauth',
@@ -43,9 +85,11 @@ setuptools.setup(
         # OCSF findings are validated against OCSF's own schema (ocsf-json-schema + jsonschema);
         # the report's screenshot is checked with Pillow. Spans are sent through the collector
         # (`make otelcol`) by the OpenTelemetry SDK's own OTLP/HTTP exporter.
-        'test': ['pytest>=8', 'hypothesis>=6.100', 'setuptools>=70.1', 'apache-beam[gcp]==2.77.0',
+        'compile': ['cython>=3.0,<4'],  # the C extensions (COMPILED); `make compiled`
+        'test': ['cython>=3.0,<4', 'pytest>=8', 'hypothesis>=6.100', 'setuptools>=70.1', 'apache-beam[gcp]==2.77.0',
                  'ocsf-json-schema>=1.2', 'jsonschema>=4.20', 'pillow>=10',
                  'opentelemetry-exporter-otlp-proto-http>=1.20'],
     },
     entry_points={'console_scripts': ['postauth=postauth.pipeline.cli:main']},
+    ext_modules=extensions(),
 )

@@ -188,6 +188,10 @@ def main(argv: Optional[List[str]] = None) -> int:
   logging.getLogger('postauth').setLevel(logging.INFO)  # progress of long stages (train, retrain)
   from postauth.models.artifact import ArtifactError
   from postauth.models.train_config import ConfigError
+  from postauth.pipeline import compiled
+  stale = compiled.stale()
+  if stale:
+    logging.getLogger('postauth').warning(compiled.stale_message(stale))
   collector.settle_before_job()
   try:
     return COMMANDS[command](rest)

@@ -108,3 +108,11 @@ def model_dir(sample, tmp_path_factory):
                f'--model-dir={model}', '--runner=FnApiRunner'])
   assert out['version']
   return model
+
+
+def pytest_configure(config):
+  """A module edited after `make compiled` would be tested as its old compiled copy: refuse."""
+  from postauth.pipeline import compiled
+  stale = compiled.stale()
+  if stale:
+    pytest.exit(compiled.stale_message(stale), returncode=2)

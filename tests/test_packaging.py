@@ -30,7 +30,7 @@ def _shipped_files():
     for dirpath, dirnames, filenames in os.walk(os.path.join(ROOT, top)):
       dirnames[:] = [d for d in dirnames if d != '__pycache__']
       files += [os.path.relpath(os.path.join(dirpath, f), ROOT) for f in filenames
-                if not f.endswith(('.pyc', '.pyo')) and not f.startswith('.')]
+                if not f.endswith(('.pyc', '.pyo', '.c', '.so')) and not f.startswith('.')]
   return sorted(files)
 
 
@@ -50,8 +50,11 @@ def installed(tmp_path_factory):
   # files, so its editable install of postauth stays invisible here.
   with open(os.path.join(site, 'project-deps.pth'), 'w') as f:
     f.write(sysconfig.get_paths()['purelib'] + '\n')
+  # Pure Python: the rest of the suite runs the compiled modules (`make compiled`), this
+  # install the same code uncompiled (and building 33 extensions again would take a minute).
   subprocess.run([sys.executable, '-m', 'pip', '--python', python, 'install', '-q', '--no-deps',
-                  '--no-build-isolation', '--no-index', sdist], check=True, cwd=str(tmp))
+                  '--no-build-isolation', '--no-index', sdist], check=True, cwd=str(tmp),
+                 env=dict(os.environ, POSTAUTH_PURE_PYTHON='1'))
   return {'sdist': sdist, 'venv': venv, 'python': python, 'site': site, 'cwd': tmp}
 
 
@@ -68,6 +71,16 @@ def test_every_module_and_data_file_is_installed(installed):
   assert any(f.endswith('.csv') for f in files)  # the taxonomy tables are package data
   missing = [f for f in files if not os.path.isfile(os.path.join(installed['site'], 'postauth', f))]
   assert not missing, f'not installed from the sdist (setup.py package_data): {missing}'
+
+
+def test_the_sdist_ships_the_compiled_modules_c(installed):
+  """A worker without Cython compiles the C the sdist ships (setup.py ``extensions``)."""
+  from postauth.pipeline import compiled
+  if not compiled.extensions():
+    pytest.skip('no compiled modules in this tree (`make compiled` builds them)')
+  with tarfile.open(installed['sdist']) as tar:
+    names = {n.split('/', 1)[1] for n in tar.getnames() if '/' in n}
+  assert {'domain/window.c', 'models/features.c', 'transforms/score.c'} <= names
 
 
 def _run(installed, *args, **kw):
@@ -136,3 +149,28 @@ def test_a_pipeline_runs_on_the_installed_package(installed, tmp_path):
   assert len(got) >= 10 and got == sorted(expected)
   assert {'aws', 'gcp', 'k8s'} <= {p for _, p, _, _ in got}
   assert 'credential_create' in {c for _, _, _, c in got}  # from the packaged taxonomy CSVs
+
+
+def test_the_pure_python_install_finds_what_the_compiled_tree_finds(installed, sample, model_dir, tmp_path):
+  """Compiled or not, the same findings and versions, byte for byte: the compiled modules are
+  the same source (setup.py ``COMPILED``), run by C instead of the interpreter."""
+  from postauth.pipeline import compiled
+  site_modules = [f for _, _, fs in os.walk(os.path.join(installed['site'], 'postauth')) for f in fs]
+  assert not [f for f in site_modules if f.endswith('.so')]  # the install is pure Python
+  if not compiled.extensions():
+    missing = 'no compiled modules in this tree (`make compiled` builds them)'
+    if os.environ.get('CI', '').lower() == 'true':
+      pytest.fail(missing)
+    pytest.skip(missing)
+  args = ['run', f'--events={sample["dir"]}/live/*', f'--inventory={sample["inventory"]}',
+          f'--model-dir={model_dir}', '--runner=FnApiRunner']
+  outputs = {}
+  for name, cmd in (('compiled', [sys.executable, '-m', 'postauth.pipeline.cli']),
+                    ('pure', [str(installed['venv'] / 'bin' / 'postauth')])):
+    out = tmp_path / name
+    proc = _run(installed, *cmd, *args, f'--findings={out}/findings.jsonl',
+                f'--dead-letters={out}/dead-letters.jsonl', timeout=300)
+    assert proc.returncode == 0, (name, proc.stderr[-3000:])
+    outputs[name] = {f: (out / f).read_bytes() for f in ('findings.jsonl', 'findings.versions.jsonl')}
+  assert outputs['compiled']['findings.jsonl'].count(b'\n') >= 3
+  assert outputs['pure'] == outputs['compiled']

@@ -80,6 +80,11 @@ def _fold_order(wc) -> Tuple[float, float, int]:
   return wc[0].window_end, wc[0].window_start, wc[0].firing
 
 
+def _by_identity(wc):
+  """(identity, (window, context)): a function, not a lambda (this module may run compiled)."""
+  return wc[0].identity, wc
+
+
 def _take_due(pending, until: float) -> List:
   """The pending windows due by ``until``, in fold order, taken out of ``pending``."""
   waiting = sorted(pending.read(), key=_fold_order)
@@ -342,7 +347,7 @@ class TrackHistory(beam.PTransform):
               IDENTITY_WINDOWS_IN_CONTEXT).with_outputs(UNREGISTERED, main='windows')
       return {'windows': walked.windows, UNREGISTERED: walked[UNREGISTERED]}
     # Typed so the shuffle encodes the window with IdentityWindowCoder, not Beam's pickle.
-    keyed = enriched | 'KeyByIdentity' >> beam.Map(lambda wc: (wc[0].identity, wc)).with_output_types(
+    keyed = enriched | 'KeyByIdentity' >> beam.Map(_by_identity).with_output_types(
         typing.Tuple[str, typing.Tuple[IdentityWindow, typing.Any]])
     if enriched.is_bounded:
       walked = (keyed

@@ -256,6 +256,15 @@ def _window_count(identity_windows: Tuple[str, List[WindowInContext]]) -> int:
   return len(identity_windows[1])
 
 
+def _batches(kv, size: int):
+  """A grouping's windows in lists of at most ``size``. A function bound by keyword, not a
+  closure nor Map's extra arguments: this module may run compiled (setup.py COMPILED), and Beam
+  calls a compiled function with the element alone."""
+  windows = list(kv[1])
+  for i in range(0, len(windows), size):
+    yield windows[i:i + size]
+
+
 def _evidence_reason(e):
   """A judgment's evidence as a window reason (``actions`` only when it names some, as rules do)."""
   reason = {'rule': e['kind'], 'severity': e['severity'], 'detail': e['detail']}
@@ -310,13 +319,6 @@ class ScoreWindows(beam.PTransform):
       # grouping would drop them. Discarding panes keep nothing once fired.
       late = dict(trigger=trigger.AfterWatermark(late=trigger.AfterCount(1)),
                   allowed_lateness=Duration(seconds=self._lateness + DELAYED_WINDOWS))
-    size = self._max
-
-    def batches(kv):
-      windows = list(kv[1])
-      for i in range(0, len(windows), size):
-        yield windows[i:i + size]
-
     # Windows are stamped at their end: those closing together share one fixed period window.
     return (enriched
             | 'KeyByCohortShard' >> beam.ParDo(self._key).with_output_types(
@@ -325,5 +327,5 @@ class ScoreWindows(beam.PTransform):
                 window.FixedWindows(self._period),
                 accumulation_mode=trigger.AccumulationMode.DISCARDING, **late)
             | 'BatchPerCohort' >> beam.GroupByKey()
-            | 'Batches' >> beam.FlatMap(batches)
+            | 'Batches' >> beam.FlatMap(functools.partial(_batches, size=self._max))
             | 'ScoreBatch' >> beam.ParDo(self._fn, *self._updates))

@@ -17,6 +17,7 @@ paths emit identical ``IdentityWindow`` elements stamped at the window's end
 """
 from __future__ import annotations
 
+import functools
 import typing
 
 import apache_beam as beam
@@ -196,6 +197,20 @@ class _MergePanes(beam.PTransform):
             .with_output_types(out))
 
 
+# Functions, not lambdas, bound by keyword: this module may run compiled (setup.py COMPILED),
+# where Beam pickles a function by reference and calls it with the element alone.
+def _by_identity_pane(e: Event, period: int) -> typing.Tuple[typing.Tuple[str, int], Event]:
+  return (e.identity, int(e.event_time // period) * period), e
+
+
+def _pane_parts(kv):
+  return kv[0][0], [kv[1]]
+
+
+def _by_identity(e: Event) -> typing.Tuple[str, Event]:
+  return e.identity, e
+
+
 class IdentityWindows(beam.PTransform):
   """Timestamped Events -> IdentityWindow per (identity, sliding window) with activity.
 
@@ -235,11 +250,10 @@ class IdentityWindows(beam.PTransform):
     period = self.period
     return (
         events
-        | 'KeyByIdentityPane' >> beam.Map(
-            lambda e: ((e.identity, int(e.event_time // period) * period), e)).with_output_types(
-                typing.Tuple[typing.Tuple[str, int], Event])
+        | 'KeyByIdentityPane' >> beam.Map(functools.partial(_by_identity_pane, period=period)).with_output_types(
+            typing.Tuple[typing.Tuple[str, int], Event])
         | 'AggregatePanes' >> beam.CombinePerKey(WindowAggregateFn(period, self.evidence))
-        | 'PaneToWindows' >> beam.Map(lambda kv: (kv[0][0], [kv[1]])).with_output_types(PANE_PARTS)
+        | 'PaneToWindows' >> beam.Map(_pane_parts).with_output_types(PANE_PARTS)
         | 'MergePanes' >> _MergePanes(self.size, period, self.grouped))
 
   def _windowed(self, events):
@@ -252,8 +266,7 @@ class IdentityWindows(beam.PTransform):
                                         accumulation_mode=trigger.AccumulationMode.DISCARDING)
     return (
         events
-        | 'KeyByIdentity' >> beam.Map(lambda e: (e.identity, e)).with_output_types(
-            typing.Tuple[str, Event])
+        | 'KeyByIdentity' >> beam.Map(_by_identity).with_output_types(typing.Tuple[str, Event])
         | 'PaneWindows' >> beam.WindowInto(window.FixedWindows(self.period), **pane_kwargs)
         | 'AggregatePanes' >> beam.CombinePerKey(WindowAggregateFn(self.period, self.evidence))
         | 'CountPaneEvents' >> beam.ParDo(_CountPaneEvents()).with_output_types(
