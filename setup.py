@@ -12,10 +12,12 @@ import setuptools
 LAYERS = ('domain', 'models', 'transforms', 'pipeline')  # lowest first: each imports only those before it
 
 # The per-window modules, compiled to C extensions with Cython as Beam compiles its own hot
-# modules (docs/compiled.md): the same Python source, ~15% less CPU for a batch day. Pure
-# Python wherever they are not built (no Cython and no shipped C, no compiler, or
-# POSTAUTH_PURE_PYTHON=1), with identical results. A module listed here must not hand Beam a
-# lambda or closure defined in it: a compiled function cannot be pickled by value.
+# modules (docs/compiled.md): the same source, ~10% less CPU for a batch day. Built where
+# Cython is importable when this file runs (`make compiled`, the Flex Template image); pure
+# Python elsewhere (an sdist a worker installs at boot, POSTAUTH_PURE_PYTHON=1, no compiler),
+# with identical results. A module listed here must not hand Beam a lambda or closure defined
+# in it (a compiled function pickles by reference only), nor a function with Map's extra
+# arguments (Beam calls a compiled one with the element alone): bind them by keyword.
 COMPILED = (
     'domain/emitter.py', 'domain/event.py', 'domain/evidence.py', 'domain/evidence_pool.py',
     'domain/high_impact.py', 'domain/origin.py', 'domain/resource_kind.py', 'domain/taxonomy.py',
@@ -34,21 +36,17 @@ DIRECTIVES = {'language_level': 3, 'binding': True, 'annotation_typing': False}
 
 
 def extensions():
-  """The compiled modules' extensions: cythonized when Cython is importable, else from the C
-  an sdist ships (a Dataflow worker needs a compiler, not Cython); optional, so a failed
-  build leaves that module in pure Python."""
+  """The compiled modules' extensions, or none without Cython; optional, so a module whose
+  build fails (no compiler) stays pure Python. -O3 -g (Python's flags) doubles the build."""
   if os.environ.get('POSTAUTH_PURE_PYTHON'):
     return []
-  names = {path: 'postauth.' + path[:-len('.py')].replace('/', '.') for path in COMPILED}
-  args = dict(extra_compile_args=['-O2', '-g0'], optional=True)  # -O3 -g doubles the build
   try:
     from Cython.Build import cythonize
-  except ImportError:  # the C Cython wrote, only where it is not older than its source
-    c = {path: path[:-len('.py')] + '.c' for path in COMPILED}
-    return [setuptools.Extension(name, [c[path]], **args) for path, name in names.items()
-            if os.path.exists(c[path]) and os.path.getmtime(c[path]) >= os.path.getmtime(path)]
-  return cythonize([setuptools.Extension(name, [path], **args) for path, name in names.items()],
-                   compiler_directives=DIRECTIVES, quiet=True)
+  except ImportError:
+    return []
+  return cythonize([setuptools.Extension('postauth.' + path[:-len('.py')].replace('/', '.'), [path],
+                                         extra_compile_args=['-O2', '-g0'], optional=True)
+                    for path in COMPILED], compiler_directives=DIRECTIVES, quiet=True)
 
 
 setuptools.setup(
