@@ -34,11 +34,16 @@ def _in_source_tree(package_dir: str) -> bool:
   return os.path.exists(os.path.join(os.path.dirname(package_dir), 'setup.py'))
 
 
+def source_of(extension: str) -> str:
+  """The ``.py`` a compiled module was built from (``window.cpython-311-....so`` -> ``window.py``)."""
+  return os.path.join(os.path.dirname(extension), os.path.basename(extension).split('.', 1)[0] + '.py')
+
+
 def stale() -> List[str]:
   """Sources in a source tree changed since their compiled copy was built (`make compiled`)."""
   out = []
   for ext in extensions():
-    source = os.path.join(os.path.dirname(ext), os.path.basename(ext).split('.', 1)[0] + '.py')
+    source = source_of(ext)
     if (_in_source_tree(os.path.dirname(ext)) and os.path.exists(source)
         and os.path.getmtime(source) > os.path.getmtime(ext)):
       out.append(source)
