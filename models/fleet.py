@@ -139,8 +139,10 @@ class FleetProfile:
     return self.actions.get(ALL, {}).get(RANGES_MARK, 0) > 0
 
   def to_dict(self) -> dict:
+    """Sorted by action hash, so the same history trains byte-identical files whatever order the
+    training's combiners merged in."""
     return {'identities': self.identities,
-            'actions': {g: [[h, n] for h, n in c.items()] for g, c in self.actions.items()}}
+            'actions': {g: [[h, n] for h, n in sorted(c.items())] for g, c in self.actions.items()}}
 
   @classmethod
   def from_dict(cls, d: Optional[dict]) -> 'FleetProfile':

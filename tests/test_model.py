@@ -180,3 +180,20 @@ def test_a_profile_answers_a_windows_repeated_questions_once_and_forgets_them_wh
   assert other.unseen('actions', a.actions) == []
   assert '_asked' not in p.to_dict() and '_asked' not in p.__getstate__()
   assert pickle.loads(pickle.dumps(p)).unseen('actions', {'sts:AssumeRole': 1}) == ['sts:AssumeRole']
+
+
+def test_the_fleet_table_is_written_the_same_whatever_order_its_parts_merged_in():
+  from postauth.models.artifact import dumps_json_gz
+  from postauth.models.fleet import FleetProfile
+  parts = [('api_key', [7, 3, 11]), ('api_key', [3, 5]), ('ci', [11, 2, 7])]
+
+  def merged(order):
+    fleet = FleetProfile()
+    for i in order:
+      fleet.merge(FleetProfile().add(*parts[i]))
+    return fleet
+
+  one, other = merged([0, 1, 2]), merged([2, 1, 0])
+  assert list(one.actions['api_key']) != list(other.actions['api_key'])  # the merge order shows
+  assert dumps_json_gz(one.to_dict()) == dumps_json_gz(other.to_dict())
+  assert FleetProfile.from_dict(one.to_dict()).actions == one.actions
