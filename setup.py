@@ -28,8 +28,8 @@ COMPILED = (
     'transforms/finding_builder.py', 'transforms/finding_content.py', 'transforms/finding_json.py',
     'transforms/findings.py', 'transforms/fleet_notice.py', 'transforms/history.py',
     'transforms/history_cell.py', 'transforms/judgment.py', 'transforms/packed.py',
-    'transforms/rules.py', 'transforms/score.py', 'transforms/triage.py', 'transforms/versions.py',
-    'transforms/window_context.py', 'transforms/windowing.py',
+    'transforms/rules.py', 'transforms/sampled_size.py', 'transforms/score.py', 'transforms/triage.py',
+    'transforms/versions.py', 'transforms/window_context.py', 'transforms/windowing.py',
 )
 # Pure-Python semantics: annotations are not C types (a ``List`` parameter still takes a tuple).
 DIRECTIVES = {'language_level': 3, 'binding': True, 'annotation_typing': False}

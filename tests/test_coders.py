@@ -267,3 +267,29 @@ def test_size_estimates_are_near_the_encoding_and_encode_nothing(monkeypatch):
   for name, size in sizes.items():
     assert size / 2 <= estimates[name] <= size * 2, (name, estimates[name], size)
   assert beam.coders.registry.get_coder(WindowInContext).__class__ is WindowInContextCoder
+
+
+def test_a_batch_of_windows_is_sized_from_one_window_in_n_and_sums_near_the_measure(monkeypatch):
+  """Beam sizes a batched element (an identity's windows) item by item; the coders measure one
+  window in ``MEASURE_EVERY`` and give the others the mean, so the sum stays near the measure."""
+  from apache_beam.coders.coders import ListCoder, TupleCoder, StrUtf8Coder
+  from postauth.transforms import windowing
+  from postauth.transforms.sampled_size import MEASURE_EVERY
+  windows = []
+  for n in range(160):
+    agg = WindowAggregate()
+    for i in range(1 + (n % 7) * 5):  # sizes vary from window to window
+      agg.add(ev(T0 + 10.0 * i, f'Get{i % 11}', ip=f'10.1.{i % 4}.{n}'), 900)
+    windows.append(IdentityWindow('role/a', T0, T0 + 3600.0, agg))
+  truth = sum(windowing.estimated_window_size(w) for w in windows)
+  measured = []
+  real = windowing.estimated_window_size
+  monkeypatch.setattr(windowing, 'estimated_window_size', lambda w: measured.append(w) or real(w))
+  coder = IdentityWindowCoder()
+  batch = TupleCoder([StrUtf8Coder(), ListCoder(coder)]).get_impl()
+  size, _ = batch.get_estimated_size_and_observables(('role/a', windows))
+  assert len(measured) == len(windows) // MEASURE_EVERY
+  assert 0.8 * truth <= size <= 1.2 * truth, (size, truth)
+  shipped = pickle.loads(pickle.dumps(coder))  # as Beam ships it: equal, counting afresh
+  assert shipped == coder == IdentityWindowCoder() and hash(shipped) == hash(IdentityWindowCoder())
+  assert shipped.estimate_size(windows[1]) == real(windows[1])

@@ -47,7 +47,7 @@ def test_is_smaller_than_beams_default_encoding():
 
 def test_size_estimates_encode_one_value_in_n_and_sum_near_the_truth():
   """Beam sizes sampled elements with ``estimate_size``; by default that is a full encode."""
-  from postauth.transforms import packed
+  from postauth.transforms.sampled_size import MEASURE_EVERY
   coder = PackedCoder()
   values = [finding(i) for i in range(160)]
   for i in range(0, 160, 3):  # sizes vary: some findings carry much more evidence
@@ -57,7 +57,7 @@ def test_size_estimates_encode_one_value_in_n_and_sum_near_the_truth():
   real_encode = PackedCoder.encode
   coder.encode = lambda v: encodes.append(v) or real_encode(coder, v)
   estimate = sum(coder.estimate_size(v) for v in values)
-  assert len(encodes) == len(values) // packed.MEASURE_EVERY
+  assert len(encodes) == len(values) // MEASURE_EVERY
   assert 0.7 * truth <= estimate <= 1.3 * truth, (estimate, truth)
 
 

@@ -16,6 +16,7 @@ import orjson
 
 from postauth.domain import evidence as evidence_sample
 from postauth.domain.window import WindowAggregate
+from postauth.transforms.sampled_size import SampledSizeCoder
 
 # -- compact shuffle encoding ----------------------------------------------------------------
 # Every batch window crosses three shuffles as a WindowAggregate (pane combine, sliding merge,
@@ -147,7 +148,7 @@ def estimated_size(a: WindowAggregate) -> int:
   return 60 + 80 * entries + 40 * keys
 
 
-class WindowAggregateCoder(beam.coders.Coder):
+class WindowAggregateCoder(SampledSizeCoder):
   """A WindowAggregate as one orjson list: ~2x faster and ~30% smaller than Beam's pickle fallback.
 
   Not deterministic (dicts keep insertion order): aggregates are values, never keys.
@@ -159,7 +160,7 @@ class WindowAggregateCoder(beam.coders.Coder):
   def decode(self, encoded: bytes) -> WindowAggregate:
     return loads_or_unpickle(encoded, aggregate_from_fields)
 
-  def estimate_size(self, value: WindowAggregate) -> int:
+  def measured_size(self, value: WindowAggregate) -> int:
     return estimated_size(value)
 
   def is_deterministic(self) -> bool:

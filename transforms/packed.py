@@ -19,16 +19,17 @@ from typing import Any
 import apache_beam as beam
 import zstandard
 
+from postauth.transforms.sampled_size import SampledSizeCoder
+
 LEVEL = 1  # zstd's fastest level: most of the size gain at a fraction of the cost of higher ones
 ZSTD_MAGIC = b'(\xb5/\xfd'  # every zstd frame starts so; a pickle (protocol 2 on) with b'\x80'
-MEASURE_EVERY = 16  # one size estimate in this many encodes its value for real
 
 
 class Packed:
   """Type hint for any picklable value shuffled with ``PackedCoder``. Never instantiated."""
 
 
-class PackedCoder(beam.coders.Coder):
+class PackedCoder(SampledSizeCoder):
   """pickle + zstd. Not deterministic (pickled dicts keep insertion order): values, never keys.
 
   zstd contexts are reused per thread (a context is not safe to share between threads, and
@@ -36,8 +37,8 @@ class PackedCoder(beam.coders.Coder):
   """
 
   def __init__(self):
+    super().__init__()
     self._local = threading.local()
-    self._counts = [0, 0, 0]  # size estimates; those encoded for real, and their bytes
 
   def _contexts(self):
     local = self._local
@@ -60,21 +61,10 @@ class PackedCoder(beam.coders.Coder):
   def unpack_bytes(self, encoded: bytes) -> bytes:
     return self._contexts()[1].decompress(encoded)
 
-  def estimate_size(self, value: Any) -> int:
-    """Beam sizes sampled elements of every PCollection (on a day's batch run, a third of the
-    shuffled ones), and its default estimate is a full encode. Here one value in
-    ``MEASURE_EVERY`` is encoded for real and the rest get the mean of those: a coder serves one
-    PCollection, whose values are alike, and Beam sums the sizes into byte metrics, where the
-    mean keeps the sum near the truth.
-    Counts are per coder and unlocked: a lost update costs accuracy, never correctness."""
-    counts = self._counts
-    counts[0] += 1
-    if counts[1] and (counts[0] - 1) % MEASURE_EVERY:  # the first, then every MEASURE_EVERY-th
-      return counts[2] // counts[1]
-    size = len(self.encode(value))
-    counts[1] += 1
-    counts[2] += size
-    return size
+  def measured_size(self, value: Any) -> int:
+    """Beam's default estimate, a full encode (``SampledSizeCoder`` asks for one in
+    ``MEASURE_EVERY``)."""
+    return len(self.encode(value))
 
   def is_deterministic(self) -> bool:
     return False
@@ -82,17 +72,6 @@ class PackedCoder(beam.coders.Coder):
   def to_type_hint(self):
     return Packed
 
-  def __getstate__(self):
-    return {}
-
-  def __setstate__(self, state):
-    self.__init__()
-
-  def __eq__(self, other):
-    return type(self) is type(other)
-
-  def __hash__(self):
-    return hash(type(self))
 
 
 class PackedStateCoder(PackedCoder):

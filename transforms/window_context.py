@@ -9,6 +9,7 @@ from typing import Any, Dict
 import apache_beam as beam
 
 from postauth.models.profile import IdentityProfile
+from postauth.transforms.sampled_size import SampledSizeCoder
 from postauth.transforms.windowing import IdentityWindow, estimated_window_size
 
 
@@ -20,7 +21,7 @@ class WindowInContext(typing.NamedTuple):
   history_days: int  # complete days of history behind it (large for trained identities)
 
 
-class WindowInContextCoder(beam.coders.Coder):
+class WindowInContextCoder(SampledSizeCoder):
   """Pickle, as Beam's fallback would, with a size estimate that encodes nothing (Beam sizes
   sampled elements of every PCollection; these are scored in the same fused step)."""
 
@@ -30,7 +31,7 @@ class WindowInContextCoder(beam.coders.Coder):
   def decode(self, encoded: bytes) -> WindowInContext:
     return pickle.loads(encoded)
 
-  def estimate_size(self, value: WindowInContext) -> int:
+  def measured_size(self, value: WindowInContext) -> int:
     profile = value.history
     entries = sum(map(len, profile.seen.values())) + len(profile.category_max) + len(profile.category_events)
     return 900 + int(1.2 * estimated_window_size(value.window)) + 40 * len(value.context) + 20 * entries

@@ -30,6 +30,7 @@ from postauth.domain.window import WindowAggregate
 from postauth.transforms.aggregate import (WindowAggregateFn, aggregate_from_fields, encode_aggregate, estimated_size,
                                           loads_or_unpickle)
 from postauth.domain.event import Event
+from postauth.transforms.sampled_size import SampledSizeCoder
 
 EPSILON = 1e-6  # the last instant (1 us) before a window's end: Beam's window.max_timestamp()
 
@@ -51,7 +52,7 @@ def estimated_window_size(w: IdentityWindow) -> int:
   return 40 + len(w.identity) + estimated_size(w.agg)
 
 
-class IdentityWindowCoder(beam.coders.Coder):
+class IdentityWindowCoder(SampledSizeCoder):
   """An IdentityWindow as one orjson list (identity, bounds, firing, then its aggregate's fields).
 
   Without it Beam would pickle the tuple and its aggregate at the history shuffle.
@@ -64,7 +65,7 @@ class IdentityWindowCoder(beam.coders.Coder):
     return loads_or_unpickle(
         encoded, lambda v, ev: IdentityWindow(v[0], v[1], v[2], aggregate_from_fields(v[4:], ev), v[3]))
 
-  def estimate_size(self, value: IdentityWindow) -> int:
+  def measured_size(self, value: IdentityWindow) -> int:
     return estimated_window_size(value)
 
   def is_deterministic(self) -> bool:
