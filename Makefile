@@ -138,8 +138,10 @@ chromium-deps:
 	  || { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q chromium >/dev/null; } \
 	  || echo "chromium-deps: apt-get install chromium failed"; fi
 
+# One test process per core, four at most (pytest-xdist; a file's tests share a process, so its
+# fixtures are made once per file): the suite's longest tests mostly wait on streaming jobs.
 test: $(STAMP) bytecode pubsub-deps chromium-deps prism otelcol flink-if-served
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n auto --maxprocesses=4 --dist loadfile tests
 
 bench: $(STAMP) bytecode
 	$(BIN)/python bench/run.py

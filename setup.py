@@ -84,7 +84,7 @@ setuptools.setup(
         # the report's screenshot is checked with Pillow. Spans are sent through the collector
         # (`make otelcol`) by the OpenTelemetry SDK's own OTLP/HTTP exporter.
         'compile': ['cython>=3.0,<4'],  # the C extensions (COMPILED); `make compiled`
-        'test': ['cython>=3.0,<4', 'pytest>=8', 'hypothesis>=6.100', 'setuptools>=70.1', 'apache-beam[gcp]==2.77.0',
+        'test': ['cython>=3.0,<4', 'pytest>=8', 'pytest-xdist>=3.5,<4', 'hypothesis>=6.100', 'setuptools>=70.1', 'apache-beam[gcp]==2.77.0',
                  'ocsf-json-schema>=1.2', 'jsonschema>=4.20', 'pillow>=10',
                  'opentelemetry-exporter-otlp-proto-http>=1.20'],
     },
