@@ -80,6 +80,8 @@ def cmd_generate(argv: List[str]) -> int:
   ap.add_argument('--rate-scale', type=float, default=0.4,
                   help='Multiplies every identity\'s routine event rate (1.0 is about 30k events/day for 200 identities).')
   a = ap.parse_args(argv)
+  from postauth.pipeline.preflight import check_output_folder
+  check_output_folder('--out', a.out)
   counts = generate(a.out, a.identities, a.days, a.seed, a.end, a.rate_scale)
   print(json.dumps(counts))
   return 0

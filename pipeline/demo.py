@@ -25,6 +25,8 @@ def main(argv: List[str]) -> int:
   ap.add_argument('--top', type=int, default=8)
   a, beam_args = ap.parse_known_args(argv)
   refuse_bad_arguments(beam_args)  # the runner's flags go to train and run: refused before generating
+  from postauth.pipeline.preflight import check_output_folder
+  check_output_folder('--out', a.out)
   done = sample_run(a.out, a.identities, a.days, a.seed, a.batch, beam_args,
                     echo=lambda line: print(line, flush=True))
   findings, ran, timings = done['findings'], done['ran'], done['timings']

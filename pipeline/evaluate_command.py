@@ -38,6 +38,9 @@ def main(argv: List[str]) -> int:
   ap.add_argument('--out', default=None, help='Write the report as JSON here.')
   ap.add_argument('--markdown', default=None, help='Write the tables as markdown here.')
   a = ap.parse_args(argv)
+  from postauth.pipeline.preflight import check_output_file
+  check_output_file('--out', a.out)
+  check_output_file('--markdown', a.markdown)
   paths = sorted({p for g in a.events for p in glob.glob(g)})
   if a.events and not paths:
     raise opts.OptionsError(f'--events {a.events} matches no file')

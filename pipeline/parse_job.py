@@ -117,6 +117,7 @@ def run_parse(argv: List[str]) -> dict:
   from postauth.pipeline import preflight  # a glob matching nothing, an unreadable taxonomy: exit 2
   preflight.check_events(options.view_as(EventOptions).events)
   preflight.check_taxonomy_files(options.view_as(EventOptions).taxonomy_files)
+  preflight.check_output_folder('--out', options.view_as(ParseOptions).out)
   prepare_out(options)
   p = beam.Pipeline(options=options)
   build_parse(p, options)

@@ -18,6 +18,7 @@ import io
 import json
 import logging
 import os
+import tempfile
 from typing import Iterable, Optional, Sequence
 
 from apache_beam.io.filesystems import FileSystems
@@ -279,7 +280,7 @@ def check_run(options: PipelineOptions) -> None:
 def check_outputs(options: PipelineOptions) -> None:
   """Every local file the run will write (findings, file sinks, dead letters, suppressed) can be
   made: not a folder itself, and under folders that are folders and can be written to. Found
-  here rather than by the sink's write at the end of the job. Nothing is created."""
+  here rather than by the sink's write at the end of the job. Nothing is left behind."""
   det = options.view_as(DetectOptions)
   outputs = [('--findings' if spec.target == det.findings else '--sink', spec.target)
              for spec in sink_uris.sink_specs(options) if spec.kind in ('jsonl', 'avro')]
@@ -287,24 +288,56 @@ def check_outputs(options: PipelineOptions) -> None:
   outputs += [('--dead-letters', dead.target)] if dead.kind in ('jsonl', 'avro') else []
   outputs += [('--suppressed', sink_uris.suppressed_path(options))]
   for flag, path in outputs:
-    if not path or is_remote(path):
-      continue
-    if os.path.isdir(path):
-      raise PreflightError(f'{flag} {path}: is a folder, not a file to write')
-    existing = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(existing):  # the nearest folder on the way that exists
-      existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-      raise PreflightError(f'{flag} {path}: {existing} is a file, not a folder')
-    if not os.access(existing, os.W_OK | os.X_OK):
-      raise PreflightError(f'{flag} {path}: cannot write in {existing}')
+    check_output_file(flag, path)
+
+
+def check_output_file(flag: str, path: Optional[str]) -> None:
+  """A local file a command writes can be made; a remote one is left to the write."""
+  if not path or is_remote(path):
+    return
+  if os.path.isdir(path):
+    raise PreflightError(f'{flag} {path}: is a folder, not a file to write')
+  _check_can_make(flag, path, os.path.dirname(os.path.abspath(path)))
+
+
+def check_output_folder(flag: str, path: Optional[str], what: str = 'folder') -> None:
+  """A local folder a command writes in (``what``: how to name it) is one or can be made."""
+  if not path or is_remote(path):
+    return
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise PreflightError(f'{flag} {path}: is a file, not a {what}')
+  _check_can_make(flag, path, os.path.abspath(path))
+
+
+def _check_can_make(flag: str, path: str, folder: str) -> None:
+  """``folder`` (``path``'s, or ``path`` itself) is a folder that can be written in, or can be
+  made: the nearest folder on its way that exists can be written in."""
+  existing = folder
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise PreflightError(f'{flag} {path}: {existing} is a file, not a folder')
+  if not os.access(existing, os.W_OK | os.X_OK):
+    raise PreflightError(f'{flag} {path}: cannot write in {existing}')
+  _probe_folder(flag, path, existing)
+
+
+def _probe_folder(flag: str, path: str, folder: str) -> None:
+  """Makes and removes a folder in ``folder``: ``os.access`` answers from permission bits alone,
+  and says yes where the write would still fail (root under ``/proc``, a full disk)."""
+  try:
+    os.rmdir(tempfile.mkdtemp(prefix='.postauth-probe-', dir=folder))
+  except OSError as e:
+    raise PreflightError(f'{flag} {path}: cannot write in {folder} ({e.strerror})') from None
 
 
 def check_train(options: PipelineOptions, inventory: Optional[str]) -> None:
-  """Every local input of ``postauth train`` and ``retrain``."""
+  """Every local input of ``postauth train`` and ``retrain``, and the model folder they write."""
   ev = options.view_as(EventOptions)
   check_events(ev.events)
   check_taxonomy_files(ev.taxonomy_files)
   check_inventory(inventory)
   check_train_config(options.view_as(TrainOptions).train_config)
+  # the new version and the training's dead letters go there
+  check_output_folder('--model-dir', options.view_as(DetectOptions).model_dir, 'model folder')
 

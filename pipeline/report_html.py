@@ -228,6 +228,8 @@ def main(argv: List[str]) -> int:
   ap.add_argument('--window-period', type=int, default=900)
   ap.add_argument('--days-before', type=int, default=7)
   a = ap.parse_args(argv)
+  from postauth.pipeline.preflight import check_output_file
+  check_output_file('--out', a.out)
   done = write_report(a.findings, a.out, a.events, a.model_dir, a.window_size, a.window_period,
                       a.days_before)
   print(json.dumps(done))

@@ -153,6 +153,27 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_job(inputs, caps
     _refused(_run_args(inputs, **{flag: f'{inputs}/logs/a.jsonl/x.jsonl'}), capsys,
              f'{flag} {inputs}/logs/a.jsonl/x.jsonl: {inputs}/logs/a.jsonl is a file, not a folder')
   assert not (inputs / 'out').exists()
+  if os.path.isdir('/proc/self'):  # permission bits say yes (as root), the folder cannot be made
+    _refused(_run_args(inputs, **{'--findings': '/proc/nope/findings.jsonl'}), capsys,
+             '--findings /proc/nope/findings.jsonl: cannot write in /proc')
+  assert not [p for p in os.listdir(inputs) if p.startswith('.postauth-probe-')]
+
+
+@pytest.mark.parametrize('command, flag', [
+    ('generate', '--out'), ('parse', '--out'), ('report', '--out'), ('evaluate', '--out'),
+    ('evaluate', '--markdown'), ('demo', '--out'), ('train', '--model-dir')])
+def test_every_commands_output_under_a_file_is_refused_before_it_starts(inputs, capsys, command, flag):
+  """Each wrote its files last, and failed then with a traceback (train after its whole job)."""
+  (inputs / 'findings.jsonl').write_text('')
+  (inputs / 'labels.json').write_text('[]')
+  needs = {'parse': [f'--events={inputs}/logs/*'], 'report': [f'--findings={inputs}/findings.jsonl'],
+           'evaluate': [f'--findings={inputs}/findings.jsonl', f'--labels={inputs}/labels.json'],
+           'train': [f'--events={inputs}/logs/*', f'--inventory={inputs}/inventory.csv',
+                     '--runner=FnApiRunner']}
+  target = f'{inputs}/inventory.csv/made'
+  _refused([command, f'{flag}={target}', *needs.get(command, [])], capsys,
+           f'{flag} {target}: {inputs}/inventory.csv is a file, not a folder')
+  assert (inputs / 'inventory.csv').read_text() == HEADER + ROW
 
 
 def test_missing_or_wrong_model_dir_is_refused(inputs, capsys):
