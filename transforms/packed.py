@@ -73,7 +73,6 @@ class PackedCoder(SampledSizeCoder):
     return Packed
 
 
-
 class PackedStateCoder(PackedCoder):
   """Keyed state of large Python values (windows waiting for their timers, a finding's runs):
   packed as shuffles pack them: a finding's runs ~12x, a bag's windows and versions one by one
