@@ -9,54 +9,37 @@ given the mean of those measured.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import apache_beam as beam
 
 MEASURE_EVERY = 16
 
 
-class SampledSize:
-  """``size(value)``: ``measure(value)`` for the first value and every ``MEASURE_EVERY``-th, the
-  mean of the measured sizes for the others.
-
-  Counts are unlocked: a lost update between threads costs accuracy, never correctness.
-  """
-
-  __slots__ = ('_measure', '_seen', '_measured', '_bytes')
-
-  def __init__(self, measure: Callable[[Any], int]):
-    self._measure = measure
-    self._seen = 0
-    self._measured = 0
-    self._bytes = 0
-
-  def __call__(self, value: Any) -> int:
-    self._seen += 1
-    if self._measured and (self._seen - 1) % MEASURE_EVERY:
-      return self._bytes // self._measured
-    size = self._measure(value)
-    self._measured += 1
-    self._bytes += size
-    return size
-
-
-
 class SampledSizeCoder(beam.coders.Coder):
-  """A coder whose ``estimate_size`` is a ``SampledSize`` of its ``measured_size``.
+  """A coder whose ``estimate_size`` is its ``measured_size`` for the first value and every
+  ``MEASURE_EVERY``-th, and the mean of the measured sizes for the others.
 
-  Equal to any coder of its class, and pickled without its counts: they are no part of how it
-  encodes.
+  Counts are unlocked: a lost update between threads costs accuracy, never correctness. Equal to
+  any coder of its class, and pickled without its counts: they are no part of how it encodes.
   """
 
   def __init__(self):
-    self._size = SampledSize(self.measured_size)
+    self._seen = 0
+    self._measured = 0
+    self._bytes = 0
 
   def measured_size(self, value: Any) -> int:
     raise NotImplementedError
 
   def estimate_size(self, value: Any) -> int:
-    return self._size(value)
+    self._seen += 1
+    if self._measured and (self._seen - 1) % MEASURE_EVERY:
+      return self._bytes // self._measured
+    size = self.measured_size(value)
+    self._measured += 1
+    self._bytes += size
+    return size
 
   def __getstate__(self):
     return {}
