@@ -80,6 +80,13 @@ def terminate(proc, grace: float = 20.0) -> None:
       proc.wait()
 
 
+def require_compiled_modules() -> None:
+  """Skips where `make compiled` built no C extension in this tree (fails under CI=true)."""
+  from postauth.pipeline import compiled
+  if not compiled.extensions():
+    missing_tool('no compiled modules in this tree', provided_by='`make compiled` builds them')
+
+
 def shared_data(*parts: str) -> str:
   path = os.path.join(SHARED_DATA, *parts)
   if not os.path.exists(path):

@@ -10,16 +10,11 @@ import subprocess
 import sys
 
 import setuptools
-from conftest import missing_tool
+from conftest import require_compiled_modules
 
 from postauth.pipeline import compiled
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
-
-
-def _require_compiled_tree():
-  if not compiled.extensions():
-    missing_tool('no compiled modules in this tree', provided_by='`make compiled` builds them')
 
 
 def _listed(monkeypatch):
@@ -31,7 +26,7 @@ def _listed(monkeypatch):
 def test_every_listed_module_runs_compiled(monkeypatch):
   """A module whose build failed stays pure Python without a word (``optional=True``): here, it
   fails."""
-  _require_compiled_tree()
+  require_compiled_modules()
   pure = []
   for path in _listed(monkeypatch):
     module = importlib.import_module('postauth.' + path[:-len('.py')].replace('/', '.'))
@@ -41,7 +36,7 @@ def test_every_listed_module_runs_compiled(monkeypatch):
 
 
 def test_a_source_edited_after_its_build_is_named_and_the_cli_warns():
-  _require_compiled_tree()
+  require_compiled_modules()
   ext = compiled.extensions()[0]
   source = compiled.source_of(ext)
   before = os.stat(source)

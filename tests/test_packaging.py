@@ -17,7 +17,7 @@ import tarfile
 import textwrap
 
 import pytest
-from conftest import missing_tool
+from conftest import require_compiled_modules
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
 PACKAGES = ('pipeline', 'transforms', 'models', 'domain')  # installed as postauth.<name>
@@ -153,11 +153,9 @@ def test_a_pipeline_runs_on_the_installed_package(installed, tmp_path):
 def test_the_pure_python_install_finds_what_the_compiled_tree_finds(installed, sample, model_dir, tmp_path):
   """Compiled or not, the same findings and versions, byte for byte: the compiled modules are
   the same source (setup.py ``COMPILED``), run by C instead of the interpreter."""
-  from postauth.pipeline import compiled
   site_modules = [f for _, _, fs in os.walk(os.path.join(installed['site'], 'postauth')) for f in fs]
   assert not [f for f in site_modules if f.endswith('.so')]  # the install is pure Python
-  if not compiled.extensions():
-    missing_tool('no compiled modules in this tree', provided_by='`make compiled` builds them')
+  require_compiled_modules()
   args = ['run', f'--events={sample["dir"]}/live/*', f'--inventory={sample["inventory"]}',
           f'--model-dir={model_dir}', '--runner=FnApiRunner']
   outputs = {}
